@@ -1,0 +1,32 @@
+# Two commands matter:  `make run` (set up + demo pipeline)  and  `make test` (set up + whole test suite).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+ARGS   ?=
+
+.PHONY: setup run test test-quick bench clean
+
+$(BIN)/maas: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build)
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(BIN)/maas
+
+setup: $(BIN)/maas
+
+run: setup   ## the demo: digits -> DDP training -> int8 -> registry -> Serve on 127.0.0.1:8000
+	$(BIN)/maas run examples/digits.yaml $(ARGS)
+
+test: setup  ## every test tier: unit, integration (shared local Ray), e2e (pipeline, CLI, HTTP)
+	$(BIN)/python -m pytest tests $(ARGS)
+
+test-quick: setup
+	$(BIN)/python -m pytest tests -m "not slow" $(ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/pipeline_stages.py
+
+clean:
+	rm -rf $(VENV) .maas data .pytest_cache

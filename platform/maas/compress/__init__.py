@@ -1,0 +1,35 @@
+"""Compression stage: variants of a trained model, each measured against its parent and gated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from maas.compress.evaluate import evaluate
+from maas.compress.gate import check_gate
+from maas.compress.quantize import quantize_int8_dynamic
+from maas.exceptions import CompressionError
+
+
+@dataclass
+class Variant:
+    method: str
+    runtime: str
+    files: dict[str, Path]
+
+
+def compress_model(methods: list[str], onnx_fp32: Path, workdir: Path) -> list[Variant]:
+    """Produce one variant per method from the parent's fp32 ONNX export."""
+    variants = []
+    for method in methods:
+        folder = Path(workdir) / method
+        folder.mkdir(parents=True, exist_ok=True)
+        if method == "int8_dynamic":
+            out = quantize_int8_dynamic(onnx_fp32, folder / "model.onnx")
+            variants.append(Variant(method, "onnxruntime", {"model.onnx": out}))
+        else:
+            raise CompressionError(f"unknown compression method {method!r}")
+    return variants
+
+
+__all__ = ["Variant", "check_gate", "compress_model", "evaluate", "quantize_int8_dynamic"]

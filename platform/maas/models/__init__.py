@@ -1,0 +1,22 @@
+"""Model builders by name, artifact (de)serialisation without pickle, and inference predictors."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from maas.exceptions import MaasError
+from maas.models.mlp import build_mlp
+
+BUILDERS = {"mlp": build_mlp}
+
+
+def build_model(config: dict) -> nn.Module:
+    """Build a model from its JSON config ({"arch": ..., builder kwargs ...})."""
+    kwargs = dict(config)
+    arch = kwargs.pop("arch", None)
+    if arch not in BUILDERS:
+        raise MaasError(f"unknown model arch {arch!r}; known: {sorted(BUILDERS)}")
+    return BUILDERS[arch](**kwargs)
+
+
+__all__ = ["BUILDERS", "build_model", "build_mlp"]

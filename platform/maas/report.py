@@ -1,0 +1,44 @@
+"""Human-readable summaries printed by the CLI."""
+
+from __future__ import annotations
+
+import json
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def pipeline_summary(result) -> str:
+    c = result.data_counts
+    s = c.get("splits", {})
+    lines = [f"run {result.run_id}: {c['rows_in']} rows read, {c['rows_rejected']} quarantined; "
+             f"{s.get('train', 0)} train / {s.get('val', 0)} val / {s.get('test', 0)} test; "
+             f"trained on {result.train_device} in {result.train_seconds:.1f} s "
+             f"(best val accuracy {result.best_val_accuracy:.4f})", ""]
+    rows = []
+    for v in result.variants:
+        m = v["metrics"]
+        rows.append([v["method"], v["runtime"], f"{m['test_accuracy']:.4f}", human_bytes(m["size_bytes"]),
+                     f"{m['latency_ms_p50']:.3f} ms", f"{m['latency_ms_p99']:.3f} ms",
+                     f"{m['throughput_rows_s_b64']:,.0f}", v["ref"], v["gate"]])
+    lines.append(table(["model", "runtime", "test acc", "size", "p50 (1 row)", "p99 (1 row)", "rows/s @64",
+                        "registry", "gate"], rows))
+    lines += ["", f"{result.alias} -> {result.promoted_ref}"]
+    return "\n".join(lines)
+
+
+def curl_example(url: str, model: str, row: list[float]) -> str:
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
+                                   "data": [round(float(v), 4) for v in row]}]}, separators=(",", ":"))
+    return f"curl -s -X POST {url}/v2/models/{model}/infer -d '{body}'"

@@ -1,0 +1,35 @@
+"""Connecting to Ray: an embedded local instance when no address is given, a cluster otherwise."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+
+def ensure_ray(address: Optional[str] = None, quiet: bool = True) -> bool:
+    """Make sure this process is connected to Ray; returns True if this call started a local instance.
+
+    With no ``address`` and no ``RAY_ADDRESS``, a private local Ray is started in-process (``address="local"``,
+    so an unrelated head on this machine is never joined by accident). Ray 2.60 token authentication stays
+    on: the local instance creates its token (``~/.ray/auth_token``) and clients of a cluster read it from
+    there or from ``RAY_AUTH_TOKEN``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if quiet:
+        import logging
+
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+        for name in ("ray.data", "ray.train", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    kwargs = dict(logging_level="WARNING", log_to_driver=not quiet)
+    if address is None:
+        ray.init(address="local", include_dashboard=False, **kwargs)
+        return True
+    ray.init(address=address, **kwargs)
+    return False

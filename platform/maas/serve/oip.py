@@ -1,0 +1,147 @@
+"""Open Inference Protocol v2 (KServe) over REST: request parsing, responses and metadata.
+
+Pure functions with no Ray or web framework in them, so every client mistake can be unit-tested to map to
+a 4xx with a JSON ``{"error": ...}`` body rather than a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+NUMERIC = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+           "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
+           "FP32": np.float32, "FP64": np.float64}
+
+
+class ProtocolError(Exception):
+    """A client mistake: ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+
+def _flatten(data: Any) -> list:
+    if isinstance(data, list):
+        out = []
+        for item in data:
+            out.extend(_flatten(item) if isinstance(item, list) else [item])
+        return out
+    return [data]
+
+
+def _input_array(spec: dict, tensor: dict) -> np.ndarray:
+    name = tensor.get("name")
+    datatype = tensor.get("datatype")
+    shape = tensor.get("shape")
+    if datatype not in NUMERIC:
+        raise ProtocolError(400, f"input '{name}': datatype {datatype!r} not accepted; send "
+                                 f"{spec['datatype']} (or another numeric type: {', '.join(NUMERIC)})")
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ProtocolError(400, f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")
+    if "data" not in tensor:
+        raise ProtocolError(400, f"input '{name}': 'data' is missing")
+    flat = _flatten(tensor["data"])
+    if len(flat) != math.prod(shape):
+        raise ProtocolError(400, f"input '{name}': shape {shape} needs {math.prod(shape)} values, "
+                                 f"'data' holds {len(flat)}")
+    if any(isinstance(v, (str, dict, type(None))) for v in flat) or \
+            (datatype != "BOOL" and any(isinstance(v, bool) for v in flat)):
+        raise ProtocolError(400, f"input '{name}': 'data' must hold only numbers for datatype {datatype}")
+    try:
+        arr = np.asarray(flat, dtype=NUMERIC[datatype]).reshape(shape)
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise ProtocolError(400, f"input '{name}': values do not fit datatype {datatype}: {exc}") from None
+    want = spec["shape"]  # e.g. [-1, 64]
+    if arr.ndim == len(want) - 1 and list(arr.shape) == want[1:]:
+        arr = arr[None, ...]  # one unbatched row
+    if arr.ndim != len(want) or any(w != -1 and w != d for w, d in zip(want, arr.shape)):
+        raise ProtocolError(400, f"input '{name}': shape {list(arr.shape)} does not match the model's {want} "
+                                 "(-1 = any batch size)")
+    arr = arr.astype(NUMERIC[spec["datatype"]], copy=False)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ProtocolError(400, f"input '{name}': values must be finite")
+    return arr
+
+
+def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optional[str], Optional[list[str]]]:
+    """Body of ``POST .../infer`` -> (input array, request id, requested output names or None for all)."""
+    try:
+        req = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(req, dict):
+        raise ProtocolError(400, "request body must be a JSON object with an 'inputs' list")
+    inputs = req.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+        raise ProtocolError(400, "'inputs' must be a non-empty list of tensors "
+                                 "({'name', 'shape', 'datatype', 'data'})")
+    spec = signature["inputs"][0]
+    by_name = {t.get("name"): t for t in inputs}
+    if spec["name"] not in by_name:
+        raise ProtocolError(400, f"unknown input name(s) {sorted(map(str, by_name))}; "
+                                 f"this model takes '{spec['name']}' ({spec['datatype']} {spec['shape']})")
+    if len(inputs) != len(signature["inputs"]):
+        raise ProtocolError(400, f"expected {len(signature['inputs'])} input tensor(s), got {len(inputs)}")
+    array = _input_array(spec, by_name[spec["name"]])
+
+    req_id = req.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise ProtocolError(400, "'id' must be a string")
+    params = req.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise ProtocolError(400, "'parameters' must be an object")
+    outputs = req.get("outputs")
+    wanted = None
+    if outputs is not None:
+        known = [o["name"] for o in signature["outputs"]]
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs):
+            raise ProtocolError(400, "'outputs' must be a list of objects with a 'name'")
+        wanted = [o["name"] for o in outputs]
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            raise ProtocolError(400, f"unknown output(s) {unknown}; this model returns {known}")
+    return array, req_id, wanted
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def classifier_outputs(logits: np.ndarray, signature: dict, wanted: Optional[list[str]]) -> list[dict]:
+    """Logits -> the OIP output tensors of a classifier: ``label`` (class values) and ``probabilities``."""
+    classes = signature["classes"]
+    out = []
+    for spec in signature["outputs"]:
+        if wanted is not None and spec["name"] not in wanted:
+            continue
+        if spec["name"] == "label":
+            values = [classes[i] for i in logits.argmax(axis=1).tolist()]
+            out.append({"name": "label", "datatype": spec["datatype"], "shape": [len(values)], "data": values})
+        elif spec["name"] == "probabilities":
+            probs = softmax(logits.astype(np.float64)).astype(np.float32)
+            out.append({"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
+                        "data": probs.ravel().tolist()})
+    return out
+
+
+def classifier_signature(num_features: int, classes: list) -> dict:
+    """The registry signature of a maas classifier: what OIP metadata announces and infer checks against."""
+    label_type = "INT64" if all(isinstance(c, int) for c in classes) else \
+        "FP64" if all(isinstance(c, (int, float)) for c in classes) else "BYTES"
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, num_features]}],
+            "outputs": [{"name": "label", "datatype": label_type, "shape": [-1]},
+                        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]}],
+            "classes": list(classes)}
+
+
+def model_metadata(name: str, version: int, platform: str, signature: dict) -> dict:
+    return {"name": name, "versions": [str(version)], "platform": platform,
+            "inputs": signature["inputs"], "outputs": signature["outputs"]}

@@ -1,0 +1,221 @@
+"""The pipeline spec: the single source of configuration for every stage.
+
+One pydantic model serves YAML files, CLI ``key=value`` overrides, the SDK and job payloads. Unknown keys
+are refused with a "did you mean", and every problem is reported at once with its field path.
+
+Example:
+    >>> spec = load_spec("examples/digits.yaml", overrides=["train.epochs=3"])
+    >>> spec.train.epochs
+    3
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from maas.exceptions import SpecError
+
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitSpec(_Strict):
+    train: float = Field(0.7, gt=0, lt=1, description="Fraction of rows for training.")
+    val: float = Field(0.15, ge=0, lt=1, description="Fraction of rows for validation (each epoch).")
+    test: float = Field(0.15, gt=0, lt=1, description="Fraction of rows held out for the final evaluation.")
+    seed: int = Field(0, description="Seed of the split. A row's split is a hash of its content and this seed, "
+                                     "so it does not depend on file order or parallelism.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitSpec":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1.0, got {total:.4f}")
+        return self
+
+
+class DataSpec(_Strict):
+    path: str = Field(..., description="File, directory, glob or URI (file://, s3://, gs://) of the input data.")
+    format: Literal["auto", "parquet", "csv", "json"] = Field(
+        "auto", description="Input format; 'auto' picks it from the file extension.")
+    bootstrap: Optional[Literal["sklearn:digits", "sklearn:breast_cancer", "sklearn:wine", "sklearn:iris"]] = Field(
+        None, description="Write this bundled scikit-learn data set to `path` as Parquet when `path` does not exist.")
+    label: str = Field(..., description="Name of the label column.")
+    features: Optional[list[str]] = Field(
+        None, description="Feature columns, in model input order. Default: every column but the label.")
+    normalize: Literal["standard", "none"] = Field(
+        "standard", description="Feature scaling fitted on the train split only and baked into the model, so "
+                                "serving applies exactly the same transform.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Train / val / test split.")
+    max_reject_fraction: float = Field(
+        0.05, ge=0, le=1, description="Fail the run when more than this fraction of rows is quarantined.")
+
+
+class ModelSpec(_Strict):
+    name: str = Field(..., pattern=_NAME_PATTERN, description="Registry name of the model (lower case).")
+    arch: Literal["mlp"] = Field("mlp", description="Model builder, see maas.models.")
+    hidden_sizes: list[int] = Field([128, 64], min_length=1, description="Widths of the hidden layers.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer.")
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(h <= 0 for h in v):
+            raise ValueError("every hidden size must be > 0")
+        return v
+
+
+class TrainSpec(_Strict):
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks).")
+    strategy: Literal["ddp"] = Field("ddp", description="Parallel strategy.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' trains on GPUs when the cluster has enough of them, else on CPUs.")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per training worker.")
+    epochs: int = Field(20, ge=1, description="Passes over the train split.")
+    batch_size: int = Field(64, ge=1, description="Per-worker batch size.")
+    learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed for weights and shuffling.")
+    checkpoints_to_keep: int = Field(2, ge=1, description="Best checkpoints kept, ranked by validation accuracy.")
+    max_failures: int = Field(1, ge=0, description="Worker-group restarts (from the last checkpoint) on failure.")
+
+
+class CompressSpec(_Strict):
+    methods: list[Literal["int8_dynamic"]] = Field(
+        ["int8_dynamic"], description="Compression methods; each yields a variant evaluated against its parent.")
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="Quality gate: a variant may lose at most this much test accuracy "
+                                      "(absolute, 0.01 = 1 point) against its parent.")
+    latency_runs: int = Field(200, ge=10, description="Single-row requests timed per model for latency figures.")
+
+
+class DeploySpec(_Strict):
+    enabled: bool = Field(True, description="Deploy `<model>@<alias>` with Ray Serve at the end of the pipeline.")
+    alias: str = Field("production", pattern=_NAME_PATTERN, description="Alias that is promoted and served.")
+    host: str = Field("127.0.0.1", description="HTTP bind address of Serve's proxy.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of Serve's proxy.")
+    num_replicas: int = Field(1, ge=1, description="Replicas of the model deployment.")
+    max_batch_size: int = Field(32, ge=1, description="Dynamic batching: most requests fused into one forward.")
+    batch_wait_timeout_s: float = Field(0.002, ge=0, description="Dynamic batching: longest wait for a batch to fill.")
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Bodies over this size get HTTP 413.")
+
+
+class PipelineSpec(_Strict):
+    """The whole pipeline: data -> train -> compress -> registry -> serve."""
+
+    store: str = Field(".maas", description="Registry and run store: a local path or a pyarrow.fs URI.")
+    data: DataSpec = Field(..., description="What to read and how to prepare it.")
+    model: ModelSpec = Field(..., description="What to train.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="How to train it.")
+    compress: CompressSpec = Field(default_factory=CompressSpec, description="How to compress it.")
+    deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
+
+    def spec_hash(self) -> str:
+        """sha256 of the canonical JSON form: the same configuration always hashes the same."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> Optional[list[str]]:
+    """Field names of the sub-model found by walking ``loc`` from ``model`` (None if not a model)."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = field.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def _problems(err: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            allowed = _fields_at(model, loc[:-1]) or []
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(allowed)}"
+            problems.append((path, f"unknown key{hint}"))
+        elif e["type"] == "missing":
+            problems.append((path, "required field is missing"))
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append((path, f"{msg} (got {e.get('input')!r})"))
+    return problems
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=3"`` -> (["train", "epochs"], 3). Values are parsed as YAML scalars/lists."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError([(text, "an override must look like key.path=value, e.g. train.epochs=5")], "overrides")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise SpecError([(key, f"cannot parse value {raw!r}: {exc}")], "overrides") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``raw`` with each ``key.path=value`` set (intermediate mappings are created)."""
+    out = json.loads(json.dumps(raw))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                raise SpecError([(".".join(path), f"'{part}' is not a mapping, cannot set a key inside it")],
+                                "overrides")
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def spec_from_dict(raw: Any, overrides: Optional[list[str]] = None, source: str = "spec") -> PipelineSpec:
+    """Validate a mapping (from YAML, JSON or the SDK) into a PipelineSpec.
+
+    Raises:
+        SpecError: listing every problem with its field path.
+    """
+    if not isinstance(raw, dict):
+        raise SpecError([("", f"the spec must be a mapping, got {type(raw).__name__}")], source)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_problems(err, PipelineSpec), source) from None
+
+
+def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> PipelineSpec:
+    """Load and validate a YAML spec file, then apply ``key=value`` overrides.
+
+    Relative ``data.path`` and ``store`` values stay relative to the current directory, like any CLI path.
+
+    Raises:
+        SpecError: the file is missing, is not YAML, or its content is invalid (all problems at once).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError([("", f"spec file not found: {p} (run from the project root or pass a full path)")], str(p))
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError([("", f"not valid YAML: {exc}")], str(p)) from None
+    return spec_from_dict(raw, overrides, source=str(p))

@@ -1,0 +1,95 @@
+"""The train stage: a Ray Train TorchTrainer over the data stage's splits, best checkpoint by val accuracy."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from maas.data import DataResult
+from maas.exceptions import TrainingError
+from maas.models.artifacts import load_torch_model
+from maas.spec import PipelineSpec
+from maas.train.loop import STATE, train_loop_per_worker
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    model_config: dict
+    checkpoint_path: str
+    best_metrics: dict
+    history: list = field(default_factory=list)
+    device: str = "cpu"
+    run_path: str = ""
+
+
+def choose_device(spec_device: str, num_workers: int) -> bool:
+    """True to train on GPUs: asked for explicitly, or 'auto' and the cluster has one per worker."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    if spec_device == "cuda":
+        if gpus < num_workers:
+            raise TrainingError(f"train.device=cuda but the cluster has {gpus:g} GPU(s) for "
+                                f"{num_workers} workers; lower train.num_workers or use train.device=auto")
+        return True
+    return spec_device == "auto" and gpus >= num_workers
+
+
+def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: str = "train") -> TrainResult:
+    """Train ``spec.model`` on ``data`` with ``spec.train``; checkpoints go under ``run_dir``.
+
+    Raises:
+        TrainingError: the workers failed more than ``train.max_failures`` times, or no checkpoint was made.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    t = spec.train
+    use_gpu = choose_device(t.device, t.num_workers)
+    has_val = data.counts.get("splits", {}).get("val", 0) > 0
+    model_config = {"arch": spec.model.arch, "input_dim": len(data.features), "num_classes": len(data.classes),
+                    "hidden_sizes": list(spec.model.hidden_sizes), "dropout": spec.model.dropout}
+    config = {"model_config": model_config, "normalization": {"mean": data.mean, "std": data.std},
+              "features": data.features, "has_val": has_val, "epochs": t.epochs, "batch_size": t.batch_size,
+              "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "seed": t.seed,
+              "shuffle_buffer": max(t.batch_size * 8, 256)}
+    datasets = {"train": data.train}
+    if has_val:
+        datasets["val"] = data.val
+    resources = {"CPU": t.cpus_per_worker}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        datasets=datasets,
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=run_dir,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=t.checkpoints_to_keep,
+                checkpoint_score_attribute="val_accuracy" if has_val else "epoch",
+                checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # TrainingFailedError wraps the worker's traceback
+        raise TrainingError(f"training failed: {type(exc).__name__}: {str(exc)[-2000:]}") from None
+    if not result.best_checkpoints:
+        raise TrainingError("training finished without a checkpoint; check train.epochs and the logs")
+    score = "val_accuracy" if has_val else "epoch"
+    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(score, float("-inf")))
+    with best_ckpt.as_directory() as folder:
+        model, loaded_config = load_torch_model(folder)
+    with result.checkpoint.as_directory() as folder:
+        history = json.loads(open(os.path.join(folder, STATE)).read())["history"]
+    return TrainResult(model=model, model_config=loaded_config, checkpoint_path=best_ckpt.path,
+                       best_metrics=dict(best_metrics), history=history, device="cuda" if use_gpu else "cpu",
+                       run_path=result.path)

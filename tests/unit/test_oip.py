@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import pytest
+
+from maas.serve.oip import ProtocolError, classifier_outputs, classifier_signature, parse_infer_request
+
+SIG = classifier_signature(4, [0, 1, 2])
+
+
+def body(**tensor):
+    t = {"name": "input", "datatype": "FP32", "shape": [2, 4], "data": list(range(8))}
+    t.update(tensor)
+    return json.dumps({"inputs": [t]}).encode()
+
+
+def test_flat_and_nested_data_parse_to_the_same_array():
+    flat, _, _ = parse_infer_request(body(), SIG)
+    nested, _, _ = parse_infer_request(body(data=[[0, 1, 2, 3], [4, 5, 6, 7]]), SIG)
+    assert flat.dtype == np.float32 and flat.shape == (2, 4)
+    np.testing.assert_array_equal(flat, nested)
+
+
+def test_other_numeric_datatypes_are_cast_and_single_row_is_batched():
+    x, _, _ = parse_infer_request(body(datatype="INT64", shape=[4], data=[1, 2, 3, 4]), SIG)
+    assert x.shape == (1, 4) and x.dtype == np.float32
+
+
+def test_id_and_requested_outputs():
+    raw = json.loads(body())
+    raw.update(id="req-1", outputs=[{"name": "label"}], parameters={"x": 1})
+    _, rid, wanted = parse_infer_request(json.dumps(raw).encode(), SIG)
+    assert rid == "req-1" and wanted == ["label"]
+
+
+@pytest.mark.parametrize("payload,fragment", [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"inputs": []}', "non-empty list"),
+    (body(name="x"), "takes 'input'"),
+    (body(shape=[2, 3]), "needs 6 values"),
+    (body(shape=[4, 2]), "does not match the model's [-1, 4]"),
+    (body(datatype="BYTES"), "not accepted"),
+    (body(data=["a"] * 8), "only numbers"),
+    (body(data=[None] * 8), "only numbers"),
+    (body(shape="2x4"), "'shape' must be"),
+    (body(datatype="UINT8", data=[300] * 8), "do not fit"),
+    (json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4]}]}).encode(), "'data' is missing"),
+    (json.dumps({"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4],
+                             "data": [1e308 * 10, 0, 0, 0]}]}).encode(), "finite"),
+])
+def test_client_mistakes_are_400_with_a_clear_message(payload, fragment):
+    with pytest.raises(ProtocolError) as info:
+        parse_infer_request(payload, SIG)
+    assert info.value.status == 400
+    assert fragment in info.value.message
+
+
+def test_unknown_requested_output_is_400():
+    raw = json.loads(body())
+    raw["outputs"] = [{"name": "embedding"}]
+    with pytest.raises(ProtocolError, match="unknown output"):
+        parse_infer_request(json.dumps(raw).encode(), SIG)
+
+
+def test_classifier_outputs_map_argmax_to_class_values_and_probabilities_sum_to_one():
+    logits = np.array([[0.0, 5.0, 1.0], [9.0, 0.0, 0.0]], dtype=np.float32)
+    sig = classifier_signature(4, [3, 7, 9])
+    out = {o["name"]: o for o in classifier_outputs(logits, sig, None)}
+    assert out["label"]["data"] == [7, 3] and out["label"]["datatype"] == "INT64"
+    probs = np.array(out["probabilities"]["data"]).reshape(out["probabilities"]["shape"])
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    only = classifier_outputs(logits, sig, ["probabilities"])
+    assert [o["name"] for o in only] == ["probabilities"]
+    assert classifier_signature(2, ["cat", "dog"])["outputs"][0]["datatype"] == "BYTES"

@@ -1,0 +1,123 @@
+import threading
+
+import pytest
+
+from maas.exceptions import IntegrityError, RegistryError
+from maas.registry import Registry, parse_ref
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    f = tmp_path / "src" / "model.onnx"
+    f.parent.mkdir()
+    f.write_bytes(b"\x08\x01" * 500)
+    return f
+
+
+@pytest.fixture
+def reg(tmp_path):
+    return Registry(str(tmp_path / "store"))
+
+
+def test_publish_numbers_versions_and_records_checksums_and_lineage(reg, artifact):
+    v1 = reg.publish("digits", {"model.onnx": artifact}, runtime="onnxruntime", metrics={"test_accuracy": 0.9},
+                     lineage={"data_fingerprint": "abc", "parent": None})
+    v2 = reg.publish("digits", {"model.onnx": artifact}, runtime="onnxruntime", lineage={"parent": v1.ref})
+    assert (v1.version, v2.version) == (1, 2)
+    assert [v.version for v in reg.list_versions("digits")] == [1, 2]
+    assert reg.list_models() == ["digits"]
+    got = reg.get_version("digits", 1)
+    assert got.metrics == {"test_accuracy": 0.9}
+    assert got.lineage["data_fingerprint"] == "abc"
+    assert got.files["model.onnx"]["size"] == 1000 and len(got.files["model.onnx"]["sha256"]) == 64
+    assert reg.resolve("digits").version == 2  # bare name = latest
+
+
+def test_aliases_move_and_resolve(reg, artifact):
+    for _ in range(2):
+        reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime")
+    reg.set_alias("m", "production", 1)
+    assert reg.resolve("m@production").version == 1
+    reg.set_alias("m", "production", 2)
+    assert reg.resolve("m@production").version == 2
+    assert reg.get_version("m", 2).aliases == ["production"]
+    with pytest.raises(RegistryError, match="no alias 'staging'"):
+        reg.resolve("m@staging")
+    with pytest.raises(RegistryError, match="no version 9"):
+        reg.set_alias("m", "production", 9)
+
+
+def test_rejected_version_never_gets_an_alias(reg, artifact):
+    reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime", status="rejected", description="too lossy")
+    with pytest.raises(RegistryError, match="rejected.*too lossy"):
+        reg.set_alias("m", "production", 1)
+
+
+def test_crash_mid_publish_leaves_no_visible_version(reg, artifact, tmp_path):
+    second = tmp_path / "src" / "model.json"
+    second.write_text("{}")
+    reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime")
+    with pytest.raises(RegistryError, match="injected"):
+        reg.publish("m", {"model.onnx": artifact, "model.json": second}, runtime="torch", _fail_after_files=1)
+    assert [v.version for v in reg.list_versions("m")] == [1]
+    assert reg.resolve("m").version == 1
+    assert reg.gc() == 1
+    assert reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime").version == 2
+
+
+def test_tampered_artifact_is_refused(reg, artifact):
+    reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime")
+    folder, mv = reg.fetch("m/1")
+    assert (folder / "model.onnx").read_bytes() == artifact.read_bytes()
+    data = bytearray((folder / "model.onnx").read_bytes())
+    data[10] ^= 0xFF  # same size, one flipped byte
+    (folder / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        reg.fetch("m/1")
+    (folder / "model.onnx").unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        reg.fetch("m/1")
+
+
+def test_concurrent_publishers_get_distinct_versions(reg, artifact):
+    errors = []
+
+    def publish():
+        try:
+            reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    assert [v.version for v in reg.list_versions("m")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_file_uri_store_works(tmp_path, artifact):
+    reg = Registry(f"file://{tmp_path}/uri-store")
+    reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime")
+    folder, mv = reg.fetch("m/1")
+    assert mv.version == 1 and (folder / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("ref,expected", [("m@prod", ("m", None, "prod")), ("m/3", ("m", 3, None)),
+                                          ("m", ("m", None, None))])
+def test_parse_ref(ref, expected):
+    assert parse_ref(ref) == expected
+
+
+@pytest.mark.parametrize("ref", ["", "m/x", "m/0", "Bad@x", "m@", "../etc"])
+def test_bad_refs_are_refused(ref):
+    with pytest.raises(RegistryError):
+        parse_ref(ref)
+
+
+def test_unknown_model_and_bad_artifacts(reg, artifact, tmp_path):
+    with pytest.raises(RegistryError, match="no model named 'ghost'"):
+        reg.resolve("ghost@production")
+    with pytest.raises(RegistryError, match="file not found"):
+        reg.publish("m", {"model.onnx": tmp_path / "missing"}, runtime="onnxruntime")
+    with pytest.raises(RegistryError, match="invalid artifact name"):
+        reg.publish("m", {"../x": artifact}, runtime="onnxruntime")
