@@ -140,7 +140,7 @@ def deploy(store: str, ref: str, *, host: str = "127.0.0.1", port: int = 8000, a
     from maas.registry import parse_ref
 
     registry = Registry(store)
-    registry.resolve(ref)  # fail here, with the registry's message, rather than inside a replica
+    registry.fetch(ref)  # unknown or tampered: fail here with the registry's message, not inside a replica
     serve.start(http_options={"host": host, "port": port})
     name = parse_ref(ref)[0]
     serve.run(build_app(registry.location, ref, **options), name=app_name or name, route_prefix="/", blocking=False)

@@ -1,0 +1,123 @@
+"""The `maas` command as a user runs it: each call a fresh process with its own embedded Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+MAAS = str(Path(sys.executable).parent / "maas")
+SPEC = str(ROOT / "examples" / "digits.yaml")
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def maas(*args, cwd, timeout=600):
+    return subprocess.run([MAAS, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _wait_for_line(proc, needle, timeout):
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        if needle in line:
+            return "".join(lines)
+    raise AssertionError(f"never saw {needle!r}; output:\n{''.join(lines)}")
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+def test_run_serves_until_ctrl_c_then_models_list_and_show(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([MAAS, "run", SPEC, f"deploy.port={port}", "train.epochs=8", "--json", "result.json"],
+                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = _wait_for_line(proc, "serving until Ctrl-C", timeout=400)
+        assert "embedded local Ray" in out
+        for needle in ("test acc", "fp32", "int8_dynamic", "production -> digits/", "rows/s @64"):
+            assert needle in out
+        curl = next(line.strip() for line in out.splitlines() if line.strip().startswith("curl "))
+        # run the printed curl command itself: it must work as shown
+        reply = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
+        assert json.loads(reply.stdout)["outputs"][0]["name"] == "label"
+        assert requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).json() == {"ready": True}
+    finally:
+        code = _stop(proc)
+    assert code == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=5)
+
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["data_counts"]["rows_in"] == 1797
+    assert (tmp_path / "data" / "digits.parquet").is_file() and (tmp_path / ".maas" / "models" / "digits").is_dir()
+
+    listing = maas("models", "list", cwd=tmp_path)
+    assert listing.returncode == 0
+    assert "digits/1" in listing.stdout and "digits/2" in listing.stdout and "production" in listing.stdout
+    shown = maas("models", "show", "digits@production", cwd=tmp_path)
+    manifest = json.loads(shown.stdout)
+    assert manifest["name"] == "digits" and manifest["runtime"] == "onnxruntime"
+    assert manifest["lineage"]["parent"] == "digits/1" and manifest["aliases"] == ["production"]
+
+
+def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {path: x.parquet, label: y}\nmodel: {name: m}\ntrian: {epochs: 2}\n")
+    r = maas("validate", str(bad), cwd=tmp_path)
+    assert r.returncode == 2 and "trian: unknown key; did you mean 'train'?" in r.stdout
+    assert maas("validate", SPEC, cwd=tmp_path).returncode == 0
+
+    r = maas("run", SPEC, "data.bootstrap=null", "data.path=missing.parquet", "--no-serve", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "error: data.path: " in r.stderr and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+    r = maas("models", "show", "ghost@production", cwd=tmp_path)
+    assert r.returncode == 2 and "no model named 'ghost'" in r.stderr
+
+
+def test_serve_command_serves_a_registered_version(tmp_path):
+    from maas.compress import compress_model
+    from maas.models import build_model
+    from maas.models.artifacts import export_onnx
+    from maas.registry import Registry
+    from maas.serve.oip import classifier_signature
+
+    model = build_model({"arch": "mlp", "input_dim": 4, "num_classes": 2, "hidden_sizes": [8], "dropout": 0.0})
+    (variant,) = compress_model(["int8_dynamic"], export_onnx(model, 4, tmp_path / "m.onnx"), tmp_path)
+    Registry(str(tmp_path / "store")).publish("tiny", variant.files, runtime="onnxruntime",
+                                              signature=classifier_signature(4, ["no", "yes"]))
+    port = free_port()
+    proc = subprocess.Popen([MAAS, "serve", "tiny/1", "--store", "store", "--port", str(port)], cwd=tmp_path,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(proc, "until Ctrl-C", timeout=180)
+        body = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP64", "data": [[0, 1, 2, 3], [3, 2, 1, 0]]}]}
+        r = requests.post(f"http://127.0.0.1:{port}/v2/models/tiny/infer", json=body, timeout=30)
+        assert r.status_code == 200
+        label = r.json()["outputs"][0]
+        assert label["datatype"] == "BYTES" and set(label["data"]) <= {"no", "yes"} and label["shape"] == [2]
+    finally:
+        assert _stop(proc) == 0

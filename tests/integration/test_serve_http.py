@@ -1,0 +1,130 @@
+"""Real Ray Serve over real HTTP on 127.0.0.1: the Open Inference Protocol v2 surface of a served model."""
+
+import json
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from maas.compress import compress_model
+from maas.exceptions import IntegrityError, RegistryError
+from maas.models import build_model
+from maas.models.artifacts import export_onnx
+from maas.models.predictor import OnnxPredictor
+from maas.registry import Registry
+from maas.serve import VERSION_HEADER, deploy
+from maas.serve.oip import classifier_signature
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tmp_path_factory):
+    from ray import serve
+
+    tmp = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    model = build_model({"arch": "mlp", "input_dim": 64, "num_classes": 10, "hidden_sizes": [32],
+                         "dropout": 0.0, "mean": [8.0] * 64, "std": [4.0] * 64})
+    onnx_path = export_onnx(model, 64, tmp / "model.onnx")
+    (variant,) = compress_model(["int8_dynamic"], onnx_path, tmp)
+    reg = Registry(str(tmp / "store"))
+    mv = reg.publish("digits", variant.files, runtime="onnxruntime",
+                     signature=classifier_signature(64, list(range(10))))
+    reg.set_alias("digits", "production", mv.version)
+    port = free_port()
+    url = deploy(str(tmp / "store"), "digits@production", port=port, max_request_bytes=64 * 1024)
+    yield {"url": url, "registry": reg, "predictor": OnnxPredictor(variant.files["model.onnx"]), "tmp": tmp}
+    serve.shutdown()
+
+
+def infer_body(rows, **extra):
+    rows = np.asarray(rows, dtype=np.float32)
+    return json.dumps({"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
+                                   "data": rows.ravel().tolist()}], **extra})
+
+
+def test_health_and_metadata(served):
+    url = served["url"]
+    assert requests.get(f"{url}/v2/health/live").json() == {"live": True}
+    assert requests.get(f"{url}/v2/health/ready").json() == {"ready": True}
+    assert requests.get(f"{url}/v2").json()["name"] == "maas"
+    meta = requests.get(f"{url}/v2/models/digits")
+    assert meta.status_code == 200
+    body = meta.json()
+    assert body["name"] == "digits" and body["versions"] == ["1"] and body["platform"] == "onnxruntime"
+    assert body["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert [o["name"] for o in body["outputs"]] == ["label", "probabilities"]
+    assert requests.get(f"{url}/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
+    assert requests.get(f"{url}/v2/models/digits/versions/1").status_code == 200
+
+
+def test_infer_matches_the_model_run_locally(served):
+    rows = np.random.default_rng(0).uniform(0, 16, size=(20, 64)).astype(np.float32)
+    r = requests.post(f"{served['url']}/v2/models/digits/infer", data=infer_body(rows, id="abc"))
+    assert r.status_code == 200, r.text
+    assert r.headers[VERSION_HEADER] == "digits/1"
+    body = r.json()
+    assert body["model_name"] == "digits" and body["model_version"] == "1" and body["id"] == "abc"
+    out = {o["name"]: o for o in body["outputs"]}
+    expected = served["predictor"](rows).argmax(1).tolist()
+    assert out["label"]["data"] == expected and out["label"]["shape"] == [20]
+    assert out["probabilities"]["shape"] == [20, 10]
+    versioned = requests.post(f"{served['url']}/v2/models/digits/versions/1/infer",
+                              data=infer_body(rows[:2], outputs=[{"name": "label"}]))
+    assert [o["name"] for o in versioned.json()["outputs"]] == ["label"]
+
+
+def test_concurrent_requests_are_batched_correctly(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = np.random.default_rng(1).uniform(0, 16, size=(40, 64)).astype(np.float32)
+    expected = served["predictor"](rows).argmax(1).tolist()
+
+    def one(i):
+        r = requests.post(f"{served['url']}/v2/models/digits/infer", data=infer_body(rows[i:i + 1]))
+        return r.json()["outputs"][0]["data"][0]
+
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(one, range(40)))
+    assert got == expected
+
+
+@pytest.mark.parametrize("path,body,status,fragment", [
+    ("/v2/models/digits/infer", "{broken", 400, "not valid JSON"),
+    ("/v2/models/digits/infer", json.dumps({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32",
+                                                       "data": [1, 2, 3]}]}), 400, "does not match"),
+    ("/v2/models/digits/infer", json.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                                                       "data": [0] * 64}]}), 400, "takes 'input'"),
+    ("/v2/models/digits/infer", json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                                       "data": ["x"] * 64}]}), 400, "only numbers"),
+    ("/v2/models/other/infer", "{}", 404, "not served here"),
+    ("/v2/models/digits/versions/7/infer", "{}", 404, "version '7'"),
+    ("/v2/models/digits/infer", json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                                       "data": [0.5] * 64 * 400}]}), 413, "over the limit"),
+])
+def test_client_mistakes_get_json_4xx_and_the_server_stays_up(served, path, body, status, fragment):
+    r = requests.post(served["url"] + path, data=body, headers={"Content-Type": "text/plain"})
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
+    ok = requests.post(f"{served['url']}/v2/models/digits/infer", data=infer_body(np.zeros((1, 64))))
+    assert ok.status_code == 200
+
+
+def test_deploy_refuses_a_tampered_or_unknown_version(served):
+    reg = served["registry"]
+    mv = reg.publish("digits", {"model.onnx": served["tmp"] / "int8_dynamic" / "model.onnx"},
+                     runtime="onnxruntime", signature=classifier_signature(64, list(range(10))))
+    folder, _ = reg.fetch(mv.ref)
+    data = bytearray((folder / "model.onnx").read_bytes())
+    data[-5] ^= 0x01
+    (folder / "model.onnx").write_bytes(bytes(data))
+    port = int(served["url"].rsplit(":", 1)[1])
+    with pytest.raises(IntegrityError, match="sha256"):
+        deploy(reg.location, mv.ref, port=port, app_name="tampered")
+    with pytest.raises(RegistryError, match="no alias 'canary'"):
+        deploy(reg.location, "digits@canary", port=port, app_name="nope")
+    # the healthy application is untouched
+    assert requests.get(f"{served['url']}/v2/models/digits").json()["versions"] == ["1"]
