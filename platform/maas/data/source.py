@@ -1,0 +1,91 @@
+"""Finding and reading input files on any pyarrow.fs location, and bootstrapping bundled data sets."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from maas.exceptions import DataError
+
+_EXT = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json",
+        ".ndjson": "json"}
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:
+        raise DataError(f"data.path: cannot open {uri!r}: {exc}") from None
+
+
+def resolve_files(uri: str, fmt: str) -> tuple[pafs.FileSystem, list[str], str]:
+    """Expand a file, directory or glob into a sorted list of data files and settle the format.
+
+    Raises:
+        DataError: nothing matches, or the format cannot be told from the extension.
+    """
+    fs, path = filesystem_for(uri)
+    if any(ch in path for ch in "*?["):
+        base = path[: min(path.find(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0] or "/"
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
+    else:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"data.path: {uri} does not exist (check the path, or set data.bootstrap to "
+                            "write a bundled data set there)")
+        if info.type == pafs.FileType.Directory:
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            files = sorted(i.path for i in infos if i.type == pafs.FileType.File
+                           and not i.base_name.startswith((".", "_")))
+        else:
+            files = [path]
+    if fmt != "auto" and len(files) > 1:  # a folder may hold other files beside the data
+        exts = {e for e, k in _EXT.items() if k == fmt}
+        files = [f for f in files if Path(f).suffix.lower() in exts]
+    if not files:
+        raise DataError(f"data.path: no data files match {uri}")
+    if fmt == "auto":
+        kinds = {_EXT.get(Path(f).suffix.lower()) for f in files}
+        if None in kinds or len(kinds) != 1:
+            raise DataError(f"data.format: cannot tell the format of {files[0]} from its extension; "
+                            "set data.format to parquet, csv or json")
+        fmt = kinds.pop()
+    return fs, files, fmt
+
+
+def fingerprint_files(fs: pafs.FileSystem, files: list[str], extra: dict) -> str:
+    """sha256 over every file's bytes (in sorted order) and the preparation settings in ``extra``."""
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
+    for f in files:
+        h.update(f.rsplit("/", 1)[-1].encode())
+        with fs.open_input_stream(f) as stream:
+            while chunk := stream.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def bootstrap_sklearn(name: str, uri: str) -> None:
+    """Write scikit-learn's bundled data set ``name`` (e.g. 'sklearn:digits') to ``uri`` as Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn import datasets
+
+    loader = getattr(datasets, f"load_{name.split(':', 1)[1]}")
+    bunch = loader(as_frame=True)
+    frame = bunch.frame.copy()
+    frame.columns = [str(c).replace(" ", "_") for c in frame.columns]
+    fs, path = filesystem_for(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{path}.tmp"
+    with fs.open_output_stream(tmp) as out:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), out)
+    fs.move(tmp, path)
