@@ -24,9 +24,10 @@ def ensure_ray(address: Optional[str] = None, quiet: bool = True) -> bool:
 
         from ray.data import DataContext
 
-        DataContext.get_current().enable_progress_bars = False
         for name in ("ray.data", "ray.train", "ray.serve"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # also silences "progress bars disabled"
+        DataContext.get_current().enable_progress_bars = False
     kwargs = dict(logging_level="WARNING", log_to_driver=not quiet)
     if address is None:
         ray.init(address="local", include_dashboard=False, **kwargs)

@@ -87,6 +87,12 @@ class TrainSpec(_Strict):
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, description="Seed for weights and shuffling.")
     checkpoints_to_keep: int = Field(2, ge=1, description="Best checkpoints kept, ranked by validation accuracy.")
+    checkpoint_every_epochs: int = Field(
+        5, ge=0, description="Also checkpoint every N epochs (0: never), bounding what a failure can cost; a "
+                             "checkpoint is always written when validation accuracy improves and at the end.")
+    cache_shard_mb: float = Field(
+        256, ge=0, description="A worker's shard smaller than this is read once and reshuffled in memory each "
+                               "epoch; larger shards stream from Ray Data every epoch (0: always stream).")
     max_failures: int = Field(1, ge=0, description="Worker-group restarts (from the last checkpoint) on failure.")
 
 

@@ -14,11 +14,11 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 def test_ddp_training_validates_each_epoch_and_keeps_the_best_checkpoints(digits_parquet, tmp_path):
     spec = spec_from_dict({"data": {"path": digits_parquet, "label": "target"}, "model": {"name": "digits"},
-                           "train": {"epochs": 3, "num_workers": 2, "checkpoints_to_keep": 2}})
+                           "train": {"epochs": 6, "num_workers": 2, "checkpoints_to_keep": 2}})
     data = prepare_data(spec.data, str(tmp_path))
     result = train_model(spec, data, str(tmp_path))
 
-    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert [h["epoch"] for h in result.history] == list(range(6))
     assert all("val_accuracy" in h and "train_loss" in h for h in result.history)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_metrics["val_accuracy"] == max(h["val_accuracy"] for h in result.history)
@@ -37,6 +37,6 @@ def test_ddp_training_validates_each_epoch_and_keeps_the_best_checkpoints(digits
     x, y = data.numpy("test")
     with torch.no_grad():
         acc = (result.model(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
-    assert acc > 0.85
+    assert acc > 0.9
     # the normalisation fitted on the train split lives in the weights
     np.testing.assert_allclose(result.model[0].mean.numpy(), data.mean, rtol=1e-5)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -22,9 +24,40 @@ from maas.models.artifacts import load_torch_model, save_torch_model, unwrap
 STATE, OPTIMIZER = "state.json", "optimizer.pt"
 
 
-def _tensors(batch: dict, features: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = np.stack([batch[c] for c in features], axis=1).astype(np.float32, copy=False)
-    return torch.from_numpy(x).to(device), torch.from_numpy(batch["__y"]).to(device)
+class ShardBatches:
+    """One worker's shard as (x, y) numpy batches, streamed from Ray Data every epoch or, when ``cache`` is
+    set (the driver sets it for shards under ``train.cache_shard_mb``), read once and reshuffled in memory:
+    each streamed epoch pays a fixed setup cost that dwarfs the compute of a small data set."""
+
+    def __init__(self, shard, features: list[str], cache: bool, shuffle_buffer: int):
+        self.shard, self.features, self.cache, self.shuffle_buffer = shard, features, cache, shuffle_buffer
+        self._x: Optional[np.ndarray] = None
+        self._y: Optional[np.ndarray] = None
+
+    def _stream(self, batch_size: int, seed: Optional[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        shuffle = {} if seed is None else dict(local_shuffle_buffer_size=self.shuffle_buffer,
+                                               local_shuffle_seed=seed)
+        for batch in self.shard.iter_batches(batch_size=batch_size, batch_format="numpy", **shuffle):
+            x = np.stack([batch[c] for c in self.features], axis=1).astype(np.float32, copy=False)
+            yield x, batch["__y"]
+
+    def epoch(self, batch_size: int, seed: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if not self.cache:
+            yield from self._stream(batch_size, seed)
+            return
+        if self._x is None:
+            parts = list(self._stream(4096, None))
+            self._x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, len(self.features)),
+                                                                                     np.float32)
+            self._y = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        order = np.arange(len(self._y)) if seed is None else np.random.default_rng(seed).permutation(len(self._y))
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            yield self._x[idx], self._y[idx]
+
+
+def _to(device: torch.device, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
 
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
@@ -67,16 +100,18 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(opt_state)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     features = config["features"]
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
+    cache, buffer = config["cache_shards"], config["shuffle_buffer"]
+    train_batches = ShardBatches(ray.train.get_dataset_shard("train"), features, cache, buffer)
+    val_batches = ShardBatches(ray.train.get_dataset_shard("val"), features, cache, buffer) \
+        if config["has_val"] else None
 
+    best = max((h.get("val_accuracy", -h["epoch"]) for h in history), default=None)
     for epoch in range(start_epoch, config["epochs"]):
         model.train()
+        started = time.perf_counter()
         loss_sum = seen = correct = 0.0
-        for batch in train_shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy",
-                                              local_shuffle_buffer_size=config["shuffle_buffer"],
-                                              local_shuffle_seed=config["seed"] * 1000 + epoch * 10 + rank):
-            x, y = _tensors(batch, features, device)
+        for xb, yb in train_batches.epoch(config["batch_size"], seed=config["seed"] * 100003 + epoch * 101 + rank):
+            x, y = _to(device, xb, yb)
             logits = model(x)
             loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -86,15 +121,17 @@ def train_loop_per_worker(config: dict) -> None:
             seen += len(y)
             correct += (logits.argmax(1) == y).sum().item()
         metrics = {"epoch": epoch}
+        train_seconds = time.perf_counter() - started
         t_loss, t_seen, t_correct = _all_sum([loss_sum, seen, correct], device)
-        metrics.update(train_loss=t_loss / max(t_seen, 1), train_accuracy=t_correct / max(t_seen, 1))
+        metrics.update(train_loss=t_loss / max(t_seen, 1), train_accuracy=t_correct / max(t_seen, 1),
+                       train_seconds=train_seconds, samples_per_s=t_seen / max(train_seconds, 1e-9))
 
-        if val_shard is not None:
+        if val_batches is not None:
             model.eval()
             v_loss = v_seen = v_correct = 0.0
             with torch.no_grad():
-                for batch in val_shard.iter_batches(batch_size=1024, batch_format="numpy"):
-                    x, y = _tensors(batch, features, device)
+                for xb, yb in val_batches.epoch(1024):
+                    x, y = _to(device, xb, yb)
                     logits = model(x)
                     v_loss += loss_fn(logits, y).item()
                     v_seen += len(y)
@@ -103,6 +140,16 @@ def train_loop_per_worker(config: dict) -> None:
             metrics.update(val_loss=v_loss / max(v_seen, 1), val_accuracy=v_correct / max(v_seen, 1))
         history.append(metrics)
 
+        # Checkpoint when validation improves (what keep-best-N ranks), every N epochs (the most progress a
+        # failure can cost) and at the end. Each checkpoint is a persisted upload plus a barrier: on small
+        # models writing one every epoch costs more than the epoch itself.
+        score = metrics.get("val_accuracy", -epoch)
+        improved = best is None or score > best
+        best = score if improved else best
+        every = config["checkpoint_every_epochs"]
+        due = improved or epoch == config["epochs"] - 1 or (every and (epoch + 1) % every == 0)
+        if not due:
+            continue  # every rank computes the same `due` (validation figures are all-reduced)
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_torch_model(unwrap(model), config["model_config"], tmp)

@@ -50,6 +50,10 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
     from ray.train.torch import TorchTrainer
 
     t = spec.train
+    # A worker's report() waits until the controller polls it, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
+    # (2 s by default): that caps a run at one checkpoint per 2 s however short an epoch is. Ray Train
+    # propagates this variable from the driver to its controller; an explicit setting is kept.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     use_gpu = choose_device(t.device, t.num_workers)
     has_val = data.counts.get("splits", {}).get("val", 0) > 0
     model_config = {"arch": spec.model.arch, "input_dim": len(data.features), "num_classes": len(data.classes),
@@ -57,7 +61,9 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
     config = {"model_config": model_config, "normalization": {"mean": data.mean, "std": data.std},
               "features": data.features, "has_val": has_val, "epochs": t.epochs, "batch_size": t.batch_size,
               "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "seed": t.seed,
-              "shuffle_buffer": max(t.batch_size * 8, 256)}
+              "checkpoint_every_epochs": t.checkpoint_every_epochs, "shuffle_buffer": max(t.batch_size * 8, 256)}
+    shard_mb = data.train.size_bytes() / t.num_workers / 2**20
+    config["cache_shards"] = shard_mb < t.cache_shard_mb
     datasets = {"train": data.train}
     if has_val:
         datasets["val"] = data.val
