@@ -1,6 +1,10 @@
-"""run_pipeline(spec): data -> train -> evaluate -> compress -> gate -> publish -> promote -> serve.
+"""The stages as functions, and run_pipeline(spec) composing them.
 
-Stages never import each other: they meet here through typed results and through the registry.
+data -> train (+ fp32 evaluation, publish) -> compress (+ gate, publish) -> promote -> serve.
+
+Each stage also runs alone as a Ray job (``jobs/``): the data stage saves its splits under the run folder,
+training reads them back by run id, compression finds its parent and test split through the registry's
+lineage. Stages never import each other: they meet here, through typed results and the registry.
 """
 
 from __future__ import annotations
@@ -13,13 +17,20 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from maas.compress import check_gate, compress_model, evaluate
-from maas.data import prepare_data, run_dir_for
+from maas.data import DataResult, load_prepared, prepare_data, run_dir_for, save_prepared
+from maas.exceptions import RegistryError
 from maas.models.artifacts import export_onnx, save_torch_model
 from maas.models.predictor import TorchPredictor, load_predictor
 from maas.registry import Registry
 from maas.serve.oip import classifier_signature
 from maas.spec import PipelineSpec
 from maas.train import train_model
+
+Progress = Callable[[str, str], None]
+
+
+def _noop(stage: str, detail: str = "") -> None:
+    pass
 
 
 @dataclass
@@ -46,19 +57,118 @@ class PipelineResult:
         return asdict(self)
 
 
-def _noop(stage: str, detail: str = "") -> None:
-    pass
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
+
+# ------------------------------------------------------------------------------------------------ stages
+
+def stage_data(spec: PipelineSpec, run_id: str) -> DataResult:
+    """Read, validate, split and fit normalisation; the splits are saved under the run for later stages."""
+    run_dir = run_dir_for(Registry(spec.store).location, run_id)
+    data = prepare_data(spec.data, run_dir)
+    save_prepared(data, run_dir)
+    return data
+
+
+def stage_train(spec: PipelineSpec, data: DataResult, run_id: str) -> tuple[dict, object]:
+    """Train, evaluate the best checkpoint on the test split, publish it as the fp32 parent version.
+
+    Returns:
+        (variant record {method, runtime, ref, metrics, gate, passed}, TrainResult)
+    """
+    registry = Registry(spec.store)
+    run_dir = run_dir_for(registry.location, run_id)
+    trained = train_model(spec, data, run_dir)
+    x_test, y_test = data.numpy("test")
+    with tempfile.TemporaryDirectory(prefix="maas-") as tmp:
+        files = save_torch_model(trained.model, trained.model_config, Path(tmp))
+        files["model.onnx"] = export_onnx(trained.model, len(data.features), Path(tmp) / "model.onnx")
+        metrics = evaluate(TorchPredictor(trained.model), x_test, y_test,
+                           size_bytes=files["model.safetensors"].stat().st_size, runs=spec.compress.latency_runs)
+        metrics.update({k: v for k, v in trained.best_metrics.items() if k.startswith("val_")})
+        parent = registry.publish(
+            spec.model.name, files, runtime="torch", metrics=metrics,
+            signature=classifier_signature(len(data.features), data.classes),
+            lineage={**_lineage(spec, data, run_id, run_dir), "method": "fp32", "parent": None,
+                     "checkpoint": trained.checkpoint_path, "train_device": trained.device,
+                     "history": trained.history})
+    return {"method": "fp32", "runtime": "torch", "ref": parent.ref, "metrics": metrics, "gate": "parent",
+            "passed": True}, trained
+
+
+def stage_compress(spec: PipelineSpec, parent_ref: str) -> list[dict]:
+    """Compress the registered fp32 ``parent_ref`` with every method of the spec; gate and publish each.
+
+    The test split is the parent's own (found through its lineage), so parent and variants are measured on
+    exactly the same rows.
+    """
+    registry = Registry(spec.store)
+    folder, parent = registry.fetch(parent_ref)
+    if parent.runtime != "torch" or "model.onnx" not in parent.files:
+        raise RegistryError(f"{parent.ref} is a {parent.lineage.get('method', parent.runtime)} variant; "
+                            "compress a fp32 parent (the version a train stage published)")
+    data = load_prepared(parent.lineage["run_dir"])
+    x_test, y_test = data.numpy("test")
+    variants = []
+    with tempfile.TemporaryDirectory(prefix="maas-") as tmp:
+        for variant in compress_model(spec.compress.methods, folder / "model.onnx", Path(tmp)):
+            predictor = load_predictor(Path(tmp) / variant.method, variant.runtime)
+            weights = next(iter(variant.files.values()))
+            metrics = evaluate(predictor, x_test, y_test, size_bytes=weights.stat().st_size,
+                               runs=spec.compress.latency_runs)
+            passed, reason = check_gate(parent.metrics, metrics, spec.compress.max_accuracy_drop)
+            lineage = {k: parent.lineage[k] for k in ("data_fingerprint", "spec_hash", "run_id", "run_dir",
+                                                       "data_counts", "features") if k in parent.lineage}
+            mv = registry.publish(
+                spec.model.name, variant.files, runtime=variant.runtime, metrics=metrics,
+                signature=parent.signature,
+                lineage={**lineage, "method": variant.method, "parent": parent.ref,
+                         "gate": {"passed": passed, "reason": reason}},
+                status="ready" if passed else "rejected", description=reason)
+            variants.append({"method": variant.method, "runtime": variant.runtime, "ref": mv.ref,
+                             "metrics": metrics, "gate": ("pass: " if passed else "REJECTED: ") + reason,
+                             "passed": passed})
+    return variants
+
+
+def stage_promote(spec: PipelineSpec, candidates: list[dict]) -> str:
+    """Point ``deploy.alias`` at the smallest candidate that passed its gate; returns its reference."""
+    passing = [v for v in candidates if v["passed"]]
+    if not passing:
+        raise RegistryError("no candidate passed its quality gate; nothing to promote")
+    chosen = min(passing, key=lambda v: (v["metrics"]["size_bytes"], v["metrics"]["latency_ms_p50"]))
+    name, version = chosen["ref"].split("/")
+    Registry(spec.store).set_alias(name, spec.deploy.alias, int(version))
+    return chosen["ref"]
+
+
+def stage_deploy(spec: PipelineSpec, ref: Optional[str] = None) -> str:
+    """Serve ``ref`` (default ``<model>@<deploy.alias>``) with the spec's deploy settings; returns the URL."""
+    from maas.serve import deploy
+
+    d = spec.deploy
+    return deploy(Registry(spec.store).location, ref or f"{spec.model.name}@{d.alias}", host=d.host, port=d.port,
+                  max_batch_size=d.max_batch_size, batch_wait_timeout_s=d.batch_wait_timeout_s,
+                  max_request_bytes=d.max_request_bytes, num_replicas=d.num_replicas)
+
+
+def _lineage(spec: PipelineSpec, data: DataResult, run_id: str, run_dir: str) -> dict:
+    return {"data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(), "run_id": run_id,
+            "run_dir": run_dir, "data_counts": data.counts, "features": data.features}
+
+
+# ------------------------------------------------------------------------------------------- the whole
 
 def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[str] = None,
-                 progress: Callable[[str, str], None] = _noop) -> PipelineResult:
+                 progress: Progress = _noop) -> PipelineResult:
     """Run every stage of ``spec`` on the connected Ray cluster (see ``maas.runtime.ensure_ray``).
 
     Args:
         spec: the validated pipeline spec.
         serve: deploy ``<model>@<alias>`` at the end; defaults to ``spec.deploy.enabled``.
         run_id: names the run folder under ``<store>/runs``; generated when omitted.
-        progress: called as ``progress(stage, detail)`` when each stage starts.
+        progress: called as ``progress(stage, detail)`` as each stage starts and ends.
 
     Returns:
         PipelineResult with every variant's metrics and registry reference.
@@ -66,13 +176,11 @@ def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Op
     Raises:
         DataError, TrainingError, CompressionError, RegistryError: each names the field or next step.
     """
-    run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    registry = Registry(spec.store)
-    run_dir = run_dir_for(registry.location, run_id)
-    name, timings = spec.model.name, {}
+    run_id = run_id or new_run_id()
+    timings: dict = {}
     clock = time.perf_counter()
 
-    def lap(stage: str, detail: str = "") -> None:
+    def lap(stage: str, detail: str) -> None:
         nonlocal clock
         now = time.perf_counter()
         timings[stage] = round(now - clock, 2)
@@ -80,72 +188,32 @@ def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Op
         progress(stage, detail)
 
     progress("data", f"reading {spec.data.path}")
-    data = prepare_data(spec.data, run_dir)
+    data = stage_data(spec, run_id)
     lap("data", f"{data.counts['rows_ok']} rows ok, {data.counts['rows_rejected']} quarantined")
 
     progress("train", f"{spec.train.num_workers} workers x {spec.train.epochs} epochs")
-    trained = train_model(spec, data, run_dir)
-    lap("train", f"best val accuracy {trained.best_metrics.get('val_accuracy', float('nan')):.4f}")
-    train_seconds = timings["train"]
+    parent, trained = stage_train(spec, data, run_id)
+    lap("train", f"best val accuracy {trained.best_metrics.get('val_accuracy', float('nan')):.4f}, "
+                 f"fp32 test accuracy {parent['metrics']['test_accuracy']:.4f} -> {parent['ref']}")
 
-    progress("evaluate", "fp32 on the test split")
-    x_test, y_test = data.numpy("test")
-    signature = classifier_signature(len(data.features), data.classes)
-    lineage = {"data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(), "run_id": run_id,
-               "run_dir": run_dir, "data_counts": data.counts, "features": data.features}
-    runs = spec.compress.latency_runs
-    with tempfile.TemporaryDirectory(prefix="maas-") as tmp:
-        work = Path(tmp)
-        files = save_torch_model(trained.model, trained.model_config, work / "fp32")
-        files["model.onnx"] = export_onnx(trained.model, len(data.features), work / "fp32" / "model.onnx")
-        fp32_metrics = evaluate(TorchPredictor(trained.model), x_test, y_test,
-                                size_bytes=files["model.safetensors"].stat().st_size, runs=runs)
-        fp32_metrics.update({k: v for k, v in trained.best_metrics.items() if k.startswith("val_")})
-        parent = registry.publish(
-            name, files, runtime="torch", metrics=fp32_metrics, signature=signature,
-            lineage={**lineage, "method": "fp32", "parent": None, "checkpoint": trained.checkpoint_path,
-                     "train_device": trained.device})
-        variants = [{"method": "fp32", "runtime": "torch", "ref": parent.ref, "metrics": fp32_metrics,
-                     "gate": "parent", "passed": True}]
-        lap("evaluate", f"fp32 test accuracy {fp32_metrics['test_accuracy']:.4f} -> {parent.ref}")
+    progress("compress", ", ".join(spec.compress.methods))
+    variants = [parent] + stage_compress(spec, parent["ref"])
+    lap("compress", ", ".join(f"{v['method']} -> {v['ref']} ({'pass' if v['passed'] else 'rejected'})"
+                              for v in variants[1:]))
 
-        progress("compress", ", ".join(spec.compress.methods))
-        for variant in compress_model(spec.compress.methods, files["model.onnx"], work):
-            predictor = load_predictor(work / variant.method, variant.runtime)
-            weights = next(iter(variant.files.values()))
-            metrics = evaluate(predictor, x_test, y_test, size_bytes=weights.stat().st_size, runs=runs)
-            passed, reason = check_gate(fp32_metrics, metrics, spec.compress.max_accuracy_drop)
-            mv = registry.publish(
-                name, variant.files, runtime=variant.runtime, metrics=metrics, signature=signature,
-                lineage={**lineage, "method": variant.method, "parent": parent.ref,
-                         "gate": {"passed": passed, "reason": reason}},
-                status="ready" if passed else "rejected", description=reason)
-            variants.append({"method": variant.method, "runtime": variant.runtime, "ref": mv.ref,
-                             "metrics": metrics, "gate": ("pass: " if passed else "REJECTED: ") + reason,
-                             "passed": passed})
-        lap("compress", f"{len(variants) - 1} variant(s)")
-
-    # Promote the smallest variant that passed its gate; the fp32 parent when none did.
-    passing = [v for v in variants if v["passed"]]
-    chosen = min(passing, key=lambda v: (v["metrics"]["size_bytes"], v["metrics"]["latency_ms_p50"]))
-    alias = spec.deploy.alias
-    registry.set_alias(name, alias, int(chosen["ref"].split("/")[1]))
-    lap("promote", f"{name}@{alias} -> {chosen['ref']}")
+    promoted = stage_promote(spec, variants)
+    lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted}")
 
     endpoint = None
     if spec.deploy.enabled if serve is None else serve:
-        from maas.serve import deploy
-
-        progress("serve", f"{name}@{alias} on {spec.deploy.host}:{spec.deploy.port}")
-        d = spec.deploy
-        endpoint = deploy(registry.location, f"{name}@{alias}", host=d.host, port=d.port,
-                          max_batch_size=d.max_batch_size, batch_wait_timeout_s=d.batch_wait_timeout_s,
-                          max_request_bytes=d.max_request_bytes, num_replicas=d.num_replicas)
+        progress("serve", f"{spec.model.name}@{spec.deploy.alias} on {spec.deploy.host}:{spec.deploy.port}")
+        endpoint = stage_deploy(spec)
         lap("serve", endpoint)
 
+    x_test, _ = data.numpy("test")
     return PipelineResult(
-        run_id=run_id, run_dir=run_dir, spec_hash=spec.spec_hash(), data_fingerprint=data.fingerprint,
-        data_counts=data.counts, train_device=trained.device, train_seconds=train_seconds,
-        best_val_accuracy=float(trained.best_metrics.get("val_accuracy", float("nan"))), history=trained.history,
-        variants=variants, alias=alias, promoted_ref=chosen["ref"], endpoint=endpoint,
-        example_row=x_test[0].tolist(), stage_seconds=timings)
+        run_id=run_id, run_dir=run_dir_for(Registry(spec.store).location, run_id), spec_hash=spec.spec_hash(),
+        data_fingerprint=data.fingerprint, data_counts=data.counts, train_device=trained.device,
+        train_seconds=timings["train"], best_val_accuracy=float(trained.best_metrics.get("val_accuracy", "nan")),
+        history=trained.history, variants=variants, alias=spec.deploy.alias, promoted_ref=promoted,
+        endpoint=endpoint, example_row=x_test[0].tolist(), stage_seconds=timings)

@@ -205,3 +205,37 @@ def write_report(run_dir: str, result: DataResult) -> None:
 def run_dir_for(store: str, run_id: str) -> str:
     return f"{store.rstrip('/')}/runs/{run_id}" if "://" in store else os.path.join(
         os.path.abspath(store), "runs", run_id)
+
+
+def save_prepared(result: DataResult, run_dir: str) -> None:
+    """Persist the splits (Parquet) beside data_report.json, so later stages and jobs can reload them."""
+    for name in ("train", "val", "test"):
+        getattr(result, name).write_parquet(f"{run_dir}/splits/{name}")
+
+
+def load_prepared(run_dir: str) -> DataResult:
+    """The DataResult of an earlier data stage, from its run folder (local path or URI).
+
+    Raises:
+        DataError: the run folder holds no prepared data (name the run id of a finished data stage).
+    """
+    import ray.data
+
+    fs, path = filesystem_for(run_dir)
+    try:
+        with fs.open_input_stream(f"{path}/data_report.json") as f:
+            report = json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        raise DataError(f"no prepared data in {run_dir}: run the data stage first "
+                        "(python -m jobs.preprocess --spec FILE) and pass its run id") from None
+    splits = {}
+    for name in ("train", "val", "test"):
+        split_dir = f"{path}/splits/{name}"
+        if fs.get_file_info(split_dir).type.name == "NotFound":
+            raise DataError(f"{run_dir} has no saved '{name}' split; re-run the data stage")
+        splits[name] = ray.data.read_parquet(split_dir, filesystem=fs).materialize()
+    norm = report["normalization"]
+    return DataResult(train=splits["train"], val=splits["val"], test=splits["test"], features=report["features"],
+                      classes=report["classes"], mean=norm["mean"], std=norm["std"],
+                      fingerprint=report["fingerprint"], counts=report["counts"],
+                      rejects_path=report.get("rejects_path"))

@@ -139,6 +139,11 @@ def train_loop_per_worker(config: dict) -> None:
             v_loss, v_seen, v_correct = _all_sum([v_loss, v_seen, v_correct], device)
             metrics.update(val_loss=v_loss / max(v_seen, 1), val_accuracy=v_correct / max(v_seen, 1))
         history.append(metrics)
+        if rank == 0:  # shows in job logs (`maas logs --follow`) as the run's progress
+            done = epoch + 1
+            val = f" val_accuracy={metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else ""
+            print(f"[train] epoch {done}/{config['epochs']} ({100 * done // config['epochs']}%) "
+                  f"loss={metrics['train_loss']:.4f}{val}", flush=True)
 
         # Checkpoint when validation improves (what keep-best-N ranks), every N epochs (the most progress a
         # failure can cost) and at the end. Each checkpoint is a persisted upload plus a barrier: on small

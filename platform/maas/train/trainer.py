@@ -54,6 +54,7 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
     # (2 s by default): that caps a run at one checkpoint per 2 s however short an epoch is. Ray Train
     # propagates this variable from the driver to its controller; an explicit setting is kept.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else each progress line is logged twice
     use_gpu = choose_device(t.device, t.num_workers)
     has_val = data.counts.get("splits", {}).get("val", 0) > 0
     model_config = {"arch": spec.model.arch, "input_dim": len(data.features), "num_classes": len(data.classes),

@@ -1,0 +1,292 @@
+"""The job submission layer: every stage is a Ray job, submitted and followed from Python.
+
+Example (a notebook):
+    >>> import maas
+    >>> client = maas.Client()                     # RAY_ADDRESS, else an embedded local Ray
+    >>> job = client.submit("examples/digits.yaml", ["train.epochs=10"])
+    >>> for chunk in job.logs(follow=True):
+    ...     print(chunk, end="")
+    >>> job.result()["variants"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+from maas.exceptions import MaasError, SpecError
+from maas.spec import PipelineSpec, load_spec, spec_from_dict
+
+STAGES = ("pipeline", "preprocess", "train", "compress", "deploy")
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+RESULT_KEY = "maas_result"
+
+
+class JobError(MaasError):
+    """A job could not be submitted, found or followed."""
+
+
+def find_token() -> Optional[str]:
+    """The Ray auth token as Ray's own clients find it: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    return None
+
+
+def _auth_enabled() -> bool:
+    return os.environ.get("RAY_AUTH_MODE", "token").lower() != "disabled"
+
+
+NO_TOKEN = ("no Ray auth token found. This cluster uses token authentication (Ray 2.60's default, which maas "
+            "keeps on). Copy the token from the head node (`cat ~/.ray/auth_token` there) and either save it "
+            "to ~/.ray/auth_token here or `export RAY_AUTH_TOKEN=<token>`.")
+BAD_TOKEN = ("the Ray cluster at {address} rejected the auth token ({source}). Use the head node's token: "
+             "`cat ~/.ray/auth_token` on the head, then save it to ~/.ray/auth_token here or "
+             "`export RAY_AUTH_TOKEN=<token>`.")
+
+
+def _jobs_address(address: str) -> str:
+    if address.startswith(("http://", "https://")):
+        return address.rstrip("/")
+    if address.startswith("ray://") or address == "auto":
+        raise JobError(f"address {address!r} is not a Jobs API address: pass the dashboard URL of the head, "
+                       "e.g. http://<head>:8265 (the same address `ray job submit --address` takes)")
+    return f"http://{address.rstrip('/')}"
+
+
+def _is_local(address: str) -> bool:
+    host = address.split("://", 1)[-1].split(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "0.0.0.0", "::1")
+
+
+class Job:
+    """A handle on one submitted job: status, logs, wait, stop and its parsed result line."""
+
+    def __init__(self, client: "Client", job_id: str):
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, status={self.status()!r})"
+
+    def info(self):
+        try:
+            return self.client._jobs.get_job_info(self.id)
+        except RuntimeError as exc:
+            raise JobError(f"job {self.id!r} not found at {self.client.address}: {exc}") from None
+
+    def status(self) -> str:
+        """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+        return str(self.info().status.value if hasattr(self.info().status, "value") else self.info().status)
+
+    def logs(self, follow: bool = False, poll_s: float = 0.5) -> Union[str, Iterator[str]]:
+        """The job's whole log so far, or (``follow=True``) an iterator of new log text until the job ends.
+
+        Following polls instead of streaming over a websocket, so it also works inside Jupyter's event loop.
+        """
+        if not follow:
+            return self.client._jobs.get_job_logs(self.id)
+        return self._follow(poll_s)
+
+    def _follow(self, poll_s: float) -> Iterator[str]:
+        seen = 0
+        while True:
+            done = self.status() in TERMINAL  # read the status first: logs fetched after it are complete
+            text = self.client._jobs.get_job_logs(self.id)
+            if len(text) > seen:
+                yield text[seen:]
+                seen = len(text)
+            if done:
+                return
+            time.sleep(poll_s)
+
+    def wait(self, timeout: Optional[float] = None, poll_s: float = 0.5) -> str:
+        """Block until the job ends; returns its final status.
+
+        Raises:
+            TimeoutError: still running after ``timeout`` seconds (the job keeps running).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (status := self.status()) not in TERMINAL:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still {status} after {timeout} s")
+            time.sleep(poll_s)
+        return status
+
+    def stop(self) -> bool:
+        """Ask the job to stop (SIGTERM, then SIGKILL); its training actors and Serve apps go with it."""
+        return self.client._jobs.stop_job(self.id)
+
+    def result(self, timeout: Optional[float] = None) -> dict:
+        """The job's result line (waits for the job to end): status, versions, metrics, or the error.
+
+        Raises:
+            JobError: the job ended without printing a result line (killed, or crashed before starting).
+        """
+        status = self.wait(timeout)
+        for line in reversed(self.logs().splitlines()):
+            line = line.strip()
+            if line.startswith("{") and RESULT_KEY in line:
+                try:
+                    parsed = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(parsed, dict) and RESULT_KEY in parsed:
+                    parsed["job_status"] = status
+                    return parsed
+        raise JobError(f"job {self.id} ended {status} without a result line; last log lines:\n"
+                       + self.tail(20))
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join(self.logs().splitlines()[-n:])
+
+
+class Client:
+    """Submit maas stages as Ray jobs.
+
+    Args:
+        address: the cluster's Jobs API, ``http://<head>:8265`` (``RAY_ADDRESS`` when omitted). With neither,
+            an embedded local Ray (dashboard on 127.0.0.1) is started in this process and jobs run there for
+            as long as this process lives.
+
+    Raises:
+        JobError: no auth token found, token rejected, or the cluster cannot be reached.
+    """
+
+    def __init__(self, address: Optional[str] = None):
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        self.embedded = address is None
+        if self.embedded:
+            address = self._start_embedded()
+        self.address = _jobs_address(address)
+        headers = {}
+        if _auth_enabled():
+            token = find_token()
+            if not token:
+                raise JobError(NO_TOKEN)
+            # Ray's HTTP clients send the token only when RAY_AUTH_MODE=token is set in *this* process; a
+            # notebook or CLI user should not have to know that, so the header is passed explicitly and the
+            # mode set for Ray's other clients (state API, logs) in this process.
+            headers["authorization"] = f"Bearer {token}"
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            self._jobs = JobSubmissionClient(self.address, headers=headers)
+        except Exception as exc:  # ConnectionError, RuntimeError with Ray's auth message ...
+            text = str(exc)
+            if "401" in text or "403" in text or "uthentication" in text:
+                source = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else "~/.ray/auth_token"
+                raise JobError(BAD_TOKEN.format(address=self.address, source=source)) from None
+            raise JobError(f"cannot reach the Ray Jobs API at {self.address}: {text.splitlines()[0]}. Is the "
+                           "head running (`ray start --head`), and is this its dashboard address?") from None
+
+    @staticmethod
+    def _start_embedded() -> str:
+        import socket
+
+        import ray
+        from ray._private.worker import get_dashboard_url
+
+        if not ray.is_initialized():
+            with socket.socket() as s:  # never 8265: a real head on this machine may hold it
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                     logging_level="WARNING")
+        url = get_dashboard_url()
+        if not url:
+            raise JobError("the embedded Ray started without its dashboard, which runs the Jobs API; "
+                           "pip install 'ray[default]' or pass the address of a running cluster")
+        return url
+
+    def shutdown(self) -> None:
+        """Stop the embedded Ray (no-op against a cluster)."""
+        if self.embedded:
+            import ray
+
+            ray.shutdown()
+
+    # ------------------------------------------------------------------------------------------- submit
+    def _prepare_spec(self, spec: Union[PipelineSpec, str, Path, dict], overrides: Optional[list[str]]
+                      ) -> PipelineSpec:
+        if isinstance(spec, PipelineSpec):
+            spec = spec_from_dict(spec.model_dump(mode="json"), overrides)
+        elif isinstance(spec, dict):
+            spec = spec_from_dict(spec, overrides)
+        else:
+            spec = load_spec(spec, overrides)
+        # Local paths are relative to the submitter; the job runs in its own folder on the cluster.
+        local = self.embedded or _is_local(self.address)
+        fixes = []
+        for field, value in (("store", spec.store), ("data.path", spec.data.path)):
+            if "://" in value or os.path.isabs(value):
+                continue
+            if not local:
+                raise SpecError([(field, f"{value!r} is a relative local path, which means nothing on a remote "
+                                         "cluster: use a URI (s3://bucket/...) or a shared absolute path")],
+                                "submit")
+            fixes.append(f"{field}={os.path.abspath(value)}")
+        return spec_from_dict(spec.model_dump(mode="json"), fixes) if fixes else spec
+
+    def submit(self, spec: Union[PipelineSpec, str, Path, dict], overrides: Optional[list[str]] = None, *,
+               stage: str = "pipeline", args: Optional[list[str]] = None, name: Optional[str] = None) -> Job:
+        """Submit ``stage`` of ``spec`` as a Ray job; returns its handle at once.
+
+        Args:
+            spec: a PipelineSpec, a YAML path or a mapping; validated here, before anything is sent.
+            overrides: ``key=value`` spec overrides.
+            stage: "pipeline" (default), "preprocess", "train", "compress" or "deploy".
+            args: extra entrypoint arguments, e.g. ["--serve"] or ["--run-id", "..."].
+            name: the job's submission id (default: maas-<stage>-<model>-<random>).
+
+        Raises:
+            SpecError: the spec is invalid (every problem at once); JobError: the cluster refused the job.
+        """
+        import jobs
+        import maas
+
+        if stage not in STAGES:
+            raise JobError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        spec = self._prepare_spec(spec, overrides)
+        # embedded: this very interpreter; a cluster: the `python` on its nodes' PATH (as `ray job submit`)
+        python = sys.executable if self.embedded else "python"
+        entrypoint = " ".join([shlex.quote(python), "-m", f"jobs.{stage}", "--spec-json",
+                               shlex.quote(json.dumps(spec.model_dump(mode="json"), separators=(",", ":"))),
+                               *map(shlex.quote, args or [])])
+        runtime_env: dict[str, Any] = {
+            # ship the code: the cluster needs ray and the libraries, not maas itself
+            "py_modules": [str(Path(maas.__file__).parent), str(Path(jobs.__file__).parent)],
+            "env_vars": {"PYTHONUNBUFFERED": "1"},
+        }
+        job_id = name or f"maas-{stage}-{spec.model.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            self._jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id,
+                                  metadata={"maas_stage": stage, "maas_model": spec.model.name})
+        except Exception as exc:
+            raise JobError(f"the cluster at {self.address} refused the job: {str(exc).splitlines()[0]}") from None
+        return Job(self, job_id)
+
+    def job(self, job_id: str) -> Job:
+        job = Job(self, job_id)
+        job.info()  # raises JobError when unknown
+        return job
+
+    def jobs(self) -> list[dict]:
+        """Every job the cluster knows, newest first: id, status, stage, model, start/end time."""
+        out = []
+        for j in self._jobs.list_jobs():
+            meta = j.metadata or {}
+            out.append({"id": j.submission_id or j.job_id, "status": str(getattr(j.status, "value", j.status)),
+                        "stage": meta.get("maas_stage", ""), "model": meta.get("maas_model", ""),
+                        "start_time": j.start_time, "end_time": j.end_time, "message": j.message or ""})
+        return sorted(out, key=lambda d: d["start_time"] or 0, reverse=True)

@@ -1,0 +1,131 @@
+"""Every stage as a Ray job on a real head: the plain `ray` CLI, the maas SDK and the maas CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from maas.registry import Registry
+from maas.submit import Client
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+SPEC = str(ROOT / "examples" / "digits.yaml")
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def maas(*args, env=None, timeout=300):
+    return subprocess.run([str(BIN / "maas"), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env or _env())
+
+
+def test_plain_ray_job_submit_runs_the_pipeline_without_maas_installed(ray_head, tmp_path):
+    store, data = tmp_path / "store", tmp_path / "digits.parquet"
+    r = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", ray_head["address"], "--working-dir",
+                        str(ROOT), "--", "python", "-m", "jobs.pipeline", "--spec", "examples/digits.yaml",
+                        f"store={store}", f"data.path={data}", "train.epochs=4"],
+                       capture_output=True, text=True, timeout=600, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads(next(line for line in r.stdout.splitlines() if line.startswith('{"maas_result"')))
+    assert result["status"] == "succeeded" and result["promoted"].startswith("digits/")
+    assert [v.version for v in Registry(str(store)).list_versions("digits")] == [1, 2]
+
+
+def test_sdk_runs_each_stage_as_its_own_job(ray_head, tmp_path):
+    client = Client(ray_head["address"])
+    overrides = [f"store={tmp_path / 'store'}", f"data.path={tmp_path / 'digits.parquet'}", "train.epochs=4",
+                 f"deploy.port={free_port()}"]
+    pre = client.submit(SPEC, overrides, stage="preprocess").result(timeout=300)
+    assert pre["status"] == "succeeded" and pre["data_counts"]["rows_in"] == 1797
+
+    train_job = client.submit(SPEC, overrides, stage="train", args=["--run-id", pre["run_id"]])
+    trained = train_job.result(timeout=300)
+    assert trained["status"] == "succeeded" and trained["version"] == "digits/1" and trained["run_id"] == pre["run_id"]
+    assert len(trained["history"]) == 4
+    assert "[train] epoch 4/4 (100%)" in train_job.logs()  # progress shows in the job log
+
+    comp = client.submit(SPEC, overrides, stage="compress", args=["--parent", "digits/1"]).result(timeout=300)
+    assert comp["status"] == "succeeded" and comp["variants"][0]["ref"] == "digits/2"
+    assert comp["promoted"] in ("digits/1", "digits/2")
+
+    dep = client.submit(SPEC, overrides, stage="deploy").result(timeout=300)
+    assert dep["status"] == "succeeded"
+    meta = requests.get(f"{dep['endpoint']}/v2/models/digits", timeout=10).json()
+    assert meta["versions"] == [comp["promoted"].split("/")[1]]
+    ids = [j["id"] for j in client.jobs()]
+    assert train_job.id in ids
+    lineage = Registry(str(tmp_path / "store")).get_version("digits", 2).lineage
+    assert lineage["parent"] == "digits/1" and lineage["run_id"] == pre["run_id"]
+
+
+def test_failed_job_keeps_its_error_and_logs(ray_head, tmp_path):
+    client = Client(ray_head["address"])
+    job = client.submit(SPEC, [f"store={tmp_path}", f"data.path={tmp_path / 'missing.parquet'}",
+                               "data.bootstrap=null"], stage="preprocess")
+    assert job.wait(timeout=300) == "FAILED"
+    result = job.result()
+    assert result["status"] == "failed" and "data.path" in result["error"] and "does not exist" in result["error"]
+    assert "error: data.path" in job.logs()
+    status = maas("status", job.id, "--address", ray_head["address"])
+    assert status.returncode == 0 and "FAILED" in status.stdout and "does not exist" in status.stdout
+
+
+def test_cli_follow_detach_then_stop_leaves_no_training_actors(ray_head, tmp_path):
+    from ray.util.state import list_actors
+
+    address = ray_head["address"]
+    proc = subprocess.Popen([str(BIN / "maas"), "submit", SPEC, "--address", address, f"store={tmp_path}",
+                             f"data.path={tmp_path / 'd.parquet'}", "train.epochs=2000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    lines, deadline = [], time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "[train] epoch 2/" in line or (not line and proc.poll() is not None):
+            break
+    assert any("[train] epoch" in line for line in lines), "".join(lines)
+    job_id = next(line.split()[1] for line in lines if line.startswith("submitted "))
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    assert "detached" in out and f"maas stop {job_id}" in out and f"maas logs {job_id} --follow" in out
+
+    listed = maas("jobs", "--address", address)
+    assert job_id in listed.stdout and "RUNNING" in listed.stdout
+    stopped = maas("stop", job_id, "--address", address)
+    assert stopped.returncode == 0 and f"{job_id} STOPPED" in stopped.stdout
+
+    def training_actors():
+        alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+        return [a for a in alive if a.class_name in ("RayTrainWorker", "TrainController")]
+
+    deadline = time.time() + 60
+    while training_actors() and time.time() < deadline:
+        time.sleep(1)
+    assert training_actors() == []
+    assert "[train] epoch" in maas("logs", job_id, "--address", address).stdout  # logs outlive the job
+
+
+def test_missing_or_wrong_token_says_what_to_do(ray_head, tmp_path):
+    address = ray_head["address"]
+    no_token = _env(HOME=str(tmp_path))
+    no_token.pop("RAY_AUTH_TOKEN", None)
+    r = maas("jobs", "--address", address, env=no_token)
+    assert r.returncode == 2 and "no Ray auth token found" in r.stderr and "RAY_AUTH_TOKEN" in r.stderr
+    wrong = _env(RAY_AUTH_TOKEN="0" * 32)
+    r = maas("jobs", "--address", address, env=wrong)
+    assert r.returncode == 2 and "rejected the auth token (RAY_AUTH_TOKEN)" in r.stderr, r.stderr
+    assert maas("jobs", "--address", address).returncode == 0  # the right token (~/.ray/auth_token) works
