@@ -26,7 +26,7 @@ test-quick: setup
 	$(BIN)/python -m pytest tests -m "not slow" $(ARGS)
 
 bench: setup
-	$(BIN)/python benchmarks/pipeline_stages.py
+	$(BIN)/python benchmarks/submit_latency.py
 
 clean:
 	rm -rf $(VENV) .maas data .pytest_cache

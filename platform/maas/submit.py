@@ -276,6 +276,21 @@ class Client:
             raise JobError(f"the cluster at {self.address} refused the job: {str(exc).splitlines()[0]}") from None
         return Job(self, job_id)
 
+    def submit_command(self, entrypoint: str, runtime_env: Optional[dict] = None,
+                       name: Optional[str] = None) -> Job:
+        """Run any shell command as a job on the cluster (a custom script, a one-off check).
+
+        Example:
+            >>> client.submit_command("python -c 'import torch; print(torch.cuda.is_available())'").result()
+        """
+        job_id = name or f"maas-cmd-{uuid.uuid4().hex[:8]}"
+        try:
+            self._jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or {}, submission_id=job_id,
+                                  metadata={"maas_stage": "command"})
+        except Exception as exc:
+            raise JobError(f"the cluster at {self.address} refused the job: {str(exc).splitlines()[0]}") from None
+        return Job(self, job_id)
+
     def job(self, job_id: str) -> Job:
         job = Job(self, job_id)
         job.info()  # raises JobError when unknown

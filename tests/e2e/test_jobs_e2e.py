@@ -129,3 +129,28 @@ def test_missing_or_wrong_token_says_what_to_do(ray_head, tmp_path):
     r = maas("jobs", "--address", address, env=wrong)
     assert r.returncode == 2 and "rejected the auth token (RAY_AUTH_TOKEN)" in r.stderr, r.stderr
     assert maas("jobs", "--address", address).returncode == 0  # the right token (~/.ray/auth_token) works
+
+
+def test_quickstart_notebook_runs_against_the_cluster(ray_head, tmp_path, monkeypatch):
+    import nbclient
+    import nbformat
+
+    port = free_port()
+    for key, value in {"RAY_ADDRESS": ray_head["address"], "MAAS_STORE": str(tmp_path / "store"),
+                       "MAAS_DEMO_DATA": str(tmp_path / "digits.parquet"), "MAAS_DEMO_PORT": str(port),
+                       "MAAS_DEMO_EPOCHS": "8"}.items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
+    work = tmp_path / "nb"
+    work.mkdir()
+    (work / "digits.yaml").write_text((ROOT / "examples" / "digits.yaml").read_text())
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(work)}}).execute()
+    outputs = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "[train] epoch 8/8 (100%)" in outputs
+    assert "production -> digits/" in outputs and "served by digits/" in outputs
+    predicted = next(line for line in outputs.splitlines() if line.startswith("predicted:"))
+    actual = next(line for line in outputs.splitlines() if line.startswith("actual:"))
+    hits = sum(a == b for a, b in zip(eval(predicted.split(":", 1)[1]), eval(actual.split(":", 1)[1])))
+    assert hits >= 6  # 8 training digits through the endpoint
+    assert (work / "training_curves.png").stat().st_size > 10_000
