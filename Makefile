@@ -20,10 +20,10 @@ run: setup   ## the demo: digits -> DDP training -> int8 -> registry -> Serve on
 	$(BIN)/maas run examples/digits.yaml $(ARGS)
 
 test: setup  ## every test tier: unit, integration (shared local Ray), e2e (pipeline, CLI, HTTP)
-	$(BIN)/python -m pytest tests $(ARGS)
+	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e $(ARGS)
 
 test-quick: setup
-	$(BIN)/python -m pytest tests -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e -m "not slow" $(ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/submit_latency.py

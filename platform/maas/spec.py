@@ -83,6 +83,9 @@ class TrainSpec(_Strict):
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per training worker.")
     epochs: int = Field(20, ge=1, description="Passes over the train split.")
     batch_size: int = Field(64, ge=1, description="Per-worker batch size.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="'bf16': forward and loss under bfloat16 autocast (on GPUs with bf16 support, and "
+                            "on CPUs); weights, optimizer state and checkpoints stay fp32.")
     learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, description="Seed for weights and shuffling.")

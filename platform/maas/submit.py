@@ -174,10 +174,10 @@ class Client:
             if not token:
                 raise JobError(NO_TOKEN)
             # Ray's HTTP clients send the token only when RAY_AUTH_MODE=token is set in *this* process; a
-            # notebook or CLI user should not have to know that, so the header is passed explicitly and the
-            # mode set for Ray's other clients (state API, logs) in this process.
+            # notebook or CLI user should not have to know that, so the header is passed explicitly. (Setting
+            # the variable here instead would be cached by Ray and break a later local ray.init.)
             headers["authorization"] = f"Bearer {token}"
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        self._headers = headers
         from ray.job_submission import JobSubmissionClient
 
         try:
@@ -290,6 +290,17 @@ class Client:
         except Exception as exc:
             raise JobError(f"the cluster at {self.address} refused the job: {str(exc).splitlines()[0]}") from None
         return Job(self, job_id)
+
+    def actors(self, state: str = "ALIVE") -> list[dict]:
+        """The cluster's actors in ``state`` (class name, job, node): e.g. to check what a stopped job left."""
+        import requests
+
+        r = requests.get(f"{self.address}/api/v0/actors", headers=self._headers, timeout=30,
+                         params={"filter_keys": "state", "filter_predicates": "=", "filter_values": state,
+                                 "limit": 10000})
+        if r.status_code != 200:
+            raise JobError(f"listing actors at {self.address} failed: HTTP {r.status_code} {r.text[:200]}")
+        return r.json()["data"]["result"]["result"]
 
     def job(self, job_id: str) -> Job:
         job = Job(self, job_id)

@@ -121,3 +121,13 @@ def test_serve_command_serves_a_registered_version(tmp_path):
         assert label["datatype"] == "BYTES" and set(label["data"]) <= {"no", "yes"} and label["shape"] == [2]
     finally:
         assert _stop(proc) == 0
+
+
+def test_submit_without_an_address_runs_the_job_on_an_embedded_ray(tmp_path):
+    r = maas("submit", SPEC, "train.epochs=3", "compress.max_accuracy_drop=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "(embedded Ray)" in r.stdout and "[train] epoch 3/3 (100%)" in r.stdout
+    assert "SUCCEEDED; production -> digits/2" in r.stdout
+    assert (tmp_path / ".maas" / "models" / "digits" / "versions" / "2" / "manifest.json").is_file()
+    r = maas("submit", SPEC, "--async", cwd=tmp_path)
+    assert r.returncode == 2 and "--async needs a cluster" in r.stderr

@@ -73,8 +73,10 @@ def test_sdk_runs_each_stage_as_its_own_job(ray_head, tmp_path):
 
 def test_failed_job_keeps_its_error_and_logs(ray_head, tmp_path):
     client = Client(ray_head["address"])
-    job = client.submit(SPEC, [f"store={tmp_path}", f"data.path={tmp_path / 'missing.parquet'}",
-                               "data.bootstrap=null"], stage="preprocess")
+    r = maas("submit", SPEC, "--async", "--stage", "preprocess", "--address", ray_head["address"],
+             f"store={tmp_path}", f"data.path={tmp_path / 'missing.parquet'}", "data.bootstrap=null")
+    assert r.returncode == 0 and "maas stop " in r.stdout, r.stdout + r.stderr
+    job = client.job(r.stdout.split()[1])  # "submitted <id> to ..."
     assert job.wait(timeout=300) == "FAILED"
     result = job.result()
     assert result["status"] == "failed" and "data.path" in result["error"] and "does not exist" in result["error"]
@@ -84,8 +86,6 @@ def test_failed_job_keeps_its_error_and_logs(ray_head, tmp_path):
 
 
 def test_cli_follow_detach_then_stop_leaves_no_training_actors(ray_head, tmp_path):
-    from ray.util.state import list_actors
-
     address = ray_head["address"]
     proc = subprocess.Popen([str(BIN / "maas"), "submit", SPEC, "--address", address, f"store={tmp_path}",
                              f"data.path={tmp_path / 'd.parquet'}", "train.epochs=2000"],
@@ -108,9 +108,10 @@ def test_cli_follow_detach_then_stop_leaves_no_training_actors(ray_head, tmp_pat
     stopped = maas("stop", job_id, "--address", address)
     assert stopped.returncode == 0 and f"{job_id} STOPPED" in stopped.stdout
 
+    client = Client(address)
+
     def training_actors():
-        alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
-        return [a for a in alive if a.class_name in ("RayTrainWorker", "TrainController")]
+        return [a for a in client.actors("ALIVE") if a["class_name"] in ("RayTrainWorker", "TrainController")]
 
     deadline = time.time() + 60
     while training_actors() and time.time() < deadline:

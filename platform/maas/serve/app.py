@@ -144,4 +144,21 @@ def deploy(store: str, ref: str, *, host: str = "127.0.0.1", port: int = 8000, a
     serve.start(http_options={"host": host, "port": port})
     name = parse_ref(ref)[0]
     serve.run(build_app(registry.location, ref, **options), name=app_name or name, route_prefix="/", blocking=False)
-    return f"http://{host}:{port}"
+    return f"http://{_proxy_address(host, port)}"
+
+
+def _proxy_address(host: str, port: int) -> str:
+    """Where Serve's proxy really listens: HTTP options are fixed when Serve first starts on a cluster, so
+    a later deploy asking for another port is served on the first one; report that, and say so."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        config = _get_global_client().http_config
+        actual_host, actual_port = config.host, int(config.port)
+    except Exception:  # private API moved: trust what was asked for
+        return f"{host}:{port}"
+    if (actual_host, actual_port) != (host, port):
+        logger.warning("Serve already listens on %s:%s on this cluster; deploy.host/port (%s:%s) cannot change "
+                       "that until Serve is shut down", actual_host, actual_port, host, port)
+    shown = "127.0.0.1" if actual_host in ("0.0.0.0", "") else actual_host
+    return f"{shown}:{actual_port}"

@@ -99,6 +99,11 @@ def train_loop_per_worker(config: dict) -> None:
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    bf16 = config.get("precision") == "bf16"
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
     features = config["features"]
     cache, buffer = config["cache_shards"], config["shuffle_buffer"]
     train_batches = ShardBatches(ray.train.get_dataset_shard("train"), features, cache, buffer)
@@ -112,8 +117,9 @@ def train_loop_per_worker(config: dict) -> None:
         loss_sum = seen = correct = 0.0
         for xb, yb in train_batches.epoch(config["batch_size"], seed=config["seed"] * 100003 + epoch * 101 + rank):
             x, y = _to(device, xb, yb)
-            logits = model(x)
-            loss = loss_fn(logits, y)
+            with autocast():
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             (loss / len(y)).backward()
             optimizer.step()
@@ -132,7 +138,8 @@ def train_loop_per_worker(config: dict) -> None:
             with torch.no_grad():
                 for xb, yb in val_batches.epoch(1024):
                     x, y = _to(device, xb, yb)
-                    logits = model(x)
+                    with autocast():
+                        logits = model(x).float()
                     v_loss += loss_fn(logits, y).item()
                     v_seen += len(y)
                     v_correct += (logits.argmax(1) == y).sum().item()

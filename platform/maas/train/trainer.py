@@ -61,7 +61,7 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
                     "hidden_sizes": list(spec.model.hidden_sizes), "dropout": spec.model.dropout}
     config = {"model_config": model_config, "normalization": {"mean": data.mean, "std": data.std},
               "features": data.features, "has_val": has_val, "epochs": t.epochs, "batch_size": t.batch_size,
-              "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "seed": t.seed,
+              "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "seed": t.seed, "precision": t.precision,
               "checkpoint_every_epochs": t.checkpoint_every_epochs, "shuffle_buffer": max(t.batch_size * 8, 256)}
     shard_mb = data.train.size_bytes() / t.num_workers / 2**20
     config["cache_shards"] = shard_mb < t.cache_shard_mb
