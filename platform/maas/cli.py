@@ -94,8 +94,17 @@ def cmd_serve(args) -> int:
     from maas.runtime import ensure_ray
     from maas.serve import deploy
 
+    from maas.spec import DeploySpec
+
     ensure_ray(args.address)
-    url = deploy(args.store, args.ref, host=args.host, port=args.port)
+    if args.spec:  # deploy settings (replicas, autoscaling, batching, limits) from a pipeline spec
+        from maas.spec import load_spec
+
+        settings = load_spec(args.spec).deploy.model_dump()
+    else:
+        settings = {}
+    settings.update(host=args.host or settings.get("host", "127.0.0.1"), port=args.port or settings.get("port", 8000))
+    url = deploy(args.store, args.ref, DeploySpec(**settings))
     name = args.ref.split("@")[0].split("/")[0]
     _say(f"serving {args.ref} at {url}/v2/models/{name} until Ctrl-C")
     return _serve_forever()
@@ -253,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve a registered model over Open Inference Protocol v2")
     s.add_argument("ref", help="name@alias or name/version")
     s.add_argument("--store", default=DEFAULT_STORE)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--spec", help="take the deploy settings (replicas, batching, limits) from this spec")
+    s.add_argument("--host", help="bind address (default: the spec's, else 127.0.0.1)")
+    s.add_argument("--port", type=int, help="HTTP port (default: the spec's, else 8000)")
     s.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
     s.set_defaults(func=cmd_serve)
 

@@ -147,10 +147,7 @@ def stage_deploy(spec: PipelineSpec, ref: Optional[str] = None) -> str:
     """Serve ``ref`` (default ``<model>@<deploy.alias>``) with the spec's deploy settings; returns the URL."""
     from maas.serve import deploy
 
-    d = spec.deploy
-    return deploy(Registry(spec.store).location, ref or f"{spec.model.name}@{d.alias}", host=d.host, port=d.port,
-                  max_batch_size=d.max_batch_size, batch_wait_timeout_s=d.batch_wait_timeout_s,
-                  max_request_bytes=d.max_request_bytes, num_replicas=d.num_replicas)
+    return deploy(Registry(spec.store).location, ref or f"{spec.model.name}@{spec.deploy.alias}", spec.deploy)
 
 
 def _lineage(spec: PipelineSpec, data: DataResult, run_id: str, run_dir: str) -> dict:

@@ -108,15 +108,50 @@ class CompressSpec(_Strict):
     latency_runs: int = Field(200, ge=10, description="Single-row requests timed per model for latency figures.")
 
 
+class AutoscalingSpec(_Strict):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 scales to zero when idle.")
+    max_replicas: int = Field(4, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(8, gt=0, description="Requests in flight per replica to aim for.")
+    initial_replicas: Optional[int] = Field(None, ge=0, description="Replicas at start (default: min_replicas).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingSpec":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
 class DeploySpec(_Strict):
     enabled: bool = Field(True, description="Deploy `<model>@<alias>` with Ray Serve at the end of the pipeline.")
     alias: str = Field("production", pattern=_NAME_PATTERN, description="Alias that is promoted and served.")
     host: str = Field("127.0.0.1", description="HTTP bind address of Serve's proxy.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of Serve's proxy.")
-    num_replicas: int = Field(1, ge=1, description="Replicas of the model deployment.")
+    num_replicas: Optional[int] = Field(None, ge=1, description="Fixed replica count (default 1); exclusive "
+                                                                "with `autoscaling`.")
+    autoscaling: Optional[AutoscalingSpec] = Field(None, description="Scale replicas with load; exclusive with "
+                                                                     "`num_replicas`.")
+    num_cpus: float = Field(0.25, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (fractions share one GPU).")
     max_batch_size: int = Field(32, ge=1, description="Dynamic batching: most requests fused into one forward.")
     batch_wait_timeout_s: float = Field(0.002, ge=0, description="Dynamic batching: longest wait for a batch to fill.")
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Bodies over this size get HTTP 413.")
+
+    @model_validator(mode="after")
+    def _replicas_xor_autoscaling(self) -> "DeploySpec":
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError("set either num_replicas or autoscaling, not both")
+        return self
+
+    def serve_options(self) -> dict:
+        """The deployment options Ray Serve takes (replicas or autoscaling, and replica resources)."""
+        opts: dict = {"ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}}
+        if self.autoscaling is not None:
+            opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+        else:
+            opts["num_replicas"] = self.num_replicas or 1
+        return opts
 
 
 class PipelineSpec(_Strict):

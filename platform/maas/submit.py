@@ -269,12 +269,23 @@ class Client:
             "env_vars": {"PYTHONUNBUFFERED": "1"},
         }
         job_id = name or f"maas-{stage}-{spec.model.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            self._jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id,
-                                  metadata={"maas_stage": stage, "maas_model": spec.model.name})
-        except Exception as exc:
-            raise JobError(f"the cluster at {self.address} refused the job: {str(exc).splitlines()[0]}") from None
-        return Job(self, job_id)
+        return self._submit(entrypoint, runtime_env, job_id, {"maas_stage": stage, "maas_model": spec.model.name})
+
+    def _submit(self, entrypoint: str, runtime_env: dict, job_id: str, metadata: dict,
+                agent_wait_s: float = 60) -> Job:
+        """submit_job, retrying while a just-started head has no job agent registered yet."""
+        deadline = time.monotonic() + agent_wait_s
+        while True:
+            try:
+                self._jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id,
+                                      metadata=metadata)
+                return Job(self, job_id)
+            except Exception as exc:
+                text = str(exc)
+                if "No available agent" in text and time.monotonic() < deadline:
+                    time.sleep(1)
+                    continue
+                raise JobError(f"the cluster at {self.address} refused the job: {text.splitlines()[0]}") from None
 
     def submit_command(self, entrypoint: str, runtime_env: Optional[dict] = None,
                        name: Optional[str] = None) -> Job:
@@ -283,13 +294,8 @@ class Client:
         Example:
             >>> client.submit_command("python -c 'import torch; print(torch.cuda.is_available())'").result()
         """
-        job_id = name or f"maas-cmd-{uuid.uuid4().hex[:8]}"
-        try:
-            self._jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or {}, submission_id=job_id,
-                                  metadata={"maas_stage": "command"})
-        except Exception as exc:
-            raise JobError(f"the cluster at {self.address} refused the job: {str(exc).splitlines()[0]}") from None
-        return Job(self, job_id)
+        return self._submit(entrypoint, runtime_env or {}, name or f"maas-cmd-{uuid.uuid4().hex[:8]}",
+                            {"maas_stage": "command"})
 
     def actors(self, state: str = "ALIVE") -> list[dict]:
         """The cluster's actors in ``state`` (class name, job, node): e.g. to check what a stopped job left."""

@@ -131,3 +131,47 @@ def test_submit_without_an_address_runs_the_job_on_an_embedded_ray(tmp_path):
     assert (tmp_path / ".maas" / "models" / "digits" / "versions" / "2" / "manifest.json").is_file()
     r = maas("submit", SPEC, "--async", cwd=tmp_path)
     assert r.returncode == 2 and "--async needs a cluster" in r.stderr
+
+
+def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
+    import yaml
+
+    from maas.compress import compress_model
+    from maas.models import build_model
+    from maas.models.artifacts import export_onnx
+    from maas.registry import Registry
+    from maas.serve.oip import classifier_signature
+
+    model = build_model({"arch": "mlp", "input_dim": 4, "num_classes": 3, "hidden_sizes": [8], "dropout": 0.0})
+    (variant,) = compress_model(["int8_dynamic"], export_onnx(model, 4, tmp_path / "m.onnx"), tmp_path)
+    reg = Registry(str(tmp_path / "store"))
+    mv = reg.publish("tiny", variant.files, runtime="onnxruntime", signature=classifier_signature(4, [0, 1, 2]))
+    reg.set_alias("tiny", "production", mv.version)
+
+    config = yaml.safe_load((ROOT / "serve_apps" / "digits.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"] = {"model": "tiny", "alias": "production", "store": str(tmp_path / "store")}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(tmp_path / "serve.yaml")],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, ok = time.time() + 180, False
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                ok = requests.get(f"http://127.0.0.1:{port}/v2/models/tiny/ready", timeout=5).status_code == 200
+            except requests.RequestException:  # not listening yet, or the app is still starting
+                pass
+            if ok:
+                break
+            time.sleep(1)
+        assert ok, proc.stdout.read() if proc.poll() is not None else "not ready in time"
+        body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+        r = requests.post(f"http://127.0.0.1:{port}/v2/models/tiny/infer", json=body, timeout=30)
+        assert r.status_code == 200 and r.headers["x-maas-model-version"] == "tiny/1"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

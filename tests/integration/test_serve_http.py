@@ -15,6 +15,7 @@ from maas.models.predictor import OnnxPredictor
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER, deploy
 from maas.serve.oip import classifier_signature
+from maas.spec import DeploySpec
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -35,8 +36,9 @@ def served(ray_session, tmp_path_factory):
                      signature=classifier_signature(64, list(range(10))))
     reg.set_alias("digits", "production", mv.version)
     port = free_port()
-    url = deploy(str(tmp / "store"), "digits@production", port=port, max_request_bytes=64 * 1024)
-    yield {"url": url, "registry": reg, "predictor": OnnxPredictor(variant.files["model.onnx"]), "tmp": tmp}
+    url = deploy(str(tmp / "store"), "digits@production", DeploySpec(port=port, max_request_bytes=64 * 1024))
+    yield {"url": url, "registry": reg, "predictor": OnnxPredictor(variant.files["model.onnx"]), "tmp": tmp,
+           "port": port}
     serve.shutdown()
 
 
@@ -123,8 +125,81 @@ def test_deploy_refuses_a_tampered_or_unknown_version(served):
     (folder / "model.onnx").write_bytes(bytes(data))
     port = int(served["url"].rsplit(":", 1)[1])
     with pytest.raises(IntegrityError, match="sha256"):
-        deploy(reg.location, mv.ref, port=port, app_name="tampered")
+        deploy(reg.location, mv.ref, DeploySpec(port=port), app_name="tampered")
     with pytest.raises(RegistryError, match="no alias 'canary'"):
-        deploy(reg.location, "digits@canary", port=port, app_name="nope")
+        deploy(reg.location, "digits@canary", DeploySpec(port=port), app_name="nope")
     # the healthy application is untouched
     assert requests.get(f"{served['url']}/v2/models/digits").json()["versions"] == ["1"]
+
+
+def test_models_listing_and_request_ids(served):
+    url = served["url"]
+    assert requests.get(f"{url}/v2/models").json() == {
+        "models": [{"name": "digits", "versions": ["1"], "platform": "onnxruntime"}]}
+    r = requests.post(f"{url}/v2/models/digits/infer", data=infer_body(np.zeros((2, 64))),
+                      headers={"x-request-id": "trace-me-42"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "trace-me-42"
+
+
+def test_access_log_line_and_prometheus_metrics(served, ray_session):
+    import glob
+    import time
+
+    from ray._private.worker import _global_node
+
+    url = served["url"]
+    rid = f"log-check-{np.random.default_rng().integers(1 << 30)}"
+    requests.post(f"{url}/v2/models/digits/infer", data=infer_body(np.ones((3, 64))), headers={"x-request-id": rid})
+    requests.post(f"{url}/v2/models/digits/infer", data="{bad", headers={"x-request-id": rid + "-bad"})
+    logs = f"{_global_node.get_session_dir_path()}/logs/serve/replica_*.log"
+    deadline, found = time.time() + 20, {}
+    while time.time() < deadline and len(found) < 2:
+        for path in glob.glob(logs):
+            for line in open(path, errors="replace"):
+                if '"maas_access": true' in line and rid in line:
+                    entry = json.loads(line[line.index("{"):line.rindex("}") + 1])
+                    found[entry["request_id"]] = entry
+        time.sleep(0.5)
+    assert found[rid]["status"] == 200 and found[rid]["rows"] == 3 and found[rid]["version"] == 1
+    assert found[rid + "-bad"]["status"] == 400 and found[rid]["latency_ms"] > 0
+
+    port = _global_node.metrics_export_port
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline and "maas_request_latency_ms" not in text:
+        time.sleep(2)
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    counts = [line for line in text.splitlines() if line.startswith("ray_maas_requests_total{")
+              or line.startswith("maas_requests_total{")]
+    assert any('code="200"' in c and 'model="digits"' in c for c in counts), text[-2000:]
+    assert any('code="400"' in c for c in counts)
+    assert "maas_batch_size_bucket" in text
+
+
+def test_api_keys_guard_model_routes_but_not_health(served, monkeypatch, tmp_path):
+    from ray import serve
+
+    from maas.serve.app import build_app
+    from maas.serve.auth import load_api_key_hashes
+
+    keys = tmp_path / "keys"
+    keys.write_text("# team keys\nkey-file-0123456789abcdef\n")
+    monkeypatch.setenv("MAAS_API_KEYS", "key-env-0123456789abcdef")
+    monkeypatch.setenv("MAAS_API_KEYS_FILE", str(keys))
+    hashes = load_api_key_hashes()
+    assert len(hashes) == 2 and "key-env" not in json.dumps(hashes)  # only digests leave this process
+    serve.run(build_app(served["registry"].location, "digits/1", DeploySpec(), api_key_hashes=hashes),
+              name="keyed", route_prefix="/keyed", blocking=False)
+    base = f"{served['url']}/keyed"
+    try:
+        body = infer_body(np.zeros((1, 64)))
+        assert requests.get(f"{base}/v2/health/ready").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789"}, {"Authorization": "key-env-0123456789abcdef"}):
+            r = requests.post(f"{base}/v2/models/digits/infer", data=body, headers=headers)
+            assert r.status_code == 401 and "API key" in r.json()["error"]
+            assert r.headers["www-authenticate"] == "Bearer"
+        assert requests.get(f"{base}/v2/models/digits").status_code == 401
+        for key in ("key-env-0123456789abcdef", "key-file-0123456789abcdef"):
+            r = requests.post(f"{base}/v2/models/digits/infer", data=body, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200
+    finally:
+        serve.delete("keyed")

@@ -1,0 +1,1 @@
+"""Ray Serve applications for the plain Serve CLI (`serve run`, `serve deploy`)."""
