@@ -44,6 +44,10 @@ def test_id_and_requested_outputs():
     (body(data=["a"] * 8), "only numbers"),
     (body(data=[None] * 8), "only numbers"),
     (body(shape="2x4"), "'shape' must be"),
+    (body(datatype=["FP32"]), "not accepted"),
+    (body(name=["input"]), "string 'name'"),
+    (json.dumps({"inputs": [{"name": {}, "datatype": "FP32", "shape": [1, 4], "data": [0] * 4}]}).encode(),
+     "string 'name'"),
     (body(datatype="UINT8", data=[300] * 8), "do not fit"),
     (json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4]}]}).encode(), "'data' is missing"),
     (json.dumps({"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4],
@@ -73,3 +77,20 @@ def test_classifier_outputs_map_argmax_to_class_values_and_probabilities_sum_to_
     only = classifier_outputs(logits, sig, ["probabilities"])
     assert [o["name"] for o in only] == ["probabilities"]
     assert classifier_signature(2, ["cat", "dog"])["outputs"][0]["datatype"] == "BYTES"
+
+
+@pytest.mark.parametrize("datatype,data", [("BOOL", [True, False] * 4), ("INT8", [-3] * 8), ("UINT16", [7] * 8),
+                                           ("INT32", [1] * 8), ("FP16", [0.5] * 8), ("FP64", [1e-3] * 8)])
+def test_every_numeric_datatype_is_accepted(datatype, data):
+    x, _, _ = parse_infer_request(body(datatype=datatype, data=data), SIG)
+    assert x.shape == (2, 4) and x.dtype == np.float32
+
+
+def test_hostile_nesting_is_a_400_not_a_crash():
+    deep = "[" * 100000 + "]" * 100000
+    with pytest.raises(ProtocolError) as info:
+        parse_infer_request(f'{{"inputs": [{{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": {deep}}}]}}'
+                            .encode(), SIG)
+    assert info.value.status == 400
+    with pytest.raises(ProtocolError, match="nested deeper"):
+        parse_infer_request(body(shape=[8], data=[[[1]]] * 8), SIG)

@@ -26,27 +26,32 @@ class ProtocolError(Exception):
         self.message = message
 
 
-def _flatten(data: Any) -> list:
-    if isinstance(data, list):
-        out = []
-        for item in data:
-            out.extend(_flatten(item) if isinstance(item, list) else [item])
-        return out
-    return [data]
+def _flatten(data: Any, max_depth: int) -> list:
+    """Nested lists -> flat list, iteratively (a hostile body cannot exhaust the stack)."""
+    out, stack = [], [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list):
+            if depth >= max_depth:
+                raise ProtocolError(400, f"'data' is nested deeper than the tensor's {max_depth - 1} dimensions")
+            stack.extend((x, depth + 1) for x in reversed(item))
+        else:
+            out.append(item)
+    return out
 
 
 def _input_array(spec: dict, tensor: dict) -> np.ndarray:
     name = tensor.get("name")
     datatype = tensor.get("datatype")
     shape = tensor.get("shape")
-    if datatype not in NUMERIC:
+    if not isinstance(datatype, str) or datatype not in NUMERIC:
         raise ProtocolError(400, f"input '{name}': datatype {datatype!r} not accepted; send "
                                  f"{spec['datatype']} (or another numeric type: {', '.join(NUMERIC)})")
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ProtocolError(400, f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")
     if "data" not in tensor:
         raise ProtocolError(400, f"input '{name}': 'data' is missing")
-    flat = _flatten(tensor["data"])
+    flat = _flatten(tensor["data"], max_depth=len(shape) + 1)
     if len(flat) != math.prod(shape):
         raise ProtocolError(400, f"input '{name}': shape {shape} needs {math.prod(shape)} values, "
                                  f"'data' holds {len(flat)}")
@@ -75,6 +80,8 @@ def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optio
         req = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(400, "request body is nested too deeply") from None
     if not isinstance(req, dict):
         raise ProtocolError(400, "request body must be a JSON object with an 'inputs' list")
     inputs = req.get("inputs")
@@ -82,7 +89,9 @@ def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optio
         raise ProtocolError(400, "'inputs' must be a non-empty list of tensors "
                                  "({'name', 'shape', 'datatype', 'data'})")
     spec = signature["inputs"][0]
-    by_name = {t.get("name"): t for t in inputs}
+    if not all(isinstance(t.get("name"), str) for t in inputs):
+        raise ProtocolError(400, "every input tensor needs a string 'name'")
+    by_name = {t["name"]: t for t in inputs}
     if spec["name"] not in by_name:
         raise ProtocolError(400, f"unknown input name(s) {sorted(map(str, by_name))}; "
                                  f"this model takes '{spec['name']}' ({spec['datatype']} {spec['shape']})")
@@ -103,6 +112,8 @@ def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optio
         if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs):
             raise ProtocolError(400, "'outputs' must be a list of objects with a 'name'")
         wanted = [o["name"] for o in outputs]
+        if not all(isinstance(w, str) for w in wanted):
+            raise ProtocolError(400, "output names must be strings")
         unknown = [w for w in wanted if w not in known]
         if unknown:
             raise ProtocolError(400, f"unknown output(s) {unknown}; this model returns {known}")
