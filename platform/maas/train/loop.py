@@ -92,6 +92,8 @@ def train_loop_per_worker(config: dict) -> None:
     # part of the weights, so model.json (the architecture) does not need to repeat them
     model = build_model({**config["model_config"], **config["normalization"]})
     start_epoch, history, opt_state = _resume(model, config)
+    if start_epoch and rank == 0:
+        print(f"[train] resuming from the checkpoint of epoch {start_epoch}", flush=True)
     model = ray.train.torch.prepare_model(model)  # DDP over gloo (CPU) or NCCL (GPU), moved to the device
     device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
@@ -127,6 +129,8 @@ def train_loop_per_worker(config: dict) -> None:
             seen += len(y)
             correct += (logits.argmax(1) == y).sum().item()
         metrics = {"epoch": epoch}
+        if epoch == start_epoch and start_epoch > 0:
+            metrics["resumed_from_epoch"] = start_epoch  # this worker group restarted from a checkpoint
         train_seconds = time.perf_counter() - started
         t_loss, t_seen, t_correct = _all_sum([loss_sum, seen, correct], device)
         metrics.update(train_loss=t_loss / max(t_seen, 1), train_accuracy=t_correct / max(t_seen, 1),
