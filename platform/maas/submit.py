@@ -155,8 +155,8 @@ class Client:
 
     Args:
         address: the cluster's Jobs API, ``http://<head>:8265`` (``RAY_ADDRESS`` when omitted). With neither,
-            an embedded local Ray (dashboard on 127.0.0.1) is started in this process and jobs run there for
-            as long as this process lives.
+            a private local Ray head is started for this process (free ports, dashboard on 127.0.0.1) and jobs
+            run there until ``shutdown()`` or the process exits.
 
     Raises:
         JobError: no auth token found, token rejected, or the cluster cannot be reached.
@@ -190,31 +190,65 @@ class Client:
             raise JobError(f"cannot reach the Ray Jobs API at {self.address}: {text.splitlines()[0]}. Is the "
                            "head running (`ray start --head`), and is this its dashboard address?") from None
 
-    @staticmethod
-    def _start_embedded() -> str:
+    def _start_embedded(self) -> str:
+        """A private head for this process: `ray start --head --block` on free ports, ended by shutdown().
+
+        Not `ray.init()`: every in-process local Ray binds its job agent to the fixed port 52365, so a second
+        Ray on the machine (a `ray start` head, another notebook) would leave this one unable to take jobs.
+        """
+        import atexit
         import socket
+        import subprocess
+        import tempfile
 
-        import ray
-        from ray._private.worker import get_dashboard_url
+        def free_port() -> int:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                return sock.getsockname()[1]
 
-        if not ray.is_initialized():
-            with socket.socket() as s:  # never 8265: a real head on this machine may hold it
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                     logging_level="WARNING")
-        url = get_dashboard_url()
-        if not url:
-            raise JobError("the embedded Ray started without its dashboard, which runs the Jobs API; "
-                           "pip install 'ray[default]' or pass the address of a running cluster")
-        return url
+        base = Path(tempfile.mkdtemp(prefix="maas-embedded-"))
+        dashboard = free_port()
+        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats",
+               "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+               "--temp-dir", str(base / "ray")]
+        for flag in ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                     "--metrics-export-port", "--runtime-env-agent-port", "--ray-client-server-port",
+                     "--node-manager-port", "--object-manager-port"):
+            cmd += [flag, str(free_port())]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        self._head_log = base / "head.log"
+        with open(self._head_log, "w") as log:
+            self._head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True)
+        atexit.register(self.shutdown)
+        url = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 120
+        import requests
+
+        while True:  # the dashboard answers (401 without a token is an answer too)
+            if self._head.poll() is not None:
+                raise JobError("the embedded Ray head did not start; its log ends with:\n"
+                               + self._head_log.read_text()[-2000:])
+            try:
+                requests.get(f"{url}/api/version", timeout=2)
+                return url
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    self.shutdown()
+                    raise JobError("the embedded Ray head did not open its dashboard within 120 s; log: "
+                                   f"{self._head_log}") from None
+                time.sleep(0.5)
 
     def shutdown(self) -> None:
-        """Stop the embedded Ray (no-op against a cluster)."""
-        if self.embedded:
-            import ray
-
-            ray.shutdown()
+        """Stop the embedded Ray head and everything on it (no-op against a cluster)."""
+        head = getattr(self, "_head", None)
+        if head is None or head.poll() is not None:
+            return
+        head.terminate()  # `ray start --block` ends its own processes on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except Exception:
+            os.killpg(head.pid, 9)
 
     # ------------------------------------------------------------------------------------------- submit
     def _prepare_spec(self, spec: Union[PipelineSpec, str, Path, dict], overrides: Optional[list[str]]
