@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,24 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_head(base: Path):
-    dash = free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "4", "--dashboard-host", "127.0.0.1",
-           "--port", str(free_port()), "--dashboard-port", str(dash), "--dashboard-agent-listen-port",
-           str(free_port()), "--temp-dir", str(base / "ray"), "--include-dashboard", "true"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PATH"] = f"{BIN}:{env['PATH']}"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
-    return proc, f"http://127.0.0.1:{dash}"
 
 
 def timings(client, job_id: str, t0: float) -> tuple[float, float]:
@@ -71,21 +52,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--pipeline-reps", type=int, default=1)
     args = ap.parse_args()
+    from maas.runtime import start_head, stop_head
     from maas.submit import Client
 
     base = Path(tempfile.mkdtemp(prefix="maas-bench-", dir="/tmp"))
-    proc, address = start_head(base)
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}:{env['PATH']}"  # `python` in the CLI's job entrypoints is this environment's
+    proc, address = start_head(str(base), num_cpus=4, env=env)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                client = Client(address)
-                client.jobs()
-                break
-            except Exception:
-                if time.time() > deadline:
-                    raise
-                time.sleep(1)
+        client = Client(address)
         rows = []
         trivial = ["python", "-c", "print('hello')"]
         sdk, cli = [], []
@@ -114,8 +89,7 @@ def main() -> None:
             done = statistics.median(v[1] for v in values)
             print(f"{job:<16} {how:<15} {len(values):>4} {run:>16.2f} {done:>18.2f}")
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop_head(proc)
 
 
 if __name__ == "__main__":

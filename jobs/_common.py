@@ -17,8 +17,8 @@ from typing import Callable
 import jobs  # import path bootstrap
 from maas.exceptions import MaasError
 from maas.spec import PipelineSpec, load_spec, spec_from_dict
+from maas.submit import RESULT_KEY
 
-RESULT_KEY = "maas_result"
 
 
 def emit(stage: str, status: str, **fields) -> None:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
+
 from maas.compress import check_gate, compress_model, evaluate
 from maas.data import DataResult, load_prepared, prepare_data, run_dir_for, save_prepared
 from maas.exceptions import RegistryError
@@ -97,19 +99,19 @@ def stage_train(spec: PipelineSpec, data: DataResult, run_id: str) -> tuple[dict
             "passed": True}, trained
 
 
-def stage_compress(spec: PipelineSpec, parent_ref: str) -> list[dict]:
+def stage_compress(spec: PipelineSpec, parent_ref: str,
+                   test: Optional[tuple[np.ndarray, np.ndarray]] = None) -> list[dict]:
     """Compress the registered fp32 ``parent_ref`` with every method of the spec; gate and publish each.
 
-    The test split is the parent's own (found through its lineage), so parent and variants are measured on
-    exactly the same rows.
+    The test split is the parent's own, so parent and variants are measured on exactly the same rows:
+    ``test`` (x, y) when the caller still holds it, else reloaded through the parent's lineage.
     """
     registry = Registry(spec.store)
     folder, parent = registry.fetch(parent_ref)
     if parent.runtime != "torch" or "model.onnx" not in parent.files:
         raise RegistryError(f"{parent.ref} is a {parent.lineage.get('method', parent.runtime)} variant; "
                             "compress a fp32 parent (the version a train stage published)")
-    data = load_prepared(parent.lineage["run_dir"])
-    x_test, y_test = data.numpy("test")
+    x_test, y_test = test if test is not None else load_prepared(parent.lineage["run_dir"]).numpy("test")
     variants = []
     with tempfile.TemporaryDirectory(prefix="maas-") as tmp:
         for variant in compress_model(spec.compress.methods, folder / "model.onnx", Path(tmp)):
@@ -194,7 +196,8 @@ def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Op
                  f"fp32 test accuracy {parent['metrics']['test_accuracy']:.4f} -> {parent['ref']}")
 
     progress("compress", ", ".join(spec.compress.methods))
-    variants = [parent] + stage_compress(spec, parent["ref"])
+    test = data.numpy("test")
+    variants = [parent] + stage_compress(spec, parent["ref"], test)
     lap("compress", ", ".join(f"{v['method']} -> {v['ref']} ({'pass' if v['passed'] else 'rejected'})"
                               for v in variants[1:]))
 
@@ -207,10 +210,9 @@ def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Op
         endpoint = stage_deploy(spec)
         lap("serve", endpoint)
 
-    x_test, _ = data.numpy("test")
     return PipelineResult(
         run_id=run_id, run_dir=run_dir_for(Registry(spec.store).location, run_id), spec_hash=spec.spec_hash(),
         data_fingerprint=data.fingerprint, data_counts=data.counts, train_device=trained.device,
         train_seconds=timings["train"], best_val_accuracy=float(trained.best_metrics.get("val_accuracy", "nan")),
         history=trained.history, variants=variants, alias=spec.deploy.alias, promoted_ref=promoted,
-        endpoint=endpoint, example_row=x_test[0].tolist(), stage_seconds=timings)
+        endpoint=endpoint, example_row=test[0][0].tolist(), stage_seconds=timings)

@@ -36,3 +36,78 @@ def ensure_ray(address: Optional[str] = None, quiet: bool = True, worker_logs: O
         return True
     ray.init(address=address, runtime_env=runtime_env, **kwargs)
     return False
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_head(base: str, python: Optional[str] = None, num_cpus: Optional[int] = None,
+               env: Optional[dict] = None, extra_args: tuple = (), timeout_s: float = 120):
+    """A private Ray head, `ray start --head --block` on free ports under ``base``; returns (process, Jobs URL).
+
+    Every port is chosen free (an in-process `ray.init()` always binds its job agent to 52365, which collides
+    with any other Ray on the machine). End it with ``stop_head(process)``: `--block` takes the head's
+    processes down with it, so nothing else on the machine is touched.
+
+    Raises:
+        RuntimeError: the head exited or its dashboard did not answer within ``timeout_s``.
+    """
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import requests
+
+    base_path = Path(base)
+    base_path.mkdir(parents=True, exist_ok=True)
+    dashboard = free_port()
+    cmd = [python or sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+           "--disable-usage-stats", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+           "--dashboard-port", str(dashboard), "--temp-dir", str(base_path / "ray")]
+    for flag in ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                 "--runtime-env-agent-port", "--ray-client-server-port", "--node-manager-port",
+                 "--object-manager-port"):
+        cmd += [flag, str(free_port())]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    cmd += list(extra_args)
+    head_env = {k: v for k, v in (env or os.environ).items() if k != "RAY_ADDRESS"}
+    log_path = base_path / "head.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=head_env, cwd=str(base_path),
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    deadline = time.monotonic() + timeout_s
+    while True:  # the dashboard answers (401 without a token is an answer too)
+        if proc.poll() is not None:
+            raise RuntimeError(f"the Ray head did not start; {log_path} ends with:\n{log_path.read_text()[-2000:]}")
+        try:
+            requests.get(f"{url}/api/version", timeout=2)
+            return proc, url
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                stop_head(proc)
+                raise RuntimeError(f"the Ray head did not open its dashboard within {timeout_s:g} s; "
+                                   f"log: {log_path}") from None
+            time.sleep(0.5)
+
+
+def stop_head(proc) -> None:
+    """End a head from ``start_head`` by its PID (SIGTERM, then SIGKILL to its process group)."""
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    proc.terminate()  # `ray start --block` ends its own processes on SIGTERM
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)

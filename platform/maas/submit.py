@@ -191,64 +191,29 @@ class Client:
                            "head running (`ray start --head`), and is this its dashboard address?") from None
 
     def _start_embedded(self) -> str:
-        """A private head for this process: `ray start --head --block` on free ports, ended by shutdown().
+        """A private head for this process (see ``maas.runtime.start_head``), ended by shutdown() or at exit.
 
         Not `ray.init()`: every in-process local Ray binds its job agent to the fixed port 52365, so a second
         Ray on the machine (a `ray start` head, another notebook) would leave this one unable to take jobs.
         """
         import atexit
-        import socket
-        import subprocess
         import tempfile
 
-        def free_port() -> int:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                return sock.getsockname()[1]
+        from maas.runtime import start_head
 
-        base = Path(tempfile.mkdtemp(prefix="maas-embedded-"))
-        dashboard = free_port()
-        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats",
-               "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-               "--temp-dir", str(base / "ray")]
-        for flag in ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                     "--metrics-export-port", "--runtime-env-agent-port", "--ray-client-server-port",
-                     "--node-manager-port", "--object-manager-port"):
-            cmd += [flag, str(free_port())]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        self._head_log = base / "head.log"
-        with open(self._head_log, "w") as log:
-            self._head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          start_new_session=True)
+        try:
+            self._head, url = start_head(tempfile.mkdtemp(prefix="maas-embedded-"))
+        except RuntimeError as exc:
+            raise JobError(f"the embedded Ray head failed: {exc}") from None
         atexit.register(self.shutdown)
-        url = f"http://127.0.0.1:{dashboard}"
-        deadline = time.monotonic() + 120
-        import requests
-
-        while True:  # the dashboard answers (401 without a token is an answer too)
-            if self._head.poll() is not None:
-                raise JobError("the embedded Ray head did not start; its log ends with:\n"
-                               + self._head_log.read_text()[-2000:])
-            try:
-                requests.get(f"{url}/api/version", timeout=2)
-                return url
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    self.shutdown()
-                    raise JobError("the embedded Ray head did not open its dashboard within 120 s; log: "
-                                   f"{self._head_log}") from None
-                time.sleep(0.5)
+        return url
 
     def shutdown(self) -> None:
         """Stop the embedded Ray head and everything on it (no-op against a cluster)."""
-        head = getattr(self, "_head", None)
-        if head is None or head.poll() is not None:
-            return
-        head.terminate()  # `ray start --block` ends its own processes on SIGTERM
-        try:
-            head.wait(timeout=60)
-        except Exception:
-            os.killpg(head.pid, 9)
+        from maas.runtime import stop_head
+
+        if getattr(self, "_head", None) is not None:
+            stop_head(self._head)
 
     # ------------------------------------------------------------------------------------------- submit
     def _prepare_spec(self, spec: Union[PipelineSpec, str, Path, dict], overrides: Optional[list[str]]

@@ -13,12 +13,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -38,42 +36,14 @@ def _python_without_maas(root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_head():
+    from maas.runtime import start_head, stop_head
+
     base = Path(tempfile.mkdtemp(prefix="maas-head-", dir="/tmp"))
     python = _python_without_maas(base / "venv")
-    dash, gcs = free_port(), free_port()
-    ports = {"--port": gcs, "--dashboard-port": dash, "--ray-client-server-port": free_port(),
-             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
-             "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port(),
-             "--node-manager-port": free_port(), "--object-manager-port": free_port()}
-    cmd = [str(python), "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus", "4",
-           "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--temp-dir", str(base / "ray"),
-           "--object-store-memory", str(400 * 1024 * 1024)]
-    for flag, port in ports.items():
-        cmd += [flag, str(port)]
     env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
     env["PATH"] = f"{python.parent}:{env['PATH']}"  # `python` in job entrypoints is the maas-less one
-    log = open(base / "head.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(base),
-                            start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
-    from maas.submit import Client, JobError
-
-    deadline = time.time() + 120
-    while True:
-        try:
-            Client(address).jobs()
-            break
-        except JobError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError(f"ray head did not come up; log:\n{(base / 'head.log').read_text()[-3000:]}")
-            time.sleep(1)
+    proc, address = start_head(str(base), python=str(python), num_cpus=4, env=env,
+                               extra_args=("--object-store-memory", str(400 * 1024 * 1024)))
     yield {"address": address, "python": python, "base": base}
-    proc.terminate()  # --block: ray start ends its own processes on SIGTERM
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-    log.close()
+    stop_head(proc)
     shutil.rmtree(base, ignore_errors=True)

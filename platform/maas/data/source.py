@@ -5,23 +5,21 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from maas.exceptions import DataError
+from maas.storage import open_uri
 
 _EXT = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json",
         ".ndjson": "json"}
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
     try:
-        return pafs.FileSystem.from_uri(uri)
-    except Exception as exc:
+        return open_uri(uri)
+    except ValueError as exc:
         raise DataError(f"data.path: cannot open {uri!r}: {exc}") from None
 
 

@@ -29,18 +29,16 @@ import pyarrow.fs as pafs
 
 from maas.exceptions import IntegrityError, RegistryError
 from maas.registry.model_version import ModelVersion, parse_ref
+from maas.storage import open_uri
 
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 
 
 def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the root path inside it. Plain paths are local (made absolute)."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
     try:
-        return pafs.FileSystem.from_uri(uri)
-    except Exception as exc:  # pyarrow raises several types for bad URIs
+        return open_uri(uri)
+    except ValueError as exc:
         raise RegistryError(f"cannot open store {uri!r}: {exc}") from None
 
 
