@@ -37,6 +37,53 @@ def cmd_validate(args) -> int:
     return 2 if failed else 0
 
 
+def cmd_data(args) -> int:
+    from maas.report import table
+
+    if args.data_cmd == "schema":
+        import yaml
+
+        from maas.data.prepare import infer_dataset_schema
+        from maas.runtime import ensure_ray
+        from maas.spec import load_spec
+
+        spec = load_spec(args.spec, args.overrides)
+        ensure_ray(args.address)
+        schema = infer_dataset_schema(spec.data)
+        print(f"# inferred from {spec.data.path} (after data.ops); add min/max/allowed, then pin it with\n"
+              f"# data.schema_file: <this file>   (or paste it under data.columns)")
+        print(yaml.safe_dump({"columns": schema}, sort_keys=False), end="")
+        return 0
+    # report: the data report of a run (default: the newest)
+    from maas.data.prepare import read_report
+
+    run_id, report = read_report(args.store, args.run_id)
+    c = report["counts"]
+    _say(f"run {run_id}: {c['rows_in']} rows in -> {c['rows_ok']} ok, {c['rows_rejected']} rejected, "
+         f"{c.get('rows_dropped', 0)} dropped by ops; splits {c.get('splits')}")
+    _say(f"fingerprint {report['fingerprint'][:16]}  schema {'inferred' if report.get('schema_inferred') else 'declared'}"
+         f"  features {len(report['features'])}  classes {report['classes']}")
+    rows = []
+    for col, st in report.get("columns", {}).items():
+        if "mean" in st:
+            rows.append([col, st["count"], st["nulls"], _fmt(st["min"]), _fmt(st["max"]), _fmt(st["mean"]),
+                         _fmt(st["std"]), ""])
+        else:
+            top = ", ".join(f"{k} ({v})" for k, v in list(st.get("top", {}).items())[:3])
+            rows.append([col, st["count"], st["nulls"], "", "", "", "", top])
+    if rows:
+        _say(table(["column", "rows", "nulls", "min", "max", "mean", "std", "top values"], rows))
+    for reason, n in list(c.get("reject_reasons", {}).items())[:10]:
+        _say(f"  quarantined {n:>6}  {reason}")
+    if report.get("rejects_path"):
+        _say(f"every quarantined row, with its reason: {report['rejects_path']}")
+    return 0
+
+
+def _fmt(x) -> str:
+    return "" if x is None else f"{x:.4g}"
+
+
 def cmd_run(args) -> int:
     from maas.pipeline import run_pipeline
     from maas.report import curl_example, pipeline_summary
@@ -104,9 +151,14 @@ def cmd_serve(args) -> int:
     else:
         settings = {}
     settings.update(host=args.host or settings.get("host", "127.0.0.1"), port=args.port or settings.get("port", 8000))
-    url = deploy(args.store, args.ref, DeploySpec(**settings))
-    name = args.ref.split("@")[0].split("/")[0]
-    _say(f"serving {args.ref} at {url}/v2/models/{name} until Ctrl-C")
+    if args.canary:
+        alias, _, percent = args.canary.partition(":")
+        settings["canary"] = {"alias": alias, "percent": float(percent or 10)}
+    url = deploy(args.store, args.refs, DeploySpec(**settings))
+    for ref in args.refs:
+        name = ref.split("@")[0].split("/")[0]
+        _say(f"serving {ref} at {url}/v2/models/{name}")
+    _say("moving an alias (`maas models alias NAME ALIAS VERSION`) rolls the served version over; Ctrl-C stops")
     return _serve_forever()
 
 
@@ -127,6 +179,18 @@ def cmd_models(args) -> int:
             _say(f"no models in {reg.location} (run `maas run examples/digits.yaml` to make one)")
             return 0
         _say(table(["version", "method", "runtime", "status", "test acc", "size", "aliases", "created"], rows))
+        return 0
+    if args.models_cmd == "alias":
+        if args.delete:
+            reg.delete_alias(args.name, args.alias)
+            _say(f"removed {args.name}@{args.alias}")
+            return 0
+        if args.version is None:
+            raise MaasError("give the version the alias should point at, or --delete")
+        before = reg.aliases(args.name).get(args.alias)
+        reg.set_alias(args.name, args.alias, args.version)
+        _say(f"{args.name}@{args.alias}: {before or '-'} -> {args.version} (serving replicas follow within "
+             "deploy.alias_poll_s)")
         return 0
     mv = reg.resolve(args.ref)
     _say(json.dumps(mv.model_dump(mode="json"), indent=2))
@@ -251,16 +315,38 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--set", action="append", default=[], metavar="key=value", help="override before checking")
     v.set_defaults(func=cmd_validate)
 
+    d = sub.add_parser("data", help="infer a schema to pin, or show a run's data report")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    ds = dsub.add_parser("schema", help="print the schema inferred from a spec's data (YAML, to pin)")
+    ds.add_argument("spec")
+    ds.add_argument("overrides", nargs="*", metavar="key=value")
+    ds.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    dr = dsub.add_parser("report", help="counts, rejects and per-column statistics of a run's data stage")
+    dr.add_argument("run_id", nargs="?", help="run id (default: the newest run with a data report)")
+    dr.add_argument("--store", default=DEFAULT_STORE, help="registry/run store (default: .maas or MAAS_STORE)")
+    d.set_defaults(func=cmd_data)
+
     m = sub.add_parser("models", help="list and inspect registered models")
     m.add_argument("--store", default=DEFAULT_STORE, help="registry URI (default: .maas or MAAS_STORE)")
     msub = m.add_subparsers(dest="models_cmd", required=True)
-    msub.add_parser("list", help="every version of every model")
-    show = msub.add_parser("show", help="one version's manifest: metrics, lineage, files")
+    # --store is taken before or after the sub-command (`maas models list --store s3://...`)
+    store_after = argparse.ArgumentParser(add_help=False)
+    store_after.add_argument("--store", default=argparse.SUPPRESS, help="registry URI")
+    msub.add_parser("list", help="every version of every model", parents=[store_after])
+    show = msub.add_parser("show", help="one version's manifest: metrics, lineage, files", parents=[store_after])
     show.add_argument("ref", help="name@alias, name/version or name (latest)")
+    al = msub.add_parser("alias", help="point an alias at a version (served apps roll over to it)",
+                         parents=[store_after])
+    al.add_argument("name")
+    al.add_argument("alias")
+    al.add_argument("version", type=int, nargs="?")
+    al.add_argument("--delete", action="store_true", help="remove the alias instead")
     m.set_defaults(func=cmd_models)
 
-    s = sub.add_parser("serve", help="serve a registered model over Open Inference Protocol v2")
-    s.add_argument("ref", help="name@alias or name/version")
+    s = sub.add_parser("serve", help="serve registered models over Open Inference Protocol v2")
+    s.add_argument("refs", nargs="+", metavar="ref", help="name@alias or name/version (several: one app)")
+    s.add_argument("--canary", metavar="ALIAS[:PERCENT]",
+                   help="send PERCENT%% (default 10) of the first model's requests to NAME@ALIAS")
     s.add_argument("--store", default=DEFAULT_STORE)
     s.add_argument("--spec", help="take the deploy settings (replicas, batching, limits) from this spec")
     s.add_argument("--host", help="bind address (default: the spec's, else 127.0.0.1)")

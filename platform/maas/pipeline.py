@@ -154,7 +154,8 @@ def stage_deploy(spec: PipelineSpec, ref: Optional[str] = None) -> str:
 
 def _lineage(spec: PipelineSpec, data: DataResult, run_id: str, run_dir: str) -> dict:
     return {"data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(), "run_id": run_id,
-            "run_dir": run_dir, "data_counts": data.counts, "features": data.features}
+            "run_dir": run_dir, "data_counts": data.counts, "features": data.features,
+            "encoders": data.encoders}
 
 
 # ------------------------------------------------------------------------------------------- the whole
@@ -188,7 +189,8 @@ def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Op
 
     progress("data", f"reading {spec.data.path}")
     data = stage_data(spec, run_id)
-    lap("data", f"{data.counts['rows_ok']} rows ok, {data.counts['rows_rejected']} quarantined")
+    lap("data", f"{data.counts['rows_ok']} rows ok, {data.counts['rows_rejected']} rejected, "
+               f"{data.counts.get('rows_dropped', 0)} dropped by ops")
 
     progress("train", f"{spec.train.num_workers} workers x {spec.train.epochs} epochs")
     parent, trained = stage_train(spec, data, run_id)

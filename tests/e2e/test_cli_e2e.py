@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.conftest import ROOT, free_port
 
@@ -82,6 +83,15 @@ def test_run_serves_until_ctrl_c_then_models_list_and_show(tmp_path):
     assert manifest["name"] == "digits" and manifest["runtime"] == "onnxruntime"
     assert manifest["lineage"]["parent"] == "digits/1" and manifest["aliases"] == ["production"]
 
+    report = maas("data", "report", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "1797 rows in -> 1797 ok, 0 rejected, 0 dropped" in report.stdout
+    assert "pixel_0_5" in report.stdout and "target" in report.stdout  # per-column statistics
+    schema = maas("data", "schema", SPEC, cwd=tmp_path)
+    assert schema.returncode == 0, schema.stderr
+    pinned = yaml.safe_load(schema.stdout)["columns"]
+    assert pinned["pixel_0_5"] == {"type": "float", "nullable": False} and pinned["target"]["type"] == "int"
+
 
 def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -107,18 +117,30 @@ def test_serve_command_serves_a_registered_version(tmp_path):
 
     model = build_model({"arch": "mlp", "input_dim": 4, "num_classes": 2, "hidden_sizes": [8], "dropout": 0.0})
     (variant,) = compress_model(["int8_dynamic"], export_onnx(model, 4, tmp_path / "m.onnx"), tmp_path)
-    Registry(str(tmp_path / "store")).publish("tiny", variant.files, runtime="onnxruntime",
-                                              signature=classifier_signature(4, ["no", "yes"]))
+    reg = Registry(str(tmp_path / "store"))
+    for _ in range(2):
+        reg.publish("tiny", variant.files, runtime="onnxruntime", signature=classifier_signature(4, ["no", "yes"]))
+    reg.set_alias("tiny", "production", 1)
     port = free_port()
-    proc = subprocess.Popen([MAAS, "serve", "tiny/1", "--store", "store", "--port", str(port)], cwd=tmp_path,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([MAAS, "serve", "tiny@production", "--store", "store", "--port", str(port)],
+                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for_line(proc, "until Ctrl-C", timeout=180)
+        _wait_for_line(proc, "Ctrl-C stops", timeout=180)
         body = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP64", "data": [[0, 1, 2, 3], [3, 2, 1, 0]]}]}
-        r = requests.post(f"http://127.0.0.1:{port}/v2/models/tiny/infer", json=body, timeout=30)
-        assert r.status_code == 200
+        url = f"http://127.0.0.1:{port}/v2/models/tiny/infer"
+        r = requests.post(url, json=body, timeout=30)
+        assert r.status_code == 200 and r.headers["x-maas-model-version"] == "tiny/1"
         label = r.json()["outputs"][0]
         assert label["datatype"] == "BYTES" and set(label["data"]) <= {"no", "yes"} and label["shape"] == [2]
+
+        moved = maas("models", "alias", "tiny", "production", "2", "--store", "store", cwd=tmp_path)
+        assert moved.returncode == 0 and "tiny@production: 1 -> 2" in moved.stdout, moved.stderr
+        deadline = time.time() + 30
+        while requests.post(url, json=body, timeout=30).headers["x-maas-model-version"] != "tiny/2":
+            assert time.time() < deadline, "the served version never followed the alias"
+            time.sleep(0.5)
+        refused = maas("models", "alias", "tiny", "production", "9", "--store", "store", cwd=tmp_path)
+        assert refused.returncode == 2 and "no version 9" in refused.stderr
     finally:
         assert _stop(proc) == 0
 

@@ -115,6 +115,17 @@ def test_client_mistakes_get_json_4xx_and_the_server_stays_up(served, path, body
     assert ok.status_code == 200
 
 
+def test_unknown_routes_and_wrong_methods_get_json_404_and_405(served):
+    url = served["url"]
+    for method, path, status in [("GET", "/v2/models/digits/infer", 405), ("POST", "/v2/health/ready", 405),
+                                 ("DELETE", "/v2/models/digits", 405), ("GET", "/v3", 404),
+                                 ("GET", "/v2/models/digits/versions/1/extra", 404), ("POST", "/", 404)]:
+        r = requests.request(method, url + path)
+        assert r.status_code == status and "error" in r.json(), (method, path, r.status_code, r.text)
+        if status == 405:
+            assert r.headers["allow"] in ("GET", "POST")
+
+
 def test_deploy_refuses_a_tampered_or_unknown_version(served):
     reg = served["registry"]
     mv = reg.publish("digits", {"model.onnx": served["tmp"] / "int8_dynamic" / "model.onnx"},
@@ -134,8 +145,8 @@ def test_deploy_refuses_a_tampered_or_unknown_version(served):
 
 def test_models_listing_and_request_ids(served):
     url = served["url"]
-    assert requests.get(f"{url}/v2/models").json() == {
-        "models": [{"name": "digits", "versions": ["1"], "platform": "onnxruntime"}]}
+    assert requests.get(f"{url}/v2/models").json() == {"models": [
+        {"name": "digits", "versions": ["1"], "ready": True, "platform": "onnxruntime", "target": "digits@production"}]}
     r = requests.post(f"{url}/v2/models/digits/infer", data=infer_body(np.zeros((2, 64))),
                       headers={"x-request-id": "trace-me-42"})
     assert r.status_code == 200 and r.headers["x-request-id"] == "trace-me-42"

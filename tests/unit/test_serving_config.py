@@ -37,3 +37,28 @@ def test_api_keys_come_from_env_and_file_and_only_digests_are_kept(monkeypatch, 
     monkeypatch.setenv("MAAS_API_KEYS_FILE", str(tmp_path / "missing"))
     with pytest.raises(ServeError, match="MAAS_API_KEYS_FILE"):
         load_api_key_hashes()
+
+
+def test_served_model_lists_normalise_and_bad_entries_name_the_problem():
+    from maas.serve.app import normalize_routes
+
+    routes = normalize_routes(["digits@production", "wine/2", {"model": "iris", "canary_alias": "candidate",
+                                                               "canary_percent": 5}])
+    assert [(r["model"], r["alias"], r["version"]) for r in routes] == [
+        ("digits", "production", None), ("wine", None, 2), ("iris", "production", None)]
+    assert routes[2]["canary_alias"] == "candidate" and routes[2]["canary_percent"] == 5.0
+    assert normalize_routes("digits")[0]["alias"] == "production"
+    for bad, fragment in [([], "no models"), (["a@x", "a/2"], "listed twice"),
+                          ([{"model": "a", "alias": "x", "version": 1}], "not both"),
+                          ([{"model": "a", "canary_percent": 10}], "needs a canary_alias"),
+                          ([{"model": "a", "canary_alias": "c", "canary_percent": 150}], "0..100"),
+                          ([{"model": "a", "weights": 1}], "unknown key"), ([3], "name@alias")]:
+        with pytest.raises(ServeError, match=fragment):
+            normalize_routes(bad)
+
+
+def test_canary_and_alias_poll_are_checked_in_the_spec():
+    spec = spec_from_dict(BASE, ["deploy.canary={alias: candidate, percent: 10}", "deploy.alias_poll_s=0.5"])
+    assert spec.deploy.canary.alias == "candidate" and spec.deploy.canary.percent == 10
+    with pytest.raises(SpecError, match="deploy.canary.percent"):
+        spec_from_dict(BASE, ["deploy.canary={alias: candidate, percent: 120}"])

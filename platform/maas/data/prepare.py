@@ -16,11 +16,17 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+import yaml
+
+from maas.data.ops import (KIND, RAW, REASON, apply_row_ops, check_schema, column_stats, combine_stats,
+                           DedupeClaims, dedupe_batch, encode_batch, encoded_names, fitted_plan, infer_schema,
+                           start_accounting)
+from maas.data.ops import _mark as mark
 from maas.data.source import bootstrap_sklearn, filesystem_for, fingerprint_files, resolve_files
 from maas.exceptions import DataError
-from maas.spec import DataSpec
+from maas.spec import FITTED_OPS, DataSpec
 
-LABEL, SPLIT, REASON, RAW, Y = "__label", "__split", "__reason", "__raw", "__y"
+LABEL, SPLIT, Y = "__label", "__split", "__y"
 
 
 @dataclass
@@ -37,40 +43,15 @@ class DataResult:
     fingerprint: str
     counts: dict = field(default_factory=dict)
     rejects_path: Optional[str] = None
+    schema: dict = field(default_factory=dict)  # column -> {type, nullable, min, max, allowed}
+    encoders: dict = field(default_factory=dict)  # column -> {kind: onehot|ordinal, categories} (train only)
+    columns: dict = field(default_factory=dict)  # column -> count, nulls, min/max/mean/std or top values
+    schema_inferred: bool = False
 
     def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Materialise a (small) split on the driver as (X float32 [N, F], y int64 [N])."""
         df = getattr(self, split).to_pandas()
         return df[self.features].to_numpy(np.float32), df[Y].to_numpy(np.int64)
-
-
-def _validate_batch(df: pd.DataFrame, features: list[str], label: str, seed: int,
-                    cuts: tuple[float, float]) -> pd.DataFrame:
-    """Per row: the features as float32, the label as text, the split, and a reject reason ('' if fine)."""
-    reasons = pd.Series("", index=df.index, dtype=object)
-    out = pd.DataFrame(index=df.index)
-    for col in features:
-        raw = df[col]
-        # numpy float64 whatever the batch's backing (Ray hands pyarrow-backed frames, where NaN != null)
-        values = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64, na_value=np.nan)
-        missing = raw.isna().to_numpy(bool).copy()
-        if pd.api.types.is_numeric_dtype(raw.dtype):
-            missing |= np.isnan(values)  # a NaN in a numeric column is a missing value
-        bad_type = np.isnan(values) & ~missing  # text that does not parse as a number
-        for mask, why in ((bad_type, f"column '{col}' is not numeric"), (missing, f"column '{col}' is null"),
-                          (np.isinf(values), f"column '{col}' is infinite")):
-            reasons = reasons.where(~(mask & (reasons == "")), why)
-        out[col] = values.astype(np.float32)
-    reasons = reasons.where(~(df[label].isna() & (reasons == "")), f"label '{label}' is null")
-    out[LABEL] = df[label].astype(str)
-    key = f"{seed:016d}"[-16:]
-    h = pd.util.hash_pandas_object(out[features + [LABEL]], index=False, hash_key=key).to_numpy(np.uint64)
-    u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # uniform in [0, 1)
-    out[SPLIT] = np.where(u < cuts[0], "train", np.where(u < cuts[1], "val", "test"))
-    out[REASON] = reasons.astype(str)
-    out[RAW] = [json.dumps(r, default=str) if why else "" for r, why in
-                zip(df.to_dict(orient="records"), reasons)]
-    return out
 
 
 def _sort_classes(labels: list[str]) -> list[Any]:
@@ -83,21 +64,69 @@ def _sort_classes(labels: list[str]) -> list[Any]:
             return sorted(labels)
 
 
-def _check_columns(schema_names: list[str], spec: DataSpec, source: str) -> list[str]:
+def _label_and_features(schema: dict, spec: DataSpec, source: str, encode: dict) -> list[str]:
+    names = list(schema)
     problems = []
-    wanted = [spec.label] + list(spec.features or [])
-    for col in wanted:
-        if col not in schema_names:
-            close = difflib.get_close_matches(col, schema_names, n=1)
-            hint = f" did you mean '{close[0]}'?" if close else f" columns: {', '.join(schema_names[:20])}"
+    for col in [spec.label] + list(spec.features or []):
+        if col not in names:
+            close = difflib.get_close_matches(col, names, n=1)
+            hint = f" did you mean '{close[0]}'?" if close else f" columns: {', '.join(names[:20])}"
             field_name = "data.label" if col == spec.label else "data.features"
             problems.append(f"{field_name}: column '{col}' not found in {source};{hint}")
     if problems:
         raise DataError("\n".join(problems))
-    features = list(spec.features) if spec.features else [c for c in schema_names if c != spec.label]
+    skip = {spec.label, spec.split.by}
+    if spec.features:
+        features = list(spec.features)
+        text = [f for f in features if schema[f]["type"] == "string" and f not in encode]
+        if text:
+            raise DataError(f"data.features: {', '.join(text)} hold text; add an encode op "
+                            f"(ops: [{{encode: {{onehot: [{text[0]}]}}}}]) or cast them to numbers")
+    else:
+        features = [c for c, rule in schema.items() if c not in skip
+                    and (rule["type"] != "string" or c in encode)]
     if not features:
-        raise DataError(f"data.features: {source} has no feature columns besides the label '{spec.label}'")
+        raise DataError(f"data.features: {source} has no numeric feature columns besides the label "
+                        f"'{spec.label}'")
     return features
+
+
+def _finish_batch(df: pd.DataFrame, schema: dict, label: str, features: list[str], seed: int,
+                  cuts: tuple[float, float], split_by: Optional[str], text_features: list[str]) -> pd.DataFrame:
+    """Schema check, label, split; out: features (float32; text ones as str), __label, __split + accounting."""
+    rules = {c: r for c, r in schema.items() if c != label}
+    df = check_schema(df, rules)
+    live = df[REASON].to_numpy() == ""
+    lab = df[label]
+    null_label = lab.isna().to_numpy(bool)
+    mark(df, null_label & live, f"label '{label}' is null", "rejected")
+    allowed = schema.get(label, {}).get("allowed")
+    if allowed is not None:
+        mark(df, ~lab.astype(str).isin({str(a) for a in allowed}).to_numpy(bool) & ~null_label,
+             f"label '{label}' is not one of {allowed}", "rejected")
+    for col in features:  # the model cannot take a missing number, whatever the schema allows
+        if col not in text_features:
+            mark(df, df[col].isna().to_numpy(bool), f"column '{col}' is null", "rejected")
+    out = pd.DataFrame(index=df.index)
+    for col in features:
+        out[col] = df[col].astype(object).where(df[col].notna(), None).map(
+            lambda v: None if v is None else str(v)) if col in text_features else \
+            df[col].to_numpy(np.float64).astype(np.float32)
+    out[LABEL] = lab.astype(str).where(~null_label, "")
+    if split_by is not None:
+        where = df[split_by].astype(str).to_numpy()
+        mark(df, ~np.isin(where, ["train", "val", "test"]) & (df[REASON].to_numpy() == ""),
+             f"split column '{split_by}' is not train, val or test", "rejected")
+        out[SPLIT] = where
+    else:
+        key = f"{seed:016d}"[-16:]
+        hashed = out[features + [LABEL]].astype(str) if text_features else out[features + [LABEL]]
+        h = pd.util.hash_pandas_object(hashed, index=False, hash_key=key).to_numpy(np.uint64)
+        u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # uniform in [0, 1)
+        out[SPLIT] = np.where(u < cuts[0], "train", np.where(u < cuts[1], "val", "test"))
+    for c in (REASON, RAW, KIND):
+        out[c] = df[c].astype(str)
+    return out
 
 
 def read_dataset(spec: DataSpec):
@@ -108,66 +137,195 @@ def read_dataset(spec: DataSpec):
     if spec.bootstrap and fs.get_file_info(path).type.name == "NotFound":
         bootstrap_sklearn(spec.bootstrap, spec.path)
     fs, files, fmt = resolve_files(spec.path, spec.format)
-    reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[fmt]
     try:
-        ds = reader(files, filesystem=fs)
+        if fmt == "images":
+            size = next((op["image"].get("size") for op in spec.ops if "image" in op), None)
+            ds = ray.data.read_images(files, filesystem=fs, include_paths=True,
+                                      size=tuple(size) if size else None, mode="RGB")
+            ds = ds.map_batches(_label_from_folder, batch_format="pandas")
+        else:
+            extra = {}
+            if fmt == "csv":  # an empty field is a missing value, in text columns too (pyarrow's default: "")
+                import pyarrow.csv as pacsv
+
+                extra["convert_options"] = pacsv.ConvertOptions(strings_can_be_null=True)
+            reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json,
+                      "text": ray.data.read_text}[fmt]
+            ds = reader(files, filesystem=fs, **extra)
     except Exception as exc:
         raise DataError(f"data.path: cannot read {spec.path} as {fmt}: {type(exc).__name__}: {exc}") from None
     return ds, fs, files
 
 
+def _label_from_folder(df: pd.DataFrame) -> pd.DataFrame:
+    """Images in <root>/<class>/<file>: the class is the parent folder's name."""
+    df = df.copy()
+    df["label"] = [p.replace("\\", "/").rsplit("/", 2)[-2] for p in df["path"]]
+    return df.drop(columns=["path"])
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The DataError a Ray task raised, without Ray's wrappers (RayTaskError -> UserCodeException -> ...)."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, DataError) and type(e) is DataError:
+            return e
+        todo.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+    marker = "maas.exceptions.DataError: "
+    text = str(exc)
+    if marker in text:  # the cause did not survive serialisation: keep its message, drop Ray's frames
+        return DataError(text[text.rindex(marker) + len(marker):].splitlines()[0])
+    return exc
+
+
+def _segments(ops: list[dict]) -> list[tuple[str, Any]]:
+    """Row ops grouped into per-batch segments, split at each dedupe (which needs the whole data set)."""
+    out: list = []
+    for i, op in enumerate(ops):
+        (name, arg), = op.items()
+        if name in FITTED_OPS:
+            continue
+        if name == "dedupe":
+            out.append(("dedupe", (i, None if arg is True else list(arg))))
+        elif out and out[-1][0] == "rows":
+            out[-1][1].append((i, name, arg))
+        else:
+            out.append(("rows", [(i, name, arg)]))
+    return out
+
+
+def load_schema(spec: DataSpec) -> Optional[dict]:
+    if spec.columns is not None:
+        return {c: r.model_dump(exclude_none=True) for c, r in spec.columns.items()}
+    if spec.schema_file is None:
+        return None
+    from maas.spec import ColumnSchema
+
+    fs, path = filesystem_for(spec.schema_file)
+    try:
+        with fs.open_input_stream(path) as f:
+            raw = yaml.safe_load(f.read())
+    except (FileNotFoundError, OSError) as exc:
+        raise DataError(f"data.schema_file: cannot read {spec.schema_file}: {exc}") from None
+    raw = raw.get("columns", raw) if isinstance(raw, dict) else raw
+    if not isinstance(raw, dict):
+        raise DataError(f"data.schema_file: {spec.schema_file} must map column names to rules")
+    try:
+        return {c: ColumnSchema.model_validate(r).model_dump(exclude_none=True) for c, r in raw.items()}
+    except Exception as exc:
+        raise DataError(f"data.schema_file: {spec.schema_file}: {exc}") from None
+
+
+def apply_ops(spec: DataSpec, ds, dedupe: bool = True):
+    """The data set after the spec's row ops, every row still present (dropped ones carry their reason).
+    ``dedupe=False`` skips dedupe ops (schema inference on a sample must not claim rows)."""
+    import ray
+
+    ds = ds.map_batches(start_accounting, batch_format="pandas")
+    for kind, payload in _segments(spec.ops):
+        if kind == "rows":
+            ds = ds.map_batches(apply_row_ops, batch_format="pandas", fn_kwargs={"ops": payload})
+        elif dedupe:
+            i, keys = payload
+            claims = ray.remote(num_cpus=0)(DedupeClaims).remote()
+            ds = ds.map_batches(dedupe_batch, batch_format="pandas",
+                                fn_kwargs={"claims": claims, "keys": keys, "where": f"data.ops[{i}].dedupe"})
+    return ds
+
+
+def infer_dataset_schema(spec: DataSpec, ds=None, sample_rows: int = 5000) -> dict:
+    """The schema inferred from (up to) the first ``sample_rows`` live rows after the ops."""
+    if ds is None:
+        ds = apply_ops(spec, read_dataset(spec)[0], dedupe=False)
+    try:
+        sample = ds.limit(sample_rows).to_pandas()
+    except Exception as exc:
+        exc = _unwrap(exc)
+        if isinstance(exc, DataError):
+            raise exc from None
+        raise DataError(f"data.path: cannot read {spec.path}: {type(exc).__name__}: {exc}") from None
+    if len(sample) == 0:
+        raise DataError(f"data.path: {spec.path} holds no rows")
+    live = sample[sample[REASON] == ""] if REASON in sample else sample
+    schema = infer_schema(live if len(live) else sample)
+    return schema
+
+
 def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
-    """Run the data stage. ``run_dir`` (local path or URI) receives rejects/ and data_report.json.
+    """Run the data stage. ``run_dir`` (local path or URI) receives rejects/, schema.json and data_report.json.
 
     Raises:
         DataError: unreadable input, missing columns, empty data, or too many rejected rows.
     """
-    from ray.data.aggregate import Mean, Std
+    from ray.data.aggregate import Max, Mean, Min, Std
 
     ds, fs, files = read_dataset(spec)
     try:
-        names = list(ds.schema().names)
+        ds.schema()
     except Exception as exc:
         raise DataError(f"data.path: cannot read the schema of {spec.path}: {type(exc).__name__}: {exc}") from None
-    features = _check_columns(names, spec, spec.path)
+    schema = load_schema(spec)
+    inferred = schema is None
+    if inferred:
+        schema = infer_dataset_schema(spec, apply_ops(spec, ds, dedupe=False))
+        if spec.label in schema:
+            schema[spec.label]["nullable"] = False
+    ds = apply_ops(spec, ds)
+    scale_plan, encode_plan = fitted_plan(spec.ops)
+    features = _label_and_features(schema, spec, spec.path, encode_plan)
+    for col in list(scale_plan) + list(encode_plan):
+        if col not in features:
+            raise DataError(f"data.ops: scale/encode column '{col}' is not a feature; features: "
+                            f"{', '.join(features[:20])}")
+    text_features = [f for f in features if schema[f]["type"] == "string"]
     cuts = (spec.split.train, spec.split.train + spec.split.val)
-    checked = ds.map_batches(_validate_batch, batch_format="pandas",
-                             fn_kwargs=dict(features=features, label=spec.label, seed=spec.split.seed,
-                                            cuts=cuts)).materialize()
+    try:
+        checked = ds.map_batches(_finish_batch, batch_format="pandas", fn_kwargs=dict(
+            schema=schema, label=spec.label, features=features, seed=spec.split.seed, cuts=cuts,
+            split_by=spec.split.by, text_features=text_features)).materialize()
+    except Exception as exc:
+        exc = _unwrap(exc)
+        if isinstance(exc, DataError):
+            raise exc from None
+        raise DataError(f"data.path: reading {spec.path} failed: {type(exc).__name__}: {exc}") from None
     rows_in = checked.count()
     if rows_in == 0:
         raise DataError(f"data.path: {spec.path} holds no rows")
 
-    rejects = checked.filter(expr=f"{REASON} != ''").select_columns([REASON, RAW]).materialize()
-    good = checked.filter(expr=f"{REASON} == ''").drop_columns([REASON, RAW]).materialize()
-    rows_rejected, rows_ok = rejects.count(), good.count()
-    if rows_ok + rows_rejected != rows_in:  # a real invariant of this stage, not an assumption
-        raise DataError(f"row accounting broke: {rows_in} in, {rows_ok} ok + {rows_rejected} rejected")
-
+    quarantined = checked.filter(expr=f"{REASON} != ''").select_columns([REASON, KIND, RAW]).materialize()
+    good = checked.filter(expr=f"{REASON} == ''").drop_columns([REASON, RAW, KIND]).materialize()
+    rows_ok = good.count()
     reasons: Counter = Counter()
+    kinds: Counter = Counter()
     rejects_path = None
-    if rows_rejected:
-        for batch in rejects.iter_batches(batch_format="pandas", batch_size=4096):
+    if quarantined.count():
+        for batch in quarantined.iter_batches(batch_format="pandas", batch_size=65536):
             reasons.update(batch[REASON])
+            kinds.update(batch[KIND])
         rejects_path = f"{run_dir}/rejects"
-        rejects.write_parquet(rejects_path)
+        quarantined.write_parquet(rejects_path)
+    rows_rejected, rows_dropped = kinds.get("rejected", 0), kinds.get("dropped", 0)
+    if rows_ok + rows_rejected + rows_dropped != rows_in:  # a real invariant of this stage, not an assumption
+        raise DataError(f"row accounting broke: {rows_in} in, {rows_ok} ok + {rows_rejected} rejected + "
+                        f"{rows_dropped} dropped")
     counts = {"rows_in": rows_in, "rows_ok": rows_ok, "rows_rejected": rows_rejected,
-              "reject_reasons": dict(reasons.most_common())}
-    if rows_ok == 0 or rows_rejected / rows_in > spec.max_reject_fraction:
-        top = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
+              "rows_dropped": rows_dropped, "reject_reasons": dict(reasons.most_common())}
+    top = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
+    if rows_ok == 0:
+        raise DataError(f"no usable rows: all {rows_in} rows of {spec.path} were rejected or dropped. Most "
+                        f"common: {top}. Every row with its reason: {rejects_path}")
+    if rows_rejected / rows_in > spec.max_reject_fraction:
         raise DataError(f"{rows_rejected} of {rows_in} rows rejected, over data.max_reject_fraction="
                         f"{spec.max_reject_fraction}. Most common: {top}. Rejected rows with reasons: "
                         f"{rejects_path}")
 
     classes = _sort_classes(sorted(good.unique(LABEL)))
     index = {str(c): i for i, c in enumerate(classes)}
-
-    def encode(df: pd.DataFrame) -> pd.DataFrame:
-        df[Y] = df[LABEL].map(index).astype(np.int64)
-        return df.drop(columns=[LABEL])
-
-    encoded = good.map_batches(encode, batch_format="pandas").materialize()
-    splits = {name: encoded.filter(expr=f"{SPLIT} == '{name}'").drop_columns([SPLIT]).materialize()
+    splits = {name: good.filter(expr=f"{SPLIT} == '{name}'").drop_columns([SPLIT]).materialize()
               for name in ("train", "val", "test")}
     per_split = {name: d.count() for name, d in splits.items()}
     counts["splits"] = per_split
@@ -175,19 +333,52 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
         if per_split[name] == 0:
             raise DataError(f"the {name} split is empty ({rows_ok} usable rows); add data or change data.split")
 
-    if spec.normalize == "standard":
-        stats = splits["train"].aggregate(*[Mean(c) for c in features], *[Std(c, ddof=0) for c in features])
-        mean = [float(stats[f"mean({c})"]) for c in features]
-        # constant columns (std 0, e.g. always-blank pixels) are left unscaled instead of dividing by zero
-        std = [float(stats[f"std({c})"]) if stats[f"std({c})"] and stats[f"std({c})"] > 1e-6 else 1.0
-               for c in features]
-    else:
-        mean, std = [0.0] * len(features), [1.0] * len(features)
+    # fitted on the train split only, then applied to every split
+    encoders = {}
+    for col, kind in encode_plan.items():
+        cats = sorted(str(c) for c in splits["train"].unique(col) if c is not None)
+        encoders[col] = {"kind": kind, "categories": cats}
+    model_features = encoded_names(features, encoders)
 
+    def finish(df: pd.DataFrame) -> pd.DataFrame:
+        df = encode_batch(df, encoders)
+        df[Y] = df[LABEL].map(index).astype(np.int64)
+        return df.drop(columns=[LABEL])
+
+    for name in splits:
+        splits[name] = splits[name].map_batches(finish, batch_format="pandas").materialize()
+
+    def scaling(f: str) -> Optional[str]:
+        """standard | minmax | None for a model feature: scale ops name columns; `normalize` covers the rest;
+        encoded columns (one-hot 0/1, ordinal indices) are left as they are."""
+        base = f.split("=", 1)[0] if "=" in f and f.split("=", 1)[0] in encoders else f
+        if base in encoders:
+            return None
+        return scale_plan.get(base, "standard" if spec.normalize == "standard" else None)
+
+    standard = [f for f in model_features if scaling(f) == "standard"]
+    minmax = [f for f in model_features if scaling(f) == "minmax"]
+    mean, std = [0.0] * len(model_features), [1.0] * len(model_features)
+    aggs = [*[Mean(c) for c in standard], *[Std(c, ddof=0) for c in standard], *[Min(c) for c in minmax],
+            *[Max(c) for c in minmax]]
+    stats = splits["train"].aggregate(*aggs) if aggs else {}
+    for j, f in enumerate(model_features):
+        if f in standard:
+            sd = stats[f"std({f})"]
+            # constant columns (std 0, e.g. always-blank pixels) are left unscaled instead of dividing by zero
+            mean[j], std[j] = float(stats[f"mean({f})"]), float(sd) if sd and sd > 1e-6 else 1.0
+        elif f in minmax:
+            lo, hi = float(stats[f"min({f})"]), float(stats[f"max({f})"])
+            mean[j], std[j] = lo, (hi - lo) if hi - lo > 1e-12 else 1.0
+
+    column_report = combine_stats(list(good.map_batches(
+        column_stats, batch_format="pandas", fn_kwargs={"columns": features + [LABEL]}).to_pandas()["stats"]))
+    column_report[spec.label] = column_report.pop(LABEL)
     fingerprint = fingerprint_files(fs, files, spec.model_dump(mode="json"))
-    result = DataResult(train=splits["train"], val=splits["val"], test=splits["test"], features=features,
+    result = DataResult(train=splits["train"], val=splits["val"], test=splits["test"], features=model_features,
                         classes=classes, mean=mean, std=std, fingerprint=fingerprint, counts=counts,
-                        rejects_path=rejects_path)
+                        rejects_path=rejects_path, schema=schema, encoders=encoders, columns=column_report,
+                        schema_inferred=inferred)
     write_report(run_dir, result)
     return result
 
@@ -197,14 +388,42 @@ def write_report(run_dir: str, result: DataResult) -> None:
     fs.create_dir(path, recursive=True)
     report = {"fingerprint": result.fingerprint, "counts": result.counts, "features": result.features,
               "classes": result.classes, "rejects_path": result.rejects_path,
-              "normalization": {"mean": result.mean, "std": result.std}}
+              "normalization": {"mean": result.mean, "std": result.std}, "encoders": result.encoders,
+              "columns": result.columns, "schema_inferred": result.schema_inferred}
     with fs.open_output_stream(f"{path}/data_report.json") as f:
         f.write(json.dumps(report, indent=2, default=str).encode())
+    with fs.open_output_stream(f"{path}/schema.json") as f:
+        f.write(json.dumps({"columns": result.schema}, indent=2, default=str).encode())
 
 
 def run_dir_for(store: str, run_id: str) -> str:
     return f"{store.rstrip('/')}/runs/{run_id}" if "://" in store else os.path.join(
         os.path.abspath(store), "runs", run_id)
+
+
+def read_report(store: str, run_id: Optional[str] = None) -> tuple[str, dict]:
+    """(run id, data_report.json) of ``run_id`` or of the newest run in ``store`` that has one.
+
+    Raises:
+        DataError: no such run, or no run with a data report yet.
+    """
+    import pyarrow.fs as pafs
+
+    root = run_dir_for(store, "x").rsplit("/", 1)[0] if "://" in store else os.path.join(os.path.abspath(store),
+                                                                                          "runs")
+    fs, path = filesystem_for(root)
+    if run_id is None:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        found = [(i.mtime, i.base_name) for i in infos if i.type == pafs.FileType.Directory and
+                 fs.get_file_info(f"{i.path}/data_report.json").type == pafs.FileType.File]
+        if not found:
+            raise DataError(f"no data reports under {root}: run the data stage first (maas run SPEC)")
+        run_id = max(found)[1]
+    try:
+        with fs.open_input_stream(f"{path}/{run_id}/data_report.json") as f:
+            return run_id, json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        raise DataError(f"run {run_id!r} has no data report under {root}") from None
 
 
 def save_prepared(result: DataResult, run_dir: str) -> None:
@@ -238,4 +457,5 @@ def load_prepared(run_dir: str) -> DataResult:
     return DataResult(train=splits["train"], val=splits["val"], test=splits["test"], features=report["features"],
                       classes=report["classes"], mean=norm["mean"], std=norm["std"],
                       fingerprint=report["fingerprint"], counts=report["counts"],
-                      rejects_path=report.get("rejects_path"))
+                      rejects_path=report.get("rejects_path"), encoders=report.get("encoders", {}),
+                      columns=report.get("columns", {}), schema_inferred=report.get("schema_inferred", False))

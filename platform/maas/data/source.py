@@ -16,6 +16,9 @@ _EXT = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json",
         ".ndjson": "json"}
 
 
+_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return open_uri(uri)
@@ -45,8 +48,8 @@ def resolve_files(uri: str, fmt: str) -> tuple[pafs.FileSystem, list[str], str]:
                            and not i.base_name.startswith((".", "_")))
         else:
             files = [path]
-    if fmt != "auto" and len(files) > 1:  # a folder may hold other files beside the data
-        exts = {e for e, k in _EXT.items() if k == fmt}
+    if fmt not in ("auto", "text") and len(files) > 1:  # a folder may hold other files beside the data
+        exts = _IMAGE_EXTS if fmt == "images" else {e for e, k in _EXT.items() if k == fmt}
         files = [f for f in files if Path(f).suffix.lower() in exts]
     if not files:
         raise DataError(f"data.path: no data files match {uri}")
@@ -54,7 +57,7 @@ def resolve_files(uri: str, fmt: str) -> tuple[pafs.FileSystem, list[str], str]:
         kinds = {_EXT.get(Path(f).suffix.lower()) for f in files}
         if None in kinds or len(kinds) != 1:
             raise DataError(f"data.format: cannot tell the format of {files[0]} from its extension; "
-                            "set data.format to parquet, csv or json")
+                            "set data.format to parquet, csv, json, text or images")
         fmt = kinds.pop()
     return fs, files, fmt
 
