@@ -11,7 +11,7 @@ $(BIN)/maas: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,text]'
 	touch $(BIN)/maas
 
 setup: $(BIN)/maas

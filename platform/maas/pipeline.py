@@ -91,7 +91,8 @@ def stage_train(spec: PipelineSpec, data: DataResult, run_id: str) -> tuple[dict
         metrics.update({k: v for k, v in trained.best_metrics.items() if k.startswith("val_")})
         parent = registry.publish(
             spec.model.name, files, runtime="torch", metrics=metrics,
-            signature=classifier_signature(len(data.features), data.classes),
+            signature=classifier_signature(len(data.features), data.classes, features=data.features,
+                                           raw_features=data.raw_features, encoders=data.encoders),
             lineage={**_lineage(spec, data, run_id, run_dir), "method": "fp32", "parent": None,
                      "checkpoint": trained.checkpoint_path, "train_device": trained.device,
                      "history": trained.history})

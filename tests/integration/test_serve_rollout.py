@@ -236,3 +236,34 @@ def test_scale_to_zero_wakes_on_the_first_request(fleet):
         assert r.status_code == 200 and r.headers[VERSION_HEADER] == fleet["v1"].ref
     finally:
         serve.delete("zero")
+
+
+def test_raw_columns_are_encoded_by_the_endpoint_as_in_training(fleet):
+    from ray import serve
+
+    enc = {"color": {"kind": "onehot", "categories": ["blue", "green", "red"]}}
+    torch.manual_seed(4)
+    model = build_model({"arch": "mlp", "input_dim": 4, "num_classes": 2, "hidden_sizes": [8], "dropout": 0.0})
+    out = fleet["tmp"] / "encoded"
+    out.mkdir()
+    onnx_path = export_onnx(model, 4, out / "model.onnx")
+    reg = fleet["reg"]
+    sig = classifier_signature(4, ["no", "yes"], features=["age", "color=blue", "color=green", "color=red"],
+                               raw_features=["age", "color"], encoders=enc)
+    mv = reg.publish("shop", {"model.onnx": onnx_path}, runtime="onnxruntime", signature=sig)
+    serve.run(build_app(reg.location, mv.ref, DeploySpec()), name="shop", route_prefix="/shop", blocking=False)
+    try:
+        url = f"{fleet['url']}/shop/v2/models/shop"
+        meta = requests.get(url).json()
+        assert [r["datatype"] for r in meta["parameters"]["raw_inputs"]] == ["FP32", "BYTES"]
+        raw = {"inputs": [{"name": "age", "datatype": "FP32", "shape": [3], "data": [20, 35, 70]},
+                          {"name": "color", "datatype": "BYTES", "shape": [3], "data": ["red", "blue", "mauve"]}]}
+        r = requests.post(f"{url}/infer", data=json.dumps(raw))
+        assert r.status_code == 200, r.text
+        encoded = np.array([[20, 0, 0, 1], [35, 1, 0, 0], [70, 0, 0, 0]], dtype=np.float32)
+        expected = [["no", "yes"][i] for i in OnnxPredictor(onnx_path)(encoded).argmax(1)]
+        assert r.json()["outputs"][0]["data"] == expected
+        bad = requests.post(f"{url}/infer", data=json.dumps({"inputs": raw["inputs"][:1]}))
+        assert bad.status_code == 400 and "missing: ['color']" in bad.json()["error"]
+    finally:
+        serve.delete("shop")

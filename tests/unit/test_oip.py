@@ -1,9 +1,10 @@
 import json
+import re
 
 import numpy as np
 import pytest
 
-from maas.serve.oip import ProtocolError, classifier_outputs, classifier_signature, parse_infer_request
+from maas.serve.oip import ProtocolError, classifier_outputs, classifier_signature, model_metadata, parse_infer_request
 
 SIG = classifier_signature(4, [0, 1, 2])
 
@@ -94,3 +95,35 @@ def test_hostile_nesting_is_a_400_not_a_crash():
     assert info.value.status == 400
     with pytest.raises(ProtocolError, match="nested deeper"):
         parse_infer_request(body(shape=[8], data=[[[1]]] * 8), SIG)
+
+
+def test_raw_columns_go_through_the_saved_encoders():
+    enc = {"color": {"kind": "onehot", "categories": ["blue", "green", "red"]},
+           "size": {"kind": "ordinal", "categories": ["L", "M", "S"]}}
+    sig = classifier_signature(5, [0, 1], features=["age", "color=blue", "color=green", "color=red", "size"],
+                               raw_features=["age", "color", "size"], encoders=enc)
+    body = json.dumps({"inputs": [
+        {"name": "color", "datatype": "BYTES", "shape": [3], "data": ["red", "blue", "purple"]},
+        {"name": "age", "datatype": "INT64", "shape": [3], "data": [30, 41, 52]},
+        {"name": "size", "datatype": "BYTES", "shape": [3, 1], "data": [["S"], ["XL"], ["L"]]}]})
+    x, _, _ = parse_infer_request(body.encode(), sig)
+    np.testing.assert_array_equal(x, [[30, 0, 0, 1, 2], [41, 1, 0, 0, -1], [52, 0, 0, 0, 0]])
+    # the encoded matrix is still accepted as 'input'
+    x2, _, _ = parse_infer_request(json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 5],
+                                                           "data": [1, 0, 0, 1, 2]}]}).encode(), sig)
+    assert x2.shape == (1, 5)
+    for inputs, fragment in [
+        ([{"name": "age", "datatype": "FP32", "shape": [1], "data": [1]}], "missing: ['color', 'size']"),
+        ([{"name": "age", "datatype": "FP32", "shape": [1], "data": [1]},
+          {"name": "color", "datatype": "FP32", "shape": [1], "data": [1]},
+          {"name": "size", "datatype": "BYTES", "shape": [1], "data": ["S"]}], "must be BYTES"),
+        ([{"name": "age", "datatype": "FP32", "shape": [2], "data": [1, 2]},
+          {"name": "color", "datatype": "BYTES", "shape": [1], "data": ["red"]},
+          {"name": "size", "datatype": "BYTES", "shape": [1], "data": ["S"]}], "has 1 rows"),
+        ([{"name": "age", "datatype": "FP32", "shape": [1], "data": [1]},
+          {"name": "color", "datatype": "BYTES", "shape": [1], "data": [7]},
+          {"name": "size", "datatype": "BYTES", "shape": [1], "data": ["S"]}], "1 strings")]:
+        with pytest.raises(ProtocolError, match=re.escape(fragment)):
+            parse_infer_request(json.dumps({"inputs": inputs}).encode(), sig)
+    meta = model_metadata("m", 1, "onnxruntime", sig)
+    assert [r["name"] for r in meta["parameters"]["raw_inputs"]] == ["age", "color", "size"]

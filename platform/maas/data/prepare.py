@@ -26,7 +26,7 @@ from maas.data.source import bootstrap_sklearn, filesystem_for, fingerprint_file
 from maas.exceptions import DataError
 from maas.spec import FITTED_OPS, DataSpec
 
-LABEL, SPLIT, Y = "__label", "__split", "__y"
+LABEL, SPLIT, Y, STATUS = "__label", "__split", "__y", "__status"
 
 
 @dataclass
@@ -47,6 +47,7 @@ class DataResult:
     encoders: dict = field(default_factory=dict)  # column -> {kind: onehot|ordinal, categories} (train only)
     columns: dict = field(default_factory=dict)  # column -> count, nulls, min/max/mean/std or top values
     schema_inferred: bool = False
+    raw_features: list = field(default_factory=list)  # feature columns before encoding (what clients send)
 
     def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Materialise a (small) split on the driver as (X float32 [N, F], y int64 [N])."""
@@ -84,7 +85,7 @@ def _label_and_features(schema: dict, spec: DataSpec, source: str, encode: dict)
                             f"(ops: [{{encode: {{onehot: [{text[0]}]}}}}]) or cast them to numbers")
     else:
         features = [c for c, rule in schema.items() if c not in skip
-                    and (rule["type"] != "string" or c in encode)]
+                    and (rule["type"] in ("float", "int", "bool") or c in encode)]
     if not features:
         raise DataError(f"data.features: {source} has no numeric feature columns besides the label "
                         f"'{spec.label}'")
@@ -112,20 +113,24 @@ def _finish_batch(df: pd.DataFrame, schema: dict, label: str, features: list[str
         out[col] = df[col].astype(object).where(df[col].notna(), None).map(
             lambda v: None if v is None else str(v)) if col in text_features else \
             df[col].to_numpy(np.float64).astype(np.float32)
+    for col, rule in schema.items():  # token ids and other array columns ride along to the splits
+        if rule["type"] == "tensor" and col not in features:
+            out[col] = df[col]
     out[LABEL] = lab.astype(str).where(~null_label, "")
     if split_by is not None:
         where = df[split_by].astype(str).to_numpy()
         mark(df, ~np.isin(where, ["train", "val", "test"]) & (df[REASON].to_numpy() == ""),
              f"split column '{split_by}' is not train, val or test", "rejected")
-        out[SPLIT] = where
+        split = where
     else:
         key = f"{seed:016d}"[-16:]
         hashed = out[features + [LABEL]].astype(str) if text_features else out[features + [LABEL]]
         h = pd.util.hash_pandas_object(hashed, index=False, hash_key=key).to_numpy(np.uint64)
         u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # uniform in [0, 1)
-        out[SPLIT] = np.where(u < cuts[0], "train", np.where(u < cuts[1], "val", "test"))
+        split = np.where(u < cuts[0], "train", np.where(u < cuts[1], "val", "test"))
     for c in (REASON, RAW, KIND):
         out[c] = df[c].astype(str)
+    out[STATUS] = np.where(out[REASON].to_numpy() == "", split, "quarantine")
     return out
 
 
@@ -162,6 +167,27 @@ def _label_from_folder(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     df["label"] = [p.replace("\\", "/").rsplit("/", 2)[-2] for p in df["path"]]
     return df.drop(columns=["path"])
+
+
+def _fs_path(uri: str) -> str:
+    return filesystem_for(uri)[1]
+
+
+def _parquet_rows(fs, path: str) -> int:
+    """Rows in the Parquet files under ``path`` (from their footers; 0 when the folder does not exist)."""
+    import pyarrow.dataset as pads
+
+    if fs.get_file_info(path).type.name == "NotFound":
+        return 0
+    return pads.dataset(path, filesystem=fs, format="parquet", partitioning=None).count_rows()
+
+
+def _read_split(paths, fs, columns: Optional[list] = None):
+    """A lazy Ray Dataset over the written Parquet of one or more splits (the partition column left out)."""
+    import ray.data
+
+    paths = [paths] if isinstance(paths, str) else paths
+    return ray.data.read_parquet([_fs_path(p) for p in paths], filesystem=fs, columns=columns, partitioning=None)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -264,6 +290,7 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
     from ray.data.aggregate import Max, Mean, Min, Std
 
     ds, fs, files = read_dataset(spec)
+    run_fs, _ = filesystem_for(run_dir)
     try:
         ds.schema()
     except Exception as exc:
@@ -283,31 +310,39 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
                             f"{', '.join(features[:20])}")
     text_features = [f for f in features if schema[f]["type"] == "string"]
     cuts = (spec.split.train, spec.split.train + spec.split.val)
+    # One streaming pass: every row is written once, to its split or to the quarantine, as Parquet in the
+    # run folder. Nothing is held in the object store, so data larger than it (or than memory) flows through.
+    checked_dir = f"{run_dir}/checked"
     try:
-        checked = ds.map_batches(_finish_batch, batch_format="pandas", fn_kwargs=dict(
+        ds.map_batches(_finish_batch, batch_format="pandas", fn_kwargs=dict(
             schema=schema, label=spec.label, features=features, seed=spec.split.seed, cuts=cuts,
-            split_by=spec.split.by, text_features=text_features)).materialize()
+            split_by=spec.split.by, text_features=text_features)).write_parquet(
+            checked_dir, partition_cols=[STATUS], filesystem=run_fs)
     except Exception as exc:
         exc = _unwrap(exc)
         if isinstance(exc, DataError):
             raise exc from None
         raise DataError(f"data.path: reading {spec.path} failed: {type(exc).__name__}: {exc}") from None
-    rows_in = checked.count()
+    parts = {name: f"{checked_dir}/{STATUS}={name}" for name in ("train", "val", "test", "quarantine")}
+    rows = {name: _parquet_rows(run_fs, _fs_path(path)) for name, path in parts.items()}
+    rows_in = sum(rows.values())
     if rows_in == 0:
         raise DataError(f"data.path: {spec.path} holds no rows")
 
-    quarantined = checked.filter(expr=f"{REASON} != ''").select_columns([REASON, KIND, RAW]).materialize()
-    good = checked.filter(expr=f"{REASON} == ''").drop_columns([REASON, RAW, KIND]).materialize()
-    rows_ok = good.count()
     reasons: Counter = Counter()
     kinds: Counter = Counter()
     rejects_path = None
-    if quarantined.count():
-        for batch in quarantined.iter_batches(batch_format="pandas", batch_size=65536):
+    if rows["quarantine"]:
+        rejects_path = f"{run_dir}/rejects"
+        try:  # a plain name for users; object stores cannot move folders, there the partition path stays
+            run_fs.move(_fs_path(parts["quarantine"]), _fs_path(rejects_path))
+        except (OSError, NotImplementedError):
+            rejects_path = parts["quarantine"]
+        for batch in _read_split(rejects_path, run_fs, columns=[REASON, KIND]).iter_batches(
+                batch_format="pandas", batch_size=65536):
             reasons.update(batch[REASON])
             kinds.update(batch[KIND])
-        rejects_path = f"{run_dir}/rejects"
-        quarantined.write_parquet(rejects_path)
+    rows_ok = rows["train"] + rows["val"] + rows["test"]
     rows_rejected, rows_dropped = kinds.get("rejected", 0), kinds.get("dropped", 0)
     if rows_ok + rows_rejected + rows_dropped != rows_in:  # a real invariant of this stage, not an assumption
         raise DataError(f"row accounting broke: {rows_in} in, {rows_ok} ok + {rows_rejected} rejected + "
@@ -322,16 +357,17 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
         raise DataError(f"{rows_rejected} of {rows_in} rows rejected, over data.max_reject_fraction="
                         f"{spec.max_reject_fraction}. Most common: {top}. Rejected rows with reasons: "
                         f"{rejects_path}")
-
-    classes = _sort_classes(sorted(good.unique(LABEL)))
-    index = {str(c): i for i, c in enumerate(classes)}
-    splits = {name: good.filter(expr=f"{SPLIT} == '{name}'").drop_columns([SPLIT]).materialize()
-              for name in ("train", "val", "test")}
-    per_split = {name: d.count() for name, d in splits.items()}
+    per_split = {name: rows[name] for name in ("train", "val", "test")}
     counts["splits"] = per_split
     for name in ("train", "test"):
         if per_split[name] == 0:
             raise DataError(f"the {name} split is empty ({rows_ok} usable rows); add data or change data.split")
+    drop = [REASON, RAW, KIND]
+    splits = {name: _read_split(parts[name], run_fs).drop_columns(drop) if rows[name] else None
+              for name in ("train", "val", "test")}
+    good = _read_split([parts[n] for n in ("train", "val", "test") if rows[n]], run_fs).drop_columns(drop)
+    classes = _sort_classes(sorted(good.select_columns([LABEL]).unique(LABEL)))
+    index = {str(c): i for i, c in enumerate(classes)}
 
     # fitted on the train split only, then applied to every split
     encoders = {}
@@ -345,8 +381,10 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
         df[Y] = df[LABEL].map(index).astype(np.int64)
         return df.drop(columns=[LABEL])
 
-    for name in splits:
-        splits[name] = splits[name].map_batches(finish, batch_format="pandas").materialize()
+    for name in splits:  # lazy: each consumer (training's shards, evaluation) streams them
+        if splits[name] is None:
+            splits[name] = splits["train"].limit(0)
+        splits[name] = splits[name].map_batches(finish, batch_format="pandas")
 
     def scaling(f: str) -> Optional[str]:
         """standard | minmax | None for a model feature: scale ops name columns; `normalize` covers the rest;
@@ -378,7 +416,7 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
     result = DataResult(train=splits["train"], val=splits["val"], test=splits["test"], features=model_features,
                         classes=classes, mean=mean, std=std, fingerprint=fingerprint, counts=counts,
                         rejects_path=rejects_path, schema=schema, encoders=encoders, columns=column_report,
-                        schema_inferred=inferred)
+                        schema_inferred=inferred, raw_features=features)
     write_report(run_dir, result)
     return result
 
@@ -389,7 +427,8 @@ def write_report(run_dir: str, result: DataResult) -> None:
     report = {"fingerprint": result.fingerprint, "counts": result.counts, "features": result.features,
               "classes": result.classes, "rejects_path": result.rejects_path,
               "normalization": {"mean": result.mean, "std": result.std}, "encoders": result.encoders,
-              "columns": result.columns, "schema_inferred": result.schema_inferred}
+              "columns": result.columns, "schema_inferred": result.schema_inferred,
+              "raw_features": result.raw_features}
     with fs.open_output_stream(f"{path}/data_report.json") as f:
         f.write(json.dumps(report, indent=2, default=str).encode())
     with fs.open_output_stream(f"{path}/schema.json") as f:
@@ -427,9 +466,25 @@ def read_report(store: str, run_id: Optional[str] = None) -> tuple[str, dict]:
 
 
 def save_prepared(result: DataResult, run_dir: str) -> None:
-    """Persist the splits (Parquet) beside data_report.json, so later stages and jobs can reload them."""
+    """Persist the final splits (encoded, labels as indices) as Parquet beside data_report.json, so later
+    stages and jobs reload them, and point ``result`` at them: one streaming pass, and later readers (the
+    training shards, evaluation) read the finished columns instead of redoing the encoding. The checked
+    rows the data stage wrote before are then removed (the rejects are kept)."""
+    import ray.data
+
+    fs, root = filesystem_for(run_dir)
     for name in ("train", "val", "test"):
         getattr(result, name).write_parquet(f"{run_dir}/splits/{name}")
+        split_dir = f"{root}/splits/{name}"
+        if fs.get_file_info(split_dir).type.name == "NotFound":  # an empty split writes no files
+            fs.create_dir(split_dir, recursive=True)
+            setattr(result, name, getattr(result, name).limit(0).materialize())
+        else:
+            setattr(result, name, ray.data.read_parquet(split_dir, filesystem=fs))
+    checked = f"{root}/checked"
+    if result.rejects_path is None or "/checked/" not in result.rejects_path:
+        if fs.get_file_info(checked).type.name != "NotFound":
+            fs.delete_dir(checked)
 
 
 def load_prepared(run_dir: str) -> DataResult:
@@ -438,6 +493,7 @@ def load_prepared(run_dir: str) -> DataResult:
     Raises:
         DataError: the run folder holds no prepared data (name the run id of a finished data stage).
     """
+    import pyarrow.fs as pafs
     import ray.data
 
     fs, path = filesystem_for(run_dir)
@@ -452,10 +508,19 @@ def load_prepared(run_dir: str) -> DataResult:
         split_dir = f"{path}/splits/{name}"
         if fs.get_file_info(split_dir).type.name == "NotFound":
             raise DataError(f"{run_dir} has no saved '{name}' split; re-run the data stage")
-        splits[name] = ray.data.read_parquet(split_dir, filesystem=fs).materialize()
+        if not fs.get_file_info(pafs.FileSelector(split_dir)):  # an empty split
+            splits[name] = None
+            continue
+        splits[name] = ray.data.read_parquet(split_dir, filesystem=fs)  # lazy: streamed by its consumers
+    if splits["train"] is None:
+        raise DataError(f"{run_dir} has an empty train split; re-run the data stage")
+    for name in ("val", "test"):
+        if splits[name] is None:
+            splits[name] = splits["train"].limit(0)
     norm = report["normalization"]
     return DataResult(train=splits["train"], val=splits["val"], test=splits["test"], features=report["features"],
                       classes=report["classes"], mean=norm["mean"], std=norm["std"],
                       fingerprint=report["fingerprint"], counts=report["counts"],
                       rejects_path=report.get("rejects_path"), encoders=report.get("encoders", {}),
-                      columns=report.get("columns", {}), schema_inferred=report.get("schema_inferred", False))
+                      columns=report.get("columns", {}), schema_inferred=report.get("schema_inferred", False),
+                      raw_features=report.get("raw_features", report["features"]))

@@ -74,6 +74,54 @@ def _input_array(spec: dict, tensor: dict) -> np.ndarray:
     return arr
 
 
+def _raw_columns(raw: list[dict], signature: dict, by_name: dict) -> np.ndarray:
+    """Named raw-column tensors -> the model's feature matrix, through the encoders fitted on train
+    (one-hot: a 0/1 column per train category, unseen -> all 0; ordinal: train index, unseen -> -1)."""
+    names = [r["name"] for r in raw]
+    unknown = sorted(set(by_name) - set(names))
+    missing = [n for n in names if n not in by_name]
+    if unknown or missing:
+        raise ProtocolError(400, f"send either '{signature['inputs'][0]['name']}' (the encoded features) or one "
+                                 f"tensor per column {names}; " + (f"unknown: {unknown} " if unknown else "")
+                                 + (f"missing: {missing}" if missing else ""))
+    encoders = signature.get("encoders", {})
+    columns, rows = [], None
+    for r in raw:
+        tensor = by_name[r["name"]]
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or len(shape) not in (1, 2) or not all(isinstance(d, int) and d >= 0
+                                                                              for d in shape) or \
+                (len(shape) == 2 and shape[1] != 1):
+            raise ProtocolError(400, f"input '{r['name']}': shape must be [N] (or [N, 1]), got {shape!r}")
+        n = shape[0]
+        if rows is not None and n != rows:
+            raise ProtocolError(400, f"input '{r['name']}' has {n} rows, the others {rows}")
+        rows = n
+        if r["datatype"] == "BYTES":
+            if tensor.get("datatype") != "BYTES":
+                raise ProtocolError(400, f"input '{r['name']}': datatype must be BYTES (text), got "
+                                         f"{tensor.get('datatype')!r}")
+            values = _flatten(tensor.get("data"), max_depth=len(shape) + 1) if "data" in tensor else None
+            if values is None or len(values) != n or not all(isinstance(v, str) for v in values):
+                raise ProtocolError(400, f"input '{r['name']}': 'data' must hold {n} strings")
+            enc = encoders[r["name"]]
+            cats = {c: i for i, c in enumerate(enc["categories"])}
+            if enc["kind"] == "ordinal":
+                columns.append(np.array([cats.get(v, -1) for v in values], dtype=np.float32)[:, None])
+            else:
+                block = np.zeros((n, len(cats)), dtype=np.float32)
+                for i, v in enumerate(values):
+                    j = cats.get(v)
+                    if j is not None:
+                        block[i, j] = 1.0
+                columns.append(block)
+        else:
+            col = _input_array({"name": r["name"], "datatype": "FP32", "shape": [-1, 1]},
+                               {**tensor, "shape": [n, 1]} if len(shape) == 1 else tensor)
+            columns.append(col)
+    return np.concatenate(columns, axis=1) if columns else np.zeros((0, 0), np.float32)
+
+
 def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optional[str], Optional[list[str]]]:
     """Body of ``POST .../infer`` -> (input array, request id, requested output names or None for all)."""
     try:
@@ -92,12 +140,16 @@ def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optio
     if not all(isinstance(t.get("name"), str) for t in inputs):
         raise ProtocolError(400, "every input tensor needs a string 'name'")
     by_name = {t["name"]: t for t in inputs}
-    if spec["name"] not in by_name:
-        raise ProtocolError(400, f"unknown input name(s) {sorted(map(str, by_name))}; "
-                                 f"this model takes '{spec['name']}' ({spec['datatype']} {spec['shape']})")
-    if len(inputs) != len(signature["inputs"]):
-        raise ProtocolError(400, f"expected {len(signature['inputs'])} input tensor(s), got {len(inputs)}")
-    array = _input_array(spec, by_name[spec["name"]])
+    raw = signature.get("raw_inputs")
+    if raw and spec["name"] not in by_name:  # one tensor per raw column; the saved encoders apply here
+        array = _raw_columns(raw, signature, by_name)
+    else:
+        if spec["name"] not in by_name:
+            raise ProtocolError(400, f"unknown input name(s) {sorted(map(str, by_name))}; "
+                                     f"this model takes '{spec['name']}' ({spec['datatype']} {spec['shape']})")
+        if len(inputs) != len(signature["inputs"]):
+            raise ProtocolError(400, f"expected {len(signature['inputs'])} input tensor(s), got {len(inputs)}")
+        array = _input_array(spec, by_name[spec["name"]])
 
     req_id = req.get("id")
     if req_id is not None and not isinstance(req_id, str):
@@ -143,16 +195,30 @@ def classifier_outputs(logits: np.ndarray, signature: dict, wanted: Optional[lis
     return out
 
 
-def classifier_signature(num_features: int, classes: list) -> dict:
-    """The registry signature of a maas classifier: what OIP metadata announces and infer checks against."""
+def classifier_signature(num_features: int, classes: list, features: Optional[list[str]] = None,
+                         raw_features: Optional[list[str]] = None, encoders: Optional[dict] = None) -> dict:
+    """The registry signature of a maas classifier: what OIP metadata announces and infer checks against.
+
+    With ``encoders`` (categorical columns encoded at training), the endpoint also takes one tensor per raw
+    column (``raw_features``: BYTES for encoded ones, FP32 for numbers) and applies the same encoders."""
     label_type = "INT64" if all(isinstance(c, int) for c in classes) else \
         "FP64" if all(isinstance(c, (int, float)) for c in classes) else "BYTES"
-    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, num_features]}],
-            "outputs": [{"name": "label", "datatype": label_type, "shape": [-1]},
-                        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]}],
-            "classes": list(classes)}
+    sig = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, num_features]}],
+           "outputs": [{"name": "label", "datatype": label_type, "shape": [-1]},
+                       {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]}],
+           "classes": list(classes)}
+    if features is not None:
+        sig["features"] = list(features)
+    if encoders:
+        sig["encoders"] = encoders
+        sig["raw_inputs"] = [{"name": f, "datatype": "BYTES" if f in encoders else "FP32", "shape": [-1]}
+                             for f in (raw_features or [])]
+    return sig
 
 
 def model_metadata(name: str, version: int, platform: str, signature: dict) -> dict:
-    return {"name": name, "versions": [str(version)], "platform": platform,
+    meta = {"name": name, "versions": [str(version)], "platform": platform,
             "inputs": signature["inputs"], "outputs": signature["outputs"]}
+    if signature.get("raw_inputs"):  # the alternative input form: one tensor per raw column
+        meta["parameters"] = {"raw_inputs": signature["raw_inputs"], "features": signature.get("features")}
+    return meta

@@ -62,7 +62,9 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
               "features": data.features, "has_val": has_val, "epochs": t.epochs, "batch_size": t.batch_size,
               "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "seed": t.seed, "precision": t.precision,
               "checkpoint_every_epochs": t.checkpoint_every_epochs, "shuffle_buffer": max(t.batch_size * 8, 256)}
-    shard_mb = data.train.size_bytes() / t.num_workers / 2**20
+    # estimated from the row count (float32 features + int64 label): asking a lazy dataset its size runs it
+    rows = data.counts.get("splits", {}).get("train", 0)
+    shard_mb = rows * (4 * len(data.features) + 8) / t.num_workers / 2**20
     config["cache_shards"] = shard_mb < t.cache_shard_mb
     datasets = {"train": data.train}
     if has_val:
