@@ -169,6 +169,17 @@ def _label_from_folder(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=["path"])
 
 
+def _as_partial(st: dict) -> dict:
+    """A merged column summary back in column_stats' partial form, to merge summaries of several splits."""
+    out = {"count": st["count"], "nulls": st["nulls"]}
+    if "mean" in st:
+        n = st["count"] - st["nulls"]
+        out.update(n=n, mean=st["mean"] or 0.0, m2=(st["std"] or 0.0) ** 2 * n, min=st["min"], max=st["max"])
+    else:
+        out["top"] = st.get("top", {})
+    return out
+
+
 def _fs_path(uri: str) -> str:
     return filesystem_for(uri)[1]
 
@@ -287,8 +298,6 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
     Raises:
         DataError: unreadable input, missing columns, empty data, or too many rejected rows.
     """
-    from ray.data.aggregate import Max, Mean, Min, Std
-
     ds, fs, files = read_dataset(spec)
     run_fs, _ = filesystem_for(run_dir)
     try:
@@ -365,15 +374,21 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
     drop = [REASON, RAW, KIND]
     splits = {name: _read_split(parts[name], run_fs).drop_columns(drop) if rows[name] else None
               for name in ("train", "val", "test")}
-    good = _read_split([parts[n] for n in ("train", "val", "test") if rows[n]], run_fs).drop_columns(drop)
-    classes = _sort_classes(sorted(good.select_columns([LABEL]).unique(LABEL)))
-    index = {str(c): i for i, c in enumerate(classes)}
 
-    # fitted on the train split only, then applied to every split
-    encoders = {}
-    for col, kind in encode_plan.items():
-        cats = sorted(str(c) for c in splits["train"].unique(col) if c is not None)
-        encoders[col] = {"kind": kind, "categories": cats}
+    # One pass per split computes everything left to fit and report: per-block partial statistics merged
+    # on the driver (no shuffle): the report over all usable rows; categories and scaling from train only.
+    def split_stats(path: str) -> dict:
+        return combine_stats(list(_read_split(path, run_fs, columns=features + [LABEL]).map_batches(
+            column_stats, batch_format="pandas",
+            fn_kwargs={"columns": features + [LABEL], "categories": list(encode_plan) + [LABEL]},
+        ).to_pandas()["stats"]))
+
+    per_split_stats = {n: split_stats(parts[n]) for n in ("train", "val", "test") if rows[n]}
+    train_stats = per_split_stats["train"]
+    classes = _sort_classes(sorted({v for st in per_split_stats.values() for v in st[LABEL]["distinct"]}))
+    index = {str(c): i for i, c in enumerate(classes)}
+    encoders = {col: {"kind": kind, "categories": train_stats[col].get("distinct", [])}
+                for col, kind in encode_plan.items()}
     model_features = encoded_names(features, encoders)
 
     def finish(df: pd.DataFrame) -> pd.DataFrame:
@@ -394,24 +409,22 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
             return None
         return scale_plan.get(base, "standard" if spec.normalize == "standard" else None)
 
-    standard = [f for f in model_features if scaling(f) == "standard"]
-    minmax = [f for f in model_features if scaling(f) == "minmax"]
     mean, std = [0.0] * len(model_features), [1.0] * len(model_features)
-    aggs = [*[Mean(c) for c in standard], *[Std(c, ddof=0) for c in standard], *[Min(c) for c in minmax],
-            *[Max(c) for c in minmax]]
-    stats = splits["train"].aggregate(*aggs) if aggs else {}
     for j, f in enumerate(model_features):
-        if f in standard:
-            sd = stats[f"std({f})"]
+        how, st = scaling(f), train_stats.get(f, {})
+        if how == "standard" and st.get("mean") is not None:
+            sd = st["std"]
             # constant columns (std 0, e.g. always-blank pixels) are left unscaled instead of dividing by zero
-            mean[j], std[j] = float(stats[f"mean({f})"]), float(sd) if sd and sd > 1e-6 else 1.0
-        elif f in minmax:
-            lo, hi = float(stats[f"min({f})"]), float(stats[f"max({f})"])
+            mean[j], std[j] = float(st["mean"]), float(sd) if sd and sd > 1e-6 else 1.0
+        elif how == "minmax" and st.get("min") is not None:
+            lo, hi = float(st["min"]), float(st["max"])
             mean[j], std[j] = lo, (hi - lo) if hi - lo > 1e-12 else 1.0
 
-    column_report = combine_stats(list(good.map_batches(
-        column_stats, batch_format="pandas", fn_kwargs={"columns": features + [LABEL]}).to_pandas()["stats"]))
+    column_report = combine_stats([json.dumps({c: _as_partial(st[c]) for c in st}) for st in
+                                   per_split_stats.values()])
     column_report[spec.label] = column_report.pop(LABEL)
+    for st in column_report.values():
+        st.pop("distinct", None)
     fingerprint = fingerprint_files(fs, files, spec.model_dump(mode="json"))
     result = DataResult(train=splits["train"], val=splits["val"], test=splits["test"], features=model_features,
                         classes=classes, mean=mean, std=std, fingerprint=fingerprint, counts=counts,
