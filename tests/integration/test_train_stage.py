@@ -106,3 +106,13 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(digits_parquet, tmp_pa
     # a checkpoint on disk may not yet be registered when the kill lands: at most one interval is redone
     assert 0 <= killed["at"] + 1 - start <= every
     assert result.best_metrics["val_accuracy"] > 0.9
+
+
+def test_streaming_with_no_cpu_left_for_the_reader_is_refused_not_hung(digits_parquet, tmp_path):
+    from maas.exceptions import TrainingError
+
+    spec = spec_from_dict({"data": {"path": digits_parquet, "label": "target"}, "model": {"name": "digits"},
+                           "train": {"epochs": 1, "num_workers": 4, "cache_shard_mb": 0.001}})
+    data = prepare_data(spec.data, str(tmp_path))
+    with pytest.raises(TrainingError, match="leaving none to read the data: lower train.cpus_per_worker"):
+        train_model(spec, data, str(tmp_path))

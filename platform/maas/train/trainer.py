@@ -39,6 +39,19 @@ def choose_device(spec_device: str, num_workers: int) -> bool:
     return spec_device == "auto" and gpus >= num_workers
 
 
+def _check_cpus_left_for_streaming(worker_cpus: float) -> None:
+    """Streaming shards are read by Ray Data tasks while training runs; they need a CPU the workers do not
+    hold, or the run waits forever. Refuse up front with the fix, rather than hang."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 0))
+    if total - worker_cpus < 1:
+        raise TrainingError(
+            f"the train split is streamed (over train.cache_shard_mb per worker) and the training workers take "
+            f"{worker_cpus:g} of the cluster's {total:g} CPUs, leaving none to read the data: lower "
+            "train.cpus_per_worker or train.num_workers, raise train.cache_shard_mb, or add a node")
+
+
 def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: str = "train") -> TrainResult:
     """Train ``spec.model`` on ``data`` with ``spec.train``; checkpoints go under ``run_dir``.
 
@@ -66,9 +79,17 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
     rows = data.counts.get("splits", {}).get("train", 0)
     shard_mb = rows * (4 * len(data.features) + 8) / t.num_workers / 2**20
     config["cache_shards"] = shard_mb < t.cache_shard_mb
-    datasets = {"train": data.train}
-    if has_val:
-        datasets["val"] = data.val
+    if config["cache_shards"]:
+        # small: read the prepared Parquet now, so no Ray Data task needs a CPU while the training workers
+        # hold them all (2 workers on a 2-CPU machine would otherwise wait for their data forever)
+        datasets = {"train": data.train.materialize()}
+        if has_val:
+            datasets["val"] = data.val.materialize()
+    else:
+        _check_cpus_left_for_streaming(t.num_workers * t.cpus_per_worker)
+        datasets = {"train": data.train}
+        if has_val:
+            datasets["val"] = data.val
     resources = {"CPU": t.cpus_per_worker}
     trainer = TorchTrainer(
         train_loop_per_worker,
