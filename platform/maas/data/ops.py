@@ -20,6 +20,7 @@ from maas.exceptions import DataError
 
 REASON, RAW, KIND = "__reason", "__raw", "__kind"  # KIND: 'rejected' (schema) or 'dropped' (an op)
 TYPES = ("float", "int", "string", "bool")
+_TYPE_WORDS = {"float": "numeric", "int": "an integer"}  # how a failed cast reads in a reject reason
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -105,8 +106,7 @@ def apply_row_ops(df: pd.DataFrame, ops: list[tuple[int, str, Any]]) -> pd.DataF
             _column_check(df, list(arg), where)
             for col, kind in arg.items():
                 values, null, bad = cast_series(df[col], kind)
-                what = {"float": "numeric", "int": "an integer"}.get(kind, kind)
-                _mark(df, bad & live, f"column '{col}' is not {what} ({where})", "rejected")
+                _mark(df, bad & live, f"column '{col}' is not {_TYPE_WORDS.get(kind, kind)} ({where})", "rejected")
                 if kind == "int":
                     values = values.astype("Int64") if values.isna().any() else values.astype(np.int64)
                 elif kind == "bool":
@@ -290,8 +290,7 @@ def check_schema(df: pd.DataFrame, schema: dict[str, dict]) -> pd.DataFrame:
             continue
         values, null, bad = cast_series(df[col], rule["type"])
         live = df[REASON].to_numpy() == ""
-        what = {"float": "numeric", "int": "an integer"}.get(rule["type"], rule["type"])
-        _mark(df, bad & live, f"column '{col}' is not {what}", "rejected")
+        _mark(df, bad & live, f"column '{col}' is not {_TYPE_WORDS.get(rule['type'], rule['type'])}", "rejected")
         if not rule.get("nullable", False):
             _mark(df, null, f"column '{col}' is null", "rejected")
         if rule["type"] in ("float", "int"):

@@ -219,6 +219,12 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def _as_data_error(exc: BaseException, context: str) -> DataError:
+    """The DataError a Ray task raised (unwrapped), or ``exc`` described after ``context``."""
+    exc = _unwrap(exc)
+    return exc if isinstance(exc, DataError) else DataError(f"{context}{type(exc).__name__}: {exc}")
+
+
 def _segments(ops: list[dict]) -> list[tuple[str, Any]]:
     """Row ops grouped into per-batch segments, split at each dedupe (which needs the whole data set)."""
     out: list = []
@@ -281,10 +287,7 @@ def infer_dataset_schema(spec: DataSpec, ds=None, sample_rows: int = 5000) -> di
     try:
         sample = ds.limit(sample_rows).to_pandas()
     except Exception as exc:
-        exc = _unwrap(exc)
-        if isinstance(exc, DataError):
-            raise exc from None
-        raise DataError(f"data.path: cannot read {spec.path}: {type(exc).__name__}: {exc}") from None
+        raise _as_data_error(exc, f"data.path: cannot read {spec.path}: ") from None
     if len(sample) == 0:
         raise DataError(f"data.path: {spec.path} holds no rows")
     live = sample[sample[REASON] == ""] if REASON in sample else sample
@@ -328,10 +331,7 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
             split_by=spec.split.by, text_features=text_features)).write_parquet(
             checked_dir, partition_cols=[STATUS], filesystem=run_fs)
     except Exception as exc:
-        exc = _unwrap(exc)
-        if isinstance(exc, DataError):
-            raise exc from None
-        raise DataError(f"data.path: reading {spec.path} failed: {type(exc).__name__}: {exc}") from None
+        raise _as_data_error(exc, f"data.path: reading {spec.path} failed: ") from None
     parts = {name: f"{checked_dir}/{STATUS}={name}" for name in ("train", "val", "test", "quarantine")}
     rows = {name: _parquet_rows(run_fs, _fs_path(path)) for name, path in parts.items()}
     rows_in = sum(rows.values())

@@ -382,11 +382,12 @@ class ModelServer:
         route, bad = self._guard(request, name)
         if bad is not None:
             return bad
-        try:
-            await self._resolve(route, version) if version is not None else None
-        except ProtocolError as err:
-            return _error(err.status, err.message)
-        if version is None and route.primary is None:
+        if version is not None:
+            try:
+                await self._resolve(route, version)
+            except ProtocolError as err:
+                return _error(err.status, err.message)
+        elif route.primary is None:
             return JSONResponse({"name": name, "ready": False, "error": route.problem}, status_code=503)
         return JSONResponse({"name": name, "ready": True})
 
