@@ -11,6 +11,14 @@ def body(args, spec):
     serve = args.serve and spec.deploy.enabled
     if serve:
         _deployed.append(spec.model.name)
+    if spec.kind == "encoder":
+        from maas.compress.encoder_stage import run_encoder_pipeline
+
+        result = run_encoder_pipeline(spec, serve=serve, progress=progress)
+        return {"run_id": result.run_id, "run_dir": result.run_dir, "corpus": result.corpus,
+                "variants": variants_summary(result.variants), "promoted": result.promoted_ref,
+                "alias": result.alias, "endpoint": result.endpoint, "report": result.report,
+                "stage_seconds": result.stage_seconds}
     result = run_pipeline(spec, serve=serve, progress=progress)
     return {"run_id": result.run_id, "run_dir": result.run_dir, "data_counts": result.data_counts,
             "data_fingerprint": result.data_fingerprint, "variants": variants_summary(result.variants),

@@ -96,7 +96,10 @@ def cmd_run(args) -> int:
     local = ensure_ray(args.address, quiet=not args.verbose)
     _say(f"maas: {'embedded local Ray' if local else 'Ray at ' + (args.address or os.environ['RAY_ADDRESS'])}"
          f" | spec {args.spec} ({spec.spec_hash()[:12]})")
-    result = run_pipeline(spec, serve=serve, progress=lambda stage, detail: _say(f"  [{stage}] {detail}"))
+    say_progress = lambda stage, detail: _say(f"  [{stage}] {detail}")  # noqa: E731
+    if spec.kind == "encoder":
+        return _run_encoder(spec, args, serve, started, say_progress)
+    result = run_pipeline(spec, serve=serve, progress=say_progress)
     _say("")
     _say(pipeline_summary(result))
     _say(f"\npipeline finished in {time.perf_counter() - started:.1f} s; stages (s): "
@@ -108,6 +111,30 @@ def cmd_run(args) -> int:
         return 0
     _say(f"\nendpoint: {result.endpoint}/v2/models/{spec.model.name}  (serving {result.promoted_ref})")
     _say("try it:\n  " + curl_example(result.endpoint, spec.model.name, result.example_row))
+    _say("\nserving until Ctrl-C ...")
+    return _serve_forever()
+
+
+def _run_encoder(spec, args, serve: bool, started: float, say_progress) -> int:
+    from maas.compress.encoder_stage import run_encoder_pipeline
+    from maas.compress.report import markdown_table
+    from maas.report import embeddings_curl_example
+
+    result = run_encoder_pipeline(spec, serve=serve, progress=say_progress)
+    _say("")
+    _say(markdown_table(result.variants, spec.compress.batch_sizes))
+    _say(f"\n{spec.model.name}@{result.alias} -> {result.promoted_ref}; report: "
+         + ", ".join(f"{k} {v}" for k, v in result.report.items()))
+    _say(f"pipeline finished in {time.perf_counter() - started:.1f} s; stages (s): "
+         + ", ".join(f"{k} {v}" for k, v in result.stage_seconds.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=2, default=str)
+    if not serve:
+        return 0
+    _say(f"\nendpoint: {result.endpoint}/v1/embeddings and {result.endpoint}/v2/models/{spec.model.name}/infer "
+         f"(serving {result.promoted_ref})")
+    _say("try it:\n  " + embeddings_curl_example(result.endpoint, spec.model.name))
     _say("\nserving until Ctrl-C ...")
     return _serve_forever()
 

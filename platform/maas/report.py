@@ -38,6 +38,11 @@ def pipeline_summary(result) -> str:
     return "\n".join(lines)
 
 
+def embeddings_curl_example(url: str, model: str) -> str:
+    body = json.dumps({"model": model, "input": ["Ray Serve hosts models behind HTTP.", "A model behind an endpoint."]})
+    return f"curl -s -X POST {url}/v1/embeddings -H 'content-type: application/json' -d '{body}'"
+
+
 def curl_example(url: str, model: str, row: list[float]) -> str:
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
                                    "data": [round(float(v), 4) for v in row]}]}, separators=(",", ":"))

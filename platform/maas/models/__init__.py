@@ -5,9 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from maas.exceptions import MaasError
+from maas.models.encoder import build_encoder
 from maas.models.mlp import build_mlp
 
-BUILDERS = {"mlp": build_mlp}
+BUILDERS = {"mlp": build_mlp, "encoder": build_encoder}
 
 
 def build_model(config: dict) -> nn.Module:
@@ -19,4 +20,4 @@ def build_model(config: dict) -> nn.Module:
     return BUILDERS[arch](**kwargs)
 
 
-__all__ = ["BUILDERS", "build_model", "build_mlp"]
+__all__ = ["BUILDERS", "build_encoder", "build_model", "build_mlp"]

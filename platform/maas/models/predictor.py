@@ -52,10 +52,63 @@ class OnnxPredictor:
 
 
 def load_predictor(folder: str | Path, runtime: str) -> Predictor:
-    """Load the artifact in ``folder`` for ``runtime`` ('torch' or 'onnxruntime')."""
+    """Load the artifact in ``folder`` for ``runtime`` ('torch', 'torchao' or 'onnxruntime'); sentence
+    encoders (a ``tokenizer.json`` beside the weights) load as an EncoderPredictor taking texts."""
     folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        return EncoderPredictor(folder, runtime)
     if runtime == "torch":
         return TorchPredictor.from_dir(folder)
     if runtime == "onnxruntime":
         return OnnxPredictor(folder / "model.onnx")
     raise MaasError(f"unknown runtime {runtime!r}: expected 'torch' or 'onnxruntime'")
+
+
+class EncoderPredictor:
+    """A sentence encoder artifact (any runtime) as ``texts -> float32 [N, dim]`` unit vectors.
+
+    The folder holds ``tokenizer.json`` and ``model.json`` (max_length, dtype, quantize recipe) beside the
+    weights: ``model.safetensors`` for the torch and torchao runtimes, ``model.onnx`` for ONNX Runtime."""
+
+    def __init__(self, folder: str | Path, runtime: str, threads: int = 0):
+        import json
+
+        from maas.models.encoder import TOKENIZER, EncoderTokenizer
+
+        folder = Path(folder)
+        self.runtime = runtime
+        self.config = json.loads((folder / "model.json").read_text())
+        self.tokenizer = EncoderTokenizer(folder / TOKENIZER, self.config.get("max_length", 256))
+        self.dim = int(self.config["hidden_size"])
+        if threads:
+            torch.set_num_threads(threads)
+        if runtime == "onnxruntime":
+            self._onnx = OnnxPredictor(folder / "model.onnx", intra_op_threads=threads)
+            self._run = lambda ids, mask: self._onnx.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            return
+        model, _ = load_torch_model(folder)
+        dtype = self.config.get("dtype", "float32")
+        self.device = torch.device("cuda" if torch.cuda.is_available() and dtype != "float32" else "cpu")
+        model = model.to(self.device, getattr(torch, dtype))
+        if runtime == "torchao":
+            from maas.compress.encoder_ops import apply_torchao
+
+            model = apply_torchao(model, self.config["quantize"])
+        elif runtime != "torch":
+            raise MaasError(f"unknown encoder runtime {runtime!r}: expected torch, torchao or onnxruntime")
+        self.model = model.eval()
+
+        def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                out = self.model(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
+            return out.float().cpu().numpy()
+
+        self._run = run
+
+    def encode_ids(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return np.asarray(self._run(ids, mask), dtype=np.float32)
+
+    def __call__(self, texts) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self.encode_ids(*self.tokenizer(texts))

