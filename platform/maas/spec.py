@@ -164,7 +164,13 @@ class ModelSpec(_Strict):
 
 class TrainSpec(_Strict):
     num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks).")
-    strategy: Literal["ddp"] = Field("ddp", description="Parallel strategy.")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="'ddp': a full replica per worker, gradients all-reduced. 'fsdp': PyTorch FSDP2 "
+                           "fully_shard per block (gloo on CPU, NCCL on GPU): parameters, gradients and optimizer "
+                           "state sharded across workers; checkpoints are written as per-rank shards.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="How workers are placed on nodes: PACK fills a node first, SPREAD prefers distinct "
+                            "nodes, STRICT_SPREAD requires one node per worker.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="'auto' trains on GPUs when the cluster has enough of them, else on CPUs.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per training worker.")
@@ -184,6 +190,17 @@ class TrainSpec(_Strict):
         256, ge=0, description="A worker's shard smaller than this is read once and reshuffled in memory each "
                                "epoch; larger shards stream from Ray Data every epoch (0: always stream).")
     max_failures: int = Field(1, ge=0, description="Worker-group restarts (from the last checkpoint) on failure.")
+    grad_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (gradients are "
+                                                             "synchronised once per step).")
+    max_grad_norm: float = Field(0.0, ge=0, description="Clip the global gradient norm to this (0: no clipping).")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="Learning rate after warmup: "
+                                                                             "constant, or cosine decay to zero.")
+    warmup_fraction: float = Field(0.0, ge=0, lt=1, description="Share of the optimizer steps spent ramping the "
+                                                               "learning rate up linearly from zero.")
+    early_stopping_patience: int = Field(0, ge=0, description="Stop after this many epochs without a better "
+                                                             "validation accuracy (0: never stop early).")
+    log_every_steps: int = Field(10, ge=1, description="Record loss, learning rate, gradient norm and throughput "
+                                                      "every N optimizer steps (train_metrics.jsonl, PNG).")
 
 
 class CompressSpec(_Strict):

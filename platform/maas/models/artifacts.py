@@ -18,6 +18,7 @@ from maas.models import build_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
+SHARDS = "shards.json"  # a sharded (FSDP) checkpoint: per-rank safetensors + this index
 
 
 def save_torch_model(model: nn.Module, config: dict, folder: str | Path) -> dict[str, Path]:
@@ -39,10 +40,60 @@ def load_torch_model(folder: str | Path) -> tuple[nn.Module, dict]:
         raise MaasError(f"{folder}: {CONFIG} not found; is this a maas torch artifact?") from None
     model = build_model(config)
     try:
-        model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
-    except (RuntimeError, FileNotFoundError) as exc:
+        state = load_file(str(folder / WEIGHTS)) if (folder / WEIGHTS).is_file() or not (folder / SHARDS).is_file() \
+            else load_sharded_state(folder)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, FileNotFoundError, KeyError, ValueError) as exc:
         raise MaasError(f"{folder}: cannot load {WEIGHTS}: {exc}") from None
     return model.eval(), config
+
+
+def shard_file(rank: int, world: int) -> str:
+    return f"model-{rank:05d}-of-{world:05d}.safetensors"
+
+
+def save_shard(model: nn.Module, config: dict, folder: str | Path, rank: int, world: int) -> None:
+    """Write this rank's part of an FSDP2-sharded model: its local shard of every sharded parameter (FSDP2
+    shards dim 0 like ``torch.chunk``) and, on rank 0, the replicated tensors, ``model.json`` and the index.
+    No rank gathers the whole model, so a model too big for one worker's memory still checkpoints."""
+    from torch.distributed.tensor import DTensor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    local, index = {}, {}
+    for name, t in model.state_dict().items():
+        sharded = isinstance(t, DTensor)
+        index[name] = {"shape": list(t.shape), "sharded": sharded}
+        if sharded:
+            local[name] = t.to_local().detach().cpu().contiguous()
+        elif rank == 0:
+            local[name] = t.detach().cpu().contiguous()
+    save_file(local, str(folder / shard_file(rank, world)))
+    if rank == 0:
+        (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+        (folder / SHARDS).write_text(json.dumps({"world_size": world, "tensors": index}, indent=2))
+
+
+def load_sharded_state(folder: str | Path) -> dict:
+    """The full state dict of a sharded checkpoint: shards concatenated along dim 0 in rank order."""
+    folder = Path(folder)
+    index = json.loads((folder / SHARDS).read_text())
+    world = int(index["world_size"])
+    missing = [shard_file(r, world) for r in range(world) if not (folder / shard_file(r, world)).is_file()]
+    if missing:
+        raise FileNotFoundError(f"sharded checkpoint is missing {', '.join(missing)}")
+    parts = [load_file(str(folder / shard_file(r, world))) for r in range(world)]
+    state = {}
+    for name, meta in index["tensors"].items():
+        if meta["sharded"]:
+            full = torch.cat([p[name] for p in parts if name in p and p[name].numel()], dim=0) \
+                if any(name in p and p[name].numel() for p in parts) else torch.empty(0)
+        else:
+            full = parts[0][name]
+        if list(full.shape) != meta["shape"]:
+            raise ValueError(f"tensor {name}: shards assemble to {list(full.shape)}, index says {meta['shape']}")
+        state[name] = full
+    return state
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -7,7 +7,9 @@ serving without pickle), ``optimizer.pt`` (read back with ``torch.load(weights_o
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -19,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from maas.models import build_model
-from maas.models.artifacts import load_torch_model, save_torch_model, unwrap
+from maas.models.artifacts import save_torch_model, unwrap
 
 STATE, OPTIMIZER = "state.json", "optimizer.pt"
 
@@ -67,74 +69,182 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _resume(model: nn.Module, config: dict) -> tuple[int, list, dict | None]:
+def _resume(config: dict, rank: int, world: int) -> tuple[Optional[dict], dict, Optional[dict]]:
+    """(full model state or None, training state, this rank's optimizer state or None) from the last checkpoint.
+
+    The model state is assembled whole (a DDP checkpoint holds it, an FSDP one holds per-rank shards), so a
+    restarted group may even have another size; the optimizer state is reused when it was saved by the same
+    rank of a group of the same size (always the case for DDP's single replicated state)."""
     import ray.train
+
+    from maas.models.artifacts import SHARDS, WEIGHTS, load_sharded_state
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        return 0, [], None
+        return None, {"epoch": -1, "step": 0, "history": [], "steps": []}, None
     with ckpt.as_directory() as folder:
-        restored, _ = load_torch_model(folder)
-        model.load_state_dict(restored.state_dict())
+        from safetensors.torch import load_file
+
         state = json.loads(open(os.path.join(folder, STATE)).read())
-        opt_state = torch.load(os.path.join(folder, OPTIMIZER), weights_only=True, map_location="cpu")
-    return state["epoch"] + 1, state["history"], opt_state
+        model_state = load_file(os.path.join(folder, WEIGHTS)) if os.path.exists(os.path.join(folder, WEIGHTS)) \
+            else load_sharded_state(folder)
+        sharded = os.path.exists(os.path.join(folder, SHARDS))
+        opt_name = f"optimizer-{rank:05d}-of-{world:05d}.pt" if sharded else OPTIMIZER
+        opt_path = os.path.join(folder, opt_name)
+        opt_state = torch.load(opt_path, weights_only=True, map_location="cpu") if os.path.exists(opt_path) else None
+    state.setdefault("step", 0)
+    state.setdefault("steps", [])
+    return model_state, state, opt_state
+
+
+def _shard_fsdp(model: nn.Module, device: torch.device) -> nn.Module:
+    """FSDP2: ``fully_shard`` each block (every layer with parameters), then the root. Ray Train has already
+    initialised the process group (gloo on CPU, NCCL on GPU); ``prepare_model(parallel_strategy="fsdp")``
+    refuses CPUs, so FSDP2 is driven directly."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model.to(device)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for block in blocks_of(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The units FSDP shards one at a time: a model's ``blocks`` when it names them (transformers), else
+    each direct child that holds parameters (the MLP's Linear layers)."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is not None:
+        return list(blocks)
+    return [m for m in model.children() if any(True for _ in m.parameters(recurse=True))]
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, schedule: str) -> float:
+    """Linear warmup over ``warmup`` steps, then constant or cosine decay to zero at ``total``."""
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return base
 
 
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from maas.models.artifacts import save_shard
+
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"])
     # the train split's normalisation statistics initialise the model's Standardize buffers; they are then
     # part of the weights, so model.json (the architecture) does not need to repeat them
     model = build_model({**config["model_config"], **config["normalization"]})
-    start_epoch, history, opt_state = _resume(model, config)
+    model_state, state, opt_state = _resume(config, rank, world)
+    if model_state is not None:
+        model.load_state_dict(model_state)
+    start_epoch, step, history, steps_log = state["epoch"] + 1, state["step"], state["history"], state["steps"]
     if start_epoch and rank == 0:
-        print(f"[train] resuming from the checkpoint of epoch {start_epoch}", flush=True)
-    model = ray.train.torch.prepare_model(model)  # DDP over gloo (CPU) or NCCL (GPU), moved to the device
+        print(f"[train] resuming from the checkpoint of epoch {start_epoch} (step {step})", flush=True)
     device = ray.train.torch.get_device()
+    fsdp = config.get("strategy") == "fsdp"
+    if fsdp:
+        model = _shard_fsdp(model, device)
+    else:
+        model = ray.train.torch.prepare_model(model)  # DDP over gloo (CPU) or NCCL (GPU), moved to the device
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
                                   weight_decay=config["weight_decay"])
     if opt_state is not None:
-        optimizer.load_state_dict(opt_state)
+        optimizer.load_state_dict(_as_dtensors(optimizer, opt_state) if fsdp else opt_state)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     bf16 = config.get("precision") == "bf16"
 
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
+    def sync_grads(on: bool):
+        if fsdp:
+            model.set_requires_gradient_sync(on)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if on or world == 1 else model.no_sync()
+
     features = config["features"]
     cache, buffer = config["cache_shards"], config["shuffle_buffer"]
     train_batches = ShardBatches(ray.train.get_dataset_shard("train"), features, cache, buffer)
     val_batches = ShardBatches(ray.train.get_dataset_shard("val"), features, cache, buffer) \
         if config["has_val"] else None
+    accum = config.get("grad_accumulation_steps", 1)
+    total_steps = config["epochs"] * config["steps_per_epoch"]
+    warmup = int(total_steps * config.get("warmup_fraction", 0.0))
+    clip = config.get("max_grad_norm", 0.0)
+    log_every = config.get("log_every_steps", 10)
+    flops_per_sample = 6 * sum(p.numel() for p in model.parameters()) * (world if fsdp else 1)
+    peak = config.get("peak_flops_per_worker", 0.0)
 
+    worker_nodes = _worker_nodes(world)
+    if rank == 0:
+        print(f"[train] {world} worker(s) ({config.get('strategy', 'ddp')}) on {len(set(worker_nodes))} node(s)", flush=True)
     best = max((h.get("val_accuracy", -h["epoch"]) for h in history), default=None)
+    stale = history[-1].get("stale_epochs", 0) if history else 0
     for epoch in range(start_epoch, config["epochs"]):
         model.train()
-        started = time.perf_counter()
+        started = window_started = time.perf_counter()
         loss_sum = seen = correct = 0.0
-        for xb, yb in train_batches.epoch(config["batch_size"], seed=config["seed"] * 100003 + epoch * 101 + rank):
+        window_samples, micro, grad_norm = 0, 0, float("nan")
+        optimizer.zero_grad(set_to_none=True)
+        batches = list(train_batches.epoch(config["batch_size"], seed=config["seed"] * 100003 + epoch * 101 + rank)) \
+            if accum > 1 else train_batches.epoch(config["batch_size"], seed=config["seed"] * 100003 + epoch * 101 + rank)
+        n_batches = len(batches) if accum > 1 else None
+        for i, (xb, yb) in enumerate(batches):
             x, y = _to(device, xb, yb)
-            with autocast():
-                logits = model(x)
-                loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            (loss / len(y)).backward()
-            optimizer.step()
+            last_micro = (micro + 1) == accum or (n_batches is not None and i == n_batches - 1)
+            with sync_grads(last_micro):
+                with autocast():
+                    logits = model(x)
+                    loss = loss_fn(logits.float(), y)
+                (loss / (len(y) * accum)).backward()
+            micro += 1
             loss_sum += loss.item()
             seen += len(y)
+            window_samples += len(y)
             correct += (logits.argmax(1) == y).sum().item()
-        metrics = {"epoch": epoch}
-        if epoch == start_epoch and start_epoch > 0:
-            metrics["resumed_from_epoch"] = start_epoch  # this worker group restarted from a checkpoint
+            if not last_micro:
+                continue
+            lr = lr_at(step, total_steps, warmup, config["learning_rate"], config.get("lr_schedule", "constant"))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if clip:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            micro = 0
+            step += 1
+            if step % log_every == 0 and rank == 0:
+                now = time.perf_counter()
+                rate = window_samples * world / max(now - window_started, 1e-9)
+                entry = {"step": step, "epoch": epoch, "loss": loss.item() / len(y), "lr": lr,
+                         "samples_per_s": rate}
+                if clip:
+                    entry["grad_norm"] = grad_norm
+                if peak:
+                    entry["mfu"] = rate * flops_per_sample / (peak * world)
+                steps_log.append(entry)
+                window_started, window_samples = now, 0
+        metrics = {"epoch": epoch, "step": step}
+        if epoch == start_epoch:
+            metrics["worker_nodes"] = worker_nodes  # where this (re)started worker group runs
+            if start_epoch > 0:
+                metrics["resumed_from_epoch"] = start_epoch  # this worker group restarted from a checkpoint
         train_seconds = time.perf_counter() - started
         t_loss, t_seen, t_correct = _all_sum([loss_sum, seen, correct], device)
         metrics.update(train_loss=t_loss / max(t_seen, 1), train_accuracy=t_correct / max(t_seen, 1),
                        train_seconds=train_seconds, samples_per_s=t_seen / max(train_seconds, 1e-9))
+        if peak:
+            metrics["mfu"] = metrics["samples_per_s"] * flops_per_sample / (peak * world)
 
         if val_batches is not None:
             model.eval()
@@ -149,12 +259,6 @@ def train_loop_per_worker(config: dict) -> None:
                     v_correct += (logits.argmax(1) == y).sum().item()
             v_loss, v_seen, v_correct = _all_sum([v_loss, v_seen, v_correct], device)
             metrics.update(val_loss=v_loss / max(v_seen, 1), val_accuracy=v_correct / max(v_seen, 1))
-        history.append(metrics)
-        if rank == 0:  # shows in job logs (`maas logs --follow`) as the run's progress
-            done = epoch + 1
-            val = f" val_accuracy={metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else ""
-            print(f"[train] epoch {done}/{config['epochs']} ({100 * done // config['epochs']}%) "
-                  f"loss={metrics['train_loss']:.4f}{val}", flush=True)
 
         # Checkpoint when validation improves (what keep-best-N ranks), every N epochs (the most progress a
         # failure can cost) and at the end. Each checkpoint is a persisted upload plus a barrier: on small
@@ -162,16 +266,102 @@ def train_loop_per_worker(config: dict) -> None:
         score = metrics.get("val_accuracy", -epoch)
         improved = best is None or score > best
         best = score if improved else best
+        stale = 0 if improved else stale + 1
+        metrics["stale_epochs"] = stale
+        patience = config.get("early_stopping_patience", 0)
+        stop = bool(patience) and stale >= patience and config["has_val"]
+        if stop:
+            metrics["early_stopped"] = True
+        history.append(metrics)
+        if rank == 0:  # shows in job logs (`maas logs --follow`) as the run's progress
+            done = epoch + 1
+            val = f" val_accuracy={metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else ""
+            print(f"[train] epoch {done}/{config['epochs']} ({100 * done // config['epochs']}%) step {step} "
+                  f"loss={metrics['train_loss']:.4f}{val}" + (" (early stop)" if stop else ""), flush=True)
+            _write_progress(config.get("progress_path"), {"epoch": epoch, "step": step, "worker_nodes": worker_nodes})
         every = config["checkpoint_every_epochs"]
-        due = improved or epoch == config["epochs"] - 1 or (every and (epoch + 1) % every == 0)
-        if not due:
-            continue  # every rank computes the same `due` (validation figures are all-reduced)
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_torch_model(unwrap(model), config["model_config"], tmp)
-                torch.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER))
-                with open(os.path.join(tmp, STATE), "w") as f:
-                    json.dump({"epoch": epoch, "history": history}, f)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        due = improved or stop or epoch == config["epochs"] - 1 or (every and (epoch + 1) % every == 0)
+        if due:  # every rank computes the same `due` (validation figures are all-reduced)
+            _checkpoint(model, optimizer, config, metrics, {"epoch": epoch, "step": step, "history": history,
+                                                            "steps": steps_log}, rank, world, fsdp)
         else:
             ray.train.report(metrics)
+        if stop:
+            break
+
+
+def _checkpoint(model, optimizer, config: dict, metrics: dict, state: dict, rank: int, world: int,
+                fsdp: bool) -> None:
+    """DDP: rank 0 writes the whole model. FSDP: every rank writes its own shard (model and optimizer) into
+    the same checkpoint directory; Ray Train merges the ranks' uploads."""
+    import ray.train
+
+    from maas.models.artifacts import save_shard
+
+    if not fsdp and rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        if fsdp:
+            save_shard(model, config["model_config"], tmp, rank, world)
+            torch.save(_local_optimizer_state(optimizer), os.path.join(tmp, f"optimizer-{rank:05d}-of-{world:05d}.pt"))
+        else:
+            save_torch_model(unwrap(model), config["model_config"], tmp)
+            torch.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER))
+        if rank == 0:
+            with open(os.path.join(tmp, STATE), "w") as f:
+                json.dump(state, f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _local_optimizer_state(optimizer) -> dict:
+    """The optimizer state with DTensors replaced by their local shards: plain tensors that
+    ``torch.load(weights_only=True)`` reads back, for the same rank of a same-size group."""
+    from torch.distributed.tensor import DTensor
+
+    def local(v):
+        return v.to_local() if isinstance(v, DTensor) else v
+
+    sd = optimizer.state_dict()
+    return {"state": {k: {n: local(v) for n, v in st.items()} for k, st in sd["state"].items()},
+            "param_groups": sd["param_groups"]}
+
+
+def _as_dtensors(optimizer, saved: dict) -> dict:
+    """Undo ``_local_optimizer_state``: each saved local shard becomes a DTensor placed like its parameter."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {}
+    for key, st in saved["state"].items():
+        param = params[int(key)]
+        state[key] = {n: DTensor.from_local(v.to(param.device), device_mesh=param.device_mesh,
+                                            placements=param.placements, shape=param.shape, stride=param.stride())
+                      if isinstance(param, DTensor) and isinstance(v, torch.Tensor) and v.dim() > 0 else v
+                      for n, v in st.items()}
+    return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def _worker_nodes(world: int) -> list:
+    """The Ray node id of every rank, in rank order."""
+    import ray
+
+    mine = ray.get_runtime_context().get_node_id()
+    if world == 1 or not dist.is_initialized():
+        return [mine]
+    nodes = [None] * world
+    dist.all_gather_object(nodes, mine)
+    return nodes
+
+
+def _write_progress(path: Optional[str], progress: dict) -> None:
+    """Best effort: the latest epoch and step as JSON at a local path (a live view for tools and tests)."""
+    if not path:
+        return
+    try:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(progress, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -52,6 +53,62 @@ def _check_cpus_left_for_streaming(worker_cpus: float) -> None:
             "train.cpus_per_worker or train.num_workers, raise train.cache_shard_mb, or add a node")
 
 
+# dense peak FLOP/s per GPU for MFU, by name fragment and precision (NVIDIA data sheets, no sparsity)
+PEAK_FLOPS = {"H200": {"bf16": 989e12, "fp32": 67e12}, "H100": {"bf16": 989e12, "fp32": 67e12},
+              "A100": {"bf16": 312e12, "fp32": 19.5e12}, "L4": {"bf16": 121e12, "fp32": 30e12}}
+
+
+def peak_flops(precision: str) -> float:
+    """The driver's view of a worker GPU's peak FLOP/s (0 when unknown: MFU is then not reported)."""
+    import ray
+
+    try:
+        names = [r for n in ray.nodes() for r in n.get("Resources", {}) if r.startswith("accelerator_type:")]
+    except Exception:
+        names = []
+    for fragment, peaks in PEAK_FLOPS.items():
+        if any(fragment in n for n in names):
+            return peaks["bf16" if precision == "bf16" else "fp32"]
+    return 0.0
+
+
+def write_curves(steps: list, history: list, run_dir: str, run_name: str) -> dict:
+    """Per-step metrics as ``<run>/<name>_metrics.jsonl`` and loss/accuracy curves as ``<name>_curves.png``."""
+    if "://" in run_dir:
+        return {}
+    os.makedirs(run_dir, exist_ok=True)
+    paths = {"metrics": os.path.join(run_dir, f"{run_name}_metrics.jsonl")}
+    with open(paths["metrics"], "w") as f:
+        for entry in steps:
+            f.write(json.dumps({"kind": "step", **entry}) + "\n")
+        for entry in history:
+            f.write(json.dumps({"kind": "epoch", **entry}) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return paths
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    if steps:
+        a.plot([s["step"] for s in steps], [s["loss"] for s in steps], label="train loss (per step)", lw=0.8)
+    epochs_end = [h["step"] for h in history if "step" in h]
+    if epochs_end and len(epochs_end) == len(history):
+        a.plot(epochs_end, [h["train_loss"] for h in history], "o-", label="train loss (epoch)")
+        if all("val_loss" in h for h in history):
+            a.plot(epochs_end, [h["val_loss"] for h in history], "s-", label="val loss")
+            b.plot(epochs_end, [h["val_accuracy"] for h in history], "s-", label="val accuracy")
+        b.plot(epochs_end, [h["train_accuracy"] for h in history], "o-", label="train accuracy")
+    a.set_xlabel("optimizer step"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
+    b.set_xlabel("optimizer step"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
+    fig.tight_layout()
+    paths["png"] = os.path.join(run_dir, f"{run_name}_curves.png")
+    fig.savefig(paths["png"])
+    plt.close(fig)
+    return paths
+
+
 def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: str = "train") -> TrainResult:
     """Train ``spec.model`` on ``data`` with ``spec.train``; checkpoints go under ``run_dir``.
 
@@ -74,9 +131,15 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
     config = {"model_config": model_config, "normalization": {"mean": data.mean, "std": data.std},
               "features": data.features, "has_val": has_val, "epochs": t.epochs, "batch_size": t.batch_size,
               "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "seed": t.seed, "precision": t.precision,
-              "checkpoint_every_epochs": t.checkpoint_every_epochs, "shuffle_buffer": max(t.batch_size * 8, 256)}
+              "checkpoint_every_epochs": t.checkpoint_every_epochs, "shuffle_buffer": max(t.batch_size * 8, 256),
+              "strategy": t.strategy, "grad_accumulation_steps": t.grad_accumulation_steps,
+              "max_grad_norm": t.max_grad_norm, "lr_schedule": t.lr_schedule, "warmup_fraction": t.warmup_fraction,
+              "early_stopping_patience": t.early_stopping_patience, "log_every_steps": t.log_every_steps,
+              "progress_path": os.path.join(run_dir, f"{run_name}_progress.json") if "://" not in run_dir else None,
+              "peak_flops_per_worker": peak_flops(t.precision) if use_gpu else 0.0}
     # estimated from the row count (float32 features + int64 label): asking a lazy dataset its size runs it
     rows = data.counts.get("splits", {}).get("train", 0)
+    config["steps_per_epoch"] = max(1, math.ceil(rows / t.num_workers / t.batch_size / t.grad_accumulation_steps))
     shard_mb = rows * (4 * len(data.features) + 8) / t.num_workers / 2**20
     config["cache_shards"] = shard_mb < t.cache_shard_mb
     if config["cache_shards"]:
@@ -95,7 +158,8 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=t.placement_strategy),
         datasets=datasets,
         run_config=ray.train.RunConfig(
             name=run_name,
@@ -118,7 +182,9 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
     with best_ckpt.as_directory() as folder:
         model, loaded_config = load_torch_model(folder)
     with result.checkpoint.as_directory() as folder:
-        history = json.loads(open(os.path.join(folder, STATE)).read())["history"]
+        state = json.loads(open(os.path.join(folder, STATE)).read())
+    history = state["history"]
+    write_curves(state.get("steps", []), history, run_dir, run_name)
     return TrainResult(model=model, model_config=loaded_config, checkpoint_path=best_ckpt.path,
                        best_metrics=dict(best_metrics), history=history, device="cuda" if use_gpu else "cpu",
                        run_path=result.path)
