@@ -273,7 +273,7 @@ def cmd_submit(args) -> int:
         raise MaasError("--async needs a cluster that outlives this command: pass --address or set RAY_ADDRESS "
                         "(without one the job runs on an embedded Ray that ends with `maas submit`)")
     extra = ["--serve"] if args.serve else []
-    for flag in ("run_id", "parent", "ref"):
+    for flag in ("run_id", "run_name", "parent", "ref"):
         if getattr(args, flag):
             extra += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     job = client.submit(args.spec, args.overrides, stage=args.stage, args=extra)
@@ -394,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--async", dest="async_", action="store_true", help="print the job id and return")
     sb.add_argument("--serve", action="store_true", help="pipeline stage: deploy the promoted model at the end")
     sb.add_argument("--run-id", help="train stage: use the splits of this earlier preprocess run")
+    sb.add_argument("--run-name", help="train stage: a stable run name; submitting again with the same name "
+                                       "resumes a stopped or failed run from its last checkpoint")
     sb.add_argument("--parent", help="compress stage: the fp32 version to compress (name/version)")
     sb.add_argument("--ref", help="deploy stage: the version to serve (name@alias or name/version)")
     sb.set_defaults(func=cmd_submit)

@@ -136,11 +136,15 @@ def stage_compress(spec: PipelineSpec, parent_ref: str,
 
 
 def stage_promote(spec: PipelineSpec, candidates: list[dict]) -> str:
-    """Point ``deploy.alias`` at the smallest candidate that passed its gate; returns its reference."""
+    """Point ``deploy.alias`` at the fastest (``compress.select``: or smallest) candidate that passed its
+    gate; returns its reference."""
     passing = [v for v in candidates if v["passed"]]
     if not passing:
         raise RegistryError("no candidate passed its quality gate; nothing to promote")
-    chosen = min(passing, key=lambda v: (v["metrics"]["size_bytes"], v["metrics"]["latency_ms_p50"]))
+    if spec.compress.select == "fastest":
+        chosen = max(passing, key=lambda v: (v["metrics"]["throughput_rows_s_b64"], -v["metrics"]["size_bytes"]))
+    else:
+        chosen = min(passing, key=lambda v: (v["metrics"]["size_bytes"], v["metrics"]["latency_ms_p50"]))
     name, version = chosen["ref"].split("/")
     Registry(spec.store).set_alias(name, spec.deploy.alias, int(version))
     return chosen["ref"]

@@ -210,6 +210,9 @@ class CompressSpec(_Strict):
         0.01, ge=0, le=1, description="Quality gate: a variant may lose at most this much test accuracy "
                                       "(absolute, 0.01 = 1 point) against its parent.")
     latency_runs: int = Field(200, ge=10, description="Single-row requests timed per model for latency figures.")
+    select: Literal["fastest", "smallest"] = Field(
+        "fastest", description="Which gate-passing version gets deploy.alias: the highest rows/s at batch 64, "
+                               "or the smallest artifact.")
 
 
 class AutoscalingSpec(_Strict):

