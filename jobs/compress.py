@@ -7,6 +7,12 @@ def body(args, spec):
     from maas.pipeline import stage_compress, stage_promote
     from maas.registry import Registry
 
+    if spec.kind == "encoder":  # the packaged encoder is its own parent: compress = the encoder pipeline, unserved
+        from maas.compress.encoder_stage import run_encoder_pipeline
+
+        result = run_encoder_pipeline(spec, serve=False, progress=progress)
+        return {"parent": result.variants[0]["ref"], "variants": variants_summary(result.variants),
+                "promoted": result.promoted_ref, "alias": result.alias, "report": result.report}
     registry = Registry(spec.store)
     parent = registry.resolve(args.parent or spec.model.name)
     progress("compress", f"{', '.join(spec.compress.methods)} from {parent.ref}")

@@ -218,7 +218,7 @@ class Client:
     # ------------------------------------------------------------------------------------------- submit
     def _prepare_spec(self, spec: Union[PipelineSpec, str, Path, dict], overrides: Optional[list[str]]
                       ) -> PipelineSpec:
-        if isinstance(spec, PipelineSpec):
+        if hasattr(spec, "model_dump"):  # a PipelineSpec or an EncoderPipelineSpec
             spec = spec_from_dict(spec.model_dump(mode="json"), overrides)
         elif isinstance(spec, dict):
             spec = spec_from_dict(spec, overrides)
@@ -227,7 +227,8 @@ class Client:
         # Local paths are relative to the submitter; the job runs in its own folder on the cluster.
         local = self.embedded or _is_local(self.address)
         fixes = []
-        for field, value in (("store", spec.store), ("data.path", spec.data.path)):
+        paths = [("store", spec.store)] + ([("data.path", spec.data.path)] if spec.kind == "classifier" else [])
+        for field, value in paths:
             if "://" in value or os.path.isabs(value):
                 continue
             if not local:

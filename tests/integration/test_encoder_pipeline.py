@@ -35,7 +35,8 @@ def pipeline(ray_session, tmp_path_factory):
                 "onnx_int8",
                 "torchao_int4_weight",  # int4 per group of 32 loses too much for the default gate
                 {"name": "student_l1", "gate": LOOSE,
-                 "steps": [{"distill": {"layers": [0], "epochs": 1, "batch_size": 64}}, "onnx_int8"]},
+                 "steps": [{"distill": {"layers": [0], "epochs": 1, "batch_size": 64, "max_sentences": 400}},
+                           "onnx_int8"]},
             ],
             "batch_sizes": [1, 16], "latency_runs": 8},
         "deploy": {"port": free_port(), "max_batch_size": 16},

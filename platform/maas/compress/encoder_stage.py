@@ -10,7 +10,6 @@ it passes its gate, ``rejected`` (never aliased, never served) when it does not.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import tempfile
 import time
