@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from maas.exceptions import SpecError
-from maas.spec import PipelineSpec, apply_overrides, load_spec, spec_from_dict
+from maas.spec import EncoderPipelineSpec, PipelineSpec, apply_overrides, load_spec, spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {"data": {"path": "d.parquet", "label": "y"}, "model": {"name": "m"}}
@@ -12,8 +12,8 @@ MINIMAL = {"data": {"path": "d.parquet", "label": "y"}, "model": {"name": "m"}}
 def test_every_example_spec_validates():
     specs = sorted((ROOT / "examples").glob("*.yaml"))
     assert specs, "no example specs found"
-    for path in specs:
-        assert isinstance(load_spec(path), PipelineSpec)
+    kinds = {load_spec(path).kind: load_spec(path) for path in specs}
+    assert isinstance(kinds["classifier"], PipelineSpec) and isinstance(kinds["encoder"], EncoderPipelineSpec)
 
 
 def test_defaults_and_overrides_apply():
