@@ -43,18 +43,25 @@ def main(argv: list[str]) -> int:
         big = max(spec.compress.batch_sizes)
         by = {r["method"]: r for r in result.variants}
         parent = by["fp32"]["metrics"]
-        pick = next(r for r in result.variants if r["ref"] == result.promoted_ref)
+        from maas.compress.encoder_stage import check_gate
+
+        # goal 1 is about the variants that pass the default gate (cosine >= 0.99): a variant's own looser
+        # gate (the student's) may make it the promoted pick, but not the answer to "as good as fp32"
+        strict = [r for r in result.variants if not r.get("baseline") and r["method"] != "fp32"
+                  and check_gate(parent, r["metrics"], spec.compress.gate)[0]]
+        pick = max(strict, key=lambda r: r["metrics"][f"throughput_b{big}"]) if strict else by["fp32"]
         pm = pick["metrics"]
+        print(f"\npromoted: {result.promoted_ref}; fastest variant within the default gate: {pick['method']}")
         speed = pm[f"throughput_b{big}"] / parent[f"throughput_b{big}"]
         smaller = parent["size_bytes"] / pm["size_bytes"]
-        print(f"\npick: {pick['method']} ({pick['ref']}): {speed:.2f}x the fp32 throughput, {smaller:.2f}x smaller, "
+        print(f"default-gate pick: {pick['method']} ({pick['ref']}): {speed:.2f}x the fp32 throughput, {smaller:.2f}x smaller, "
               f"mean cosine {pm['cosine_mean']:.4f}  -> goal (>= 2x, >= 3.5x, >= 0.99): "
               f"{'MET' if speed >= 2 and smaller >= 3.5 and pm['cosine_mean'] >= 0.99 else 'NOT MET'}")
         students = [r for r in result.variants if r["details"].get("layers")]
         for s in students:
             sm = s["metrics"]
             again = sm[f"throughput_b{big}"] / pm[f"throughput_b{big}"]
-            print(f"student: {s['method']} ({len(s['details']['layers'])} layers): {again:.2f}x the pick's throughput, "
+            print(f"student: {s['method']} ({len(s['details']['layers'])} layers): {again:.2f}x that pick's throughput, "
                   f"mean cosine {sm['cosine_mean']:.4f}  -> goal (>= 2x again, >= 0.95): "
                   f"{'MET' if again >= 2 and sm['cosine_mean'] >= 0.95 else 'NOT MET'}; gate: {s['gate']}")
         report = Path(result.report["markdown"])
