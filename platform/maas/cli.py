@@ -102,15 +102,24 @@ def cmd_run(args) -> int:
     result = run_pipeline(spec, serve=serve, progress=say_progress)
     _say("")
     _say(pipeline_summary(result))
-    _say(f"\npipeline finished in {time.perf_counter() - started:.1f} s; stages (s): "
+    _say("")
+    return _finish(args, result, serve, started, lambda: (
+        f"{result.endpoint}/v2/models/{spec.model.name}",
+        curl_example(result.endpoint, spec.model.name, result.example_row)))
+
+
+def _finish(args, result, serve: bool, started: float, endpoint_and_curl) -> int:
+    """The end of `maas run`, either kind: timings, the optional JSON, then the endpoint until Ctrl-C."""
+    _say(f"pipeline finished in {time.perf_counter() - started:.1f} s; stages (s): "
          + ", ".join(f"{k} {v}" for k, v in result.stage_seconds.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result.to_dict(), f, indent=2, default=str)
     if not serve:
         return 0
-    _say(f"\nendpoint: {result.endpoint}/v2/models/{spec.model.name}  (serving {result.promoted_ref})")
-    _say("try it:\n  " + curl_example(result.endpoint, spec.model.name, result.example_row))
+    endpoint, curl = endpoint_and_curl()
+    _say(f"\nendpoint: {endpoint}  (serving {result.promoted_ref})")
+    _say("try it:\n  " + curl)
     _say("\nserving until Ctrl-C ...")
     return _serve_forever()
 
@@ -125,18 +134,9 @@ def _run_encoder(spec, args, serve: bool, started: float, say_progress) -> int:
     _say(markdown_table(result.variants, spec.compress.batch_sizes))
     _say(f"\n{spec.model.name}@{result.alias} -> {result.promoted_ref}; report: "
          + ", ".join(f"{k} {v}" for k, v in result.report.items()))
-    _say(f"pipeline finished in {time.perf_counter() - started:.1f} s; stages (s): "
-         + ", ".join(f"{k} {v}" for k, v in result.stage_seconds.items()))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result.to_dict(), f, indent=2, default=str)
-    if not serve:
-        return 0
-    _say(f"\nendpoint: {result.endpoint}/v1/embeddings and {result.endpoint}/v2/models/{spec.model.name}/infer "
-         f"(serving {result.promoted_ref})")
-    _say("try it:\n  " + embeddings_curl_example(result.endpoint, spec.model.name))
-    _say("\nserving until Ctrl-C ...")
-    return _serve_forever()
+    return _finish(args, result, serve, started, lambda: (
+        f"{result.endpoint}/v1/embeddings and {result.endpoint}/v2/models/{spec.model.name}/infer",
+        embeddings_curl_example(result.endpoint, spec.model.name)))
 
 
 def _interrupt(signum, frame):

@@ -426,9 +426,7 @@ class EncoderPipelineSpec(_Strict):
     compress: EncoderCompressSpec = Field(default_factory=EncoderCompressSpec, description="Variants and gate.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
 
-    def spec_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+    spec_hash = PipelineSpec.spec_hash  # same canonical form, same hash rule
 
 
 # --------------------------------------------------------------------------------------------------- loading

@@ -14,6 +14,7 @@ are re-applied after every step, so pruned weights stay zero.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -66,13 +67,6 @@ class _TeacherEmbedder:
         return {"text": np.array(texts, dtype=object), "target": list(self.predictor(texts))}
 
 
-def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def distill_loop_per_worker(config: dict) -> None:
     """One Ray Train worker: student <- teacher embeddings, DDP, warmup + cosine LR, per-epoch checkpoints."""
     import ray.train
@@ -81,6 +75,7 @@ def distill_loop_per_worker(config: dict) -> None:
 
     from maas.models.artifacts import load_torch_model, save_torch_model, unwrap
     from maas.models.encoder import EncoderTokenizer
+    from maas.train.loop import lr_at
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -90,7 +85,7 @@ def distill_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
     start_epoch, history = 0, []
     ckpt = ray.train.get_checkpoint()
-    with (ckpt.as_directory() if ckpt is not None else _nullcontext(config["init_dir"])) as folder:
+    with (ckpt.as_directory() if ckpt is not None else contextlib.nullcontext(config["init_dir"])) as folder:
         model, model_config = load_torch_model(folder)
         if ckpt is not None:
             state = json.loads(Path(folder, "state.json").read_text())
@@ -120,7 +115,7 @@ def distill_loop_per_worker(config: dict) -> None:
             ids, mask = tokenizer([str(t) for t in batch["text"]])
             target = torch.from_numpy(np.stack(batch["target"]).astype(np.float32)).to(device)
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total, warmup, config["learning_rate"])
+                group["lr"] = lr_at(step, total, warmup, config["learning_rate"], "cosine")
             out = model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
             loss = ((out - target) ** 2).sum(1).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -151,17 +146,6 @@ def distill_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-
-
-class _nullcontext:
-    def __init__(self, value):
-        self.value = value
-
-    def __enter__(self):
-        return self.value
-
-    def __exit__(self, *exc):
-        return False
 
 
 def distill(teacher_dir: str | Path, student: nn.Module, student_config: dict, train_texts: list[str],

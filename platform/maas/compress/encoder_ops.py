@@ -23,17 +23,14 @@ records both the artifact size and the in-memory weight size (``weight_bytes``).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import logging
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from maas.exceptions import CompressionError
+from maas.models.artifacts import quiet_export as _quiet
 
 FINAL_STEPS = ("fp16", "bf16", "torchao_int8_weight", "torchao_w8a8", "torchao_int4_weight", "onnx_fp32",
                "onnx_int8")
@@ -177,20 +174,3 @@ def export_encoder_onnx(model: nn.Module, path: str | Path) -> Path:
                                         "attention_mask": {0: "batch", 1: "sequence"},
                                         "sentence_embedding": {0: "batch"}})
     return path
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence export and torchao import chatter (warnings, logger lines, prints)."""
-    names = ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "torchao", "torch.utils._pytree")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

@@ -52,24 +52,10 @@ def is_english_sentence(sent: str, min_chars: int = 40, max_chars: int = 300) ->
     return len(words) >= 6 and letters / len(sent) > 0.7 and not any(c in sent for c in "{}=;\\")
 
 
-def package_sentences(limit: Optional[int] = None, packages: Optional[list[str]] = None) -> list[str]:
-    """Distinct English sentences from the long descriptions of installed distributions, in a stable order.
-
-    Args:
-        limit: at most this many sentences (the first in sorted-package order).
-        packages: only these distributions (default: all installed).
-    """
-    dists = {}
-    for dist in importlib.metadata.distributions():
-        name = (dist.metadata.get("Name") or "").lower()
-        if name and name not in dists and (packages is None or name in packages):
-            dists[name] = dist
-    seen: set = set()
-    out: list[str] = []
-    for name in sorted(dists):
-        meta = dists[name].metadata
-        body = meta.get_payload() or meta.get("Description") or ""
-        for sent in _sentences(str(body)):
+def _distinct_english(texts: Iterable[str], out: list, seen: set, limit: Optional[int]) -> list[str]:
+    """Append to ``out`` each English sentence of ``texts`` not ``seen`` yet (case-insensitive), up to ``limit``."""
+    for text in texts:
+        for sent in _sentences(text):
             key = sent.lower()
             if key not in seen and is_english_sentence(sent):
                 seen.add(key)
@@ -77,6 +63,28 @@ def package_sentences(limit: Optional[int] = None, packages: Optional[list[str]]
                 if limit is not None and len(out) >= limit:
                     return out
     return out
+
+
+def _descriptions(packages: Optional[list[str]] = None) -> Iterable[str]:
+    """The long description (README) of each installed distribution, in sorted name order."""
+    dists = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata.get("Name") or "").lower()
+        if name and name not in dists and (packages is None or name in packages):
+            dists[name] = dist
+    for name in sorted(dists):
+        meta = dists[name].metadata
+        yield str(meta.get_payload() or meta.get("Description") or "")
+
+
+def package_sentences(limit: Optional[int] = None, packages: Optional[list[str]] = None) -> list[str]:
+    """Distinct English sentences from the long descriptions of installed distributions, in a stable order.
+
+    Args:
+        limit: at most this many sentences (the first in sorted-package order).
+        packages: only these distributions (default: all installed).
+    """
+    return _distinct_english(_descriptions(packages), [], set(), limit)
 
 
 DOC_PACKAGES = ("numpy", "scipy", "sklearn", "pandas")  # installed with maas; ~30k docstring sentences
@@ -96,42 +104,34 @@ def _source_files(packages: Optional[tuple]) -> list:
     return [f for f in files if not any(part.startswith("test") or part == "tests" for part in f.parts[-3:])]
 
 
-def docstring_sentences(limit: Optional[int] = None, packages: Optional[tuple] = DOC_PACKAGES) -> list[str]:
-    """Distinct English sentences from the docstrings of the Python standard library and of ``packages``,
-    read with ``ast`` from the source files (nothing is imported or run), in sorted file order."""
+def _docstrings(packages: Optional[tuple]) -> Iterable[str]:
+    """Every module, class and function docstring of the standard library and ``packages``, read with
+    ``ast`` from the source files (nothing is imported or run), in sorted file order."""
     import ast
 
-    seen: set = set()
-    out: list[str] = []
     for path in _source_files(packages):
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, OSError):
             continue
         for node in ast.walk(tree):
-            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            for sent in _sentences(ast.get_docstring(node) or ""):
-                key = sent.lower()
-                if key not in seen and is_english_sentence(sent):
-                    seen.add(key)
-                    out.append(sent)
-                    if limit is not None and len(out) >= limit:
-                        return out
-    return out
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield ast.get_docstring(node) or ""
+
+
+def docstring_sentences(limit: Optional[int] = None, packages: Optional[tuple] = DOC_PACKAGES) -> list[str]:
+    """Distinct English sentences from the docstrings of the Python standard library and of ``packages``."""
+    return _distinct_english(_docstrings(packages), [], set(), limit)
 
 
 def english_corpus(limit: Optional[int] = None, packages: Optional[tuple] = DOC_PACKAGES) -> list[str]:
     """Package descriptions, then docstrings (standard library, then ``packages``): distinct sentences in
     a stable order."""
-    out = package_sentences(limit)
-    seen = {s.lower() for s in out}
-    for sent in docstring_sentences(None if limit is None else limit - len(out), packages):
-        if limit is not None and len(out) >= limit:
-            break
-        if sent.lower() not in seen:
-            seen.add(sent.lower())
-            out.append(sent)
+    out: list[str] = []
+    seen: set = set()
+    _distinct_english(_descriptions(), out, seen, limit)
+    if limit is None or len(out) < limit:
+        _distinct_english(_docstrings(packages), out, seen, limit)
     return out
 
 

@@ -101,22 +101,30 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+@contextlib.contextmanager
+def quiet_export():
+    """Silence ONNX export and torchao chatter: warnings, logger lines below ERROR, prints."""
+    names = ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "torchao", "torch.utils._pytree")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def export_onnx(model: nn.Module, input_dim: int, path: str | Path) -> Path:
     """Export a [batch, input_dim] -> [batch, classes] model to ONNX with a dynamic batch axis."""
     path = Path(path)
     model = unwrap(model).eval()
     example = torch.zeros(2, input_dim)
     batch = torch.export.Dim("batch", min=1)
-    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
-    finally:
-        for lg, level in zip(quiet, levels):
-            lg.setLevel(level)
+    with quiet_export():
+        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
     return path

@@ -122,8 +122,8 @@ def _raw_columns(raw: list[dict], signature: dict, by_name: dict) -> np.ndarray:
     return np.concatenate(columns, axis=1) if columns else np.zeros((0, 0), np.float32)
 
 
-def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optional[str], Optional[list[str]]]:
-    """Body of ``POST .../infer`` -> (input array, request id, requested output names or None for all)."""
+def _json_object(body: bytes, holding: str) -> dict:
+    """The request body as a JSON object, or a 400 saying what is wrong with it."""
     try:
         req = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -131,7 +131,20 @@ def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optio
     except RecursionError:
         raise ProtocolError(400, "request body is nested too deeply") from None
     if not isinstance(req, dict):
-        raise ProtocolError(400, "request body must be a JSON object with an 'inputs' list")
+        raise ProtocolError(400, f"request body must be a JSON object with {holding}")
+    return req
+
+
+def _request_id(req: dict) -> Optional[str]:
+    req_id = req.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise ProtocolError(400, "'id' must be a string")
+    return req_id
+
+
+def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optional[str], Optional[list[str]]]:
+    """Body of ``POST .../infer`` -> (input array, request id, requested output names or None for all)."""
+    req = _json_object(body, "an 'inputs' list")
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
         raise ProtocolError(400, "'inputs' must be a non-empty list of tensors "
@@ -151,9 +164,7 @@ def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optio
             raise ProtocolError(400, f"expected {len(signature['inputs'])} input tensor(s), got {len(inputs)}")
         array = _input_array(spec, by_name[spec["name"]])
 
-    req_id = req.get("id")
-    if req_id is not None and not isinstance(req_id, str):
-        raise ProtocolError(400, "'id' must be a string")
+    req_id = _request_id(req)
     params = req.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise ProtocolError(400, "'parameters' must be an object")
@@ -241,14 +252,7 @@ def _check_texts(texts: Any, where: str) -> list[str]:
 
 def parse_text_infer_request(body: bytes, signature: dict) -> tuple[list[str], Optional[str]]:
     """OIP v2 ``infer`` for an encoder: one BYTES tensor ``text`` of shape [n] -> (texts, request id)."""
-    try:
-        req = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(400, f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ProtocolError(400, "request body is nested too deeply") from None
-    if not isinstance(req, dict):
-        raise ProtocolError(400, "request body must be a JSON object with an 'inputs' list")
+    req = _json_object(body, "an 'inputs' list")
     inputs = req.get("inputs")
     want = signature["inputs"][0]["name"]
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -264,9 +268,7 @@ def parse_text_infer_request(body: bytes, signature: dict) -> tuple[list[str], O
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape) or math.prod(shape) != len(texts):
         raise ProtocolError(400, f"input '{want}': shape {shape!r} does not match the {len(texts)} texts in 'data'")
-    req_id = req.get("id")
-    if req_id is not None and not isinstance(req_id, str):
-        raise ProtocolError(400, "'id' must be a string")
+    req_id = _request_id(req)
     return texts, req_id
 
 
@@ -276,14 +278,7 @@ def embedding_outputs(emb: np.ndarray) -> list[dict]:
 
 def parse_embeddings_request(body: bytes) -> tuple[list[str], Optional[str], str]:
     """OpenAI ``POST /v1/embeddings`` -> (texts, model or None, encoding_format 'float' | 'base64')."""
-    try:
-        req = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(400, f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ProtocolError(400, "request body is nested too deeply") from None
-    if not isinstance(req, dict):
-        raise ProtocolError(400, "request body must be a JSON object with 'input' and 'model'")
+    req = _json_object(body, "'input' and 'model'")
     if "input" not in req:
         raise ProtocolError(400, "'input' is missing: a string or a list of strings")
     raw = req["input"]
