@@ -19,6 +19,14 @@ def body(args, spec):
                 "variants": variants_summary(result.variants), "promoted": result.promoted_ref,
                 "alias": result.alias, "endpoint": result.endpoint, "report": result.report,
                 "stage_seconds": result.stage_seconds}
+    if spec.kind == "lm":
+        from maas.lm import run_lm_pipeline
+
+        result = run_lm_pipeline(spec, serve=serve, progress=progress)
+        return {"run_id": result.run_id, "run_dir": result.run_dir, "data_counts": result.data_counts,
+                "data_fingerprint": result.data_fingerprint, "promoted": result.ref, "alias": result.alias,
+                "metrics": result.metrics, "sample": result.sample, "endpoint": result.endpoint,
+                "history": result.history, "stage_seconds": result.stage_seconds}
     result = run_pipeline(spec, serve=serve, progress=progress)
     return {"run_id": result.run_id, "run_dir": result.run_dir, "data_counts": result.data_counts,
             "data_fingerprint": result.data_fingerprint, "variants": variants_summary(result.variants),

@@ -99,6 +99,8 @@ def cmd_run(args) -> int:
     say_progress = lambda stage, detail: _say(f"  [{stage}] {detail}")  # noqa: E731
     if spec.kind == "encoder":
         return _run_encoder(spec, args, serve, started, say_progress)
+    if spec.kind == "lm":
+        return _run_lm(spec, args, serve, started, say_progress)
     result = run_pipeline(spec, serve=serve, progress=say_progress)
     _say("")
     _say(pipeline_summary(result))
@@ -137,6 +139,28 @@ def _run_encoder(spec, args, serve: bool, started: float, say_progress) -> int:
     return _finish(args, result, serve, started, lambda: (
         f"{result.endpoint}/v1/embeddings and {result.endpoint}/v2/models/{spec.model.name}/infer",
         embeddings_curl_example(result.endpoint, spec.model.name)))
+
+
+def _run_lm(spec, args, serve: bool, started: float, say_progress) -> int:
+    from maas.lm import run_lm_pipeline
+    from maas.report import table
+
+    result = run_lm_pipeline(spec, serve=serve, progress=say_progress)
+    m = result.metrics
+    _say("")
+    _say(table(["model", "parameters", "val loss", "bits/byte", "next-byte acc", "train tokens/s",
+                "generate bytes/s", "MB"],
+               [[result.ref, f"{m['parameters'] / 1e6:.2f}M", f"{m.get('val_loss', float('nan')):.3f}",
+                 f"{m.get('val_bits_per_byte', float('nan')):.2f}", f"{m.get('val_accuracy', float('nan')):.3f}",
+                 f"{m['tokens_per_s_train']:.0f}", f"{m['generate_tokens_per_s']:.0f}",
+                 f"{m['size_bytes'] / 1e6:.2f}"]]))
+    _say(f"sample (greedy): {result.sample!r}")
+    result.promoted_ref = result.ref
+    prompt = json.dumps({"model": spec.model.name, "prompt": "The function returns", "max_tokens": 64,
+                         "stream": True})
+    return _finish(args, result, serve, started, lambda: (
+        f"{result.endpoint}/v1/completions and {result.endpoint}/v2/models/{spec.model.name}/generate_stream",
+        f"curl -N {result.endpoint}/v1/completions -H 'content-type: application/json' -d '{prompt}'"))
 
 
 def _interrupt(signum, frame):

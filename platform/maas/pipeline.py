@@ -9,6 +9,7 @@ lineage. Stages never import each other: they meet here, through typed results a
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import uuid
@@ -82,17 +83,31 @@ def stage_train(spec: PipelineSpec, data: DataResult, run_id: str) -> tuple[dict
     registry = Registry(spec.store)
     run_dir = run_dir_for(registry.location, run_id)
     trained = train_model(spec, data, run_dir)
-    x_test, y_test = data.numpy("test")
+    text = is_text_model(spec)
+    x_test, y_test = test_rows(spec, data)
     with tempfile.TemporaryDirectory(prefix="maas-") as tmp:
         files = save_torch_model(trained.model, trained.model_config, Path(tmp))
-        files["model.onnx"] = export_onnx(trained.model, len(data.features), Path(tmp) / "model.onnx")
-        metrics = evaluate(TorchPredictor(trained.model), x_test, y_test,
-                           size_bytes=files["model.safetensors"].stat().st_size, runs=spec.compress.latency_runs)
+        if text:  # the encoder's tokenizer travels with the model; ONNX takes ids and mask
+            from maas.compress.encoder_ops import export_encoder_onnx
+            from maas.models.encoder import TOKENIZER, pretrained_dir
+
+            files[TOKENIZER] = Path(shutil.copyfile(pretrained_dir(spec.model.pretrained) / TOKENIZER,
+                                                    Path(tmp) / TOKENIZER))
+            files["model.onnx"] = export_encoder_onnx(trained.model, Path(tmp) / "model.onnx")
+            predictor = load_predictor(Path(tmp), "torch")
+        else:
+            files["model.onnx"] = export_onnx(trained.model, len(data.features), Path(tmp) / "model.onnx")
+            predictor = TorchPredictor(trained.model)
+        metrics = evaluate(predictor, x_test, y_test, size_bytes=files["model.safetensors"].stat().st_size,
+                           runs=spec.compress.latency_runs)
         metrics.update({k: v for k, v in trained.best_metrics.items() if k.startswith("val_")})
+        signature = classifier_signature(len(data.features), data.classes, features=data.features,
+                                         raw_features=data.raw_features, encoders=data.encoders)
+        if text:
+            signature.update(task="text-classification",
+                             inputs=[{"name": "text", "datatype": "BYTES", "shape": [-1]}])
         parent = registry.publish(
-            spec.model.name, files, runtime="torch", metrics=metrics,
-            signature=classifier_signature(len(data.features), data.classes, features=data.features,
-                                           raw_features=data.raw_features, encoders=data.encoders),
+            spec.model.name, files, runtime="torch", metrics=metrics, signature=signature,
             lineage={**_lineage(spec, data, run_id, run_dir), "method": "fp32", "parent": None,
                      "checkpoint": trained.checkpoint_path, "train_device": trained.device,
                      "history": trained.history})
@@ -112,12 +127,15 @@ def stage_compress(spec: PipelineSpec, parent_ref: str,
     if parent.runtime != "torch" or "model.onnx" not in parent.files:
         raise RegistryError(f"{parent.ref} is a {parent.lineage.get('method', parent.runtime)} variant; "
                             "compress a fp32 parent (the version a train stage published)")
-    x_test, y_test = test if test is not None else load_prepared(parent.lineage["run_dir"]).numpy("test")
+    x_test, y_test = test if test is not None else test_rows(spec, load_prepared(parent.lineage["run_dir"]))
     variants = []
     with tempfile.TemporaryDirectory(prefix="maas-") as tmp:
         for variant in compress_model(spec.compress.methods, folder / "model.onnx", Path(tmp)):
+            if is_text_model(spec):  # the ONNX graph runs after the same tokenizer, read from model.json
+                for name in ("model.json", "tokenizer.json"):
+                    variant.files[name] = Path(shutil.copyfile(folder / name, Path(tmp) / variant.method / name))
             predictor = load_predictor(Path(tmp) / variant.method, variant.runtime)
-            weights = next(iter(variant.files.values()))
+            weights = variant.files["model.onnx"]
             metrics = evaluate(predictor, x_test, y_test, size_bytes=weights.stat().st_size,
                                runs=spec.compress.latency_runs)
             passed, reason = check_gate(parent.metrics, metrics, spec.compress.max_accuracy_drop)
@@ -133,6 +151,15 @@ def stage_compress(spec: PipelineSpec, parent_ref: str,
                              "metrics": metrics, "gate": ("pass: " if passed else "REJECTED: ") + reason,
                              "passed": passed})
     return variants
+
+
+def is_text_model(spec: PipelineSpec) -> bool:
+    return spec.model.arch == "minilm_classifier"
+
+
+def test_rows(spec: PipelineSpec, data: DataResult) -> tuple:
+    """The test split as the model takes it: (X float32 [N, F], y), or (texts, y) for a text model."""
+    return data.texts("test") if is_text_model(spec) else data.numpy("test")
 
 
 def stage_promote(spec: PipelineSpec, candidates: list[dict]) -> str:
@@ -203,7 +230,7 @@ def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Op
                  f"fp32 test accuracy {parent['metrics']['test_accuracy']:.4f} -> {parent['ref']}")
 
     progress("compress", ", ".join(spec.compress.methods))
-    test = data.numpy("test")
+    test = test_rows(spec, data)
     variants = [parent] + stage_compress(spec, parent["ref"], test)
     lap("compress", ", ".join(f"{v['method']} -> {v['ref']} ({'pass' if v['passed'] else 'rejected'})"
                               for v in variants[1:]))
@@ -222,4 +249,5 @@ def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Op
         data_fingerprint=data.fingerprint, data_counts=data.counts, train_device=trained.device,
         train_seconds=timings["train"], best_val_accuracy=float(trained.best_metrics.get("val_accuracy", "nan")),
         history=trained.history, variants=variants, alias=spec.deploy.alias, promoted_ref=promoted,
-        endpoint=endpoint, example_row=test[0][0].tolist(), stage_seconds=timings)
+        endpoint=endpoint, example_row=[test[0][0]] if isinstance(test[0], list) else test[0][0].tolist(),
+        stage_seconds=timings)

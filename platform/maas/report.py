@@ -43,7 +43,11 @@ def embeddings_curl_example(url: str, model: str) -> str:
     return f"curl -s -X POST {url}/v1/embeddings -H 'content-type: application/json' -d '{body}'"
 
 
-def curl_example(url: str, model: str, row: list[float]) -> str:
+def curl_example(url: str, model: str, row: list) -> str:
+    if row and isinstance(row[0], str):  # a text classifier takes text
+        body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": row[:1]}]},
+                          separators=(",", ":")).replace("'", "'\\''")
+        return f"curl -s -X POST {url}/v2/models/{model}/infer -d '{body}'"
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
                                    "data": [round(float(v), 4) for v in row]}]}, separators=(",", ":"))
     return f"curl -s -X POST {url}/v2/models/{model}/infer -d '{body}'"

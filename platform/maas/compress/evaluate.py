@@ -17,7 +17,8 @@ def accuracy(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.n
 def latency(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, runs: int = 200,
             batch_size: int = 64) -> dict:
     """p50/p99 of single-row calls, and rows/s at ``batch_size`` (after a warm-up)."""
-    rows = [x[i % len(x)][None, :] for i in range(runs)]
+    texts = isinstance(x, list)  # a text model takes a list of strings
+    rows = [[x[i % len(x)]] if texts else x[i % len(x)][None, :] for i in range(runs)]
     for r in rows[:10]:
         predict(r)
     times = []
@@ -25,7 +26,8 @@ def latency(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, runs: in
         t0 = time.perf_counter()
         predict(r)
         times.append(time.perf_counter() - t0)
-    batch = np.resize(x, (batch_size, x.shape[1])).astype(np.float32)
+    batch = [x[i % len(x)] for i in range(batch_size)] if texts else \
+        np.resize(x, (batch_size, x.shape[1])).astype(np.float32)
     predict(batch)
     n_batches = max(runs // 4, 10)
     t0 = time.perf_counter()

@@ -124,6 +124,36 @@ def docstring_sentences(limit: Optional[int] = None, packages: Optional[tuple] =
     return _distinct_english(_docstrings(packages), [], set(), limit)
 
 
+def package_topics(packages: tuple = ("numpy", "scipy", "sklearn", "pandas"), per_package: int = 2000
+                   ) -> list[tuple[str, str]]:
+    """(sentence, package) pairs: up to ``per_package`` distinct docstring sentences of each package (its
+    own source only, no standard library), for a real text classification task that ships with maas.
+    Sentences found in more than one package are left out (their label would be ambiguous)."""
+    per: dict = {}
+    for name in packages:
+        files = [f for f in _source_files((name,)) if name in f.parts]
+        texts = []
+        for path in files:
+            try:
+                import ast
+
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, OSError):
+                continue
+            texts += [ast.get_docstring(n) or "" for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        per[name] = _distinct_english(texts, [], set(), None)
+    counts: dict = {}
+    for sents in per.values():
+        for s in sents:
+            counts[s.lower()] = counts.get(s.lower(), 0) + 1
+    out = []
+    for name, sents in per.items():
+        unique = [s for s in sents if counts[s.lower()] == 1]
+        out += [(s, name) for s in unique[::max(1, len(unique) // per_package)][:per_package]]  # spread over files
+    return out
+
+
 def english_corpus(limit: Optional[int] = None, packages: Optional[tuple] = DOC_PACKAGES) -> list[str]:
     """Package descriptions, then docstrings (standard library, then ``packages``): distinct sentences in
     a stable order."""

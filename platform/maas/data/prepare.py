@@ -54,6 +54,11 @@ class DataResult:
         df = getattr(self, split).to_pandas()
         return df[self.features].to_numpy(np.float32), df[Y].to_numpy(np.int64)
 
+    def texts(self, split: str) -> tuple[list, np.ndarray]:
+        """A text model's split on the driver: (its one text feature as strings, y int64 [N])."""
+        df = getattr(self, split).select_columns([self.features[0], Y]).to_pandas()
+        return df[self.features[0]].astype(str).tolist(), df[Y].to_numpy(np.int64)
+
 
 def _sort_classes(labels: list[str]) -> list[Any]:
     try:
@@ -79,7 +84,8 @@ def _label_and_features(schema: dict, spec: DataSpec, source: str, encode: dict)
     skip = {spec.label, spec.split.by}
     if spec.features:
         features = list(spec.features)
-        text = [f for f in features if schema[f]["type"] == "string" and f not in encode]
+        tokenized = {next(iter(op.values()))["column"] for op in spec.ops if "tokenize" in op}
+        text = [f for f in features if schema[f]["type"] == "string" and f not in encode and f not in tokenized]
         if text:
             raise DataError(f"data.features: {', '.join(text)} hold text; add an encode op "
                             f"(ops: [{{encode: {{onehot: [{text[0]}]}}}}]) or cast them to numbers")

@@ -74,14 +74,24 @@ def fingerprint_files(fs: pafs.FileSystem, files: list[str], extra: dict) -> str
 
 
 def bootstrap_sklearn(name: str, uri: str) -> None:
-    """Write scikit-learn's bundled data set ``name`` (e.g. 'sklearn:digits') to ``uri`` as Parquet."""
+    """Write the bundled data set ``name`` to ``uri`` as Parquet: scikit-learn's ('sklearn:digits', ...) or
+    'docs:packages' (docstring sentences labelled by the package they document: real English text
+    classification, from installed packages)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from sklearn import datasets
 
-    loader = getattr(datasets, f"load_{name.split(':', 1)[1]}")
-    bunch = loader(as_frame=True)
-    frame = bunch.frame.copy()
+    if name == "docs:packages":
+        import pandas as pd
+
+        from maas.data.corpus import package_topics
+
+        rows = package_topics()
+        frame = pd.DataFrame({"text": [t for t, _ in rows], "package": [p for _, p in rows]})
+    else:
+        from sklearn import datasets
+
+        loader = getattr(datasets, f"load_{name.split(':', 1)[1]}")
+        frame = loader(as_frame=True).frame.copy()
     frame.columns = [str(c).replace(" ", "_") for c in frame.columns]
     fs, path = filesystem_for(uri)
     parent = path.rsplit("/", 1)[0]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 from maas.exceptions import MaasError
-from maas.models.encoder import build_encoder
+from maas.models.encoder import build_encoder, build_text_classifier
+from maas.models.gpt import build_gpt
 from maas.models.mlp import build_mlp
 
-BUILDERS = {"mlp": build_mlp, "encoder": build_encoder}
+BUILDERS = {"mlp": build_mlp, "encoder": build_encoder, "gpt": build_gpt,
+            "text_classifier": build_text_classifier}
 
 
 def build_model(config: dict) -> nn.Module:
@@ -20,4 +22,4 @@ def build_model(config: dict) -> nn.Module:
     return BUILDERS[arch](**kwargs)
 
 
-__all__ = ["BUILDERS", "build_encoder", "build_model", "build_mlp"]
+__all__ = ["BUILDERS", "build_encoder", "build_gpt", "build_model", "build_mlp"]

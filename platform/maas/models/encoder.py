@@ -153,11 +153,7 @@ def load_pretrained(name: str) -> tuple[SentenceEncoder, dict]:
     if hf.get("model_type") != "bert" or hf.get("hidden_act") != "gelu":
         raise MaasError(f"{folder}: only BERT-style encoders with GELU are supported, got "
                         f"{hf.get('model_type')}/{hf.get('hidden_act')}")
-    config = {"arch": "encoder", "vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"],
-              "num_heads": hf["num_attention_heads"],
-              "intermediate_sizes": [hf["intermediate_size"]] * hf["num_hidden_layers"],
-              "max_positions": hf["max_position_embeddings"], "type_vocab_size": hf["type_vocab_size"],
-              "layer_norm_eps": hf["layer_norm_eps"], "max_length": 256}
+    config = {**encoder_config(name), "max_length": 256}
     model = build_encoder(**{k: v for k, v in config.items() if k != "arch"})
     state = {k.removeprefix("bert."): v for k, v in load_file(str(folder / "model.safetensors")).items()
              if not k.endswith("position_ids") and not k.startswith("pooler.")}
@@ -185,3 +181,41 @@ class EncoderTokenizer:
     def count_tokens(self, texts: Sequence[str]) -> int:
         """Tokens the model will read (special tokens included, padding not): the usage figure."""
         return int(sum(sum(e.attention_mask) for e in self.tok.encode_batch(list(texts))))
+
+
+class TextClassifier(nn.Module):
+    """A classification head on a sentence encoder, fine-tuned whole: x = [batch, 2, seq] int64 (token ids
+    stacked on the attention mask, the data stage's tokenize op output) -> logits [batch, classes]."""
+
+    def __init__(self, num_classes: int, encoder: dict, dropout: float = 0.1, pretrained: Optional[str] = None):
+        super().__init__()
+        kwargs = {k: v for k, v in encoder.items() if k not in RUNTIME_KEYS and k != "arch"}
+        self.encoder = SentenceEncoder(**{**kwargs, "normalize": False})
+        if pretrained:  # training starts from the packaged weights; a saved classifier loads its own
+            self.encoder.load_state_dict(load_pretrained(pretrained)[0].state_dict())
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(kwargs.get("hidden_size", 384), num_classes)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """FSDP units: the embeddings, each transformer layer, and the head (see maas.train.loop.blocks_of)."""
+        return [self.encoder.embeddings, *self.encoder.encoder.layer, self.head]
+
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(x)`` with x = [batch, 2, seq] (training), or ``(input_ids, attention_mask)`` (serving, ONNX)."""
+        ids, mask = (x[:, 0], x[:, 1]) if attention_mask is None else (x, attention_mask)
+        return self.head(self.drop(self.encoder(ids, mask)))
+
+
+def build_text_classifier(num_classes: int, encoder: dict, dropout: float = 0.1, pretrained: Optional[str] = None,
+                          max_length: Optional[int] = None) -> TextClassifier:
+    return TextClassifier(num_classes, encoder, dropout, pretrained)
+
+
+def encoder_config(name: str) -> dict:
+    """The maas config of a packaged encoder, from its config.json (no weights read)."""
+    hf = json.loads((pretrained_dir(name) / "config.json").read_text())
+    return {"arch": "encoder", "vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"],
+            "num_heads": hf["num_attention_heads"], "intermediate_sizes": [hf["intermediate_size"]] * hf["num_hidden_layers"],
+            "max_positions": hf["max_position_embeddings"], "type_vocab_size": hf["type_vocab_size"],
+            "layer_norm_eps": hf["layer_norm_eps"]}

@@ -28,15 +28,16 @@ from typing import Optional
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from maas.models.predictor import load_predictor
 from maas.exceptions import RegistryError, ServeError
 from maas.registry import Registry
 from maas.serve.auth import authorized, load_api_key_hashes
-from maas.serve.oip import (ProtocolError, classifier_outputs, embedding_outputs, embeddings_response, model_metadata,
-                            parse_embeddings_request, parse_infer_request, parse_text_infer_request)
+from maas.serve.oip import (ProtocolError, classifier_outputs, embedding_outputs, embeddings_response, json_object,
+                            model_metadata, openai_model, parse_completion_request, parse_embeddings_request,
+                            parse_generate_request, parse_infer_request, parse_text_infer_request)
 from maas.spec import DeploySpec
 
 VERSION_HEADER = "x-maas-model-version"
@@ -290,18 +291,21 @@ class ModelServer:
         parts = [p for p in path.split("/") if p]
         method = request.method
         n = len(parts)
-        if parts == ["v1", "embeddings"]:
+        if parts in (["v1", "embeddings"], ["v1", "completions"]):
             if method == "POST":
-                return await self._timed(None, None, request, openai=True)
+                return await self._timed(None, None, request, self._embeddings if parts[1] == "embeddings"
+                                         else self._completions, openai=True)
             return _openai_error(405, f"{method} is not allowed on {path}; use POST", {"allow": "POST"})
         if n and parts[0] == "v2":
             if n >= 3 and parts[1] == "models":
                 name = parts[2]
                 if method == "POST":
                     if n == 4 and parts[3] == "infer":
-                        return await self._timed(name, None, request)
+                        return await self._timed(name, None, request, self._infer)
                     if n == 6 and parts[3] == "versions" and parts[5] == "infer":
-                        return await self._timed(name, parts[4], request)
+                        return await self._timed(name, parts[4], request, self._infer)
+                    if n == 4 and parts[3] in ("generate", "generate_stream"):
+                        return await self._timed(name, parts[3], request, self._generate)
                 elif method == "GET":
                     if n == 3:
                         return await self._metadata(name, None, request)
@@ -335,7 +339,8 @@ class ModelServer:
             tail = parts[3:]
             if tail in ([], ["ready"]) or (len(tail) in (2, 3) and tail[0] == "versions" and tail[2:] in ([], ["ready"])):
                 return ["GET"]
-            if tail == ["infer"] or (len(tail) == 3 and tail[0] == "versions" and tail[2] == "infer"):
+            if tail in (["infer"], ["generate"], ["generate_stream"]) or \
+                    (len(tail) == 3 and tail[0] == "versions" and tail[2] == "infer"):
                 return ["POST"]
             return []
         return ["GET"] if parts[1:] in ([], ["health", "live"], ["health", "ready"], ["models"]) else []
@@ -409,21 +414,20 @@ class ModelServer:
     # ------------------------------------------------------------------------------------------ infer
 
 
-    async def _timed(self, name: Optional[str], version: Optional[str], request: Request,
+    async def _timed(self, name: Optional[str], version: Optional[str], request: Request, handler,
                      openai: bool = False) -> JSONResponse:
+        """Run one model request through ``handler(name, version, request)`` -> (response, rows, loaded):
+        counted, timed (a streamed answer: to its first byte) and logged whatever happens."""
         started = time.perf_counter()
         request_id = _request_id(request)
         rows, loaded = 0, None
         self.active += 1
         try:
-            if openai:
-                response, rows, loaded = await self._embeddings(request)
-            else:
-                response, rows, loaded = await self._infer(name, version, request)
+            response, rows, loaded = await handler(name, version, request)
         except Exception:  # a server fault, not a client mistake: answer JSON, keep serving, log it
             logger.exception("maas inference failed (request %s)", request_id)
             response = (_openai_error if openai else _error)(
-                500, f"internal error while serving {name or 'embeddings'}; request id {request_id}")
+                500, f"internal error while serving {name or request.url.path}; request id {request_id}")
         finally:
             self.active -= 1
         elapsed_ms = (time.perf_counter() - started) * 1e3
@@ -466,9 +470,13 @@ class ModelServer:
         except ProtocolError as err:
             headers = {"retry-after": "2"} if err.status == 503 else None
             return _error(err.status, err.message, headers), 0, None
-        embedding = loaded.signature.get("task") == "embedding"
+        if loaded.signature.get("task") == "generation":
+            return _error(400, f"model '{name}' generates text: POST /v2/models/{name}/generate[_stream] or "
+                               "/v1/completions", loaded.headers), 0, loaded
+        task = loaded.signature.get("task")
+        embedding = task == "embedding"
         try:
-            if embedding:
+            if task in ("embedding", "text-classification"):
                 x, req_id = parse_text_infer_request(body, loaded.signature)
                 wanted = None
             else:
@@ -477,6 +485,8 @@ class ModelServer:
             return _error(err.status, err.message, loaded.headers), 0, loaded
         if embedding:
             outputs = embedding_outputs(await self._run(loaded, x))
+        elif task == "text-classification":
+            outputs = classifier_outputs(await self._run(loaded, x), loaded.signature, None)
         else:
             logits = np.zeros((0, len(loaded.signature["classes"])), dtype=np.float32) if len(x) == 0 \
                 else await self._run(loaded, x)
@@ -485,28 +495,117 @@ class ModelServer:
                "id": req_id or uuid.uuid4().hex, "outputs": outputs}
         return JSONResponse(out, headers=loaded.headers), len(x), loaded
 
-    async def _embeddings(self, request: Request):
-        """OpenAI-compatible ``POST /v1/embeddings``: ``model`` names a served encoder (``name`` or
-        ``name/version``; optional when exactly one encoder is served)."""
+    async def _openai_target(self, model: Optional[str], task: str) -> _Loaded:
+        """The loaded model an OpenAI-style request names (``name`` or ``name/version``); without ``model``,
+        the one served model of that task."""
+        name, _, version = (model or "").partition("/")
+        if not name:
+            fitting = [r.name for r in self.routes.values()
+                       if r.primary is not None and r.primary.signature.get("task") == task]
+            if len(fitting) != 1:
+                raise ProtocolError(400, f"'model' is missing; served {task} models: " + (", ".join(fitting) or "none"))
+            name = fitting[0]
+        route = self.routes.get(name)
+        if route is None:
+            raise ProtocolError(404, f"model '{name}' is not served here; served: {', '.join(self.routes)}")
+        loaded = await self._resolve(route, version or None)
+        if loaded.signature.get("task") != task:
+            use = "/v1/embeddings" if loaded.signature.get("task") == "embedding" else \
+                "/v1/completions" if loaded.signature.get("task") == "generation" else f"/v2/models/{name}/infer"
+            raise ProtocolError(400, f"model '{name}' is not a {task} model; use {use}")
+        return loaded
+
+    def _check_openai_key(self, request: Request) -> Optional[JSONResponse]:
         if self.key_hashes and not authorized(request.headers.get("authorization"), self.key_hashes):
             return _openai_error(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                                 {"www-authenticate": "Bearer"}), 0, None
+                                 {"www-authenticate": "Bearer"})
+        return None
+
+    async def _completions(self, _name, _version, request: Request):
+        """OpenAI-compatible ``POST /v1/completions`` for byte-level generators; ``stream: true`` answers
+        server-sent events, one per decoded piece, then ``data: [DONE]``."""
+        bad = self._check_openai_key(request)
+        if bad is not None:
+            return bad, 0, None
+        try:
+            req = json_object(await self._body(request), "'prompt'")
+            loaded = await self._openai_target(openai_model(req), "generation")
+            prompt, options, stream = parse_completion_request(req, loaded.signature)
+        except ProtocolError as err:
+            headers = {"retry-after": "2"} if err.status == 503 else None
+            return _openai_error(err.status, err.message, headers), 0, None
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": loaded.mv.ref}
+        if not stream:
+            text, finish, count = await asyncio.to_thread(loaded.predictor.complete, prompt, **options)
+            return JSONResponse({**head, "choices": [{"text": text, "index": 0, "logprobs": None,
+                                                      "finish_reason": finish}],
+                                 "usage": {"prompt_tokens": len(prompt), "completion_tokens": count,
+                                           "total_tokens": len(prompt) + count}}, headers=loaded.headers), 1, loaded
+
+        def event(text: str, finish: Optional[str]) -> str:
+            return "data: " + json.dumps({**head, "choices": [{"text": text, "index": 0, "logprobs": None,
+                                                               "finish_reason": finish}]}) + "\n\n"
+
+        return self._stream(loaded, prompt, options, event, done="data: [DONE]\n\n"), 1, loaded
+
+    async def _generate(self, name: str, mode: str, request: Request):
+        """OIP generate extension: ``/v2/models/{name}/generate`` answers ``{"text_output"}`` at once,
+        ``/generate_stream`` one server-sent event per decoded piece."""
+        route, bad = self._guard(request, name)
+        if bad is not None:
+            return bad, 0, None
+        try:
+            body = await self._body(request)
+            loaded = await self._resolve(route, None)
+            if loaded.signature.get("task") != "generation":
+                raise ProtocolError(400, f"model '{name}' does not generate text; use /v2/models/{name}/infer")
+            prompt, options, req_id = parse_generate_request(body, loaded.signature)
+        except ProtocolError as err:
+            headers = {"retry-after": "2"} if err.status == 503 else None
+            return _error(err.status, err.message, headers), 0, None
+        head = {"model_name": loaded.mv.name, "model_version": str(loaded.mv.version), "id": req_id or uuid.uuid4().hex}
+        if mode == "generate":
+            text, finish, count = await asyncio.to_thread(loaded.predictor.complete, prompt, **options)
+            return JSONResponse({**head, "text_output": text, "finish_reason": finish, "generated_tokens": count},
+                                headers=loaded.headers), 1, loaded
+
+        def event(text: str, finish: Optional[str]) -> str:
+            return "data: " + json.dumps({**head, "text_output": text, "finish_reason": finish}) + "\n\n"
+
+        return self._stream(loaded, prompt, options, event), 1, loaded
+
+    def _stream(self, loaded: _Loaded, prompt: bytes, options: dict, event, done: str = "") -> StreamingResponse:
+        """Server-sent events while the model generates: each step runs on a worker thread, so the replica's
+        event loop keeps serving other requests between tokens."""
+        async def events():
+            pieces = loaded.predictor.pieces(prompt, **options)
+            try:
+                while True:
+                    item = await asyncio.to_thread(next, pieces, None)
+                    if item is None:
+                        break
+                    text, finish, _ = item
+                    yield event(text, finish)
+            except Exception:  # mid-stream the status is sent: end the stream with an error event
+                logger.exception("maas generation failed mid-stream (%s)", loaded.mv.ref)
+                yield "data: " + json.dumps({"error": "generation failed; see the replica log"}) + "\n\n"
+            if done:
+                yield done
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={**loaded.headers, "cache-control": "no-cache"})
+
+    async def _embeddings(self, _name, _version, request: Request):
+        """OpenAI-compatible ``POST /v1/embeddings``: ``model`` names a served encoder (``name`` or
+        ``name/version``; optional when exactly one encoder is served)."""
+        bad = self._check_openai_key(request)
+        if bad is not None:
+            return bad, 0, None
         try:
             body = await self._body(request)
             texts, model, fmt = parse_embeddings_request(body)
-            name, _, version = (model or "").partition("/")
-            if not name:
-                encoders = [r.name for r in self.routes.values()
-                            if r.primary is not None and r.primary.signature.get("task") == "embedding"]
-                if len(encoders) != 1:
-                    raise ProtocolError(400, "'model' is missing; served encoders: " + (", ".join(encoders) or "none"))
-                name = encoders[0]
-            route = self.routes.get(name)
-            if route is None:
-                raise ProtocolError(404, f"model '{name}' is not served here; served: {', '.join(self.routes)}")
-            loaded = await self._resolve(route, version or None)
-            if loaded.signature.get("task") != "embedding":
-                raise ProtocolError(400, f"model '{name}' is not a text encoder; use /v2/models/{name}/infer")
+            loaded = await self._openai_target(model, "embedding")
         except ProtocolError as err:
             headers = {"retry-after": "2"} if err.status == 503 else None
             return _openai_error(err.status, err.message, headers), 0, None

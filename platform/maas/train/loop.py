@@ -31,8 +31,9 @@ class ShardBatches:
     set (the driver sets it for shards under ``train.cache_shard_mb``), read once and reshuffled in memory:
     each streamed epoch pays a fixed setup cost that dwarfs the compute of a small data set."""
 
-    def __init__(self, shard, features: list[str], cache: bool, shuffle_buffer: int):
+    def __init__(self, shard, features: list[str], cache: bool, shuffle_buffer: int, task: str = "classify"):
         self.shard, self.features, self.cache, self.shuffle_buffer = shard, features, cache, shuffle_buffer
+        self.task = task
         self._x: Optional[np.ndarray] = None
         self._y: Optional[np.ndarray] = None
 
@@ -40,6 +41,14 @@ class ShardBatches:
         shuffle = {} if seed is None else dict(local_shuffle_buffer_size=self.shuffle_buffer,
                                                local_shuffle_seed=seed)
         for batch in self.shard.iter_batches(batch_size=batch_size, batch_format="numpy", **shuffle):
+            if self.task == "lm":  # a row is block_size + 1 bytes: the inputs, and the same shifted by one
+                tokens = np.asarray(batch["tokens"], dtype=np.int64)
+                yield tokens[:, :-1], tokens[:, 1:]
+                continue
+            if self.task == "classify_text":  # token ids stacked on the attention mask: [batch, 2, seq]
+                x = np.stack([np.stack(batch["input_ids"]), np.stack(batch["attention_mask"])], axis=1)
+                yield x.astype(np.int64, copy=False), batch["__y"]
+                continue
             x = np.stack([batch[c] for c in self.features], axis=1).astype(np.float32, copy=False)
             yield x, batch["__y"]
 
@@ -49,9 +58,10 @@ class ShardBatches:
             return
         if self._x is None:
             parts = list(self._stream(4096, None))
-            self._x = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, len(self.features)),
-                                                                                     np.float32)
-            self._y = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+            if not parts:
+                raise RuntimeError("this worker's data shard is empty: fewer rows than train.num_workers?")
+            self._x = np.concatenate([p[0] for p in parts])
+            self._y = np.concatenate([p[1] for p in parts])
         order = np.arange(len(self._y)) if seed is None else np.random.default_rng(seed).permutation(len(self._y))
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
@@ -141,6 +151,15 @@ def train_loop_per_worker(config: dict) -> None:
     # the train split's normalisation statistics initialise the model's Standardize buffers; they are then
     # part of the weights, so model.json (the architecture) does not need to repeat them
     model = build_model({**config["model_config"], **config["normalization"]})
+    lm = config.get("task") == "lm"
+    # training FLOPs per row, counted on the whole model before any sharding: 6 x parameters per target,
+    # plus attention for a language model (per token, times the block's tokens)
+    # (a text classifier: 6 x its non-embedding parameters per token, times the tokens per row)
+    if lm:
+        flops_per_sample = model.flops_per_token() * config["model_config"]["block_size"]
+    else:
+        flops_per_sample = 6 * sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n) \
+            * config["model_config"].get("max_length", 1)
     model_state, state, opt_state = _resume(config, rank, world)
     if model_state is not None:
         model.load_state_dict(model_state)
@@ -171,15 +190,16 @@ def train_loop_per_worker(config: dict) -> None:
 
     features = config["features"]
     cache, buffer = config["cache_shards"], config["shuffle_buffer"]
-    train_batches = ShardBatches(ray.train.get_dataset_shard("train"), features, cache, buffer)
-    val_batches = ShardBatches(ray.train.get_dataset_shard("val"), features, cache, buffer) \
+    task = config.get("task", "classify")
+    train_batches = ShardBatches(ray.train.get_dataset_shard("train"), features, cache, buffer, task)
+    val_batches = ShardBatches(ray.train.get_dataset_shard("val"), features, cache, buffer, task) \
         if config["has_val"] else None
+    tokens_per_row = config["model_config"]["block_size"] if lm else 0
     accum = config.get("grad_accumulation_steps", 1)
     total_steps = config["epochs"] * config["steps_per_epoch"]
     warmup = int(total_steps * config.get("warmup_fraction", 0.0))
     clip = config.get("max_grad_norm", 0.0)
     log_every = config.get("log_every_steps", 10)
-    flops_per_sample = 6 * sum(p.numel() for p in model.parameters()) * (world if fsdp else 1)
     peak = config.get("peak_flops_per_worker", 0.0)
 
     worker_nodes = _worker_nodes(world)
@@ -190,7 +210,7 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, config["epochs"]):
         model.train()
         started = window_started = time.perf_counter()
-        loss_sum = seen = correct = 0.0
+        loss_sum = seen = correct = rows = 0.0
         window_samples, micro, grad_norm = 0, 0, float("nan")
         optimizer.zero_grad(set_to_none=True)
         batches = list(train_batches.epoch(config["batch_size"], seed=config["seed"] * 100003 + epoch * 101 + rank)) \
@@ -202,13 +222,14 @@ def train_loop_per_worker(config: dict) -> None:
             with sync_grads(last_micro):
                 with autocast():
                     logits = model(x)
-                    loss = loss_fn(logits.float(), y)
-                (loss / (len(y) * accum)).backward()
+                    loss = loss_fn(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+                (loss / (y.numel() * accum)).backward()
             micro += 1
             loss_sum += loss.item()
-            seen += len(y)
+            seen += y.numel()  # targets: rows for a classifier, tokens for a language model
+            rows += len(y)
             window_samples += len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            correct += (logits.argmax(-1) == y).sum().item()
             if not last_micro:
                 continue
             lr = lr_at(step, total_steps, warmup, config["learning_rate"], config.get("lr_schedule", "constant"))
@@ -224,8 +245,10 @@ def train_loop_per_worker(config: dict) -> None:
             if step % log_every == 0 and rank == 0:
                 now = time.perf_counter()
                 rate = window_samples * world / max(now - window_started, 1e-9)
-                entry = {"step": step, "epoch": epoch, "loss": loss.item() / len(y), "lr": lr,
+                entry = {"step": step, "epoch": epoch, "loss": loss.item() / y.numel(), "lr": lr,
                          "samples_per_s": rate}
+                if lm:
+                    entry["tokens_per_s"] = rate * tokens_per_row
                 if clip:
                     entry["grad_norm"] = grad_norm
                 if peak:
@@ -238,9 +261,11 @@ def train_loop_per_worker(config: dict) -> None:
             if start_epoch > 0:
                 metrics["resumed_from_epoch"] = start_epoch  # this worker group restarted from a checkpoint
         train_seconds = time.perf_counter() - started
-        t_loss, t_seen, t_correct = _all_sum([loss_sum, seen, correct], device)
+        t_loss, t_seen, t_correct, t_rows = _all_sum([loss_sum, seen, correct, rows], device)
         metrics.update(train_loss=t_loss / max(t_seen, 1), train_accuracy=t_correct / max(t_seen, 1),
-                       train_seconds=train_seconds, samples_per_s=t_seen / max(train_seconds, 1e-9))
+                       train_seconds=train_seconds, samples_per_s=t_rows / max(train_seconds, 1e-9))
+        if lm:
+            metrics["tokens_per_s"] = metrics["samples_per_s"] * tokens_per_row
         if peak:
             metrics["mfu"] = metrics["samples_per_s"] * flops_per_sample / (peak * world)
 
@@ -252,11 +277,14 @@ def train_loop_per_worker(config: dict) -> None:
                     x, y = _to(device, xb, yb)
                     with autocast():
                         logits = model(x).float()
-                    v_loss += loss_fn(logits, y).item()
-                    v_seen += len(y)
-                    v_correct += (logits.argmax(1) == y).sum().item()
+                    v_loss += loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item()
+                    v_seen += y.numel()
+                    v_correct += (logits.argmax(-1) == y).sum().item()
             v_loss, v_seen, v_correct = _all_sum([v_loss, v_seen, v_correct], device)
             metrics.update(val_loss=v_loss / max(v_seen, 1), val_accuracy=v_correct / max(v_seen, 1))
+            if lm:  # per byte: perplexity, and bits per byte (the compression rate a byte model reaches)
+                metrics.update(val_perplexity=math.exp(min(metrics["val_loss"], 50.0)),
+                               val_bits_per_byte=metrics["val_loss"] / math.log(2))
 
         # Checkpoint when validation improves (what keep-best-N ranks), every N epochs (the most progress a
         # failure can cost) and at the end. Each checkpoint is a persisted upload plus a barrier: on small

@@ -6,13 +6,14 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 from torch import nn
 
 from maas.data import DataResult
 from maas.exceptions import TrainingError
 from maas.models.artifacts import load_torch_model
-from maas.spec import PipelineSpec
+from maas.spec import PipelineSpec, TrainSpec
 from maas.train.loop import STATE, train_loop_per_worker
 
 
@@ -115,21 +116,51 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
     Raises:
         TrainingError: the workers failed more than ``train.max_failures`` times, or no checkpoint was made.
     """
+    splits = data.counts.get("splits", {})
+    if spec.model.arch == "minilm_classifier":
+        from maas.models.encoder import encoder_config
+
+        length = text_max_length(spec)
+        model_config = {"arch": "text_classifier", "num_classes": len(data.classes), "dropout": spec.model.dropout,
+                        "encoder": encoder_config(spec.model.pretrained), "max_length": length}
+        return fit(spec.train, model_config, data.train, data.val if splits.get("val", 0) > 0 else None,
+                   rows=splits.get("train", 0), row_bytes=16 * length + 8, run_dir=run_dir, run_name=run_name,
+                   task="classify_text", init={"pretrained": spec.model.pretrained})
+    model_config = {"arch": spec.model.arch, "input_dim": len(data.features), "num_classes": len(data.classes),
+                    "hidden_sizes": list(spec.model.hidden_sizes), "dropout": spec.model.dropout}
+    return fit(spec.train, model_config, data.train, data.val if splits.get("val", 0) > 0 else None,
+               rows=splits.get("train", 0), row_bytes=4 * len(data.features) + 8, run_dir=run_dir,
+               run_name=run_name, features=data.features, init={"mean": data.mean, "std": data.std})
+
+
+def text_max_length(spec: PipelineSpec) -> int:
+    """The token length of the spec's (last) tokenize op."""
+    return int([next(iter(op.values())) for op in spec.data.ops if "tokenize" in op][-1].get("max_length", 128))
+
+
+def fit(t: TrainSpec, model_config: dict, train, val, *, rows: int, row_bytes: int, run_dir: str,
+        run_name: str = "train", task: str = "classify", features: Optional[list] = None,
+        init: Optional[dict] = None) -> TrainResult:
+    """Ray Train run of ``model_config`` over the ``train`` (and ``val``, when given) Ray Datasets.
+
+    ``task``: 'classify' (rows of ``features`` columns and ``__y``), 'classify_text' (``input_ids`` and
+    ``attention_mask`` arrays and ``__y``) or 'lm' (rows of ``tokens``, block_size + 1 bytes each: next-byte
+    prediction). ``init`` joins the model config when the workers build the model
+    (normalisation statistics) but is not part of model.json. ``rows`` and ``row_bytes`` size the shards
+    (whether each worker caches its shard in memory) and the LR schedule's step count.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    t = spec.train
     # A worker's report() waits until the controller polls it, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
     # (2 s by default): that caps a run at one checkpoint per 2 s however short an epoch is. Ray Train
     # propagates this variable from the driver to its controller; an explicit setting is kept.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else each progress line is logged twice
     use_gpu = choose_device(t.device, t.num_workers)
-    has_val = data.counts.get("splits", {}).get("val", 0) > 0
-    model_config = {"arch": spec.model.arch, "input_dim": len(data.features), "num_classes": len(data.classes),
-                    "hidden_sizes": list(spec.model.hidden_sizes), "dropout": spec.model.dropout}
-    config = {"model_config": model_config, "normalization": {"mean": data.mean, "std": data.std},
-              "features": data.features, "has_val": has_val, "epochs": t.epochs, "batch_size": t.batch_size,
+    has_val = val is not None
+    config = {"model_config": model_config, "normalization": dict(init or {}), "task": task,
+              "features": list(features or []), "has_val": has_val, "epochs": t.epochs, "batch_size": t.batch_size,
               "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "seed": t.seed, "precision": t.precision,
               "checkpoint_every_epochs": t.checkpoint_every_epochs, "shuffle_buffer": max(t.batch_size * 8, 256),
               "strategy": t.strategy, "grad_accumulation_steps": t.grad_accumulation_steps,
@@ -137,22 +168,23 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
               "early_stopping_patience": t.early_stopping_patience, "log_every_steps": t.log_every_steps,
               "progress_path": os.path.join(run_dir, f"{run_name}_progress.json") if "://" not in run_dir else None,
               "peak_flops_per_worker": peak_flops(t.precision) if use_gpu else 0.0}
-    # estimated from the row count (float32 features + int64 label): asking a lazy dataset its size runs it
-    rows = data.counts.get("splits", {}).get("train", 0)
+    if 0 < rows < t.num_workers:
+        raise TrainingError(f"the train split has {rows} row(s), fewer than train.num_workers ({t.num_workers}); "
+                            "add data or lower train.num_workers")
     config["steps_per_epoch"] = max(1, math.ceil(rows / t.num_workers / t.batch_size / t.grad_accumulation_steps))
-    shard_mb = rows * (4 * len(data.features) + 8) / t.num_workers / 2**20
+    shard_mb = rows * row_bytes / t.num_workers / 2**20
     config["cache_shards"] = shard_mb < t.cache_shard_mb
     if config["cache_shards"]:
-        # small: read the prepared Parquet now, so no Ray Data task needs a CPU while the training workers
+        # small: read the prepared data now, so no Ray Data task needs a CPU while the training workers
         # hold them all (2 workers on a 2-CPU machine would otherwise wait for their data forever)
-        datasets = {"train": data.train.materialize()}
+        datasets = {"train": train.materialize()}
         if has_val:
-            datasets["val"] = data.val.materialize()
+            datasets["val"] = val.materialize()
     else:
         _check_cpus_left_for_streaming(t.num_workers * t.cpus_per_worker)
-        datasets = {"train": data.train}
+        datasets = {"train": train}
         if has_val:
-            datasets["val"] = data.val
+            datasets["val"] = val
     resources = {"CPU": t.cpus_per_worker}
     trainer = TorchTrainer(
         train_loop_per_worker,

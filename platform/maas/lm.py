@@ -1,0 +1,261 @@
+"""The language-model pipeline: text -> byte blocks (Ray Data) -> GPT (Ray Train, DDP or FSDP2) -> registry
+-> streamed generation (Ray Serve).
+
+Text comes from installed packages' documentation (nothing is downloaded) or from UTF-8 files anywhere
+pyarrow.fs reaches. A Ray Data pass splits each document into lines, quarantines lines that are not UTF-8 or
+hold NUL bytes (counted and written to ``<run>/quarantine.jsonl``, never dropped silently), and packs the rest
+into blocks of ``block_size + 1`` bytes (stride ``block_size``, so every byte is a target exactly once); a
+seeded hash of each block's bytes sends it to train or val.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from maas.exceptions import DataError
+from maas.spec import LMPipelineSpec, TextDataSpec
+
+Progress = Callable[[str, str], None]
+QUARANTINE_KEEP = 1000  # quarantined lines written out in full (all are counted)
+
+
+@dataclass
+class LMData:
+    train: object  # ray.data.Dataset of {"tokens": uint8[block_size + 1]}
+    val: Optional[object]
+    counts: dict
+    fingerprint: str
+    block_size: int
+
+
+def _documents(spec: TextDataSpec) -> tuple[list[dict], dict]:
+    """[{"name", "data": bytes}] to pack, and the fingerprint inputs."""
+    if spec.source == "package-docs":
+        from maas.data.corpus import english_corpus
+
+        sentences = english_corpus(limit=spec.limit, packages=tuple(spec.packages))
+        if not sentences:
+            raise DataError("data: the installed packages gave no English sentences; check data.packages")
+        # a few documents, so the packing pass runs as parallel Ray Data tasks
+        n = max(1, min(16, len(sentences) // 2000))
+        step = math.ceil(len(sentences) / n)
+        return [{"name": f"package-docs/{i}", "data": "\n".join(sentences[i * step:(i + 1) * step]).encode()}
+                for i in range(n)], {"packages": list(spec.packages), "limit": spec.limit}
+    from maas.data.source import resolve_files
+
+    fs, files, _ = resolve_files(spec.path, "text")
+    docs = []
+    for f in files:
+        with fs.open_input_stream(f) as stream:
+            docs.append({"name": f, "data": stream.read()})
+    return docs, {"files": [f.rsplit("/", 1)[-1] for f in files], "limit": spec.limit}
+
+
+def _pack(batch: dict, block_size: int, val_fraction: float, seed: int) -> dict:
+    """Ray Data map_batches: documents -> blocks (train/val) plus quarantined lines ('reject' rows)."""
+    tokens, split, reason = [], [], []
+    width = block_size + 1
+    for name, data in zip(batch["name"], batch["data"]):
+        good = []
+        for i, line in enumerate(bytes(data).split(b"\n")):
+            why = "NUL byte" if b"\x00" in line else None
+            if why is None:
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    why = f"not UTF-8 ({exc.reason} at byte {exc.start})"
+            if why is None:
+                good.append(line)
+            else:
+                tokens.append(np.zeros(width, np.uint8))
+                split.append("reject")
+                reason.append(json.dumps({"source": str(name), "line": i + 1, "reason": why,
+                                          "text": line[:200].decode("utf-8", "replace")}))
+        buf = np.frombuffer(b"\n".join(good) + b"\n", dtype=np.uint8)
+        for start in range(0, len(buf) - width + 1, block_size):
+            block = buf[start:start + width]
+            h = int.from_bytes(hashlib.sha256(seed.to_bytes(8, "little", signed=True) + block.tobytes()).digest()[:8],
+                               "big") / 2**64
+            tokens.append(block.copy())
+            split.append("val" if h < val_fraction else "train")
+            reason.append("")
+    return {"tokens": np.stack(tokens) if tokens else np.zeros((0, width), np.uint8),
+            "split": np.array(split, dtype=object), "reason": np.array(reason, dtype=object)}
+
+
+def prepare_lm_data(spec: TextDataSpec, block_size: int, run_dir: str) -> LMData:
+    """Read, quarantine, pack and split the text (see the module docstring).
+
+    Raises:
+        DataError: no text, too little for one block, or more than ``max_reject_fraction`` of lines quarantined.
+    """
+    import ray
+
+    docs, extra = _documents(spec)
+    if spec.source == "files" and spec.limit:
+        kept, left = [], spec.limit
+        for d in docs:
+            lines = d["data"].split(b"\n")[:left]
+            left -= len(lines)
+            kept.append({"name": d["name"], "data": b"\n".join(lines)})
+            if left <= 0:
+                break
+        docs = kept
+    digest = hashlib.sha256(json.dumps({**extra, "block_size": block_size, "seed": spec.seed,
+                                        "val_fraction": spec.val_fraction}, sort_keys=True).encode())
+    for d in docs:
+        digest.update(d["data"])
+    lines_total = sum(d["data"].count(b"\n") + 1 for d in docs)
+    ds = ray.data.from_items(docs, override_num_blocks=len(docs)).map_batches(
+        _pack, batch_size=1, fn_kwargs={"block_size": block_size, "val_fraction": spec.val_fraction,
+                                        "seed": spec.seed}).materialize()
+    quarantined = ds.filter(expr="split == 'reject'").materialize()
+    rejects = quarantined.take(QUARANTINE_KEEP)
+    n_rejected = quarantined.count()
+    splits = {s: ds.filter(expr=f"split == '{s}'").select_columns(["tokens"]).materialize() for s in ("train", "val")}
+    counts = {"documents": len(docs), "lines": lines_total, "lines_rejected": n_rejected,
+              "bytes": int(sum(len(d["data"]) for d in docs)),
+              "splits": {s: d.count() for s, d in splits.items()}, "block_size": block_size}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / "quarantine.jsonl", "w") as f:
+        for r in rejects:
+            f.write(r["reason"] + "\n")
+    (Path(run_dir) / "data_report.json").write_text(json.dumps({"counts": counts,
+                                                                "fingerprint": digest.hexdigest()}, indent=2))
+    if lines_total and n_rejected / lines_total > spec.max_reject_fraction:
+        raise DataError(f"data: {n_rejected} of {lines_total} lines quarantined ({n_rejected / lines_total:.1%}), "
+                        f"over data.max_reject_fraction={spec.max_reject_fraction}; see {run_dir}/quarantine.jsonl")
+    if counts["splits"]["train"] == 0:
+        raise DataError(f"data: {counts['bytes']} bytes of text make no training block of {block_size + 1} "
+                        "bytes; add text or lower model.block_size")
+    return LMData(train=splits["train"], val=splits["val"] if counts["splits"]["val"] else None, counts=counts,
+                  fingerprint=digest.hexdigest(), block_size=block_size)
+
+
+# ----------------------------------------------------------------------------------------- measuring
+
+def generation_speed(model, prompt: bytes, new_tokens: int = 64, runs: int = 3) -> dict:
+    """Batch-1 generation on this process's CPU: median tokens/s and time to first token."""
+    rates, firsts = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        first = None
+        for i, _tok in enumerate(model.stream(prompt, new_tokens, temperature=0)):
+            if i == 0:
+                first = time.perf_counter() - start
+        rates.append(new_tokens / (time.perf_counter() - start))
+        firsts.append(first)
+    return {"generate_tokens_per_s": float(np.median(rates)), "first_token_ms": float(np.median(firsts)) * 1e3}
+
+
+def generation_signature(spec: LMPipelineSpec) -> dict:
+    config = spec.model.config()
+    return {"task": "generation", "tokenizer": "bytes", "vocab_size": 256, "block_size": config["block_size"],
+            "generate": spec.generate.model_dump(),
+            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1]}],
+            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [1]}]}
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+
+@dataclass
+class LMResult:
+    run_id: str
+    run_dir: str
+    spec_hash: str
+    data_fingerprint: str
+    data_counts: dict
+    train_device: str
+    ref: str
+    metrics: dict
+    history: list
+    sample: str
+    alias: str = "production"
+    endpoint: Optional[str] = None
+    stage_seconds: dict = field(default_factory=dict)
+    promoted_ref: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_lm_pipeline(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[str] = None,
+                    progress: Progress = lambda stage, detail="": None) -> LMResult:
+    """Prepare the text, train the decoder with Ray Train, publish the best checkpoint (with its metrics and
+    lineage), point ``deploy.alias`` at it and, optionally, serve it for generation."""
+    from maas.data import run_dir_for
+    from maas.models.artifacts import save_torch_model
+    from maas.pipeline import new_run_id
+    from maas.registry import Registry
+    from maas.train.trainer import fit
+
+    registry = Registry(spec.store)
+    run_id = run_id or new_run_id()
+    run_dir = run_dir_for(registry.location, run_id)
+    timings: dict = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str, detail: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 2)
+        clock = now
+        progress(stage, detail)
+
+    config = spec.model.config()
+    progress("data", f"{spec.data.source}: packing {config['block_size'] + 1}-byte blocks")
+    data = prepare_lm_data(spec.data, config["block_size"], run_dir)
+    c = data.counts
+    lap("data", f"{c['bytes']} bytes, {c['lines']} lines ({c['lines_rejected']} quarantined) -> "
+                f"{c['splits']['train']} train / {c['splits']['val']} val blocks")
+
+    from maas.models import build_model
+
+    n_params = build_model(config).num_parameters()
+    t = spec.train
+    progress("train", f"GPT {spec.model.size} ({n_params / 1e6:.2f}M parameters), {t.num_workers} x {t.strategy}, "
+                      f"{t.epochs} epochs")
+    trained = fit(t, config, data.train, data.val, rows=c["splits"]["train"],
+                  row_bytes=(config["block_size"] + 1) * 8, run_dir=run_dir, run_name="train", task="lm")
+    best = trained.best_metrics
+    lap("train", f"best val loss {best.get('val_loss', float('nan')):.3f} "
+                 f"({best.get('val_bits_per_byte', float('nan')):.2f} bits/byte)")
+
+    model = trained.model.eval()
+    prompt = b"The function returns"
+    sample = bytes(model.stream(prompt, 120, temperature=0.0)).decode("utf-8", "replace")
+    metrics = {k: v for k, v in best.items() if k.startswith(("val_", "train_"))}
+    metrics.update(parameters=n_params, tokens_per_s_train=max((h.get("tokens_per_s", 0) for h in trained.history),
+                                                                default=0.0),
+                   **generation_speed(model, prompt))
+    with tempfile.TemporaryDirectory(prefix="maas-lm-") as tmp:
+        files = save_torch_model(model, trained.model_config, Path(tmp))
+        metrics["size_bytes"] = files["model.safetensors"].stat().st_size
+        mv = registry.publish(
+            spec.model.name, files, runtime="torch", metrics=metrics, signature=generation_signature(spec),
+            lineage={"kind": "lm", "data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(),
+                     "run_id": run_id, "run_dir": run_dir, "data_counts": c, "method": "fp32", "parent": None,
+                     "checkpoint": trained.checkpoint_path, "train_device": trained.device,
+                     "strategy": t.strategy, "history": trained.history, "sample": sample})
+    registry.set_alias(spec.model.name, spec.deploy.alias, mv.version)
+    lap("publish", f"{mv.ref} ({metrics['size_bytes'] / 1e6:.2f} MB), {spec.model.name}@{spec.deploy.alias}; "
+                   f"generates {metrics['generate_tokens_per_s']:.0f} bytes/s; sample: {sample[:60]!r}")
+    endpoint = None
+    if spec.deploy.enabled if serve is None else serve:
+        from maas.serve import deploy
+
+        progress("serve", f"{spec.model.name}@{spec.deploy.alias} on {spec.deploy.host}:{spec.deploy.port}")
+        endpoint = deploy(registry.location, f"{spec.model.name}@{spec.deploy.alias}", spec.deploy)
+        lap("serve", endpoint)
+    return LMResult(run_id=run_id, run_dir=run_dir, spec_hash=spec.spec_hash(), data_fingerprint=data.fingerprint,
+                    data_counts=c, train_device=trained.device, ref=mv.ref, metrics=metrics, history=trained.history,
+                    sample=sample, alias=spec.deploy.alias, endpoint=endpoint, stage_seconds=timings, promoted_ref=mv.ref)
