@@ -514,6 +514,9 @@ class GenerateSpec(_Strict):
     top_k: int = Field(40, ge=0, le=256, description="Sample among the k likeliest bytes (0: all).")
 
 
+LM_TRAIN_DEFAULTS = {"learning_rate": 1e-3, "max_grad_norm": 1.0, "lr_schedule": "cosine", "warmup_fraction": 0.05}
+
+
 class LMPipelineSpec(_Strict):
     """A byte-level GPT: text -> blocks -> Ray Train (DDP/FSDP) -> registry -> streamed generation."""
 
@@ -521,13 +524,22 @@ class LMPipelineSpec(_Strict):
     store: str = Field(".maas", description="Registry and run store: a local path or a pyarrow.fs URI.")
     data: TextDataSpec = Field(default_factory=TextDataSpec, description="The text to learn.")
     model: GPTModelSpec = Field(..., description="Which decoder.")
-    train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=1e-3, max_grad_norm=1.0,
-                                                               lr_schedule="cosine", warmup_fraction=0.05),
-                             description="How to train it (next-byte accuracy ranks checkpoints).")
+    train: TrainSpec = Field(default_factory=lambda: TrainSpec(**LM_TRAIN_DEFAULTS),
+                             description="How to train it (next-byte accuracy ranks checkpoints). Unset keys take "
+                                         "the language-model defaults: " + ", ".join(
+                                             f"{k}={v}" for k, v in LM_TRAIN_DEFAULTS.items()) + ".")
     generate: GenerateSpec = Field(default_factory=GenerateSpec, description="Serving defaults for generation.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
 
     spec_hash = PipelineSpec.spec_hash
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lm_train_defaults(cls, data: Any) -> Any:
+        """A `train:` mapping that sets some keys keeps the language-model defaults for the others."""
+        if isinstance(data, dict) and isinstance(data.get("train"), dict):
+            data = {**data, "train": {**LM_TRAIN_DEFAULTS, **data["train"]}}
+        return data
 
 
 # --------------------------------------------------------------------------------------------------- loading

@@ -139,7 +139,7 @@ def test_quickstart_notebook_runs_against_the_cluster(ray_head, tmp_path, monkey
     port = free_port()
     for key, value in {"RAY_ADDRESS": ray_head["address"], "MAAS_STORE": str(tmp_path / "store"),
                        "MAAS_DEMO_DATA": str(tmp_path / "digits.parquet"), "MAAS_DEMO_PORT": str(port),
-                       "MAAS_DEMO_EPOCHS": "8"}.items():
+                       "MAAS_DEMO_EPOCHS": "5"}.items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
     work = tmp_path / "nb"
@@ -148,7 +148,7 @@ def test_quickstart_notebook_runs_against_the_cluster(ray_head, tmp_path, monkey
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(work)}}).execute()
     outputs = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "[train] epoch 8/8 (100%)" in outputs
+    assert "[train] epoch 5/5 (100%)" in outputs
     assert "production -> digits/" in outputs and "served by digits/" in outputs
     predicted = next(line for line in outputs.splitlines() if line.startswith("predicted:"))
     actual = next(line for line in outputs.splitlines() if line.startswith("actual:"))
@@ -161,7 +161,7 @@ def test_a_resubmitted_named_run_resumes_from_its_last_checkpoint(ray_head, tmp_
     """Stop a named training job mid-run; submitting it again under the same run name picks up the splits
     it prepared and resumes from its last checkpoint: the history continues, no epoch is lost or repeated."""
     client = Client(ray_head["address"])
-    overrides = [f"store={tmp_path}", f"data.path={tmp_path / 'd.parquet'}", "train.epochs=40",
+    overrides = [f"store={tmp_path}", f"data.path={tmp_path / 'd.parquet'}", "train.epochs=14",
                  "train.checkpoint_every_epochs=2", "train.num_workers=1"]
     first = client.submit(SPEC, overrides, stage="train", args=["--run-name", "nightly"])
     deadline = time.time() + 240
@@ -177,6 +177,6 @@ def test_a_resubmitted_named_run_resumes_from_its_last_checkpoint(ray_head, tmp_
     logs = second.logs()
     assert "reusing the splits prepared by an earlier job" in logs and "resuming from the checkpoint" in logs
     history = result["history"]
-    assert [h["epoch"] for h in history] == list(range(40))
+    assert [h["epoch"] for h in history] == list(range(14))
     (resumed,) = [h for h in history if "resumed_from_epoch" in h]
     assert resumed["resumed_from_epoch"] >= 6 - 2  # at most one checkpoint interval (2 epochs) redone

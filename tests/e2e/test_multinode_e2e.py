@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("strategy", ["fsdp"])  # DDP restores through the same loop: the resubmitted-job test
 def test_workers_spread_over_nodes_and_a_lost_node_costs_at_most_one_checkpoint_interval(strategy):
-    epochs, every, kill_at = 9, 2, 4
+    epochs, every, kill_at = 8, 2, 4
     proc = subprocess.run([sys.executable, str(SCRIPT), "--strategy", strategy, "--epochs", str(epochs),
                            "--every", str(every), "--kill-at-epoch", str(kill_at)],
                           capture_output=True, text=True, timeout=600)

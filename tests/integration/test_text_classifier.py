@@ -21,13 +21,13 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 @pytest.fixture(scope="module")
 def run(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("textclf")
-    rows = package_topics(packages=("numpy", "pandas"), per_package=160)
+    rows = package_topics(packages=("numpy", "pandas"), per_package=120)
     pd.DataFrame({"text": [t for t, _ in rows], "package": [p for _, p in rows]}).to_parquet(root / "docs.parquet")
     spec = spec_from_dict({
         "store": str(root / "store"),
         "data": {"path": str(root / "docs.parquet"), "label": "package", "features": ["text"], "normalize": "none",
                  "split": {"train": 0.7, "val": 0.1, "test": 0.2},
-                 "ops": [{"tokenize": {"column": "text", "max_length": 24}}]},
+                 "ops": [{"tokenize": {"column": "text", "max_length": 20}}]},
         "model": {"name": "topics", "arch": "minilm_classifier"},
         "train": {"num_workers": 2, "epochs": 2, "batch_size": 32, "learning_rate": 2e-4, "lr_schedule": "cosine",
                   "warmup_fraction": 0.1, "max_grad_norm": 1.0, "checkpoint_every_epochs": 1},

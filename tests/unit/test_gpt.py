@@ -145,6 +145,8 @@ def test_lm_spec_defaults_and_errors():
     spec = spec_from_dict({"kind": "lm", "model": {"name": "gpt", "size": "small", "block_size": 128}})
     assert spec.model.config() == {**gpt_config("small"), "block_size": 128}
     assert spec.train.lr_schedule == "cosine" and spec.train.max_grad_norm == 1.0
+    partial = spec_from_dict({"kind": "lm", "model": {"name": "gpt"}, "train": {"epochs": 2, "max_grad_norm": 0.5}})
+    assert (partial.train.epochs, partial.train.max_grad_norm, partial.train.lr_schedule) == (2, 0.5, "cosine")
     with pytest.raises(SpecError) as err:
         spec_from_dict({"kind": "lm", "model": {"name": "gpt", "size": "huge", "n_embd": 65, "n_head": 2},
                         "data": {"source": "files"}, "generate": {"temprature": 1}})
