@@ -417,7 +417,7 @@ class ModelServer:
     async def _timed(self, name: Optional[str], version: Optional[str], request: Request, handler,
                      openai: bool = False) -> JSONResponse:
         """Run one model request through ``handler(name, version, request)`` -> (response, rows, loaded):
-        counted, timed (a streamed answer: to its first byte) and logged whatever happens."""
+        counted, timed and logged whatever happens (a streamed answer is timed until its stream starts)."""
         started = time.perf_counter()
         request_id = _request_id(request)
         rows, loaded = 0, None
