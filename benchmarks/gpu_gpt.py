@@ -64,7 +64,8 @@ def main() -> None:
     print("| strategy | precision | ran on | tokens/s (median epoch) | MFU | val loss | wall s |")
     print("|---|---|---|---|---|---|---|")
     for strategy, precision, ran, tps, mfu, loss, wall in rows:
-        print(f"| {strategy} | {precision} | {ran} | {tps:,.0f} | {mfu:.1%} | {loss:.3f} | {wall:.1f} |")
+        shown = "-" if mfu != mfu else f"{mfu:.1%}"  # NaN: no known peak (CPU, or an unlisted GPU)
+        print(f"| {strategy} | {precision} | {ran} | {tps:,.0f} | {shown} | {loss:.3f} | {wall:.1f} |")
 
 
 if __name__ == "__main__":
