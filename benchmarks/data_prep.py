@@ -6,7 +6,10 @@ checks (ranges, categories), a seeded split, one-hot encoding and standard scali
 runs in its own fresh process; peak memory is the largest resident set of that process and all its
 children (Ray's workers included), sampled every 0.1 s.
 
-    python benchmarks/data_prep.py [--rows 2000000] [--cpus 2]
+    python benchmarks/data_prep.py [--rows 2000000[,8000000...]] [--cpus 2] [--json out.json]
+
+Several ``--rows`` sizes (comma-separated) show where Ray Data overtakes one process: it pays a start-up
+cost, then scales with the cores.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -138,8 +142,9 @@ def measure(args: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--rows", default="2000000", help="rows of the synthetic file; several sizes comma-separated")
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--json", default="", help="also write the figures here")
     ap.add_argument("--side", choices=["pandas", "maas"], help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -148,22 +153,37 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    folder = Path(tempfile.mkdtemp(prefix="maas-data-bench-"))
-    path = folder / "data.parquet"
-    make_data(path, args.rows)
-    size_mb = path.stat().st_size / 2 ** 20
-    results = {side: measure(["--side", side, "--path", str(path), "--cpus", str(args.cpus)])
-               for side in ("pandas", "maas")}
-    print(f"\n{args.rows:,} rows, {size_mb:.0f} MB Parquet, {args.cpus} CPUs; op chain: cast, fill_null, filter, "
-          "dedupe, schema checks, split, one-hot + scaling fitted on train\n")
-    print(f"{'engine':<24} {'seconds':>8} {'rows/s':>10} {'peak MB':>8} {'rows ok':>10}")
-    for side, label in (("pandas", "pandas, one process"), ("maas", "maas on Ray Data")):
-        r = results[side]
-        print(f"{label:<24} {r['seconds']:>8.1f} {r['rows_in'] / r['seconds']:>10,.0f} {r['peak_mb']:>8.0f} "
-              f"{r['rows_ok']:>10,}")
-    m = results["maas"]
-    print(f"\nmaas accounted for every row: {m['rows_in']:,} in = {m['rows_ok']:,} ok + {m['rejected']:,} rejected "
-          f"+ {m['dropped']:,} dropped (each with its reason in the rejects Parquet)")
+    import platform
+
+    import pandas
+    import pyarrow
+    import ray
+
+    report = {"benchmark": "data_prep", "under_ray": "maas side only (Ray Data on a local Ray with --cpus)",
+              "software": {"python": platform.python_version(), "ray": ray.__version__, "pandas": pandas.__version__,
+                           "pyarrow": pyarrow.__version__, "machine_cpus": os.cpu_count()},
+              "cpus": args.cpus, "sizes": []}
+    for rows in [int(r) for r in args.rows.split(",")]:
+        folder = Path(tempfile.mkdtemp(prefix="maas-data-bench-"))
+        path = folder / "data.parquet"
+        make_data(path, rows)
+        size_mb = path.stat().st_size / 2 ** 20
+        results = {side: measure(["--side", side, "--path", str(path), "--cpus", str(args.cpus)])
+                   for side in ("pandas", "maas")}
+        report["sizes"].append({"rows": rows, "parquet_mb": round(size_mb, 1), **results})
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"\n{rows:,} rows, {size_mb:.0f} MB Parquet, {args.cpus} CPUs; op chain: cast, fill_null, filter, "
+              "dedupe, schema checks, split, one-hot + scaling fitted on train\n")
+        print(f"{'engine':<24} {'seconds':>8} {'rows/s':>10} {'peak MB':>8} {'rows ok':>10}")
+        for side, label in (("pandas", "pandas, one process"), ("maas", "maas on Ray Data")):
+            r = results[side]
+            print(f"{label:<24} {r['seconds']:>8.1f} {r['rows_in'] / r['seconds']:>10,.0f} {r['peak_mb']:>8.0f} "
+                  f"{r['rows_ok']:>10,}")
+        m = results["maas"]
+        print(f"\nmaas accounted for every row: {m['rows_in']:,} in = {m['rows_ok']:,} ok + {m['rejected']:,} "
+              f"rejected + {m['dropped']:,} dropped (each with its reason in the rejects Parquet)")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -209,6 +209,10 @@ class TrainSpec(_Strict):
                                                              "validation accuracy (0: never stop early).")
     log_every_steps: int = Field(10, ge=1, description="Record loss, learning rate, gradient norm and throughput "
                                                       "every N optimizer steps (train_metrics.jsonl, PNG).")
+    compile: bool = Field(False, description="torch.compile each transformer block (regional compilation: one "
+                                             "compiled graph shared by identical blocks; the whole model when it "
+                                             "names no blocks). Fuses the elementwise work between matrix "
+                                             "products; pays off on GPUs, costs a compile at start.")
 
 
 class CompressSpec(_Strict):
@@ -453,7 +457,7 @@ class EncoderPipelineSpec(_Strict):
 
 # ------------------------------------------------------------------------------- byte-level language models
 
-GPT_SIZE_NAMES = ("tiny", "small", "base", "125m")  # maas.models.gpt.GPT_SIZES
+GPT_SIZE_NAMES = ("tiny", "small", "base", "125m", "300m", "1b")  # maas.models.gpt.GPT_SIZES
 
 
 class TextDataSpec(_Strict):
@@ -483,7 +487,7 @@ class GPTModelSpec(_Strict):
     name: str = Field(..., pattern=_NAME_PATTERN, description="Registry name of the model (lower case).")
     arch: Literal["gpt"] = Field("gpt", description="A GPT-style byte-level decoder (maas.models.gpt).")
     size: Literal[GPT_SIZE_NAMES] = Field("tiny", description="tiny (~0.1M parameters, CPU tests), small (~11M), "
-                                                               "base (~86M), 125m (~127M, GPUs).")
+                                                               "base (~86M), 125m (~127M), 300m (~304M), 1b (~1.0B; GPUs).")
     n_layer: Optional[int] = Field(None, ge=1, description="Transformer blocks (default: the size's).")
     n_head: Optional[int] = Field(None, ge=1, description="Attention heads (default: the size's).")
     n_embd: Optional[int] = Field(None, ge=8, description="Model width (default: the size's).")

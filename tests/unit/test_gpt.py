@@ -23,13 +23,21 @@ def _tiny(seed: int = 0, **over):
     return build_model(gpt_config("tiny", **over)).eval()
 
 
-def test_sizes_span_tiny_to_125m_parameters():
+def test_sizes_span_tiny_to_1b_parameters():
     counts = {size: build_model(gpt_config(size)).num_parameters() if size in ("tiny", "small")
               else None for size in GPT_SIZES}
     assert counts["tiny"] < 200_000 < counts["small"]
-    n_layer, n_head, n_embd, block = GPT_SIZES["125m"]
-    per_block = 12 * n_embd * n_embd + 13 * n_embd  # qkv + proj + 2 MLP matrices, biases and norms
-    assert 120e6 < n_layer * per_block + (256 + block) * n_embd + 256 * n_embd < 130e6
+
+    def params(size: str) -> int:  # counted from the shape, without building the big ones
+        n_layer, n_head, n_embd, block = GPT_SIZES[size]
+        assert n_embd % n_head == 0
+        per_block = 12 * n_embd * n_embd + 13 * n_embd  # qkv + proj + 2 MLP matrices, biases and norms
+        return n_layer * per_block + (256 + block) * n_embd + 256 * n_embd + 2 * n_embd
+
+    assert params("small") == counts["small"]
+    assert 120e6 < params("125m") < 130e6
+    assert 295e6 < params("300m") < 310e6
+    assert 0.98e9 < params("1b") < 1.03e9
 
 
 def test_forward_is_causal_and_refuses_over_long_input():

@@ -1,7 +1,7 @@
 """A GPT-style decoder over bytes: pre-norm transformer blocks, causal attention, tied embeddings.
 
 Byte-level (vocabulary 256) so any text trains and generates with no tokenizer to ship or download. Sizes
-go from ``tiny`` (CPU tests, ~0.1M parameters) to ``125m`` (GPU runs). ``blocks`` names the units that
+go from ``tiny`` (CPU tests, ~0.1M parameters) to ``1b`` (GPU runs). ``blocks`` names the units that
 FSDP2 shards one at a time. Generation keeps a key/value cache per block, so each new token costs one
 position's forward, not the whole context's.
 """
@@ -22,7 +22,9 @@ GPT_SIZES = {
     "tiny": (2, 2, 64, 64),        # ~0.1M: CPU tests
     "small": (6, 6, 384, 256),     # ~10.7M: a laptop run
     "base": (12, 12, 768, 512),    # ~85M
-    "125m": (14, 12, 864, 1024),   # ~126M: GPU runs
+    "125m": (14, 12, 864, 1024),   # ~127M: GPU runs
+    "300m": (24, 16, 1024, 1024),  # ~304M: GPT-2 medium's shape
+    "1b": (20, 16, 2048, 1024),    # ~1.0B: one GPU's worth (head width 128)
 }
 
 
@@ -115,9 +117,15 @@ class GPT(nn.Module):
         bytes are the context). ``temperature`` 0 is greedy. The window slides when it fills: the cache is
         rebuilt from the last half of the context."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        device = self.head.weight.device  # the model runs where its weights are; sampling runs on the CPU,
+        # from the 256 logits of each step, so a seed gives the same text on any device
+
+        def step(ids: list, start: int) -> torch.Tensor:
+            return self(torch.tensor([ids], device=device), caches, start)[0, -1].float().cpu()
+
         context = list(prompt[-(self.block_size - 1):]) or [10]  # an empty prompt starts after a newline
         caches = [[] for _ in self.blocks]
-        logits = self(torch.tensor([context]), caches, 0)[0, -1]
+        logits = step(context, 0)
         for _ in range(max_new_tokens):
             if temperature <= 0:
                 nxt = int(logits.argmax())
@@ -132,9 +140,9 @@ class GPT(nn.Module):
             if len(context) >= self.block_size:  # full: keep the last half, re-encode it
                 context = context[-(self.block_size // 2):]
                 caches = [[] for _ in self.blocks]
-                logits = self(torch.tensor([context]), caches, 0)[0, -1]
+                logits = step(context, 0)
             else:
-                logits = self(torch.tensor([[nxt]]), caches, len(context) - 1)[0, -1]
+                logits = step([nxt], len(context) - 1)
 
 
 def gpt_config(size: str = "tiny", **overrides) -> dict:

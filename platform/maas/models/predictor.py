@@ -95,7 +95,9 @@ class EncoderPredictor:
             return
         model, _ = load_torch_model(folder)
         dtype = self.config.get("dtype", "float32")
-        self.device = torch.device("cuda" if torch.cuda.is_available() and dtype != "float32" else "cpu")
+        # on a replica given a GPU: plain torch weights of any dtype, and half-precision torchao ones
+        cuda = torch.cuda.is_available() and (runtime == "torch" or dtype != "float32")
+        self.device = torch.device("cuda" if cuda else "cpu")
         model = model.to(self.device, getattr(torch, dtype))
         if runtime == "torchao":
             from maas.compress.encoder_ops import apply_torchao
@@ -131,6 +133,8 @@ class GeneratorPredictor:
         if threads:
             torch.set_num_threads(threads)
         self.model, self.config = load_torch_model(folder)
+        if torch.cuda.is_available():  # a replica given a GPU (deploy.num_gpus) generates on it
+            self.model = self.model.to("cuda")
         self.block_size = int(self.config["block_size"])
 
     def pieces(self, prompt: bytes, max_tokens: int, temperature: float = 0.8, top_k: int = 40,

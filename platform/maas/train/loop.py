@@ -69,7 +69,12 @@ class ShardBatches:
 
 
 def _to(device: torch.device, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    """Host batch -> device. On CUDA through pinned memory, asynchronously: a copy from pageable memory
+    would wait for the GPU to drain first, so the host could never queue the next step ahead of it."""
+    if device.type != "cuda":
+        return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    return (torch.from_numpy(np.ascontiguousarray(x)).pin_memory().to(device, non_blocking=True),
+            torch.from_numpy(np.ascontiguousarray(y)).pin_memory().to(device, non_blocking=True))
 
 
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
@@ -77,6 +82,13 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def _all_max(value: float, device: torch.device) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def _resume(config: dict, rank: int, world: int) -> tuple[Optional[dict], dict, Optional[dict]]:
@@ -120,6 +132,16 @@ def _shard_fsdp(model: nn.Module, device: torch.device) -> nn.Module:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """Regional compilation, in place: ``torch.compile`` each of the model's ``blocks`` (identical blocks share
+    one compiled graph, so the compile costs one block, not the model), or the whole model when it names no
+    blocks. In place (``Module.compile``), so state-dict keys and checkpoints are unchanged; done before
+    DDP/FSDP wrap the model, whose hooks stay outside the compiled regions."""
+    blocks = getattr(model, "blocks", None)
+    for unit in (list(blocks) if blocks is not None else [model]):
+        unit.compile()
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
@@ -167,13 +189,19 @@ def train_loop_per_worker(config: dict) -> None:
     if start_epoch and rank == 0:
         print(f"[train] resuming from the checkpoint of epoch {start_epoch} (step {step})", flush=True)
     device = ray.train.torch.get_device()
+    cuda = device.type == "cuda"
     fsdp = config.get("strategy") == "fsdp"
+    if config.get("compile"):
+        compile_blocks(model)
     if fsdp:
         model = _shard_fsdp(model, device)
     else:
         model = ray.train.torch.prepare_model(model)  # DDP over gloo (CPU) or NCCL (GPU), moved to the device
+    # on GPUs the fused AdamW kernel: one launch for every parameter's update instead of a loop of them
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
-                                  weight_decay=config["weight_decay"])
+                                  weight_decay=config["weight_decay"], fused=cuda or None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     if opt_state is not None:
         optimizer.load_state_dict(_as_dtensors(optimizer, opt_state) if fsdp else opt_state)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
@@ -181,6 +209,15 @@ def train_loop_per_worker(config: dict) -> None:
 
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    compiled = bool(config.get("compile"))
+
+    def eager_unless(steady: bool):
+        """Compiled runs compile the steady-state training step only: a ragged last batch and validation run
+        eager instead of paying a recompile each (a new shape, a no-grad graph) for a step or two."""
+        if not compiled or steady:
+            return contextlib.nullcontext()
+        return torch.compiler.set_stance("force_eager")
 
     def sync_grads(on: bool):
         if fsdp:
@@ -210,8 +247,12 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, config["epochs"]):
         model.train()
         started = window_started = time.perf_counter()
-        loss_sum = seen = correct = rows = 0.0
-        window_samples, micro, grad_norm = 0, 0, float("nan")
+        # sums stay on the device and are read at log points and at the epoch's end: a .item() per step
+        # would make the host wait for every step, so it could never queue the next one ahead of the GPU
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = rows = 0
+        window_samples, micro, grad_norm = 0, 0, None
         optimizer.zero_grad(set_to_none=True)
         batches = list(train_batches.epoch(config["batch_size"], seed=config["seed"] * 100003 + epoch * 101 + rank)) \
             if accum > 1 else train_batches.epoch(config["batch_size"], seed=config["seed"] * 100003 + epoch * 101 + rank)
@@ -219,38 +260,38 @@ def train_loop_per_worker(config: dict) -> None:
         for i, (xb, yb) in enumerate(batches):
             x, y = _to(device, xb, yb)
             last_micro = (micro + 1) == accum or (n_batches is not None and i == n_batches - 1)
-            with sync_grads(last_micro):
+            with sync_grads(last_micro), eager_unless(len(yb) == config["batch_size"]):
                 with autocast():
                     logits = model(x)
                     loss = loss_fn(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
                 (loss / (y.numel() * accum)).backward()
             micro += 1
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
             seen += y.numel()  # targets: rows for a classifier, tokens for a language model
             rows += len(y)
             window_samples += len(y)
-            correct += (logits.argmax(-1) == y).sum().item()
+            correct += (logits.detach().argmax(-1) == y).sum()
             if not last_micro:
                 continue
             lr = lr_at(step, total_steps, warmup, config["learning_rate"], config.get("lr_schedule", "constant"))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if clip:
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             micro = 0
             step += 1
             if step % log_every == 0 and rank == 0:
+                last_loss = loss.item() / y.numel()  # waits for this step: the window's time is the GPU's too
                 now = time.perf_counter()
                 rate = window_samples * world / max(now - window_started, 1e-9)
-                entry = {"step": step, "epoch": epoch, "loss": loss.item() / y.numel(), "lr": lr,
-                         "samples_per_s": rate}
+                entry = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr, "samples_per_s": rate}
                 if lm:
                     entry["tokens_per_s"] = rate * tokens_per_row
                 if clip:
-                    entry["grad_norm"] = grad_norm
+                    entry["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor")
+                                               else grad_norm)
                 if peak:
                     entry["mfu"] = rate * flops_per_sample / (peak * world)
                 steps_log.append(entry)
@@ -260,6 +301,7 @@ def train_loop_per_worker(config: dict) -> None:
             metrics["worker_nodes"] = worker_nodes  # where this (re)started worker group runs
             if start_epoch > 0:
                 metrics["resumed_from_epoch"] = start_epoch  # this worker group restarted from a checkpoint
+        loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
         train_seconds = time.perf_counter() - started
         t_loss, t_seen, t_correct, t_rows = _all_sum([loss_sum, seen, correct, rows], device)
         metrics.update(train_loss=t_loss / max(t_seen, 1), train_accuracy=t_correct / max(t_seen, 1),
@@ -268,11 +310,13 @@ def train_loop_per_worker(config: dict) -> None:
             metrics["tokens_per_s"] = metrics["samples_per_s"] * tokens_per_row
         if peak:
             metrics["mfu"] = metrics["samples_per_s"] * flops_per_sample / (peak * world)
+        if cuda:  # the most any rank's GPU held at once so far (weights, gradients, optimizer, activations)
+            metrics["peak_memory_gb"] = _all_max(torch.cuda.max_memory_allocated(device) / 2**30, device)
 
         if val_batches is not None:
             model.eval()
             v_loss = v_seen = v_correct = 0.0
-            with torch.no_grad():
+            with torch.no_grad(), eager_unless(False):
                 for xb, yb in val_batches.epoch(1024):
                     x, y = _to(device, xb, yb)
                     with autocast():

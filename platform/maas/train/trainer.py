@@ -24,6 +24,7 @@ class TrainResult:
     checkpoint_path: str
     best_metrics: dict
     history: list = field(default_factory=list)
+    steps: list = field(default_factory=list)  # every log_every_steps: loss, lr, throughput (and MFU on GPUs)
     device: str = "cpu"
     run_path: str = ""
 
@@ -166,6 +167,7 @@ def fit(t: TrainSpec, model_config: dict, train, val, *, rows: int, row_bytes: i
               "strategy": t.strategy, "grad_accumulation_steps": t.grad_accumulation_steps,
               "max_grad_norm": t.max_grad_norm, "lr_schedule": t.lr_schedule, "warmup_fraction": t.warmup_fraction,
               "early_stopping_patience": t.early_stopping_patience, "log_every_steps": t.log_every_steps,
+              "compile": t.compile,
               "progress_path": os.path.join(run_dir, f"{run_name}_progress.json") if "://" not in run_dir else None,
               "peak_flops_per_worker": peak_flops(t.precision) if use_gpu else 0.0}
     if 0 < rows < t.num_workers:
@@ -218,5 +220,6 @@ def fit(t: TrainSpec, model_config: dict, train, val, *, rows: int, row_bytes: i
     history = state["history"]
     write_curves(state.get("steps", []), history, run_dir, run_name)
     return TrainResult(model=model, model_config=loaded_config, checkpoint_path=best_ckpt.path,
-                       best_metrics=dict(best_metrics), history=history, device="cuda" if use_gpu else "cpu",
+                       best_metrics=dict(best_metrics), history=history, steps=state.get("steps", []),
+                       device="cuda" if use_gpu else "cpu",
                        run_path=result.path)
