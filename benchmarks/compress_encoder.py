@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main(argv: list[str]) -> int:
-    from maas.compress.encoder_stage import run_encoder_pipeline
+    from maas.pipelines.encoder import run_encoder_pipeline
     from maas.compress.report import markdown_table
     from maas.runtime import ensure_ray
     from maas.spec import load_spec
@@ -43,12 +43,12 @@ def main(argv: list[str]) -> int:
         big = max(spec.compress.batch_sizes)
         by = {r["method"]: r for r in result.variants}
         parent = by["fp32"]["metrics"]
-        from maas.compress.encoder_stage import check_gate
+        from maas.compress.gate import check_embedding_gate
 
         # goal 1 is about the variants that pass the default gate (cosine >= 0.99): a variant's own looser
         # gate (the student's) may make it the promoted pick, but not the answer to "as good as fp32"
         strict = [r for r in result.variants if not r.get("baseline") and r["method"] != "fp32"
-                  and check_gate(parent, r["metrics"], spec.compress.gate)[0]]
+                  and check_embedding_gate(parent, r["metrics"], spec.compress.gate)[0]]
         pick = max(strict, key=lambda r: r["metrics"][f"throughput_b{big}"]) if strict else by["fp32"]
         pm = pick["metrics"]
         print(f"\npromoted: {result.promoted_ref}; fastest variant within the default gate: {pick['method']}")

@@ -115,6 +115,7 @@ def serve_and_measure(model, config: dict, concurrencies: list[int], seconds: fl
     from ray import serve
 
     from maas.models.artifacts import save_torch_model
+    from maas.models.gpt import generation_signature
     from maas.registry import Registry
     from maas.runtime import free_port
     from maas.serve import deploy
@@ -122,10 +123,7 @@ def serve_and_measure(model, config: dict, concurrencies: list[int], seconds: fl
 
     store = tempfile.mkdtemp(prefix="maas-gpt-serve-")
     registry = Registry(store)
-    signature = {"task": "generation", "tokenizer": "bytes", "vocab_size": 256, "block_size": config["block_size"],
-                 "generate": GenerateSpec().model_dump(),
-                 "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1]}],
-                 "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [1]}]}
+    signature = generation_signature(config["block_size"], GenerateSpec().model_dump())
     with tempfile.TemporaryDirectory() as tmp:
         files = save_torch_model(model.cpu().eval(), config, Path(tmp))
         mv = registry.publish("gpt", files, runtime="torch", metrics={}, signature=signature,
@@ -203,7 +201,7 @@ def main() -> None:
 
     import ray
 
-    from maas.lm import prepare_lm_data
+    from maas.data.blocks import prepare_lm_data
     from maas.models import build_model
     from maas.runtime import ensure_ray
     from maas.spec import GPTModelSpec, TextDataSpec, TrainSpec

@@ -101,7 +101,7 @@ def main() -> None:
     ensure_ray(None, quiet=True)
     tmp = Path(tempfile.mkdtemp(prefix="maas-overhead-"))
     if args.model == "gpt":
-        from maas.lm import prepare_lm_data
+        from maas.data.blocks import prepare_lm_data
         from maas.spec import GPTModelSpec, TextDataSpec
 
         config = GPTModelSpec(name="gpt", size=args.gpt_size).config()

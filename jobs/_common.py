@@ -48,16 +48,31 @@ def _stop(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_job(stage: str, body: Callable[[argparse.Namespace, PipelineSpec], dict],
-            argv_parser: argparse.ArgumentParser, cleanup: Callable[[], None] | None = None) -> int:
-    """Parse, connect to Ray, run ``body``, print the result line; exit 0 / 1 (failed) / 130 (stopped)."""
+def kind_stage(stage: str) -> Callable[[argparse.Namespace, PipelineSpec], dict]:
+    """The body of a stage job: the spec's kind runs it (``maas.pipelines``, ``JOB_STAGES[stage]``) with the
+    job's arguments as options."""
+    def body(args, spec):
+        from maas.pipelines import implementation
+
+        return implementation(spec).JOB_STAGES[stage](spec, vars(args), progress)
+
+    return body
+
+
+def run_job(stage: str, argv_parser: argparse.ArgumentParser, body: Callable | None = None,
+            cleanup: Callable[[], None] | None = None) -> int:
+    """Parse, check the spec's kind has ``stage``, connect to Ray, run ``body`` (default: the kind's stage),
+    print the result line; exit 0 / 1 (failed) / 130 (stopped)."""
+    from maas.pipelines import check_stage
     from maas.runtime import ensure_ray
 
     args = argv_parser.parse_args()
     signal.signal(signal.SIGTERM, _stop)  # `ray job stop` sends SIGTERM first
     started = time.perf_counter()
+    body = body or kind_stage(stage)
     try:
         spec = load(args)
+        check_stage(spec, stage)
         # RAY_ADDRESS is set for job drivers: join the job's cluster. When maas came as source in the job's
         # working_dir, its workers (Ray Data tasks, training workers) need it too: ship it as a py_module.
         runtime_env = {"py_modules": [jobs.SHIPPED_SOURCE]} if jobs.SHIPPED_SOURCE else None
@@ -78,9 +93,3 @@ def run_job(stage: str, body: Callable[[argparse.Namespace, PipelineSpec], dict]
         traceback.print_exc()
         emit(stage, "failed", error=f"{type(err).__name__}: {err}", error_type=type(err).__name__)
         return 1
-
-
-def variants_summary(variants: list[dict]) -> list[dict]:
-    return [{"method": v["method"], "ref": v["ref"], "passed": v["passed"], "metrics": v["metrics"]}
-            for v in variants]
-

@@ -85,33 +85,21 @@ def _fmt(x) -> str:
 
 
 def cmd_run(args) -> int:
-    from maas.pipeline import run_pipeline
-    from maas.report import curl_example, pipeline_summary
+    from maas.pipelines import implementation
     from maas.runtime import ensure_ray
     from maas.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
+    kind = implementation(spec)
     serve = spec.deploy.enabled and not args.no_serve
     started = time.perf_counter()
     local = ensure_ray(args.address, quiet=not args.verbose)
     _say(f"maas: {'embedded local Ray' if local else 'Ray at ' + (args.address or os.environ['RAY_ADDRESS'])}"
          f" | spec {args.spec} ({spec.spec_hash()[:12]})")
-    say_progress = lambda stage, detail: _say(f"  [{stage}] {detail}")  # noqa: E731
-    if spec.kind == "encoder":
-        return _run_encoder(spec, args, serve, started, say_progress)
-    if spec.kind == "lm":
-        return _run_lm(spec, args, serve, started, say_progress)
-    result = run_pipeline(spec, serve=serve, progress=say_progress)
+    result = kind.run(spec, serve=serve, progress=lambda stage, detail: _say(f"  [{stage}] {detail}"))
     _say("")
-    _say(pipeline_summary(result))
+    _say(kind.summary(result, spec))
     _say("")
-    return _finish(args, result, serve, started, lambda: (
-        f"{result.endpoint}/v2/models/{spec.model.name}",
-        curl_example(result.endpoint, spec.model.name, result.example_row)))
-
-
-def _finish(args, result, serve: bool, started: float, endpoint_and_curl) -> int:
-    """The end of `maas run`, either kind: timings, the optional JSON, then the endpoint until Ctrl-C."""
     _say(f"pipeline finished in {time.perf_counter() - started:.1f} s; stages (s): "
          + ", ".join(f"{k} {v}" for k, v in result.stage_seconds.items()))
     if args.json:
@@ -119,48 +107,11 @@ def _finish(args, result, serve: bool, started: float, endpoint_and_curl) -> int
             json.dump(result.to_dict(), f, indent=2, default=str)
     if not serve:
         return 0
-    endpoint, curl = endpoint_and_curl()
+    endpoint, curl = kind.try_it(result, spec)
     _say(f"\nendpoint: {endpoint}  (serving {result.promoted_ref})")
     _say("try it:\n  " + curl)
     _say("\nserving until Ctrl-C ...")
     return _serve_forever()
-
-
-def _run_encoder(spec, args, serve: bool, started: float, say_progress) -> int:
-    from maas.compress.encoder_stage import run_encoder_pipeline
-    from maas.compress.report import markdown_table
-    from maas.report import embeddings_curl_example
-
-    result = run_encoder_pipeline(spec, serve=serve, progress=say_progress)
-    _say("")
-    _say(markdown_table(result.variants, spec.compress.batch_sizes))
-    _say(f"\n{spec.model.name}@{result.alias} -> {result.promoted_ref}; report: "
-         + ", ".join(f"{k} {v}" for k, v in result.report.items()))
-    return _finish(args, result, serve, started, lambda: (
-        f"{result.endpoint}/v1/embeddings and {result.endpoint}/v2/models/{spec.model.name}/infer",
-        embeddings_curl_example(result.endpoint, spec.model.name)))
-
-
-def _run_lm(spec, args, serve: bool, started: float, say_progress) -> int:
-    from maas.lm import run_lm_pipeline
-    from maas.report import table
-
-    result = run_lm_pipeline(spec, serve=serve, progress=say_progress)
-    m = result.metrics
-    _say("")
-    _say(table(["model", "parameters", "val loss", "bits/byte", "next-byte acc", "train tokens/s",
-                "generate bytes/s", "MB"],
-               [[result.ref, f"{m['parameters'] / 1e6:.2f}M", f"{m.get('val_loss', float('nan')):.3f}",
-                 f"{m.get('val_bits_per_byte', float('nan')):.2f}", f"{m.get('val_accuracy', float('nan')):.3f}",
-                 f"{m['tokens_per_s_train']:.0f}", f"{m['generate_tokens_per_s']:.0f}",
-                 f"{m['size_bytes'] / 1e6:.2f}"]]))
-    _say(f"sample (greedy): {result.sample!r}")
-    result.promoted_ref = result.ref
-    prompt = json.dumps({"model": spec.model.name, "prompt": "The function returns", "max_tokens": 64,
-                         "stream": True})
-    return _finish(args, result, serve, started, lambda: (
-        f"{result.endpoint}/v1/completions and {result.endpoint}/v2/models/{spec.model.name}/generate_stream",
-        f"curl -N {result.endpoint}/v1/completions -H 'content-type: application/json' -d '{prompt}'"))
 
 
 def _interrupt(signum, frame):

@@ -47,3 +47,7 @@ class CompressionError(MaasError):
 
 class ServeError(MaasError):
     """Deploying or querying a model endpoint failed."""
+
+
+class JobError(MaasError):
+    """A job could not be submitted, found or followed, or its spec's kind has no such stage."""

@@ -20,16 +20,26 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-from maas.exceptions import MaasError, SpecError
+from maas.exceptions import JobError, SpecError
 from maas.spec import PipelineSpec, load_spec, spec_from_dict
 
-STAGES = ("pipeline", "preprocess", "train", "compress", "deploy")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 RESULT_KEY = "maas_result"
 
 
-class JobError(MaasError):
-    """A job could not be submitted, found or followed."""
+def jobs_folder() -> str:
+    """Where the ``jobs`` entrypoints live, found without importing them (``jobs`` imports maas): the
+    installed package's folder, else ``jobs/`` beside ``platform/`` in a source checkout."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("jobs")
+    if spec is not None and spec.submodule_search_locations:
+        return str(list(spec.submodule_search_locations)[0])
+    here = Path(__file__).resolve().parents[2] / "jobs"
+    if (here / "_common.py").is_file():
+        return str(here)
+    raise JobError("cannot find the jobs/ entrypoints next to maas: install maas (pip install -e .) or run from "
+                   "the repository")
 
 
 def find_token() -> Optional[str]:
@@ -253,16 +263,12 @@ class Client:
         Raises:
             SpecError: the spec is invalid (every problem at once); JobError: the cluster refused the job.
         """
-        import jobs
-        import maas
+        from maas.pipelines import STAGES, check_stage
 
         if stage not in STAGES:
             raise JobError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
         spec = self._prepare_spec(spec, overrides)
-        allowed = {"encoder": ("pipeline", "compress", "deploy"), "lm": ("pipeline", "deploy")}.get(spec.kind)
-        if allowed and stage not in allowed:
-            raise JobError(f"a kind={spec.kind} spec runs as stage {' or '.join(allowed)}, not {stage!r} "
-                           "(its data and training run inside the pipeline job)")
+        check_stage(spec, stage)  # before anything is sent: a stage the spec's kind has not is refused here
         # embedded: this very interpreter; a cluster: the `python` on its nodes' PATH (as `ray job submit`)
         python = sys.executable if self.embedded else "python"
         entrypoint = " ".join([shlex.quote(python), "-m", f"jobs.{stage}", "--spec-json",
@@ -270,7 +276,7 @@ class Client:
                                *map(shlex.quote, args or [])])
         runtime_env: dict[str, Any] = {
             # ship the code: the cluster needs ray and the libraries, not maas itself
-            "py_modules": [str(Path(maas.__file__).parent), str(Path(jobs.__file__).parent)],
+            "py_modules": [str(Path(__file__).resolve().parent), jobs_folder()],
             "env_vars": {"PYTHONUNBUFFERED": "1"},
         }
         job_id = name or f"maas-{stage}-{spec.model.name}-{uuid.uuid4().hex[:8]}"

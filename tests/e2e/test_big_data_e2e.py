@@ -21,7 +21,7 @@ ray.init(address="local", num_cpus=2, object_store_memory=80 * 2**20, include_da
          logging_level="ERROR", log_to_driver=False)
 from ray.data import DataContext
 DataContext.get_current().enable_progress_bars = False
-from maas.pipeline import run_pipeline
+from maas.pipelines.classifier import run_pipeline
 from maas.spec import spec_from_dict
 
 spec = spec_from_dict({

@@ -10,7 +10,7 @@ import requests
 
 from maas.data.corpus import package_topics
 from maas.models.predictor import load_predictor
-from maas.pipeline import run_pipeline
+from maas.pipelines.classifier import run_pipeline
 from maas.registry import Registry
 from maas.spec import spec_from_dict
 from tests.conftest import free_port

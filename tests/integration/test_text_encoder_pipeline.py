@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from maas.compress.encoder_stage import run_encoder_pipeline
+from maas.pipelines.encoder import run_encoder_pipeline
 from maas.models.predictor import EncoderPredictor
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER

@@ -10,7 +10,7 @@ import requests
 import torch
 
 from maas.data.corpus import english_corpus
-from maas.lm import run_lm_pipeline
+from maas.pipelines.lm import run_lm_pipeline
 from maas.models.artifacts import SHARDS, load_torch_model
 from maas.models.predictor import load_predictor
 from maas.registry import Registry

@@ -107,7 +107,7 @@ def test_compiled_blocks_train_like_eager_with_fsdp_and_keep_checkpoint_keys(tmp
     """train.compile: each GPT block compiled in place (regional compilation) under FSDP2 on 2 workers; the
     ragged last batch and validation run eager (no recompile). Same seed and data: the same losses as the
     eager run within bf16/fusion rounding, and the checkpoint loads into a plain, uncompiled GPT."""
-    from maas.lm import prepare_lm_data
+    from maas.data.blocks import prepare_lm_data
     from maas.models.artifacts import load_torch_model
     from maas.spec import GPTModelSpec, TextDataSpec, TrainSpec
     from maas.train.trainer import fit

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from maas.exceptions import SpecError
-from maas.lm import _pack
+from maas.data.blocks import _pack
 from maas.models import build_model
 from maas.models.artifacts import load_torch_model, save_torch_model
 from maas.models.gpt import GPT_SIZES, gpt_config

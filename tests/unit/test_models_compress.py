@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from maas.compress import check_gate, compress_model, evaluate
+from maas.compress import check_accuracy_gate, compress_model, evaluate_classifier
 from maas.exceptions import MaasError
 from maas.models import build_model
 from maas.models.artifacts import export_onnx, load_torch_model, save_torch_model
@@ -56,14 +56,14 @@ def test_evaluate_reports_accuracy_size_and_latency(model):
     x = np.random.default_rng(1).normal(size=(50, 8)).astype(np.float32)
     predict = TorchPredictor(model)
     y = predict(x).argmax(1)
-    m = evaluate(predict, x, y, size_bytes=1234, runs=20)
+    m = evaluate_classifier(predict, x, y, size_bytes=1234, runs=20)
     assert m["test_accuracy"] == 1.0 and m["size_bytes"] == 1234
     assert 0 < m["latency_ms_p50"] <= m["latency_ms_p99"]
     assert m["throughput_rows_s_b64"] > 0
 
 
 def test_quality_gate():
-    ok, why = check_gate({"test_accuracy": 0.97}, {"test_accuracy": 0.965}, 0.01)
+    ok, why = check_accuracy_gate({"test_accuracy": 0.97}, {"test_accuracy": 0.965}, 0.01)
     assert ok and "within" in why
-    ok, why = check_gate({"test_accuracy": 0.97}, {"test_accuracy": 0.95}, 0.01)
+    ok, why = check_accuracy_gate({"test_accuracy": 0.97}, {"test_accuracy": 0.95}, 0.01)
     assert not ok and "2.00 points below" in why

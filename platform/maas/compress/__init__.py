@@ -1,12 +1,13 @@
-"""Compression stage: variants of a trained model, each measured against its parent and gated."""
+"""Compression stage: variants of a trained model, each measured against its parent and gated (the classifier's
+ONNX int8 here; the encoder suite's step chains in ``encoder_variants``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from maas.compress.evaluate import evaluate
-from maas.compress.gate import check_gate
+from maas.compress.evaluate import evaluate_classifier
+from maas.compress.gate import check_accuracy_gate, check_embedding_gate
 from maas.compress.quantize import quantize_int8_dynamic
 from maas.exceptions import CompressionError
 
@@ -32,4 +33,5 @@ def compress_model(methods: list[str], onnx_fp32: Path, workdir: Path) -> list[V
     return variants
 
 
-__all__ = ["Variant", "check_gate", "compress_model", "evaluate", "quantize_int8_dynamic"]
+__all__ = ["Variant", "check_accuracy_gate", "check_embedding_gate", "compress_model", "evaluate_classifier",
+           "quantize_int8_dynamic"]

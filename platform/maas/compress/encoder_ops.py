@@ -1,8 +1,9 @@
 """Compression steps for sentence encoders: pruning, torchao quantization, casting, ONNX export + int8.
 
-A variant is a chain of steps applied to a copy of its parent (``maas.compress.encoder_stage`` runs them):
-model-to-model steps (``prune_unstructured``, ``prune_structured``, ``distill``, ``finetune``) and at most one
-final step that fixes how the variant is stored and run:
+A variant is a chain of steps applied to a copy of its parent (``maas.compress.encoder_variants`` builds it,
+``maas.pipelines.encoder`` measures and gates it): model-to-model steps (``prune_unstructured``,
+``prune_structured``, ``distill``, ``finetune``) and at most one final step that fixes how the variant is
+stored and run:
 
 ========================  ==============  ============================================================
 final step                runtime         artifact
@@ -31,11 +32,10 @@ from torch import nn
 
 from maas.exceptions import CompressionError
 from maas.models.artifacts import quiet_export as _quiet
+from maas.models.quantized import TORCHAO
+from maas.spec import ENCODER_FINAL_STEPS
 
-FINAL_STEPS = ("fp16", "bf16", "torchao_int8_weight", "torchao_w8a8", "torchao_int4_weight", "onnx_fp32",
-               "onnx_int8")
-MODEL_STEPS = ("prune_unstructured", "prune_structured", "distill", "finetune")
-TORCHAO = {"torchao_int8_weight", "torchao_w8a8", "torchao_int4_weight"}
+FINAL_STEPS = ENCODER_FINAL_STEPS  # the spec's vocabulary (compress.variants[].steps), defined once there
 
 
 def runtime_of(final: str | None) -> str:
@@ -112,38 +112,6 @@ def sparsity(model: nn.Module) -> float:
 
 
 # ------------------------------------------------------------------------------------------ quantization
-
-def torchao_config(step: str):
-    """The torchao quantization config for a final step name."""
-    with _quiet():
-        from torchao.quantization import (Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig,
-                                          IntxWeightOnlyConfig)
-        from torchao.quantization.granularity import PerGroup
-    if step == "torchao_int8_weight":
-        return Int8WeightOnlyConfig()
-    if step == "torchao_w8a8":
-        return Int8DynamicActivationInt8WeightConfig()
-    if step == "torchao_int4_weight":
-        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))
-    raise CompressionError(f"unknown torchao step {step!r}; known: {sorted(TORCHAO)}")
-
-
-def apply_torchao(model: nn.Module, step: str) -> nn.Module:
-    """Quantize ``model``'s Linear layers with torchao (CPU or GPU); returns the quantized model.
-
-    ``torch_ao_dynamic_int8`` (the deprecated ``torch.ao.quantization.quantize_dynamic``, per-tensor int8) is
-    accepted for the benchmark's baseline column only; specs cannot ask for it."""
-    if step == "torch_ao_dynamic_int8":
-        with _quiet():
-            return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-    try:
-        with _quiet():
-            from torchao.quantization import quantize_
-    except ImportError as exc:
-        raise CompressionError(f"{step} needs torchao: pip install 'maas[text]' ({exc})") from None
-    quantize_(model, torchao_config(step))
-    return model
-
 
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the parameters as held in memory (quantized tensor subclasses report their packed size)."""

@@ -39,7 +39,7 @@ def latency(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, runs: in
             f"throughput_rows_s_b{batch_size}": float(n_batches * batch_size / elapsed)}
 
 
-def evaluate(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, size_bytes: int,
+def evaluate_classifier(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, size_bytes: int,
              runs: int = 200) -> dict:
     """All figures for one variant, as stored in the registry's metrics."""
     return {"test_accuracy": accuracy(predict, x, y), "size_bytes": int(size_bytes), **latency(predict, x, runs)}

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import random
 import re
+from dataclasses import dataclass
 from typing import Iterable, Optional
+
+from maas.exceptions import DataError
 
 _MARKUP = [
     (re.compile(r"```.*?```", re.S), " "),                       # fenced code
@@ -77,16 +81,6 @@ def _descriptions(packages: Optional[list[str]] = None) -> Iterable[str]:
         yield str(meta.get_payload() or meta.get("Description") or "")
 
 
-def package_sentences(limit: Optional[int] = None, packages: Optional[list[str]] = None) -> list[str]:
-    """Distinct English sentences from the long descriptions of installed distributions, in a stable order.
-
-    Args:
-        limit: at most this many sentences (the first in sorted-package order).
-        packages: only these distributions (default: all installed).
-    """
-    return _distinct_english(_descriptions(packages), [], set(), limit)
-
-
 DOC_PACKAGES = ("numpy", "scipy", "sklearn", "pandas")  # installed with maas; ~30k docstring sentences
 
 
@@ -117,11 +111,6 @@ def _docstrings(packages: Optional[tuple]) -> Iterable[str]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 yield ast.get_docstring(node) or ""
-
-
-def docstring_sentences(limit: Optional[int] = None, packages: Optional[tuple] = DOC_PACKAGES) -> list[str]:
-    """Distinct English sentences from the docstrings of the Python standard library and of ``packages``."""
-    return _distinct_english(_docstrings(packages), [], set(), limit)
 
 
 def package_topics(packages: tuple = ("numpy", "scipy", "sklearn", "pandas"), per_package: int = 2000
@@ -177,3 +166,32 @@ def fingerprint(sentences: list[str]) -> str:
         digest.update(s.encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+@dataclass
+class Corpus:
+    """An encoder run's sentences: train (distillation), val, held out (every variant measured on them)."""
+
+    train: list
+    val: list
+    held_out: list
+    fingerprint: str
+    total: int
+
+
+def load_corpus(d) -> Corpus:
+    """The sentences of ``d`` (an encoder spec's ``data``), split by seeded content hash into train / val /
+    held-out."""
+    sentences = english_corpus(d.limit, tuple(d.packages))
+    need = d.held_out + d.val
+    if len(sentences) < need + 100:
+        raise DataError(f"the corpus has {len(sentences)} sentences; data.held_out + data.val = {need} "
+                               "leaves too few to train on: lower them or raise data.limit")
+    fraction = min(0.5, 1.3 * need / len(sentences))
+    test = [s for s in sentences if split_of(s, fraction, d.seed) == "test"]
+    train = [s for s in sentences if split_of(s, fraction, d.seed) == "train"]
+    if len(test) < need:  # hash split came up short: top up from the end of train (still disjoint)
+        test, train = test + train[-(need - len(test)):], train[:-(need - len(test))]
+    random.Random(d.seed).shuffle(train)  # sources come in sorted order; a step's max_sentences takes a mix
+    return Corpus(train=train, val=test[d.held_out:need], held_out=test[:d.held_out],
+                  fingerprint=fingerprint(sentences), total=len(sentences))

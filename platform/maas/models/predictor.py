@@ -100,7 +100,7 @@ class EncoderPredictor:
         self.device = torch.device("cuda" if cuda else "cpu")
         model = model.to(self.device, getattr(torch, dtype))
         if runtime == "torchao":
-            from maas.compress.encoder_ops import apply_torchao
+            from maas.models.quantized import apply_torchao
 
             model = apply_torchao(model, self.config["quantize"])
         elif runtime != "torch":

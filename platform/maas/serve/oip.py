@@ -122,7 +122,7 @@ def _raw_columns(raw: list[dict], signature: dict, by_name: dict) -> np.ndarray:
     return np.concatenate(columns, axis=1) if columns else np.zeros((0, 0), np.float32)
 
 
-def _json_object(body: bytes, holding: str) -> dict:
+def json_object(body: bytes, holding: str) -> dict:
     """The request body as a JSON object, or a 400 saying what is wrong with it."""
     try:
         req = json.loads(body)
@@ -144,7 +144,7 @@ def _request_id(req: dict) -> Optional[str]:
 
 def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optional[str], Optional[list[str]]]:
     """Body of ``POST .../infer`` -> (input array, request id, requested output names or None for all)."""
-    req = _json_object(body, "an 'inputs' list")
+    req = json_object(body, "an 'inputs' list")
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
         raise ProtocolError(400, "'inputs' must be a non-empty list of tensors "
@@ -252,7 +252,7 @@ def _check_texts(texts: Any, where: str) -> list[str]:
 
 def parse_text_infer_request(body: bytes, signature: dict) -> tuple[list[str], Optional[str]]:
     """OIP v2 ``infer`` for an encoder: one BYTES tensor ``text`` of shape [n] -> (texts, request id)."""
-    req = _json_object(body, "an 'inputs' list")
+    req = json_object(body, "an 'inputs' list")
     inputs = req.get("inputs")
     want = signature["inputs"][0]["name"]
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -278,7 +278,7 @@ def embedding_outputs(emb: np.ndarray) -> list[dict]:
 
 def parse_embeddings_request(body: bytes) -> tuple[list[str], Optional[str], str]:
     """OpenAI ``POST /v1/embeddings`` -> (texts, model or None, encoding_format 'float' | 'base64')."""
-    req = _json_object(body, "'input' and 'model'")
+    req = json_object(body, "'input' and 'model'")
     if "input" not in req:
         raise ProtocolError(400, "'input' is missing: a string or a list of strings")
     raw = req["input"]
@@ -375,13 +375,10 @@ def openai_model(req: dict) -> Optional[str]:
     return model
 
 
-json_object = _json_object
-
-
 def parse_generate_request(body: bytes, signature: dict) -> tuple[bytes, dict, Optional[str]]:
     """OIP generate extension (``/v2/models/{name}/generate[_stream]``): ``{"text_input": str, "parameters":
     {max_tokens, temperature, top_k, seed, stop}}`` -> (prompt bytes, options, request id)."""
-    req = _json_object(body, "'text_input'")
+    req = json_object(body, "'text_input'")
     if "text_input" not in req:
         raise ProtocolError(400, "'text_input' is missing: the text to continue")
     prompt = _prompt(req["text_input"], "'text_input'")

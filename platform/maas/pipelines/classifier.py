@@ -1,39 +1,36 @@
-"""The stages as functions, and run_pipeline(spec) composing them.
+"""The classifier kind (``kind: classifier``, the default): your tabular, image or text data, trained here.
 
 data -> train (+ fp32 evaluation, publish) -> compress (+ gate, publish) -> promote -> serve.
 
-Each stage also runs alone as a Ray job (``jobs/``): the data stage saves its splits under the run folder,
-training reads them back by run id, compression finds its parent and test split through the registry's
-lineage. Stages never import each other: they meet here, through typed results and the registry.
+Each stage also runs alone as a Ray job (``jobs/``, through ``JOB_STAGES``): the data stage saves its splits
+under the run folder, training reads them back by run id, compression finds its parent and test split
+through the registry's lineage. Stages never import each other: they meet here, through typed results and
+the registry.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from maas.compress import check_gate, compress_model, evaluate
+from maas.compress import check_accuracy_gate, compress_model, evaluate_classifier
 from maas.data import DataResult, load_prepared, prepare_data, run_dir_for, save_prepared
-from maas.exceptions import RegistryError
+from maas.exceptions import MaasError, RegistryError
 from maas.models.artifacts import export_onnx, save_torch_model
 from maas.models.predictor import TorchPredictor, load_predictor
+from maas.pipelines.base import (Laps, Progress, job_deploy, new_run_id, noop, promote, publish_variant, serve_at_end,
+                                 variants_summary)
 from maas.registry import Registry
 from maas.serve.oip import classifier_signature
 from maas.spec import PipelineSpec
 from maas.train import train_model
 
-Progress = Callable[[str, str], None]
-
-
-def _noop(stage: str, detail: str = "") -> None:
-    pass
+SPEC = PipelineSpec
 
 
 @dataclass
@@ -58,10 +55,6 @@ class PipelineResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def new_run_id() -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -98,7 +91,7 @@ def stage_train(spec: PipelineSpec, data: DataResult, run_id: str) -> tuple[dict
         else:
             files["model.onnx"] = export_onnx(trained.model, len(data.features), Path(tmp) / "model.onnx")
             predictor = TorchPredictor(trained.model)
-        metrics = evaluate(predictor, x_test, y_test, size_bytes=files["model.safetensors"].stat().st_size,
+        metrics = evaluate_classifier(predictor, x_test, y_test, size_bytes=files["model.safetensors"].stat().st_size,
                            runs=spec.compress.latency_runs)
         metrics.update({k: v for k, v in trained.best_metrics.items() if k.startswith("val_")})
         signature = classifier_signature(len(data.features), data.classes, features=data.features,
@@ -136,20 +129,15 @@ def stage_compress(spec: PipelineSpec, parent_ref: str,
                     variant.files[name] = Path(shutil.copyfile(folder / name, Path(tmp) / variant.method / name))
             predictor = load_predictor(Path(tmp) / variant.method, variant.runtime)
             weights = variant.files["model.onnx"]
-            metrics = evaluate(predictor, x_test, y_test, size_bytes=weights.stat().st_size,
-                               runs=spec.compress.latency_runs)
-            passed, reason = check_gate(parent.metrics, metrics, spec.compress.max_accuracy_drop)
+            metrics = evaluate_classifier(predictor, x_test, y_test, size_bytes=weights.stat().st_size,
+                                          runs=spec.compress.latency_runs)
+            passed, reason = check_accuracy_gate(parent.metrics, metrics, spec.compress.max_accuracy_drop)
             lineage = {k: parent.lineage[k] for k in ("data_fingerprint", "spec_hash", "run_id", "run_dir",
                                                        "data_counts", "features") if k in parent.lineage}
-            mv = registry.publish(
-                spec.model.name, variant.files, runtime=variant.runtime, metrics=metrics,
-                signature=parent.signature,
-                lineage={**lineage, "method": variant.method, "parent": parent.ref,
-                         "gate": {"passed": passed, "reason": reason}},
-                status="ready" if passed else "rejected", description=reason)
-            variants.append({"method": variant.method, "runtime": variant.runtime, "ref": mv.ref,
-                             "metrics": metrics, "gate": ("pass: " if passed else "REJECTED: ") + reason,
-                             "passed": passed})
+            variants.append(publish_variant(registry, spec.model.name, variant.files, runtime=variant.runtime,
+                                            metrics=metrics, signature=parent.signature, lineage=lineage,
+                                            method=variant.method, parent=parent.ref, passed=passed,
+                                            reason=reason))
     return variants
 
 
@@ -165,23 +153,8 @@ def test_rows(spec: PipelineSpec, data: DataResult) -> tuple:
 def stage_promote(spec: PipelineSpec, candidates: list[dict]) -> str:
     """Point ``deploy.alias`` at the fastest (``compress.select``: or smallest) candidate that passed its
     gate; returns its reference."""
-    passing = [v for v in candidates if v["passed"]]
-    if not passing:
-        raise RegistryError("no candidate passed its quality gate; nothing to promote")
-    if spec.compress.select == "fastest":
-        chosen = max(passing, key=lambda v: (v["metrics"]["throughput_rows_s_b64"], -v["metrics"]["size_bytes"]))
-    else:
-        chosen = min(passing, key=lambda v: (v["metrics"]["size_bytes"], v["metrics"]["latency_ms_p50"]))
-    name, version = chosen["ref"].split("/")
-    Registry(spec.store).set_alias(name, spec.deploy.alias, int(version))
-    return chosen["ref"]
-
-
-def stage_deploy(spec: PipelineSpec, ref: Optional[str] = None) -> str:
-    """Serve ``ref`` (default ``<model>@<deploy.alias>``) with the spec's deploy settings; returns the URL."""
-    from maas.serve import deploy
-
-    return deploy(Registry(spec.store).location, ref or f"{spec.model.name}@{spec.deploy.alias}", spec.deploy)
+    return promote(spec.store, spec.deploy.alias, candidates, spec.compress.select,
+                   lambda m: m["throughput_rows_s_b64"])["ref"]
 
 
 def _lineage(spec: PipelineSpec, data: DataResult, run_id: str, run_dir: str) -> dict:
@@ -192,8 +165,8 @@ def _lineage(spec: PipelineSpec, data: DataResult, run_id: str, run_dir: str) ->
 
 # ------------------------------------------------------------------------------------------- the whole
 
-def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[str] = None,
-                 progress: Progress = _noop) -> PipelineResult:
+def run(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[str] = None,
+        progress: Progress = noop) -> PipelineResult:
     """Run every stage of ``spec`` on the connected Ray cluster (see ``maas.runtime.ensure_ray``).
 
     Args:
@@ -209,16 +182,8 @@ def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Op
         DataError, TrainingError, CompressionError, RegistryError: each names the field or next step.
     """
     run_id = run_id or new_run_id()
-    timings: dict = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str, detail: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = round(now - clock, 2)
-        clock = now
-        progress(stage, detail)
-
+    laps = Laps(progress)
+    lap = laps.lap
     progress("data", f"reading {spec.data.path}")
     data = stage_data(spec, run_id)
     lap("data", f"{data.counts['rows_ok']} rows ok, {data.counts['rows_rejected']} rejected, "
@@ -238,12 +203,8 @@ def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Op
     promoted = stage_promote(spec, variants)
     lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted}")
 
-    endpoint = None
-    if spec.deploy.enabled if serve is None else serve:
-        progress("serve", f"{spec.model.name}@{spec.deploy.alias} on {spec.deploy.host}:{spec.deploy.port}")
-        endpoint = stage_deploy(spec)
-        lap("serve", endpoint)
-
+    endpoint = serve_at_end(spec, serve, laps)
+    timings = laps.seconds
     return PipelineResult(
         run_id=run_id, run_dir=run_dir_for(Registry(spec.store).location, run_id), spec_hash=spec.spec_hash(),
         data_fingerprint=data.fingerprint, data_counts=data.counts, train_device=trained.device,
@@ -251,3 +212,80 @@ def run_pipeline(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Op
         history=trained.history, variants=variants, alias=spec.deploy.alias, promoted_ref=promoted,
         endpoint=endpoint, example_row=[test[0][0]] if isinstance(test[0], list) else test[0][0].tolist(),
         stage_seconds=timings)
+
+
+run_pipeline = run  # the name the SDK and notebooks have used
+
+
+# ------------------------------------------------------------------------- what `maas run` and jobs show
+
+def summary(result: PipelineResult, spec: PipelineSpec) -> str:
+    from maas.report import pipeline_summary
+
+    return pipeline_summary(result)
+
+
+def try_it(result: PipelineResult, spec: PipelineSpec) -> tuple[str, str]:
+    """(the endpoint, a curl command that works as printed)."""
+    from maas.report import curl_example
+
+    return (f"{result.endpoint}/v2/models/{spec.model.name}",
+            curl_example(result.endpoint, spec.model.name, result.example_row))
+
+
+def job_pipeline(spec: PipelineSpec, opts: dict, progress: Progress) -> dict:
+    result = run(spec, serve=opts.get("serve", False), progress=progress)
+    return {"run_id": result.run_id, "run_dir": result.run_dir, "data_counts": result.data_counts,
+            "data_fingerprint": result.data_fingerprint, "variants": variants_summary(result.variants),
+            "promoted": result.promoted_ref, "alias": result.alias, "endpoint": result.endpoint,
+            "history": result.history, "stage_seconds": result.stage_seconds}
+
+
+def job_preprocess(spec: PipelineSpec, opts: dict, progress: Progress) -> dict:
+    run_id = opts.get("run_id") or new_run_id()
+    progress("data", f"reading {spec.data.path}")
+    data = stage_data(spec, run_id)
+    return {"run_id": run_id, "data_counts": data.counts, "data_fingerprint": data.fingerprint,
+            "features": len(data.features), "classes": data.classes}
+
+
+def job_train(spec: PipelineSpec, opts: dict, progress: Progress) -> dict:
+    location = Registry(spec.store).location
+    if opts.get("run_id"):
+        run_id = opts["run_id"]
+        data = load_prepared(run_dir_for(location, run_id))
+    elif opts.get("run_name"):
+        # a named run: the same name is the same run folder, so a resubmitted job finds the splits it prepared
+        # and Ray Train (same storage path and run name) resumes from the run's latest checkpoint
+        run_id = opts["run_name"]
+        try:
+            data = load_prepared(run_dir_for(location, run_id))
+            progress("data", f"run {run_id}: reusing the splits prepared by an earlier job")
+        except MaasError:
+            progress("data", f"reading {spec.data.path}")
+            data = stage_data(spec, run_id)
+    else:
+        run_id = new_run_id()
+        progress("data", f"reading {spec.data.path}")
+        data = stage_data(spec, run_id)
+    progress("train", f"{spec.train.num_workers} workers x {spec.train.epochs} epochs")
+    parent, trained = stage_train(spec, data, run_id)
+    return {"run_id": run_id, "version": parent["ref"], "metrics": parent["metrics"], "history": trained.history,
+            "device": trained.device}
+
+
+def job_compress(spec: PipelineSpec, opts: dict, progress: Progress) -> dict:
+    registry = Registry(spec.store)
+    parent = registry.resolve(opts.get("parent") or spec.model.name)
+    progress("compress", f"{', '.join(spec.compress.methods)} from {parent.ref}")
+    variants = stage_compress(spec, parent.ref)
+    fields = {"parent": parent.ref, "variants": variants_summary(variants)}
+    if not opts.get("no_promote"):
+        candidates = [{"ref": parent.ref, "passed": True, "metrics": parent.metrics}] + variants
+        fields["promoted"] = stage_promote(spec, candidates)
+        fields["alias"] = spec.deploy.alias
+    return fields
+
+
+JOB_STAGES = {"pipeline": job_pipeline, "preprocess": job_preprocess, "train": job_train,
+              "compress": job_compress, "deploy": job_deploy}

@@ -1,5 +1,4 @@
-"""The language-model pipeline: text -> byte blocks (Ray Data) -> GPT (Ray Train, DDP or FSDP2) -> registry
--> streamed generation (Ray Serve).
+"""Text as byte blocks for a byte-level language model (the data stage of ``kind: lm``).
 
 Text comes from installed packages' documentation (nothing is downloaded) or from UTF-8 files anywhere
 pyarrow.fs reaches. A Ray Data pass splits each document into lines, quarantines lines that are not UTF-8 or
@@ -13,18 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from maas.exceptions import DataError
-from maas.spec import LMPipelineSpec, TextDataSpec
+from maas.spec import TextDataSpec
 
-Progress = Callable[[str, str], None]
 QUARANTINE_KEEP = 1000  # quarantined lines written out in full (all are counted)
 
 
@@ -139,123 +135,3 @@ def prepare_lm_data(spec: TextDataSpec, block_size: int, run_dir: str) -> LMData
                         "bytes; add text or lower model.block_size")
     return LMData(train=splits["train"], val=splits["val"] if counts["splits"]["val"] else None, counts=counts,
                   fingerprint=digest.hexdigest(), block_size=block_size)
-
-
-# ----------------------------------------------------------------------------------------- measuring
-
-def generation_speed(model, prompt: bytes, new_tokens: int = 64, runs: int = 3) -> dict:
-    """Batch-1 generation on this process's CPU: median tokens/s and time to first token."""
-    rates, firsts = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        first = None
-        for i, _tok in enumerate(model.stream(prompt, new_tokens, temperature=0)):
-            if i == 0:
-                first = time.perf_counter() - start
-        rates.append(new_tokens / (time.perf_counter() - start))
-        firsts.append(first)
-    return {"generate_tokens_per_s": float(np.median(rates)), "first_token_ms": float(np.median(firsts)) * 1e3}
-
-
-def generation_signature(spec: LMPipelineSpec) -> dict:
-    config = spec.model.config()
-    return {"task": "generation", "tokenizer": "bytes", "vocab_size": 256, "block_size": config["block_size"],
-            "generate": spec.generate.model_dump(),
-            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1]}],
-            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [1]}]}
-
-
-# ------------------------------------------------------------------------------------------- pipeline
-
-@dataclass
-class LMResult:
-    run_id: str
-    run_dir: str
-    spec_hash: str
-    data_fingerprint: str
-    data_counts: dict
-    train_device: str
-    ref: str
-    metrics: dict
-    history: list
-    sample: str
-    alias: str = "production"
-    endpoint: Optional[str] = None
-    stage_seconds: dict = field(default_factory=dict)
-    promoted_ref: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def run_lm_pipeline(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[str] = None,
-                    progress: Progress = lambda stage, detail="": None) -> LMResult:
-    """Prepare the text, train the decoder with Ray Train, publish the best checkpoint (with its metrics and
-    lineage), point ``deploy.alias`` at it and, optionally, serve it for generation."""
-    from maas.data import run_dir_for
-    from maas.models.artifacts import save_torch_model
-    from maas.pipeline import new_run_id
-    from maas.registry import Registry
-    from maas.train.trainer import fit
-
-    registry = Registry(spec.store)
-    run_id = run_id or new_run_id()
-    run_dir = run_dir_for(registry.location, run_id)
-    timings: dict = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str, detail: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = round(now - clock, 2)
-        clock = now
-        progress(stage, detail)
-
-    config = spec.model.config()
-    progress("data", f"{spec.data.source}: packing {config['block_size'] + 1}-byte blocks")
-    data = prepare_lm_data(spec.data, config["block_size"], run_dir)
-    c = data.counts
-    lap("data", f"{c['bytes']} bytes, {c['lines']} lines ({c['lines_rejected']} quarantined) -> "
-                f"{c['splits']['train']} train / {c['splits']['val']} val blocks")
-
-    from maas.models import build_model
-
-    n_params = build_model(config).num_parameters()
-    t = spec.train
-    progress("train", f"GPT {spec.model.size} ({n_params / 1e6:.2f}M parameters), {t.num_workers} x {t.strategy}, "
-                      f"{t.epochs} epochs")
-    trained = fit(t, config, data.train, data.val, rows=c["splits"]["train"],
-                  row_bytes=(config["block_size"] + 1) * 8, run_dir=run_dir, run_name="train", task="lm")
-    best = trained.best_metrics
-    lap("train", f"best val loss {best.get('val_loss', float('nan')):.3f} "
-                 f"({best.get('val_bits_per_byte', float('nan')):.2f} bits/byte)")
-
-    model = trained.model.eval()
-    prompt = b"The function returns"
-    sample = bytes(model.stream(prompt, 120, temperature=0.0)).decode("utf-8", "replace")
-    metrics = {k: v for k, v in best.items() if k.startswith(("val_", "train_"))}
-    metrics.update(parameters=n_params, tokens_per_s_train=max((h.get("tokens_per_s", 0) for h in trained.history),
-                                                                default=0.0),
-                   **generation_speed(model, prompt))
-    with tempfile.TemporaryDirectory(prefix="maas-lm-") as tmp:
-        files = save_torch_model(model, trained.model_config, Path(tmp))
-        metrics["size_bytes"] = files["model.safetensors"].stat().st_size
-        mv = registry.publish(
-            spec.model.name, files, runtime="torch", metrics=metrics, signature=generation_signature(spec),
-            lineage={"kind": "lm", "data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(),
-                     "run_id": run_id, "run_dir": run_dir, "data_counts": c, "method": "fp32", "parent": None,
-                     "checkpoint": trained.checkpoint_path, "train_device": trained.device,
-                     "strategy": t.strategy, "history": trained.history, "sample": sample})
-    registry.set_alias(spec.model.name, spec.deploy.alias, mv.version)
-    lap("publish", f"{mv.ref} ({metrics['size_bytes'] / 1e6:.2f} MB), {spec.model.name}@{spec.deploy.alias}; "
-                   f"generates {metrics['generate_tokens_per_s']:.0f} bytes/s; sample: {sample[:60]!r}")
-    endpoint = None
-    if spec.deploy.enabled if serve is None else serve:
-        from maas.serve import deploy
-
-        progress("serve", f"{spec.model.name}@{spec.deploy.alias} on {spec.deploy.host}:{spec.deploy.port}")
-        endpoint = deploy(registry.location, f"{spec.model.name}@{spec.deploy.alias}", spec.deploy)
-        lap("serve", endpoint)
-    return LMResult(run_id=run_id, run_dir=run_dir, spec_hash=spec.spec_hash(), data_fingerprint=data.fingerprint,
-                    data_counts=c, train_device=trained.device, ref=mv.ref, metrics=metrics, history=trained.history,
-                    sample=sample, alias=spec.deploy.alias, endpoint=endpoint, stage_seconds=timings, promoted_ref=mv.ref)

@@ -1,0 +1,124 @@
+"""The pipeline-kind table, the stage guard every entrypoint shares, and the package layering (no Ray here)."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maas.exceptions import JobError
+from maas.pipelines import KINDS, STAGES, check_stage, implementation, kind_of
+from maas.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = {"classifier": "examples/digits.yaml", "encoder": "examples/minilm.yaml", "lm": "examples/gpt.yaml"}
+
+
+def test_every_kind_implements_the_protocol_and_its_example_spec_selects_it():
+    assert set(KINDS) == set(EXAMPLES)
+    for name, kind in KINDS.items():
+        module = kind.implementation()
+        for attr in ("SPEC", "run", "summary", "try_it", "JOB_STAGES"):
+            assert hasattr(module, attr), f"{kind.module} lacks {attr}"
+        assert tuple(module.JOB_STAGES) == kind.stages and set(kind.stages) <= set(STAGES)
+        assert kind.stages[0] == "pipeline" and "deploy" in kind.stages  # every kind runs whole and serves
+        spec = load_spec(str(ROOT / EXAMPLES[name]))
+        assert spec.kind == name and isinstance(spec, module.SPEC)
+        assert kind_of(spec) is kind and implementation(spec) is module
+
+
+def test_the_stage_guard_names_the_stages_a_kind_has():
+    lm = load_spec(str(ROOT / "examples/gpt.yaml"))
+    check_stage(lm, "pipeline")
+    check_stage(lm, "deploy")
+    with pytest.raises(JobError, match=r"kind=lm spec runs as stage pipeline or deploy, not 'preprocess'"):
+        check_stage(lm, "preprocess")
+    encoder = load_spec(str(ROOT / "examples/minilm.yaml"))
+    with pytest.raises(JobError, match=r"pipeline or compress or deploy, not 'train'"):
+        check_stage(encoder, "train")
+    with pytest.raises(JobError, match=r"unknown stage 'serve'; stages: pipeline, preprocess"):
+        check_stage(encoder, "serve")
+    with pytest.raises(JobError, match=r"unknown pipeline kind 'vision'"):
+        kind_of("vision")
+
+
+def test_a_job_entrypoint_refuses_a_stage_its_kind_lacks_with_a_result_line_not_a_traceback():
+    """Used to die with an AttributeError (`python -m jobs.preprocess --spec examples/gpt.yaml`)."""
+    proc = subprocess.run([sys.executable, "-m", "jobs.preprocess", "--spec", "examples/gpt.yaml"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "runs as stage pipeline or deploy, not 'preprocess'" in proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["maas_result"] == "preprocess" and result["status"] == "failed"
+    assert result["error_type"] == "JobError"
+
+
+# the layers, bottom up: a module may import only from a lower layer (or its own package)
+LAYERS = [("maas.exceptions", "maas.storage"), ("maas.models",), ("maas.spec",), ("maas.data", "maas.registry"),
+          ("maas.train",), ("maas.compress", "maas.serve", "maas.report", "maas.runtime"), ("maas.pipelines",),
+          ("maas.submit",), ("maas.cli",), ("maas",)]
+
+
+def _imports() -> dict:
+    """{module: {maas modules it imports, at the top or inside a function}} for every module of maas."""
+    root = ROOT / "platform"
+    mods = {}
+    for f in root.rglob("*.py"):
+        name = ".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        mods[name] = f
+
+    def known(name: str) -> str:
+        while name not in mods:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for name, f in mods.items():
+        out = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                out |= {known(a.name) for a in node.names if a.name.startswith("maas")}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("maas"):
+                out |= {known(f"{node.module}.{a.name}") for a in node.names}
+        graph[name] = out - {name}
+    return graph
+
+
+def _layer(module: str) -> int:
+    package = ".".join(module.split(".")[:2])
+    return next(i for i, names in enumerate(LAYERS) if package in names)
+
+
+def test_no_import_cycles_and_every_import_goes_down_a_layer():
+    graph = _imports()
+    wrong = [(a, b) for a, targets in graph.items() for b in targets
+             if _layer(b) >= _layer(a) and ".".join(a.split(".")[:2]) != ".".join(b.split(".")[:2])]
+    assert not wrong, f"imports that go up or sideways between layers: {wrong}"
+    state: dict = {}
+
+    def visit(node: str, path: list) -> None:  # depth-first: a grey node met again closes a cycle
+        state[node] = "grey"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "grey":
+                raise AssertionError(f"import cycle: {' -> '.join(path[path.index(nxt):] + [nxt])}")
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "black"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_kind_is_compared_in_one_module_only():
+    import re
+
+    names = "|".join(KINDS)
+    compared = re.compile(rf"""kind\S*\s*(==|!=)\s*["']({names})["']""")
+    offenders = [f.name for f in (ROOT / "platform" / "maas").rglob("*.py")
+                 if f.relative_to(ROOT).as_posix() != "platform/maas/pipelines/__init__.py"
+                 and compared.search(f.read_text())]
+    assert not offenders
