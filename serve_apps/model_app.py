@@ -16,8 +16,7 @@ Moving an alias in the registry rolls the running application over to the new ve
 from __future__ import annotations
 
 from maas.exceptions import ServeError
-from maas.registry import Registry
-from maas.serve.app import build_app, normalize_routes
+from maas.serve.deploy import build_checked_app
 from maas.spec import DeploySpec, load_spec
 
 ARGS = {"model", "models", "alias", "version", "canary_alias", "canary_percent", "store", "spec"}
@@ -36,9 +35,6 @@ def app(args: dict):
     else:
         models = [{k: args[k] for k in
                    ("model", "alias", "version", "canary_alias", "canary_percent") if k in args}]
-    routes = normalize_routes(models)
-    registry = Registry(str(args.get("store", ".maas")))
-    for r in routes:  # unknown or tampered: fail at build time with the registry's message
-        registry.fetch(f"{r['model']}/{r['version']}" if r["version"] is not None else f"{r['model']}@{r['alias']}")
     deploy = load_spec(args["spec"]).deploy if "spec" in args else DeploySpec()
-    return build_app(registry.location, routes, deploy)
+    # unknown or tampered versions fail at build time, with the registry's message
+    return build_checked_app(str(args.get("store", ".maas")), models, deploy)[0]

@@ -195,7 +195,7 @@ def test_access_log_line_and_prometheus_metrics(served, ray_session):
 def test_api_keys_guard_model_routes_but_not_health(served, monkeypatch, tmp_path):
     from ray import serve
 
-    from maas.serve.app import build_app
+    from maas.serve import build_app
     from maas.serve.auth import load_api_key_hashes
 
     keys = tmp_path / "keys"

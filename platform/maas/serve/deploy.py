@@ -1,0 +1,75 @@
+"""Building and deploying a maas Serve application: the deployment options from a DeploySpec, the model
+list checked against the registry first (an unknown or tampered version fails here, with the registry's
+message, not inside a replica), and where Serve's proxy really listens."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from ray import serve
+
+from maas.registry import Registry
+from maas.serve.app import ModelServer
+from maas.serve.auth import load_api_key_hashes
+from maas.serve.hosting import fetch_all, normalize_routes
+from maas.spec import DeploySpec
+
+logger = logging.getLogger("ray.serve")
+
+
+def build_app(store: str, models, deploy: Optional[DeploySpec] = None, api_key_hashes: Optional[list] = None):
+    """The Serve Application for one or more models: ``"digits@production"``, ``"digits/3"``, or a list of
+    those and/or dicts ``{model, alias | version, canary_alias, canary_percent}``.
+
+    Replicas or autoscaling, replica resources, batching and the alias poll come from ``deploy`` (a
+    DeploySpec; its ``canary`` applies to the first model when that entry names none); API key digests from
+    ``api_key_hashes`` (default: MAAS_API_KEYS / MAAS_API_KEYS_FILE of this process).
+    """
+    d = deploy or DeploySpec()
+    routes = normalize_routes(models)
+    if d.canary is not None and not routes[0]["canary_alias"]:
+        routes[0].update(canary_alias=d.canary.alias, canary_percent=d.canary.percent)
+    hashes = load_api_key_hashes() if api_key_hashes is None else api_key_hashes
+    return ModelServer.options(**d.serve_options()).bind(
+        store, routes, d.max_batch_size, d.batch_wait_timeout_s, d.max_request_bytes, hashes, d.alias_poll_s)
+
+
+def build_checked_app(store: str, models, deploy: Optional[DeploySpec] = None):
+    """``build_app`` after fetching (and so verifying) every version the models point at now."""
+    registry = Registry(store)
+    routes = normalize_routes(models)
+    fetch_all(registry, routes)
+    return build_app(registry.location, routes, deploy), routes
+
+
+def deploy(store: str, models, deploy: Optional[DeploySpec] = None, *, app_name: Optional[str] = None) -> str:
+    """Start Serve's HTTP proxy on deploy.host:port (if not running) and deploy ``models`` (see build_app);
+    returns the base URL.
+
+    Raises:
+        RegistryError / IntegrityError: unknown or tampered version (checked here, before deploying).
+        ServeError: bad model list or API key configuration.
+    """
+    d = deploy or DeploySpec()
+    app, routes = build_checked_app(store, models, d)
+    serve.start(http_options={"host": d.host, "port": d.port})
+    serve.run(app, name=app_name or routes[0]["model"], route_prefix="/", blocking=False)
+    return f"http://{proxy_address(d.host, d.port)}"
+
+
+def proxy_address(host: str, port: int) -> str:
+    """Where Serve's proxy really listens: HTTP options are fixed when Serve first starts on a cluster, so
+    a later deploy asking for another port is served on the first one; report that, and say so."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        config = _get_global_client().http_config
+        actual_host, actual_port = config.host, int(config.port)
+    except Exception:  # private API moved: trust what was asked for
+        return f"{host}:{port}"
+    if (actual_host, actual_port) != (host, port):
+        logger.warning("Serve already listens on %s:%s on this cluster; deploy.host/port (%s:%s) cannot change "
+                       "that until Serve is shut down", actual_host, actual_port, host, port)
+    shown = "127.0.0.1" if actual_host in ("0.0.0.0", "") else actual_host
+    return f"{shown}:{actual_port}"

@@ -1,0 +1,93 @@
+"""HTTP plumbing every protocol handler shares: the two error shapes, request ids, bounded bodies, API keys,
+and server-sent events while a model generates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Callable, Optional
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from maas.serve.auth import authorized
+from maas.serve.oip import ProtocolError
+
+logger = logging.getLogger("ray.serve")
+BAD_KEY = "missing or invalid API key: send 'Authorization: Bearer <key>'"
+
+
+def oip_error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    """The Open Inference Protocol's error shape: ``{"error": message}``."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def openai_error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    """OpenAI's error shape, which its client libraries read, for the /v1 routes."""
+    kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
+            503: "service_unavailable"}.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
+
+
+def error_for(protocol: str) -> Callable[..., JSONResponse]:
+    return openai_error if protocol == "openai" else oip_error
+
+
+def retry_headers(err: ProtocolError) -> Optional[dict]:
+    """A 503 (nothing loaded yet) tells the client when to come back."""
+    return {"retry-after": "2"} if err.status == 503 else None
+
+
+def request_id(request: Request) -> str:
+    """The id Serve's proxy puts in the response's x-request-id header (the client's own, when it sent one)."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        rid = _get_serve_request_context().request_id
+        if rid:
+            return rid
+    except Exception:  # private API moved
+        pass
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) over ``limit`` bytes before and after reading it."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(413, f"request body of {declared} bytes is over the limit of {limit}")
+    body = await request.body()
+    if len(body) > limit:
+        raise ProtocolError(413, f"request body of {len(body)} bytes is over the limit of {limit}")
+    return body
+
+
+def key_ok(request: Request, key_hashes: list) -> bool:
+    """True when no API keys are configured or the request carries one of them."""
+    return not key_hashes or authorized(request.headers.get("authorization"), key_hashes)
+
+
+def sse(loaded, prompt: bytes, options: dict, event: Callable[[str, Optional[str]], str],
+        done: str = "") -> StreamingResponse:
+    """Server-sent events while the model generates: each step runs on a worker thread, so the replica's
+    event loop keeps serving other requests between tokens."""
+    async def events():
+        pieces = loaded.predictor.pieces(prompt, **options)
+        try:
+            while True:
+                item = await asyncio.to_thread(next, pieces, None)
+                if item is None:
+                    break
+                text, finish, _ = item
+                yield event(text, finish)
+        except Exception:  # mid-stream the status is sent: end the stream with an error event
+            logger.exception("maas generation failed mid-stream (%s)", loaded.mv.ref)
+            yield "data: " + json.dumps({"error": "generation failed; see the replica log"}) + "\n\n"
+        if done:
+            yield done
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={**loaded.headers, "cache-control": "no-cache"})

@@ -1,0 +1,150 @@
+"""Open Inference Protocol v2 routes: health, server and model metadata, readiness, ``infer`` (classifiers,
+text classifiers, encoders) and the generate extension (``generate``, ``generate_stream``).
+
+Request parsing and response shapes are pure functions in ``maas.serve.oip``; this module binds them to the
+served models (``ModelHost``) and to the replica (``server``: body limit, API keys, batched model calls).
+Every client mistake is a 4xx ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Optional
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from maas.serve.http import BAD_KEY, key_ok, oip_error, read_body, retry_headers, sse
+from maas.serve.oip import (ProtocolError, classifier_outputs, embedding_outputs, model_metadata,
+                            parse_generate_request, parse_infer_request, parse_text_infer_request)
+
+
+class OIPHandlers:
+    def __init__(self, host, server):
+        self.host = host
+        self.server = server  # .key_hashes, .max_request_bytes, async .run(loaded, x)
+
+    def guard(self, request: Request, name: Optional[str]):
+        """(served model or None, error response or None): 401 without a valid key (when keys are set),
+        404 for a model not served here."""
+        if not key_ok(request, self.server.key_hashes):
+            return None, JSONResponse({"error": BAD_KEY}, status_code=401, headers={"www-authenticate": "Bearer"})
+        if name is None:
+            return None, None
+        served = self.host.models.get(name)
+        if served is None:
+            return None, oip_error(404, f"model '{name}' is not served here; served: {', '.join(self.host.models)}")
+        return served, None
+
+    # ------------------------------------------------------------------------------- health & metadata
+    def live(self, request: Request) -> JSONResponse:
+        return JSONResponse({"live": True})
+
+    def ready(self, request: Request) -> JSONResponse:
+        waiting = self.host.not_ready()
+        if waiting:
+            return JSONResponse({"ready": False, "error": "; ".join(f"{k}: {v}" for k, v in waiting.items())},
+                                status_code=503, headers={"retry-after": "2"})
+        return JSONResponse({"ready": True})
+
+    def server_metadata(self, request: Request) -> JSONResponse:
+        return JSONResponse({"name": "maas", "version": "0.1.0", "extensions": []})
+
+    def models(self, request: Request) -> JSONResponse:
+        _, bad = self.guard(request, None)
+        return bad or JSONResponse({"models": [
+            {"name": m.name, "versions": m.loaded_versions(), "ready": m.primary is not None,
+             "platform": m.primary.mv.runtime if m.primary else None, "target": m.target,
+             **({"canary": {"alias": m.canary_alias, "percent": m.canary_percent,
+                            "version": str(m.canary.mv.version) if m.canary else None}} if m.canary_alias else {})}
+            for m in self.host.models.values()]})
+
+    async def metadata(self, request: Request, name: str, version: Optional[str] = None) -> JSONResponse:
+        served, bad = self.guard(request, name)
+        if bad is not None:
+            return bad
+        try:
+            loaded = served.primary if version is None and served.primary else \
+                await self.host.resolve(served, version)
+        except ProtocolError as err:
+            return oip_error(err.status, err.message)
+        meta = model_metadata(name, loaded.mv.version, loaded.mv.runtime, loaded.signature)
+        if version is None:
+            meta["versions"] = served.loaded_versions()
+        return JSONResponse(meta, headers=loaded.headers)
+
+    async def model_ready(self, request: Request, name: str, version: Optional[str] = None) -> JSONResponse:
+        served, bad = self.guard(request, name)
+        if bad is not None:
+            return bad
+        if version is not None:
+            try:
+                await self.host.resolve(served, version)
+            except ProtocolError as err:
+                return oip_error(err.status, err.message)
+        elif served.primary is None:
+            return JSONResponse({"name": name, "ready": False, "error": served.problem}, status_code=503)
+        return JSONResponse({"name": name, "ready": True})
+
+    # ------------------------------------------------------------------------------------ inference
+    async def infer(self, request: Request, name: str, version: Optional[str] = None):
+        """-> (response, rows, loaded version or None)."""
+        served, bad = self.guard(request, name)
+        if bad is not None:
+            return bad, 0, None
+        try:
+            body = await read_body(request, self.server.max_request_bytes)
+            loaded = await self.host.resolve(served, version)
+        except ProtocolError as err:
+            return oip_error(err.status, err.message, retry_headers(err)), 0, None
+        task = loaded.signature.get("task")
+        if task == "generation":
+            return oip_error(400, f"model '{name}' generates text: POST /v2/models/{name}/generate[_stream] or "
+                                  "/v1/completions", loaded.headers), 0, loaded
+        try:
+            if task in ("embedding", "text-classification"):
+                x, req_id = parse_text_infer_request(body, loaded.signature)
+                wanted = None
+            else:
+                x, req_id, wanted = parse_infer_request(body, loaded.signature)
+        except ProtocolError as err:
+            return oip_error(err.status, err.message, loaded.headers), 0, loaded
+        if task == "embedding":
+            outputs = embedding_outputs(await self.server.run(loaded, x))
+        elif task == "text-classification":
+            outputs = classifier_outputs(await self.server.run(loaded, x), loaded.signature, None)
+        else:
+            logits = np.zeros((0, len(loaded.signature["classes"])), dtype=np.float32) if len(x) == 0 \
+                else await self.server.run(loaded, x)
+            outputs = classifier_outputs(logits, loaded.signature, wanted)
+        out = {"model_name": loaded.mv.name, "model_version": str(loaded.mv.version),
+               "id": req_id or uuid.uuid4().hex, "outputs": outputs}
+        return JSONResponse(out, headers=loaded.headers), len(x), loaded
+
+    async def generate(self, request: Request, name: str, stream: bool = False):
+        """The generate extension: ``/generate`` answers ``{"text_output"}`` at once, ``/generate_stream``
+        one server-sent event per decoded piece. -> (response, rows, loaded version or None)."""
+        served, bad = self.guard(request, name)
+        if bad is not None:
+            return bad, 0, None
+        try:
+            body = await read_body(request, self.server.max_request_bytes)
+            loaded = await self.host.resolve(served, None)
+            if loaded.signature.get("task") != "generation":
+                raise ProtocolError(400, f"model '{name}' does not generate text; use /v2/models/{name}/infer")
+            prompt, options, req_id = parse_generate_request(body, loaded.signature)
+        except ProtocolError as err:
+            return oip_error(err.status, err.message, retry_headers(err)), 0, None
+        head = {"model_name": loaded.mv.name, "model_version": str(loaded.mv.version), "id": req_id or uuid.uuid4().hex}
+        if not stream:
+            text, finish, count = await asyncio.to_thread(loaded.predictor.complete, prompt, **options)
+            return JSONResponse({**head, "text_output": text, "finish_reason": finish, "generated_tokens": count},
+                                headers=loaded.headers), 1, loaded
+
+        def event(text: str, finish: Optional[str]) -> str:
+            return "data: " + json.dumps({**head, "text_output": text, "finish_reason": finish}) + "\n\n"
+
+        return sse(loaded, prompt, options, event), 1, loaded
