@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -78,8 +79,31 @@ def _is_local(address: str) -> bool:
     return host in ("127.0.0.1", "localhost", "0.0.0.0", "::1")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAY_PREFIX = re.compile(r"^\([^)]*pid=\d+[^)]*\)\s*")  # "(RayTrainWorker pid=123, ip=...) " on worker lines
+_PROGRESS = re.compile(r"^\[([a-z_]+)\] (.*)$")
+_EPOCH = re.compile(r"epoch (\d+)/(\d+) \(\d+%\) step (\d+) loss=(\S+?)(?: val_accuracy=(\S+?))?(?: |$)")
+
+
+def progress_event(line: str) -> Optional[dict]:
+    """A maas progress line of a job's log (``[stage] detail``, from the driver or a training worker) as an
+    event ``{"stage", "detail"}``; a training epoch also carries ``epoch``, ``epochs``, ``step``, ``loss`` and
+    ``val_accuracy``. None for everything else (Ray's own lines, execution plans, the result line)."""
+    text = _RAY_PREFIX.sub("", _ANSI.sub("", line).strip())
+    m = _PROGRESS.match(text)
+    if m is None:
+        return None
+    event: dict = {"stage": m.group(1), "detail": m.group(2)}
+    e = _EPOCH.search(m.group(2)) if m.group(1) == "train" else None
+    if e is not None:
+        event.update(epoch=int(e.group(1)), epochs=int(e.group(2)), step=int(e.group(3)), loss=float(e.group(4)))
+        if e.group(5):
+            event["val_accuracy"] = float(e.group(5))
+    return event
+
+
 class Job:
-    """A handle on one submitted job: status, logs, wait, stop and its parsed result line."""
+    """A handle on one submitted job: status, logs, typed progress events, wait, stop and its result line."""
 
     def __init__(self, client: "Client", job_id: str):
         self.client = client
@@ -118,6 +142,26 @@ class Job:
             if done:
                 return
             time.sleep(poll_s)
+
+    def events(self, poll_s: float = 0.5) -> Iterator[dict]:
+        """Typed progress while the job runs (see ``progress_event``: stage, detail, and for training epochs
+        epoch/epochs/step/loss/val_accuracy), then one ``{"stage": "result", ...}`` with the result line (or
+        the error when the job left none). A notebook draws a progress bar and charts from these."""
+        pending = ""
+        for chunk in self.logs(follow=True, poll_s=poll_s):
+            pending += chunk
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                event = progress_event(line)
+                if event is not None:
+                    yield event
+        event = progress_event(pending)
+        if event is not None:
+            yield event
+        try:
+            yield {"stage": "result", **self.result()}
+        except JobError as err:
+            yield {"stage": "result", "status": "failed", "error": str(err)}
 
     def wait(self, timeout: Optional[float] = None, poll_s: float = 0.5) -> str:
         """Block until the job ends; returns its final status.

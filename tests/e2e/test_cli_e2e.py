@@ -168,6 +168,8 @@ def test_submit_without_an_address_runs_the_job_on_an_embedded_ray(tmp_path):
     r = maas("submit", SPEC, "--stage", "preprocess", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "(embedded Ray)" in r.stdout and "SUCCEEDED" in r.stdout
+    # followed as `maas run` reads: stage progress, none of Ray's own lines nor the raw result line
+    assert "  [data] reading" in r.stdout and "maas_result" not in r.stdout and "streaming_executor" not in r.stdout
     reports = list((tmp_path / ".maas" / "runs").glob("*/data_report.json"))
     assert len(reports) == 1 and json.loads(reports[0].read_text())["counts"]["rows_in"] == 1797
     r = maas("submit", SPEC, "--async", cwd=tmp_path)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from maas.data import prepare_data
-from maas.data.ops import KIND, REASON
+from maas.data.accounting import KIND, REASON
 from maas.exceptions import DataError
 from maas.spec import DataSpec
 from tests.data_helpers import SPEC, people

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from maas.data import prepare_data
-from maas.data.prepare import REASON
+from maas.data.accounting import REASON
 from maas.exceptions import DataError
 from maas.spec import DataSpec
 
@@ -104,7 +104,7 @@ def test_a_single_parquet_file_is_read_by_parallel_tasks_row_group_runs(tmp_path
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    from maas.data.prepare import read_parquet_parallel
+    from maas.data.readers import read_parquet_parallel
 
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"a": np.arange(8000), "b": rng.normal(size=8000), "c": rng.choice(["x", "y"], 8000)})

@@ -122,3 +122,9 @@ def test_kind_is_compared_in_one_module_only():
                  if f.relative_to(ROOT).as_posix() != "platform/maas/pipelines/__init__.py"
                  and compared.search(f.read_text())]
     assert not offenders
+
+
+def test_no_module_of_the_library_is_over_400_lines():
+    long = {f.relative_to(ROOT).as_posix(): n for f in (ROOT / "platform" / "maas").rglob("*.py")
+            if (n := len(f.read_text().splitlines())) > 400}
+    assert not long, f"split these by concern: {long}"

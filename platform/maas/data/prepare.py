@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -18,46 +16,17 @@ import pandas as pd
 
 import yaml
 
-from maas.data.ops import (KIND, RAW, REASON, apply_row_ops, check_schema, column_stats, combine_stats,
-                           DedupeClaims, dedupe_batch, encode_batch, encoded_names, fitted_plan, infer_schema,
-                           start_accounting)
-from maas.data.ops import _mark as mark
-from maas.data.source import bootstrap_sklearn, filesystem_for, fingerprint_files, resolve_files
+from maas.data.accounting import KIND, RAW, REASON, mark, start_accounting
+from maas.data.fitting import column_stats, combine_stats, encode_batch, encoded_names, fitted_plan
+from maas.data.ops import DedupeClaims, apply_row_ops, dedupe_batch
+from maas.data.readers import read_dataset
+from maas.data.runs import Y, DataResult, write_report
+from maas.data.schema import check_schema, infer_schema
+from maas.data.source import filesystem_for, fingerprint_files
 from maas.exceptions import DataError
 from maas.spec import FITTED_OPS, DataSpec
 
-LABEL, SPLIT, Y, STATUS = "__label", "__split", "__y", "__status"
-
-
-@dataclass
-class DataResult:
-    """What the data stage hands to training and evaluation."""
-
-    train: Any  # ray.data.Dataset with the feature columns (float32) and __y (int64 class index)
-    val: Any
-    test: Any
-    features: list[str]
-    classes: list[Any]
-    mean: list[float]
-    std: list[float]
-    fingerprint: str
-    counts: dict = field(default_factory=dict)
-    rejects_path: Optional[str] = None
-    schema: dict = field(default_factory=dict)  # column -> {type, nullable, min, max, allowed}
-    encoders: dict = field(default_factory=dict)  # column -> {kind: onehot|ordinal, categories} (train only)
-    columns: dict = field(default_factory=dict)  # column -> count, nulls, min/max/mean/std or top values
-    schema_inferred: bool = False
-    raw_features: list = field(default_factory=list)  # feature columns before encoding (what clients send)
-
-    def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Materialise a (small) split on the driver as (X float32 [N, F], y int64 [N])."""
-        df = getattr(self, split).to_pandas()
-        return df[self.features].to_numpy(np.float32), df[Y].to_numpy(np.int64)
-
-    def texts(self, split: str) -> tuple[list, np.ndarray]:
-        """A text model's split on the driver: (its one text feature as strings, y int64 [N])."""
-        df = getattr(self, split).select_columns([self.features[0], Y]).to_pandas()
-        return df[self.features[0]].astype(str).tolist(), df[Y].to_numpy(np.int64)
+LABEL, SPLIT, STATUS = "__label", "__split", "__status"
 
 
 def _sort_classes(labels: list[str]) -> list[Any]:
@@ -138,90 +107,6 @@ def _finish_batch(df: pd.DataFrame, schema: dict, label: str, features: list[str
         out[c] = df[c].astype(str)
     out[STATUS] = np.where(out[REASON].to_numpy() == "", split, "quarantine")
     return out
-
-
-def read_dataset(spec: DataSpec):
-    """A lazy Ray Dataset over ``spec.path`` (bootstrapping a bundled set first when asked to)."""
-    import ray.data
-
-    fs, path = filesystem_for(spec.path)
-    if spec.bootstrap and fs.get_file_info(path).type.name == "NotFound":
-        bootstrap_sklearn(spec.bootstrap, spec.path)
-    fs, files, fmt = resolve_files(spec.path, spec.format)
-    try:
-        if fmt == "images":
-            size = next((op["image"].get("size") for op in spec.ops if "image" in op), None)
-            ds = ray.data.read_images(files, filesystem=fs, include_paths=True,
-                                      size=tuple(size) if size else None, mode="RGB")
-            ds = ds.map_batches(_label_from_folder, batch_format="pandas")
-        else:
-            extra = {}
-            if fmt == "csv":  # an empty field is a missing value, in text columns too (pyarrow's default: "")
-                import pyarrow.csv as pacsv
-
-                extra["convert_options"] = pacsv.ConvertOptions(strings_can_be_null=True)
-            reader = {"parquet": read_parquet_parallel, "csv": ray.data.read_csv, "json": ray.data.read_json,
-                      "text": ray.data.read_text}[fmt]
-            ds = reader(files, filesystem=fs, **extra)
-    except Exception as exc:
-        raise DataError(f"data.path: cannot read {spec.path} as {fmt}: {type(exc).__name__}: {exc}") from None
-    return ds, fs, files
-
-
-def read_parquet_parallel(files: list, filesystem, tasks: Optional[int] = None):
-    """``ray.data.read_parquet``, but a few large files are read as many tasks, each a run of row groups.
-
-    Ray Data 2.60 reads a Parquet file as one task, and the ops fused after the read run in that same task:
-    a single 2M-row file went through the whole data stage on one core of a 16-core machine (92 s against
-    pandas' 6 s). With fewer files than ``tasks`` (default: the cluster's CPUs), the row groups are dealt
-    into ``tasks`` contiguous runs of about equal rows, read by parallel tasks that each yield one block per
-    row group, so streaming stays bounded by a row group. Hive-style paths (``key=value`` folders) keep Ray's
-    reader, which adds those columns."""
-    import pyarrow.parquet as pq
-    import ray
-    import ray.data
-
-    if tasks is None:
-        tasks = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
-    if len(files) >= tasks or any("=" in part for f in files for part in f.replace("\\", "/").split("/")[:-1]):
-        return ray.data.read_parquet(files, filesystem=filesystem)
-    groups = []  # (file, row group, rows)
-    for f in files:
-        with filesystem.open_input_file(f) as handle:
-            meta = pq.ParquetFile(handle).metadata
-        groups += [(f, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
-    if len(groups) <= len(files):  # one row group a file: nothing to split
-        return ray.data.read_parquet(files, filesystem=filesystem)
-    total = sum(g[2] for g in groups) or 1
-    runs, current, rows = [], [], 0
-    for f, i, n in groups:  # contiguous runs of about total/tasks rows, never across files
-        if current and (current[-1][0] != f or rows >= total / tasks):
-            runs.append(current)
-            current, rows = [], 0
-        current.append((f, i))
-        rows += n
-    runs.append(current)
-    items = [{"file": run[0][0], "row_groups": [i for _, i in run]} for run in runs]
-    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _read_row_groups, batch_size=1, batch_format="pandas", fn_kwargs={"filesystem": filesystem})
-
-
-def _read_row_groups(item: pd.DataFrame, filesystem):
-    """One run of ``read_parquet_parallel``: a block per row group (pyarrow Tables)."""
-    import pyarrow.parquet as pq
-
-    for f, row_groups in zip(item["file"], item["row_groups"]):
-        with filesystem.open_input_file(f) as handle:
-            pf = pq.ParquetFile(handle)
-            for i in row_groups:
-                yield pf.read_row_group(int(i))
-
-
-def _label_from_folder(df: pd.DataFrame) -> pd.DataFrame:
-    """Images in <root>/<class>/<file>: the class is the parent folder's name."""
-    df = df.copy()
-    df["label"] = [p.replace("\\", "/").rsplit("/", 2)[-2] for p in df["path"]]
-    return df.drop(columns=["path"])
 
 
 def _as_partial(st: dict) -> dict:
@@ -487,108 +372,3 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
                         schema_inferred=inferred, raw_features=features)
     write_report(run_dir, result)
     return result
-
-
-def write_report(run_dir: str, result: DataResult) -> None:
-    fs, path = filesystem_for(run_dir)
-    fs.create_dir(path, recursive=True)
-    report = {"fingerprint": result.fingerprint, "counts": result.counts, "features": result.features,
-              "classes": result.classes, "rejects_path": result.rejects_path,
-              "normalization": {"mean": result.mean, "std": result.std}, "encoders": result.encoders,
-              "columns": result.columns, "schema_inferred": result.schema_inferred,
-              "raw_features": result.raw_features}
-    with fs.open_output_stream(f"{path}/data_report.json") as f:
-        f.write(json.dumps(report, indent=2, default=str).encode())
-    with fs.open_output_stream(f"{path}/schema.json") as f:
-        f.write(json.dumps({"columns": result.schema}, indent=2, default=str).encode())
-
-
-def run_dir_for(store: str, run_id: str) -> str:
-    return f"{store.rstrip('/')}/runs/{run_id}" if "://" in store else os.path.join(
-        os.path.abspath(store), "runs", run_id)
-
-
-def read_report(store: str, run_id: Optional[str] = None) -> tuple[str, dict]:
-    """(run id, data_report.json) of ``run_id`` or of the newest run in ``store`` that has one.
-
-    Raises:
-        DataError: no such run, or no run with a data report yet.
-    """
-    import pyarrow.fs as pafs
-
-    root = run_dir_for(store, "x").rsplit("/", 1)[0] if "://" in store else os.path.join(os.path.abspath(store),
-                                                                                          "runs")
-    fs, path = filesystem_for(root)
-    if run_id is None:
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        found = [(i.mtime, i.base_name) for i in infos if i.type == pafs.FileType.Directory and
-                 fs.get_file_info(f"{i.path}/data_report.json").type == pafs.FileType.File]
-        if not found:
-            raise DataError(f"no data reports under {root}: run the data stage first (maas run SPEC)")
-        run_id = max(found)[1]
-    try:
-        with fs.open_input_stream(f"{path}/{run_id}/data_report.json") as f:
-            return run_id, json.loads(f.read())
-    except (FileNotFoundError, OSError):
-        raise DataError(f"run {run_id!r} has no data report under {root}") from None
-
-
-def save_prepared(result: DataResult, run_dir: str) -> None:
-    """Persist the final splits (encoded, labels as indices) as Parquet beside data_report.json, so later
-    stages and jobs reload them, and point ``result`` at them: one streaming pass, and later readers (the
-    training shards, evaluation) read the finished columns instead of redoing the encoding. The checked
-    rows the data stage wrote before are then removed (the rejects are kept)."""
-    import ray.data
-
-    fs, root = filesystem_for(run_dir)
-    for name in ("train", "val", "test"):
-        getattr(result, name).write_parquet(f"{run_dir}/splits/{name}")
-        split_dir = f"{root}/splits/{name}"
-        if fs.get_file_info(split_dir).type.name == "NotFound":  # an empty split writes no files
-            fs.create_dir(split_dir, recursive=True)
-            setattr(result, name, getattr(result, name).limit(0).materialize())
-        else:
-            setattr(result, name, ray.data.read_parquet(split_dir, filesystem=fs))
-    checked = f"{root}/checked"
-    if result.rejects_path is None or "/checked/" not in result.rejects_path:
-        if fs.get_file_info(checked).type.name != "NotFound":
-            fs.delete_dir(checked)
-
-
-def load_prepared(run_dir: str) -> DataResult:
-    """The DataResult of an earlier data stage, from its run folder (local path or URI).
-
-    Raises:
-        DataError: the run folder holds no prepared data (name the run id of a finished data stage).
-    """
-    import pyarrow.fs as pafs
-    import ray.data
-
-    fs, path = filesystem_for(run_dir)
-    try:
-        with fs.open_input_stream(f"{path}/data_report.json") as f:
-            report = json.loads(f.read())
-    except (FileNotFoundError, OSError):
-        raise DataError(f"no prepared data in {run_dir}: run the data stage first "
-                        "(python -m jobs.preprocess --spec FILE) and pass its run id") from None
-    splits = {}
-    for name in ("train", "val", "test"):
-        split_dir = f"{path}/splits/{name}"
-        if fs.get_file_info(split_dir).type.name == "NotFound":
-            raise DataError(f"{run_dir} has no saved '{name}' split; re-run the data stage")
-        if not fs.get_file_info(pafs.FileSelector(split_dir)):  # an empty split
-            splits[name] = None
-            continue
-        splits[name] = ray.data.read_parquet(split_dir, filesystem=fs)  # lazy: streamed by its consumers
-    if splits["train"] is None:
-        raise DataError(f"{run_dir} has an empty train split; re-run the data stage")
-    for name in ("val", "test"):
-        if splits[name] is None:
-            splits[name] = splits["train"].limit(0)
-    norm = report["normalization"]
-    return DataResult(train=splits["train"], val=splits["val"], test=splits["test"], features=report["features"],
-                      classes=report["classes"], mean=norm["mean"], std=norm["std"],
-                      fingerprint=report["fingerprint"], counts=report["counts"],
-                      rejects_path=report.get("rejects_path"), encoders=report.get("encoders", {}),
-                      columns=report.get("columns", {}), schema_inferred=report.get("schema_inferred", False),
-                      raw_features=report.get("raw_features", report["features"]))

@@ -5,7 +5,8 @@ Every kind's module (``maas.pipelines.<kind>``) provides:
 - ``SPEC``: its spec class (``maas.spec``), the one ``kind: <name>`` in a spec file selects;
 - ``run(spec, *, serve=None, run_id=None, progress=noop)``: every stage, in order; returns a result object
   with ``to_dict()``, ``stage_seconds``, ``promoted_ref`` and ``endpoint``;
-- ``summary(result, spec)``: the table ``maas run`` (and a followed job) prints at the end;
+- ``summary(result, spec)``: the table ``maas run`` prints at the end (a pipeline job puts it in its result
+  line, and ``maas submit`` / ``maas logs --follow`` print it);
 - ``try_it(result, spec)``: (the endpoint, a command that calls it as printed);
 - ``JOB_STAGES``: {stage: fn(spec, options, progress) -> result fields} for the Ray job entrypoints
   (``jobs/<stage>.py``); the stages a kind lists are the only ones it can be submitted as.

@@ -27,10 +27,10 @@ from maas.pipelines.base import (Laps, Progress, job_deploy, new_run_id, noop, p
                                  variants_summary)
 from maas.registry import Registry
 from maas.serve.oip import classifier_signature
-from maas.spec import PipelineSpec
+from maas.spec import ClassifierSpec
 from maas.train import train_model
 
-SPEC = PipelineSpec
+SPEC = ClassifierSpec
 
 
 @dataclass
@@ -59,7 +59,7 @@ class PipelineResult:
 
 # ------------------------------------------------------------------------------------------------ stages
 
-def stage_data(spec: PipelineSpec, run_id: str) -> DataResult:
+def stage_data(spec: ClassifierSpec, run_id: str) -> DataResult:
     """Read, validate, split and fit normalisation; the splits are saved under the run for later stages."""
     run_dir = run_dir_for(Registry(spec.store).location, run_id)
     data = prepare_data(spec.data, run_dir)
@@ -67,7 +67,7 @@ def stage_data(spec: PipelineSpec, run_id: str) -> DataResult:
     return data
 
 
-def stage_train(spec: PipelineSpec, data: DataResult, run_id: str) -> tuple[dict, object]:
+def stage_train(spec: ClassifierSpec, data: DataResult, run_id: str) -> tuple[dict, object]:
     """Train, evaluate the best checkpoint on the test split, publish it as the fp32 parent version.
 
     Returns:
@@ -108,7 +108,7 @@ def stage_train(spec: PipelineSpec, data: DataResult, run_id: str) -> tuple[dict
             "passed": True}, trained
 
 
-def stage_compress(spec: PipelineSpec, parent_ref: str,
+def stage_compress(spec: ClassifierSpec, parent_ref: str,
                    test: Optional[tuple[np.ndarray, np.ndarray]] = None) -> list[dict]:
     """Compress the registered fp32 ``parent_ref`` with every method of the spec; gate and publish each.
 
@@ -141,23 +141,23 @@ def stage_compress(spec: PipelineSpec, parent_ref: str,
     return variants
 
 
-def is_text_model(spec: PipelineSpec) -> bool:
+def is_text_model(spec: ClassifierSpec) -> bool:
     return spec.model.arch == "minilm_classifier"
 
 
-def test_rows(spec: PipelineSpec, data: DataResult) -> tuple:
+def test_rows(spec: ClassifierSpec, data: DataResult) -> tuple:
     """The test split as the model takes it: (X float32 [N, F], y), or (texts, y) for a text model."""
     return data.texts("test") if is_text_model(spec) else data.numpy("test")
 
 
-def stage_promote(spec: PipelineSpec, candidates: list[dict]) -> str:
+def stage_promote(spec: ClassifierSpec, candidates: list[dict]) -> str:
     """Point ``deploy.alias`` at the fastest (``compress.select``: or smallest) candidate that passed its
     gate; returns its reference."""
     return promote(spec.store, spec.deploy.alias, candidates, spec.compress.select,
                    lambda m: m["throughput_rows_s_b64"])["ref"]
 
 
-def _lineage(spec: PipelineSpec, data: DataResult, run_id: str, run_dir: str) -> dict:
+def _lineage(spec: ClassifierSpec, data: DataResult, run_id: str, run_dir: str) -> dict:
     return {"data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(), "run_id": run_id,
             "run_dir": run_dir, "data_counts": data.counts, "features": data.features,
             "encoders": data.encoders}
@@ -165,7 +165,7 @@ def _lineage(spec: PipelineSpec, data: DataResult, run_id: str, run_dir: str) ->
 
 # ------------------------------------------------------------------------------------------- the whole
 
-def run(spec: PipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[str] = None,
+def run(spec: ClassifierSpec, *, serve: Optional[bool] = None, run_id: Optional[str] = None,
         progress: Progress = noop) -> PipelineResult:
     """Run every stage of ``spec`` on the connected Ray cluster (see ``maas.runtime.ensure_ray``).
 
@@ -219,13 +219,13 @@ run_pipeline = run  # the name the SDK and notebooks have used
 
 # ------------------------------------------------------------------------- what `maas run` and jobs show
 
-def summary(result: PipelineResult, spec: PipelineSpec) -> str:
+def summary(result: PipelineResult, spec: ClassifierSpec) -> str:
     from maas.report import pipeline_summary
 
     return pipeline_summary(result)
 
 
-def try_it(result: PipelineResult, spec: PipelineSpec) -> tuple[str, str]:
+def try_it(result: PipelineResult, spec: ClassifierSpec) -> tuple[str, str]:
     """(the endpoint, a curl command that works as printed)."""
     from maas.report import curl_example
 
@@ -233,15 +233,16 @@ def try_it(result: PipelineResult, spec: PipelineSpec) -> tuple[str, str]:
             curl_example(result.endpoint, spec.model.name, result.example_row))
 
 
-def job_pipeline(spec: PipelineSpec, opts: dict, progress: Progress) -> dict:
+def job_pipeline(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:
     result = run(spec, serve=opts.get("serve", False), progress=progress)
     return {"run_id": result.run_id, "run_dir": result.run_dir, "data_counts": result.data_counts,
             "data_fingerprint": result.data_fingerprint, "variants": variants_summary(result.variants),
             "promoted": result.promoted_ref, "alias": result.alias, "endpoint": result.endpoint,
-            "history": result.history, "stage_seconds": result.stage_seconds}
+            "history": result.history, "stage_seconds": result.stage_seconds,
+            "summary": summary(result, spec)}
 
 
-def job_preprocess(spec: PipelineSpec, opts: dict, progress: Progress) -> dict:
+def job_preprocess(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:
     run_id = opts.get("run_id") or new_run_id()
     progress("data", f"reading {spec.data.path}")
     data = stage_data(spec, run_id)
@@ -249,7 +250,7 @@ def job_preprocess(spec: PipelineSpec, opts: dict, progress: Progress) -> dict:
             "features": len(data.features), "classes": data.classes}
 
 
-def job_train(spec: PipelineSpec, opts: dict, progress: Progress) -> dict:
+def job_train(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:
     location = Registry(spec.store).location
     if opts.get("run_id"):
         run_id = opts["run_id"]
@@ -274,7 +275,7 @@ def job_train(spec: PipelineSpec, opts: dict, progress: Progress) -> dict:
             "device": trained.device}
 
 
-def job_compress(spec: PipelineSpec, opts: dict, progress: Progress) -> dict:
+def job_compress(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:
     registry = Registry(spec.store)
     parent = registry.resolve(opts.get("parent") or spec.model.name)
     progress("compress", f"{', '.join(spec.compress.methods)} from {parent.ref}")

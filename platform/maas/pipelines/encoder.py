@@ -188,14 +188,16 @@ def job_pipeline(spec: EncoderPipelineSpec, opts: dict, progress: Progress) -> d
     return {"run_id": result.run_id, "run_dir": result.run_dir, "corpus": result.corpus,
             "variants": variants_summary(result.variants), "promoted": result.promoted_ref,
             "alias": result.alias, "endpoint": result.endpoint, "report": result.report,
-            "stage_seconds": result.stage_seconds}
+            "stage_seconds": result.stage_seconds,
+            "summary": summary(result, spec)}
 
 
 def job_compress(spec: EncoderPipelineSpec, opts: dict, progress: Progress) -> dict:
     """The packaged encoder is its own parent: compress = this pipeline, unserved."""
     result = run(spec, serve=False, progress=progress)
     return {"parent": result.variants[0]["ref"], "variants": variants_summary(result.variants),
-            "promoted": result.promoted_ref, "alias": result.alias, "report": result.report}
+            "promoted": result.promoted_ref, "alias": result.alias, "report": result.report,
+            "summary": summary(result, spec)}
 
 
 JOB_STAGES = {"pipeline": job_pipeline, "compress": job_compress, "deploy": job_deploy}

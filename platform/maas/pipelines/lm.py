@@ -146,7 +146,8 @@ def job_pipeline(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:
     return {"run_id": result.run_id, "run_dir": result.run_dir, "data_counts": result.data_counts,
             "data_fingerprint": result.data_fingerprint, "promoted": result.ref, "alias": result.alias,
             "metrics": result.metrics, "sample": result.sample, "endpoint": result.endpoint,
-            "history": result.history, "stage_seconds": result.stage_seconds}
+            "history": result.history, "stage_seconds": result.stage_seconds,
+            "summary": summary(result, spec)}
 
 
 JOB_STAGES = {"pipeline": job_pipeline, "deploy": job_deploy}

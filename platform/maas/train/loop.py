@@ -2,7 +2,8 @@
 
 Runs inside each Ray Train worker. Checkpoints hold ``model.safetensors`` + ``model.json`` (loadable by
 serving without pickle), ``optimizer.pt`` (read back with ``torch.load(weights_only=True)``) and
-``state.json`` (epoch and metric history), so a restarted worker group resumes where it stopped.
+``state.json`` (epoch and metric history), so a restarted worker group resumes where it stopped
+(``maas.train.checkpoint``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Iterator, Optional
 
@@ -21,9 +21,8 @@ import torch.distributed as dist
 from torch import nn
 
 from maas.models import build_model
-from maas.models.artifacts import save_torch_model, unwrap
+from maas.train.checkpoint import as_dtensors, resume_state, write_checkpoint
 
-STATE, OPTIMIZER = "state.json", "optimizer.pt"
 
 
 class ShardBatches:
@@ -91,34 +90,6 @@ def _all_max(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
-def _resume(config: dict, rank: int, world: int) -> tuple[Optional[dict], dict, Optional[dict]]:
-    """(full model state or None, training state, this rank's optimizer state or None) from the last checkpoint.
-
-    The model state is assembled whole (a DDP checkpoint holds it, an FSDP one holds per-rank shards), so a
-    restarted group may even have another size; the optimizer state is reused when it was saved by the same
-    rank of a group of the same size (always the case for DDP's single replicated state)."""
-    import ray.train
-
-    from maas.models.artifacts import SHARDS, WEIGHTS, load_sharded_state
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return None, {"epoch": -1, "step": 0, "history": [], "steps": []}, None
-    with ckpt.as_directory() as folder:
-        from safetensors.torch import load_file
-
-        state = json.loads(open(os.path.join(folder, STATE)).read())
-        model_state = load_file(os.path.join(folder, WEIGHTS)) if os.path.exists(os.path.join(folder, WEIGHTS)) \
-            else load_sharded_state(folder)
-        sharded = os.path.exists(os.path.join(folder, SHARDS))
-        opt_name = f"optimizer-{rank:05d}-of-{world:05d}.pt" if sharded else OPTIMIZER
-        opt_path = os.path.join(folder, opt_name)
-        opt_state = torch.load(opt_path, weights_only=True, map_location="cpu") if os.path.exists(opt_path) else None
-    state.setdefault("step", 0)
-    state.setdefault("steps", [])
-    return model_state, state, opt_state
-
-
 def _shard_fsdp(model: nn.Module, device: torch.device) -> nn.Module:
     """FSDP2: ``fully_shard`` each block (every layer with parameters), then the root. Ray Train has already
     initialised the process group (gloo on CPU, NCCL on GPU); ``prepare_model(parallel_strategy="fsdp")``
@@ -182,7 +153,7 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         flops_per_sample = 6 * sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n) \
             * config["model_config"].get("max_length", 1)
-    model_state, state, opt_state = _resume(config, rank, world)
+    model_state, state, opt_state = resume_state(config, rank, world)
     if model_state is not None:
         model.load_state_dict(model_state)
     start_epoch, step, history, steps_log = state["epoch"] + 1, state["step"], state["history"], state["steps"]
@@ -203,7 +174,7 @@ def train_loop_per_worker(config: dict) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     if opt_state is not None:
-        optimizer.load_state_dict(_as_dtensors(optimizer, opt_state) if fsdp else opt_state)
+        optimizer.load_state_dict(as_dtensors(optimizer, opt_state) if fsdp else opt_state)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     bf16 = config.get("precision") == "bf16"
 
@@ -352,64 +323,12 @@ def train_loop_per_worker(config: dict) -> None:
         every = config["checkpoint_every_epochs"]
         due = improved or stop or epoch == config["epochs"] - 1 or (every and (epoch + 1) % every == 0)
         if due:  # every rank computes the same `due` (validation figures are all-reduced)
-            _checkpoint(model, optimizer, config, metrics, {"epoch": epoch, "step": step, "history": history,
+            write_checkpoint(model, optimizer, config, metrics, {"epoch": epoch, "step": step, "history": history,
                                                             "steps": steps_log}, rank, world, fsdp)
         else:
             ray.train.report(metrics)
         if stop:
             break
-
-
-def _checkpoint(model, optimizer, config: dict, metrics: dict, state: dict, rank: int, world: int,
-                fsdp: bool) -> None:
-    """DDP: rank 0 writes the whole model. FSDP: every rank writes its own shard (model and optimizer) into
-    the same checkpoint directory; Ray Train merges the ranks' uploads."""
-    import ray.train
-
-    from maas.models.artifacts import save_shard
-
-    if not fsdp and rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        if fsdp:
-            save_shard(model, config["model_config"], tmp, rank, world)
-            torch.save(_local_optimizer_state(optimizer), os.path.join(tmp, f"optimizer-{rank:05d}-of-{world:05d}.pt"))
-        else:
-            save_torch_model(unwrap(model), config["model_config"], tmp)
-            torch.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER))
-        if rank == 0:
-            with open(os.path.join(tmp, STATE), "w") as f:
-                json.dump(state, f)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _local_optimizer_state(optimizer) -> dict:
-    """The optimizer state with DTensors replaced by their local shards: plain tensors that
-    ``torch.load(weights_only=True)`` reads back, for the same rank of a same-size group."""
-    from torch.distributed.tensor import DTensor
-
-    def local(v):
-        return v.to_local() if isinstance(v, DTensor) else v
-
-    sd = optimizer.state_dict()
-    return {"state": {k: {n: local(v) for n, v in st.items()} for k, st in sd["state"].items()},
-            "param_groups": sd["param_groups"]}
-
-
-def _as_dtensors(optimizer, saved: dict) -> dict:
-    """Undo ``_local_optimizer_state``: each saved local shard becomes a DTensor placed like its parameter."""
-    from torch.distributed.tensor import DTensor
-
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    state = {}
-    for key, st in saved["state"].items():
-        param = params[int(key)]
-        state[key] = {n: DTensor.from_local(v.to(param.device), device_mesh=param.device_mesh,
-                                            placements=param.placements, shape=param.shape, stride=param.stride())
-                      if isinstance(param, DTensor) and isinstance(v, torch.Tensor) and v.dim() > 0 else v
-                      for n, v in st.items()}
-    return {"state": state, "param_groups": saved["param_groups"]}
 
 
 def _worker_nodes(world: int) -> list:

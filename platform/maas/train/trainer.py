@@ -13,8 +13,9 @@ from torch import nn
 from maas.data import DataResult
 from maas.exceptions import TrainingError
 from maas.models.artifacts import load_torch_model
-from maas.spec import PipelineSpec, TrainSpec
-from maas.train.loop import STATE, train_loop_per_worker
+from maas.spec import ClassifierSpec, TrainSpec
+from maas.train.checkpoint import STATE
+from maas.train.loop import train_loop_per_worker
 
 
 @dataclass
@@ -111,7 +112,7 @@ def write_curves(steps: list, history: list, run_dir: str, run_name: str) -> dic
     return paths
 
 
-def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: str = "train") -> TrainResult:
+def train_model(spec: ClassifierSpec, data: DataResult, run_dir: str, run_name: str = "train") -> TrainResult:
     """Train ``spec.model`` on ``data`` with ``spec.train``; checkpoints go under ``run_dir``.
 
     Raises:
@@ -134,7 +135,7 @@ def train_model(spec: PipelineSpec, data: DataResult, run_dir: str, run_name: st
                run_name=run_name, features=data.features, init={"mean": data.mean, "std": data.std})
 
 
-def text_max_length(spec: PipelineSpec) -> int:
+def text_max_length(spec: ClassifierSpec) -> int:
     """The token length of the spec's (last) tokenize op."""
     return int([next(iter(op.values())) for op in spec.data.ops if "tokenize" in op][-1].get("max_length", 128))
 

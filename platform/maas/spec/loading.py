@@ -1,0 +1,119 @@
+"""Loading specs: YAML files, mappings from the SDK and jobs, ``key=value`` overrides, and error messages
+that name every problem's field path (with "did you mean")."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from maas.exceptions import SpecError
+from maas.spec.classifier import ClassifierSpec
+from maas.spec.encoder import EncoderPipelineSpec
+from maas.spec.lm import LMPipelineSpec
+
+# the spec class of each kind: `kind:` in a spec picks one (maas.pipelines.KINDS runs it)
+SPEC_CLASSES = {"classifier": ClassifierSpec, "encoder": EncoderPipelineSpec, "lm": LMPipelineSpec}
+PipelineSpec = Union[ClassifierSpec, EncoderPipelineSpec, LMPipelineSpec]  # any kind's spec
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> Optional[list[str]]:
+    """Field names of the sub-model found by walking ``loc`` from ``model`` (None if not a model)."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = field.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def _problems(err: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            allowed = _fields_at(model, loc[:-1]) or []
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(allowed)}"
+            problems.append((path, f"unknown key{hint}"))
+        elif e["type"] == "missing":
+            problems.append((path, "required field is missing"))
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append((path, f"{msg} (got {e.get('input')!r})"))
+    return problems
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=3"`` -> (["train", "epochs"], 3). Values are parsed as YAML scalars/lists."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError([(text, "an override must look like key.path=value, e.g. train.epochs=5")], "overrides")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise SpecError([(key, f"cannot parse value {raw!r}: {exc}")], "overrides") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``raw`` with each ``key.path=value`` set (intermediate mappings are created)."""
+    out = json.loads(json.dumps(raw))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                raise SpecError([(".".join(path), f"'{part}' is not a mapping, cannot set a key inside it")],
+                                "overrides")
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def spec_from_dict(raw: Any, overrides: Optional[list[str]] = None, source: str = "spec") -> PipelineSpec:
+    """Validate a mapping (from YAML, JSON or the SDK) into the spec of its ``kind`` (default: classifier).
+
+    Raises:
+        SpecError: listing every problem with its field path.
+    """
+    if not isinstance(raw, dict):
+        raise SpecError([("", f"the spec must be a mapping, got {type(raw).__name__}")], source)
+    raw = apply_overrides(raw, overrides or [])
+    kind = raw.get("kind", "classifier")
+    model = SPEC_CLASSES.get(kind)
+    if model is None:
+        raise SpecError([("kind", f"unknown pipeline kind {kind!r}; use " + " or ".join(map(repr, SPEC_CLASSES)))],
+                        source)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_problems(err, model), source) from None
+
+
+def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> PipelineSpec:
+    """Load and validate a YAML spec file, then apply ``key=value`` overrides.
+
+    Relative ``data.path`` and ``store`` values stay relative to the current directory, like any CLI path.
+
+    Raises:
+        SpecError: the file is missing, is not YAML, or its content is invalid (all problems at once).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError([("", f"spec file not found: {p} (run from the project root or pass a full path)")], str(p))
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError([("", f"not valid YAML: {exc}")], str(p)) from None
+    return spec_from_dict(raw, overrides, source=str(p))
