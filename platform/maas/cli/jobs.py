@@ -73,6 +73,11 @@ def _follow(job, client, verbose: bool = False) -> int:
 
 
 def cmd_submit(args) -> int:
+    from maas.pipelines import check_stage
+    from maas.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)  # a bad spec or a stage its kind lacks: said before Ray starts
+    check_stage(spec, args.stage)
     client = _client(args.address, verbose=args.verbose)
     if args.async_ and client.embedded:
         client.shutdown()
@@ -82,7 +87,7 @@ def cmd_submit(args) -> int:
     for flag in ("run_id", "run_name", "parent", "ref"):
         if getattr(args, flag):
             extra += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
-    job = client.submit(args.spec, args.overrides, stage=args.stage, args=extra)
+    job = client.submit(spec, stage=args.stage, args=extra)
     _say(f"submitted {job.id} to {client.address} ({'embedded Ray' if client.embedded else 'cluster'})")
     if args.async_:
         _say(f"  follow: maas logs {job.id} --follow --address {client.address}\n"

@@ -37,7 +37,7 @@ def markdown_table(records: list, batch_sizes: list) -> str:
     return "\n".join(lines)
 
 
-def write_report(records: list, folder: Path, batch_sizes: list, title: str = "compression",
+def write_compression_report(records: list, folder: Path, batch_sizes: list, title: str = "compression",
                  picked: Optional[str] = None) -> dict:
     """Write compression_report.json/.md/.png into ``folder``; returns {kind: path}."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from maas.data.accounting import KIND, RAW, REASON, mark, start_accounting
 from maas.data.fitting import column_stats, combine_stats, encode_batch, encoded_names, fitted_plan
 from maas.data.ops import DedupeClaims, apply_row_ops, dedupe_batch
 from maas.data.readers import read_dataset
-from maas.data.runs import Y, DataResult, write_report
+from maas.data.runs import Y, DataResult, write_data_report
 from maas.data.schema import check_schema, infer_schema
 from maas.data.source import filesystem_for, fingerprint_files
 from maas.exceptions import DataError
@@ -370,5 +370,5 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
                         classes=classes, mean=mean, std=std, fingerprint=fingerprint, counts=counts,
                         rejects_path=rejects_path, schema=schema, encoders=encoders, columns=column_report,
                         schema_inferred=inferred, raw_features=features)
-    write_report(run_dir, result)
+    write_data_report(run_dir, result)
     return result

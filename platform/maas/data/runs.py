@@ -50,7 +50,7 @@ class DataResult:
         return df[self.features[0]].astype(str).tolist(), df[Y].to_numpy(np.int64)
 
 
-def write_report(run_dir: str, result: DataResult) -> None:
+def write_data_report(run_dir: str, result: DataResult) -> None:
     fs, path = filesystem_for(run_dir)
     fs.create_dir(path, recursive=True)
     report = {"fingerprint": result.fingerprint, "counts": result.counts, "features": result.features,

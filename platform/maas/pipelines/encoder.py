@@ -60,7 +60,7 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
         CompressionError: a step or a measurement failed (the message names the variant).
         RegistryError: no variant and not even the parent passed (never: the parent passes by definition).
     """
-    from maas.compress.report import write_report
+    from maas.compress.report import write_compression_report
     from maas.data import run_dir_for
 
     registry = Registry(spec.store)
@@ -143,7 +143,7 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
     promoted = promote(spec.store, spec.deploy.alias, [r for r in records if not r.get("baseline")], c.select,
                        lambda m: m.get(fastest_at, 0.0))
     lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted['ref']} ({promoted['method']})")
-    report = write_report(records, Path(run_dir), c.batch_sizes, title=f"{spec.model.name}: "
+    report = write_compression_report(records, Path(run_dir), c.batch_sizes, title=f"{spec.model.name}: "
                           f"{spec.model.pretrained} variants vs fp32 parent", picked=promoted["ref"])
     endpoint = serve_at_end(spec, serve, laps)
     return EncoderResult(run_id=run_id, run_dir=run_dir, spec_hash=spec.spec_hash(),
