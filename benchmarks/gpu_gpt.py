@@ -126,7 +126,7 @@ def serve_and_measure(model, config: dict, concurrencies: list[int], seconds: fl
     signature = generation_signature(config["block_size"], GenerateSpec().model_dump())
     with tempfile.TemporaryDirectory() as tmp:
         files = save_torch_model(model.cpu().eval(), config, Path(tmp))
-        mv = registry.publish("gpt", files, runtime="torch", metrics={}, signature=signature,
+        mv = registry.publish("gpt", files, runtime="torch", task="generate", metrics={}, signature=signature,
                               lineage={"kind": "lm", "method": "fp32", "parent": None, "benchmark": "gpu_gpt"})
     registry.set_alias("gpt", "production", mv.version)
     d = DeploySpec(port=free_port(), num_gpus=1 if gpus else 0, num_cpus=1, max_batch_size=1)

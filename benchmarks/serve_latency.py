@@ -96,10 +96,10 @@ def main() -> None:
     from ray import serve
     from starlette.requests import Request
 
-    from maas.models.predictor import load_predictor
+    from maas.models import load_predictor
     from maas.registry import Registry
     from maas.serve import build_app
-    from maas.serve.oip import classifier_signature
+    from maas.models import classifier_signature
     from maas.spec import DeploySpec
 
     tmp = Path(tempfile.mkdtemp(prefix="maas-serve-bench-"))
@@ -111,7 +111,7 @@ def main() -> None:
     @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
     class Bare:
         def __init__(self, path: str, runtime: str):
-            self.predictor = load_predictor(path, runtime)
+            self.predictor = load_predictor(path, runtime, "classify")
 
         async def __call__(self, request: Request):
             t = (await request.json())["inputs"][0]
@@ -130,7 +130,7 @@ def main() -> None:
     row = np.random.default_rng(0).uniform(0, 16, size=(1, 64)).astype(np.float32)
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                                    "data": row.ravel().tolist()}]}).encode()
-    predictor = load_predictor(folder, runtime)
+    predictor = load_predictor(folder, runtime, "classify")
     forward = {}
     for rows in (1, 32):
         x = np.repeat(row, rows, axis=0)

@@ -48,3 +48,35 @@ def digits_parquet(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def python_bin() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """One moto S3 server for the session; credentials and endpoint go into the environment, as a user's
+    shell would have them (child processes inherit them)."""
+    from tests.s3_helpers import S3_ENV, moto_server
+
+    saved = {k: os.environ.get(k) for k in (*S3_ENV, "AWS_ENDPOINT_URL")}
+    with moto_server() as endpoint:
+        os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
+        try:
+            yield endpoint
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request):
+    """A fresh bucket (named after the test) on the session's S3 server: yields its s3:// URI."""
+    import re
+    import uuid
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}"

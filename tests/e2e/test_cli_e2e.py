@@ -130,7 +130,7 @@ def test_serve_command_serves_a_registered_version(tmp_path):
     from maas.models import build_model
     from maas.models.artifacts import export_onnx
     from maas.registry import Registry
-    from maas.serve.oip import classifier_signature
+    from maas.models import classifier_signature
 
     model = build_model({"arch": "mlp", "input_dim": 4, "num_classes": 2, "hidden_sizes": [8], "dropout": 0.0})
     (variant,) = compress_model(["int8_dynamic"], export_onnx(model, 4, tmp_path / "m.onnx"), tmp_path)
@@ -162,20 +162,6 @@ def test_serve_command_serves_a_registered_version(tmp_path):
         assert _stop(proc) == 0
 
 
-def test_submit_without_an_address_runs_the_job_on_an_embedded_ray(tmp_path):
-    """No cluster address: `maas submit` starts an embedded Ray, runs the stage as a real Ray job, follows its
-    logs and ends (the whole pipeline as a job is covered against a real head in test_jobs_e2e)."""
-    r = maas("submit", SPEC, "--stage", "preprocess", cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "(embedded Ray)" in r.stdout and "SUCCEEDED" in r.stdout
-    # followed as `maas run` reads: stage progress, none of Ray's own lines nor the raw result line
-    assert "  [data] reading" in r.stdout and "maas_result" not in r.stdout and "streaming_executor" not in r.stdout
-    reports = list((tmp_path / ".maas" / "runs").glob("*/data_report.json"))
-    assert len(reports) == 1 and json.loads(reports[0].read_text())["counts"]["rows_in"] == 1797
-    r = maas("submit", SPEC, "--async", cwd=tmp_path)
-    assert r.returncode == 2 and "--async needs a cluster" in r.stderr
-
-
 def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
     import yaml
 
@@ -183,7 +169,7 @@ def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
     from maas.models import build_model
     from maas.models.artifacts import export_onnx
     from maas.registry import Registry
-    from maas.serve.oip import classifier_signature
+    from maas.models import classifier_signature
 
     model = build_model({"arch": "mlp", "input_dim": 4, "num_classes": 3, "hidden_sizes": [8], "dropout": 0.0})
     (variant,) = compress_model(["int8_dynamic"], export_onnx(model, 4, tmp_path / "m.onnx"), tmp_path)

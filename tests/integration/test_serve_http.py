@@ -14,7 +14,7 @@ from maas.models.artifacts import export_onnx
 from maas.models.predictor import OnnxPredictor
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER, deploy
-from maas.serve.oip import classifier_signature
+from maas.models import classifier_signature
 from maas.spec import DeploySpec
 from tests.conftest import free_port
 

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from maas.data.corpus import package_topics
-from maas.models.predictor import load_predictor
+from maas.models import load_predictor
 from maas.pipelines.classifier import run_pipeline
 from maas.registry import Registry
 from maas.spec import spec_from_dict
@@ -52,6 +52,7 @@ def test_fine_tuned_head_classifies_real_text_and_int8_is_gated(run):
     assert by["int8_dynamic"]["passed"] == gate_ok
     mv = registry.resolve(by["fp32"]["ref"])
     assert mv.signature["task"] == "text-classification" and mv.signature["classes"] == ["numpy", "pandas"]
+    assert mv.task == registry.resolve(by["int8_dynamic"]["ref"]).task == "classify_text"
     assert {"model.safetensors", "model.json", "tokenizer.json", "model.onnx"} <= set(mv.files)
     assert set(registry.resolve(by["int8_dynamic"]["ref"]).files) >= {"model.onnx", "tokenizer.json", "model.json"}
 
@@ -66,7 +67,7 @@ def test_served_text_classifier_answers_text(run):
     assert r.status_code == 200, r.text
     outputs = {o["name"]: o for o in r.json()["outputs"]}
     folder, mv = registry.fetch(result.promoted_ref)
-    local = load_predictor(folder, mv.runtime)(texts).argmax(1)
+    local = load_predictor(folder, mv.runtime, mv.task)(texts).argmax(1)
     assert outputs["label"]["data"] == [mv.signature["classes"][i] for i in local]
     assert len(outputs["probabilities"]["data"]) == 4
     bad = requests.post(url, json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2],

@@ -12,7 +12,7 @@ import torch
 from maas.data.corpus import english_corpus
 from maas.pipelines.lm import run_lm_pipeline
 from maas.models.artifacts import SHARDS, load_torch_model
-from maas.models.predictor import load_predictor
+from maas.models import load_predictor
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER
 from maas.spec import spec_from_dict
@@ -65,7 +65,7 @@ def test_fsdp_training_learns_and_publishes_with_lineage(lm):
     assert m["tokens_per_s_train"] > 0 and m["generate_tokens_per_s"] > 0 and m["parameters"] > 50_000
 
     mv = registry.resolve("gpt@production")
-    assert mv.ref == result.ref and mv.signature["task"] == "generation"
+    assert mv.ref == result.ref and mv.signature["task"] == "generation" and mv.task == "generate"
     assert mv.lineage["strategy"] == "fsdp" and mv.lineage["data_fingerprint"] == result.data_fingerprint
     # the best checkpoint is per-rank shards (FSDP2) that assemble into the published full model
     ckpt = Path(mv.lineage["checkpoint"])
@@ -83,7 +83,7 @@ def test_fsdp_training_learns_and_publishes_with_lineage(lm):
 
 def _greedy(lm, prompt: str, n: int) -> str:
     folder, _ = lm["registry"].fetch(lm["result"].ref)
-    return load_predictor(folder, "torch").complete(prompt.encode(), max_tokens=n, temperature=0)[0]
+    return load_predictor(folder, "torch", "generate").complete(prompt.encode(), max_tokens=n, temperature=0)[0]
 
 
 def test_openai_completions_plain_and_streamed(lm):

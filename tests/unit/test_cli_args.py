@@ -37,3 +37,58 @@ def test_submitting_a_stage_the_kind_lacks_fails_before_any_ray_starts(capsys):
     assert code == 2 and "kind=lm spec runs as stage pipeline or deploy, not 'preprocess'" in err
     code = main(["submit", "examples/gpt.yaml", "--address", "http://127.0.0.1:9", "trian.epochs=1"])
     assert code == 2 and "trian" in capsys.readouterr().err  # the spec is checked before the cluster is called
+
+
+def test_the_ray_token_never_goes_in_clear_text_to_another_machine(capsys, monkeypatch):
+    from maas.exceptions import JobError
+    from maas.submit import Client
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "s3cr3t-token")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("MAAS_INSECURE", raising=False)
+    for remote in ("http://10.1.2.3:8265", "10.1.2.3:8265", "http://head.example.com:8265"):
+        with pytest.raises(JobError, match=r"refusing to send the Ray auth token in clear text.*--insecure"):
+            Client(remote)
+    for cmd in (["jobs"], ["status", "raysubmit_1"], ["logs", "raysubmit_1"], ["stop", "raysubmit_1"],
+                ["submit", "examples/digits.yaml"]):
+        assert main([*cmd, "--address", "http://10.1.2.3:8265"]) != 0
+        err = capsys.readouterr().err
+        assert "clear text" in err and "https://" in err and "127.0.0.1:8265" in err, err
+    # this machine (a forwarded port) and https are fine: these fail only because nothing listens there
+    for address in ("http://127.0.0.1:9", "http://localhost:9", "https://127.0.0.1:9"):
+        with pytest.raises(JobError, match="cannot reach"):
+            Client(address)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token is sent at all: nothing to protect
+    with pytest.raises(JobError, match="cannot reach"):
+        Client("http://127.0.0.2:9")
+
+
+def test_models_alias_shows_history_moves_with_expect_and_gc_keeps_young_uploads(tmp_path, capsys):
+    from maas.registry import Registry
+
+    store = str(tmp_path / "store")
+    reg = Registry(store)
+    (tmp_path / "a.bin").write_bytes(b"1")
+    for _ in range(3):
+        reg.publish("m", {"a.bin": tmp_path / "a.bin"}, runtime="torch")
+    assert main(["models", "alias", "m", "production", "1", "--store", store]) == 0
+    assert "m@production: - -> 1" in capsys.readouterr().out
+    assert main(["models", "alias", "m", "production", "2", "--expect", "3", "--store", store]) == 2
+    err = capsys.readouterr().err
+    assert "points at 1, not 3" in err and "--expect 1" in err
+    assert main(["models", "alias", "m", "production", "2", "--expect", "1", "--store", store]) == 0
+    assert main(["models", "alias", "m", "production", "--delete", "--store", store]) == 0
+    capsys.readouterr()
+    assert main(["models", "alias", "m", "--store", store]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if "production" in line]
+    assert [r[2:5] for r in rows] == [["production", "-", "1"], ["production", "1", "2"], ["production", "2", "(removed)"]]
+    assert all(r[5].startswith("cli:") for r in rows)  # when (date, time), alias, from, to, by
+    assert main(["models", "alias", "m", "../versions/2/manifest", "--delete", "--store", store]) == 2
+    assert "invalid alias" in capsys.readouterr().err and len(reg.list_versions("m")) == 3
+    with pytest.raises(Exception, match="stopped before committing"):  # a killed publisher's uploads
+        reg.publish("m", {"a.bin": tmp_path / "a.bin", "b.bin": tmp_path / "a.bin"}, runtime="torch",
+                    _stop_after_files=1)
+    assert main(["models", "gc", "--store", store]) == 0 and "removed 0 upload(s)" in capsys.readouterr().out
+    assert main(["models", "gc", "--grace-s", "0", "--store", store]) == 0
+    assert "removed 1 upload(s)" in capsys.readouterr().out and len(reg.list_versions("m")) == 3

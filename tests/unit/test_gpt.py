@@ -13,7 +13,8 @@ from maas.data.blocks import _pack
 from maas.models import build_model
 from maas.models.artifacts import load_torch_model, save_torch_model
 from maas.models.gpt import GPT_SIZES, gpt_config
-from maas.models.predictor import GeneratorPredictor, load_predictor
+from maas.models import load_predictor
+from maas.models.predictor import GeneratorPredictor
 from maas.serve.oip import ProtocolError, json_object, parse_completion_request, parse_generate_request
 from maas.spec import spec_from_dict
 
@@ -72,7 +73,7 @@ def test_cached_generation_equals_full_recompute():
 def test_generator_predictor_stops_and_never_splits_a_character(tmp_path):
     model = _tiny(1)
     save_torch_model(model, gpt_config("tiny"), tmp_path)
-    predictor = load_predictor(tmp_path, "torch")
+    predictor = load_predictor(tmp_path, "torch", "generate")
     assert isinstance(predictor, GeneratorPredictor)
     text, finish, count = predictor.complete(b"abc", max_tokens=50, temperature=0)
     assert finish == "length" and count == 50

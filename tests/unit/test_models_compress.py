@@ -6,7 +6,8 @@ from maas.compress import check_accuracy_gate, compress_model, evaluate_classifi
 from maas.exceptions import MaasError
 from maas.models import build_model
 from maas.models.artifacts import export_onnx, load_torch_model, save_torch_model
-from maas.models.predictor import OnnxPredictor, TorchPredictor, load_predictor
+from maas.models import load_predictor
+from maas.models.predictor import OnnxPredictor, TorchPredictor
 
 CONFIG = {"arch": "mlp", "input_dim": 8, "num_classes": 3, "hidden_sizes": [16], "dropout": 0.0}
 
@@ -47,7 +48,7 @@ def test_onnx_export_and_int8_quantization_agree_with_torch(model, tmp_path):
     (variant,) = compress_model(["int8_dynamic"], onnx_path, tmp_path)
     q = variant.files["model.onnx"]
     assert q.stat().st_size < onnx_path.stat().st_size
-    q_logits = load_predictor(q.parent, "onnxruntime")(x)
+    q_logits = load_predictor(q.parent, "onnxruntime", "classify")(x)
     assert (q_logits.argmax(1) == torch_logits.argmax(1)).mean() >= 0.9
     assert np.abs(q_logits - torch_logits).max() < 0.5 * np.abs(torch_logits).max()
 

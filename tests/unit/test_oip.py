@@ -4,7 +4,8 @@ import re
 import numpy as np
 import pytest
 
-from maas.serve.oip import ProtocolError, classifier_outputs, classifier_signature, model_metadata, parse_infer_request
+from maas.models import classifier_signature
+from maas.serve.oip import ProtocolError, classifier_outputs, model_metadata, parse_infer_request
 
 SIG = classifier_signature(4, [0, 1, 2])
 

@@ -57,11 +57,12 @@ def test_crash_mid_publish_leaves_no_visible_version(reg, artifact, tmp_path):
     second = tmp_path / "src" / "model.json"
     second.write_text("{}")
     reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime")
-    with pytest.raises(RegistryError, match="injected"):
-        reg.publish("m", {"model.onnx": artifact, "model.json": second}, runtime="torch", _fail_after_files=1)
+    with pytest.raises(RegistryError, match="stopped before committing"):  # as a killed publisher stops
+        reg.publish("m", {"model.onnx": artifact, "model.json": second}, runtime="torch", _stop_after_files=1)
     assert [v.version for v in reg.list_versions("m")] == [1]
     assert reg.resolve("m").version == 1
-    assert reg.gc() == 1
+    assert reg.gc() == 0  # within the grace period it could be a publication in progress
+    assert reg.gc(grace_s=0) == 1
     assert reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime").version == 2
 
 
@@ -121,3 +122,20 @@ def test_unknown_model_and_bad_artifacts(reg, artifact, tmp_path):
         reg.publish("m", {"model.onnx": tmp_path / "missing"}, runtime="onnxruntime")
     with pytest.raises(RegistryError, match="invalid artifact name"):
         reg.publish("m", {"../x": artifact}, runtime="onnxruntime")
+
+
+def test_the_task_is_recorded_in_the_manifest_and_older_manifests_read_theirs_from_the_signature(reg, artifact):
+    import json
+
+    from maas.models import task_from_signature
+
+    assert reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime").task == "classify"
+    mv = reg.publish("e", {"model.onnx": artifact}, runtime="onnxruntime", task="embed")
+    manifest = reg.fs.open_input_stream(f"{reg.root}/models/e/versions/1/manifest.json").read()
+    assert json.loads(manifest)["task"] == "embed" and reg.get_version("e", 1).task == "embed" == mv.task
+    with pytest.raises(RegistryError, match="unknown task 'regress'"):
+        reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime", task="regress")
+    # a version published before tasks were recorded: its signature's own word decides
+    assert [task_from_signature(s) for s in ({"task": "generation"}, {"task": "embedding"},
+                                             {"task": "text-classification"}, {"classes": [0, 1]}, None)] == \
+        ["generate", "embed", "classify_text", "classify", "classify"]

@@ -184,21 +184,60 @@ def cmd_models(args) -> int:
             return 0
         _say(table(["version", "method", "runtime", "status", "test acc", "size", "aliases", "created"], rows))
         return 0
+    if args.models_cmd == "gc":
+        removed = reg.gc(grace_s=args.grace_s)
+        _say(f"removed {removed} upload(s) that no version names (older than {args.grace_s:g} s) from {reg.location}")
+        return 0
     if args.models_cmd == "alias":
+        if args.alias is None:  # the history of every alias of the model
+            rows = [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["at"])) if h.get("at") else "-",
+                     h["alias"], "-" if h.get("previous") is None else h["previous"],
+                     "(removed)" if h["version"] is None else h["version"], h.get("by") or "-"]
+                    for h in reg.alias_history(args.name)]
+            _say(table(["when", "alias", "from", "to", "by"], rows) if rows else f"{args.name} has no aliases")
+            return 0
+        expected = _expected(args.expect)
+        by = f"cli:{_user()}"
         if args.delete:
-            reg.delete_alias(args.name, args.alias)
+            reg.delete_alias(args.name, args.alias, expected=expected, by=by)
             _say(f"removed {args.name}@{args.alias}")
             return 0
         if args.version is None:
-            raise MaasError("give the version the alias should point at, or --delete")
-        before = reg.aliases(args.name).get(args.alias)
-        reg.set_alias(args.name, args.alias, args.version)
-        _say(f"{args.name}@{args.alias}: {before or '-'} -> {args.version} (serving replicas follow within "
-             "deploy.alias_poll_s)")
+            raise MaasError("give the version the alias should point at, or --delete (no alias: its history)")
+        move = reg.set_alias(args.name, args.alias, args.version, expected=expected, by=by)
+        _say(f"{args.name}@{args.alias}: {move['previous'] if move['previous'] is not None else '-'} -> "
+             f"{args.version} (serving replicas follow within deploy.alias_poll_s)")
         return 0
     mv = reg.resolve(args.ref)
     _say(json.dumps(mv.model_dump(mode="json"), indent=2))
     return 0
+
+
+INSECURE_HELP = ("send the Ray auth token over plain http:// to a non-local address (refused by default: use "
+                 "https://, or forward the dashboard port and use http://127.0.0.1:8265)")
+
+
+def _expected(text):
+    """--expect: a version number, 'none' (the alias must not exist), or unset (whatever it is when read)."""
+    from maas.registry.store import UNCHECKED
+
+    if text is None:
+        return UNCHECKED
+    if text.lower() == "none":
+        return None
+    if not text.isdigit():
+        raise MaasError(f"--expect takes a version number or 'none', got {text!r}")
+    return int(text)
+
+
+def _user() -> str:
+    import getpass
+    import socket
+
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:
+        return "?"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,12 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("list", help="every version of every model", parents=[store_after])
     show = msub.add_parser("show", help="one version's manifest: metrics, lineage, files", parents=[store_after])
     show.add_argument("ref", help="name@alias, name/version or name (latest)")
-    al = msub.add_parser("alias", help="point an alias at a version (served apps roll over to it)",
-                         parents=[store_after])
+    al = msub.add_parser("alias", help="point an alias at a version (served apps roll over to it); with the "
+                                       "model name alone, the history of its aliases", parents=[store_after])
     al.add_argument("name")
-    al.add_argument("alias")
+    al.add_argument("alias", nargs="?")
     al.add_argument("version", type=int, nargs="?")
     al.add_argument("--delete", action="store_true", help="remove the alias instead")
+    al.add_argument("--expect", metavar="VERSION|none", help="move only if the alias still points at VERSION "
+                    "(none: not set); a concurrent move is never overwritten either way")
+    gc = msub.add_parser("gc", help="remove uploads no version names (killed or failed publications)",
+                         parents=[store_after])
+    gc.add_argument("--grace-s", type=float, default=3600.0, help="keep uploads younger than this (a "
+                    "publication may still be in progress; default 3600)")
     m.set_defaults(func=cmd_models)
 
     s = sub.add_parser("serve", help="serve registered models over Open Inference Protocol v2")
@@ -265,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--stage", default="pipeline", choices=STAGES)
     sb.add_argument("--address", help="Jobs API of the cluster, http://<head>:8265 (default: RAY_ADDRESS, else "
                                       "an embedded local Ray that lives as long as this command)")
+    sb.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     mode = sb.add_mutually_exclusive_group()
     mode.add_argument("--follow", action="store_true", default=True, help="stream the logs until the job "
                                                                           "ends (default); Ctrl-C detaches")
@@ -288,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--follow", action="store_true", help="stream until the job ends; Ctrl-C detaches")
             c.add_argument("--verbose", action="store_true", help="with --follow: the raw log, not the progress")
         c.add_argument("--address", help="Jobs API of the cluster (default: RAY_ADDRESS)")
+        c.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
         c.set_defaults(func=fn)
     return p
 

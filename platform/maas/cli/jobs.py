@@ -12,7 +12,7 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _client(address, need_cluster: bool = False, verbose: bool = False):
+def _client(address, need_cluster: bool = False, verbose: bool = False, insecure: bool = False):
     import logging
 
     from maas.submit import Client, JobError
@@ -22,7 +22,7 @@ def _client(address, need_cluster: bool = False, verbose: bool = False):
     if need_cluster and not address:
         raise JobError("this command talks to a running cluster: pass --address http://<head>:8265 or set "
                        "RAY_ADDRESS (start a local one with `ray start --head`)")
-    client = Client(address)
+    client = Client(address, insecure=insecure)
     if not verbose:  # Ray's job client logs each upload of the shipped code at INFO: not the user's business
         for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -78,7 +78,7 @@ def cmd_submit(args) -> int:
 
     spec = load_spec(args.spec, args.overrides)  # a bad spec or a stage its kind lacks: said before Ray starts
     check_stage(spec, args.stage)
-    client = _client(args.address, verbose=args.verbose)
+    client = _client(args.address, verbose=args.verbose, insecure=args.insecure)
     if args.async_ and client.embedded:
         client.shutdown()
         raise MaasError("--async needs a cluster that outlives this command: pass --address or set RAY_ADDRESS "
@@ -103,13 +103,13 @@ def cmd_jobs(args) -> int:
 
     rows = [[j["id"], j["status"], j["stage"], j["model"],
              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start_time"] / 1000)) if j["start_time"] else "",
-             j["message"][:60]] for j in _client(args.address, need_cluster=True).jobs()]
+             j["message"][:60]] for j in _client(args.address, need_cluster=True, insecure=args.insecure).jobs()]
     _say(table(["job", "status", "stage", "model", "started", "message"], rows) if rows else "no jobs")
     return 0
 
 
 def cmd_status(args) -> int:
-    job = _client(args.address, need_cluster=True).job(args.job_id)
+    job = _client(args.address, need_cluster=True, insecure=args.insecure).job(args.job_id)
     status = job.status()
     _say(status)
     if status == "FAILED":
@@ -118,7 +118,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    client = _client(args.address, need_cluster=True)
+    client = _client(args.address, need_cluster=True, insecure=args.insecure)
     job = client.job(args.job_id)
     if args.follow:
         return _follow(job, client, args.verbose)
@@ -127,7 +127,7 @@ def cmd_logs(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    job = _client(args.address, need_cluster=True).job(args.job_id)
+    job = _client(args.address, need_cluster=True, insecure=args.insecure).job(args.job_id)
     job.stop()
     _say(f"stopping {job.id} ...")
     _say(f"{job.id} {job.wait(timeout=120)}")

@@ -33,9 +33,6 @@ from torch import nn
 from maas.exceptions import CompressionError
 from maas.models.artifacts import quiet_export as _quiet
 from maas.models.quantized import TORCHAO
-from maas.spec import ENCODER_FINAL_STEPS
-
-FINAL_STEPS = ENCODER_FINAL_STEPS  # the spec's vocabulary (compress.variants[].steps), defined once there
 
 
 def runtime_of(final: str | None) -> str:

@@ -17,15 +17,9 @@ from maas.compress import encoder_ops as ops
 from maas.models.artifacts import load_torch_model, save_torch_model
 from maas.models.encoder import TOKENIZER
 from maas.models.quantized import apply_torchao
-from maas.spec import VariantSpec
+from maas.spec import DistillStep, FinetuneStep, PruneStructuredStep, PruneUnstructuredStep, VariantSpec
 
 Progress = Callable[[str, str], None]
-
-
-def _split_steps(variant: VariantSpec) -> tuple[list[tuple[str, dict]], Optional[str]]:
-    steps = [(s, {}) if isinstance(s, str) else next(iter(s.items())) for s in variant.steps]
-    final = steps[-1][0] if steps[-1][0] in ops.FINAL_STEPS else None
-    return [(n, a or {}) for n, a in (steps[:-1] if final else steps)], final
 
 
 def build_variant(variant: VariantSpec, parent_dir: Path, out: Path, corpus, run_dir: str,
@@ -38,30 +32,29 @@ def build_variant(variant: VariantSpec, parent_dir: Path, out: Path, corpus, run
     from maas.compress.distill import distill, student_from_teacher
 
     model, config = load_torch_model(parent_dir)
-    model_steps, final = _split_steps(variant)
-    details: dict = {"steps": [n for n, _ in model_steps] + ([final] if final else [])}
+    final = variant.final
+    details: dict = {"steps": variant.step_names()}
     masks = None
-    for name, args in model_steps:
-        if name == "prune_unstructured":
-            masks = ops.prune_unstructured(model, float(args["amount"]))
+    for step in variant.model_steps:
+        if isinstance(step, PruneUnstructuredStep):
+            masks = ops.prune_unstructured(model, step.amount)
             details["sparsity"] = round(ops.sparsity(model), 4)
-        elif name == "prune_structured":
-            model, config = ops.prune_structured(model, config, float(args["amount"]))
+        elif isinstance(step, PruneStructuredStep):
+            model, config = ops.prune_structured(model, config, step.amount)
             details["intermediate_sizes"] = config["intermediate_sizes"]
-        elif name in ("distill", "finetune"):
-            if name == "distill":
-                model, config = student_from_teacher(model, config, [int(i) for i in args["layers"]])
-                details["layers"] = [int(i) for i in args["layers"]]
-            progress("compress", f"{variant.name}: {name} as a Ray Train job "
-                                 f"({args.get('num_workers', 1)} worker(s), {args.get('epochs', 2)} epoch(s))")
+        elif isinstance(step, (DistillStep, FinetuneStep)):
+            if isinstance(step, DistillStep):
+                model, config = student_from_teacher(model, config, list(step.layers))
+                details["layers"] = list(step.layers)
+            progress("compress", f"{variant.name}: {step.op} as a Ray Train job "
+                                 f"({step.num_workers} worker(s), {step.epochs} epoch(s))")
             teacher_emb = _parent_embeddings(parent_dir, corpus.val)
-            train = corpus.train[:int(args["max_sentences"])] if args.get("max_sentences") else corpus.train
+            train = corpus.train[:step.max_sentences] if step.max_sentences else corpus.train
             model, config, history = distill(
-                parent_dir, model, config, train, corpus.val, teacher_emb, run_dir, f"{variant.name}-{name}",
-                epochs=int(args.get("epochs", 2)), learning_rate=float(args.get("learning_rate", 3e-4)),
-                batch_size=int(args.get("batch_size", 32)), num_workers=int(args.get("num_workers", 1)),
-                masks=masks, max_length=max_length, use_gpu=torch.cuda.is_available())
-            details[f"{name}_history"] = history
+                parent_dir, model, config, train, corpus.val, teacher_emb, run_dir, f"{variant.name}-{step.op}",
+                epochs=step.epochs, learning_rate=step.learning_rate, batch_size=step.batch_size,
+                num_workers=step.num_workers, masks=masks, max_length=max_length, use_gpu=torch.cuda.is_available())
+            details[f"{step.op}_history"] = history
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(parent_dir / TOKENIZER, out / TOKENIZER)
     config = {**config, "max_length": max_length}
@@ -102,8 +95,5 @@ def artifact_bytes(folder: Path) -> int:
     """Bytes that carry the model (weights or graph), not the tokenizer and JSON that every variant shares."""
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".safetensors"))
 
-
-def step_names(variant: VariantSpec) -> list:
-    return [s if isinstance(s, str) else next(iter(s)) for s in variant.steps]
 
 

@@ -9,16 +9,14 @@ import math
 import numpy as np
 import pandas as pd
 
-def fitted_plan(ops: list[dict]) -> tuple[dict[str, str], dict[str, str]]:
-    """({column: standard|minmax}, {column: onehot|ordinal}) from the spec's scale/encode ops."""
+def fitted_plan(ops: list) -> tuple[dict[str, str], dict[str, str]]:
+    """({column: standard|minmax}, {column: onehot|ordinal}) from the spec's scale/encode ops (later ops win)."""
     scale, encode = {}, {}
     for op in ops:
-        (name, arg), = op.items()
-        target = scale if name == "scale" else encode if name == "encode" else None
-        if target is not None:
-            for method, cols in arg.items():
-                for c in cols:
-                    target[c] = method
+        if op.op == "scale":
+            scale.update(op.plan())
+        elif op.op == "encode":
+            encode.update(op.plan())
     return scale, encode
 
 

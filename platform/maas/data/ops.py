@@ -18,6 +18,9 @@ from maas.data.accounting import KIND, RAW, REASON, column_check, mark
 from maas.data.schema import _TYPE_WORDS, cast_series
 from maas.data.text import image_op, tokenize_op
 from maas.exceptions import DataError
+from maas.spec import (CastOp, CustomOp, DropNullOp, FillNullOp, FilterOp, ImageOp, RenameOp, SelectOp,
+                       TokenizeOp)
+from maas.spec.filter_expr import columns_of, evaluate_filter
 
 
 def load_callable(path: str, where: str) -> Callable:
@@ -32,20 +35,21 @@ def load_callable(path: str, where: str) -> Callable:
 
 
 # ------------------------------------------------------------------------------------------ row ops
-def apply_row_ops(df: pd.DataFrame, ops: list[tuple[int, str, Any]]) -> pd.DataFrame:
-    """Apply row ops (everything but dedupe, scale, encode) to a batch that went through start_accounting."""
-    for i, name, arg in ops:
-        where = f"data.ops[{i}].{name}"
+def apply_row_ops(df: pd.DataFrame, ops: list[tuple[int, Any]]) -> pd.DataFrame:
+    """Apply row ops (everything but dedupe, scale, encode), each ``(position, typed op)``, to a batch that
+    went through start_accounting."""
+    for i, op in ops:
+        where = f"data.ops[{i}].{op.op}"
         live = df[REASON].to_numpy() == ""
-        if name == "select":
-            column_check(df, arg, where)
-            df = df[list(arg) + [REASON, RAW, KIND]]
-        elif name == "rename":
-            column_check(df, list(arg), where)
-            df = df.rename(columns=dict(arg))
-        elif name == "cast":
-            column_check(df, list(arg), where)
-            for col, kind in arg.items():
+        if isinstance(op, SelectOp):
+            column_check(df, op.columns, where)
+            df = df[list(op.columns) + [REASON, RAW, KIND]]
+        elif isinstance(op, RenameOp):
+            column_check(df, list(op.mapping), where)
+            df = df.rename(columns=dict(op.mapping))
+        elif isinstance(op, CastOp):
+            column_check(df, list(op.types), where)
+            for col, kind in op.types.items():
                 values, null, bad = cast_series(df[col], kind)
                 mark(df, bad & live, f"column '{col}' is not {_TYPE_WORDS.get(kind, kind)} ({where})", "rejected")
                 if kind == "int":
@@ -53,40 +57,43 @@ def apply_row_ops(df: pd.DataFrame, ops: list[tuple[int, str, Any]]) -> pd.DataF
                 elif kind == "bool":
                     values = values.map({1.0: True, 0.0: False})
                 df[col] = values
-        elif name == "fill_null":
-            column_check(df, list(arg), where)
-            for col, value in arg.items():
+        elif isinstance(op, FillNullOp):
+            column_check(df, list(op.values), where)
+            for col, value in op.values.items():
                 df[col] = df[col].where(df[col].notna(), value)
-        elif name == "drop_null":
-            column_check(df, arg, where)
-            for col in arg:
+        elif isinstance(op, DropNullOp):
+            column_check(df, op.columns, where)
+            for col in op.columns:
                 mark(df, df[col].isna().to_numpy(bool), f"dropped by {where}: '{col}' is null", "dropped")
-        elif name == "filter":
+        elif isinstance(op, FilterOp):
+            tree = op.tree()
+            columns = [c for c in df.columns if not c.startswith("__")]
+            missing = sorted(columns_of(tree) - set(columns))
             try:
-                keep = df.eval(arg)
+                if missing:
+                    raise LookupError(f"no column(s) {', '.join(map(repr, missing))}")
+                keep = evaluate_filter(tree, df)
             except Exception as exc:
-                raise DataError(f"{where}: cannot evaluate {arg!r}: {type(exc).__name__}: {exc}; columns: "
-                                f"{', '.join(c for c in df.columns if not c.startswith('__'))}") from None
-            keep = np.asarray(keep, dtype=bool) if not isinstance(keep, pd.Series) else \
-                keep.fillna(False).to_numpy(bool)
-            mark(df, ~keep, f"dropped by {where}: {arg}", "dropped")
-        elif name == "custom":
-            fn = load_callable(arg, where)
+                raise DataError(f"{where}: cannot evaluate {op.expr!r}: {type(exc).__name__}: {exc}; columns: "
+                                f"{', '.join(columns)}") from None
+            mark(df, ~keep, f"dropped by {where}: {op.expr}", "dropped")
+        elif isinstance(op, CustomOp):
+            fn = load_callable(op.function, where)
             out = fn(df.loc[live, [c for c in df.columns if not c.startswith("__")]].copy())
             if not isinstance(out, pd.DataFrame):
-                raise DataError(f"{where}: {arg} must return a pandas DataFrame, got {type(out).__name__}")
+                raise DataError(f"{where}: {op.function} must return a pandas DataFrame, got {type(out).__name__}")
             if not out.index.isin(df.index).all() or out.index.has_duplicates:
-                raise DataError(f"{where}: {arg} must keep the input's index (drop rows, do not re-index), so "
-                                "every row stays accounted for")
+                raise DataError(f"{where}: {op.function} must keep the input's index (drop rows, do not re-index), "
+                                "so every row stays accounted for")
             gone = live & ~df.index.isin(out.index)
-            mark(df, gone, f"dropped by {where}: {arg}", "dropped")
+            mark(df, gone, f"dropped by {where}: {op.function}", "dropped")
             merged = out.reindex(df.index)
             acct = df[[REASON, RAW, KIND]]
             df = pd.concat([merged, acct], axis=1)
-        elif name == "image":
-            df = image_op(df, arg, where)
-        elif name == "tokenize":
-            df = tokenize_op(df, live, arg, where)
+        elif isinstance(op, ImageOp):
+            df = image_op(df, op, where)
+        elif isinstance(op, TokenizeOp):
+            df = tokenize_op(df, live, op, where)
         else:  # dedupe / scale / encode are not per-batch ops
             raise DataError(f"{where}: not a row op")
     return df

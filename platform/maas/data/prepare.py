@@ -24,7 +24,7 @@ from maas.data.runs import Y, DataResult, write_data_report
 from maas.data.schema import check_schema, infer_schema
 from maas.data.source import filesystem_for, fingerprint_files
 from maas.exceptions import DataError
-from maas.spec import FITTED_OPS, DataSpec
+from maas.spec import FITTED_OPS, DataSpec, DedupeOp, TokenizeOp
 
 LABEL, SPLIT, STATUS = "__label", "__split", "__status"
 
@@ -53,7 +53,7 @@ def _label_and_features(schema: dict, spec: DataSpec, source: str, encode: dict)
     skip = {spec.label, spec.split.by}
     if spec.features:
         features = list(spec.features)
-        tokenized = {next(iter(op.values()))["column"] for op in spec.ops if "tokenize" in op}
+        tokenized = {op.column for op in spec.ops_of(TokenizeOp)}
         text = [f for f in features if schema[f]["type"] == "string" and f not in encode and f not in tokenized]
         if text:
             raise DataError(f"data.features: {', '.join(text)} hold text; add an encode op "
@@ -165,19 +165,18 @@ def _as_data_error(exc: BaseException, context: str) -> DataError:
     return exc if isinstance(exc, DataError) else DataError(f"{context}{type(exc).__name__}: {exc}")
 
 
-def _segments(ops: list[dict]) -> list[tuple[str, Any]]:
+def _segments(ops: list) -> list[tuple[str, Any]]:
     """Row ops grouped into per-batch segments, split at each dedupe (which needs the whole data set)."""
     out: list = []
     for i, op in enumerate(ops):
-        (name, arg), = op.items()
-        if name in FITTED_OPS:
+        if op.op in FITTED_OPS:
             continue
-        if name == "dedupe":
-            out.append(("dedupe", (i, None if arg is True else list(arg))))
+        if isinstance(op, DedupeOp):
+            out.append(("dedupe", (i, op.keys)))
         elif out and out[-1][0] == "rows":
-            out[-1][1].append((i, name, arg))
+            out[-1][1].append((i, op))
         else:
-            out.append(("rows", [(i, name, arg)]))
+            out.append(("rows", [(i, op)]))
     return out
 
 
@@ -283,10 +282,14 @@ def prepare_data(spec: DataSpec, run_dir: str) -> DataResult:
     rejects_path = None
     if rows["quarantine"]:
         rejects_path = f"{run_dir}/rejects"
-        try:  # a plain name for users; object stores cannot move folders, there the partition path stays
+        try:  # a plain name for users; object stores cannot move folders: there the files are copied
             run_fs.move(_fs_path(parts["quarantine"]), _fs_path(rejects_path))
         except (OSError, NotImplementedError):
-            rejects_path = parts["quarantine"]
+            import pyarrow.fs as pafs
+
+            pafs.copy_files(_fs_path(parts["quarantine"]), _fs_path(rejects_path), source_filesystem=run_fs,
+                            destination_filesystem=run_fs)
+            run_fs.delete_dir(_fs_path(parts["quarantine"]))
         for batch in _read_split(rejects_path, run_fs, columns=[REASON, KIND]).iter_batches(
                 batch_format="pandas", batch_size=65536):
             reasons.update(batch[REASON])

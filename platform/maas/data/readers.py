@@ -9,7 +9,7 @@ import pandas as pd
 
 from maas.data.source import bootstrap_sklearn, filesystem_for, resolve_files
 from maas.exceptions import DataError
-from maas.spec import DataSpec
+from maas.spec import DataSpec, ImageOp
 
 
 def read_dataset(spec: DataSpec):
@@ -22,7 +22,7 @@ def read_dataset(spec: DataSpec):
     fs, files, fmt = resolve_files(spec.path, spec.format)
     try:
         if fmt == "images":
-            size = next((op["image"].get("size") for op in spec.ops if "image" in op), None)
+            size = next((op.size for op in spec.ops_of(ImageOp)), None)
             ds = ray.data.read_images(files, filesystem=fs, include_paths=True,
                                       size=tuple(size) if size else None, mode="RGB")
             ds = ds.map_batches(_label_from_folder, batch_format="pandas")

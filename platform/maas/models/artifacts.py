@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from maas.exceptions import MaasError
-from maas.models import build_model
+from maas.models.builders import build_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model.json"

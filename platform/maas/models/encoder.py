@@ -224,3 +224,12 @@ def encoder_signature(max_length: int, dim: int = 384) -> dict:
     return {"task": "embedding", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
             "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, dim]}], "dim": dim,
             "max_length": max_length}
+
+
+def text_classifier_signature(classes: list, features: list[str]) -> dict:
+    """The registry signature of a text classifier: texts in (OIP BYTES), label and probabilities out."""
+    from maas.models.mlp import classifier_signature
+
+    sig = classifier_signature(len(features), classes, features=features)
+    sig.update(task="text-classification", inputs=[{"name": "text", "datatype": "BYTES", "shape": [-1]}])
+    return sig

@@ -34,3 +34,24 @@ def build_mlp(input_dim: int, num_classes: int, hidden_sizes: Sequence[int] = (1
         width = h
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+def classifier_signature(num_features: int, classes: list, features: Optional[list[str]] = None,
+                         raw_features: Optional[list[str]] = None, encoders: Optional[dict] = None) -> dict:
+    """The registry signature of a maas classifier: what OIP metadata announces and infer checks against.
+
+    With ``encoders`` (categorical columns encoded at training), the endpoint also takes one tensor per raw
+    column (``raw_features``: BYTES for encoded ones, FP32 for numbers) and applies the same encoders."""
+    label_type = "INT64" if all(isinstance(c, int) for c in classes) else \
+        "FP64" if all(isinstance(c, (int, float)) for c in classes) else "BYTES"
+    sig = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, num_features]}],
+           "outputs": [{"name": "label", "datatype": label_type, "shape": [-1]},
+                       {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]}],
+           "classes": list(classes)}
+    if features is not None:
+        sig["features"] = list(features)
+    if encoders:
+        sig["encoders"] = encoders
+        sig["raw_inputs"] = [{"name": f, "datatype": "BYTES" if f in encoders else "FP32", "shape": [-1]}
+                             for f in (raw_features or [])]
+    return sig

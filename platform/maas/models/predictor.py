@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Protocol
 
@@ -50,22 +49,6 @@ class OnnxPredictor:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-
-def load_predictor(folder: str | Path, runtime: str) -> Predictor:
-    """Load the artifact in ``folder`` for ``runtime`` ('torch', 'torchao' or 'onnxruntime'); sentence
-    encoders (a ``tokenizer.json`` beside the weights) load as an EncoderPredictor taking texts."""
-    folder = Path(folder)
-    if (folder / "tokenizer.json").is_file():
-        return EncoderPredictor(folder, runtime)
-    if runtime == "torch" and (folder / "model.json").is_file() and \
-            json.loads((folder / "model.json").read_text()).get("arch") == "gpt":
-        return GeneratorPredictor(folder)
-    if runtime == "torch":
-        return TorchPredictor.from_dir(folder)
-    if runtime == "onnxruntime":
-        return OnnxPredictor(folder / "model.onnx")
-    raise MaasError(f"unknown runtime {runtime!r}: expected 'torch' or 'onnxruntime'")
 
 
 class EncoderPredictor:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from maas.exceptions import RegistryError
-from maas.registry import Registry
+from maas.registry import UNCHECKED, Registry
 
 Progress = Callable[[str, str], None]
 
@@ -37,11 +37,11 @@ class Laps:
         self.progress(stage, detail)
 
 
-def publish_variant(registry: Registry, name: str, files: dict, *, runtime: str, metrics: dict, signature: dict,
-                    lineage: dict, method: str, parent: str, passed: bool, reason: str) -> dict:
+def publish_variant(registry: Registry, name: str, files: dict, *, runtime: str, task: str, metrics: dict,
+                    signature: dict, lineage: dict, method: str, parent: str, passed: bool, reason: str) -> dict:
     """Publish a variant measured against ``parent``: ``ready`` when it passed its gate, ``rejected`` (never
     aliased, never served) when not. Returns its record {method, runtime, ref, metrics, gate, passed}."""
-    mv = registry.publish(name, files, runtime=runtime, metrics=metrics, signature=signature,
+    mv = registry.publish(name, files, runtime=runtime, task=task, metrics=metrics, signature=signature,
                           lineage={**lineage, "method": method, "parent": parent,
                                    "gate": {"passed": passed, "reason": reason}},
                           status="ready" if passed else "rejected", description=reason)
@@ -60,11 +60,26 @@ def select(records: list[dict], how: str, speed: Callable[[dict], float]) -> dic
     return min(passing, key=lambda r: (r["metrics"]["size_bytes"], -speed(r["metrics"])))
 
 
-def promote(store: str, alias: str, records: list[dict], how: str, speed: Callable[[dict], float]) -> dict:
-    """Point ``<model>@<alias>`` at ``select(records, how, speed)``; returns that record."""
+def alias_target(store: str, name: str, alias: str) -> Optional[int]:
+    """Where ``<name>@<alias>`` points now (None: nowhere yet). A run reads it when it starts and promotes
+    only if it still points there: a slower, older run never demotes what a newer one promoted."""
+    try:
+        return Registry(store).aliases(name).get(alias)
+    except RegistryError:
+        return None
+
+
+def promote(store: str, alias: str, records: list[dict], how: str, speed: Callable[[dict], float], *,
+            expected: Any = UNCHECKED, by: Optional[str] = None) -> dict:
+    """Point ``<model>@<alias>`` at ``select(records, how, speed)`` if the alias still points at
+    ``expected`` (what the run read at its start); returns that record.
+
+    Raises:
+        RegistryError: the alias moved meanwhile (the message says by whom and how to move it anyway).
+    """
     chosen = select(records, how, speed)
     name, version = chosen["ref"].split("/")
-    Registry(store).set_alias(name, alias, int(version))
+    Registry(store).set_alias(name, alias, int(version), expected=expected, by=by)
     return chosen
 
 

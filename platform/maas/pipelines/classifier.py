@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -22,11 +22,11 @@ from maas.compress import check_accuracy_gate, compress_model, evaluate_classifi
 from maas.data import DataResult, load_prepared, prepare_data, run_dir_for, save_prepared
 from maas.exceptions import MaasError, RegistryError
 from maas.models.artifacts import export_onnx, save_torch_model
-from maas.models.predictor import TorchPredictor, load_predictor
-from maas.pipelines.base import (Laps, Progress, job_deploy, new_run_id, noop, promote, publish_variant, serve_at_end,
-                                 variants_summary)
-from maas.registry import Registry
-from maas.serve.oip import classifier_signature
+from maas.models import classifier_signature, load_predictor, text_classifier_signature
+from maas.models.predictor import TorchPredictor
+from maas.pipelines.base import (Laps, Progress, alias_target, job_deploy, new_run_id, noop, promote, publish_variant,
+                                 serve_at_end, variants_summary)
+from maas.registry import UNCHECKED, Registry
 from maas.spec import ClassifierSpec
 from maas.train import train_model
 
@@ -87,20 +87,19 @@ def stage_train(spec: ClassifierSpec, data: DataResult, run_id: str) -> tuple[di
             files[TOKENIZER] = Path(shutil.copyfile(pretrained_dir(spec.model.pretrained) / TOKENIZER,
                                                     Path(tmp) / TOKENIZER))
             files["model.onnx"] = export_encoder_onnx(trained.model, Path(tmp) / "model.onnx")
-            predictor = load_predictor(Path(tmp), "torch")
+            predictor = load_predictor(Path(tmp), "torch", "classify_text")
         else:
             files["model.onnx"] = export_onnx(trained.model, len(data.features), Path(tmp) / "model.onnx")
             predictor = TorchPredictor(trained.model)
         metrics = evaluate_classifier(predictor, x_test, y_test, size_bytes=files["model.safetensors"].stat().st_size,
                            runs=spec.compress.latency_runs)
         metrics.update({k: v for k, v in trained.best_metrics.items() if k.startswith("val_")})
-        signature = classifier_signature(len(data.features), data.classes, features=data.features,
-                                         raw_features=data.raw_features, encoders=data.encoders)
-        if text:
-            signature.update(task="text-classification",
-                             inputs=[{"name": "text", "datatype": "BYTES", "shape": [-1]}])
+        signature = text_classifier_signature(data.classes, data.features) if text else \
+            classifier_signature(len(data.features), data.classes, features=data.features,
+                                 raw_features=data.raw_features, encoders=data.encoders)
         parent = registry.publish(
             spec.model.name, files, runtime="torch", metrics=metrics, signature=signature,
+            task="classify_text" if text else "classify",
             lineage={**_lineage(spec, data, run_id, run_dir), "method": "fp32", "parent": None,
                      "checkpoint": trained.checkpoint_path, "train_device": trained.device,
                      "history": trained.history})
@@ -127,7 +126,7 @@ def stage_compress(spec: ClassifierSpec, parent_ref: str,
             if is_text_model(spec):  # the ONNX graph runs after the same tokenizer, read from model.json
                 for name in ("model.json", "tokenizer.json"):
                     variant.files[name] = Path(shutil.copyfile(folder / name, Path(tmp) / variant.method / name))
-            predictor = load_predictor(Path(tmp) / variant.method, variant.runtime)
+            predictor = load_predictor(Path(tmp) / variant.method, variant.runtime, parent.task)
             weights = variant.files["model.onnx"]
             metrics = evaluate_classifier(predictor, x_test, y_test, size_bytes=weights.stat().st_size,
                                           runs=spec.compress.latency_runs)
@@ -135,6 +134,7 @@ def stage_compress(spec: ClassifierSpec, parent_ref: str,
             lineage = {k: parent.lineage[k] for k in ("data_fingerprint", "spec_hash", "run_id", "run_dir",
                                                        "data_counts", "features") if k in parent.lineage}
             variants.append(publish_variant(registry, spec.model.name, variant.files, runtime=variant.runtime,
+                                            task=parent.task,
                                             metrics=metrics, signature=parent.signature, lineage=lineage,
                                             method=variant.method, parent=parent.ref, passed=passed,
                                             reason=reason))
@@ -150,11 +150,12 @@ def test_rows(spec: ClassifierSpec, data: DataResult) -> tuple:
     return data.texts("test") if is_text_model(spec) else data.numpy("test")
 
 
-def stage_promote(spec: ClassifierSpec, candidates: list[dict]) -> str:
+def stage_promote(spec: ClassifierSpec, candidates: list[dict], expected: Any = UNCHECKED,
+                  by: Optional[str] = None) -> str:
     """Point ``deploy.alias`` at the fastest (``compress.select``: or smallest) candidate that passed its
-    gate; returns its reference."""
+    gate, if the alias still points at ``expected`` (what the run read at its start); returns its reference."""
     return promote(spec.store, spec.deploy.alias, candidates, spec.compress.select,
-                   lambda m: m["throughput_rows_s_b64"])["ref"]
+                   lambda m: m["throughput_rows_s_b64"], expected=expected, by=by)["ref"]
 
 
 def _lineage(spec: ClassifierSpec, data: DataResult, run_id: str, run_dir: str) -> dict:
@@ -184,6 +185,7 @@ def run(spec: ClassifierSpec, *, serve: Optional[bool] = None, run_id: Optional[
     run_id = run_id or new_run_id()
     laps = Laps(progress)
     lap = laps.lap
+    alias_was = alias_target(spec.store, spec.model.name, spec.deploy.alias)
     progress("data", f"reading {spec.data.path}")
     data = stage_data(spec, run_id)
     lap("data", f"{data.counts['rows_ok']} rows ok, {data.counts['rows_rejected']} rejected, "
@@ -200,7 +202,7 @@ def run(spec: ClassifierSpec, *, serve: Optional[bool] = None, run_id: Optional[
     lap("compress", ", ".join(f"{v['method']} -> {v['ref']} ({'pass' if v['passed'] else 'rejected'})"
                               for v in variants[1:]))
 
-    promoted = stage_promote(spec, variants)
+    promoted = stage_promote(spec, variants, expected=alias_was, by=f"run:{run_id}")
     lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted}")
 
     endpoint = serve_at_end(spec, serve, laps)
@@ -277,13 +279,14 @@ def job_train(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:
 
 def job_compress(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:
     registry = Registry(spec.store)
+    alias_was = alias_target(spec.store, spec.model.name, spec.deploy.alias)
     parent = registry.resolve(opts.get("parent") or spec.model.name)
     progress("compress", f"{', '.join(spec.compress.methods)} from {parent.ref}")
     variants = stage_compress(spec, parent.ref)
     fields = {"parent": parent.ref, "variants": variants_summary(variants)}
     if not opts.get("no_promote"):
         candidates = [{"ref": parent.ref, "passed": True, "metrics": parent.metrics}] + variants
-        fields["promoted"] = stage_promote(spec, candidates)
+        fields["promoted"] = stage_promote(spec, candidates, expected=alias_was, by=f"job:compress {parent.ref}")
         fields["alias"] = spec.deploy.alias
     return fields
 

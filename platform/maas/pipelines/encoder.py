@@ -18,13 +18,13 @@ from typing import Optional
 import numpy as np
 
 from maas.compress.encoder_eval import measure_in_subprocess, quality, sts_pairs
-from maas.compress.encoder_variants import artifact_bytes, artifact_files, build_variant, step_names
+from maas.compress.encoder_variants import artifact_bytes, artifact_files, build_variant
 from maas.compress.gate import check_embedding_gate
 from maas.data.corpus import load_corpus
 from maas.models.artifacts import load_torch_model, save_torch_model
 from maas.models.encoder import TOKENIZER, encoder_signature, load_pretrained, pretrained_dir
-from maas.pipelines.base import (Laps, Progress, job_deploy, new_run_id, noop, promote, publish_variant, serve_at_end,
-                                 variants_summary)
+from maas.pipelines.base import (Laps, Progress, alias_target, job_deploy, new_run_id, noop, promote, publish_variant,
+                                 serve_at_end, variants_summary)
 from maas.registry import Registry
 from maas.spec import EncoderPipelineSpec
 
@@ -65,6 +65,7 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
 
     registry = Registry(spec.store)
     run_id = run_id or new_run_id()
+    alias_was = alias_target(spec.store, spec.model.name, spec.deploy.alias)
     run_dir = run_dir_for(registry.location, run_id)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     laps = Laps(progress)
@@ -99,7 +100,7 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
         shutil.copyfile(pretrained_dir(spec.model.pretrained) / TOKENIZER, parent_dir / TOKENIZER)
         parent_metrics, parent_emb = evaluate(parent_dir, "torch", None)
         parent_metrics["size_bytes"] = artifact_bytes(parent_dir)
-        parent = registry.publish(spec.model.name, artifact_files(parent_dir), runtime="torch",
+        parent = registry.publish(spec.model.name, artifact_files(parent_dir), runtime="torch", task="embed",
                                   metrics=parent_metrics, signature=signature,
                                   lineage={**lineage_base, "method": "fp32", "parent": None,
                                            "pretrained": spec.model.pretrained})
@@ -109,7 +110,7 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
                       f"{_speed(parent_metrics, c.batch_sizes)}")
 
         for variant in c.resolved():
-            progress("compress", f"{variant.name}: {' -> '.join(step_names(variant))}")
+            progress("compress", f"{variant.name}: {' -> '.join(variant.step_names())}")
             out = Path(tmp) / variant.name
             runtime, details = build_variant(variant, parent_dir, out, corpus, run_dir, spec.model.max_length,
                                              progress)
@@ -118,7 +119,7 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
             if "weight_bytes" in details:
                 metrics["weight_bytes"] = details["weight_bytes"]
             passed, reason = check_embedding_gate(parent_metrics, metrics, variant.gate or c.gate)
-            record = publish_variant(registry, spec.model.name, artifact_files(out), runtime=runtime,
+            record = publish_variant(registry, spec.model.name, artifact_files(out), runtime=runtime, task="embed",
                                      metrics=metrics, signature=signature,
                                      lineage={**lineage_base, "details": details}, method=variant.name,
                                      parent=parent.ref, passed=passed, reason=reason)
@@ -141,7 +142,7 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
 
     fastest_at = f"throughput_b{max(c.batch_sizes)}"
     promoted = promote(spec.store, spec.deploy.alias, [r for r in records if not r.get("baseline")], c.select,
-                       lambda m: m.get(fastest_at, 0.0))
+                       lambda m: m.get(fastest_at, 0.0), expected=alias_was, by=f"run:{run_id}")
     lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted['ref']} ({promoted['method']})")
     report = write_compression_report(records, Path(run_dir), c.batch_sizes, title=f"{spec.model.name}: "
                           f"{spec.model.pretrained} variants vs fp32 parent", picked=promoted["ref"])

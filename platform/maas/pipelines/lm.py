@@ -13,7 +13,7 @@ import numpy as np
 
 from maas.data.blocks import prepare_lm_data
 from maas.models.gpt import generation_signature
-from maas.pipelines.base import Laps, Progress, job_deploy, new_run_id, noop, serve_at_end
+from maas.pipelines.base import Laps, Progress, alias_target, job_deploy, new_run_id, noop, serve_at_end
 from maas.spec import LMPipelineSpec
 
 SPEC = LMPipelineSpec
@@ -65,6 +65,7 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
 
     registry = Registry(spec.store)
     run_id = run_id or new_run_id()
+    alias_was = alias_target(spec.store, spec.model.name, spec.deploy.alias)
     run_dir = run_dir_for(registry.location, run_id)
     laps = Laps(progress)
     lap = laps.lap
@@ -100,12 +101,12 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
         metrics["size_bytes"] = files["model.safetensors"].stat().st_size
         signature = generation_signature(config["block_size"], spec.generate.model_dump())
         mv = registry.publish(
-            spec.model.name, files, runtime="torch", metrics=metrics, signature=signature,
+            spec.model.name, files, runtime="torch", task="generate", metrics=metrics, signature=signature,
             lineage={"kind": "lm", "data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(),
                      "run_id": run_id, "run_dir": run_dir, "data_counts": c, "method": "fp32", "parent": None,
                      "checkpoint": trained.checkpoint_path, "train_device": trained.device,
                      "strategy": t.strategy, "history": trained.history, "sample": sample})
-    registry.set_alias(spec.model.name, spec.deploy.alias, mv.version)
+    registry.set_alias(spec.model.name, spec.deploy.alias, mv.version, expected=alias_was, by=f"run:{run_id}")
     lap("publish", f"{mv.ref} ({metrics['size_bytes'] / 1e6:.2f} MB), {spec.model.name}@{spec.deploy.alias}; "
                    f"generates {metrics['generate_tokens_per_s']:.0f} bytes/s; sample: {sample[:60]!r}")
     endpoint = serve_at_end(spec, serve, laps)

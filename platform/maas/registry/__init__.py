@@ -1,6 +1,7 @@
-"""Model registry: versions, aliases, lineage, checksums, atomic publication."""
+"""Model registry: versions, aliases with history, lineage, checksums, atomic publication on any store."""
 
+from maas.registry.cache import sha256_file
 from maas.registry.model_version import ModelVersion, parse_ref
-from maas.registry.store import Registry, sha256_file
+from maas.registry.store import UNCHECKED, Registry
 
-__all__ = ["ModelVersion", "Registry", "parse_ref", "sha256_file"]
+__all__ = ["ModelVersion", "Registry", "UNCHECKED", "parse_ref", "sha256_file"]

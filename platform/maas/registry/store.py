@@ -1,53 +1,55 @@
-"""The model registry: immutable numbered versions, aliases, lineage and checksums on any pyarrow.fs URI.
+"""The model registry: immutable numbered versions, aliases with history, lineage and checksums, on a local
+disk or object storage (the only shared store a cluster has).
 
 Layout under the store root::
 
-    models/<name>/versions/<n>/manifest.json   # written last inside staging: a version with it is complete
-    models/<name>/versions/<n>/<artifact files>
-    models/<name>/aliases/<alias>.json          # {"version": n}, replaced atomically
-    models/<name>/.staging/<uuid>/              # publications in flight; never listed
+    models/<name>/objects/<id>/<artifact>        # one publication's uploads, under a unique id
+    models/<name>/versions/<n>/manifest.json     # the commit: written create-only, names its objects/<id>
+    models/<name>/aliases/<alias>/<seq>.json     # alias moves, create-only (maas.registry.aliases)
 
-Publication is write -> checksum -> make visible: files are copied into a private staging folder, their
-sha256 recorded in the manifest, and the folder is moved to ``versions/<n>`` in one rename. A crash
-before the rename leaves only staging debris (``Registry.gc`` clears it), never a half version. On object
-stores, where a "rename" is a copy, a version only counts once its manifest exists, and the manifest is the
-last object written, so readers still never see a partial version.
+Publication uploads every artifact under a fresh ``objects/<id>/`` (checksummed on the way), then commits the
+version by creating its manifest create-only (``maas.registry.objects``: a hard link on a disk, S3's
+``If-None-Match: *``): if another publisher took the number first, the next number is tried. Concurrent
+publishers never share a number nor mix files, and a publisher killed at any point leaves no visible
+version, only uploads that no manifest names, which ``gc`` removes once older than a grace period (never a
+publication still in progress). A publish that fails removes its own uploads.
+
+Reads trust nothing in the store: a manifest must parse, name the version asked for, list plain file names
+with checksums; every path is built from validated names; a fetched folder must hold exactly the listed
+files, each matching its sha256.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
-import pyarrow.fs as pafs
+from pydantic import ValidationError
 
 from maas.exceptions import IntegrityError, RegistryError
-from maas.registry.model_version import ModelVersion, parse_ref
-from maas.storage import open_uri
+from maas.models.tasks import TASKS, task_from_signature
+from maas.registry import aliases as alias_log
+from maas.registry.cache import FetchCache, sha256_file, verify_files
+from maas.registry.model_version import ARTIFACT, MANIFEST, ModelVersion, parse_ref
+from maas.registry.objects import open_store, unique_id
 
-MANIFEST = "manifest.json"
-_CHUNK = 1 << 20
+UNCHECKED = alias_log.UNCHECKED
+GC_GRACE_S = 3600.0
 
 
-def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+def _who() -> str:
+    """Who moves an alias when the caller does not say: the user and host of this process."""
+    import getpass
+    import socket
+
     try:
-        return open_uri(uri)
-    except ValueError as exc:
-        raise RegistryError(f"cannot open store {uri!r}: {exc}") from None
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        user = getpass.getuser()
+    except Exception:
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
 
 
 class Registry:
@@ -55,7 +57,7 @@ class Registry:
 
     Args:
         uri: local path (``.maas``) or URI (``file:///srv/maas``, ``s3://bucket/maas``).
-        cache_dir: where remote artifacts are downloaded before verification (local stores are read in place).
+        cache_dir: where artifacts of remote stores are kept once verified (local stores are read in place).
 
     Example:
         >>> reg = Registry(".maas")
@@ -66,76 +68,70 @@ class Registry:
 
     def __init__(self, uri: str, cache_dir: Optional[str] = None):
         self.uri = uri
-        self.fs, self.root = _resolve(uri)
-        self._local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.store = open_store(uri)
+        self.fs, self.root = self.store.fs, self.store.root
+        self._local = self.store.local
         # what to hand to other processes (Serve replicas, job drivers) whose working folder may differ
         self.location = self.root if self._local else uri
-        self.cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "maas", "artifacts")
-
-    # ------------------------------------------------------------------------------------------ paths
-    def _model_dir(self, name: str) -> str:
-        return f"{self.root}/models/{name}"
-
-    def _version_dir(self, name: str, version: int) -> str:
-        return f"{self._model_dir(name)}/versions/{version}"
-
-    def _exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
-
-    def _read_json(self, path: str) -> Any:
-        with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())
-
-    def _write_json_atomic(self, path: str, obj: Any) -> None:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True).encode())
-        self.fs.move(tmp, path)
+        self.cache_dir = cache_dir or os.environ.get("MAAS_CACHE_DIR") or \
+            os.path.join(os.path.expanduser("~"), ".cache", "maas", "artifacts")
+        self.cache = FetchCache(self.cache_dir, self.location)
 
     # ------------------------------------------------------------------------------------------ reads
     def list_models(self) -> list[str]:
-        root = f"{self.root}/models"
-        if not self._exists(root):
-            return []
-        infos = self.fs.get_file_info(pafs.FileSelector(root))
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+        return [n for n in self.store.list_dirs("models") if _valid(n)]
 
-    def _version_numbers(self, name: str, complete: bool = True) -> list[int]:
-        """Published version numbers; with ``complete=False`` also numbers taken by a copy in progress."""
-        vdir = f"{self._model_dir(name)}/versions"
-        if not self._exists(vdir):
-            return []
+    def _version_numbers(self, name: str) -> list[int]:
+        """Committed version numbers (a version exists once its manifest does): one listing."""
+        base = f"models/{ModelVersion.check_name(name)}/versions/"
         out = []
-        for info in self.fs.get_file_info(pafs.FileSelector(vdir)):
-            if info.type == pafs.FileType.Directory and info.base_name.isdigit():
-                if not complete or self._exists(f"{info.path}/{MANIFEST}"):  # no manifest = not a version
-                    out.append(int(info.base_name))
+        for info in self.store.list(base.rstrip("/")):
+            number, _, leaf = info.key[len(base):].partition("/")
+            if leaf == MANIFEST and number.isdigit():
+                out.append(int(number))
         return sorted(out)
 
     def list_versions(self, name: str) -> list[ModelVersion]:
         return [self.get_version(name, v) for v in self._version_numbers(name)]
 
     def get_version(self, name: str, version: int) -> ModelVersion:
-        path = f"{self._version_dir(name, version)}/{MANIFEST}"
-        if not self._exists(path):
+        ModelVersion.check_name(name)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise RegistryError(f"invalid version {version!r}: a number >= 1")
+        key = f"models/{name}/versions/{version}/{MANIFEST}"
+        raw = self.store.read_bytes(key)
+        if raw is None:
             known = self._version_numbers(name)
             if not known:
                 raise RegistryError(f"no model named {name!r} in {self.uri} (see `maas models list`)")
             raise RegistryError(f"model {name!r} has no version {version}; versions: {known}")
-        mv = ModelVersion.model_validate(self._read_json(path))
+        where = f"{self.location}/{key}"
+        try:
+            mv = ModelVersion.model_validate(json.loads(raw.decode()))
+        except (ValueError, UnicodeDecodeError, ValidationError) as exc:
+            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5]) \
+                if isinstance(exc, ValidationError) else str(exc)[:300]
+            raise RegistryError(f"{where}: damaged or invalid manifest ({detail or 'empty file'}); this version "
+                                "cannot be loaded. Publish the model again (a new version), or restore the file "
+                                "from a backup.") from None
+        if mv.name != name or mv.version != version:
+            raise RegistryError(f"{where}: the manifest claims to be {mv.name}/{mv.version}, not {name}/{version} "
+                                "(planted or copied by hand); refusing it")
         mv.aliases = [a for a, v in self.aliases(name).items() if v == version]
         return mv
 
     def aliases(self, name: str) -> dict[str, int]:
-        adir = f"{self._model_dir(name)}/aliases"
-        if not self._exists(adir):
-            return {}
-        out = {}
-        for info in self.fs.get_file_info(pafs.FileSelector(adir)):
-            if info.type == pafs.FileType.File and info.base_name.endswith(".json"):
-                out[info.base_name[:-5]] = int(self._read_json(info.path)["version"])
-        return dict(sorted(out.items()))
+        """{alias: version} for the aliases that point somewhere."""
+        logs = alias_log.read_logs(self.store, ModelVersion.check_name(name))
+        return {a: alias_log.current(m) for a, m in logs.items() if alias_log.current(m) is not None and _valid(a)}
+
+    def alias_history(self, name: str, alias: Optional[str] = None) -> list[dict]:
+        """Every move of ``name``'s aliases (or of one), oldest first: {alias, seq, version, previous, at, by}."""
+        logs = alias_log.read_logs(self.store, ModelVersion.check_name(name))
+        if alias is not None:
+            logs = {alias: logs.get(ModelVersion.check_name(alias, "alias"), [])}
+        return sorted(({"alias": a, **m} for a, moves in logs.items() for m in moves),
+                      key=lambda m: (m.get("at") or 0, m["alias"], m["seq"]))
 
     def resolve(self, ref: str) -> ModelVersion:
         """``name@alias``, ``name/version`` or ``name`` (the latest version) -> ModelVersion."""
@@ -155,22 +151,16 @@ class Registry:
         return self.get_version(name, version)
 
     # ------------------------------------------------------------------------------------------ writes
-    def publish(
-        self,
-        name: str,
-        files: dict[str, str | Path],
-        *,
-        runtime: str,
-        metrics: Optional[dict] = None,
-        lineage: Optional[dict] = None,
-        signature: Optional[dict] = None,
-        status: str = "ready",
-        description: str = "",
-        _fail_after_files: int | None = None,
-    ) -> ModelVersion:
+    def publish(self, name: str, files: dict[str, str | Path], *, runtime: str, metrics: Optional[dict] = None,
+                lineage: Optional[dict] = None, signature: Optional[dict] = None, task: Optional[str] = None,
+                status: str = "ready", description: str = "", _stop_after_files: Optional[int] = None
+                ) -> ModelVersion:
         """Publish local ``files`` ({artifact name: local path}) as the next version of ``name``.
 
-        The version becomes visible only once every file is written and checksummed.
+        The version becomes visible at once and whole, when its manifest is committed, after every file is
+        uploaded and checksummed. ``task`` (classify, classify_text, embed, generate) picks its predictor and
+        routes when served; by default the task its ``signature`` describes. ``_stop_after_files`` (tests)
+        stops like a killed publisher would: uploads left behind, nothing committed, nothing cleaned.
 
         Raises:
             RegistryError: bad name, missing file, or the store cannot be written.
@@ -178,110 +168,118 @@ class Registry:
         ModelVersion.check_name(name)
         if not files:
             raise RegistryError("publish needs at least one artifact file")
+        if task is not None and task not in TASKS:
+            raise RegistryError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
         for art, src in files.items():
-            if "/" in art or art in (MANIFEST, "") or art.startswith("."):
+            if not isinstance(art, str) or not ARTIFACT.fullmatch(art) or art == MANIFEST:
                 raise RegistryError(f"invalid artifact name {art!r}: use a plain file name")
             if not Path(src).is_file():
                 raise RegistryError(f"artifact {art!r}: file not found: {src}")
+        objects = f"objects/{unique_id()}"
+        prefix = f"models/{name}/{objects}"
+        try:
+            entries = {}
+            for i, (art, src) in enumerate(sorted(files.items())):
+                if _stop_after_files is not None and i >= _stop_after_files:
+                    raise _Stopped()
+                sha, size = self.store.upload(Path(src), f"{prefix}/{art}")
+                entries[art] = {"sha256": sha, "size": size}
+            for _ in range(1000):
+                version = (self._version_numbers(name) or [0])[-1] + 1
+                mv = ModelVersion(name=name, version=version, created_at=time.time(), runtime=runtime,
+                                  task=task or task_from_signature(signature), files=entries, objects=objects,
+                                  metrics=metrics or {}, lineage=lineage or {}, signature=signature or {},
+                                  status=status, description=description)
+                body = mv.model_dump_json(indent=2, exclude={"aliases"}).encode()
+                if self.store.create(f"models/{name}/versions/{version}/{MANIFEST}", body):
+                    return mv
+            raise RegistryError(f"could not allocate a version number for {name!r} after 1000 attempts")
+        except _Stopped:
+            raise RegistryError("publish stopped before committing (test hook)") from None
+        except BaseException:
+            self.store.delete_prefix(prefix)  # our own uploads: no manifest names them
+            raise
 
-        staging = f"{self._model_dir(name)}/.staging/{uuid.uuid4().hex}"
-        self.fs.create_dir(staging, recursive=True)
-        entries = {}
-        for i, (art, src) in enumerate(sorted(files.items())):
-            if _fail_after_files is not None and i >= _fail_after_files:
-                raise RegistryError("injected failure during publish (test hook)")
-            digest = hashlib.sha256()
-            size = 0
-            with open(src, "rb") as fin, self.fs.open_output_stream(f"{staging}/{art}") as fout:
-                for chunk in iter(lambda: fin.read(_CHUNK), b""):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    fout.write(chunk)
-            entries[art] = {"sha256": digest.hexdigest(), "size": size}
-
-        for _ in range(100):
-            version = (self._version_numbers(name, complete=False) or [0])[-1] + 1
-            mv = ModelVersion(
-                name=name, version=version, created_at=time.time(), runtime=runtime, files=entries,
-                metrics=metrics or {}, lineage=lineage or {}, signature=signature or {}, status=status,
-                description=description,
-            )
-            with self.fs.open_output_stream(f"{staging}/{MANIFEST}") as f:
-                f.write(mv.model_dump_json(indent=2, exclude={"aliases"}).encode())
-            target = self._version_dir(name, version)
-            if self._exists(target):
-                continue  # someone else took this number: try the next one
-            self.fs.create_dir(f"{self._model_dir(name)}/versions", recursive=True)
-            try:
-                self.fs.move(staging, target)  # one rename on local/POSIX stores
-            except OSError:
-                if self._exists(f"{target}/{MANIFEST}"):
-                    continue  # lost a race for this number
-                raise
-            return mv
-        raise RegistryError(f"could not allocate a version number for {name!r} after 100 attempts")
-
-    def set_alias(self, name: str, alias: str, version: int) -> None:
-        """Point ``alias`` at ``version`` (atomically replacing its previous target).
+    def set_alias(self, name: str, alias: str, version: int, *, expected: Any = UNCHECKED,
+                  by: Optional[str] = None) -> dict:
+        """Point ``alias`` at ``version`` if it still points at ``expected`` (a version, or None for no alias;
+        by default: whatever it points at when read here). Returns the move {version, previous, at, by, seq}.
 
         Raises:
-            RegistryError: the version does not exist or was rejected by the quality gate.
+            RegistryError: the version does not exist or was rejected by its gate; the alias points elsewhere
+                than ``expected``; or another move landed first (nothing is overwritten).
         """
         ModelVersion.check_name(alias, what="alias")
         mv = self.get_version(name, version)
         if mv.status != "ready":
             raise RegistryError(f"{name}/{version} is {mv.status!r} and cannot take alias {alias!r}"
                                 f" (reason: {mv.description or 'see its metrics'})")
-        self._write_json_atomic(f"{self._model_dir(name)}/aliases/{alias}.json", {"version": version})
+        return alias_log.move(self.store, name, alias, version, expected, by or _who())
 
-    def delete_alias(self, name: str, alias: str) -> None:
-        path = f"{self._model_dir(name)}/aliases/{alias}.json"
-        if not self._exists(path):
+    def delete_alias(self, name: str, alias: str, *, expected: Any = UNCHECKED, by: Optional[str] = None) -> dict:
+        ModelVersion.check_name(name)
+        ModelVersion.check_name(alias, what="alias")
+        if alias not in self.aliases(name):
             raise RegistryError(f"model {name!r} has no alias {alias!r}")
-        self.fs.delete_file(path)
+        return alias_log.move(self.store, name, alias, None, expected, by or _who())
 
-    def gc(self) -> int:
-        """Remove staging folders left by crashed publications; returns how many were removed."""
-        removed = 0
+    def gc(self, grace_s: float = GC_GRACE_S) -> int:
+        """Remove uploads that no manifest names (a killed or failed publisher's), once their newest file is
+        older than ``grace_s`` (a publication in progress is younger). Returns how many were removed."""
+        removed, now = 0, time.time()
         for name in self.list_models():
-            sdir = f"{self._model_dir(name)}/.staging"
-            if self._exists(sdir):
-                for info in self.fs.get_file_info(pafs.FileSelector(sdir)):
-                    self.fs.delete_dir(info.path)
+            used = set()
+            for v in self._version_numbers(name):
+                try:
+                    used.add(self.get_version(name, v).objects)
+                except RegistryError:
+                    return removed  # a damaged manifest might name any upload: keep everything
+            newest: dict[str, float] = {}
+            for info in self.store.list(f"models/{name}/objects") + self.store.list(f"models/{name}/.staging"):
+                group = "/".join(info.key.split("/")[2:4])  # objects/<id> or .staging/<id>
+                newest[group] = max(newest.get(group, 0.0), info.mtime)
+            for group, mtime in newest.items():
+                if group not in used and now - mtime > grace_s:
+                    self.store.delete_prefix(f"models/{name}/{group}")
                     removed += 1
         return removed
 
     # ------------------------------------------------------------------------------------------ fetch
     def fetch(self, ref: str) -> tuple[Path, ModelVersion]:
-        """Return a local folder holding ``ref``'s artifacts, every file checked against its sha256.
+        """A local folder holding ``ref``'s artifacts, and nothing else, every file checked against its sha256.
 
         Raises:
-            IntegrityError: a file is missing, has the wrong size, or its bytes changed since publication.
+            IntegrityError: a file is missing, has the wrong size, its bytes changed since publication, or the
+                folder holds a file the manifest does not list.
         """
         mv = self.resolve(ref)
-        src = self._version_dir(mv.name, mv.version)
+        home = f"models/{mv.name}/{mv.objects}" if mv.objects else f"models/{mv.name}/versions/{mv.version}"
         if self._local:
-            local = Path(src)
-        else:
-            local = Path(self.cache_dir) / mv.name / str(mv.version)
-            tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}")
-            tmp.mkdir(parents=True, exist_ok=True)
-            for art in mv.files:
-                with self.fs.open_input_stream(f"{src}/{art}") as fin, open(tmp / art, "wb") as fout:
-                    shutil.copyfileobj(fin, fout, _CHUNK)
-            if local.exists():
-                shutil.rmtree(local)
-            tmp.rename(local)
-        verify_files(local, mv.files.items(), f"{mv.name}/{mv.version}")
-        return local, mv
+            folder = Path(self.store.path(home))
+            verify_files(folder, mv, allowed_extra=() if mv.objects else (MANIFEST,))
+            return folder, mv
+
+        def download(art: str, dest: Path) -> None:
+            try:
+                self.store.download(f"{home}/{art}", dest)
+            except OSError as exc:  # FileNotFoundError too
+                raise IntegrityError(f"{mv.ref}: artifact {art!r} cannot be read from {self.location}/{home} "
+                                     f"({type(exc).__name__}: {exc}); the version is damaged, publish it again") \
+                    from None
+
+        return self.cache.get(mv, download), mv
 
 
-def verify_files(folder: Path, entries: Iterable[tuple[str, dict]], label: str) -> None:
-    for art, meta in entries:
-        path = folder / art
-        if not path.is_file():
-            raise IntegrityError(f"{label}: artifact {art!r} is missing from {folder}; "
-                                 "the version is damaged, publish it again")
-        if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
-            raise IntegrityError(f"{label}: artifact {art!r} fails its sha256 check (tampered or corrupt); "
-                                 "refusing to load it. Publish a new version or restore the file.")
+class _Stopped(Exception):
+    pass
+
+
+def _valid(name: str) -> bool:
+    try:
+        ModelVersion.check_name(name)
+        return True
+    except RegistryError:
+        return False
+
+
+__all__ = ["GC_GRACE_S", "Registry", "UNCHECKED", "sha256_file"]

@@ -12,13 +12,14 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from collections import OrderedDict
 from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from maas.exceptions import RegistryError, ServeError
-from maas.models.predictor import load_predictor
+from maas.models import load_predictor
 from maas.registry import Registry
 from maas.serve.oip import ProtocolError
 
@@ -100,12 +101,13 @@ def fetch_all(registry: Registry, routes: list[dict]) -> None:
 class LoadedVersion:
     """One model version in memory: its predictor, signature, response headers and metric tags."""
 
-    __slots__ = ("mv", "predictor", "signature", "headers", "tags")
+    __slots__ = ("mv", "predictor", "signature", "task", "headers", "tags")
 
     def __init__(self, mv, predictor):
         self.mv = mv
         self.predictor = predictor
         self.signature = mv.signature
+        self.task = mv.task
         self.headers = {VERSION_HEADER: mv.ref}
         self.tags = {"model": mv.name, "version": str(mv.version)}
 
@@ -146,6 +148,9 @@ class ModelHost:
         self.models = {r["model"]: ServedModel(r) for r in normalize_routes(routes)}
         self.max_pinned = max_pinned_versions
         self._stop = threading.Event()
+        # versions that failed to load: not retried before `retry_at` (doubling up to 5 min), so a broken
+        # alias target is not downloaded again on every poll, nor a broken pinned version on every request
+        self._failures: dict[tuple[str, int], tuple[float, float, str]] = {}
 
     def start(self, alias_poll_s: float) -> None:
         """Load what the aliases point at now, then follow them every ``alias_poll_s`` (0: never)."""
@@ -161,10 +166,21 @@ class ModelHost:
                          for m in self.models.values())
 
     def _load(self, name: str, version: int) -> LoadedVersion:
-        folder, mv = self.registry.fetch(f"{name}/{version}")
-        if mv.status != "ready":
-            raise RegistryError(f"{mv.ref} was {mv.status} by its quality gate and is not served")
-        return LoadedVersion(mv, load_predictor(folder, mv.runtime))
+        key = (name, version)
+        failed = self._failures.get(key)
+        if failed is not None and time.monotonic() < failed[0]:
+            raise RegistryError(f"{failed[2]} (next try in {failed[0] - time.monotonic():.0f} s)")
+        try:
+            folder, mv = self.registry.fetch(f"{name}/{version}")
+            if mv.status != "ready":
+                raise RegistryError(f"{mv.ref} was {mv.status} by its quality gate and is not served")
+            loaded = LoadedVersion(mv, load_predictor(folder, mv.runtime, mv.task))
+        except Exception as exc:
+            delay = min(2 * failed[1], 300.0) if failed else 2.0
+            self._failures[key] = (time.monotonic() + delay, delay, str(exc))
+            raise
+        self._failures.pop(key, None)
+        return loaded
 
     def refresh(self) -> None:
         """Load what each route's aliases point at now; swap only once the new version is loaded and checked."""
@@ -239,8 +255,7 @@ class ModelHost:
         the one served model of that task. Raises ProtocolError naming the right route for another task."""
         name, _, version = (model or "").partition("/")
         if not name:
-            fitting = [m.name for m in self.models.values()
-                       if m.primary is not None and m.primary.signature.get("task") == task]
+            fitting = [m.name for m in self.models.values() if m.primary is not None and m.primary.task == task]
             if len(fitting) != 1:
                 raise ProtocolError(400, f"'model' is missing; served {task} models: " + (", ".join(fitting) or "none"))
             name = fitting[0]
@@ -248,8 +263,8 @@ class ModelHost:
         if served is None:
             raise ProtocolError(404, f"model '{name}' is not served here; served: {', '.join(self.models)}")
         loaded = await self.resolve(served, version or None)
-        if loaded.signature.get("task") != task:
-            use = "/v1/embeddings" if loaded.signature.get("task") == "embedding" else \
-                "/v1/completions" if loaded.signature.get("task") == "generation" else f"/v2/models/{name}/infer"
-            raise ProtocolError(400, f"model '{name}' is not a {task} model; use {use}")
+        if loaded.task != task:
+            use = {"embed": "/v1/embeddings", "generate": "/v1/completions"}.get(loaded.task,
+                                                                              f"/v2/models/{name}/infer")
+            raise ProtocolError(400, f"model '{name}' is a {loaded.task} model, not {task}; use {use}")
         return loaded

@@ -100,21 +100,21 @@ class OIPHandlers:
             loaded = await self.host.resolve(served, version)
         except ProtocolError as err:
             return oip_error(err.status, err.message, retry_headers(err)), 0, None
-        task = loaded.signature.get("task")
-        if task == "generation":
+        task = loaded.task
+        if task == "generate":
             return oip_error(400, f"model '{name}' generates text: POST /v2/models/{name}/generate[_stream] or "
                                   "/v1/completions", loaded.headers), 0, loaded
         try:
-            if task in ("embedding", "text-classification"):
+            if task in ("embed", "classify_text"):
                 x, req_id = parse_text_infer_request(body, loaded.signature)
                 wanted = None
             else:
                 x, req_id, wanted = parse_infer_request(body, loaded.signature)
         except ProtocolError as err:
             return oip_error(err.status, err.message, loaded.headers), 0, loaded
-        if task == "embedding":
+        if task == "embed":
             outputs = embedding_outputs(await self.server.run(loaded, x))
-        elif task == "text-classification":
+        elif task == "classify_text":
             outputs = classifier_outputs(await self.server.run(loaded, x), loaded.signature, None)
         else:
             logits = np.zeros((0, len(loaded.signature["classes"])), dtype=np.float32) if len(x) == 0 \
@@ -133,7 +133,7 @@ class OIPHandlers:
         try:
             body = await read_body(request, self.server.max_request_bytes)
             loaded = await self.host.resolve(served, None)
-            if loaded.signature.get("task") != "generation":
+            if loaded.task != "generate":
                 raise ProtocolError(400, f"model '{name}' does not generate text; use /v2/models/{name}/infer")
             prompt, options, req_id = parse_generate_request(body, loaded.signature)
         except ProtocolError as err:

@@ -36,7 +36,7 @@ class OpenAIHandlers:
             return bad, 0, None
         try:
             req = json_object(await read_body(request, self.server.max_request_bytes), "'prompt'")
-            loaded = await self.host.for_task(openai_model(req), "generation")
+            loaded = await self.host.for_task(openai_model(req), "generate")
             prompt, options, stream = parse_completion_request(req, loaded.signature)
         except ProtocolError as err:
             return openai_error(err.status, err.message, retry_headers(err)), 0, None
@@ -63,7 +63,7 @@ class OpenAIHandlers:
         try:
             body = await read_body(request, self.server.max_request_bytes)
             texts, model, fmt = parse_embeddings_request(body)
-            loaded = await self.host.for_task(model, "embedding")
+            loaded = await self.host.for_task(model, "embed")
         except ProtocolError as err:
             return openai_error(err.status, err.message, retry_headers(err)), 0, None
         emb = await self.server.run(loaded, texts)

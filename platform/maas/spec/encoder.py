@@ -8,17 +8,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import Field, field_validator
 
 from maas.spec.common import _NAME_PATTERN, DeploySpec, _Pipeline, _Strict
-
-
-ENCODER_FINAL_STEPS = ("fp16", "bf16", "torchao_int8_weight", "torchao_w8a8", "torchao_int4_weight", "onnx_fp32",
-                       "onnx_int8")
-ENCODER_MODEL_STEPS = {
-    "prune_unstructured": {"amount"},
-    "prune_structured": {"amount"},
-    "distill": {"layers", "epochs", "learning_rate", "batch_size", "num_workers", "max_sentences"},
-    "finetune": {"epochs", "learning_rate", "batch_size", "num_workers", "max_sentences"},
-}
-_STEP_REQUIRED = {"prune_unstructured": {"amount"}, "prune_structured": {"amount"}, "distill": {"layers"}}
+from maas.spec.ops import ENCODER_FINAL_STEPS, ENCODER_STEPS, EncoderStep, parse_steps
 
 
 class EncoderModelSpec(_Strict):
@@ -48,59 +38,38 @@ class EncoderGateSpec(_Strict):
 
 class VariantSpec(_Strict):
     name: str = Field(..., pattern=_NAME_PATTERN, description="Variant name (its method in the registry).")
-    steps: list[Union[str, dict[str, Any]]] = Field(..., min_length=1, description=(
+    steps: list[EncoderStep] = Field(..., min_length=1, description=(
         "Steps in order: model steps (prune_unstructured, prune_structured, distill, finetune; each a mapping "
         "of options) then at most one final step: " + ", ".join(ENCODER_FINAL_STEPS) + "."))
     gate: Optional[EncoderGateSpec] = Field(None, description="This variant's own tolerances (default: compress.gate).")
 
-    @field_validator("steps")
+    @field_validator("steps", mode="before")
     @classmethod
-    def _valid_steps(cls, steps: list) -> list:
-        problems, out = [], []
-        for i, step in enumerate(steps):
-            if isinstance(step, str):
-                name, args = step, {}
-            elif isinstance(step, dict) and len(step) == 1:
-                name, args = next(iter(step.items()))
-                args = args or {}
-            else:
-                problems.append(f"step {i}: a step is a name or a one-key mapping {{name: {{options}}}}, got {step!r}")
-                continue
-            known = ENCODER_FINAL_STEPS + tuple(ENCODER_MODEL_STEPS)
-            if name not in known:
-                close = difflib.get_close_matches(str(name), known, n=1)
-                problems.append(f"step {i}: unknown step {name!r}" + (f"; did you mean {close[0]!r}?" if close
-                                                                     else f"; known: {', '.join(known)}"))
-                continue
-            if name in ENCODER_FINAL_STEPS:
-                if args:
-                    problems.append(f"step {i}: {name} takes no options")
-                if i != len(steps) - 1:
-                    problems.append(f"step {i}: {name} decides how the variant is stored and run, so it must be "
-                                    "the last step")
-            else:
-                if not isinstance(args, dict):
-                    problems.append(f"step {i}: {name} options must be a mapping, got {args!r}")
-                    continue
-                unknown = set(args) - ENCODER_MODEL_STEPS[name]
-                missing = _STEP_REQUIRED.get(name, set()) - set(args)
-                if unknown:
-                    problems.append(f"step {i}: {name} has no option(s) {sorted(unknown)}; "
-                                    f"allowed: {sorted(ENCODER_MODEL_STEPS[name])}")
-                if missing:
-                    problems.append(f"step {i}: {name} needs {sorted(missing)}")
-                amount = args.get("amount")
-                if amount is not None and not (isinstance(amount, (int, float)) and 0 < amount < 1):
-                    problems.append(f"step {i}: {name}.amount must be a fraction within (0, 1), got {amount!r}")
-            out.append({name: dict(args)} if not isinstance(step, str) else step)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return out
+    def _typed_steps(cls, steps: Any) -> list:
+        typed = parse_steps(steps, ENCODER_STEPS, "steps", "step", bare_names=True)
+        late = [f"steps[{i}].{s.op}: {s.op} decides how the variant is stored and run, so it must be the last step"
+                for i, s in enumerate(typed[:-1]) if s.FINAL]
+        if late:
+            raise ValueError("\n".join(late))
+        return typed
+
+    @property
+    def model_steps(self) -> list:
+        """The steps that change the model (everything but the final step)."""
+        return [s for s in self.steps if not s.FINAL]
+
+    @property
+    def final(self) -> Optional[str]:
+        """How the variant is stored and run (the final step's name), or None (fp32 torch)."""
+        return self.steps[-1].op if self.steps[-1].FINAL else None
+
+    def step_names(self) -> list[str]:
+        return [s.op for s in self.steps]
 
 
 class EncoderCompressSpec(_Strict):
-    variants: list[Union[str, VariantSpec]] = Field(
-        default_factory=lambda: ["onnx_int8"],
+    variants: list[VariantSpec] = Field(
+        default_factory=lambda: ["onnx_int8"], validate_default=True,
         description="Variants of the parent: a final step's name alone (onnx_int8, torchao_w8a8, ...) or "
                     "{name, steps, gate}.")
     gate: EncoderGateSpec = Field(default_factory=EncoderGateSpec, description="Default quality gate.")
@@ -111,28 +80,32 @@ class EncoderCompressSpec(_Strict):
     latency_runs: int = Field(64, ge=8, description="Single-sentence calls timed per variant.")
     threads: int = Field(0, ge=0, description="CPU threads per measured variant (0: the runtimes' default).")
 
-    @field_validator("variants")
+    @field_validator("variants", mode="before")
     @classmethod
-    def _known_names(cls, variants: list) -> list:
-        problems, names = [], set()
+    def _known_names(cls, variants: Any) -> list:
+        """A name alone is shorthand for ``{name: <step>, steps: [<step>]}``; names are unique and not 'fp32'."""
+        if not isinstance(variants, list):
+            raise ValueError(f"expected a list of variants, got {variants!r}")
+        problems, names, out = [], set(), []
         for i, v in enumerate(variants):
             if isinstance(v, str):
                 if v not in ENCODER_FINAL_STEPS:
                     close = difflib.get_close_matches(v, ENCODER_FINAL_STEPS, n=1)
-                    problems.append(f"variant {i}: {v!r} is not a final step" + (
+                    problems.append(f"variants[{i}]: {v!r} is not a final step" + (
                         f"; did you mean {close[0]!r}?" if close else "; give {name, steps} for a chain"))
-                name = v
-            else:
-                name = v.name
-            if name in names or name == "fp32":
-                problems.append(f"variant {i}: the name {name!r} is taken (fp32 is the parent)")
+                    continue
+                v = {"name": v, "steps": [v]}
+            name = v.name if isinstance(v, VariantSpec) else v.get("name") if isinstance(v, dict) else None
+            if name is not None and (name in names or name == "fp32"):
+                problems.append(f"variants[{i}]: the name {name!r} is taken (fp32 is the parent)")
             names.add(name)
+            out.append(v)
         if problems:
-            raise ValueError("; ".join(problems))
-        return variants
+            raise ValueError("\n".join(problems))
+        return out
 
     def resolved(self) -> list[VariantSpec]:
-        return [VariantSpec(name=v, steps=[v]) if isinstance(v, str) else v for v in self.variants]
+        return list(self.variants)
 
 
 class EncoderPipelineSpec(_Pipeline):

@@ -48,6 +48,16 @@ def _problems(err: ValidationError, model: type[BaseModel]) -> list[tuple[str, s
             problems.append((path, f"unknown key{hint}"))
         elif e["type"] == "missing":
             problems.append((path, "required field is missing"))
+        elif e["type"] == "value_error" and "\n" in e["msg"] or (loc and str(e["msg"]).startswith(
+                f"Value error, {loc[-1]}[")):
+            # a list validator's lines, each 'name[i].op...: problem': one problem per line, at its own path
+            parent = ".".join(str(p) for p in loc[:-1])
+            for line in e["msg"].removeprefix("Value error, ").splitlines():
+                head, sep, rest = line.partition(": ")
+                if head.startswith(f"{loc[-1]}[") and sep:
+                    problems.append((f"{parent}.{head}" if parent else head, rest))
+                else:
+                    problems.append((path, line))
         else:
             msg = e["msg"].removeprefix("Value error, ")
             problems.append((path, f"{msg} (got {e.get('input')!r})"))

@@ -16,7 +16,7 @@ from maas.models.artifacts import save_torch_model, unwrap
 STATE, OPTIMIZER = "state.json", "optimizer.pt"
 
 
-def resume_state(config: dict, rank: int, world: int) -> tuple[Optional[dict], dict, Optional[dict]]:
+def resume_state(rank: int, world: int) -> tuple[Optional[dict], dict, Optional[dict]]:
     """(full model state or None, training state, this rank's optimizer state or None) from the last checkpoint.
 
     The model state is assembled whole (a DDP checkpoint holds it, an FSDP one holds per-rank shards), so a
@@ -44,8 +44,8 @@ def resume_state(config: dict, rank: int, world: int) -> tuple[Optional[dict], d
     return model_state, state, opt_state
 
 
-def write_checkpoint(model, optimizer, config: dict, metrics: dict, state: dict, rank: int, world: int,
-                fsdp: bool) -> None:
+def write_checkpoint(model, optimizer, architecture: dict, metrics: dict, state: dict, rank: int, world: int,
+                     fsdp: bool) -> None:
     """DDP: rank 0 writes the whole model. FSDP: every rank writes its own shard (model and optimizer) into
     the same checkpoint directory; Ray Train merges the ranks' uploads."""
     import ray.train
@@ -57,10 +57,10 @@ def write_checkpoint(model, optimizer, config: dict, metrics: dict, state: dict,
         return
     with tempfile.TemporaryDirectory() as tmp:
         if fsdp:
-            save_shard(model, config["model_config"], tmp, rank, world)
+            save_shard(model, architecture, tmp, rank, world)
             torch.save(_local_optimizer_state(optimizer), os.path.join(tmp, f"optimizer-{rank:05d}-of-{world:05d}.pt"))
         else:
-            save_torch_model(unwrap(model), config["model_config"], tmp)
+            save_torch_model(unwrap(model), architecture, tmp)
             torch.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER))
         if rank == 0:
             with open(os.path.join(tmp, STATE), "w") as f:

@@ -22,7 +22,7 @@ from torch import nn
 
 from maas.models import build_model
 from maas.train.checkpoint import as_dtensors, resume_state, write_checkpoint
-
+from maas.train.config import LoopConfig
 
 
 class ShardBatches:
@@ -134,26 +134,29 @@ def lr_at(step: int, total: int, warmup: int, base: float, schedule: str) -> flo
     return base
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: LoopConfig) -> None:
     import ray.train
     import ray.train.torch
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(config["seed"])
+    if isinstance(config, dict):  # Ray Train hands over what the driver gave: the model, or its fields
+        config = LoopConfig.model_validate(config)
+    t = config.train
+    torch.manual_seed(t.seed)
     # the train split's normalisation statistics initialise the model's Standardize buffers; they are then
     # part of the weights, so model.json (the architecture) does not need to repeat them
-    model = build_model({**config["model_config"], **config["normalization"]})
-    lm = config.get("task") == "lm"
+    model = build_model({**config.architecture, **config.normalization})
+    lm = config.task == "lm"
     # training FLOPs per row, counted on the whole model before any sharding: 6 x parameters per target,
     # plus attention for a language model (per token, times the block's tokens)
     # (a text classifier: 6 x its non-embedding parameters per token, times the tokens per row)
     if lm:
-        flops_per_sample = model.flops_per_token() * config["model_config"]["block_size"]
+        flops_per_sample = model.flops_per_token() * config.architecture["block_size"]
     else:
         flops_per_sample = 6 * sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n) \
-            * config["model_config"].get("max_length", 1)
-    model_state, state, opt_state = resume_state(config, rank, world)
+            * config.architecture.get("max_length", 1)
+    model_state, state, opt_state = resume_state(rank, world)
     if model_state is not None:
         model.load_state_dict(model_state)
     start_epoch, step, history, steps_log = state["epoch"] + 1, state["step"], state["history"], state["steps"]
@@ -161,27 +164,27 @@ def train_loop_per_worker(config: dict) -> None:
         print(f"[train] resuming from the checkpoint of epoch {start_epoch} (step {step})", flush=True)
     device = ray.train.torch.get_device()
     cuda = device.type == "cuda"
-    fsdp = config.get("strategy") == "fsdp"
-    if config.get("compile"):
+    fsdp = t.strategy == "fsdp"
+    if t.compile:
         compile_blocks(model)
     if fsdp:
         model = _shard_fsdp(model, device)
     else:
         model = ray.train.torch.prepare_model(model)  # DDP over gloo (CPU) or NCCL (GPU), moved to the device
     # on GPUs the fused AdamW kernel: one launch for every parameter's update instead of a loop of them
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
-                                  weight_decay=config["weight_decay"], fused=cuda or None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate,
+                                  weight_decay=t.weight_decay, fused=cuda or None)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     if opt_state is not None:
         optimizer.load_state_dict(as_dtensors(optimizer, opt_state) if fsdp else opt_state)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    bf16 = config.get("precision") == "bf16"
+    bf16 = t.precision == "bf16"
 
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    compiled = bool(config.get("compile"))
+    compiled = t.compile
 
     def eager_unless(steady: bool):
         """Compiled runs compile the steady-state training step only: a ragged last batch and validation run
@@ -196,26 +199,26 @@ def train_loop_per_worker(config: dict) -> None:
             return contextlib.nullcontext()
         return contextlib.nullcontext() if on or world == 1 else model.no_sync()
 
-    features = config["features"]
-    cache, buffer = config["cache_shards"], config["shuffle_buffer"]
-    task = config.get("task", "classify")
+    features = list(config.features)
+    cache, buffer = config.cache_shards, config.shuffle_buffer
+    task = config.task
     train_batches = ShardBatches(ray.train.get_dataset_shard("train"), features, cache, buffer, task)
     val_batches = ShardBatches(ray.train.get_dataset_shard("val"), features, cache, buffer, task) \
-        if config["has_val"] else None
-    tokens_per_row = config["model_config"]["block_size"] if lm else 0
-    accum = config.get("grad_accumulation_steps", 1)
-    total_steps = config["epochs"] * config["steps_per_epoch"]
-    warmup = int(total_steps * config.get("warmup_fraction", 0.0))
-    clip = config.get("max_grad_norm", 0.0)
-    log_every = config.get("log_every_steps", 10)
-    peak = config.get("peak_flops_per_worker", 0.0)
+        if config.has_val else None
+    tokens_per_row = config.architecture["block_size"] if lm else 0
+    accum = t.grad_accumulation_steps
+    total_steps = config.total_steps
+    warmup = int(total_steps * t.warmup_fraction)
+    clip = t.max_grad_norm
+    log_every = t.log_every_steps
+    peak = config.peak_flops_per_worker
 
     worker_nodes = _worker_nodes(world)
     if rank == 0:
-        print(f"[train] {world} worker(s) ({config.get('strategy', 'ddp')}) on {len(set(worker_nodes))} node(s)", flush=True)
+        print(f"[train] {world} worker(s) ({t.strategy}) on {len(set(worker_nodes))} node(s)", flush=True)
     best = max((h.get("val_accuracy", -h["epoch"]) for h in history), default=None)
     stale = history[-1].get("stale_epochs", 0) if history else 0
-    for epoch in range(start_epoch, config["epochs"]):
+    for epoch in range(start_epoch, t.epochs):
         model.train()
         started = window_started = time.perf_counter()
         # sums stay on the device and are read at log points and at the epoch's end: a .item() per step
@@ -225,13 +228,14 @@ def train_loop_per_worker(config: dict) -> None:
         seen = rows = 0
         window_samples, micro, grad_norm = 0, 0, None
         optimizer.zero_grad(set_to_none=True)
-        batches = list(train_batches.epoch(config["batch_size"], seed=config["seed"] * 100003 + epoch * 101 + rank)) \
-            if accum > 1 else train_batches.epoch(config["batch_size"], seed=config["seed"] * 100003 + epoch * 101 + rank)
+        batches = train_batches.epoch(t.batch_size, seed=t.seed * 100003 + epoch * 101 + rank)
+        if accum > 1:
+            batches = list(batches)
         n_batches = len(batches) if accum > 1 else None
         for i, (xb, yb) in enumerate(batches):
             x, y = _to(device, xb, yb)
             last_micro = (micro + 1) == accum or (n_batches is not None and i == n_batches - 1)
-            with sync_grads(last_micro), eager_unless(len(yb) == config["batch_size"]):
+            with sync_grads(last_micro), eager_unless(len(yb) == t.batch_size):
                 with autocast():
                     logits = model(x)
                     loss = loss_fn(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -244,7 +248,7 @@ def train_loop_per_worker(config: dict) -> None:
             correct += (logits.detach().argmax(-1) == y).sum()
             if not last_micro:
                 continue
-            lr = lr_at(step, total_steps, warmup, config["learning_rate"], config.get("lr_schedule", "constant"))
+            lr = lr_at(step, total_steps, warmup, t.learning_rate, t.lr_schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if clip:
@@ -309,21 +313,21 @@ def train_loop_per_worker(config: dict) -> None:
         best = score if improved else best
         stale = 0 if improved else stale + 1
         metrics["stale_epochs"] = stale
-        patience = config.get("early_stopping_patience", 0)
-        stop = bool(patience) and stale >= patience and config["has_val"]
+        patience = t.early_stopping_patience
+        stop = bool(patience) and stale >= patience and config.has_val
         if stop:
             metrics["early_stopped"] = True
         history.append(metrics)
         if rank == 0:  # shows in job logs (`maas logs --follow`) as the run's progress
             done = epoch + 1
             val = f" val_accuracy={metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else ""
-            print(f"[train] epoch {done}/{config['epochs']} ({100 * done // config['epochs']}%) step {step} "
+            print(f"[train] epoch {done}/{t.epochs} ({100 * done // t.epochs}%) step {step} "
                   f"loss={metrics['train_loss']:.4f}{val}" + (" (early stop)" if stop else ""), flush=True)
-            _write_progress(config.get("progress_path"), {"epoch": epoch, "step": step, "worker_nodes": worker_nodes})
-        every = config["checkpoint_every_epochs"]
-        due = improved or stop or epoch == config["epochs"] - 1 or (every and (epoch + 1) % every == 0)
+            _write_progress(config.progress_path, {"epoch": epoch, "step": step, "worker_nodes": worker_nodes})
+        every = t.checkpoint_every_epochs
+        due = improved or stop or epoch == t.epochs - 1 or (every and (epoch + 1) % every == 0)
         if due:  # every rank computes the same `due` (validation figures are all-reduced)
-            write_checkpoint(model, optimizer, config, metrics, {"epoch": epoch, "step": step, "history": history,
+            write_checkpoint(model, optimizer, config.architecture, metrics, {"epoch": epoch, "step": step, "history": history,
                                                             "steps": steps_log}, rank, world, fsdp)
         else:
             ray.train.report(metrics)

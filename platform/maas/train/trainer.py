@@ -13,8 +13,9 @@ from torch import nn
 from maas.data import DataResult
 from maas.exceptions import TrainingError
 from maas.models.artifacts import load_torch_model
-from maas.spec import ClassifierSpec, TrainSpec
+from maas.spec import ClassifierSpec, TokenizeOp, TrainSpec
 from maas.train.checkpoint import STATE
+from maas.train.config import LoopConfig, Task
 from maas.train.loop import train_loop_per_worker
 
 
@@ -137,11 +138,11 @@ def train_model(spec: ClassifierSpec, data: DataResult, run_dir: str, run_name: 
 
 def text_max_length(spec: ClassifierSpec) -> int:
     """The token length of the spec's (last) tokenize op."""
-    return int([next(iter(op.values())) for op in spec.data.ops if "tokenize" in op][-1].get("max_length", 128))
+    return spec.data.ops_of(TokenizeOp)[-1].max_length
 
 
 def fit(t: TrainSpec, model_config: dict, train, val, *, rows: int, row_bytes: int, run_dir: str,
-        run_name: str = "train", task: str = "classify", features: Optional[list] = None,
+        run_name: str = "train", task: Task = "classify", features: Optional[list] = None,
         init: Optional[dict] = None) -> TrainResult:
     """Ray Train run of ``model_config`` over the ``train`` (and ``val``, when given) Ray Datasets.
 
@@ -161,23 +162,18 @@ def fit(t: TrainSpec, model_config: dict, train, val, *, rows: int, row_bytes: i
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else each progress line is logged twice
     use_gpu = choose_device(t.device, t.num_workers)
     has_val = val is not None
-    config = {"model_config": model_config, "normalization": dict(init or {}), "task": task,
-              "features": list(features or []), "has_val": has_val, "epochs": t.epochs, "batch_size": t.batch_size,
-              "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "seed": t.seed, "precision": t.precision,
-              "checkpoint_every_epochs": t.checkpoint_every_epochs, "shuffle_buffer": max(t.batch_size * 8, 256),
-              "strategy": t.strategy, "grad_accumulation_steps": t.grad_accumulation_steps,
-              "max_grad_norm": t.max_grad_norm, "lr_schedule": t.lr_schedule, "warmup_fraction": t.warmup_fraction,
-              "early_stopping_patience": t.early_stopping_patience, "log_every_steps": t.log_every_steps,
-              "compile": t.compile,
-              "progress_path": os.path.join(run_dir, f"{run_name}_progress.json") if "://" not in run_dir else None,
-              "peak_flops_per_worker": peak_flops(t.precision) if use_gpu else 0.0}
     if 0 < rows < t.num_workers:
         raise TrainingError(f"the train split has {rows} row(s), fewer than train.num_workers ({t.num_workers}); "
                             "add data or lower train.num_workers")
-    config["steps_per_epoch"] = max(1, math.ceil(rows / t.num_workers / t.batch_size / t.grad_accumulation_steps))
     shard_mb = rows * row_bytes / t.num_workers / 2**20
-    config["cache_shards"] = shard_mb < t.cache_shard_mb
-    if config["cache_shards"]:
+    config = LoopConfig(
+        train=t.model_copy(), architecture=model_config, normalization=dict(init or {}), task=task,
+        features=tuple(features or ()), has_val=has_val,
+        steps_per_epoch=max(1, math.ceil(rows / t.num_workers / t.batch_size / t.grad_accumulation_steps)),
+        cache_shards=shard_mb < t.cache_shard_mb,
+        progress_path=os.path.join(run_dir, f"{run_name}_progress.json") if "://" not in run_dir else None,
+        peak_flops_per_worker=peak_flops(t.precision) if use_gpu else 0.0)
+    if config.cache_shards:
         # small: read the prepared data now, so no Ray Data task needs a CPU while the training workers
         # hold them all (2 workers on a 2-CPU machine would otherwise wait for their data forever)
         datasets = {"train": train.materialize()}
@@ -191,7 +187,7 @@ def fit(t: TrainSpec, model_config: dict, train, val, *, rows: int, row_bytes: i
     resources = {"CPU": t.cpus_per_worker}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config,
+        train_loop_config=config.model_dump(),
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources,
                                                placement_strategy=t.placement_strategy),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from maas.exceptions import JobError, SpecError
+from maas.submit.auth import BAD_TOKEN, CLEAR_TEXT, NO_TOKEN, _auth_enabled, _is_local, _loopback, find_token
 from maas.spec import PipelineSpec, load_spec, spec_from_dict
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -36,33 +37,11 @@ def jobs_folder() -> str:
     spec = importlib.util.find_spec("jobs")
     if spec is not None and spec.submodule_search_locations:
         return str(list(spec.submodule_search_locations)[0])
-    here = Path(__file__).resolve().parents[2] / "jobs"
+    here = Path(__file__).resolve().parents[3] / "jobs"
     if (here / "_common.py").is_file():
         return str(here)
     raise JobError("cannot find the jobs/ entrypoints next to maas: install maas (pip install -e .) or run from "
                    "the repository")
-
-
-def find_token() -> Optional[str]:
-    """The Ray auth token as Ray's own clients find it: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
-    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
-    if path.is_file() and path.read_text().strip():
-        return path.read_text().strip()
-    return None
-
-
-def _auth_enabled() -> bool:
-    return os.environ.get("RAY_AUTH_MODE", "token").lower() != "disabled"
-
-
-NO_TOKEN = ("no Ray auth token found. This cluster uses token authentication (Ray 2.60's default, which maas "
-            "keeps on). Copy the token from the head node (`cat ~/.ray/auth_token` there) and either save it "
-            "to ~/.ray/auth_token here or `export RAY_AUTH_TOKEN=<token>`.")
-BAD_TOKEN = ("the Ray cluster at {address} rejected the auth token ({source}). Use the head node's token: "
-             "`cat ~/.ray/auth_token` on the head, then save it to ~/.ray/auth_token here or "
-             "`export RAY_AUTH_TOKEN=<token>`.")
 
 
 def _jobs_address(address: str) -> str:
@@ -72,11 +51,6 @@ def _jobs_address(address: str) -> str:
         raise JobError(f"address {address!r} is not a Jobs API address: pass the dashboard URL of the head, "
                        "e.g. http://<head>:8265 (the same address `ray job submit --address` takes)")
     return f"http://{address.rstrip('/')}"
-
-
-def _is_local(address: str) -> bool:
-    host = address.split("://", 1)[-1].split(":", 1)[0]
-    return host in ("127.0.0.1", "localhost", "0.0.0.0", "::1")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -208,15 +182,19 @@ class Client:
     """Submit maas stages as Ray jobs.
 
     Args:
-        address: the cluster's Jobs API, ``http://<head>:8265`` (``RAY_ADDRESS`` when omitted). With neither,
-            a private local Ray head is started for this process (free ports, dashboard on 127.0.0.1) and jobs
-            run there until ``shutdown()`` or the process exits.
+        address: the cluster's Jobs API, ``https://<head>:8265`` or, through a forwarded port,
+            ``http://127.0.0.1:8265`` (``RAY_ADDRESS`` when omitted). With neither, a private local Ray head is
+            started for this process (free ports, dashboard on 127.0.0.1) and jobs run there until
+            ``shutdown()`` or the process exits.
+        insecure: allow sending the Ray auth token over plain ``http://`` to another machine (refused by
+            default: the token lets its holder run code on the cluster).
 
     Raises:
-        JobError: no auth token found, token rejected, or the cluster cannot be reached.
+        JobError: no auth token found, token rejected, clear-text token to a remote address, or the cluster
+            cannot be reached.
     """
 
-    def __init__(self, address: Optional[str] = None):
+    def __init__(self, address: Optional[str] = None, insecure: bool = False):
         address = address or os.environ.get("RAY_ADDRESS") or None
         self.embedded = address is None
         if self.embedded:
@@ -224,6 +202,9 @@ class Client:
         self.address = _jobs_address(address)
         headers = {}
         if _auth_enabled():
+            insecure = insecure or os.environ.get("MAAS_INSECURE", "").lower() in ("1", "true", "yes")
+            if self.address.startswith("http://") and not _loopback(self.address) and not insecure:
+                raise JobError(CLEAR_TEXT.format(address=self.address))
             token = find_token()
             if not token:
                 raise JobError(NO_TOKEN)
@@ -320,7 +301,7 @@ class Client:
                                *map(shlex.quote, args or [])])
         runtime_env: dict[str, Any] = {
             # ship the code: the cluster needs ray and the libraries, not maas itself
-            "py_modules": [str(Path(__file__).resolve().parent), jobs_folder()],
+            "py_modules": [str(Path(__file__).resolve().parents[1]), jobs_folder()],
             "env_vars": {"PYTHONUNBUFFERED": "1"},
         }
         job_id = name or f"maas-{stage}-{spec.model.name}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,78 @@
+"""Aliases as an append-only log of moves: compare-and-swap with history, on any store with create-only writes.
+
+``models/<name>/aliases/<alias>/<seq>.json`` holds one move each: ``{"version", "previous", "at", "by"}``
+(``version`` null: the alias was removed). The alias points where its highest ``seq`` says. A move reads the
+log, checks that the alias still points where the mover expects (``expected``, what the mover read when it
+started, e.g. a pipeline run at its start), and writes ``seq + 1`` create-only: two movers can never both
+write the same ``seq``, so a lost race is a clear error and never a silent overwrite, and the log is the
+history (``maas models alias NAME``).
+
+A store written before the log existed has ``aliases/<alias>.json`` (``{"version": n}``): read as move 0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any, Optional
+
+from maas.exceptions import RegistryError
+from maas.registry.objects import Store
+
+UNCHECKED: Any = object()  # a move that only requires the alias not to change while it is being written
+_SEQ = re.compile(r"[0-9]{10}\.json")
+
+
+def _load(store: Store, key: str) -> dict:
+    raw = store.read_bytes(key)
+    try:
+        rec = json.loads(raw.decode()) if raw is not None else None
+        if not isinstance(rec, dict) or not (rec.get("version") is None or isinstance(rec["version"], int)):
+            raise ValueError("not an alias record")
+        return rec
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{store.uri}/{key}: damaged alias record ({exc}); remove that file, or point the "
+                            "alias again with `maas models alias`") from None
+
+
+def read_logs(store: Store, name: str) -> dict[str, list[dict]]:
+    """{alias: its moves in order, each with ``seq``} for one model (one listing, then the records)."""
+    base = f"models/{name}/aliases"
+    logs: dict[str, list[dict]] = {}
+    for info in store.list(base):
+        rest = info.key[len(base) + 1:]
+        alias, _, leaf = rest.partition("/")
+        if leaf and _SEQ.fullmatch(leaf):
+            logs.setdefault(alias, []).append({**_load(store, info.key), "seq": int(leaf[:-5])})
+        elif not leaf and rest.endswith(".json") and ".tmp" not in rest:  # the older single-file form
+            logs.setdefault(rest[:-5], []).append({**_load(store, info.key), "seq": 0})
+    return {a: sorted(moves, key=lambda m: m["seq"]) for a, moves in sorted(logs.items())}
+
+
+def current(moves: list[dict]) -> Optional[int]:
+    return moves[-1]["version"] if moves else None
+
+
+def move(store: Store, name: str, alias: str, version: Optional[int], expected: Any, by: str) -> dict:
+    """Append a move of ``alias`` to ``version`` (None: remove it) if it still points at ``expected``.
+
+    Raises:
+        RegistryError: the alias points elsewhere than ``expected``, or another move landed first.
+    """
+    moves = read_logs(store, name).get(alias, [])
+    now = current(moves)
+    if expected is not UNCHECKED and now != expected:
+        last = moves[-1] if moves else {}
+        raise RegistryError(
+            f"{name}@{alias} points at {now if now is not None else 'nothing'}, not {expected if expected is not None else 'nothing'} "
+            f"as this move expected (moved by {last.get('by', '?')} at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last.get('at', 0)))}); not overwriting it. "
+            f"To move it anyway: maas models alias {name} {alias} {version if version is not None else '--delete'} "
+            f"--expect {now if now is not None else 'none'}")
+    seq = (moves[-1]["seq"] if moves else 0) + 1
+    record = {"version": version, "previous": now, "at": time.time(), "by": by}
+    if not store.create(f"models/{name}/aliases/{alias}/{seq:010d}.json", json.dumps(record).encode()):
+        raise RegistryError(f"{name}@{alias} was moved by someone else while this move was being written; "
+                            f"nothing was changed. See `maas models alias {name}` and try again")
+    return {**record, "seq": seq}
