@@ -184,6 +184,14 @@ def cmd_models(args) -> int:
             return 0
         _say(table(["version", "method", "runtime", "status", "test acc", "size", "aliases", "created"], rows))
         return 0
+    if args.models_cmd == "import":
+        from maas.registry.hf_import import import_hf_model
+
+        mv, skipped = import_hf_model(reg, args.source, args.name, by=f"cli:{_user()}")
+        _say(f"imported {args.source} as {mv.ref} ({mv.signature['architecture']}, {len(mv.files)} files, "
+             f"{human_bytes(mv.size_bytes)}; every file checksummed)" +
+             (f"; not imported: {', '.join(skipped)}" if skipped else ""))
+        return 0
     if args.models_cmd == "gc":
         removed = reg.gc(grace_s=args.grace_s)
         _say(f"removed {removed} upload(s) that no version names (older than {args.grace_s:g} s) from {reg.location}")
@@ -287,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--delete", action="store_true", help="remove the alias instead")
     al.add_argument("--expect", metavar="VERSION|none", help="move only if the alias still points at VERSION "
                     "(none: not set); a concurrent move is never overwritten either way")
+    imp = msub.add_parser("import", help="publish a Hugging Face causal LM folder (local or a URI such as "
+                                         "s3://...) as a version, every file checksummed", parents=[store_after])
+    imp.add_argument("source", help="folder with config.json, *.safetensors and tokenizer.json")
+    imp.add_argument("--name", required=True, help="registry name of the model")
     gc = msub.add_parser("gc", help="remove uploads no version names (killed or failed publications)",
                          parents=[store_after])
     gc.add_argument("--grace-s", type=float, default=3600.0, help="keep uploads younger than this (a "

@@ -35,6 +35,9 @@ def load_predictor(folder: str | Path, runtime: str, task: str):
     if task in ("embed", "classify_text"):
         return EncoderPredictor(folder, runtime)
     if task == "generate":
+        if runtime == "vllm":
+            raise MaasError(f"{folder} is a Hugging Face causal LM (imported with `maas models import`): it is "
+                            "served by a vLLM engine, which this version of maas does not deploy yet")
         if runtime != "torch":
             raise MaasError(f"a generate model runs on the torch runtime, not {runtime!r}")
         return GeneratorPredictor(folder)
