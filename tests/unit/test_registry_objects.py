@@ -321,3 +321,28 @@ def test_serving_backs_off_a_version_that_fails_to_load(tmp_path):
     host._failures[key] = (0.0, delay, message)  # the wait is over
     host.refresh()
     assert fetches == ["m/1", "m/1"] and host._failures[key][1] == 2 * delay
+
+
+def test_reading_aliases_costs_one_record_per_alias_however_long_the_history(tmp_path):
+    """The alias watcher of every replica reads aliases every poll: not the whole history each time."""
+    import maas.registry.aliases as aliases
+
+    reg = Registry(str(tmp_path / "store"))
+    a = _artifact(tmp_path / "src", "a.bin", b"1")
+    for _ in range(2):
+        reg.publish("m", {"a.bin": a}, runtime="torch")
+    for i in range(30):
+        reg.set_alias("m", "production", 1 + i % 2)
+    reg.set_alias("m", "candidate", 1)
+    reads = []
+    real = aliases._load
+    aliases._load = lambda store, key: reads.append(key) or real(store, key)
+    try:
+        assert reg.aliases("m") == {"candidate": 1, "production": 2}
+        assert len(reads) == 2
+        reads.clear()
+        assert [v.aliases for v in reg.list_versions("m")] == [["candidate"], ["production"]]
+        assert len(reads) == 2  # once for the listing, not once per version
+    finally:
+        aliases._load = real
+    assert len(reg.alias_history("m", "production")) == 30

@@ -36,18 +36,29 @@ def _load(store: Store, key: str) -> dict:
                             "alias again with `maas models alias`") from None
 
 
-def read_logs(store: Store, name: str) -> dict[str, list[dict]]:
-    """{alias: its moves in order, each with ``seq``} for one model (one listing, then the records)."""
+def _listing(store: Store, name: str) -> dict[str, list[tuple[int, str]]]:
+    """{alias: [(seq, key), ...] in order} from one listing; no record is read."""
     base = f"models/{name}/aliases"
-    logs: dict[str, list[dict]] = {}
+    found: dict[str, list[tuple[int, str]]] = {}
     for info in store.list(base):
         rest = info.key[len(base) + 1:]
         alias, _, leaf = rest.partition("/")
         if leaf and _SEQ.fullmatch(leaf):
-            logs.setdefault(alias, []).append({**_load(store, info.key), "seq": int(leaf[:-5])})
+            found.setdefault(alias, []).append((int(leaf[:-5]), info.key))
         elif not leaf and rest.endswith(".json") and ".tmp" not in rest:  # the older single-file form
-            logs.setdefault(rest[:-5], []).append({**_load(store, info.key), "seq": 0})
-    return {a: sorted(moves, key=lambda m: m["seq"]) for a, moves in sorted(logs.items())}
+            found.setdefault(rest[:-5], []).append((0, info.key))
+    return {a: sorted(keys) for a, keys in sorted(found.items())}
+
+
+def latest(store: Store, name: str) -> dict[str, dict]:
+    """{alias: its newest move, with ``seq``}: one listing and one read per alias, however long the history
+    (the alias watcher of every replica calls this every ``alias_poll_s``)."""
+    return {a: {**_load(store, keys[-1][1]), "seq": keys[-1][0]} for a, keys in _listing(store, name).items()}
+
+
+def read_logs(store: Store, name: str) -> dict[str, list[dict]]:
+    """{alias: every move in order, each with ``seq``} (the history)."""
+    return {a: [{**_load(store, key), "seq": seq} for seq, key in keys] for a, keys in _listing(store, name).items()}
 
 
 def current(moves: list[dict]) -> Optional[int]:
@@ -60,7 +71,8 @@ def move(store: Store, name: str, alias: str, version: Optional[int], expected: 
     Raises:
         RegistryError: the alias points elsewhere than ``expected``, or another move landed first.
     """
-    moves = read_logs(store, name).get(alias, [])
+    last_move = latest(store, name).get(alias)
+    moves = [last_move] if last_move else []
     now = current(moves)
     if expected is not UNCHECKED and now != expected:
         last = moves[-1] if moves else {}

@@ -92,9 +92,19 @@ class Registry:
         return sorted(out)
 
     def list_versions(self, name: str) -> list[ModelVersion]:
-        return [self.get_version(name, v) for v in self._version_numbers(name)]
+        aliases = self.aliases(name)
+        return [self._with_aliases(self._manifest(name, v), aliases) for v in self._version_numbers(name)]
 
     def get_version(self, name: str, version: int) -> ModelVersion:
+        return self._with_aliases(self._manifest(name, version), self.aliases(name))
+
+    @staticmethod
+    def _with_aliases(mv: ModelVersion, aliases: dict[str, int]) -> ModelVersion:
+        mv.aliases = [a for a, v in aliases.items() if v == mv.version]
+        return mv
+
+    def _manifest(self, name: str, version: int) -> ModelVersion:
+        """The validated manifest of ``name/version`` (no alias is read)."""
         ModelVersion.check_name(name)
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise RegistryError(f"invalid version {version!r}: a number >= 1")
@@ -117,13 +127,12 @@ class Registry:
         if mv.name != name or mv.version != version:
             raise RegistryError(f"{where}: the manifest claims to be {mv.name}/{mv.version}, not {name}/{version} "
                                 "(planted or copied by hand); refusing it")
-        mv.aliases = [a for a, v in self.aliases(name).items() if v == version]
         return mv
 
     def aliases(self, name: str) -> dict[str, int]:
         """{alias: version} for the aliases that point somewhere."""
-        logs = alias_log.read_logs(self.store, ModelVersion.check_name(name))
-        return {a: alias_log.current(m) for a, m in logs.items() if alias_log.current(m) is not None and _valid(a)}
+        newest = alias_log.latest(self.store, ModelVersion.check_name(name))
+        return {a: m["version"] for a, m in newest.items() if m["version"] is not None and _valid(a)}
 
     def alias_history(self, name: str, alias: Optional[str] = None) -> list[dict]:
         """Every move of ``name``'s aliases (or of one), oldest first: {alias, seq, version, previous, at, by}."""
@@ -136,8 +145,8 @@ class Registry:
     def resolve(self, ref: str) -> ModelVersion:
         """``name@alias``, ``name/version`` or ``name`` (the latest version) -> ModelVersion."""
         name, version, alias = parse_ref(ref)
+        aliases = self.aliases(name)
         if alias is not None:
-            aliases = self.aliases(name)
             if alias not in aliases:
                 if not self._version_numbers(name):
                     raise RegistryError(f"no model named {name!r} in {self.uri} (see `maas models list`)")
@@ -148,7 +157,7 @@ class Registry:
             if not known:
                 raise RegistryError(f"no model named {name!r} in {self.uri} (see `maas models list`)")
             version = known[-1]
-        return self.get_version(name, version)
+        return self._with_aliases(self._manifest(name, version), aliases)
 
     # ------------------------------------------------------------------------------------------ writes
     def publish(self, name: str, files: dict[str, str | Path], *, runtime: str, metrics: Optional[dict] = None,
@@ -231,7 +240,7 @@ class Registry:
             used = set()
             for v in self._version_numbers(name):
                 try:
-                    used.add(self.get_version(name, v).objects)
+                    used.add(self._manifest(name, v).objects)
                 except RegistryError:
                     return removed  # a damaged manifest might name any upload: keep everything
             newest: dict[str, float] = {}
