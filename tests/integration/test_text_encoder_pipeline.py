@@ -114,6 +114,22 @@ def test_openai_embeddings_endpoint(pipeline):
     assert pinned.status_code == 200 and pinned.headers[VERSION_HEADER] == parent_ref
 
 
+def test_the_official_openai_client_lists_retrieves_and_embeds(pipeline):
+    import openai
+
+    url = pipeline["result"].endpoint
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    (card,) = client.models.list().data
+    assert card.id == "minilm" and card.owned_by == "maas" and card.version == pipeline["result"].promoted_ref
+    assert client.models.retrieve("minilm").task == "embed"
+    with pytest.raises(openai.NotFoundError, match="model 'ghost' is not served here; served: minilm"):
+        client.models.retrieve("ghost")
+    emb = client.embeddings.create(model="minilm", input=["Ray Serve hosts models behind HTTP."])
+    assert len(emb.data[0].embedding) == 384 and emb.model == pipeline["result"].promoted_ref
+    with pytest.raises(openai.BadRequestError, match="serves task embed, not generate; use /v1/embeddings"):
+        client.completions.create(model="minilm", prompt="hello")
+
+
 def test_concurrent_requests_are_fused_and_answer_each_caller(pipeline):
     url = pipeline["result"].endpoint
     texts = [f"Sentence number {i} talks about {w} in some detail." for i, w in

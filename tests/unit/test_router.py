@@ -10,6 +10,8 @@ R = Router()
 @pytest.mark.parametrize("method,path,handler,params", [
     ("POST", "/v1/completions", "completions", {}),
     ("POST", "/v1/embeddings", "embeddings", {}),
+    ("GET", "/v1/models", "openai_models", {}),
+    ("GET", "/v1/models/minilm", "openai_model", {"name": "minilm"}),
     ("GET", "/v2", "server_metadata", {}),
     ("GET", "/v2/health/live", "live", {}),
     ("GET", "/v2/health/ready", "ready", {}),
@@ -34,6 +36,7 @@ def test_every_route_matches_with_its_parameters(method, path, handler, params):
 @pytest.mark.parametrize("method,path,allow,protocol", [
     ("GET", "/v1/completions", ("POST",), "openai"),        # the OpenAI error shape for /v1 mistakes
     ("DELETE", "/v1/embeddings", ("POST",), "openai"),
+    ("POST", "/v1/models", ("GET",), "openai"),
     ("POST", "/v2/models/digits", ("GET",), "oip"),
     ("GET", "/v2/models/digits/infer", ("POST",), "oip"),
     ("PUT", "/v2/models/digits/versions/2/infer", ("POST",), "oip"),

@@ -60,7 +60,8 @@ class ModelServer:
             "generate_stream": (lambda request, name: oip.generate(request, name, stream=True), True),
             "metadata": (oip.metadata, False), "model_ready": (oip.model_ready, False),
             "server_metadata": (oip.server_metadata, False), "live": (oip.live, False), "ready": (oip.ready, False),
-            "models": (oip.models, False)}
+            "models": (oip.models, False), "openai_models": (openai.models, False),
+            "openai_model": (openai.model, False)}
         self.host.start(alias_poll_s)
         logger.info("maas serving %s from %s; api keys: %s", self.host.describe(), store,
                     "required" if self.key_hashes else "off")

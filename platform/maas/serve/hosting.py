@@ -266,5 +266,5 @@ class ModelHost:
         if loaded.task != task:
             use = {"embed": "/v1/embeddings", "generate": "/v1/completions"}.get(loaded.task,
                                                                               f"/v2/models/{name}/infer")
-            raise ProtocolError(400, f"model '{name}' is a {loaded.task} model, not {task}; use {use}")
+            raise ProtocolError(400, f"model '{name}' serves task {loaded.task}, not {task}; use {use}")
         return loaded

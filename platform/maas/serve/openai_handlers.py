@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes: ``POST /v1/completions`` (byte-level generators; ``stream: true`` answers
+"""OpenAI-compatible routes: ``GET /v1/models[/{name}]``, ``POST /v1/completions`` (byte-level generators; ``stream: true`` answers
 server-sent events, one per decoded piece, then ``data: [DONE]``) and ``POST /v1/embeddings`` (sentence
 encoders). ``model`` names a served model (``name`` or ``name/version``; optional when exactly one model of
 that task is served). Mistakes are answered in OpenAI's error shape, which its client libraries read."""
@@ -70,3 +70,28 @@ class OpenAIHandlers:
         tokens = loaded.predictor.tokenizer.count_tokens(texts)
         return JSONResponse(embeddings_response(emb, loaded.mv.ref, fmt, tokens), headers=loaded.headers), \
             len(texts), loaded
+
+    def _model_card(self, served) -> dict:
+        mv = served.primary.mv
+        return {"id": served.name, "object": "model", "created": int(mv.created_at), "owned_by": "maas",
+                "version": mv.ref, "task": mv.task}
+
+    def models(self, request: Request) -> JSONResponse:
+        """``GET /v1/models``: the served models that have a version loaded (what ``model`` may name)."""
+        bad = self._key(request)
+        if bad is not None:
+            return bad
+        data = [self._model_card(m) for m in self.host.models.values() if m.primary is not None]
+        return JSONResponse({"object": "list", "data": data})
+
+    def model(self, request: Request, name: str) -> JSONResponse:
+        """``GET /v1/models/{name}``: one served model, or a 404 in OpenAI's shape."""
+        bad = self._key(request)
+        if bad is not None:
+            return bad
+        served = self.host.models.get(name)
+        if served is None or served.primary is None:
+            why = "is not served here" if served is None else f"is not ready: {served.problem}"
+            return openai_error(404, f"model '{name}' {why}; served: {', '.join(self.host.models) or 'none'}")
+        return JSONResponse(self._model_card(served), headers=served.primary.headers)
+

@@ -14,6 +14,8 @@ from typing import Optional
 ROUTES = (
     ("POST", "/v1/completions", "completions", "openai"),
     ("POST", "/v1/embeddings", "embeddings", "openai"),
+    ("GET", "/v1/models", "openai_models", "openai"),
+    ("GET", "/v1/models/{name}", "openai_model", "openai"),
     ("GET", "/v2", "server_metadata", "oip"),
     ("GET", "/v2/health/live", "live", "oip"),
     ("GET", "/v2/health/ready", "ready", "oip"),
