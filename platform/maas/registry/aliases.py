@@ -76,15 +76,18 @@ def move(store: Store, name: str, alias: str, version: Optional[int], expected: 
     now = current(moves)
     if expected is not UNCHECKED and now != expected:
         last = moves[-1] if moves else {}
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.get("at", 0)))
         raise RegistryError(
-            f"{name}@{alias} points at {now if now is not None else 'nothing'}, not {expected if expected is not None else 'nothing'} "
-            f"as this move expected (moved by {last.get('by', '?')} at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last.get('at', 0)))}); not overwriting it. "
-            f"To move it anyway: maas models alias {name} {alias} {version if version is not None else '--delete'} "
-            f"--expect {now if now is not None else 'none'}")
+            f"{name}@{alias} points at {_or(now, 'nothing')}, not {_or(expected, 'nothing')} as this move expected "
+            f"(moved by {last.get('by', '?')} at {when}); not overwriting it. To move it anyway: "
+            f"maas models alias {name} {alias} {_or(version, '--delete')} --expect {_or(now, 'none')}")
     seq = (moves[-1]["seq"] if moves else 0) + 1
     record = {"version": version, "previous": now, "at": time.time(), "by": by}
     if not store.create(f"models/{name}/aliases/{alias}/{seq:010d}.json", json.dumps(record).encode()):
         raise RegistryError(f"{name}@{alias} was moved by someone else while this move was being written; "
                             f"nothing was changed. See `maas models alias {name}` and try again")
     return {**record, "seq": seq}
+
+
+def _or(version: Optional[int], instead: str) -> str:
+    return instead if version is None else str(version)

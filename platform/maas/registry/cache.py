@@ -20,17 +20,13 @@ from typing import Callable, Iterator
 
 from maas.exceptions import IntegrityError
 from maas.registry.model_version import MANIFEST, ModelVersion
+from maas.registry.objects import file_digest
 
 _MARK = ".verified"
-_CHUNK = 1 << 20
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path)[0]
 
 
 def verify_files(folder: Path, mv: ModelVersion, allowed_extra: tuple = ()) -> None:

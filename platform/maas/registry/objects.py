@@ -65,9 +65,6 @@ class Store:
         return f"{self.root}/{check_key(key)}"
 
     # ------------------------------------------------------------------ reads
-    def exists(self, key: str) -> bool:
-        return self.fs.get_file_info(self.path(key)).type != pafs.FileType.NotFound
-
     def read_bytes(self, key: str) -> Optional[bytes]:
         """The object's bytes, or None when there is none."""
         try:
@@ -118,12 +115,6 @@ class Store:
     def delete_prefix(self, prefix: str) -> None:
         try:
             self.fs.delete_dir(self.path(prefix))
-        except FileNotFoundError:
-            pass
-
-    def delete(self, key: str) -> None:
-        try:
-            self.fs.delete_file(self.path(key))
         except FileNotFoundError:
             pass
 
@@ -182,6 +173,16 @@ class LocalStore(Store):
         shutil.rmtree(self.path(prefix), ignore_errors=True)
 
 
+def file_digest(path: str | Path) -> tuple[str, int]:
+    """(sha256, size) of the bytes read from ``path``."""
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
 def hashed_while(src: Path, work) -> tuple[str, int]:
     """(sha256, size) of ``src``, computed in a thread while ``work()`` runs."""
     import threading
@@ -190,12 +191,7 @@ def hashed_while(src: Path, work) -> tuple[str, int]:
 
     def digest() -> None:
         try:
-            h, n = hashlib.sha256(), 0
-            with open(src, "rb") as f:
-                for chunk in iter(lambda: f.read(CHUNK), b""):
-                    h.update(chunk)
-                    n += len(chunk)
-            out["result"] = (h.hexdigest(), n)
+            out["result"] = file_digest(src)
         except BaseException as exc:  # re-raised in the caller
             out["error"] = exc
 

@@ -18,6 +18,7 @@ validated, with the position of the offending part. A comparison with a null is 
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import re
 import tokenize
@@ -112,7 +113,7 @@ def _check(node: ast.AST, text: str, names: dict[str, str]) -> tuple:
                 parts.append(("in", _check(left, text, names), [_literal(e, text) for e in right.elts],
                               isinstance(op, ast.NotIn)))
             elif isinstance(op, (ast.Is, ast.IsNot)):
-                if _literal_or_none(right) is not _NONE:
+                if not _is_null(right):
                     raise _refuse(right, text, "'is' with something other than null")
                 parts.append(("null", _check(left, text, names), isinstance(op, ast.Is)))
             elif type(op) in _COMPARE:
@@ -132,17 +133,16 @@ def _check(node: ast.AST, text: str, names: dict[str, str]) -> tuple:
                                                                                      type(node).__name__))
 
 
-_NONE = object()
+def _is_null(node: ast.AST) -> bool:
+    """``None`` or ``null``: the only right-hand side of ``is`` / ``is not``."""
+    return (isinstance(node, ast.Constant) and node.value is None) or \
+        (isinstance(node, ast.Name) and node.id == "null")
 
 
-def _literal_or_none(node: ast.AST) -> Any:
-    if (isinstance(node, ast.Constant) and node.value is None) or (isinstance(node, ast.Name) and node.id == "null"):
-        return _NONE
-    return None
-
-
+@functools.lru_cache(maxsize=256)
 def parse_filter(text: str) -> tuple:
-    """Parse and check a filter; the checked tree is what ``evaluate_filter`` runs.
+    """Parse and check a filter; the checked tree is what ``evaluate_filter`` runs. Cached: a data stage
+    applies the same filter to every batch (the tree is never modified).
 
     Raises:
         FilterSyntaxError: the text is not an expression of the grammar (the message names the part).
