@@ -16,27 +16,13 @@ from maas.exceptions import MaasError, RegistryError
 from maas.registry import Registry
 from maas.registry.hf_import import import_hf_model
 
-CHAT = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
-
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
-    """A random 2-layer Llama (width 64) with a word-level fast tokenizer and a chat template: no download."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """A random 2-layer Llama with a word-level fast tokenizer and a chat template: no download."""
+    from maas.models import make_tiny_llama
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    words = ["<unk>", "<s>", "</s>", "<user>", "<assistant>"] + [f"w{i}" for i in range(123)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    fast.chat_template = CHAT
-    fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(words), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    folder = make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
     (folder / "README.md").write_text("a model card")
     return folder
 

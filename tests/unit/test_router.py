@@ -9,6 +9,7 @@ R = Router()
 
 @pytest.mark.parametrize("method,path,handler,params", [
     ("POST", "/v1/completions", "completions", {}),
+    ("POST", "/v1/chat/completions", "chat_completions", {}),
     ("POST", "/v1/embeddings", "embeddings", {}),
     ("GET", "/v1/models", "openai_models", {}),
     ("GET", "/v1/models/minilm", "openai_model", {"name": "minilm"}),
@@ -48,7 +49,7 @@ def test_a_known_path_under_another_method_yields_its_allow_list(method, path, a
     assert m.handler is None and m.allow == allow and m.protocol == protocol
 
 
-@pytest.mark.parametrize("path", ["/", "/v1/chat/completions", "/v2/models/digits/versions", "/v2/health",
+@pytest.mark.parametrize("path", ["/", "/v1/chat", "/v2/models/digits/versions", "/v2/health",
                                   "/v2/models/digits/versions/1/infer/extra", "/v3/models", "/metrics"])
 def test_unknown_paths_match_nothing_under_any_method(path):
     for method in ("GET", "POST", "PUT"):

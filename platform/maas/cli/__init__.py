@@ -141,6 +141,15 @@ def _serve_forever() -> int:
     return 0
 
 
+def _runtime(store: str, ref: str) -> str:
+    from maas.registry import Registry
+
+    try:
+        return Registry(store).resolve(ref).runtime
+    except Exception:  # deploy() reports an unknown ref with the registry's message
+        return ""
+
+
 def cmd_serve(args) -> int:
     from maas.runtime import ensure_ray
     from maas.serve import deploy
@@ -158,10 +167,15 @@ def cmd_serve(args) -> int:
     if args.canary:
         alias, _, percent = args.canary.partition(":")
         settings["canary"] = {"alias": alias, "percent": float(percent or 10)}
+    if any(_runtime(args.store, ref) == "vllm" for ref in args.refs):
+        _say("starting the vLLM engine(s): the first start of a model takes a minute or so on CPUs ...")
     url = deploy(args.store, args.refs, DeploySpec(**settings))
     for ref in args.refs:
         name = ref.split("@")[0].split("/")[0]
-        _say(f"serving {ref} at {url}/v2/models/{name}")
+        if _runtime(args.store, ref) == "vllm":
+            _say(f"serving {ref} at {url}/v1 (OpenAI: chat/completions, completions, models; model '{name}')")
+        else:
+            _say(f"serving {ref} at {url}/v2/models/{name}")
     _say("moving an alias (`maas models alias NAME ALIAS VERSION`) rolls the served version over; Ctrl-C stops")
     return _serve_forever()
 
@@ -305,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "publication may still be in progress; default 3600)")
     m.set_defaults(func=cmd_models)
 
-    s = sub.add_parser("serve", help="serve registered models over Open Inference Protocol v2")
+    s = sub.add_parser("serve", help="serve registered models (Open Inference Protocol v2; LLMs on vLLM with "
+                                              "OpenAI routes)")
     s.add_argument("refs", nargs="+", metavar="ref", help="name@alias or name/version (several: one app)")
     s.add_argument("--canary", metavar="ALIAS[:PERCENT]",
                    help="send PERCENT%% (default 10) of the first model's requests to NAME@ALIAS")

@@ -35,10 +35,10 @@ __all__ = ["VERSION_HEADER", "ModelServer"]
 class ModelServer:
     def __init__(self, store: str, models, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0,
                  max_request_bytes: int = 4 * 1024 * 1024, api_key_hashes: Optional[list] = None,
-                 alias_poll_s: float = 2.0, max_pinned_versions: int = 2):
+                 alias_poll_s: float = 2.0, max_pinned_versions: int = 2, llm: Optional[dict] = None):
         from ray.serve import metrics
 
-        self.host = ModelHost(store, models, max_pinned_versions)
+        self.host = ModelHost(store, models, max_pinned_versions, llm, alias_poll_s)
         self.router = Router()
         self.max_request_bytes = max_request_bytes
         self.key_hashes = list(api_key_hashes or [])
@@ -55,7 +55,8 @@ class ModelServer:
         oip, openai = OIPHandlers(self.host, self), OpenAIHandlers(self.host, self)
         # handler name (maas.serve.router) -> (callable, a model request: counted, timed and logged)
         self.handlers = {
-            "completions": (openai.completions, True), "embeddings": (openai.embeddings, True),
+            "completions": (openai.completions, True), "chat_completions": (openai.chat, True),
+            "embeddings": (openai.embeddings, True),
             "infer": (oip.infer, True), "generate": (oip.generate, True),
             "generate_stream": (lambda request, name: oip.generate(request, name, stream=True), True),
             "metadata": (oip.metadata, False), "model_ready": (oip.model_ready, False),

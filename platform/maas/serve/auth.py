@@ -17,7 +17,7 @@ from maas.exceptions import ServeError
 KEYS_ENV, KEYS_FILE_ENV = "MAAS_API_KEYS", "MAAS_API_KEYS_FILE"
 
 
-def _digest(key: str) -> str:
+def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -40,7 +40,7 @@ def load_api_key_hashes() -> list[str]:
     if short:
         raise ServeError(f"{len(short)} API key(s) shorter than 16 characters; use long random keys "
                          "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
-    return sorted({_digest(k) for k in keys})
+    return sorted({key_digest(k) for k in keys})
 
 
 def authorized(header: Optional[str], digests: list[str]) -> bool:
@@ -49,5 +49,5 @@ def authorized(header: Optional[str], digests: list[str]) -> bool:
         return True
     if not header or not header.lower().startswith("bearer "):
         return False
-    presented = _digest(header[7:].strip())
+    presented = key_digest(header[7:].strip())
     return any(hmac.compare_digest(presented, d) for d in digests)

@@ -32,14 +32,16 @@ def build_app(store: str, models, deploy: Optional[DeploySpec] = None, api_key_h
         routes[0].update(canary_alias=d.canary.alias, canary_percent=d.canary.percent)
     hashes = load_api_key_hashes() if api_key_hashes is None else api_key_hashes
     return ModelServer.options(**d.serve_options()).bind(
-        store, routes, d.max_batch_size, d.batch_wait_timeout_s, d.max_request_bytes, hashes, d.alias_poll_s)
+        store, routes, d.max_batch_size, d.batch_wait_timeout_s, d.max_request_bytes, hashes, d.alias_poll_s,
+        2, d.llm.model_dump())
 
 
 def build_checked_app(store: str, models, deploy: Optional[DeploySpec] = None):
-    """``build_app`` after fetching (and so verifying) every version the models point at now."""
+    """``build_app`` after fetching (and so verifying) every version the models point at now; a generative
+    version's vLLM engine is started (and verifies its files) before the application that routes to it."""
     registry = Registry(store)
     routes = normalize_routes(models)
-    fetch_all(registry, routes)
+    fetch_all(registry, routes, (deploy or DeploySpec()).llm)
     return build_app(registry.location, routes, deploy), routes
 
 
@@ -52,10 +54,21 @@ def deploy(store: str, models, deploy: Optional[DeploySpec] = None, *, app_name:
         ServeError: bad model list or API key configuration.
     """
     d = deploy or DeploySpec()
+    serve.start(http_options={"host": d.host, "port": d.port})  # before any engine application starts Serve
     app, routes = build_checked_app(store, models, d)
-    serve.start(http_options={"host": d.host, "port": d.port})
     serve.run(app, name=app_name or routes[0]["model"], route_prefix="/", blocking=False)
     return f"http://{proxy_address(d.host, d.port)}"
+
+
+def undeploy(app_name: str, models=()) -> None:
+    """Delete a maas application and the vLLM engines of the models it served (``models``: names)."""
+    from maas.serve.llm_engine import APP_PREFIX, engine_apps
+
+    serve.delete(app_name)
+    names = {r["model"] for r in normalize_routes(models)} if models else set()
+    for app in engine_apps():
+        if any(app.startswith(f"{APP_PREFIX}{n}-v") for n in names):
+            serve.delete(app)
 
 
 def proxy_address(host: str, port: int) -> str:

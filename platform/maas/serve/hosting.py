@@ -91,11 +91,20 @@ def _problem(err: ValidationError) -> str:
     return (f"{where}: " if where else "") + first["msg"].removeprefix("Value error, ")
 
 
-def fetch_all(registry: Registry, routes: list[dict]) -> None:
+def fetch_all(registry: Registry, routes: list[dict], llm=None) -> None:
     """Fetch (and so verify) what every route points at now: an unknown or tampered version fails here,
-    with the registry's message, rather than inside a replica."""
+    with the registry's message, rather than inside a replica. A version served by a vLLM engine has its
+    engine started instead (``llm``: an LLMEngineSpec), which fetches and verifies the files on its node."""
     for r in routes:
-        registry.fetch(f"{r['model']}/{r['version']}" if r["version"] is not None else f"{r['model']}@{r['alias']}")
+        ref = f"{r['model']}/{r['version']}" if r["version"] is not None else f"{r['model']}@{r['alias']}"
+        mv = registry.resolve(ref)
+        if mv.runtime == "vllm":
+            from maas.serve.llm_engine import ensure_engine
+            from maas.spec import LLMEngineSpec
+
+            ensure_engine(registry.location, mv, llm or LLMEngineSpec())
+        else:
+            registry.fetch(ref)
 
 
 class LoadedVersion:
@@ -143,10 +152,17 @@ class ServedModel:
 class ModelHost:
     """Every served model of a replica, kept current with the registry's aliases."""
 
-    def __init__(self, store: str, routes: list[dict], max_pinned_versions: int = 2):
+    def __init__(self, store: str, routes: list[dict], max_pinned_versions: int = 2, llm: Optional[dict] = None,
+                 alias_poll_s: float = 2.0):
+        from maas.spec import LLMEngineSpec
+
         self.registry = Registry(store)
         self.models = {r["model"]: ServedModel(r) for r in normalize_routes(routes)}
         self.max_pinned = max_pinned_versions
+        self.llm = LLMEngineSpec(**(llm or {}))
+        # an engine no version of this replica uses any more is retired after this long (every replica
+        # watching the alias has moved by then) and once this replica's requests on it are done
+        self.retire_after_s = max(10.0, 3 * alias_poll_s)
         self._stop = threading.Event()
         # versions that failed to load: not retried before `retry_at` (doubling up to 5 min), so a broken
         # alias target is not downloaded again on every poll, nor a broken pinned version on every request
@@ -171,10 +187,16 @@ class ModelHost:
         if failed is not None and time.monotonic() < failed[0]:
             raise RegistryError(f"{failed[2]} (next try in {failed[0] - time.monotonic():.0f} s)")
         try:
-            folder, mv = self.registry.fetch(f"{name}/{version}")
+            mv = self.registry.resolve(f"{name}/{version}")
             if mv.status != "ready":
                 raise RegistryError(f"{mv.ref} was {mv.status} by its quality gate and is not served")
-            loaded = LoadedVersion(mv, load_predictor(folder, mv.runtime, mv.task))
+            if mv.runtime == "vllm":  # its engine fetches and verifies the files on its own node
+                from maas.serve.llm_engine import ensure_engine
+
+                loaded = LoadedVersion(mv, ensure_engine(self.registry.location, mv, self.llm))
+            else:
+                folder, mv = self.registry.fetch(f"{name}/{version}")
+                loaded = LoadedVersion(mv, load_predictor(folder, mv.runtime, mv.task))
         except Exception as exc:
             delay = min(2 * failed[1], 300.0) if failed else 2.0
             self._failures[key] = (time.monotonic() + delay, delay, str(exc))
@@ -196,6 +218,7 @@ class ModelHost:
                     old, model.primary = model.primary, new
                     logger.info("maas %s now serves %s (was %s)", model.target, new.mv.ref,
                                 old.mv.ref if old else "nothing")
+                    self._retire_later(model, old)
                 model.problem = ""
             except Exception as exc:  # keep serving what is loaded; report why not ready if nothing is
                 model.problem = str(exc)
@@ -205,9 +228,11 @@ class ModelHost:
                 try:
                     target = self.registry.aliases(model.name).get(model.canary_alias)
                     if target is None:
-                        model.canary = None
+                        old, model.canary = model.canary, None
+                        self._retire_later(model, old)
                     elif model.canary is None or model.canary.mv.version != target:
-                        model.canary = self._load(model.name, target)
+                        old, model.canary = model.canary, self._load(model.name, target)
+                        self._retire_later(model, old)
                         logger.info("maas %s canary (%s%%) is %s", model.target, model.canary_percent,
                                     model.canary.mv.ref)
                 except Exception as exc:
@@ -247,8 +272,32 @@ class ModelHost:
             raise ProtocolError(404, f"model '{model.name}' version '{version}' is not served: {exc}") from None
         model.pinned[v] = loaded
         while len(model.pinned) > self.max_pinned:
-            model.pinned.popitem(last=False)
+            self._retire_later(model, model.pinned.popitem(last=False)[1])
         return loaded
+
+    def _retire_later(self, model: ServedModel, old: Optional[LoadedVersion]) -> None:
+        """Stop the engine of a version this replica stopped serving, once it is idle and still unused."""
+        if old is None or old.mv.runtime != "vllm":
+            return
+
+        def retire():
+            in_use = old.mv.version in {x.mv.version for x in (model.primary, model.canary, *model.pinned.values())
+                                        if x is not None}
+            if in_use or self._stop.is_set():
+                return
+            if old.predictor.inflight > 0:  # streams still running on it: look again later
+                again = threading.Timer(self.retire_after_s, retire)
+                again.daemon = True
+                again.start()
+                return
+            from maas.serve.llm_engine import retire_engine
+
+            logger.info("maas retiring the engine of %s", old.mv.ref)
+            retire_engine(old.mv.name, old.mv.version)
+
+        timer = threading.Timer(self.retire_after_s, retire)
+        timer.daemon = True
+        timer.start()
 
     async def for_task(self, model: Optional[str], task: str) -> LoadedVersion:
         """The loaded version an OpenAI-style request names (``name`` or ``name/version``); without ``model``,

@@ -1,6 +1,7 @@
-"""OpenAI-compatible routes: ``GET /v1/models[/{name}]``, ``POST /v1/completions`` (byte-level generators; ``stream: true`` answers
-server-sent events, one per decoded piece, then ``data: [DONE]``) and ``POST /v1/embeddings`` (sentence
-encoders). ``model`` names a served model (``name`` or ``name/version``; optional when exactly one model of
+"""OpenAI-compatible routes: ``GET /v1/models[/{name}]``, ``POST /v1/completions`` and ``/v1/chat/completions``
+(models served by a vLLM engine: ``maas.serve.llm_handlers``; byte-level generators answer completions, with
+``stream: true`` as server-sent events, one per decoded piece, then ``data: [DONE]``) and ``POST /v1/embeddings``
+(sentence encoders). ``model`` names a served model (``name`` or ``name/version``; optional when exactly one model of
 that task is served). Mistakes are answered in OpenAI's error shape, which its client libraries read."""
 
 from __future__ import annotations
@@ -23,6 +24,31 @@ class OpenAIHandlers:
     def __init__(self, host, server):
         self.host = host
         self.server = server  # .key_hashes, .max_request_bytes, async .run(loaded, x)
+        self._llm = None
+
+    @property
+    def llm(self):
+        if self._llm is None:  # its metrics exist only where an engine-served model is
+            from maas.serve.llm_handlers import LLMHandlers
+
+            self._llm = LLMHandlers()
+        return self._llm
+
+    async def chat(self, request: Request):
+        """-> (response, rows, loaded version or None)."""
+        bad = self._key(request)
+        if bad is not None:
+            return bad, 0, None
+        loaded = None
+        try:
+            req = json_object(await read_body(request, self.server.max_request_bytes), "'messages'")
+            loaded = await self.host.for_task(openai_model(req), "generate")
+            if loaded.mv.runtime != "vllm":
+                raise ProtocolError(400, f"model '{loaded.mv.name}' is a byte-level generator without a chat "
+                                         "template; use /v1/completions")
+            return await self.llm.run("chat", req, loaded)
+        except ProtocolError as err:
+            return openai_error(err.status, err.message, retry_headers(err)), 0, loaded
 
     def _key(self, request: Request) -> Optional[JSONResponse]:
         if not key_ok(request, self.server.key_hashes):
@@ -37,6 +63,8 @@ class OpenAIHandlers:
         try:
             req = json_object(await read_body(request, self.server.max_request_bytes), "'prompt'")
             loaded = await self.host.for_task(openai_model(req), "generate")
+            if loaded.mv.runtime == "vllm":
+                return await self.llm.run("completions", req, loaded)
             prompt, options, stream = parse_completion_request(req, loaded.signature)
         except ProtocolError as err:
             return openai_error(err.status, err.message, retry_headers(err)), 0, None

@@ -13,6 +13,7 @@ from typing import Optional
 
 ROUTES = (
     ("POST", "/v1/completions", "completions", "openai"),
+    ("POST", "/v1/chat/completions", "chat_completions", "openai"),
     ("POST", "/v1/embeddings", "embeddings", "openai"),
     ("GET", "/v1/models", "openai_models", "openai"),
     ("GET", "/v1/models/{name}", "openai_model", "openai"),

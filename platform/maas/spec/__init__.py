@@ -11,7 +11,7 @@ Example:
     3
 """
 
-from maas.spec.common import (NAME_PATTERN, TrainSpec, AutoscalingSpec, CanarySpec, DeploySpec)
+from maas.spec.common import (NAME_PATTERN, TrainSpec, AutoscalingSpec, CanarySpec, DeploySpec, LLMEngineSpec)
 from maas.spec.ops import (OPS, FITTED_OPS, DATA_OPS, DataOp, SelectOp, RenameOp, CastOp, FillNullOp, DropNullOp,
                            DedupeOp, FilterOp, CustomOp, ImageOp, TokenizeOp, ScaleOp, EncodeOp, ENCODER_FINAL_STEPS,
                            ENCODER_MODEL_STEPS, EncoderStep, PruneStructuredStep, PruneUnstructuredStep, DistillStep,
@@ -29,7 +29,7 @@ __all__ = [
     "FillNullOp", "FilterOp", "FinalStep", "FinetuneStep", "ImageOp", "PruneStructuredStep", "PruneUnstructuredStep",
     "RenameOp", "ScaleOp", "SelectOp", "TokenizeOp",
     "AutoscalingSpec", "CanarySpec", "ClassifierSpec", "ColumnSchema", "CompressSpec", "CorpusSpec", "DataSpec",
-    "DeploySpec", "ENCODER_FINAL_STEPS", "ENCODER_MODEL_STEPS", "EncoderCompressSpec", "EncoderGateSpec",
+    "DeploySpec", "LLMEngineSpec", "ENCODER_FINAL_STEPS", "ENCODER_MODEL_STEPS", "EncoderCompressSpec", "EncoderGateSpec",
     "EncoderModelSpec", "EncoderPipelineSpec", "FITTED_OPS", "GPTModelSpec", "GPT_SIZE_NAMES", "GenerateSpec",
     "LMPipelineSpec", "LM_TRAIN_DEFAULTS", "ModelSpec", "NAME_PATTERN", "OPS", "PipelineSpec", "SPEC_CLASSES",
     "SplitSpec", "TextDataSpec", "TrainSpec", "VariantSpec", "apply_overrides", "load_spec", "parse_override",

@@ -91,6 +91,31 @@ class CanarySpec(_Strict):
     percent: float = Field(..., ge=0, le=100, description="Share of unpinned requests sent to the candidate.")
 
 
+class LLMEngineSpec(_Strict):
+    """How a generative model (runtime vllm) is served: one Ray Serve LLM deployment (vLLM engine) per version."""
+
+    num_gpus: int = Field(0, ge=0, description="GPUs per engine replica: 0 runs vLLM on CPUs; N > 0 places it on "
+                                               "N GPUs (tensor parallel over N).")
+    num_cpus: float = Field(1, gt=0, description="CPUs reserved per engine replica (its placement bundle).")
+    num_replicas: int = Field(1, ge=1, description="Engine replicas per served version.")
+    max_model_len: Optional[int] = Field(None, ge=16, description="Context window the engine admits (default: "
+                                                                  "the model's max_position_embeddings).")
+    max_num_seqs: int = Field(64, ge=1, description="Sequences the engine batches at once (continuous batching).")
+    kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE, GiB).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights and activations dtype ('auto': the model's; float32 on CPUs without bf16).")
+    enforce_eager: bool = Field(True, description="Skip graph capture/compilation: starts in seconds on CPU; set "
+                                                  "false on GPUs for CUDA graphs.")
+    max_tokens: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above).")
+    max_n: int = Field(8, ge=1, description="Largest n / best_of a request may ask for (400 above).")
+    start_timeout_s: float = Field(900, gt=0, description="How long an engine may take to load before the "
+                                                          "version is reported not ready.")
+
+    def placement(self) -> str:
+        return f"{self.num_gpus} GPU(s)" if self.num_gpus else f"CPU ({self.num_cpus} CPU, {self.kv_cache_gib} GiB KV)"
+
+
 class DeploySpec(_Strict):
     enabled: bool = Field(True, description="Deploy `<model>@<alias>` with Ray Serve at the end of the pipeline.")
     alias: str = Field("production", pattern=_NAME_PATTERN, description="Alias that is promoted and served.")
@@ -111,6 +136,8 @@ class DeploySpec(_Strict):
                                                            "while it exists (a candidate under trial).")
     alias_poll_s: float = Field(2.0, ge=0, description="How often replicas check the registry for alias moves "
                                                        "(0: never; the alias is then fixed at deploy time).")
+    llm: LLMEngineSpec = Field(default_factory=LLMEngineSpec, description="Engines for generative models "
+                                                                         "(runtime vllm): placement and limits.")
 
     @model_validator(mode="after")
     def _replicas_xor_autoscaling(self) -> "DeploySpec":

@@ -1,0 +1,62 @@
+"""The engine replica of a generative version: Ray Serve LLM's ``LLMServer`` loading a registry version whose
+files were verified on this node, and streaming without a timer (see ``maas.serve.llm_engine``). Imported only
+where LLMs are served: it imports Ray Serve LLM."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncGenerator
+
+from ray.serve.llm.deployment import LLMServer
+
+from maas.exceptions import ServeError
+
+
+class EngineServer(LLMServer):
+    async def __init__(self, llm_config, store: str = "", ref: str = ""):
+        from maas.registry import Registry
+
+        folder, mv = await asyncio.to_thread(Registry(store).fetch, ref)  # every file's sha256 checked here
+        if mv.runtime != "vllm":
+            raise ServeError(f"{ref} has runtime {mv.runtime!r}; a vLLM engine serves runtime 'vllm'")
+        llm_config.model_loading_config.model_source = str(folder)
+        llm_config._engine_config = None  # Ray Serve LLM derived it from the placeholder source: derive again
+        self.maas_ref = ref
+        await super().__init__(llm_config)
+
+    def _batch_output_stream(self, generator):
+        return coalesce(generator)
+
+
+async def coalesce(generator: AsyncGenerator) -> AsyncGenerator[list, None]:
+    """Yield the generator's items as lists: an item as soon as it is ready, together with every item that
+    queued while the consumer was busy (no timer: the first token is never held back, and under load the
+    chunks of a request travel together)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def pump():
+        try:
+            async for item in generator:
+                queue.put_nowait(item)
+        except BaseException as exc:  # handed to the consumer, raised there
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(end)
+
+    task = asyncio.get_running_loop().create_task(pump())
+    try:
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            items = [b for b in batch if b is not end and not isinstance(b, BaseException)]
+            if items:
+                yield items
+            for b in batch:
+                if isinstance(b, BaseException):
+                    raise b
+            if batch[-1] is end:
+                return
+    finally:
+        task.cancel()

@@ -1,0 +1,180 @@
+"""vLLM engines for generative models, one Ray Serve LLM application per served version.
+
+A version whose runtime is ``vllm`` is served by Ray Serve LLM's ``LLMServer`` (vLLM's async engine:
+continuous batching, paged KV cache, prefix caching) in an application of its own, ``maas-llm-<name>-v<N>``,
+reached only through a deployment handle from the maas ingress (which keeps API keys, aliases, canaries,
+metrics and the access log in one place for every model). ``EngineServer`` adds two things to
+``LLMServer``: the files are fetched and sha256-verified from the registry on the engine's own node before
+vLLM reads them, and streamed chunks are forwarded as soon as one is ready, merged only with those that queued
+meanwhile (Ray's fixed 50 ms batching interval costs ~50 ms of time to first token at low load).
+
+Engines are started (``ensure_engine``) by whoever needs one first: ``maas serve`` before the ingress, or the
+ingress itself when an alias moves to a version with no engine yet; the new engine is running before traffic
+moves, and the old one is retired (``retire_engine``) once nothing routes to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+from maas.exceptions import ServeError
+from maas.spec import LLMEngineSpec
+
+logger = logging.getLogger("ray.serve")
+APP_PREFIX = "maas-llm-"
+ENGINE = "engine"  # the deployment's name inside its application
+
+
+def engine_app_name(name: str, version: int) -> str:
+    return f"{APP_PREFIX}{name}-v{version}"
+
+
+def llm_config(store: str, mv, spec: LLMEngineSpec):
+    """The Ray Serve LLM config for one registry version (``model_source`` is set on the engine's node)."""
+    from ray.serve.llm import LLMConfig
+
+    engine = {"max_num_seqs": spec.max_num_seqs, "enforce_eager": spec.enforce_eager, "dtype": spec.dtype,
+              "max_model_len": spec.max_model_len or mv.signature.get("max_positions") or None}
+    env = {}
+    if spec.num_gpus:
+        engine.update(tensor_parallel_size=spec.num_gpus, gpu_memory_utilization=spec.gpu_memory_utilization)
+        accel = {"kind": "gpu"}
+    else:
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{spec.kv_cache_gib:g}"
+        accel = {"kind": "cpu"}
+        if spec.dtype == "auto":
+            engine["dtype"] = "float32"  # the portable CPU choice (bf16 needs AVX512-BF16 / AMX)
+    return LLMConfig(
+        model_loading_config={"model_id": mv.name, "model_source": f"maas:{mv.ref}"},
+        accelerator_config=accel,
+        placement_group_config={"bundles": [{"CPU": spec.num_cpus, **({"GPU": 1} if spec.num_gpus else {})}]
+                                + [{"GPU": 1}] * max(spec.num_gpus - 1, 0)},
+        deployment_config={"num_replicas": spec.num_replicas, "ray_actor_options": {"num_cpus": 0},
+                           "health_check_period_s": 10},
+        engine_kwargs={k: v for k, v in engine.items() if v is not None},
+        runtime_env={"env_vars": env} if env else None,
+    )
+
+
+def build_engine_app(store: str, mv, spec: LLMEngineSpec):
+    from ray.serve.llm import build_llm_deployment
+
+    from maas.serve.engine_server import EngineServer
+
+    return build_llm_deployment(llm_config(store, mv, spec), deployment_cls=EngineServer,
+                                bind_kwargs={"store": store, "ref": mv.ref}, override_serve_options={"name": ENGINE})
+
+
+def _status(app: str) -> Optional[str]:
+    from ray import serve
+
+    found = serve.status().applications.get(app)
+    return None if found is None else str(getattr(found.status, "value", found.status))
+
+
+def ensure_engine(store: str, mv, spec: LLMEngineSpec):
+    """A handle to the running engine of ``mv``, starting it (and waiting until it answers) if there is none.
+    Raises ServeError with the engine's own message when it cannot start."""
+    from ray import serve
+
+    app = engine_app_name(mv.name, mv.version)
+    status = _status(app)
+    if status in (None, "DEPLOY_FAILED", "UNHEALTHY", "DELETING"):
+        if status == "DELETING":
+            _wait_gone(app, 120)
+        logger.info("maas starting the vLLM engine of %s on %s", mv.ref, spec.placement())
+        started = time.monotonic()
+        try:
+            serve.run(build_engine_app(store, mv, spec), name=app, route_prefix=None, blocking=False)
+        except Exception as exc:  # the controller's message names the engine's error
+            retire_engine(mv.name, mv.version)
+            raise ServeError(f"the vLLM engine of {mv.ref} did not start: {_short(exc)}") from None
+        logger.info("maas engine of %s is up (%.1f s)", mv.ref, time.monotonic() - started)
+    else:
+        deadline = time.monotonic() + spec.start_timeout_s
+        while status != "RUNNING":  # another replica (or maas serve) is starting it
+            if status in (None, "DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() > deadline:
+                raise ServeError(f"the vLLM engine of {mv.ref} is {status or 'gone'}; see the Serve log")
+            time.sleep(0.5)
+            status = _status(app)
+    return EngineClient(mv, serve.get_deployment_handle(ENGINE, app_name=app), spec)
+
+
+def retire_engine(name: str, version: int) -> None:
+    """Delete a version's engine application (in the background: in-flight requests finish first)."""
+    from ray import serve
+
+    try:
+        serve.delete(engine_app_name(name, version), _blocking=False)
+    except Exception as exc:  # already gone
+        logger.info("maas engine %s/%s: %s", name, version, exc)
+
+
+def engine_apps() -> list[str]:
+    from ray import serve
+
+    return [a for a in serve.status().applications if a.startswith(APP_PREFIX)]
+
+
+def _wait_gone(app: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _status(app) is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[-1] if text else type(exc).__name__)[:500]
+
+
+class EngineClient:
+    """What the ingress keeps of a loaded generative version: the engine handle (streaming) and the limits."""
+
+    def __init__(self, mv, handle, spec: LLMEngineSpec):
+        self.mv = mv
+        self.handle = handle.options(stream=True)
+        self.spec = spec
+        self.model_id = mv.name
+        self.inflight = 0  # this replica's requests on the engine now (an engine is retired once idle)
+
+
+SHM = "/dev/shm"
+_SHM_PREFIXES = ("psm_", "sem.loky-", "sem.mp-")
+
+
+def shm_entries() -> set:
+    """The POSIX shared-memory segments now (vLLM's engines make some and may leave them when killed)."""
+    import os
+
+    try:
+        return {n for n in os.listdir(SHM) if n.startswith(_SHM_PREFIXES)}
+    except OSError:
+        return set()
+
+
+def release_shared_memory(before: set) -> list[str]:
+    """Remove the segments made since ``before`` that no live process maps any more (what stopped engines
+    left behind); returns their names. Segments still in use are kept."""
+    import glob
+    import os
+
+    leaked = shm_entries() - before
+    if not leaked:
+        return []
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        leaked = {n for n in leaked if n not in text}
+        if not leaked:
+            return []
+    for name in leaked:
+        try:
+            os.unlink(os.path.join(SHM, name))
+        except OSError:
+            pass
+    return sorted(leaked)

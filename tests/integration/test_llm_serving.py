@@ -1,0 +1,236 @@
+"""LLMs on vLLM through Ray Serve LLM behind the maas ingress: a random tiny Llama (built here, no download)
+imported into the registry, served by a real vLLM engine on CPU, asked through the official `openai` client:
+every route, streaming and usage, OpenAI-shaped errors that never stop the server, API keys, the version
+header, a canary, and an alias roll-over under streaming load with no failed request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import pytest
+import requests
+
+from maas.runtime import free_port
+from maas.spec import DeploySpec
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.usefixtures("ray_session")
+KEY = "llm-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def llm(ray_session, tmp_path_factory):
+    from ray import serve
+
+    from maas.models import make_tiny_llama
+    from maas.registry import Registry
+    from maas.registry.hf_import import import_hf_model
+    from maas.serve import build_app
+    from maas.serve.auth import key_digest
+    from maas.serve.deploy import proxy_address, undeploy
+    from maas.serve.hosting import fetch_all, normalize_routes
+    from maas.serve.llm_engine import engine_apps, release_shared_memory, shm_entries
+
+    shm_before = shm_entries()
+    tmp = tmp_path_factory.mktemp("llm")
+    reg = Registry(str(tmp / "store"))
+    for seed in (0, 1):  # two different random models: versions 1 and 2
+        import_hf_model(reg, str(make_tiny_llama(tmp / f"tiny{seed}", seed=seed)), "tiny", by="test")
+    reg.set_alias("tiny", "production", 1)
+    spec = DeploySpec(alias_poll_s=0.5, llm={"num_cpus": 1, "max_model_len": 256, "max_n": 4, "max_tokens": 1000})
+    routes = normalize_routes([{"model": "tiny", "alias": "production", "canary_alias": "candidate",
+                                "canary_percent": 50}])
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    fetch_all(reg, routes, spec.llm)  # the engine of tiny/1 starts (and verifies its files) first
+    serve.run(build_app(reg.location, routes, spec, api_key_hashes=[key_digest(KEY)]), name="llm",
+              route_prefix="/llm", blocking=False)
+    url = f"http://{proxy_address('127.0.0.1', 8000)}/llm"
+    try:
+        yield {"url": url, "registry": reg,
+               "client": openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)}
+    finally:
+        undeploy("llm", routes)
+        deadline = time.time() + 60
+        while engine_apps() and time.time() < deadline:
+            time.sleep(1)
+        assert not engine_apps()
+        _no_engine_processes_left()
+        release_shared_memory(shm_before)
+
+
+def _no_engine_processes_left():
+    """Engine processes (vLLM's EngineCore and workers) die with their replica: none of this Ray's is left."""
+    import psutil
+    from ray._private.worker import _global_node
+
+    raylet = psutil.Process(_global_node.all_processes["raylet"][0].process.pid)
+    deadline = time.time() + 60
+    while True:
+        left = [p for p in raylet.children(recursive=True) if "EngineCore" in " ".join(_cmdline(p))
+                or "VLLM" in p.name()]
+        if not left or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert not left, [p.pid for p in left]
+
+
+def _cmdline(p):
+    try:
+        return p.cmdline()
+    except Exception:
+        return []
+
+
+def test_openai_client_every_route_with_usage_and_version(llm):
+    c = llm["client"]
+    assert [m.id for m in c.models.list().data] == ["tiny"]
+    card = c.models.retrieve("tiny")
+    assert card.id == "tiny" and card.version == "tiny/1" and card.task == "generate"
+
+    raw = c.completions.with_raw_response.create(model="tiny", prompt="w1 w2 w3", max_tokens=5, temperature=0)
+    done = raw.parse()
+    assert raw.headers["x-maas-model-version"] == "tiny/1"
+    assert done.usage.prompt_tokens >= 3 and done.usage.completion_tokens == 5 and done.choices[0].text
+    again = c.completions.create(model="tiny", prompt="w1 w2 w3", max_tokens=5, temperature=0)
+    assert again.choices[0].text == done.choices[0].text  # greedy decoding is deterministic
+
+    chunks = list(c.completions.create(model="tiny", prompt="w1 w2 w3", max_tokens=5, temperature=0, stream=True,
+                                       stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == done.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 5 and not chunks[-1].choices
+    plain = list(c.completions.create(model="tiny", prompt="w1", max_tokens=4, stream=True))
+    assert all(ch.usage is None for ch in plain) and plain[-1].choices[0].finish_reason == "length"
+
+    raw = c.chat.completions.with_raw_response.create(
+        model="tiny", messages=[{"role": "system", "content": "w7"}, {"role": "user", "content": "w1 w2"}],
+        max_tokens=6)
+    chat = raw.parse()
+    assert raw.headers["x-maas-model-version"] == "tiny/1" and chat.choices[0].message.role == "assistant"
+    assert chat.usage.completion_tokens == 6 and chat.choices[0].message.content
+    streamed = list(c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "w3"}],
+                                              max_tokens=4, stream=True, stream_options={"include_usage": True}))
+    assert streamed[-1].usage.completion_tokens == 4
+    assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices).strip()
+    # `model` may be left out when one generative model is served, or name a version
+    assert requests.post(f"{llm['url']}/v1/completions", json={"prompt": "w1", "max_tokens": 2},
+                         headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert c.completions.create(model="tiny/1", prompt="w1", max_tokens=2).choices[0].text
+
+
+def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(llm):
+    c, url = llm["client"], llm["url"]
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        c.completions.create(model="tiny", prompt="w1 " * 300, max_tokens=4)
+    with pytest.raises(openai.BadRequestError, match="'max_tokens' is 1001"):
+        c.completions.create(model="tiny", prompt="w1", max_tokens=1001)  # over the configured cap
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        c.completions.create(model="tiny", prompt="w1", max_tokens=300)  # over the engine's context
+    with pytest.raises(openai.BadRequestError, match="'n' is 5"):
+        c.completions.create(model="tiny", prompt="w1", max_tokens=2, n=5)
+    with pytest.raises(openai.NotFoundError, match="not served"):
+        c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "w1"}])
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("nope")
+    headers = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    bad = [("chat/completions", {"model": "tiny", "messages": [{"role": "wizard", "content": "w1"}]}, "role"),
+           ("chat/completions", {"model": "tiny", "messages": "w1 w2"}, "messages"),
+           ("chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": 5}]}, "content"),
+           ("chat/completions", {"model": "tiny", "messages": []}, "messages"),
+           ("completions", {"model": "tiny"}, "prompt"),
+           ("completions", {"model": "tiny", "prompt": "w1", "temperature": "hot"}, "temperature"),
+           ("completions", {"model": "tiny", "prompt": "w1", "best_of": 9}, "best_of")]
+    for route, body, field in bad:
+        r = requests.post(f"{url}/v1/{route}", data=json.dumps(body), headers=headers)
+        assert r.status_code == 400 and field in r.json()["error"]["message"], (route, body, r.text)
+    r = requests.post(f"{url}/v1/chat/completions", headers=headers,
+                      data=b'{"model": "tiny", "messages": [{"role": "user", "content": "\xff\xfe"}]}')
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    assert c.completions.create(model="tiny", prompt="w1", max_tokens=2).choices[0].text  # still serving
+
+
+def test_api_keys_guard_every_llm_route(llm):
+    url = llm["url"]
+    for method, route in (("get", "models"), ("get", "models/tiny"), ("post", "completions"),
+                          ("post", "chat/completions")):
+        r = getattr(requests, method)(f"{url}/v1/{route}", json={"model": "tiny", "prompt": "w1"},
+                                      headers={"Authorization": "Bearer wrong-key-0123456789"})
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    anonymous = openai.OpenAI(base_url=f"{url}/v1", api_key="not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "w1"}])
+
+
+def test_canary_then_rollover_under_streaming_load_fails_nothing(llm):
+    """Streams run all along: the candidate's engine starts while v1 takes every request, then shares the
+    traffic; production moves to v2 and the candidate alias goes: only v2 answers, v1's engine is retired."""
+    from maas.serve.llm_engine import engine_app_name, engine_apps
+
+    reg, url = llm["registry"], llm["url"]
+    seen, failures, stop = [], [], threading.Event()
+
+    def stream_forever():
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
+        while not stop.is_set():
+            try:
+                raw = c.completions.with_raw_response.create(model="tiny", prompt="w1 w2", max_tokens=16,
+                                                             stream=True, extra_body={"ignore_eos": True})
+                chunks = [ch for ch in raw.parse() if ch.choices]
+                seen.append((time.time(), raw.headers["x-maas-model-version"],
+                             chunks[-1].choices[0].finish_reason == "length"))  # all 16 tokens came
+            except Exception as exc:  # any failure at all fails the test
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=stream_forever, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        reg.set_alias("tiny", "candidate", 2)
+        assert _wait(lambda: any(v == "tiny/2" for _, v, _ in seen), 240), Counter(v for _, v, _ in seen)
+        since = len(seen)
+        assert _wait(lambda: len(seen) >= since + 40, 120)
+        canary_share = Counter(v for _, v, _ in seen[since:since + 40])  # ~50% each
+        reg.set_alias("tiny", "production", 2)
+        reg.delete_alias("tiny", "candidate")
+        moved = time.time()
+        assert _wait(lambda: len([s for s in seen if s[0] > moved + 3]) >= 20, 120)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not failures, failures[:3]
+    assert all(ok for _, _, ok in seen)
+    assert canary_share["tiny/2"] >= 5 and canary_share["tiny/1"] >= 5, canary_share
+    assert {v for t, v, _ in seen if t > moved + 3} == {"tiny/2"}
+    assert _wait(lambda: engine_app_name("tiny", 1) not in engine_apps(), 90), engine_apps()
+    assert llm["client"].models.retrieve("tiny").version == "tiny/2"
+
+
+def test_llm_metrics_per_model_and_version(llm):
+    from ray._private.worker import _global_node
+
+    port = _global_node.metrics_export_port
+    names = ("maas_llm_tokens_total", "maas_llm_time_to_first_token_ms_bucket",
+             "maas_llm_time_per_output_token_ms_bucket")
+    deadline, lines = time.time() + 90, []
+    while time.time() < deadline:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        lines = [line for line in text.splitlines() if any(n in line for n in names) and 'model="tiny"' in line]
+        if all(any(n in line for line in lines) for n in names) and any('kind="completion"' in x for x in lines):
+            break
+        time.sleep(2)
+    assert all(any(n in line for line in lines) for n in names), lines[:10]
+    completion = [line for line in lines if "tokens_total" in line and 'kind="completion"' in line]
+    assert completion and float(completion[0].rsplit(" ", 1)[1]) > 0
+
+
+def _wait(cond, timeout_s: float) -> bool:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.5)
+    return cond()
