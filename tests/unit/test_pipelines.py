@@ -13,7 +13,8 @@ from maas.pipelines import KINDS, STAGES, check_stage, implementation, kind_of
 from maas.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = {"classifier": "examples/digits.yaml", "encoder": "examples/minilm.yaml", "lm": "examples/gpt.yaml"}
+EXAMPLES = {"classifier": "examples/digits.yaml", "encoder": "examples/minilm.yaml", "lm": "examples/gpt.yaml",
+            "llm": "examples/llm.yaml"}
 
 
 def test_every_kind_implements_the_protocol_and_its_example_spec_selects_it():

@@ -128,6 +128,9 @@ def _serve_forever() -> int:
 
     # Ctrl-C and SIGTERM (a process manager, `kill PID`) both stop the endpoint cleanly; SIGINT is set
     # explicitly because a shell starting us in the background hands it down ignored.
+    from maas.serve.llm_engine import release_shared_memory, shm_entries
+
+    shm_before = shm_entries()
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -136,8 +139,11 @@ def _serve_forever() -> int:
     except KeyboardInterrupt:
         _say("\nstopping the endpoint ...")
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the shutdown short
+            signal.signal(sig, signal.SIG_IGN)
         serve.shutdown()
         ray.shutdown()
+        release_shared_memory(shm_before)  # what stopped vLLM engines left in /dev/shm
     return 0
 
 

@@ -45,6 +45,8 @@ KINDS = {k.name: k for k in (
          "the packaged MiniLM sentence encoder -> variants measured, gated, the fastest passing one served"),
     Kind("lm", "maas.pipelines.lm", ("pipeline", "deploy"),
          "text -> byte blocks -> a GPT-style decoder (DDP/FSDP2) -> streamed generation"),
+    Kind("llm", "maas.pipelines.llm", ("pipeline", "deploy"),
+         "a Hugging Face causal LM -> the registry -> vLLM engines (Ray Serve LLM) behind OpenAI routes"),
 )}
 
 

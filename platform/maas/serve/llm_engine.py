@@ -36,7 +36,7 @@ def llm_config(store: str, mv, spec: LLMEngineSpec):
     from ray.serve.llm import LLMConfig
 
     engine = {"max_num_seqs": spec.max_num_seqs, "enforce_eager": spec.enforce_eager, "dtype": spec.dtype,
-              "max_model_len": spec.max_model_len or mv.signature.get("max_positions") or None}
+              "max_model_len": spec.max_model_len}  # None: the model's own context
     env = {}
     if spec.num_gpus:
         engine.update(tensor_parallel_size=spec.num_gpus, gpu_memory_utilization=spec.gpu_memory_utilization)
@@ -138,6 +138,8 @@ class EngineClient:
         self.spec = spec
         self.model_id = mv.name
         self.inflight = 0  # this replica's requests on the engine now (an engine is retired once idle)
+        import ray.serve.llm.openai_api_models  # noqa: F401  (vLLM's request models: ~10 s to import, not on
+        #                                         the first request's clock)
 
 
 SHM = "/dev/shm"

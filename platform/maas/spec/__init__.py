@@ -1,6 +1,6 @@
 """The pipeline spec: the single source of configuration for every stage, one module per kind.
 
-One pydantic model per kind (``classifier``, ``encoder``, ``lm``; ``kind:`` in a spec picks it) serves YAML
+One pydantic model per kind (``classifier``, ``encoder``, ``lm``, ``llm``; ``kind:`` in a spec picks it) serves YAML
 files, CLI ``key=value`` overrides, the SDK and job payloads. Unknown keys are refused with a "did you mean",
 and every problem is reported at once with its field path. ``common`` holds what every kind shares (training,
 serving, the spec hash), ``loading`` the YAML/overrides/error formatting.
@@ -21,6 +21,7 @@ from maas.spec.encoder import (EncoderModelSpec, CorpusSpec, EncoderGateSpec, Va
                                EncoderPipelineSpec)
 from maas.spec.lm import (GPT_SIZE_NAMES, TextDataSpec, GPTModelSpec, GenerateSpec, LM_TRAIN_DEFAULTS,
                           LMPipelineSpec)
+from maas.spec.llm import LLMModelSpec, LLMPipelineSpec
 from maas.spec.loading import (SPEC_CLASSES, PipelineSpec, parse_override, apply_overrides, spec_from_dict,
                                load_spec)
 
@@ -31,7 +32,7 @@ __all__ = [
     "AutoscalingSpec", "CanarySpec", "ClassifierSpec", "ColumnSchema", "CompressSpec", "CorpusSpec", "DataSpec",
     "DeploySpec", "LLMEngineSpec", "ENCODER_FINAL_STEPS", "ENCODER_MODEL_STEPS", "EncoderCompressSpec", "EncoderGateSpec",
     "EncoderModelSpec", "EncoderPipelineSpec", "FITTED_OPS", "GPTModelSpec", "GPT_SIZE_NAMES", "GenerateSpec",
-    "LMPipelineSpec", "LM_TRAIN_DEFAULTS", "ModelSpec", "NAME_PATTERN", "OPS", "PipelineSpec", "SPEC_CLASSES",
+    "LLMModelSpec", "LLMPipelineSpec", "LMPipelineSpec", "LM_TRAIN_DEFAULTS", "ModelSpec", "NAME_PATTERN", "OPS", "PipelineSpec", "SPEC_CLASSES",
     "SplitSpec", "TextDataSpec", "TrainSpec", "VariantSpec", "apply_overrides", "load_spec", "parse_override",
     "spec_from_dict",
 ]

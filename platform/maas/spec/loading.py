@@ -14,11 +14,13 @@ from pydantic import BaseModel, ValidationError
 from maas.exceptions import SpecError
 from maas.spec.classifier import ClassifierSpec
 from maas.spec.encoder import EncoderPipelineSpec
+from maas.spec.llm import LLMPipelineSpec
 from maas.spec.lm import LMPipelineSpec
 
 # the spec class of each kind: `kind:` in a spec picks one (maas.pipelines.KINDS runs it)
-SPEC_CLASSES = {"classifier": ClassifierSpec, "encoder": EncoderPipelineSpec, "lm": LMPipelineSpec}
-PipelineSpec = Union[ClassifierSpec, EncoderPipelineSpec, LMPipelineSpec]  # any kind's spec
+SPEC_CLASSES = {"classifier": ClassifierSpec, "encoder": EncoderPipelineSpec, "lm": LMPipelineSpec,
+                "llm": LLMPipelineSpec}
+PipelineSpec = Union[ClassifierSpec, EncoderPipelineSpec, LMPipelineSpec, LLMPipelineSpec]  # any kind's spec
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> Optional[list[str]]:

@@ -1,0 +1,249 @@
+"""LLM serving throughput and latency: the maas endpoint against bare Ray Serve LLM (its default mode and its
+direct-streaming mode) and vLLM's own OpenAI server, on the same model in the same run.
+
+    python benchmarks/llm_serving.py                       # all four, concurrency 1, 8 and 32
+    python benchmarks/llm_serving.py --systems maas,vllm --concurrency 1,32 --max-tokens 64
+
+The model is a random Llama built here (4 layers, width 256: nothing is downloaded), imported into a
+temporary registry. Each system runs in a child process with its own Ray (the direct-streaming mode is a
+cluster-wide switch), is warmed up, then asked ``/v1/completions`` with ``stream: true`` and
+``ignore_eos`` (every answer is ``--max-tokens`` long) by ``c`` concurrent clients. Reported per system and
+concurrency: output tokens/s over the wall time, time to first token (TTFT) and time per output token after
+the first (TPOT), p50 and p99. Every child is stopped (and what its engines left in /dev/shm removed) before
+the next starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEMS = ("maas", "ray-default", "ray-direct", "vllm")
+ENGINE = {"max_model_len": 512, "max_num_seqs": 64, "dtype": "float32", "enforce_eager": True}
+KV_GIB = "1"
+
+
+# ----------------------------------------------------------------------------------------- the servers
+
+def _engine_config(folder: str):
+    from ray.serve.llm import LLMConfig
+
+    return LLMConfig(model_loading_config={"model_id": "tiny", "model_source": folder},
+                     accelerator_config={"kind": "cpu"},
+                     deployment_config={"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
+                     engine_kwargs=ENGINE, runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": KV_GIB}})
+
+
+def serve_child(system: str, folder: str, store: str, port: int) -> None:
+    """Start one system, print READY <base url>, serve until SIGTERM/SIGINT, then stop everything."""
+    import ray
+    from ray import serve
+
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        if system == "maas":
+            from maas.serve import deploy
+            from maas.spec import DeploySpec
+
+            deploy(store, "tiny@production", DeploySpec(port=port, llm={
+                "num_cpus": 1, "max_model_len": ENGINE["max_model_len"], "max_num_seqs": ENGINE["max_num_seqs"],
+                "kv_cache_gib": float(KV_GIB), "max_tokens": 1024}))
+        else:
+            from ray.serve.llm import build_openai_app
+
+            app = build_openai_app({"llm_configs": [_engine_config(folder)],
+                                    "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}}})
+            serve.run(app, name="bare", route_prefix="/", blocking=False)
+        print(f"READY http://127.0.0.1:{port}", flush=True)
+        while not stop:
+            time.sleep(0.2)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def start(system: str, folder: str, store: str, port: int, log) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": KV_GIB, "HF_HUB_OFFLINE": "1"}
+    if system == "vllm":
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
+               "--served-model-name", "tiny", "--port", str(port), "--host", "127.0.0.1",
+               "--max-model-len", str(ENGINE["max_model_len"]), "--max-num-seqs", str(ENGINE["max_num_seqs"]),
+               "--dtype", ENGINE["dtype"], "--enforce-eager", "--no-enable-log-requests"]
+        url = f"http://127.0.0.1:{port}"
+    else:
+        if system == "ray-direct":
+            env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING="1")
+        cmd = [sys.executable, __file__, "--serve-child", system, "--folder", folder, "--store", store,
+               "--port", str(port)]
+        url = None
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    deadline = time.time() + 600
+    if url is None:
+        for line in proc.stdout:
+            if line.startswith("READY "):
+                url = line.split()[1]
+                break
+        if url is None:
+            raise RuntimeError(f"{system} did not start; see {log.name}")
+    import requests
+
+    while time.time() < deadline:  # the route answers once the engine is loaded
+        try:
+            if requests.get(f"{url}/v1/models", timeout=5).status_code == 200:
+                return proc, url
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{system} exited with {proc.returncode}; see {log.name}")
+        time.sleep(1)
+    raise RuntimeError(f"{system} did not answer within 600 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the child we started (its whole process group: engines included)."""
+    try:
+        os.killpg(proc.pid, signal.SIGINT if proc.args[1] == __file__ else signal.SIGTERM)
+        proc.wait(120)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+
+
+# ----------------------------------------------------------------------------------------- the load
+
+async def one(client, url: str, max_tokens: int) -> tuple[float, float, int]:
+    body = {"model": "tiny", "prompt": "w1 w2 w3 w4 w5 w6 w7 w8", "max_tokens": max_tokens, "stream": True,
+            "ignore_eos": True, "temperature": 0.8, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and first is None:
+                first = time.perf_counter()
+            if chunk.get("usage"):
+                tokens = int(chunk["usage"]["completion_tokens"])
+    ended = time.perf_counter()
+    first = first or ended
+    return first - started, (ended - first) / max(tokens - 1, 1), tokens
+
+
+async def load(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        await asyncio.gather(*[one(client, url, 8) for _ in range(4)])  # warm-up
+        results = []
+
+        async def worker():
+            for _ in range(per_client):
+                results.append(await one(client, url, max_tokens))
+
+        started = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        wall = time.perf_counter() - started
+    ttft = np.array([r[0] for r in results]) * 1e3
+    tpot = np.array([r[1] for r in results]) * 1e3
+    return {"tokens_per_s": sum(r[2] for r in results) / wall, "requests": len(results),
+            "ttft_p50": float(np.percentile(ttft, 50)), "ttft_p99": float(np.percentile(ttft, 99)),
+            "tpot_p50": float(np.percentile(tpot, 50)), "tpot_p99": float(np.percentile(tpot, 99))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (at least c)")
+    ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--serve-child", choices=SYSTEMS, help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    ap.add_argument("--store", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_child:
+        serve_child(args.serve_child, args.folder, args.store, args.port)
+        return
+
+    from maas.models import make_tiny_llama
+    from maas.registry import Registry
+    from maas.registry.hf_import import import_hf_model
+    from maas.runtime import free_port
+    from maas.serve.llm_engine import release_shared_memory, shm_entries
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        raise SystemExit(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    rows, figures = [], {}
+    with tempfile.TemporaryDirectory(prefix="maas-llm-bench-") as tmp:
+        folder = str(make_tiny_llama(Path(tmp) / "model", layers=4, width=256, max_positions=512))
+        reg = Registry(str(Path(tmp) / "store"))
+        mv, _ = import_hf_model(reg, folder, "tiny", by="benchmark")
+        reg.set_alias("tiny", "production", mv.version)
+        for system in systems:
+            shm_before = shm_entries()
+            log_path = Path(tmp) / f"{system}.log"
+            with open(log_path, "w") as log:
+                t0 = time.time()
+                proc, url = start(system, folder, reg.location, free_port(), log)
+                print(f"{system}: up in {time.time() - t0:.0f} s at {url}", file=sys.stderr, flush=True)
+                try:
+                    for c in levels:
+                        per_client = max(1, args.requests // c)
+                        figures[(system, c)] = f = asyncio.run(load(url, c, per_client, args.max_tokens))
+                        rows.append([system, str(c), str(f["requests"]), f"{f['tokens_per_s']:.0f}",
+                                     f"{f['ttft_p50']:.1f}", f"{f['ttft_p99']:.1f}", f"{f['tpot_p50']:.2f}",
+                                     f"{f['tpot_p99']:.2f}"])
+                        print("  " + "  ".join(rows[-1]), file=sys.stderr, flush=True)
+                finally:
+                    stop(proc)
+                    release_shared_memory(shm_before)
+    from maas.report import table
+
+    print(f"\nLLM serving, random Llama (4 layers, width 256), {args.max_tokens}-token streamed completions, "
+          f"{os.cpu_count()} CPU cores")
+    print(table(["system", "concurrency", "requests", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms",
+                 "TPOT p99 ms"], rows))
+    top = max(levels)
+    if ("maas", top) in figures:
+        m = figures[("maas", top)]["tokens_per_s"]
+        lines = []
+        if ("maas", 1) in figures:
+            lines.append(f"maas c={top} / c=1: {m / figures[('maas', 1)]['tokens_per_s']:.1f}x")
+        best_ray = max((figures[(s, top)]["tokens_per_s"] for s in ("ray-default", "ray-direct")
+                        if (s, top) in figures), default=None)
+        if best_ray:
+            lines.append(f"maas / best bare Ray Serve LLM at c={top}: {m / best_ray:.0%}")
+        if ("vllm", top) in figures:
+            lines.append(f"maas / vLLM's own server at c={top}: {m / figures[('vllm', top)]['tokens_per_s']:.0%}")
+        print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps({f"{s}@{c}": f for (s, c), f in figures.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The large-language-model kind's spec (``kind: llm``): a Hugging Face causal LM brought into the registry
+and served by vLLM engines through Ray Serve LLM."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from maas.spec.common import _NAME_PATTERN, DeploySpec, _Pipeline, _Strict
+
+RANDOM_SIZES = ("tiny",)
+
+
+class LLMModelSpec(_Strict):
+    name: str = Field(..., pattern=_NAME_PATTERN, description="Registry name of the model (lower case).")
+    source: str = Field(..., description="A Hugging Face causal-LM folder (config.json, safetensors weights, "
+                                         "tokenizer.json): a local path or a pyarrow.fs URI (s3://, gs://, ...); "
+                                         "or 'random:tiny', a random tiny Llama built here (the demo: nothing "
+                                         "is downloaded).")
+    seed: int = Field(0, description="source=random:*: the seed of the random weights.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_random(cls, value: str) -> str:
+        if value.startswith("random:") and value[len("random:"):] not in RANDOM_SIZES:
+            raise ValueError(f"random models are {', '.join('random:' + s for s in RANDOM_SIZES)}")
+        if not value.strip():
+            raise ValueError("give a folder path or URI of a Hugging Face causal LM, or random:tiny")
+        return value
+
+
+class LLMPipelineSpec(_Pipeline):
+    """A Hugging Face causal LM: imported (every file checksummed) -> alias -> vLLM engines behind maas."""
+
+    kind: Literal["llm"] = Field(..., description="'llm' for this pipeline.")
+    store: str = Field(".maas", description="Registry and run store: a local path or a pyarrow.fs URI.")
+    model: LLMModelSpec = Field(..., description="Which model, from where.")
+    deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it (deploy.llm: the "
+                                                                       "engines' placement and limits).")

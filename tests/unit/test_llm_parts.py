@@ -1,0 +1,162 @@
+"""The pure parts of LLM serving: request checks before the engine, timer-less stream coalescing, engine
+placement from the spec, the `kind: llm` spec, shared-memory clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from maas.exceptions import SpecError
+from maas.serve.oip import ProtocolError
+from maas.spec import LLMEngineSpec, spec_from_dict
+
+
+def test_caps_and_message_shapes_are_checked_before_the_engine():
+    from maas.serve.llm_handlers import _check_caps, _check_messages
+
+    spec = LLMEngineSpec(max_tokens=100, max_n=2)
+    _check_caps({"n": 2, "max_tokens": 100, "best_of": 1}, spec)
+    for req, field in (({"n": 3}, "'n' is 3"), ({"best_of": 9}, "'best_of' is 9"),
+                       ({"max_tokens": 101}, "'max_tokens' is 101"), ({"max_completion_tokens": 500}, "max_comp")):
+        with pytest.raises(ProtocolError, match=field) as err:
+            _check_caps(req, spec)
+        assert err.value.status == 400
+    _check_messages([{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text",
+                                                                                              "text": "hi"}]},
+                     {"role": "assistant", "content": None}])
+    for messages, where in (([], "non-empty"), ("hi", "non-empty"), ([5], r"messages\[0\]"),
+                            ([{"role": "user", "content": "a"}, {"role": "root", "content": "b"}],
+                             r"messages\[1\]\.role is 'root'"),
+                            ([{"content": "a"}], "role is None"),
+                            ([{"role": "user", "content": {"x": 1}}], r"messages\[0\]\.content")):
+        with pytest.raises(ProtocolError, match=where):
+            _check_messages(messages)
+
+
+def test_engine_errors_keep_their_status_in_openai_shape():
+    import json
+    from types import SimpleNamespace
+
+    from maas.serve.llm_handlers import _error_of
+
+    err = SimpleNamespace(error=SimpleNamespace(message="too long", code=400, param="max_tokens", type="Bad"))
+    response = _error_of(err)
+    body = json.loads(response.body)
+    assert response.status_code == 400 and body["error"]["message"] == "too long"
+    assert body["error"]["param"] == "max_tokens" and body["error"]["type"] == "invalid_request_error"
+    assert _error_of(SimpleNamespace(error=SimpleNamespace(message="x", code="weird"))).status_code == 500
+    assert _error_of("data: {}") is None and _error_of(SimpleNamespace(choices=[])) is None
+
+
+def test_coalesce_sends_the_first_chunk_at_once_and_merges_what_queued():
+    pytest.importorskip("ray.serve.llm")
+    from maas.serve.engine_server import coalesce
+
+    async def scenario():
+        ready = asyncio.Queue()
+
+        async def chunks():
+            while True:
+                item = await ready.get()
+                if item is None:
+                    return
+                yield item
+
+        out = coalesce(chunks())
+        ready.put_nowait("a")
+        first = await asyncio.wait_for(out.__anext__(), 1)  # no 50 ms timer: the first chunk leaves now
+        for item in ("b", "c", "d"):
+            ready.put_nowait(item)
+        await asyncio.sleep(0.01)  # the consumer was busy meanwhile: what queued travels together
+        merged = await out.__anext__()
+        ready.put_nowait(None)
+        rest = [x async for x in out]
+        return first, merged, rest
+
+    assert asyncio.run(scenario()) == (["a"], ["b", "c", "d"], [])
+
+    async def failing():
+        yield "x"
+        raise RuntimeError("engine died")
+
+    async def drain():
+        return [x async for x in coalesce(failing())]
+
+    with pytest.raises(RuntimeError, match="engine died"):
+        asyncio.run(drain())
+
+
+def test_engine_placement_follows_the_spec_cpu_or_gpu():
+    pytest.importorskip("ray.serve.llm")
+    from types import SimpleNamespace
+
+    from maas.serve.llm_engine import engine_app_name, llm_config
+
+    mv = SimpleNamespace(name="tiny", ref="tiny/3", version=3, signature={})
+    cpu = llm_config("/store", mv, LLMEngineSpec(num_cpus=2, kv_cache_gib=4, max_model_len=512))
+    assert cpu.accelerator_config.kind == "cpu" and cpu.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    assert cpu.placement_group_config["bundles"] == [{"CPU": 2}]
+    assert cpu.engine_kwargs["max_model_len"] == 512 and cpu.engine_kwargs["dtype"] == "float32"
+    assert cpu.model_id == "tiny"
+    gpu = llm_config("/store", mv, LLMEngineSpec(num_gpus=2, dtype="bfloat16", enforce_eager=False))
+    assert gpu.accelerator_config.kind == "gpu" and gpu.engine_kwargs["tensor_parallel_size"] == 2
+    assert gpu.placement_group_config["bundles"] == [{"CPU": 1, "GPU": 1}, {"GPU": 1}]
+    assert gpu.engine_kwargs["dtype"] == "bfloat16" and not gpu.runtime_env
+    assert engine_app_name("tiny", 3) == "maas-llm-tiny-v3"
+
+
+def test_llm_spec_names_its_problems():
+    spec = spec_from_dict({"kind": "llm", "model": {"name": "chat", "source": "s3://b/llama"},
+                           "deploy": {"llm": {"num_gpus": 1, "max_tokens": 512}}})
+    assert spec.deploy.llm.num_gpus == 1 and spec.model.source == "s3://b/llama"
+    for model, deploy, where in (({"name": "chat", "source": "random:huge"}, {}, "model.source"),
+                                 ({"name": "Chat!", "source": "x"}, {}, "model.name"),
+                                 ({"name": "chat"}, {}, "model.source"),
+                                 ({"name": "chat", "source": "x"}, {"llm": {"num_gpu": 1}}, "num_gpus"),
+                                 ({"name": "chat", "source": "x"}, {"llm": {"max_n": 0}}, "deploy.llm.max_n")):
+        with pytest.raises(SpecError, match=where.replace(".", r"\.")):
+            spec_from_dict({"kind": "llm", "model": model, "deploy": deploy})
+
+
+def test_only_unmapped_new_segments_are_released(tmp_path, monkeypatch):
+    from maas.serve import llm_engine
+
+    monkeypatch.setattr(llm_engine, "SHM", str(tmp_path))
+    (tmp_path / "psm_old").write_bytes(b"x")
+    before = llm_engine.shm_entries()
+    for name in ("psm_leaked", "sem.loky-1-abc", "psm_in_use", "not_ours"):
+        (tmp_path / name).write_bytes(b"x")
+    with open(tmp_path / "psm_in_use", "r+b") as f:
+        import mmap
+
+        mapped = mmap.mmap(f.fileno(), 1)  # a live process (this one) maps it
+        try:
+            assert llm_engine.release_shared_memory(before) == ["psm_leaked", "sem.loky-1-abc"]
+        finally:
+            mapped.close()
+    assert sorted(os.listdir(tmp_path)) == ["not_ours", "psm_in_use", "psm_old"]
+
+
+def test_llm_pipeline_imports_promotes_and_keeps_a_moved_alias(tmp_path, monkeypatch):
+    from maas.exceptions import RegistryError
+    from maas.pipelines import implementation
+    from maas.registry import Registry
+
+    store = str(tmp_path / "store")
+    spec = spec_from_dict({"kind": "llm", "store": store, "model": {"name": "chat", "source": "random:tiny"}})
+    llm = implementation(spec)
+    result = llm.run(spec, serve=False)
+    reg = Registry(store)
+    mv = reg.resolve("chat@production")
+    assert result.ref == mv.ref == "chat/1" and mv.runtime == "vllm" and mv.task == "generate"
+    assert "LlamaForCausalLM" in llm.summary(result, spec) and result.endpoint is None
+    assert reg.alias_history("chat", "production")[-1]["by"] == f"run:{result.run_id}"
+    # a run promotes only if the alias still points where it did when the run started
+    from maas.pipelines import llm as llm_module
+
+    monkeypatch.setattr(llm_module, "alias_target", lambda *a: None)  # as if it started before chat/1 was promoted
+    with pytest.raises(RegistryError, match="production"):
+        llm.run(spec, serve=False)
+    assert reg.resolve("chat@production").version == 1
