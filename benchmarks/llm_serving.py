@@ -62,12 +62,16 @@ def serve_child(system: str, folder: str, store: str, port: int) -> None:
 
             deploy(store, "tiny@production", DeploySpec(port=port, llm={
                 "num_cpus": 1, "max_model_len": ENGINE["max_model_len"], "max_num_seqs": ENGINE["max_num_seqs"],
-                "kv_cache_gib": float(KV_GIB), "max_tokens": 1024}))
+                "kv_cache_gib": float(KV_GIB), "max_tokens": 1024,
+                **({"stream_interval_ms": float(os.environ["MAAS_BENCH_STREAM_INTERVAL_MS"])}
+                   if os.environ.get("MAAS_BENCH_STREAM_INTERVAL_MS") else {})}))
         else:
             from ray.serve.llm import build_openai_app
 
-            app = build_openai_app({"llm_configs": [_engine_config(folder)],
-                                    "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}}})
+            args = {"llm_configs": [_engine_config(folder)]}
+            if system == "ray-default":  # direct streaming has no ingress of its own (the server is the ingress)
+                args["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
+            app = build_openai_app(args)
             serve.run(app, name="bare", route_prefix="/", blocking=False)
         print(f"READY http://127.0.0.1:{port}", flush=True)
         while not stop:
@@ -136,14 +140,12 @@ async def one(client, url: str, max_tokens: int) -> tuple[float, float, int]:
     first, tokens = None, 0
     async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
         r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("choices") and first is None:
+        async for line in r.aiter_lines():  # the client shares the cores: parse only the usage chunk
+            if first is None and line.startswith("data: {") and '"choices":[{' in line.replace(" ", ""):
                 first = time.perf_counter()
-            if chunk.get("usage"):
-                tokens = int(chunk["usage"]["completion_tokens"])
+            elif '"usage"' in line and line.startswith("data: {"):
+                usage = json.loads(line[6:]).get("usage")
+                tokens = int(usage["completion_tokens"]) if usage else tokens
     ended = time.perf_counter()
     first = first or ended
     return first - started, (ended - first) / max(tokens - 1, 1), tokens
@@ -177,6 +179,9 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (at least c)")
+    ap.add_argument("--stream-interval-ms", type=float, default=None,
+                    help="maas: deploy.llm.stream_interval_ms (default: the spec's default)")
+    ap.add_argument("--logs", help="keep each system's log in this folder (default: a temporary one)")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--serve-child", choices=SYSTEMS, help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -204,12 +209,21 @@ def main() -> None:
         reg = Registry(str(Path(tmp) / "store"))
         mv, _ = import_hf_model(reg, folder, "tiny", by="benchmark")
         reg.set_alias("tiny", "production", mv.version)
+        logs = Path(args.logs or tmp)
+        logs.mkdir(parents=True, exist_ok=True)
+        if args.stream_interval_ms is not None:
+            os.environ["MAAS_BENCH_STREAM_INTERVAL_MS"] = str(args.stream_interval_ms)
         for system in systems:
             shm_before = shm_entries()
-            log_path = Path(tmp) / f"{system}.log"
-            with open(log_path, "w") as log:
+            with open(logs / f"{system}.log", "w") as log:
                 t0 = time.time()
-                proc, url = start(system, folder, reg.location, free_port(), log)
+                try:
+                    proc, url = start(system, folder, reg.location, free_port(), log)
+                except RuntimeError as exc:
+                    rows.append([system, "-", "-", f"did not start: {exc}", "", "", "", ""])
+                    print(rows[-1][3], file=sys.stderr, flush=True)
+                    release_shared_memory(shm_before)
+                    continue
                 print(f"{system}: up in {time.time() - t0:.0f} s at {url}", file=sys.stderr, flush=True)
                 try:
                     for c in levels:

@@ -55,6 +55,7 @@ def llm_config(store: str, mv, spec: LLMEngineSpec):
                            "health_check_period_s": 10},
         engine_kwargs={k: v for k, v in engine.items() if v is not None},
         runtime_env={"env_vars": env} if env else None,
+        experimental_configs={"stream_batching_interval_ms": spec.stream_interval_ms},
     )
 
 

@@ -107,6 +107,9 @@ class LLMEngineSpec(_Strict):
         "auto", description="Weights and activations dtype ('auto': the model's; float32 on CPUs without bf16).")
     enforce_eager: bool = Field(True, description="Skip graph capture/compilation: starts in seconds on CPU; set "
                                                   "false on GPUs for CUDA graphs.")
+    stream_interval_ms: float = Field(0, ge=0, le=1000, description="Streamed chunks after the first are sent "
+                                      "at most this often, merged (0: each as soon as it is ready; the first "
+                                      "is never held back).")
     max_tokens: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above).")
     max_n: int = Field(8, ge=1, description="Largest n / best_of a request may ask for (400 above).")
     start_timeout_s: float = Field(900, gt=0, description="How long an engine may take to load before the "
