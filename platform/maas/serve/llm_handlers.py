@@ -129,7 +129,7 @@ class LLMHandlers:
 
     async def _events(self, items: list, gen, loaded, wants_usage: bool, started: float):
         first_at = last_at = None
-        usage, done = None, False
+        usage, done, failed = None, False, False
         try:
             while True:
                 out = []
@@ -138,6 +138,7 @@ class LLMHandlers:
                         err = _error_of(item)
                         message = json.loads(err.body)["error"] if err is not None else {"message": str(item)}
                         out.append("data: " + json.dumps({"error": message}) + "\n\n")
+                        failed = True
                         break
                     if item.startswith('data: {') and '"choices":[]' in item and '"usage"' in item:
                         usage = _usage(item) or usage
@@ -150,6 +151,8 @@ class LLMHandlers:
                     if first_at is None:
                         first_at = last_at
                     yield "".join(out)
+                if failed:
+                    break
                 try:
                     nxt = await gen.__anext__()
                 except StopAsyncIteration:
