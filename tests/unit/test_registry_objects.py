@@ -311,8 +311,8 @@ def test_serving_backs_off_a_version_that_fails_to_load(tmp_path):
     reg.set_alias("m", "production", mv.version)
     host = ModelHost(str(tmp_path / "store"), [{"model": "m", "alias": "production"}])
     fetches = []
-    real = host.registry.fetch
-    host.registry.fetch = lambda ref: fetches.append(ref) or real(ref)
+    real = host.registry.fetch_version
+    host.registry.fetch_version = lambda mv: fetches.append(mv.ref) or real(mv)
     for _ in range(5):
         host.refresh()
     assert fetches == ["m/1"] and "next try in" in host.not_ready()["m"]

@@ -261,7 +261,10 @@ class Registry:
             IntegrityError: a file is missing, has the wrong size, its bytes changed since publication, or the
                 folder holds a file the manifest does not list.
         """
-        mv = self.resolve(ref)
+        return self.fetch_version(self.resolve(ref))
+
+    def fetch_version(self, mv: ModelVersion) -> tuple[Path, ModelVersion]:
+        """``fetch`` for a version whose manifest was already read (``resolve``): not read again."""
         home = f"models/{mv.name}/{mv.objects}" if mv.objects else f"models/{mv.name}/versions/{mv.version}"
         if self._local:
             folder = Path(self.store.path(home))

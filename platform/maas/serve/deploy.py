@@ -33,7 +33,7 @@ def build_app(store: str, models, deploy: Optional[DeploySpec] = None, api_key_h
     hashes = load_api_key_hashes() if api_key_hashes is None else api_key_hashes
     return ModelServer.options(**d.serve_options()).bind(
         store, routes, d.max_batch_size, d.batch_wait_timeout_s, d.max_request_bytes, hashes, d.alias_poll_s,
-        2, d.llm.model_dump())
+        llm=d.llm.model_dump())
 
 
 def build_checked_app(store: str, models, deploy: Optional[DeploySpec] = None):

@@ -104,7 +104,7 @@ def fetch_all(registry: Registry, routes: list[dict], llm=None) -> None:
 
             ensure_engine(registry.location, mv, llm or LLMEngineSpec())
         else:
-            registry.fetch(ref)
+            registry.fetch_version(mv)
 
 
 class LoadedVersion:
@@ -195,7 +195,7 @@ class ModelHost:
 
                 loaded = LoadedVersion(mv, ensure_engine(self.registry.location, mv, self.llm))
             else:
-                folder, mv = self.registry.fetch(f"{name}/{version}")
+                folder, mv = self.registry.fetch_version(mv)
                 loaded = LoadedVersion(mv, load_predictor(folder, mv.runtime, mv.task))
         except Exception as exc:
             delay = min(2 * failed[1], 300.0) if failed else 2.0
