@@ -23,15 +23,14 @@ export PYTHONWARNINGS=ignore
 'cuda', torch.version.cuda, 'pydantic', pydantic.__version__, 'pyarrow', pyarrow.__version__)"; } 2>&1 | tee "$OUT/gpu_env.txt"
 echo "[session] installed in $(elapsed) s"
 
-STAGES=${STAGES:-gpt,encoder,data}  # a later sitting may redo only some
+STAGES=${STAGES:-llm,encoder,data}  # a later sitting may redo only some
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
 
-# 1. the decoder through the train stage (Ray Train), DDP and FSDP2, compiled and eager; then served on the GPU
-want gpt && { timeout "${GPT_TIMEOUT:-300}" python3 benchmarks/gpu_gpt.py --size "${GPT_SIZE:-300m}" --sentences "${GPT_SENTENCES:-15000}" \
-  --batch-size "${GPT_BATCH:-32}" --log-every 5 --runs "${GPT_RUNS:-ddp+compile,fsdp+compile,ddp,fsdp}" \
-  --serve --concurrency 1,32,128 --serve-seconds 6 --max-tokens 64 --deadline-s "${GPT_DEADLINE:-170}" \
-  --json "$OUT/gpu_gpt.json" > "$OUT/gpu_gpt.log" 2>&1
-echo "[session] gpt exit $? at $(elapsed) s"; grep -v -i -E "warn|^\s*$" "$OUT/gpu_gpt.log" | tail -25; }
+# 1. the decoder (transformers' Llama) through the train stage (Ray Train), DDP and FSDP2, compiled and eager
+want llm && { timeout "${LLM_TIMEOUT:-300}" python3 benchmarks/gpu_llm.py --size "${LLM_SIZE:-300m}" --sentences "${LLM_SENTENCES:-15000}" \
+  --batch-size "${LLM_BATCH:-16}" --log-every 5 --runs "${LLM_RUNS:-ddp+compile,fsdp+compile,ddp,fsdp}" \
+  --deadline-s "${LLM_DEADLINE:-200}" --json "$OUT/gpu_llm.json" > "$OUT/gpu_llm.log" 2>&1
+echo "[session] llm exit $? at $(elapsed) s"; grep -v -i -E "warn|^\s*$" "$OUT/gpu_llm.log" | tail -25; }
 
 # 2. the encoder suite's half-precision variants vs fp32 (GPU and CPU)
 want encoder && { timeout "${ENC_TIMEOUT:-90}" python3 benchmarks/gpu_encoder.py --model-dir .gpuenc --sentences 2000 \

@@ -1,7 +1,7 @@
 """maas training vs a plain PyTorch loop: same model, same data, same run, equal worker counts.
 
     python benchmarks/train_overhead.py [--repeat 40] [--epochs 4] [--hidden 512,512] [--batch-size 256]
-    python benchmarks/train_overhead.py --model gpt [--gpt-size tiny] [--sentences 20000] [--epochs 3]
+    python benchmarks/train_overhead.py --model llm [--size tiny] [--sentences 20000] [--epochs 3]
 
 Baselines: a plain single-process loop (1 worker) and plain ``torch.distributed`` DDP over gloo in 2
 processes started with ``torch.multiprocessing`` (2 workers), each worker pinned to 1 thread as Ray Train
@@ -52,7 +52,8 @@ def _plain_worker(rank: int, world: int, x: np.ndarray, y: np.ndarray, config: d
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
             xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
-            logits = model(xb)
+            out = model(xb)
+            logits = getattr(out, "logits", out)  # transformers' causal LMs answer an output object
             loss = loss_fn(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -85,12 +86,12 @@ def plain(world: int, x, y, config, epochs, batch) -> tuple[list, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=["mlp", "gpt"], default="mlp")
+    ap.add_argument("--model", choices=["mlp", "llm"], default="mlp")
     ap.add_argument("--repeat", type=int, default=40, help="mlp: copies of the digits rows")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--hidden", default="512,512", help="mlp: hidden sizes")
-    ap.add_argument("--gpt-size", default="tiny", help="gpt: tiny | small | base | 125m")
-    ap.add_argument("--sentences", type=int, default=20000, help="gpt: package-docs sentences to train on")
+    ap.add_argument("--size", default="tiny", help="llm: tiny | small | base | 125m (transformers' Llama)")
+    ap.add_argument("--sentences", type=int, default=20000, help="llm: package-docs sentences to train on")
     ap.add_argument("--batch-size", type=int, default=256)
     args = ap.parse_args()
 
@@ -100,21 +101,22 @@ def main() -> None:
 
     ensure_ray(None, quiet=True)
     tmp = Path(tempfile.mkdtemp(prefix="maas-overhead-"))
-    if args.model == "gpt":
+    if args.model == "llm":
         from maas.data.blocks import prepare_lm_data
-        from maas.spec import GPTModelSpec, TextDataSpec
+        from maas.spec import LMModelSpec, TextDataSpec
 
-        config = GPTModelSpec(name="gpt", size=args.gpt_size).config()
+        config = LMModelSpec(name="lm", size=args.size).config()
         data = prepare_lm_data(TextDataSpec(limit=args.sentences, val_fraction=0.0), config["block_size"],
-                               str(tmp / "run"))
+                               str(tmp / "run"), vocab_size=config["vocab_size"])
+        config["vocab_size"] = data.counts["vocab_size"]
         tokens = np.concatenate([b["tokens"] for b in data.train.iter_batches(batch_format="numpy")]).astype(np.int64)
         x, y = tokens[:, :-1], tokens[:, 1:]
-        train_ds, task, row_bytes, init, features = data.train, "lm", tokens.shape[1] * 8, {}, None
+        train_ds, task, row_bytes, init, features = data.train, "lm", tokens.shape[1] * 4, {}, None
         from maas.models import build_model
 
-        n_params = build_model(config).num_parameters()
-        title = (f"GPT {args.gpt_size} ({n_params / 1e6:.2f}M parameters, block {config['block_size']} bytes), "
-                 f"{len(y):,} train blocks")
+        n_params = sum(p.numel() for p in build_model(config).parameters())
+        title = (f"Llama {args.size} ({n_params / 1e6:.2f}M parameters, block {config['block_size']} tokens, "
+                 f"vocabulary {config['vocab_size']}), {len(y):,} train blocks")
     else:
         from gpu_train import make_data
 
@@ -146,8 +148,8 @@ def main() -> None:
                                      [result.history[0]["samples_per_s"]])
         rows.append((world, plain_sps, maas_sps, 100 * (plain_sps - maas_sps) / plain_sps, wall, maas_wall))
 
-    per_row = config["block_size"] if args.model == "gpt" else 1
-    unit = "tokens/s" if args.model == "gpt" else "samples/s"
+    per_row = config["block_size"] if args.model == "llm" else 1
+    unit = "tokens/s" if args.model == "llm" else "samples/s"
     print(f"\n{title}, batch {args.batch_size} per worker, {args.epochs} epochs, 1 thread per worker, "
           f"{os.cpu_count()} CPU(s)\n")
     print(f"| workers | plain PyTorch {unit} | maas (Ray Train) {unit} | maas overhead | plain wall s | maas wall s |")

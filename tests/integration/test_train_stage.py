@@ -104,23 +104,24 @@ def test_early_stopping_ends_a_run_that_stopped_improving(digits_parquet, tmp_pa
 
 
 def test_compiled_blocks_train_like_eager_with_fsdp_and_keep_checkpoint_keys(tmp_path):
-    """train.compile: each GPT block compiled in place (regional compilation) under FSDP2 on 2 workers; the
-    ragged last batch and validation run eager (no recompile). Same seed and data: the same losses as the
-    eager run within bf16/fusion rounding, and the checkpoint loads into a plain, uncompiled GPT."""
+    """train.compile: each Llama decoder layer compiled in place (regional compilation) under FSDP2 on 2
+    workers; the ragged last batch and validation run eager (no recompile). Same seed and data: the same losses
+    as the eager run within fusion rounding, and the checkpoint loads into a plain, uncompiled Llama."""
     from maas.data.blocks import prepare_lm_data
     from maas.models.artifacts import load_torch_model
-    from maas.spec import GPTModelSpec, TextDataSpec, TrainSpec
+    from maas.spec import LMModelSpec, TextDataSpec, TrainSpec
     from maas.train.trainer import fit
 
-    config = GPTModelSpec(name="gpt", size="tiny", block_size=32).config()
-    data = prepare_lm_data(TextDataSpec(limit=600), config["block_size"], str(tmp_path / "data"))
+    config = LMModelSpec(name="lm", size="tiny", block_size=32, vocab_size=512, n_layer=1).config()
+    data = prepare_lm_data(TextDataSpec(limit=600), config["block_size"], str(tmp_path / "data"), vocab_size=512)
+    config["vocab_size"] = data.counts["vocab_size"]
     rows = data.counts["splits"]["train"]
     assert rows % (2 * 32)  # a ragged last batch exists, so the eager fallback is exercised
     results = {}
     for compiled in (False, True):
         t = TrainSpec(num_workers=2, strategy="fsdp", epochs=1, batch_size=32, learning_rate=3e-3, max_grad_norm=1.0,
                       checkpoint_every_epochs=0, log_every_steps=2, compile=compiled, precision="fp32")
-        results[compiled] = fit(t, config, data.train, data.val, rows=rows, row_bytes=(config["block_size"] + 1) * 8,
+        results[compiled] = fit(t, config, data.train, data.val, rows=rows, row_bytes=(config["block_size"] + 1) * 4,
                                 run_dir=str(tmp_path / f"run-{compiled}"), task="lm")
     eager, comp = results[False], results[True]
     assert comp.history[-1]["step"] == eager.history[-1]["step"] > 2

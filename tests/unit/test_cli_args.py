@@ -24,7 +24,7 @@ def test_validate_takes_several_specs_and_set_overrides_and_refuses_unknown_argu
     # an override that breaks the spec is named by its field path
     assert main(["validate", "examples/digits.yaml", "--set", "train.epochs=0"]) == 2
     assert "train.epochs" in capsys.readouterr().out
-    assert main(["validate", "examples/digits.yaml", "examples/gpt.yaml"]) == 0
+    assert main(["validate", "examples/digits.yaml", "examples/lm.yaml"]) == 0
     assert capsys.readouterr().out.count(": ok (model ") == 2
     with pytest.raises(SystemExit) as exit_:
         main(["validate", "examples/digits.yaml", "--bogus"])
@@ -32,10 +32,10 @@ def test_validate_takes_several_specs_and_set_overrides_and_refuses_unknown_argu
 
 
 def test_submitting_a_stage_the_kind_lacks_fails_before_any_ray_starts(capsys):
-    code = main(["submit", "examples/gpt.yaml", "--stage", "preprocess", "train.epochs=1"])
+    code = main(["submit", "examples/lm.yaml", "--stage", "preprocess", "train.epochs=1"])
     err = capsys.readouterr().err
     assert code == 2 and "kind=lm spec runs as stage pipeline or deploy, not 'preprocess'" in err
-    code = main(["submit", "examples/gpt.yaml", "--address", "http://127.0.0.1:9", "trian.epochs=1"])
+    code = main(["submit", "examples/lm.yaml", "--address", "http://127.0.0.1:9", "trian.epochs=1"])
     assert code == 2 and "trian" in capsys.readouterr().err  # the spec is checked before the cluster is called
 
 

@@ -53,7 +53,7 @@ def test_a_local_folder_is_imported_checksummed_with_its_source(tiny_llama, tmp_
     tok = AutoTokenizer.from_pretrained(folder)
     assert model.config.num_hidden_layers == 2 and "<assistant>" in tok.apply_chat_template(
         [{"role": "user", "content": "w1 w2"}], tokenize=False)
-    with pytest.raises(MaasError, match="served by a vLLM engine"):
+    with pytest.raises(MaasError, match="vLLM engines serve it"):
         from maas.models import load_predictor
 
         load_predictor(folder, mv.runtime, mv.task)

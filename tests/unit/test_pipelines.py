@@ -13,7 +13,7 @@ from maas.pipelines import KINDS, STAGES, check_stage, implementation, kind_of
 from maas.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = {"classifier": "examples/digits.yaml", "encoder": "examples/minilm.yaml", "lm": "examples/gpt.yaml",
+EXAMPLES = {"classifier": "examples/digits.yaml", "encoder": "examples/minilm.yaml", "lm": "examples/lm.yaml",
             "llm": "examples/llm.yaml"}
 
 
@@ -31,7 +31,7 @@ def test_every_kind_implements_the_protocol_and_its_example_spec_selects_it():
 
 
 def test_the_stage_guard_names_the_stages_a_kind_has():
-    lm = load_spec(str(ROOT / "examples/gpt.yaml"))
+    lm = load_spec(str(ROOT / "examples/lm.yaml"))
     check_stage(lm, "pipeline")
     check_stage(lm, "deploy")
     with pytest.raises(JobError, match=r"kind=lm spec runs as stage pipeline or deploy, not 'preprocess'"):
@@ -46,8 +46,8 @@ def test_the_stage_guard_names_the_stages_a_kind_has():
 
 
 def test_a_job_entrypoint_refuses_a_stage_its_kind_lacks_with_a_result_line_not_a_traceback():
-    """Used to die with an AttributeError (`python -m jobs.preprocess --spec examples/gpt.yaml`)."""
-    proc = subprocess.run([sys.executable, "-m", "jobs.preprocess", "--spec", "examples/gpt.yaml"], cwd=ROOT,
+    """Used to die with an AttributeError (`python -m jobs.preprocess --spec examples/lm.yaml`)."""
+    proc = subprocess.run([sys.executable, "-m", "jobs.preprocess", "--spec", "examples/lm.yaml"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr

@@ -23,8 +23,6 @@ R = Router()
     ("GET", "/v2/models/digits/versions/3/ready", "model_ready", {"name": "digits", "version": "3"}),
     ("POST", "/v2/models/digits/infer", "infer", {"name": "digits"}),
     ("POST", "/v2/models/digits/versions/x/infer", "infer", {"name": "digits", "version": "x"}),
-    ("POST", "/v2/models/gpt/generate", "generate", {"name": "gpt"}),
-    ("POST", "/v2/models/gpt/generate_stream", "generate_stream", {"name": "gpt"}),
     ("GET", "/v2/models/ready", "metadata", {"name": "ready"}),        # a model may be called "ready"
     ("GET", "//v2//models/digits/", "metadata", {"name": "digits"}),  # empty segments do not count
 ])

@@ -14,7 +14,7 @@ def test_every_example_spec_validates():
     assert specs, "no example specs found"
     kinds = {load_spec(path).kind: load_spec(path) for path in specs}
     assert isinstance(kinds["classifier"], PipelineSpec) and isinstance(kinds["encoder"], EncoderPipelineSpec)
-    assert kinds["lm"].model.arch == "gpt"
+    assert kinds["lm"].model.arch == "llama"
     assert {load_spec(p).model.arch for p in specs if load_spec(p).kind == "classifier"} == {"mlp",
                                                                                            "minilm_classifier"}
 

@@ -1,10 +1,12 @@
-"""Text as byte blocks for a byte-level language model (the data stage of ``kind: lm``).
+"""Text as token blocks for a language model (the data stage of ``kind: lm``).
 
 Text comes from installed packages' documentation (nothing is downloaded) or from UTF-8 files anywhere
-pyarrow.fs reaches. A Ray Data pass splits each document into lines, quarantines lines that are not UTF-8 or
-hold NUL bytes (counted and written to ``<run>/quarantine.jsonl``, never dropped silently), and packs the rest
-into blocks of ``block_size + 1`` bytes (stride ``block_size``, so every byte is a target exactly once); a
-seeded hash of each block's bytes sends it to train or val.
+pyarrow.fs reaches. A byte-level BPE tokenizer is learnt from the text (``maas.models.llama.train_tokenizer``)
+unless the run brings one (fine-tuning a base model). A Ray Data pass splits each document into lines,
+quarantines lines that are not UTF-8 or hold NUL bytes (counted and written to ``<run>/quarantine.jsonl``,
+never dropped silently), tokenizes the rest (each document ends with the end-of-text token) and packs the
+ids into blocks of ``block_size + 1`` tokens (stride ``block_size``, so every token is a target exactly
+once); a seeded hash of each block sends it to train or val.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ QUARANTINE_KEEP = 1000  # quarantined lines written out in full (all are counted
 
 @dataclass
 class LMData:
-    train: object  # ray.data.Dataset of {"tokens": uint8[block_size + 1]}
+    train: object  # ray.data.Dataset of {"tokens": int32[block_size + 1]}
     val: Optional[object]
-    counts: dict
+    counts: dict  # bytes, tokens, bytes_per_token, lines, lines_rejected, splits, block_size, vocab_size
     fingerprint: str
     block_size: int
+    tokenizer: object  # the transformers fast tokenizer the blocks were made with
 
 
 def _documents(spec: TextDataSpec) -> tuple[list[dict], dict]:
@@ -56,27 +59,39 @@ def _documents(spec: TextDataSpec) -> tuple[list[dict], dict]:
     return docs, {"files": [f.rsplit("/", 1)[-1] for f in files], "limit": spec.limit}
 
 
-def _pack(batch: dict, block_size: int, val_fraction: float, seed: int) -> dict:
-    """Ray Data map_batches: documents -> blocks (train/val) plus quarantined lines ('reject' rows)."""
+def _good_lines(data: bytes) -> tuple[list[bytes], list[tuple[int, str, bytes]]]:
+    """(lines to learn from, [(line number, why, line)] to quarantine): not UTF-8, or holding NUL bytes."""
+    good, bad = [], []
+    for i, line in enumerate(bytes(data).split(b"\n")):
+        why = "NUL byte" if b"\x00" in line else None
+        if why is None:
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                why = f"not UTF-8 ({exc.reason} at byte {exc.start})"
+        if why is None:
+            good.append(line)
+        else:
+            bad.append((i + 1, why, line))
+    return good, bad
+
+
+def _pack(batch: dict, block_size: int, val_fraction: float, seed: int, tokenizer_json: str, eos_id: int) -> dict:
+    """Ray Data map_batches: documents -> token blocks (train/val) plus quarantined lines ('reject' rows)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
     tokens, split, reason = [], [], []
     width = block_size + 1
     for name, data in zip(batch["name"], batch["data"]):
-        good = []
-        for i, line in enumerate(bytes(data).split(b"\n")):
-            why = "NUL byte" if b"\x00" in line else None
-            if why is None:
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    why = f"not UTF-8 ({exc.reason} at byte {exc.start})"
-            if why is None:
-                good.append(line)
-            else:
-                tokens.append(np.zeros(width, np.uint8))
-                split.append("reject")
-                reason.append(json.dumps({"source": str(name), "line": i + 1, "reason": why,
-                                          "text": line[:200].decode("utf-8", "replace")}))
-        buf = np.frombuffer(b"\n".join(good) + b"\n", dtype=np.uint8)
+        good, bad = _good_lines(data)
+        for line_no, why, line in bad:
+            tokens.append(np.zeros(width, np.int32))
+            split.append("reject")
+            reason.append(json.dumps({"source": str(name), "line": line_no, "reason": why,
+                                      "text": line[:200].decode("utf-8", "replace")}))
+        ids = tok.encode(b"\n".join(good).decode("utf-8") + "\n", add_special_tokens=False).ids + [eos_id]
+        buf = np.asarray(ids, dtype=np.int32)
         for start in range(0, len(buf) - width + 1, block_size):
             block = buf[start:start + width]
             h = int.from_bytes(hashlib.sha256(seed.to_bytes(8, "little", signed=True) + block.tobytes()).digest()[:8],
@@ -84,12 +99,24 @@ def _pack(batch: dict, block_size: int, val_fraction: float, seed: int) -> dict:
             tokens.append(block.copy())
             split.append("val" if h < val_fraction else "train")
             reason.append("")
-    return {"tokens": np.stack(tokens) if tokens else np.zeros((0, width), np.uint8),
+        tokens.append(np.zeros(width, np.int32))  # one 'count' row per document: its token count
+        split.append("count")
+        reason.append(str(len(ids)))
+    return {"tokens": np.stack(tokens) if tokens else np.zeros((0, width), np.int32),
             "split": np.array(split, dtype=object), "reason": np.array(reason, dtype=object)}
 
 
-def prepare_lm_data(spec: TextDataSpec, block_size: int, run_dir: str) -> LMData:
-    """Read, quarantine, pack and split the text (see the module docstring).
+def _text_lines(docs: list[dict]):
+    """The learnable lines of every document, as text (what the tokenizer is trained on)."""
+    for d in docs:
+        for line in _good_lines(d["data"])[0]:
+            yield line.decode("utf-8")
+
+
+def prepare_lm_data(spec: TextDataSpec, block_size: int, run_dir: str, *, vocab_size: int = 1024,
+                    tokenizer=None) -> LMData:
+    """Read, quarantine, tokenize, pack and split the text (see the module docstring). ``tokenizer``: a
+    transformers fast tokenizer to use (a base model's); else one of at most ``vocab_size`` tokens is learnt.
 
     Raises:
         DataError: no text, too little for one block, or more than ``max_reject_fraction`` of lines quarantined.
@@ -106,20 +133,30 @@ def prepare_lm_data(spec: TextDataSpec, block_size: int, run_dir: str) -> LMData
             if left <= 0:
                 break
         docs = kept
+    if tokenizer is None:
+        from maas.models.llama import train_tokenizer
+
+        tokenizer = train_tokenizer(_text_lines(docs), vocab_size)
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
     digest = hashlib.sha256(json.dumps({**extra, "block_size": block_size, "seed": spec.seed,
                                         "val_fraction": spec.val_fraction}, sort_keys=True).encode())
+    digest.update(tokenizer_json.encode())
     for d in docs:
         digest.update(d["data"])
     lines_total = sum(d["data"].count(b"\n") + 1 for d in docs)
     ds = ray.data.from_items(docs, override_num_blocks=len(docs)).map_batches(
         _pack, batch_size=1, fn_kwargs={"block_size": block_size, "val_fraction": spec.val_fraction,
-                                        "seed": spec.seed}).materialize()
+                                        "seed": spec.seed, "tokenizer_json": tokenizer_json,
+                                        "eos_id": tokenizer.eos_token_id}).materialize()
     quarantined = ds.filter(expr="split == 'reject'").materialize()
     rejects = quarantined.take(QUARANTINE_KEEP)
     n_rejected = quarantined.count()
     splits = {s: ds.filter(expr=f"split == '{s}'").select_columns(["tokens"]).materialize() for s in ("train", "val")}
+    n_tokens = sum(int(r["reason"]) for r in ds.filter(expr="split == 'count'").select_columns(["reason"]).take_all())
+    learnt_bytes = sum(len(line.encode()) + 1 for line in _text_lines(docs))
     counts = {"documents": len(docs), "lines": lines_total, "lines_rejected": n_rejected,
-              "bytes": int(sum(len(d["data"]) for d in docs)),
+              "bytes": int(sum(len(d["data"]) for d in docs)), "tokens": n_tokens,
+              "bytes_per_token": learnt_bytes / max(n_tokens, 1), "vocab_size": len(tokenizer),
               "splits": {s: d.count() for s, d in splits.items()}, "block_size": block_size}
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(run_dir) / "quarantine.jsonl", "w") as f:
@@ -131,7 +168,7 @@ def prepare_lm_data(spec: TextDataSpec, block_size: int, run_dir: str) -> LMData
         raise DataError(f"data: {n_rejected} of {lines_total} lines quarantined ({n_rejected / lines_total:.1%}), "
                         f"over data.max_reject_fraction={spec.max_reject_fraction}; see {run_dir}/quarantine.jsonl")
     if counts["splits"]["train"] == 0:
-        raise DataError(f"data: {counts['bytes']} bytes of text make no training block of {block_size + 1} "
-                        "bytes; add text or lower model.block_size")
+        raise DataError(f"data: {counts['bytes']} bytes of text ({n_tokens} tokens) make no training block of "
+                        f"{block_size + 1} tokens; add text or lower model.block_size")
     return LMData(train=splits["train"], val=splits["val"] if counts["splits"]["val"] else None, counts=counts,
-                  fingerprint=digest.hexdigest(), block_size=block_size)
+                  fingerprint=digest.hexdigest(), block_size=block_size, tokenizer=tokenizer)

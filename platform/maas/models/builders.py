@@ -6,10 +6,10 @@ from torch import nn
 
 from maas.exceptions import MaasError
 from maas.models.encoder import build_encoder, build_text_classifier
-from maas.models.gpt import build_gpt
+from maas.models.llama import build_llama
 from maas.models.mlp import build_mlp
 
-BUILDERS = {"mlp": build_mlp, "encoder": build_encoder, "gpt": build_gpt,
+BUILDERS = {"mlp": build_mlp, "encoder": build_encoder, "llama": build_llama,
             "text_classifier": build_text_classifier}
 
 

@@ -28,19 +28,17 @@ def load_predictor(folder: str | Path, runtime: str, task: str):
     """The predictor of a ``task`` artifact in ``folder`` for ``runtime`` ('torch', 'torchao', 'onnxruntime').
 
     classify: float rows -> logits; classify_text / embed: texts -> logits / unit vectors (tokenizer in the
-    folder); generate: a byte-level generator (torch)."""
-    from maas.models.predictor import EncoderPredictor, GeneratorPredictor, OnnxPredictor, TorchPredictor
+    folder). Language models (``generate``) have no predictor here: vLLM engines serve them."""
+    from maas.models.predictor import EncoderPredictor, OnnxPredictor, TorchPredictor
 
     folder = Path(folder)
     if task in ("embed", "classify_text"):
         return EncoderPredictor(folder, runtime)
     if task == "generate":
         if runtime == "vllm":
-            raise MaasError(f"{folder} is a Hugging Face causal LM (imported with `maas models import`): it is "
-                            "served by a vLLM engine, which this version of maas does not deploy yet")
-        if runtime != "torch":
-            raise MaasError(f"a generate model runs on the torch runtime, not {runtime!r}")
-        return GeneratorPredictor(folder)
+            raise MaasError(f"{folder} is a Hugging Face causal LM: vLLM engines serve it (maas.serve.llm_engine)")
+        raise MaasError(f"{folder} is a byte-level GPT (runtime {runtime!r}), which maas no longer serves: "
+                        "retrain it with kind: lm, which publishes a Hugging Face folder that vLLM serves")
     if task != "classify":
         raise MaasError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     if runtime == "torch":

@@ -44,7 +44,7 @@ KINDS = {k.name: k for k in (
     Kind("encoder", "maas.pipelines.encoder", ("pipeline", "compress", "deploy"),
          "the packaged MiniLM sentence encoder -> variants measured, gated, the fastest passing one served"),
     Kind("lm", "maas.pipelines.lm", ("pipeline", "deploy"),
-         "text -> byte blocks -> a GPT-style decoder (DDP/FSDP2) -> streamed generation"),
+         "text -> BPE tokenizer -> transformers Llama (DDP/FSDP2) -> Hugging Face folder -> vLLM"),
     Kind("llm", "maas.pipelines.llm", ("pipeline", "deploy"),
          "a Hugging Face causal LM -> the registry -> vLLM engines (Ray Serve LLM) behind OpenAI routes"),
 )}

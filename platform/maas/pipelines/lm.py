@@ -1,36 +1,20 @@
-"""The language-model kind (``kind: lm``): text -> byte blocks (Ray Data, ``maas.data.blocks``) -> GPT (Ray
-Train, DDP or FSDP2) -> registry -> streamed generation (Ray Serve)."""
+"""The language-model kind (``kind: lm``): text -> a byte-level BPE tokenizer and token blocks (Ray Data,
+``maas.data.blocks``) -> transformers' Llama (Ray Train, DDP or FSDP2) -> a Hugging Face folder in the registry
+(``runtime: vllm``) -> vLLM engines behind the maas endpoint (``/v1/completions``, ``/v1/chat/completions``)."""
 
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from maas.data.blocks import prepare_lm_data
-from maas.models.gpt import generation_signature
 from maas.pipelines.base import Laps, Progress, alias_target, job_deploy, new_run_id, noop, serve_at_end
 from maas.spec import LMPipelineSpec
 
 SPEC = LMPipelineSpec
-
-
-def generation_speed(model, prompt: bytes, new_tokens: int = 64, runs: int = 3) -> dict:
-    """Batch-1 generation on this process's CPU: median tokens/s and time to first token."""
-    rates, firsts = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        first = None
-        for i, _tok in enumerate(model.stream(prompt, new_tokens, temperature=0)):
-            if i == 0:
-                first = time.perf_counter() - start
-        rates.append(new_tokens / (time.perf_counter() - start))
-        firsts.append(first)
-    return {"generate_tokens_per_s": float(np.median(rates)), "first_token_ms": float(np.median(firsts)) * 1e3}
+PROMPT = "The function returns"
 
 
 @dataclass
@@ -47,6 +31,7 @@ class LMResult:
     sample: str
     alias: str = "production"
     endpoint: Optional[str] = None
+    smoke: dict = field(default_factory=dict)
     stage_seconds: dict = field(default_factory=dict)
     promoted_ref: str = ""
 
@@ -54,13 +39,27 @@ class LMResult:
         return asdict(self)
 
 
+def held_out_lines(val, tokenizer, n: int = 64) -> list[str]:
+    """Whole lines of text from the validation blocks (the first and last line of a block may be cut)."""
+    lines: list[str] = []
+    for row in (val.take(64) if val is not None else []):
+        text = tokenizer.decode(row["tokens"], skip_special_tokens=True)
+        lines += [s.strip() for s in text.split("\n")[1:-1] if len(s.split()) >= 4]
+        if len(lines) >= n:
+            break
+    return lines[:n]
+
+
 def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[str] = None,
         progress: Progress = noop) -> LMResult:
-    """Prepare the text, train the decoder with Ray Train, publish the best checkpoint (with its metrics and
-    lineage), point ``deploy.alias`` at it and, optionally, serve it for generation."""
+    """Learn a tokenizer and pack the text, train the decoder with Ray Train, publish the best checkpoint as a
+    Hugging Face folder (metrics, evaluation and lineage in its manifest), point ``deploy.alias`` at it and,
+    optionally, serve it on vLLM and ask it once."""
     from maas.data import run_dir_for
-    from maas.models.artifacts import save_torch_model
+    from maas.models import build_model
+    from maas.models.llama import greedy_text, next_word_accuracy, save_hf_folder
     from maas.registry import Registry
+    from maas.registry.hf_import import check_hf_folder
     from maas.train.trainer import fit
 
     registry = Registry(spec.store)
@@ -71,49 +70,67 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     lap = laps.lap
 
     config = spec.model.config()
-    progress("data", f"{spec.data.source}: packing {config['block_size'] + 1}-byte blocks")
-    data = prepare_lm_data(spec.data, config["block_size"], run_dir)
+    progress("data", f"{spec.data.source}: BPE tokenizer (<= {config['vocab_size']} tokens), "
+                     f"{config['block_size'] + 1}-token blocks")
+    data = prepare_lm_data(spec.data, config["block_size"], run_dir, vocab_size=config["vocab_size"])
     c = data.counts
-    lap("data", f"{c['bytes']} bytes, {c['lines']} lines ({c['lines_rejected']} quarantined) -> "
+    config["vocab_size"] = c["vocab_size"]  # what the tokenizer learnt (a small text learns fewer merges)
+    lap("data", f"{c['bytes']} bytes -> {c['tokens']} tokens ({c['bytes_per_token']:.2f} bytes/token, vocabulary "
+                f"{c['vocab_size']}), {c['lines']} lines ({c['lines_rejected']} quarantined) -> "
                 f"{c['splits']['train']} train / {c['splits']['val']} val blocks")
 
-    from maas.models import build_model
-
-    n_params = build_model(config).num_parameters()
+    n_params = sum(p.numel() for p in build_model(config).parameters())
     t = spec.train
-    progress("train", f"GPT {spec.model.size} ({n_params / 1e6:.2f}M parameters), {t.num_workers} x {t.strategy}, "
+    progress("train", f"Llama {spec.model.size} ({n_params / 1e6:.2f}M parameters), {t.num_workers} x {t.strategy}, "
                       f"{t.epochs} epochs")
     trained = fit(t, config, data.train, data.val, rows=c["splits"]["train"],
-                  row_bytes=(config["block_size"] + 1) * 8, run_dir=run_dir, run_name="train", task="lm")
-    best = trained.best_metrics
-    lap("train", f"best val loss {best.get('val_loss', float('nan')):.3f} "
-                 f"({best.get('val_bits_per_byte', float('nan')):.2f} bits/byte)")
+                  row_bytes=(config["block_size"] + 1) * 4, run_dir=run_dir, run_name="train", task="lm")
+    per_byte = 1.0 / c["bytes_per_token"]
+    for h in trained.history:  # bits per byte: comparable across tokenizers (and with byte-level models)
+        if "val_bits_per_token" in h:
+            h["val_bits_per_byte"] = h["val_bits_per_token"] * per_byte
+    best = {**trained.best_metrics}
+    if "val_bits_per_token" in best:
+        best["val_bits_per_byte"] = best["val_bits_per_token"] * per_byte
+    lap("train", f"best val loss {best.get('val_loss', float('nan')):.3f} (perplexity "
+                 f"{best.get('val_perplexity', float('nan')):.1f}, {best.get('val_bits_per_byte', float('nan')):.2f} "
+                 "bits/byte)")
 
-    model = trained.model.eval()
-    prompt = b"The function returns"
-    sample = bytes(model.stream(prompt, 120, temperature=0.0)).decode("utf-8", "replace")
+    model, tokenizer = trained.model.eval(), data.tokenizer
+    sample = greedy_text(model, tokenizer, PROMPT, 48)
+    check = next_word_accuracy(model, tokenizer, held_out_lines(data.val, tokenizer))
     metrics = {k: v for k, v in best.items() if k.startswith(("val_", "train_"))}
-    metrics.update(parameters=n_params, tokens_per_s_train=max((h.get("tokens_per_s", 0) for h in trained.history),
-                                                                default=0.0),
-                   **generation_speed(model, prompt))
+    metrics.update(parameters=n_params, next_word_accuracy=check["accuracy"],
+                   tokens_per_s_train=max((h.get("tokens_per_s", 0) for h in trained.history), default=0.0))
+    lap("evaluate", f"next-word accuracy {check['accuracy']:.3f} on {check['n']} held-out lines; "
+                    f"greedy sample: {sample[:60]!r}")
     with tempfile.TemporaryDirectory(prefix="maas-lm-") as tmp:
-        files = save_torch_model(model, trained.model_config, Path(tmp))
+        save_hf_folder(model, tokenizer, tmp, spec.generate.model_dump())
+        files, signature, _ = check_hf_folder(Path(tmp))
         metrics["size_bytes"] = files["model.safetensors"].stat().st_size
-        signature = generation_signature(config["block_size"], spec.generate.model_dump())
         mv = registry.publish(
-            spec.model.name, files, runtime="torch", task="generate", metrics=metrics, signature=signature,
+            spec.model.name, files, runtime="vllm", task="generate", metrics=metrics, signature=signature,
             lineage={"kind": "lm", "data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(),
-                     "run_id": run_id, "run_dir": run_dir, "data_counts": c, "method": "fp32", "parent": None,
-                     "checkpoint": trained.checkpoint_path, "train_device": trained.device,
-                     "strategy": t.strategy, "history": trained.history, "sample": sample})
+                     "run_id": run_id, "run_dir": run_dir, "data_counts": c, "method": "bf16" if t.precision ==
+                     "bf16" else "fp32", "parent": None, "checkpoint": trained.checkpoint_path,
+                     "train_device": trained.device, "strategy": t.strategy, "history": trained.history,
+                     "evaluation": {"next_word": check, "prompt": PROMPT, "greedy_sample": sample},
+                     "architecture": {k: v for k, v in config.items() if k != "arch"}})
     registry.set_alias(spec.model.name, spec.deploy.alias, mv.version, expected=alias_was, by=f"run:{run_id}")
-    lap("publish", f"{mv.ref} ({metrics['size_bytes'] / 1e6:.2f} MB), {spec.model.name}@{spec.deploy.alias}; "
-                   f"generates {metrics['generate_tokens_per_s']:.0f} bytes/s; sample: {sample[:60]!r}")
+    lap("publish", f"{mv.ref} (Hugging Face folder, {metrics['size_bytes'] / 1e6:.2f} MB of weights), "
+                   f"{spec.model.name}@{spec.deploy.alias}")
     endpoint = serve_at_end(spec, serve, laps)
+    smoke = {}
+    if endpoint:
+        from maas.pipelines.llm import ask_once
+
+        smoke = ask_once(endpoint, spec.model.name)
+        lap("smoke", f"first token {smoke['ttft_ms']:.0f} ms, {smoke['tokens_per_s']:.0f} tokens/s: "
+                     f"{smoke['text'][:60]!r}")
     return LMResult(run_id=run_id, run_dir=run_dir, spec_hash=spec.spec_hash(), data_fingerprint=data.fingerprint,
                     data_counts=c, train_device=trained.device, ref=mv.ref, metrics=metrics, history=trained.history,
-                    sample=sample, alias=spec.deploy.alias, endpoint=endpoint, stage_seconds=laps.seconds,
-                    promoted_ref=mv.ref)
+                    sample=sample, alias=spec.deploy.alias, endpoint=endpoint, smoke=smoke,
+                    stage_seconds=laps.seconds, promoted_ref=mv.ref)
 
 
 run_lm_pipeline = run  # the name tests and notebooks have used
@@ -124,29 +141,28 @@ run_lm_pipeline = run  # the name tests and notebooks have used
 def summary(result: LMResult, spec: LMPipelineSpec) -> str:
     from maas.report import table
 
-    m = result.metrics
-    return table(["model", "parameters", "val loss", "bits/byte", "next-byte acc", "train tokens/s",
-                  "generate bytes/s", "MB"],
-                 [[result.ref, f"{m['parameters'] / 1e6:.2f}M", f"{m.get('val_loss', float('nan')):.3f}",
-                   f"{m.get('val_bits_per_byte', float('nan')):.2f}", f"{m.get('val_accuracy', float('nan')):.3f}",
-                   f"{m['tokens_per_s_train']:.0f}", f"{m['generate_tokens_per_s']:.0f}",
+    m, nan = result.metrics, float("nan")
+    return table(["model", "parameters", "val loss", "perplexity", "bits/byte", "next-word acc", "train tokens/s",
+                  "MB"],
+                 [[result.ref, f"{m['parameters'] / 1e6:.2f}M", f"{m.get('val_loss', nan):.3f}",
+                   f"{m.get('val_perplexity', nan):.1f}", f"{m.get('val_bits_per_byte', nan):.2f}",
+                   f"{m['next_word_accuracy']:.3f}", f"{m['tokens_per_s_train']:.0f}",
                    f"{m['size_bytes'] / 1e6:.2f}"]]) + f"\nsample (greedy): {result.sample!r}"
 
 
 def try_it(result: LMResult, spec: LMPipelineSpec) -> tuple[str, str]:
     import json
 
-    prompt = json.dumps({"model": spec.model.name, "prompt": "The function returns", "max_tokens": 64,
-                         "stream": True})
-    return (f"{result.endpoint}/v1/completions and {result.endpoint}/v2/models/{spec.model.name}/generate_stream",
-            f"curl -N {result.endpoint}/v1/completions -H 'content-type: application/json' -d '{prompt}'")
+    body = json.dumps({"model": spec.model.name, "prompt": PROMPT, "max_tokens": 64, "stream": True})
+    return (f"{result.endpoint}/v1 (completions, chat/completions, models; the openai client works)",
+            f"curl -N {result.endpoint}/v1/completions -H 'content-type: application/json' -d '{body}'")
 
 
 def job_pipeline(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:
     result = run(spec, serve=opts.get("serve", False), progress=progress)
     return {"run_id": result.run_id, "run_dir": result.run_dir, "data_counts": result.data_counts,
             "data_fingerprint": result.data_fingerprint, "promoted": result.ref, "alias": result.alias,
-            "metrics": result.metrics, "sample": result.sample, "endpoint": result.endpoint,
+            "metrics": result.metrics, "sample": result.sample, "endpoint": result.endpoint, "smoke": result.smoke,
             "history": result.history, "stage_seconds": result.stage_seconds,
             "summary": summary(result, spec)}
 

@@ -57,8 +57,7 @@ class ModelServer:
         self.handlers = {
             "completions": (openai.completions, True), "chat_completions": (openai.chat, True),
             "embeddings": (openai.embeddings, True),
-            "infer": (oip.infer, True), "generate": (oip.generate, True),
-            "generate_stream": (lambda request, name: oip.generate(request, name, stream=True), True),
+            "infer": (oip.infer, True),
             "metadata": (oip.metadata, False), "model_ready": (oip.model_ready, False),
             "server_metadata": (oip.server_metadata, False), "live": (oip.live, False), "ready": (oip.ready, False),
             "models": (oip.models, False), "openai_models": (openai.models, False),

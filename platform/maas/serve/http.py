@@ -3,14 +3,12 @@ and server-sent events while a model generates."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import uuid
 from typing import Callable, Optional
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse
 
 from maas.serve.auth import authorized
 from maas.serve.oip import ProtocolError
@@ -68,26 +66,3 @@ async def read_body(request: Request, limit: int) -> bytes:
 def key_ok(request: Request, key_hashes: list) -> bool:
     """True when no API keys are configured or the request carries one of them."""
     return not key_hashes or authorized(request.headers.get("authorization"), key_hashes)
-
-
-def sse(loaded, prompt: bytes, options: dict, event: Callable[[str, Optional[str]], str],
-        done: str = "") -> StreamingResponse:
-    """Server-sent events while the model generates: each step runs on a worker thread, so the replica's
-    event loop keeps serving other requests between tokens."""
-    async def events():
-        pieces = loaded.predictor.pieces(prompt, **options)
-        try:
-            while True:
-                item = await asyncio.to_thread(next, pieces, None)
-                if item is None:
-                    break
-                text, finish, _ = item
-                yield event(text, finish)
-        except Exception:  # mid-stream the status is sent: end the stream with an error event
-            logger.exception("maas generation failed mid-stream (%s)", loaded.mv.ref)
-            yield "data: " + json.dumps({"error": "generation failed; see the replica log"}) + "\n\n"
-        if done:
-            yield done
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={**loaded.headers, "cache-control": "no-cache"})

@@ -291,78 +291,10 @@ def embeddings_response(emb: np.ndarray, model: str, fmt: str, tokens: int) -> d
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
-# ------------------------------------------------------------------------------------------ text generation
-
-def _number(req: dict, key: str, kind: type, low: float, high: float, default):
-    value = req.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-        raise ProtocolError(400, f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    if not low <= value <= high:
-        raise ProtocolError(400, f"'{key}' must lie within {low:g}..{high:g}, got {value!r}")
-    return kind(value)
-
-
-def _stops(raw: Any) -> list[bytes]:
-    if raw is None:
-        return []
-    stops = [raw] if isinstance(raw, str) else raw
-    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
-        raise ProtocolError(400, "'stop' must be a non-empty string or a list of at most 4 of them")
-    return [s.encode() for s in stops]
-
-
-def generation_options(req: dict, defaults: dict, limit: int) -> dict:
-    """Sampling options of a request over the model's served defaults; a 400 names the bad one."""
-    return {"max_tokens": _number(req, "max_tokens", int, 1, limit, defaults["max_tokens"]),
-            "temperature": _number(req, "temperature", float, 0, 5, defaults["temperature"]),
-            "top_k": _number(req, "top_k", int, 0, 256, defaults["top_k"]),
-            "seed": _number(req, "seed", int, 0, 2**63 - 1, None),
-            "stop": _stops(req.get("stop"))}
-
-
-def _prompt(value: Any, where: str) -> bytes:
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-        value = value[0]  # OpenAI clients may send a one-prompt list
-    if not isinstance(value, str):
-        raise ProtocolError(400, f"{where} must be a string (one prompt per request)")
-    return value.encode()
-
-
-def parse_completion_request(req: dict, signature: dict) -> tuple[bytes, dict, bool]:
-    """OpenAI ``POST /v1/completions`` (the JSON object) -> (prompt bytes, options, stream)."""
-    if "prompt" not in req:
-        raise ProtocolError(400, "'prompt' is missing: the text to continue")
-    prompt = _prompt(req["prompt"], "'prompt'")
-    gen = signature["generate"]
-    options = generation_options(req, gen, gen["max_tokens_limit"])
-    if req.get("n", 1) != 1 or req.get("best_of", 1) != 1:
-        raise ProtocolError(400, "'n' and 'best_of' other than 1 are not supported: send one request per sample")
-    if req.get("echo") or req.get("logprobs") is not None:
-        raise ProtocolError(400, "'echo' and 'logprobs' are not supported")
-    stream = req.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ProtocolError(400, "'stream' must be true or false")
-    return prompt, options, stream
-
+# ------------------------------------------------------------------------------------------ OpenAI
 
 def openai_model(req: dict) -> Optional[str]:
     model = req.get("model")
     if model is not None and not isinstance(model, str):
         raise ProtocolError(400, "'model' must be a string")
     return model
-
-
-def parse_generate_request(body: bytes, signature: dict) -> tuple[bytes, dict, Optional[str]]:
-    """OIP generate extension (``/v2/models/{name}/generate[_stream]``): ``{"text_input": str, "parameters":
-    {max_tokens, temperature, top_k, seed, stop}}`` -> (prompt bytes, options, request id)."""
-    req = json_object(body, "'text_input'")
-    if "text_input" not in req:
-        raise ProtocolError(400, "'text_input' is missing: the text to continue")
-    prompt = _prompt(req["text_input"], "'text_input'")
-    params = req.get("parameters", {})
-    if not isinstance(params, dict):
-        raise ProtocolError(400, "'parameters' must be a JSON object")
-    gen = signature["generate"]
-    return prompt, generation_options(params, gen, gen["max_tokens_limit"]), _request_id(req)

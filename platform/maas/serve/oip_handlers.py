@@ -1,5 +1,5 @@
 """Open Inference Protocol v2 routes: health, server and model metadata, readiness, ``infer`` (classifiers,
-text classifiers, encoders) and the generate extension (``generate``, ``generate_stream``).
+text classifiers, encoders). Language models answer on the OpenAI routes (``maas.serve.llm_handlers``).
 
 Request parsing and response shapes are pure functions in ``maas.serve.oip``; this module binds them to the
 served models (``ModelHost``) and to the replica (``server``: body limit, API keys, batched model calls).
@@ -8,8 +8,6 @@ Every client mistake is a 4xx ``{"error": ...}``.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from typing import Optional
 
@@ -17,9 +15,9 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from maas.serve.http import BAD_KEY, key_ok, oip_error, read_body, retry_headers, sse
-from maas.serve.oip import (ProtocolError, classifier_outputs, embedding_outputs, model_metadata,
-                            parse_generate_request, parse_infer_request, parse_text_infer_request)
+from maas.serve.http import BAD_KEY, key_ok, oip_error, read_body, retry_headers
+from maas.serve.oip import (ProtocolError, classifier_outputs, embedding_outputs, model_metadata, parse_infer_request,
+                            parse_text_infer_request)
 
 
 class OIPHandlers:
@@ -102,8 +100,8 @@ class OIPHandlers:
             return oip_error(err.status, err.message, retry_headers(err)), 0, None
         task = loaded.task
         if task == "generate":
-            return oip_error(400, f"model '{name}' generates text: POST /v2/models/{name}/generate[_stream] or "
-                                  "/v1/completions", loaded.headers), 0, loaded
+            return oip_error(400, f"model '{name}' generates text: POST /v1/completions or /v1/chat/completions",
+                             loaded.headers), 0, loaded
         try:
             if task in ("embed", "classify_text"):
                 x, req_id = parse_text_infer_request(body, loaded.signature)
@@ -123,28 +121,3 @@ class OIPHandlers:
         out = {"model_name": loaded.mv.name, "model_version": str(loaded.mv.version),
                "id": req_id or uuid.uuid4().hex, "outputs": outputs}
         return JSONResponse(out, headers=loaded.headers), len(x), loaded
-
-    async def generate(self, request: Request, name: str, stream: bool = False):
-        """The generate extension: ``/generate`` answers ``{"text_output"}`` at once, ``/generate_stream``
-        one server-sent event per decoded piece. -> (response, rows, loaded version or None)."""
-        served, bad = self.guard(request, name)
-        if bad is not None:
-            return bad, 0, None
-        try:
-            body = await read_body(request, self.server.max_request_bytes)
-            loaded = await self.host.resolve(served, None)
-            if loaded.task != "generate":
-                raise ProtocolError(400, f"model '{name}' does not generate text; use /v2/models/{name}/infer")
-            prompt, options, req_id = parse_generate_request(body, loaded.signature)
-        except ProtocolError as err:
-            return oip_error(err.status, err.message, retry_headers(err)), 0, None
-        head = {"model_name": loaded.mv.name, "model_version": str(loaded.mv.version), "id": req_id or uuid.uuid4().hex}
-        if not stream:
-            text, finish, count = await asyncio.to_thread(loaded.predictor.complete, prompt, **options)
-            return JSONResponse({**head, "text_output": text, "finish_reason": finish, "generated_tokens": count},
-                                headers=loaded.headers), 1, loaded
-
-        def event(text: str, finish: Optional[str]) -> str:
-            return "data: " + json.dumps({**head, "text_output": text, "finish_reason": finish}) + "\n\n"
-
-        return sse(loaded, prompt, options, event), 1, loaded

@@ -1,23 +1,17 @@
 """OpenAI-compatible routes: ``GET /v1/models[/{name}]``, ``POST /v1/completions`` and ``/v1/chat/completions``
-(models served by a vLLM engine: ``maas.serve.llm_handlers``; byte-level generators answer completions, with
-``stream: true`` as server-sent events, one per decoded piece, then ``data: [DONE]``) and ``POST /v1/embeddings``
+(language models, served by vLLM engines: ``maas.serve.llm_handlers``) and ``POST /v1/embeddings``
 (sentence encoders). ``model`` names a served model (``name`` or ``name/version``; optional when exactly one model of
 that task is served). Mistakes are answered in OpenAI's error shape, which its client libraries read."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-import uuid
 from typing import Optional
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from maas.serve.http import BAD_KEY, key_ok, openai_error, read_body, retry_headers, sse
-from maas.serve.oip import (ProtocolError, embeddings_response, json_object, openai_model, parse_completion_request,
-                            parse_embeddings_request)
+from maas.serve.http import BAD_KEY, key_ok, openai_error, read_body, retry_headers
+from maas.serve.oip import ProtocolError, embeddings_response, json_object, openai_model, parse_embeddings_request
 
 
 class OpenAIHandlers:
@@ -43,9 +37,6 @@ class OpenAIHandlers:
         try:
             req = json_object(await read_body(request, self.server.max_request_bytes), "'messages'")
             loaded = await self.host.for_task(openai_model(req), "generate")
-            if loaded.mv.runtime != "vllm":
-                raise ProtocolError(400, f"model '{loaded.mv.name}' is a byte-level generator without a chat "
-                                         "template; use /v1/completions")
             return await self.llm.run("chat", req, loaded)
         except ProtocolError as err:
             return openai_error(err.status, err.message, retry_headers(err)), 0, loaded
@@ -63,25 +54,9 @@ class OpenAIHandlers:
         try:
             req = json_object(await read_body(request, self.server.max_request_bytes), "'prompt'")
             loaded = await self.host.for_task(openai_model(req), "generate")
-            if loaded.mv.runtime == "vllm":
-                return await self.llm.run("completions", req, loaded)
-            prompt, options, stream = parse_completion_request(req, loaded.signature)
+            return await self.llm.run("completions", req, loaded)
         except ProtocolError as err:
             return openai_error(err.status, err.message, retry_headers(err)), 0, None
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": loaded.mv.ref}
-        if not stream:
-            text, finish, count = await asyncio.to_thread(loaded.predictor.complete, prompt, **options)
-            return JSONResponse({**head, "choices": [{"text": text, "index": 0, "logprobs": None,
-                                                      "finish_reason": finish}],
-                                 "usage": {"prompt_tokens": len(prompt), "completion_tokens": count,
-                                           "total_tokens": len(prompt) + count}}, headers=loaded.headers), 1, loaded
-
-        def event(text: str, finish: Optional[str]) -> str:
-            return "data: " + json.dumps({**head, "choices": [{"text": text, "index": 0, "logprobs": None,
-                                                               "finish_reason": finish}]}) + "\n\n"
-
-        return sse(loaded, prompt, options, event, done="data: [DONE]\n\n"), 1, loaded
 
     async def embeddings(self, request: Request):
         """-> (response, rows, loaded version or None)."""

@@ -1,4 +1,5 @@
-"""The language-model kind's spec (``kind: lm``): text, the GPT's size, training defaults, generation."""
+"""The language-model kind's spec (``kind: lm``): text, the decoder's size (transformers' Llama), training
+defaults, generation defaults."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pydantic import Field, model_validator
 from maas.spec.common import _NAME_PATTERN, DeploySpec, TrainSpec, _Pipeline, _Strict
 
 
-GPT_SIZE_NAMES = ("tiny", "small", "base", "125m", "300m", "1b")  # maas.models.gpt.GPT_SIZES
+LM_SIZE_NAMES = ("tiny", "small", "base", "125m", "300m", "1b")  # maas.models.llama.LLAMA_SIZES
 
 
 class TextDataSpec(_Strict):
@@ -35,53 +36,74 @@ class TextDataSpec(_Strict):
         return self
 
 
-class GPTModelSpec(_Strict):
+class LMModelSpec(_Strict):
     name: str = Field(..., pattern=_NAME_PATTERN, description="Registry name of the model (lower case).")
-    arch: Literal["gpt"] = Field("gpt", description="A GPT-style byte-level decoder (maas.models.gpt).")
-    size: Literal[GPT_SIZE_NAMES] = Field("tiny", description="tiny (~0.1M parameters, CPU tests), small (~11M), "
-                                                               "base (~86M), 125m (~127M), 300m (~304M), 1b (~1.0B; GPUs).")
-    n_layer: Optional[int] = Field(None, ge=1, description="Transformer blocks (default: the size's).")
+    arch: Literal["llama"] = Field("llama", description="transformers' LlamaForCausalLM (RMSNorm, rotary positions, "
+                                                      "SwiGLU), published as a Hugging Face folder.")
+    size: Literal[LM_SIZE_NAMES] = Field("tiny", description="tiny (~0.7M parameters, CPU tests), small (~17M), "
+                                                            "base (~98M), 125m (~124M), 300m (~317M), 1b (~0.95B; GPUs).")
+    n_layer: Optional[int] = Field(None, ge=1, description="Decoder layers (default: the size's).")
     n_head: Optional[int] = Field(None, ge=1, description="Attention heads (default: the size's).")
+    n_kv_head: Optional[int] = Field(None, ge=1, description="Key/value heads (grouped-query attention; default: "
+                                                             "n_head).")
     n_embd: Optional[int] = Field(None, ge=8, description="Model width (default: the size's).")
-    block_size: Optional[int] = Field(None, ge=8, le=8192, description="Context length in bytes (default: the "
-                                                                       "size's).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in attention and MLP outputs.")
+    intermediate_size: Optional[int] = Field(None, ge=8, description="MLP width (default: the size's).")
+    block_size: Optional[int] = Field(None, ge=8, le=32768, description="Training context in tokens, and the "
+                                                                         "served model's context (default: the size's).")
+    vocab_size: Optional[int] = Field(None, ge=300, le=262144, description="Most tokens the byte-level BPE "
+                                      "tokenizer learns from the training text (default: the size's).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on attention weights.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_gpt(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("arch") == "gpt":
+            raise ValueError("model.arch 'gpt' (the byte-level GPT) was retired: kind lm trains transformers' "
+                             "Llama with a BPE tokenizer; drop model.arch (the size names are the same)")
+        return data
 
     def config(self) -> dict:
-        from maas.models.gpt import gpt_config
+        from maas.models.llama import llama_config
 
-        return gpt_config(self.size, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
-                          block_size=self.block_size, dropout=self.dropout)
+        return llama_config(self.size, n_layer=self.n_layer, n_head=self.n_head, n_kv_head=self.n_kv_head,
+                            n_embd=self.n_embd, intermediate_size=self.intermediate_size,
+                            block_size=self.block_size, vocab_size=self.vocab_size, dropout=self.dropout)
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "GPTModelSpec":
+    def _heads_divide(self) -> "LMModelSpec":
         c = self.config()
         if c["n_embd"] % c["n_head"]:
             raise ValueError(f"n_embd ({c['n_embd']}) must be a multiple of n_head ({c['n_head']})")
+        if c["n_head"] % c["n_kv_head"]:
+            raise ValueError(f"n_head ({c['n_head']}) must be a multiple of n_kv_head ({c['n_kv_head']})")
+        if c["n_embd"] // c["n_head"] < 32:
+            raise ValueError(f"heads of {c['n_embd'] // c['n_head']} (n_embd / n_head) are too narrow for vLLM's "
+                             "CPU kernels: use 32 or more (64 is every size's)")
         return self
 
 
 class GenerateSpec(_Strict):
-    """Defaults of a served text generator; each request may change them."""
+    """Sampling defaults written to the model's generation_config.json (what vLLM and transformers use when
+    a request does not say); the most a request may ask for is ``deploy.llm.max_tokens``."""
 
-    max_tokens: int = Field(128, ge=1, le=4096, description="Bytes generated per request unless it says.")
-    max_tokens_limit: int = Field(1024, ge=1, le=65536, description="The most a request may ask for.")
+    max_tokens: int = Field(128, ge=1, le=32768, description="Tokens generated per request unless it says.")
     temperature: float = Field(0.8, ge=0, le=5, description="Sampling temperature (0: greedy).")
-    top_k: int = Field(40, ge=0, le=256, description="Sample among the k likeliest bytes (0: all).")
+    top_k: int = Field(40, ge=0, description="Sample among the k likeliest tokens (0: all).")
 
 
 LM_TRAIN_DEFAULTS = {"learning_rate": 1e-3, "max_grad_norm": 1.0, "lr_schedule": "cosine", "warmup_fraction": 0.05}
 
 
 class LMPipelineSpec(_Pipeline):
-    """A byte-level GPT: text -> blocks -> Ray Train (DDP/FSDP) -> registry -> streamed generation."""
+    """A decoder (transformers' Llama): text -> BPE tokenizer and token blocks -> Ray Train (DDP/FSDP2) ->
+    a Hugging Face folder in the registry -> vLLM engines behind the maas endpoint."""
 
     kind: Literal["lm"] = Field(..., description="'lm' for this pipeline.")
     store: str = Field(".maas", description="Registry and run store: a local path or a pyarrow.fs URI.")
     data: TextDataSpec = Field(default_factory=TextDataSpec, description="The text to learn.")
-    model: GPTModelSpec = Field(..., description="Which decoder.")
+    model: LMModelSpec = Field(..., description="Which decoder.")
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(**LM_TRAIN_DEFAULTS),
-                             description="How to train it (next-byte accuracy ranks checkpoints). Unset keys take "
+                             description="How to train it (next-token accuracy ranks checkpoints). Unset keys take "
                                          "the language-model defaults: " + ", ".join(
                                              f"{k}={v}" for k, v in LM_TRAIN_DEFAULTS.items()) + ".")
     generate: GenerateSpec = Field(default_factory=GenerateSpec, description="Serving defaults for generation.")

@@ -23,7 +23,7 @@ class LoopConfig(BaseModel):
     normalization: dict = Field(default_factory=dict, description="Statistics that initialise the model's "
                                 "input standardisation (part of the weights afterwards, not of model.json).")
     task: Task = Field("classify", description="'classify': feature rows; 'classify_text': token ids and a "
-                                               "mask; 'lm': byte blocks, next-byte prediction.")
+                                               "mask; 'lm': token blocks, next-token prediction.")
     features: tuple[str, ...] = Field((), description="Feature columns in model input order ('classify').")
     has_val: bool = Field(..., description="Whether a validation split is given (else checkpoints rank by epoch).")
     steps_per_epoch: int = Field(..., ge=1, description="Optimizer steps per epoch (sizes the LR schedule).")

@@ -40,7 +40,7 @@ class ShardBatches:
         shuffle = {} if seed is None else dict(local_shuffle_buffer_size=self.shuffle_buffer,
                                                local_shuffle_seed=seed)
         for batch in self.shard.iter_batches(batch_size=batch_size, batch_format="numpy", **shuffle):
-            if self.task == "lm":  # a row is block_size + 1 bytes: the inputs, and the same shifted by one
+            if self.task == "lm":  # a row is block_size + 1 tokens: the inputs, and the same shifted by one
                 tokens = np.asarray(batch["tokens"], dtype=np.int64)
                 yield tokens[:, :-1], tokens[:, 1:]
                 continue
@@ -105,22 +105,33 @@ def _shard_fsdp(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def compile_blocks(model: nn.Module) -> None:
-    """Regional compilation, in place: ``torch.compile`` each of the model's ``blocks`` (identical blocks share
-    one compiled graph, so the compile costs one block, not the model), or the whole model when it names no
-    blocks. In place (``Module.compile``), so state-dict keys and checkpoints are unchanged; done before
-    DDP/FSDP wrap the model, whose hooks stay outside the compiled regions."""
+def _logits(out) -> torch.Tensor:
+    """A model's logits: transformers' causal LMs answer an output object, maas's own models the tensor."""
+    return getattr(out, "logits", out)
+
+
+def _layers(model: nn.Module) -> Optional[list]:
+    from maas.models.llama import decoder_layers
+
     blocks = getattr(model, "blocks", None)
-    for unit in (list(blocks) if blocks is not None else [model]):
+    return list(blocks) if blocks is not None else decoder_layers(model)
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """Regional compilation, in place: ``torch.compile`` each decoder layer (identical layers share one
+    compiled graph, so the compile costs one layer, not the model), or the whole model when it has no
+    layers. In place (``Module.compile``), so state-dict keys and checkpoints are unchanged; done before
+    DDP/FSDP wrap the model, whose hooks stay outside the compiled regions."""
+    for unit in _layers(model) or [model]:
         unit.compile()
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
-    """The units FSDP shards one at a time: a model's ``blocks`` when it names them (transformers), else
-    each direct child that holds parameters (the MLP's Linear layers)."""
-    blocks = getattr(model, "blocks", None)
-    if blocks is not None:
-        return list(blocks)
+    """The units FSDP shards one at a time: a decoder's layers, an encoder's ``blocks``, else each direct
+    child that holds parameters (the MLP's Linear layers)."""
+    layers = _layers(model)
+    if layers is not None:
+        return layers
     return [m for m in model.children() if any(True for _ in m.parameters(recurse=True))]
 
 
@@ -152,7 +163,10 @@ def train_loop_per_worker(config: LoopConfig) -> None:
     # plus attention for a language model (per token, times the block's tokens)
     # (a text classifier: 6 x its non-embedding parameters per token, times the tokens per row)
     if lm:
-        flops_per_sample = model.flops_per_token() * config.architecture["block_size"]
+        from maas.models.llama import train_flops_per_token
+
+        block = config.architecture["block_size"]
+        flops_per_sample = train_flops_per_token(model, block) * block
     else:
         flops_per_sample = 6 * sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n) \
             * config.architecture.get("max_length", 1)
@@ -237,7 +251,7 @@ def train_loop_per_worker(config: LoopConfig) -> None:
             last_micro = (micro + 1) == accum or (n_batches is not None and i == n_batches - 1)
             with sync_grads(last_micro), eager_unless(len(yb) == t.batch_size):
                 with autocast():
-                    logits = model(x)
+                    logits = _logits(model(x))
                     loss = loss_fn(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
                 (loss / (y.numel() * accum)).backward()
             micro += 1
@@ -295,15 +309,15 @@ def train_loop_per_worker(config: LoopConfig) -> None:
                 for xb, yb in val_batches.epoch(1024):
                     x, y = _to(device, xb, yb)
                     with autocast():
-                        logits = model(x).float()
+                        logits = _logits(model(x)).float()
                     v_loss += loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item()
                     v_seen += y.numel()
                     v_correct += (logits.argmax(-1) == y).sum().item()
             v_loss, v_seen, v_correct = _all_sum([v_loss, v_seen, v_correct], device)
             metrics.update(val_loss=v_loss / max(v_seen, 1), val_accuracy=v_correct / max(v_seen, 1))
-            if lm:  # per byte: perplexity, and bits per byte (the compression rate a byte model reaches)
+            if lm:  # per token (the pipeline turns bits per token into bits per byte with the data's ratio)
                 metrics.update(val_perplexity=math.exp(min(metrics["val_loss"], 50.0)),
-                               val_bits_per_byte=metrics["val_loss"] / math.log(2))
+                               val_bits_per_token=metrics["val_loss"] / math.log(2))
 
         # Checkpoint when validation improves (what keep-best-N ranks), every N epochs (the most progress a
         # failure can cost) and at the end. Each checkpoint is a persisted upload plus a barrier: on small

@@ -147,7 +147,7 @@ def fit(t: TrainSpec, model_config: dict, train, val, *, rows: int, row_bytes: i
     """Ray Train run of ``model_config`` over the ``train`` (and ``val``, when given) Ray Datasets.
 
     ``task``: 'classify' (rows of ``features`` columns and ``__y``), 'classify_text' (``input_ids`` and
-    ``attention_mask`` arrays and ``__y``) or 'lm' (rows of ``tokens``, block_size + 1 bytes each: next-byte
+    ``attention_mask`` arrays and ``__y``) or 'lm' (rows of ``tokens``, block_size + 1 token ids each: next-token
     prediction). ``init`` joins the model config when the workers build the model
     (normalisation statistics) but is not part of model.json. ``rows`` and ``row_bytes`` size the shards
     (whether each worker caches its shard in memory) and the LR schedule's step count.

@@ -1,0 +1,144 @@
+"""The language-model pipeline on the shared local Ray: text files (with bad lines) -> quarantine, a BPE
+tokenizer learnt from the text and token blocks (Ray Data) -> transformers' Llama trained with FSDP2 over 2 Ray
+Train workers (sharded checkpoints) -> a Hugging Face folder in the registry -> a real vLLM engine behind the
+maas endpoint, whose greedy text is the one transformers generates from the published folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from maas.data.corpus import english_corpus
+from maas.models.artifacts import SHARDS, load_torch_model
+from maas.pipelines.lm import run_lm_pipeline
+from maas.registry import Registry
+from maas.serve import VERSION_HEADER
+from maas.spec import spec_from_dict
+from tests.conftest import free_port
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@pytest.fixture(scope="module")
+def lm(ray_session, tmp_path_factory):
+    from maas.serve.deploy import undeploy
+    from maas.serve.llm_engine import engine_apps, release_shared_memory, shm_entries
+
+    shm_before = shm_entries()
+    root = tmp_path_factory.mktemp("lm")
+    texts = root / "texts"
+    texts.mkdir()
+    sentences = english_corpus(limit=3000)
+    (texts / "a.txt").write_text("\n".join(sentences[:2400]) + "\n")
+    lines = [s.encode() for s in sentences[2400:]]
+    lines.insert(40, b"caf\xe9 latin-1, not UTF-8")  # quarantined: not UTF-8
+    lines.insert(90, b"a line with a \x00 byte")      # quarantined: NUL
+    (texts / "b.txt").write_bytes(b"\n".join(lines) + b"\n")
+    spec = spec_from_dict({
+        "kind": "lm", "store": str(root / "store"),
+        "model": {"name": "lm", "size": "tiny", "block_size": 64, "vocab_size": 512},
+        "data": {"source": "files", "path": str(texts), "val_fraction": 0.1},
+        "train": {"num_workers": 2, "strategy": "fsdp", "epochs": 3, "batch_size": 32, "learning_rate": 0.004,
+                  "checkpoint_every_epochs": 1, "log_every_steps": 5},
+        "generate": {"max_tokens": 24, "temperature": 0.7},
+        "deploy": {"port": free_port(), "llm": {"num_cpus": 1, "max_tokens": 200}},
+    })
+    stages = []
+    result = run_lm_pipeline(spec, serve=True, progress=lambda s, d: stages.append((s, d)))
+    try:
+        yield {"spec": spec, "result": result, "registry": Registry(str(root / "store")), "stages": stages}
+    finally:
+        undeploy("lm", ["lm@production"])
+        import time
+
+        deadline = time.time() + 60
+        while engine_apps() and time.time() < deadline:
+            time.sleep(1)
+        release_shared_memory(shm_before)
+
+
+def test_fsdp_training_learns_and_publishes_a_hugging_face_folder_with_lineage(lm):
+    result, registry = lm["result"], lm["registry"]
+    c = result.data_counts
+    assert c["lines_rejected"] == 2 and c["documents"] == 2 and c["splits"]["val"] > 0
+    assert c["vocab_size"] <= 512 and c["tokens"] > 0 and 1.5 < c["bytes_per_token"] < 6
+    quarantined = [json.loads(line) for line in (Path(result.run_dir) / "quarantine.jsonl").read_text().splitlines()]
+    assert sorted((Path(q["source"]).name, q["line"]) for q in quarantined) == [("b.txt", 41), ("b.txt", 91)]
+    assert {q["reason"].split(" ")[0] for q in quarantined} == {"not", "NUL"}
+
+    history = result.history
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[-1]["val_loss"] < history[0]["val_loss"] < 6.3  # uniform over 512 tokens: ln 512 = 6.24
+    m = result.metrics
+    assert m["val_bits_per_byte"] == pytest.approx(m["val_bits_per_token"] / c["bytes_per_token"])
+    assert m["val_bits_per_byte"] < 3.5 and 0 <= m["next_word_accuracy"] <= 1
+    assert m["tokens_per_s_train"] > 0 and m["parameters"] > 300_000
+
+    mv = registry.resolve("lm@production")
+    assert mv.ref == result.ref and mv.task == "generate" and mv.runtime == "vllm"
+    assert mv.signature["architecture"] == "LlamaForCausalLM" and mv.signature["chat_template"]
+    assert mv.lineage["strategy"] == "fsdp" and mv.lineage["data_fingerprint"] == result.data_fingerprint
+    assert mv.lineage["evaluation"]["next_word"]["n"] > 10
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= set(mv.files)
+    # the best checkpoint is per-rank shards (FSDP2) that assemble into the published model
+    ckpt = Path(mv.lineage["checkpoint"])
+    assert (ckpt / SHARDS).is_file() and len(list(ckpt.glob("model-*-of-00002.safetensors"))) == 2
+    from_shards, _ = load_torch_model(ckpt)
+    from transformers import AutoModelForCausalLM
+
+    folder, _ = registry.fetch(result.ref)
+    published = AutoModelForCausalLM.from_pretrained(folder).eval()
+    x = torch.randint(0, c["vocab_size"], (1, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(from_shards(x).logits, published(x).logits)
+    steps = [json.loads(line) for line in (Path(result.run_dir) / "train_metrics.jsonl").read_text().splitlines()]
+    assert any(s["kind"] == "step" and s["tokens_per_s"] > 0 for s in steps)
+    assert (Path(result.run_dir) / "train_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _local(lm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, _ = lm["registry"].fetch(lm["result"].ref)
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def test_the_served_endpoint_generates_what_transformers_generates_from_the_published_folder(lm):
+    from maas.models.llama import greedy_text
+
+    model, tok = _local(lm)
+    base = lm["result"].endpoint
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=60)
+    for prompt in ("The function returns", "If the array is"):
+        expected = greedy_text(model, tok, prompt, 20)
+        got = client.completions.create(model="lm", prompt=prompt, max_tokens=20, temperature=0)
+        assert got.choices[0].text == expected, prompt
+        assert got.model == "lm" and got.usage.completion_tokens <= 20
+    streamed = client.completions.create(model="lm", prompt="The function returns", max_tokens=20, temperature=0,
+                                         stream=True)
+    assert "".join(ch.choices[0].text for ch in streamed if ch.choices) == greedy_text(model, tok,
+                                                                                       "The function returns", 20)
+    # chat: the tokenizer's chat template (role markers), greedy like transformers over the same prompt ids
+    messages = [{"role": "user", "content": "Return the value"}]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
+    want = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    chat = client.chat.completions.create(model="lm", messages=messages, max_tokens=16, temperature=0)
+    assert chat.choices[0].message.content == want
+    assert chat.usage.prompt_tokens == ids["input_ids"].shape[1]
+
+    r = requests.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200 and r.headers[VERSION_HEADER] == lm["result"].ref
+    # the byte-level generator's OIP routes are gone; the model's mistakes keep their shapes
+    for method, path, kwargs, status, message in [
+            ("post", "/v1/completions", {"json": {"prompt": "x", "max_tokens": 201}}, 400, "max_tokens"),
+            ("post", "/v2/models/lm/infer", {"json": {"inputs": []}}, 400, "generates text"),
+            ("post", "/v2/models/lm/generate", {"json": {"text_input": "x"}}, 404, "no route")]:
+        resp = getattr(requests, method)(base + path, timeout=30, **kwargs)
+        assert resp.status_code == status, (path, resp.text)
+        assert message in json.dumps(resp.json()), (path, resp.text)
