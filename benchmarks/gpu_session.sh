@@ -28,7 +28,7 @@ want() { [[ ",$STAGES," == *",$1,"* ]]; }
 
 # 1. the decoder (transformers' Llama) through the train stage (Ray Train), DDP and FSDP2, compiled and eager
 want llm && { timeout "${LLM_TIMEOUT:-300}" python3 benchmarks/gpu_llm.py --size "${LLM_SIZE:-300m}" --sentences "${LLM_SENTENCES:-15000}" \
-  --batch-size "${LLM_BATCH:-16}" --log-every 5 --runs "${LLM_RUNS:-ddp+compile,fsdp+compile,ddp,fsdp}" \
+  --batch-size "${LLM_BATCH:-16}" --epochs "${LLM_EPOCHS:-1}" --log-every 5 --runs "${LLM_RUNS:-ddp+compile,fsdp+compile,ddp,fsdp}" \
   --deadline-s "${LLM_DEADLINE:-200}" --json "$OUT/gpu_llm.json" > "$OUT/gpu_llm.log" 2>&1
 echo "[session] llm exit $? at $(elapsed) s"; grep -v -i -E "warn|^\s*$" "$OUT/gpu_llm.log" | tail -25; }
 
