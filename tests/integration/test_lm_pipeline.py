@@ -142,3 +142,60 @@ def test_the_served_endpoint_generates_what_transformers_generates_from_the_publ
         resp = getattr(requests, method)(base + path, timeout=30, **kwargs)
         assert resp.status_code == status, (path, resp.text)
         assert message in json.dumps(resp.json()), (path, resp.text)
+
+
+def test_two_lora_adapters_train_on_the_base_and_are_served_by_its_engine_like_local_peft(lm, tmp_path):
+    """LoRA fine-tuning of the published model (DDP for one adapter, FSDP2 for the other), each adapter a
+    version of its own whose lineage names the base; both served by one vLLM engine of the base (multi-LoRA),
+    answering differently, each exactly as local peft over the same files."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from maas.models.llama import greedy_text
+    from maas.serve.deploy import deploy, undeploy
+    from maas.serve.llm_engine import engine_apps
+    from maas.spec import DeploySpec
+
+    registry, base_ref = lm["registry"], lm["result"].ref
+    undeploy("lm", ["lm@production"])  # the ingress at "/" makes way for the adapters' one
+    sentences = english_corpus(limit=3000)
+    texts = {"lm-a": sentences[:300], "lm-b": [s.upper() for s in sentences[300:600]]}  # two different styles
+    refs = {}
+    for (name, lines), strategy in zip(texts.items(), ("ddp", "fsdp")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "t.txt").write_text("\n".join(lines) + "\n")
+        spec = spec_from_dict({
+            "kind": "lm", "store": str(lm["spec"].store),
+            "model": {"name": name, "base": "lm@production", "finetune": "lora", "lora": {"r": 8, "alpha": 32}},
+            "data": {"source": "files", "path": str(tmp_path / name), "val_fraction": 0.1},
+            "train": {"num_workers": 2, "strategy": strategy, "epochs": 2, "batch_size": 16, "learning_rate": 0.01,
+                      "checkpoint_every_epochs": 0}})
+        result = run_lm_pipeline(spec, serve=False)
+        mv = registry.resolve(result.ref)
+        assert mv.signature["format"] == "peft-lora" and mv.signature["base"] == base_ref
+        assert mv.lineage["parent"] == base_ref and mv.lineage["method"] == "lora"
+        assert set(mv.files) == {"adapter_config.json", "adapter_model.safetensors"}
+        assert result.metrics["trained_parameters"] < result.metrics["parameters"] / 5
+        assert result.history[-1]["val_loss"] < result.history[0]["val_loss"] + 1e-6
+        refs[name] = result.ref
+
+    url = deploy(registry.location, ["lm-a@production", "lm-b@production"], DeploySpec(llm={"num_cpus": 1}),
+                 app_name="adapters")
+    try:
+        assert [a for a in engine_apps() if a.endswith("-lora")] == ["maas-llm-lm-v1-lora"]  # one engine, two adapters
+        base_folder, _ = registry.fetch(base_ref)
+        tok = AutoTokenizer.from_pretrained(base_folder)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        answers = {}
+        for name, ref in refs.items():
+            folder, _ = registry.fetch(ref)
+            local = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder), folder).eval()
+            expected = greedy_text(local, tok, "The function returns", 16)
+            got = client.completions.create(model=name, prompt="The function returns", max_tokens=16, temperature=0)
+            assert got.choices[0].text == expected, name
+            answers[name] = expected
+            r = requests.post(f"{url}/v1/completions", json={"model": name, "prompt": "x", "max_tokens": 2}, timeout=60)
+            assert r.status_code == 200 and r.headers[VERSION_HEADER] == ref
+        assert answers["lm-a"] != answers["lm-b"]
+    finally:
+        undeploy("adapters", ["lm-a@production", "lm-b@production"])

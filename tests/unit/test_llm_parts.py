@@ -107,6 +107,24 @@ def test_engine_placement_follows_the_spec_cpu_or_gpu():
     assert engine_app_name("tiny", 3) == "maas-llm-tiny-v3"
 
 
+def test_an_adapter_is_served_by_its_base_engine_with_lora_enabled():
+    pytest.importorskip("ray.serve.llm")
+    from types import SimpleNamespace
+
+    from maas.serve.llm_engine import engine_app_name, engine_of, llm_config, lora_name
+
+    base = SimpleNamespace(name="tiny", ref="tiny/3", version=3, signature={"format": "huggingface"})
+    adapter = SimpleNamespace(name="support", ref="support/2", version=2,
+                              signature={"format": "peft-lora", "base": "tiny/3", "lora_rank": 24})
+    assert engine_of(base) == ("tiny", 3, False) and engine_of(adapter) == ("tiny", 3, True)
+    assert engine_app_name(*engine_of(adapter)) == "maas-llm-tiny-v3-lora" != engine_app_name(*engine_of(base))
+    assert lora_name(adapter) == "support/2"
+    config = llm_config("/store", base, LLMEngineSpec(max_loras=3), lora_rank=24)
+    assert config.engine_kwargs["enable_lora"] and config.engine_kwargs["max_loras"] == 3
+    assert config.engine_kwargs["max_lora_rank"] == 32  # the next rank vLLM admits over 24 (and the spec's 16)
+    assert "enable_lora" not in llm_config("/store", base, LLMEngineSpec()).engine_kwargs
+
+
 def test_llm_spec_names_its_problems():
     spec = spec_from_dict({"kind": "llm", "model": {"name": "chat", "source": "s3://b/llama"},
                            "deploy": {"llm": {"num_gpus": 1, "max_tokens": 512}}})

@@ -90,7 +90,8 @@ def _pack(batch: dict, block_size: int, val_fraction: float, seed: int, tokenize
             split.append("reject")
             reason.append(json.dumps({"source": str(name), "line": line_no, "reason": why,
                                       "text": line[:200].decode("utf-8", "replace")}))
-        ids = tok.encode(b"\n".join(good).decode("utf-8") + "\n", add_special_tokens=False).ids + [eos_id]
+        ids = tok.encode(b"\n".join(good).decode("utf-8") + "\n", add_special_tokens=False).ids
+        ids += [eos_id] if eos_id is not None else []
         buf = np.asarray(ids, dtype=np.int32)
         for start in range(0, len(buf) - width + 1, block_size):
             block = buf[start:start + width]

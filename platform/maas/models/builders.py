@@ -6,10 +6,11 @@ from torch import nn
 
 from maas.exceptions import MaasError
 from maas.models.encoder import build_encoder, build_text_classifier
+from maas.models.hf_lm import build_hf_causal_lm
 from maas.models.llama import build_llama
 from maas.models.mlp import build_mlp
 
-BUILDERS = {"mlp": build_mlp, "encoder": build_encoder, "llama": build_llama,
+BUILDERS = {"mlp": build_mlp, "encoder": build_encoder, "llama": build_llama, "hf_causal_lm": build_hf_causal_lm,
             "text_classifier": build_text_classifier}
 
 

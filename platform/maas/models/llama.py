@@ -69,6 +69,8 @@ def build_llama(**config) -> nn.Module:
 
 def decoder_layers(model: nn.Module) -> Optional[list]:
     """A decoder's layers (the units FSDP2 shards and regional compilation compiles), or None."""
+    if hasattr(model, "get_base_model"):  # peft: the layers of the model under the adapters
+        model = model.get_base_model()
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     return list(layers) if layers is not None else None
@@ -110,10 +112,12 @@ def as_fast_tokenizer(tokenizer_json: str):
     return fast
 
 
-def save_hf_folder(model: nn.Module, tokenizer, folder: str | Path, generate: Optional[dict] = None) -> Path:
+def save_hf_folder(model: nn.Module, tokenizer, folder: str | Path, generate: Optional[dict] = None,
+                   base_folder: Optional[str | Path] = None) -> Path:
     """Write the model as a Hugging Face folder: config.json and model.safetensors, the tokenizer files,
     generation_config.json (sampling defaults from ``generate``: temperature, top_k, top_p, max_tokens;
-    generation ends at end of text or end of turn). Returns the folder."""
+    generation ends at end of text or end of turn; a fine-tuned model keeps ``base_folder``'s). Returns the
+    folder."""
     from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging
 
@@ -124,6 +128,10 @@ def save_hf_folder(model: nn.Module, tokenizer, folder: str | Path, generate: Op
     model.config.use_cache = True  # what inference wants; training built it without the cache
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    base_generation = Path(base_folder or "-") / "generation_config.json"
+    if base_generation.is_file():
+        (folder / "generation_config.json").write_bytes(base_generation.read_bytes())
+        return folder
     g = dict(generate or {})
     eos = [tokenizer.convert_tokens_to_ids(EOS), tokenizer.convert_tokens_to_ids(END_OF_TURN)]
     temperature = float(g.get("temperature", 1.0))
@@ -141,7 +149,7 @@ def greedy_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int) -
 
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.inference_mode():
-        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+        out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 

@@ -50,6 +50,28 @@ def held_out_lines(val, tokenizer, n: int = 64) -> list[str]:
     return lines[:n]
 
 
+def resolve_base(registry, spec: LMPipelineSpec) -> dict:
+    """The version ``model.base`` names, fetched (checksummed): {"mv", "folder", "tokenizer", "config"}.
+
+    Raises:
+        RegistryError: no such version, or not a whole Hugging Face causal LM (an adapter, a classifier).
+    """
+    from transformers import AutoTokenizer
+
+    from maas.exceptions import RegistryError
+    from maas.models.hf_lm import finetune_config
+
+    mv = registry.resolve(spec.model.base)
+    if mv.runtime != "vllm" or mv.signature.get("format") != "huggingface":
+        raise RegistryError(f"model.base {spec.model.base} is {mv.ref}, not a Hugging Face causal LM (runtime "
+                            f"{mv.runtime}, format {mv.signature.get('format')}): name one trained with kind lm or "
+                            "brought with `maas models import`")
+    folder, mv = registry.fetch_version(mv)
+    lora = spec.model.lora.model_dump() if spec.model.finetune == "lora" else None
+    return {"mv": mv, "folder": folder, "tokenizer": AutoTokenizer.from_pretrained(folder),
+            "config": finetune_config(folder, spec.model.block_size, lora)}
+
+
 def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[str] = None,
         progress: Progress = noop) -> LMResult:
     """Learn a tokenizer and pack the text, train the decoder with Ray Train, publish the best checkpoint as a
@@ -69,22 +91,33 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     laps = Laps(progress)
     lap = laps.lap
 
-    config = spec.model.config()
-    progress("data", f"{spec.data.source}: BPE tokenizer (<= {config['vocab_size']} tokens), "
-                     f"{config['block_size'] + 1}-token blocks")
-    data = prepare_lm_data(spec.data, config["block_size"], run_dir, vocab_size=config["vocab_size"])
+    base = resolve_base(registry, spec) if spec.model.base else None
+    if base is None:
+        config, init = spec.model.config(), None
+        progress("data", f"{spec.data.source}: BPE tokenizer (<= {config['vocab_size']} tokens), "
+                         f"{config['block_size'] + 1}-token blocks")
+    else:
+        config, init = base["config"], {"base": {"store": registry.location, "ref": base["mv"].ref}}
+        progress("data", f"{spec.data.source}: {base['mv'].ref}'s tokenizer, {config['block_size'] + 1}-token blocks")
+    data = prepare_lm_data(spec.data, config["block_size"], run_dir, vocab_size=config.get("vocab_size", 0),
+                           tokenizer=base["tokenizer"] if base else None)
     c = data.counts
-    config["vocab_size"] = c["vocab_size"]  # what the tokenizer learnt (a small text learns fewer merges)
+    if base is None:
+        config["vocab_size"] = c["vocab_size"]  # what the tokenizer learnt (a small text learns fewer merges)
     lap("data", f"{c['bytes']} bytes -> {c['tokens']} tokens ({c['bytes_per_token']:.2f} bytes/token, vocabulary "
                 f"{c['vocab_size']}), {c['lines']} lines ({c['lines_rejected']} quarantined) -> "
                 f"{c['splits']['train']} train / {c['splits']['val']} val blocks")
 
-    n_params = sum(p.numel() for p in build_model(config).parameters())
+    shape = build_model(config)
+    n_params = sum(p.numel() for p in shape.parameters())
+    n_trainable = sum(p.numel() for p in shape.parameters() if p.requires_grad)
+    del shape
     t = spec.train
-    progress("train", f"Llama {spec.model.size} ({n_params / 1e6:.2f}M parameters), {t.num_workers} x {t.strategy}, "
-                      f"{t.epochs} epochs")
+    what = f"Llama {spec.model.size}" if base is None else f"{base['mv'].ref} ({spec.model.finetune} fine-tuning)"
+    progress("train", f"{what}: {n_params / 1e6:.2f}M parameters ({n_trainable / 1e6:.3f}M trained), "
+                      f"{t.num_workers} x {t.strategy}, {t.epochs} epochs")
     trained = fit(t, config, data.train, data.val, rows=c["splits"]["train"],
-                  row_bytes=(config["block_size"] + 1) * 4, run_dir=run_dir, run_name="train", task="lm")
+                  row_bytes=(config["block_size"] + 1) * 4, run_dir=run_dir, run_name="train", task="lm", init=init)
     per_byte = 1.0 / c["bytes_per_token"]
     for h in trained.history:  # bits per byte: comparable across tokenizers (and with byte-level models)
         if "val_bits_per_token" in h:
@@ -100,24 +133,36 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     sample = greedy_text(model, tokenizer, PROMPT, 48)
     check = next_word_accuracy(model, tokenizer, held_out_lines(data.val, tokenizer))
     metrics = {k: v for k, v in best.items() if k.startswith(("val_", "train_"))}
-    metrics.update(parameters=n_params, next_word_accuracy=check["accuracy"],
+    metrics.update(parameters=n_params, trained_parameters=n_trainable, next_word_accuracy=check["accuracy"],
                    tokens_per_s_train=max((h.get("tokens_per_s", 0) for h in trained.history), default=0.0))
     lap("evaluate", f"next-word accuracy {check['accuracy']:.3f} on {check['n']} held-out lines; "
                     f"greedy sample: {sample[:60]!r}")
+    lora = base is not None and spec.model.finetune == "lora"
     with tempfile.TemporaryDirectory(prefix="maas-lm-") as tmp:
-        save_hf_folder(model, tokenizer, tmp, spec.generate.model_dump())
-        files, signature, _ = check_hf_folder(Path(tmp))
-        metrics["size_bytes"] = files["model.safetensors"].stat().st_size
+        if lora:  # the adapters alone, as a version of their own on the base version
+            from maas.models.hf_lm import ADAPTER_WEIGHTS, check_adapter_folder, save_adapter
+
+            save_adapter(model, tmp)
+            files, signature = check_adapter_folder(Path(tmp), base["mv"].signature, base["mv"].ref)
+            weights = files[ADAPTER_WEIGHTS]
+        else:
+            save_hf_folder(model.get_base_model() if hasattr(model, "get_base_model") else model, tokenizer, tmp,
+                           spec.generate.model_dump(), base_folder=base["folder"] if base else None)
+            files, signature, _ = check_hf_folder(Path(tmp))
+            weights = files["model.safetensors"]
+        metrics["size_bytes"] = weights.stat().st_size
+        method = "lora" if lora else "full" if base else "bf16" if t.precision == "bf16" else "fp32"
         mv = registry.publish(
             spec.model.name, files, runtime="vllm", task="generate", metrics=metrics, signature=signature,
             lineage={"kind": "lm", "data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(),
-                     "run_id": run_id, "run_dir": run_dir, "data_counts": c, "method": "bf16" if t.precision ==
-                     "bf16" else "fp32", "parent": None, "checkpoint": trained.checkpoint_path,
+                     "run_id": run_id, "run_dir": run_dir, "data_counts": c, "method": method,
+                     "parent": base["mv"].ref if base else None, "checkpoint": trained.checkpoint_path,
                      "train_device": trained.device, "strategy": t.strategy, "history": trained.history,
                      "evaluation": {"next_word": check, "prompt": PROMPT, "greedy_sample": sample},
-                     "architecture": {k: v for k, v in config.items() if k != "arch"}})
+                     "architecture": {k: v for k, v in config.items() if k not in ("arch", "hf_config")}})
     registry.set_alias(spec.model.name, spec.deploy.alias, mv.version, expected=alias_was, by=f"run:{run_id}")
-    lap("publish", f"{mv.ref} (Hugging Face folder, {metrics['size_bytes'] / 1e6:.2f} MB of weights), "
+    lap("publish", f"{mv.ref} ({'LoRA adapters on ' + base['mv'].ref if lora else 'Hugging Face folder'}, "
+                   f"{metrics['size_bytes'] / 1e6:.2f} MB of weights), "
                    f"{spec.model.name}@{spec.deploy.alias}")
     endpoint = serve_at_end(spec, serve, laps)
     smoke = {}

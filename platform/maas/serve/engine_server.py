@@ -21,8 +21,33 @@ class EngineServer(LLMServer):
             raise ServeError(f"{ref} has runtime {mv.runtime!r}; a vLLM engine serves runtime 'vllm'")
         llm_config.model_loading_config.model_source = str(folder)
         llm_config._engine_config = None  # Ray Serve LLM derived it from the placeholder source: derive again
-        self.maas_ref = ref
+        self.maas_ref, self.maas_store = ref, store
+        self._maas_loras: dict = {}  # adapter ref -> its DiskMultiplexConfig (files fetched on this node)
+        self._maas_lora_lock = asyncio.Lock()
         await super().__init__(llm_config)
+
+    async def _maybe_resolve_lora_from_multiplex(self) -> None:
+        """An adapter version's request (its ref as the multiplexed model id): fetch and verify the adapter
+        from the registry on first use, then have vLLM load it under that name (a no-op once loaded)."""
+        from ray import serve
+
+        ref = serve.get_multiplexed_model_id()
+        if not ref:
+            return
+        async with self._maas_lora_lock:
+            disk = self._maas_loras.get(ref)
+            if disk is None:
+                from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
+
+                from maas.registry import Registry
+
+                folder, mv = await asyncio.to_thread(Registry(self.maas_store).fetch, ref)
+                if mv.signature.get("base") != self.maas_ref:
+                    raise ServeError(f"{ref} is an adapter of {mv.signature.get('base')}, not of {self.maas_ref}")
+                disk = DiskMultiplexConfig(model_id=ref, local_path=str(folder), max_total_tokens=None,
+                                           lora_assigned_int_id=len(self._maas_loras) + 1)
+                self._maas_loras[ref] = disk
+        await self.engine.resolve_lora(disk)
 
     def _batch_output_stream(self, generator):
         interval_ms = self._llm_config.experimental_configs.get("stream_batching_interval_ms") or 0

@@ -280,9 +280,12 @@ class ModelHost:
         if old is None or old.mv.runtime != "vllm":
             return
 
-        def retire():
-            in_use = old.mv.version in {x.mv.version for x in (model.primary, model.canary, *model.pinned.values())
-                                        if x is not None}
+        from maas.serve.llm_engine import engine_of
+
+        def retire():  # an engine may serve several versions (a base's serves its adapters): any use keeps it
+            in_use = engine_of(old.mv) in {engine_of(x.mv) for m in self.models.values()
+                                           for x in (m.primary, m.canary, *m.pinned.values())
+                                           if x is not None and x.mv.runtime == "vllm"}
             if in_use or self._stop.is_set():
                 return
             if old.predictor.inflight > 0:  # streams still running on it: look again later
@@ -293,7 +296,7 @@ class ModelHost:
             from maas.serve.llm_engine import retire_engine
 
             logger.info("maas retiring the engine of %s", old.mv.ref)
-            retire_engine(old.mv.name, old.mv.version)
+            retire_engine(old.mv)
 
         timer = threading.Timer(self.retire_after_s, retire)
         timer.daemon = True

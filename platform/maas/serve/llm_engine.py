@@ -11,6 +11,10 @@ meanwhile (Ray's fixed 50 ms batching interval costs ~50 ms of time to first tok
 Engines are started (``ensure_engine``) by whoever needs one first: ``maas serve`` before the ingress, or the
 ingress itself when an alias moves to a version with no engine yet; the new engine is running before traffic
 moves, and the old one is retired (``retire_engine``) once nothing routes to it.
+
+A LoRA adapter version (``format: peft-lora``) has no engine of its own: its base version's engine, started
+with LoRA enabled (``maas-llm-<base>-v<N>-lora``), loads it by name on first use (vLLM's multi-LoRA: the base
+once, any number of adapters), the adapter's files fetched and verified on the engine's node.
 """
 
 from __future__ import annotations
@@ -27,16 +31,37 @@ APP_PREFIX = "maas-llm-"
 ENGINE = "engine"  # the deployment's name inside its application
 
 
-def engine_app_name(name: str, version: int) -> str:
-    return f"{APP_PREFIX}{name}-v{version}"
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's max_lora_rank takes
 
 
-def llm_config(store: str, mv, spec: LLMEngineSpec):
-    """The Ray Serve LLM config for one registry version (``model_source`` is set on the engine's node)."""
+def engine_app_name(name: str, version: int, lora: bool = False) -> str:
+    return f"{APP_PREFIX}{name}-v{version}" + ("-lora" if lora else "")
+
+
+def engine_of(mv) -> tuple[str, int, bool]:
+    """(name, version, LoRA enabled) of the engine that serves ``mv``: its own, or an adapter's base's."""
+    base = mv.signature.get("base") if mv.signature.get("format") == "peft-lora" else None
+    if base is None:
+        return mv.name, mv.version, False
+    name, _, version = str(base).partition("/")
+    return name, int(version), True
+
+
+def lora_name(mv) -> str:
+    """The name an adapter version is loaded under in its base's engine (what requests to it name)."""
+    return mv.ref
+
+
+def llm_config(store: str, mv, spec: LLMEngineSpec, lora_rank: int = 0):
+    """The Ray Serve LLM config of the engine that serves registry version ``mv`` (``model_source`` is set on
+    the engine's node); ``lora_rank`` > 0: that of a base serving adapters up to this rank."""
     from ray.serve.llm import LLMConfig
 
     engine = {"max_num_seqs": spec.max_num_seqs, "enforce_eager": spec.enforce_eager, "dtype": spec.dtype,
               "max_model_len": spec.max_model_len}  # None: the model's own context
+    if lora_rank:
+        rank = next((r for r in LORA_RANKS if r >= max(lora_rank, spec.max_lora_rank)), LORA_RANKS[-1])
+        engine.update(enable_lora=True, max_loras=spec.max_loras, max_lora_rank=rank)
     env = {}
     if spec.num_gpus:
         engine.update(tensor_parallel_size=spec.num_gpus, gpu_memory_utilization=spec.gpu_memory_utilization)
@@ -59,12 +84,12 @@ def llm_config(store: str, mv, spec: LLMEngineSpec):
     )
 
 
-def build_engine_app(store: str, mv, spec: LLMEngineSpec):
+def build_engine_app(store: str, mv, spec: LLMEngineSpec, lora_rank: int = 0):
     from ray.serve.llm import build_llm_deployment
 
     from maas.serve.engine_server import EngineServer
 
-    return build_llm_deployment(llm_config(store, mv, spec), deployment_cls=EngineServer,
+    return build_llm_deployment(llm_config(store, mv, spec, lora_rank), deployment_cls=EngineServer,
                                 bind_kwargs={"store": store, "ref": mv.ref}, override_serve_options={"name": ENGINE})
 
 
@@ -76,23 +101,30 @@ def _status(app: str) -> Optional[str]:
 
 
 def ensure_engine(store: str, mv, spec: LLMEngineSpec):
-    """A handle to the running engine of ``mv``, starting it (and waiting until it answers) if there is none.
-    Raises ServeError with the engine's own message when it cannot start."""
+    """A handle to the running engine of ``mv`` (an adapter's: its base's, with LoRA), starting it (and
+    waiting until it answers) if there is none. Raises ServeError with the engine's own message when it
+    cannot start."""
     from ray import serve
 
-    app = engine_app_name(mv.name, mv.version)
+    from maas.registry import Registry
+
+    name, version, lora = engine_of(mv)
+    app = engine_app_name(name, version, lora)
     status = _status(app)
     if status in (None, "DEPLOY_FAILED", "UNHEALTHY", "DELETING"):
         if status == "DELETING":
             _wait_gone(app, 120)
-        logger.info("maas starting the vLLM engine of %s on %s", mv.ref, spec.placement())
+        engine_mv = Registry(store).resolve(f"{name}/{version}") if lora else mv
+        logger.info("maas starting the vLLM engine of %s on %s%s", engine_mv.ref, spec.placement(),
+                    " with LoRA" if lora else "")
         started = time.monotonic()
         try:
-            serve.run(build_engine_app(store, mv, spec), name=app, route_prefix=None, blocking=False)
+            serve.run(build_engine_app(store, engine_mv, spec, int(mv.signature.get("lora_rank", 1)) if lora else 0),
+                      name=app, route_prefix=None, blocking=False)
         except Exception as exc:  # the controller's message names the engine's error
-            retire_engine(mv.name, mv.version)
-            raise ServeError(f"the vLLM engine of {mv.ref} did not start: {_short(exc)}") from None
-        logger.info("maas engine of %s is up (%.1f s)", mv.ref, time.monotonic() - started)
+            retire_engine(mv)
+            raise ServeError(f"the vLLM engine of {engine_mv.ref} did not start: {_short(exc)}") from None
+        logger.info("maas engine of %s is up (%.1f s)", engine_mv.ref, time.monotonic() - started)
     else:
         deadline = time.monotonic() + spec.start_timeout_s
         while status != "RUNNING":  # another replica (or maas serve) is starting it
@@ -103,14 +135,15 @@ def ensure_engine(store: str, mv, spec: LLMEngineSpec):
     return EngineClient(mv, serve.get_deployment_handle(ENGINE, app_name=app), spec)
 
 
-def retire_engine(name: str, version: int) -> None:
-    """Delete a version's engine application (in the background: in-flight requests finish first)."""
+def retire_engine(mv) -> None:
+    """Delete the engine application that serves ``mv`` (in the background: in-flight requests finish first)."""
     from ray import serve
 
+    app = engine_app_name(*engine_of(mv))
     try:
-        serve.delete(engine_app_name(name, version), _blocking=False)
+        serve.delete(app, _blocking=False)
     except Exception as exc:  # already gone
-        logger.info("maas engine %s/%s: %s", name, version, exc)
+        logger.info("maas engine %s: %s", app, exc)
 
 
 def engine_apps() -> list[str]:
@@ -135,9 +168,13 @@ class EngineClient:
 
     def __init__(self, mv, handle, spec: LLMEngineSpec):
         self.mv = mv
-        self.handle = handle.options(stream=True)
+        lora = engine_of(mv)[2]
+        # an adapter's requests carry its name twice: as the multiplexed model id (the engine replica loads the
+        # adapter from the registry on first use) and as the request's model (what vLLM runs it with)
+        self.handle = handle.options(stream=True, multiplexed_model_id=lora_name(mv)) if lora \
+            else handle.options(stream=True)
         self.spec = spec
-        self.model_id = mv.name
+        self.model_id = lora_name(mv) if lora else mv.name
         self.inflight = 0  # this replica's requests on the engine now (an engine is retired once idle)
         import ray.serve.llm.openai_api_models  # noqa: F401  (vLLM's request models: ~10 s to import, not on
         #                                         the first request's clock)

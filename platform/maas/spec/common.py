@@ -114,6 +114,10 @@ class LLMEngineSpec(_Strict):
     max_n: int = Field(8, ge=1, description="Largest n / best_of a request may ask for (400 above).")
     start_timeout_s: float = Field(900, gt=0, description="How long an engine may take to load before the "
                                                           "version is reported not ready.")
+    max_loras: int = Field(4, ge=1, description="LoRA adapter versions one base engine holds at once (adapters "
+                                                "are served by their base's engine, loaded on first use).")
+    max_lora_rank: int = Field(16, ge=1, le=512, description="Largest adapter rank the base engine admits "
+                                                             "(raised to the served adapter's rank when higher).")
 
     def placement(self) -> str:
         return f"{self.num_gpus} GPU(s)" if self.num_gpus else f"CPU ({self.num_cpus} CPU, {self.kv_cache_gib} GiB KV)"

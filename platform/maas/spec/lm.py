@@ -36,8 +36,29 @@ class TextDataSpec(_Strict):
         return self
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size", "vocab_size")
+
+
+class LoRASpec(_Strict):
+    """Low-rank adapters (``peft``): the base stays frozen, only the adapters train and are published."""
+
+    r: int = Field(8, ge=1, le=256, description="Adapter rank.")
+    alpha: float = Field(16, gt=0, description="Scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1,
+                                      description="Linear layers that get adapters (Llama's names by default).")
+
+
 class LMModelSpec(_Strict):
     name: str = Field(..., pattern=_NAME_PATTERN, description="Registry name of the model (lower case).")
+    base: Optional[str] = Field(None, description="Fine-tune this registry model (`name@alias` or `name/version` "
+                                "in the same store: one trained here or brought with `maas models import`) "
+                                "instead of training from scratch; its tokenizer and shape are kept.")
+    finetune: Literal["full", "lora"] = Field("full", description="With `base`: 'full' trains every weight "
+                                              "(DDP or FSDP2) and publishes a whole model; 'lora' trains adapters "
+                                              "(peft) and publishes them as a version of their own on that base.")
+    lora: LoRASpec = Field(default_factory=LoRASpec, description="finetune=lora: the adapters.")
     arch: Literal["llama"] = Field("llama", description="transformers' LlamaForCausalLM (RMSNorm, rotary positions, "
                                                       "SwiGLU), published as a Hugging Face folder.")
     size: Literal[LM_SIZE_NAMES] = Field("tiny", description="tiny (~0.7M parameters, CPU tests), small (~17M), "
@@ -71,6 +92,14 @@ class LMModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "LMModelSpec":
+        if self.base is not None:
+            given = [f for f in SHAPE_FIELDS + ("size",) if f in self.model_fields_set]
+            if given:
+                raise ValueError(f"model.{given[0]}: a fine-tuned model keeps its base's shape and tokenizer; "
+                                 "drop it (model.block_size may be set)")
+            return self
+        if "finetune" in self.model_fields_set or "lora" in self.model_fields_set:
+            raise ValueError("model.finetune / model.lora need model.base (the registry model to fine-tune)")
         c = self.config()
         if c["n_embd"] % c["n_head"]:
             raise ValueError(f"n_embd ({c['n_embd']}) must be a multiple of n_head ({c['n_head']})")

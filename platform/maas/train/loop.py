@@ -157,7 +157,13 @@ def train_loop_per_worker(config: LoopConfig) -> None:
     torch.manual_seed(t.seed)
     # the train split's normalisation statistics initialise the model's Standardize buffers; they are then
     # part of the weights, so model.json (the architecture) does not need to repeat them
-    model = build_model({**config.architecture, **config.normalization})
+    init = dict(config.normalization)
+    base = init.pop("base", None)
+    if base is not None:  # fine-tuning: the base's weights, fetched (and checksummed) on this worker's node
+        from maas.registry import Registry
+
+        init["weights"] = str(Registry(base["store"]).fetch(base["ref"])[0])
+    model = build_model({**config.architecture, **init})
     lm = config.task == "lm"
     # training FLOPs per row, counted on the whole model before any sharding: 6 x parameters per target,
     # plus attention for a language model (per token, times the block's tokens)
@@ -186,7 +192,8 @@ def train_loop_per_worker(config: LoopConfig) -> None:
     else:
         model = ray.train.torch.prepare_model(model)  # DDP over gloo (CPU) or NCCL (GPU), moved to the device
     # on GPUs the fused AdamW kernel: one launch for every parameter's update instead of a loop of them
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate,
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+    optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate,
                                   weight_decay=t.weight_decay, fused=cuda or None)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -266,7 +273,7 @@ def train_loop_per_worker(config: LoopConfig) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if clip:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             micro = 0
