@@ -199,3 +199,39 @@ def test_two_lora_adapters_train_on_the_base_and_are_served_by_its_engine_like_l
         assert answers["lm-a"] != answers["lm-b"]
     finally:
         undeploy("adapters", ["lm-a@production", "lm-b@production"])
+
+
+def test_full_fine_tuning_on_chat_lines_with_fsdp2_quarantines_bad_lines_and_publishes_a_whole_model(lm, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    registry, base_ref = lm["registry"], lm["result"].ref
+    sentences = english_corpus(limit=400)
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"Explain: {s[:20]}"},  # fits the 64-token context
+                                      {"role": "assistant", "content": s[:60]}]}).encode() for s in sentences[:300]]
+    lines[10] = b"{broken"                                                  # not JSON
+    lines[20] = json.dumps({"messages": [{"role": "user", "content": "?"}]}).encode()  # nothing to learn
+    lines[30] = b"\xffnot utf-8"
+    lines[40] = json.dumps({"messages": [{"role": "user", "content": "x " * 300},
+                                         {"role": "assistant", "content": "y"}]}).encode()  # over the context
+    (tmp_path / "chat.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    spec = spec_from_dict({
+        "kind": "lm", "store": str(lm["spec"].store),
+        "model": {"name": "lm-chat", "base": "lm@production", "finetune": "full"},
+        "data": {"source": "files", "path": str(tmp_path / "chat.jsonl"), "format": "chat", "val_fraction": 0.1,
+                 "max_reject_fraction": 0.05},
+        "train": {"num_workers": 2, "strategy": "fsdp", "epochs": 2, "batch_size": 16, "learning_rate": 0.003,
+                  "checkpoint_every_epochs": 0}})
+    result = run_lm_pipeline(spec, serve=False)
+    quarantined = [json.loads(x) for x in (Path(result.run_dir) / "quarantine.jsonl").read_text().splitlines()]
+    assert sorted(q["line"] for q in quarantined) == [11, 21, 31, 41] and result.data_counts["lines_rejected"] == 4
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    mv = registry.resolve(result.ref)
+    assert mv.lineage["parent"] == base_ref and mv.lineage["method"] == "full" and mv.lineage["strategy"] == "fsdp"
+    assert mv.signature["format"] == "huggingface" and mv.signature["chat_template"]
+    folder, _ = registry.fetch(result.ref)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    base_folder, _ = registry.fetch(base_ref)
+    assert AutoTokenizer.from_pretrained(folder).get_vocab() == AutoTokenizer.from_pretrained(base_folder).get_vocab()
+    base = AutoModelForCausalLM.from_pretrained(base_folder)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert len(changed) == len(list(base.parameters()))  # every weight trained

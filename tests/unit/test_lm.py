@@ -139,3 +139,33 @@ def test_lm_spec_defaults_and_errors():
                            ({"arch": "gpt"}, "was retired")]:
         with pytest.raises(SpecError, match=message):
             spec_from_dict({"kind": "lm", "model": {"name": "lm", **model}})
+
+
+def test_chat_lines_become_rows_learnt_on_the_assistant_turns_and_bad_lines_are_quarantined(tokenizer):
+    from maas.data.chat import IGNORE, chat_spec
+
+    good = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is numpy?"},
+                         {"role": "assistant", "content": "An array library."}]}
+    lines = [json.dumps(good).encode(), b"\xff\xfe not UTF-8", b"{not json", json.dumps({"messages": []}).encode(),
+             json.dumps({"messages": [{"role": "robot", "content": "x"}]}).encode(),
+             json.dumps({"messages": [{"role": "user", "content": "only a question"}]}).encode(),
+             json.dumps({"messages": [{"role": "user", "content": "long " * 200},
+                                      {"role": "assistant", "content": "ok"}]}).encode(), b""]
+    chat = chat_spec(tokenizer)
+    out = _pack({"name": np.array(["c.jsonl"]), "data": np.array([b"\n".join(lines)], dtype=object)}, 63, 0.0, 0,
+                tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, chat)
+    splits = list(out["split"])
+    reasons = {json.loads(r)["line"]: json.loads(r)["reason"] for r, s in zip(out["reason"], splits) if s == "reject"}
+    assert sorted(reasons) == [2, 3, 4, 5, 6, 7]  # the empty last line is no conversation, and not a mistake
+    assert "UTF-8" in reasons[2] and "not JSON" in reasons[3] and "non-empty" in reasons[4]
+    assert "'robot'" in reasons[5] and "no assistant" in reasons[6] and "over the context" in reasons[7]
+    (row,) = [i for i, s in enumerate(splits) if s == "train"]
+    tokens, targets = out["tokens"][row], out["targets"][row]
+    rendered = tokenizer.apply_chat_template(good["messages"], tokenize=False)
+    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert list(tokens[:len(ids)]) == ids and set(tokens[len(ids):]) == {chat["pad_id"]}
+    learnt = [int(t) for t in targets if t != IGNORE]
+    answer = tokenizer.decode(learnt)
+    assert answer == "An array library.<|end|>"  # the assistant's words and its end of turn, nothing else
+    counts = [int(r) for r, s in zip(out["reason"], splits) if s == "count"]
+    assert counts == [len(learnt)]

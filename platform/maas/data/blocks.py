@@ -6,7 +6,8 @@ unless the run brings one (fine-tuning a base model). A Ray Data pass splits eac
 quarantines lines that are not UTF-8 or hold NUL bytes (counted and written to ``<run>/quarantine.jsonl``,
 never dropped silently), tokenizes the rest (each document ends with the end-of-text token) and packs the
 ids into blocks of ``block_size + 1`` tokens (stride ``block_size``, so every token is a target exactly
-once); a seeded hash of each block sends it to train or val.
+once); a seeded hash of each block sends it to train or val. ``format: chat`` reads JSON lines of
+conversations instead (``maas.data.chat``): one row each, the assistant's tokens its only targets.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def _documents(spec: TextDataSpec) -> tuple[list[dict], dict]:
     return docs, {"files": [f.rsplit("/", 1)[-1] for f in files], "limit": spec.limit}
 
 
-def _good_lines(data: bytes) -> tuple[list[bytes], list[tuple[int, str, bytes]]]:
-    """(lines to learn from, [(line number, why, line)] to quarantine): not UTF-8, or holding NUL bytes."""
+def _good_lines(data: bytes) -> tuple[list[tuple[int, bytes]], list[tuple[int, str, bytes]]]:
+    """([(line number, line)] to learn from, [(line number, why, line)] to quarantine): not UTF-8, or holding
+    NUL bytes."""
     good, bad = [], []
     for i, line in enumerate(bytes(data).split(b"\n")):
         why = "NUL byte" if b"\x00" in line else None
@@ -70,14 +72,24 @@ def _good_lines(data: bytes) -> tuple[list[bytes], list[tuple[int, str, bytes]]]
             except UnicodeDecodeError as exc:
                 why = f"not UTF-8 ({exc.reason} at byte {exc.start})"
         if why is None:
-            good.append(line)
+            good.append((i + 1, line))
         else:
             bad.append((i + 1, why, line))
     return good, bad
 
 
-def _pack(batch: dict, block_size: int, val_fraction: float, seed: int, tokenizer_json: str, eos_id: int) -> dict:
-    """Ray Data map_batches: documents -> token blocks (train/val) plus quarantined lines ('reject' rows)."""
+def _split_of(block: np.ndarray, seed: int, val_fraction: float) -> str:
+    h = int.from_bytes(hashlib.sha256(seed.to_bytes(8, "little", signed=True) + block.tobytes()).digest()[:8],
+                       "big") / 2**64
+    return "val" if h < val_fraction else "train"
+
+
+def _pack(batch: dict, block_size: int, val_fraction: float, seed: int, tokenizer_json: str, eos_id: int,
+          chat: Optional[dict] = None) -> dict:
+    """Ray Data map_batches: documents -> token blocks (train/val) plus quarantined lines ('reject' rows);
+    ``chat``: JSON lines of conversations -> one row each, with its targets (see ``maas.data.chat``)."""
+    if chat is not None:
+        return _pack_chat(batch, block_size, val_fraction, seed, tokenizer_json, chat)
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer_json)
@@ -90,15 +102,13 @@ def _pack(batch: dict, block_size: int, val_fraction: float, seed: int, tokenize
             split.append("reject")
             reason.append(json.dumps({"source": str(name), "line": line_no, "reason": why,
                                       "text": line[:200].decode("utf-8", "replace")}))
-        ids = tok.encode(b"\n".join(good).decode("utf-8") + "\n", add_special_tokens=False).ids
+        ids = tok.encode(b"\n".join(line for _, line in good).decode("utf-8") + "\n", add_special_tokens=False).ids
         ids += [eos_id] if eos_id is not None else []
         buf = np.asarray(ids, dtype=np.int32)
         for start in range(0, len(buf) - width + 1, block_size):
             block = buf[start:start + width]
-            h = int.from_bytes(hashlib.sha256(seed.to_bytes(8, "little", signed=True) + block.tobytes()).digest()[:8],
-                               "big") / 2**64
             tokens.append(block.copy())
-            split.append("val" if h < val_fraction else "train")
+            split.append(_split_of(block, seed, val_fraction))
             reason.append("")
         tokens.append(np.zeros(width, np.int32))  # one 'count' row per document: its token count
         split.append("count")
@@ -107,11 +117,45 @@ def _pack(batch: dict, block_size: int, val_fraction: float, seed: int, tokenize
             "split": np.array(split, dtype=object), "reason": np.array(reason, dtype=object)}
 
 
-def _text_lines(docs: list[dict]):
-    """The learnable lines of every document, as text (what the tokenizer is trained on)."""
+def _pack_chat(batch: dict, block_size: int, val_fraction: float, seed: int, tokenizer_json: str,
+               chat: dict) -> dict:
+    from maas.data.chat import chat_rows, fast_tokenizer
+
+    tok = fast_tokenizer(tokenizer_json, chat)
+    width = block_size + 1
+    tokens, targets, split, reason = [], [], [], []
+    for name, data in zip(batch["name"], batch["data"]):
+        good, bad = _good_lines(data)
+        rows = [(None, None, json.dumps({"source": str(name), "line": n, "reason": why,
+                                         "text": line[:200].decode("utf-8", "replace")})) for n, why, line in bad]
+        n_tokens = 0
+        for row, target, rejected in [*rows, *chat_rows(str(name), good, tok, width, chat["pad_id"])]:
+            tokens.append(row if row is not None else np.zeros(width, np.int32))
+            targets.append(target if target is not None else np.zeros(width - 1, np.int32))
+            split.append("reject" if rejected else _split_of(row, seed, val_fraction))
+            reason.append(rejected or "")
+            n_tokens += int((target >= 0).sum()) if target is not None else 0
+        tokens.append(np.zeros(width, np.int32))  # the 'count' row: tokens learnt from this document
+        targets.append(np.zeros(width - 1, np.int32))
+        split.append("count")
+        reason.append(str(n_tokens))
+    return {"tokens": np.stack(tokens), "targets": np.stack(targets), "split": np.array(split, dtype=object),
+            "reason": np.array(reason, dtype=object)}
+
+
+def _text_lines(docs: list[dict], chat: bool = False):
+    """The learnable text of every document (what a tokenizer is trained on): its lines, or for chat data
+    the messages' contents of the lines that parse."""
     for d in docs:
-        for line in _good_lines(d["data"])[0]:
-            yield line.decode("utf-8")
+        for _, line in _good_lines(d["data"])[0]:
+            if not chat:
+                yield line.decode("utf-8")
+                continue
+            try:
+                record = json.loads(line)
+                yield from (m["content"] for m in record["messages"] if isinstance(m.get("content"), str))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue
 
 
 def prepare_lm_data(spec: TextDataSpec, block_size: int, run_dir: str, *, vocab_size: int = 1024,
@@ -134,12 +178,21 @@ def prepare_lm_data(spec: TextDataSpec, block_size: int, run_dir: str, *, vocab_
             if left <= 0:
                 break
         docs = kept
+    is_chat = spec.format == "chat"
     if tokenizer is None:
         from maas.models.llama import train_tokenizer
 
-        tokenizer = train_tokenizer(_text_lines(docs), vocab_size)
+        tokenizer = train_tokenizer(_text_lines(docs, is_chat), vocab_size)
     tokenizer_json = tokenizer.backend_tokenizer.to_str()
-    digest = hashlib.sha256(json.dumps({**extra, "block_size": block_size, "seed": spec.seed,
+    chat = None
+    if is_chat:
+        from maas.data.chat import chat_spec
+
+        chat = chat_spec(tokenizer)
+        if chat is None:
+            raise DataError("data.format=chat needs a tokenizer with a chat template; the base model's has none: "
+                            "train on plain text (format: text) or import a model whose tokenizer has one")
+    digest = hashlib.sha256(json.dumps({**extra, "block_size": block_size, "seed": spec.seed, "format": spec.format,
                                         "val_fraction": spec.val_fraction}, sort_keys=True).encode())
     digest.update(tokenizer_json.encode())
     for d in docs:
@@ -148,13 +201,14 @@ def prepare_lm_data(spec: TextDataSpec, block_size: int, run_dir: str, *, vocab_
     ds = ray.data.from_items(docs, override_num_blocks=len(docs)).map_batches(
         _pack, batch_size=1, fn_kwargs={"block_size": block_size, "val_fraction": spec.val_fraction,
                                         "seed": spec.seed, "tokenizer_json": tokenizer_json,
-                                        "eos_id": tokenizer.eos_token_id}).materialize()
+                                        "eos_id": tokenizer.eos_token_id, "chat": chat}).materialize()
     quarantined = ds.filter(expr="split == 'reject'").materialize()
     rejects = quarantined.take(QUARANTINE_KEEP)
     n_rejected = quarantined.count()
-    splits = {s: ds.filter(expr=f"split == '{s}'").select_columns(["tokens"]).materialize() for s in ("train", "val")}
+    columns = ["tokens", "targets"] if is_chat else ["tokens"]
+    splits = {s: ds.filter(expr=f"split == '{s}'").select_columns(columns).materialize() for s in ("train", "val")}
     n_tokens = sum(int(r["reason"]) for r in ds.filter(expr="split == 'count'").select_columns(["reason"]).take_all())
-    learnt_bytes = sum(len(line.encode()) + 1 for line in _text_lines(docs))
+    learnt_bytes = sum(len(line.encode()) + 1 for line in _text_lines(docs, is_chat))
     counts = {"documents": len(docs), "lines": lines_total, "lines_rejected": n_rejected,
               "bytes": int(sum(len(d["data"]) for d in docs)), "tokens": n_tokens,
               "bytes_per_token": learnt_bytes / max(n_tokens, 1), "vocab_size": len(tokenizer),

@@ -21,6 +21,10 @@ class TextDataSpec(_Strict):
                                                   "s3://, gs://).")
     packages: list[str] = Field(["numpy", "scipy", "sklearn", "pandas"], description="source=package-docs: "
                                 "packages whose docstrings join the corpus (read with ast, never imported).")
+    format: Literal["text", "chat"] = Field("text", description="source=files: 'text' (lines of prose, packed "
+                                            "into blocks) or 'chat' (JSON lines of {\"messages\": [{role, "
+                                            "content}, ...]}, one conversation per row, learnt on the assistant's "
+                                            "turns; lines that do not parse or fit the context are quarantined).")
     limit: Optional[int] = Field(None, ge=10, description="At most this many sentences (package-docs) or lines "
                                                           "(files).")
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of the blocks held out to validate each "
@@ -33,6 +37,8 @@ class TextDataSpec(_Strict):
     def _path_for_files(self) -> "TextDataSpec":
         if self.source == "files" and not self.path:
             raise ValueError("source=files needs `path` (a text file, directory, glob or URI)")
+        if self.format == "chat" and self.source != "files":
+            raise ValueError("format=chat reads JSON lines: set source=files and path")
         return self
 
 

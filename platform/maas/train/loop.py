@@ -24,6 +24,8 @@ from maas.models import build_model
 from maas.train.checkpoint import as_dtensors, resume_state, write_checkpoint
 from maas.train.config import LoopConfig
 
+IGNORE = -100  # a target position that is not learnt (cross-entropy's ignore_index)
+
 
 class ShardBatches:
     """One worker's shard as (x, y) numpy batches, streamed from Ray Data every epoch or, when ``cache`` is
@@ -42,7 +44,9 @@ class ShardBatches:
         for batch in self.shard.iter_batches(batch_size=batch_size, batch_format="numpy", **shuffle):
             if self.task == "lm":  # a row is block_size + 1 tokens: the inputs, and the same shifted by one
                 tokens = np.asarray(batch["tokens"], dtype=np.int64)
-                yield tokens[:, :-1], tokens[:, 1:]
+                # chat rows say which of those are targets (the assistant's turns): IGNORE elsewhere
+                targets = np.asarray(batch["targets"], dtype=np.int64) if "targets" in batch else tokens[:, 1:]
+                yield tokens[:, :-1], targets
                 continue
             if self.task == "classify_text":  # token ids stacked on the attention mask: [batch, 2, seq]
                 x = np.stack([np.stack(batch["input_ids"]), np.stack(batch["attention_mask"])], axis=1)
@@ -199,7 +203,7 @@ def train_loop_per_worker(config: LoopConfig) -> None:
         torch.cuda.reset_peak_memory_stats(device)
     if opt_state is not None:
         optimizer.load_state_dict(as_dtensors(optimizer, opt_state) if fsdp else opt_state)
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss_fn = nn.CrossEntropyLoss(reduction="sum", ignore_index=IGNORE)
     bf16 = t.precision == "bf16"
 
     def autocast():
@@ -246,7 +250,8 @@ def train_loop_per_worker(config: LoopConfig) -> None:
         # would make the host wait for every step, so it could never queue the next one ahead of the GPU
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = rows = 0
+        seen = torch.zeros((), dtype=torch.int64, device=device)  # targets that count (not IGNORE)
+        rows = 0
         window_samples, micro, grad_norm = 0, 0, None
         optimizer.zero_grad(set_to_none=True)
         batches = train_batches.epoch(t.batch_size, seed=t.seed * 100003 + epoch * 101 + rank)
@@ -260,13 +265,15 @@ def train_loop_per_worker(config: LoopConfig) -> None:
                 with autocast():
                     logits = _logits(model(x))
                     loss = loss_fn(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-                (loss / (y.numel() * accum)).backward()
+                valid = y.ne(IGNORE)  # a chat's padding and non-assistant tokens are no targets
+                n_valid = valid.sum()
+                (loss / (n_valid.clamp(min=1) * accum)).backward()
             micro += 1
             loss_sum += loss.detach()
-            seen += y.numel()  # targets: rows for a classifier, tokens for a language model
+            seen += n_valid  # targets: rows for a classifier, tokens for a language model
             rows += len(y)
             window_samples += len(y)
-            correct += (logits.detach().argmax(-1) == y).sum()
+            correct += ((logits.detach().argmax(-1) == y) & valid).sum()
             if not last_micro:
                 continue
             lr = lr_at(step, total_steps, warmup, t.learning_rate, t.lr_schedule)
@@ -279,7 +286,7 @@ def train_loop_per_worker(config: LoopConfig) -> None:
             micro = 0
             step += 1
             if step % log_every == 0 and rank == 0:
-                last_loss = loss.item() / y.numel()  # waits for this step: the window's time is the GPU's too
+                last_loss = loss.item() / max(int(n_valid), 1)  # waits for this step: the window's time is the GPU's
                 now = time.perf_counter()
                 rate = window_samples * world / max(now - window_started, 1e-9)
                 entry = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr, "samples_per_s": rate}
@@ -297,7 +304,7 @@ def train_loop_per_worker(config: LoopConfig) -> None:
             metrics["worker_nodes"] = worker_nodes  # where this (re)started worker group runs
             if start_epoch > 0:
                 metrics["resumed_from_epoch"] = start_epoch  # this worker group restarted from a checkpoint
-        loss_sum, correct = loss_sum.item(), correct.item()  # waits for the epoch's last step
+        loss_sum, correct, seen = loss_sum.item(), correct.item(), seen.item()  # waits for the epoch's last step
         train_seconds = time.perf_counter() - started
         t_loss, t_seen, t_correct, t_rows = _all_sum([loss_sum, seen, correct, rows], device)
         metrics.update(train_loss=t_loss / max(t_seen, 1), train_accuracy=t_correct / max(t_seen, 1),
@@ -318,8 +325,9 @@ def train_loop_per_worker(config: LoopConfig) -> None:
                     with autocast():
                         logits = _logits(model(x)).float()
                     v_loss += loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item()
-                    v_seen += y.numel()
-                    v_correct += (logits.argmax(-1) == y).sum().item()
+                    valid = y.ne(IGNORE)
+                    v_seen += int(valid.sum())
+                    v_correct += ((logits.argmax(-1) == y) & valid).sum().item()
             v_loss, v_seen, v_correct = _all_sum([v_loss, v_seen, v_correct], device)
             metrics.update(val_loss=v_loss / max(v_seen, 1), val_accuracy=v_correct / max(v_seen, 1))
             if lm:  # per token (the pipeline turns bits per token into bits per byte with the data's ratio)
