@@ -52,8 +52,8 @@ def _plain_worker(rank: int, world: int, x: np.ndarray, y: np.ndarray, config: d
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
             xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
-            out = model(xb)
-            logits = getattr(out, "logits", out)  # transformers' causal LMs answer an output object
+            answer = model(xb)
+            logits = getattr(answer, "logits", answer)  # transformers' causal LMs answer an output object
             loss = loss_fn(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -45,14 +45,15 @@ def lm(ray_session, tmp_path_factory):
         "train": {"num_workers": 2, "strategy": "fsdp", "epochs": 3, "batch_size": 32, "learning_rate": 0.004,
                   "checkpoint_every_epochs": 1, "log_every_steps": 5},
         "generate": {"max_tokens": 24, "temperature": 0.7},
-        "deploy": {"port": free_port(), "llm": {"num_cpus": 1, "max_tokens": 200}},
+        # one engine for the base and its adapters (test_two_lora_adapters...): LoRA-enabled from the start
+        "deploy": {"port": free_port(), "llm": {"num_cpus": 1, "max_tokens": 200, "enable_lora": True}},
     })
     stages = []
     result = run_lm_pipeline(spec, serve=True, progress=lambda s, d: stages.append((s, d)))
     try:
         yield {"spec": spec, "result": result, "registry": Registry(str(root / "store")), "stages": stages}
     finally:
-        undeploy("lm", ["lm@production"])
+        undeploy("lm", ["lm@production"], spec.store, spec.deploy.llm)
         import time
 
         deadline = time.time() + 60
@@ -109,7 +110,9 @@ def _local(lm):
 
 def test_the_served_endpoint_generates_what_transformers_generates_from_the_published_folder(lm):
     from maas.models.llama import greedy_text
+    from maas.serve.llm_engine import engine_apps
 
+    assert engine_apps() == ["maas-llm-lm-v1-lora"]  # deploy.llm.enable_lora: the base on a LoRA-enabled engine
     model, tok = _local(lm)
     base = lm["result"].endpoint
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=60)
@@ -146,18 +149,20 @@ def test_the_served_endpoint_generates_what_transformers_generates_from_the_publ
 
 def test_two_lora_adapters_train_on_the_base_and_are_served_by_its_engine_like_local_peft(lm, tmp_path):
     """LoRA fine-tuning of the published model (DDP for one adapter, FSDP2 for the other), each adapter a
-    version of its own whose lineage names the base; both served by one vLLM engine of the base (multi-LoRA),
-    answering differently, each exactly as local peft over the same files."""
+    version of its own whose lineage names the base; both served by the base's running vLLM engine
+    (multi-LoRA: no engine of their own), answering differently, each exactly as local peft over the same
+    files."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ray import serve
+
     from maas.models.llama import greedy_text
-    from maas.serve.deploy import deploy, undeploy
+    from maas.serve import build_app
+    from maas.serve.hosting import fetch_all, normalize_routes
     from maas.serve.llm_engine import engine_apps
-    from maas.spec import DeploySpec
 
     registry, base_ref = lm["registry"], lm["result"].ref
-    undeploy("lm", ["lm@production"])  # the ingress at "/" makes way for the adapters' one
     sentences = english_corpus(limit=3000)
     texts = {"lm-a": sentences[:300], "lm-b": [s.upper() for s in sentences[300:600]]}  # two different styles
     refs = {}
@@ -179,10 +184,13 @@ def test_two_lora_adapters_train_on_the_base_and_are_served_by_its_engine_like_l
         assert result.history[-1]["val_loss"] < result.history[0]["val_loss"] + 1e-6
         refs[name] = result.ref
 
-    url = deploy(registry.location, ["lm-a@production", "lm-b@production"], DeploySpec(llm={"num_cpus": 1}),
-                 app_name="adapters")
+    routes = normalize_routes(["lm-a@production", "lm-b@production"])
+    d = lm["spec"].deploy
+    fetch_all(registry, routes, d.llm)  # finds the base's engine running: nothing to start
+    serve.run(build_app(registry.location, routes, d), name="adapters", route_prefix="/adapters", blocking=False)
+    url = f"{lm['result'].endpoint}/adapters"
     try:
-        assert [a for a in engine_apps() if a.endswith("-lora")] == ["maas-llm-lm-v1-lora"]  # one engine, two adapters
+        assert engine_apps() == ["maas-llm-lm-v1-lora"]  # one engine: the base and both adapters
         base_folder, _ = registry.fetch(base_ref)
         tok = AutoTokenizer.from_pretrained(base_folder)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
@@ -198,7 +206,7 @@ def test_two_lora_adapters_train_on_the_base_and_are_served_by_its_engine_like_l
             assert r.status_code == 200 and r.headers[VERSION_HEADER] == ref
         assert answers["lm-a"] != answers["lm-b"]
     finally:
-        undeploy("adapters", ["lm-a@production", "lm-b@production"])
+        serve.delete("adapters")  # the engine stays: the base's application still uses it
 
 
 def test_full_fine_tuning_on_chat_lines_with_fsdp2_quarantines_bad_lines_and_publishes_a_whole_model(lm, tmp_path):

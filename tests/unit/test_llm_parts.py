@@ -117,6 +117,7 @@ def test_an_adapter_is_served_by_its_base_engine_with_lora_enabled():
     adapter = SimpleNamespace(name="support", ref="support/2", version=2,
                               signature={"format": "peft-lora", "base": "tiny/3", "lora_rank": 24})
     assert engine_of(base) == ("tiny", 3, False) and engine_of(adapter) == ("tiny", 3, True)
+    assert engine_of(base, lora_base=True) == engine_of(adapter, lora_base=True)  # deploy.llm.enable_lora: shared
     assert engine_app_name(*engine_of(adapter)) == "maas-llm-tiny-v3-lora" != engine_app_name(*engine_of(base))
     assert lora_name(adapter) == "support/2"
     config = llm_config("/store", base, LLMEngineSpec(max_loras=3), lora_rank=24)

@@ -155,10 +155,10 @@ def greedy_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int) -
 
 
 def next_word_accuracy(model: nn.Module, tokenizer, lines: list[str], max_new_tokens: int = 8) -> dict:
-    """A check a reader can follow: each held-out line is cut before its last word, the model continues it
+    """A check a reader can follow: each held-out line is cut before its middle word, the model continues it
     greedily, and it scores when the first word it writes is that word. -> {"accuracy", "n", "examples"}."""
     hits, examples = 0, []
-    cases = [(" ".join(w[:-1]), w[-1]) for w in (line.split() for line in lines) if len(w) >= 4]
+    cases = [(" ".join(w[:len(w) // 2]), w[len(w) // 2]) for w in (line.split() for line in lines) if len(w) >= 4]
     for prefix, word in cases:
         said = greedy_text(model, tokenizer, prefix, max_new_tokens).split()
         guess = said[0] if said else ""

@@ -60,14 +60,28 @@ def deploy(store: str, models, deploy: Optional[DeploySpec] = None, *, app_name:
     return f"http://{proxy_address(d.host, d.port)}"
 
 
-def undeploy(app_name: str, models=()) -> None:
-    """Delete a maas application and the vLLM engines of the models it served (``models``: names)."""
-    from maas.serve.llm_engine import APP_PREFIX, engine_apps
+def undeploy(app_name: str, models=(), store: Optional[str] = None, llm=None) -> None:
+    """Delete a maas application and the vLLM engines of the models it served (``models``: its routes). With
+    the registry (``store``), the engines its routes' versions run on now are deleted too, whatever their
+    names (an adapter runs on its base's engine; ``llm``: the deploy's LLMEngineSpec)."""
+    from maas.serve.llm_engine import APP_PREFIX, engine_app_name, engine_apps, engine_of
 
     serve.delete(app_name)
-    names = {r["model"] for r in normalize_routes(models)} if models else set()
+    routes = normalize_routes(models) if models else []
+    names = {r["model"] for r in routes}
+    doomed = set()
+    if store is not None:
+        registry = Registry(store)
+        for r in routes:
+            try:
+                mv = registry.resolve(f"{r['model']}/{r['version']}" if r["version"] is not None
+                                      else f"{r['model']}@{r['alias']}")
+            except Exception:  # gone from the registry: the name prefix below still finds its engine
+                continue
+            if mv.runtime == "vllm":
+                doomed.add(engine_app_name(*engine_of(mv, bool(llm and llm.enable_lora))))
     for app in engine_apps():
-        if any(app.startswith(f"{APP_PREFIX}{n}-v") for n in names):
+        if app in doomed or any(app.startswith(f"{APP_PREFIX}{n}-v") for n in names):
             serve.delete(app)
 
 

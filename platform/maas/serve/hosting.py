@@ -283,7 +283,8 @@ class ModelHost:
         from maas.serve.llm_engine import engine_of
 
         def retire():  # an engine may serve several versions (a base's serves its adapters): any use keeps it
-            in_use = engine_of(old.mv) in {engine_of(x.mv) for m in self.models.values()
+            lora = self.llm.enable_lora
+            in_use = engine_of(old.mv, lora) in {engine_of(x.mv, lora) for m in self.models.values()
                                            for x in (m.primary, m.canary, *m.pinned.values())
                                            if x is not None and x.mv.runtime == "vllm"}
             if in_use or self._stop.is_set():
@@ -296,7 +297,7 @@ class ModelHost:
             from maas.serve.llm_engine import retire_engine
 
             logger.info("maas retiring the engine of %s", old.mv.ref)
-            retire_engine(old.mv)
+            retire_engine(old.mv, self.llm)
 
         timer = threading.Timer(self.retire_after_s, retire)
         timer.daemon = True

@@ -38,12 +38,16 @@ def engine_app_name(name: str, version: int, lora: bool = False) -> str:
     return f"{APP_PREFIX}{name}-v{version}" + ("-lora" if lora else "")
 
 
-def engine_of(mv) -> tuple[str, int, bool]:
-    """(name, version, LoRA enabled) of the engine that serves ``mv``: its own, or an adapter's base's."""
-    base = mv.signature.get("base") if mv.signature.get("format") == "peft-lora" else None
-    if base is None:
-        return mv.name, mv.version, False
-    name, _, version = str(base).partition("/")
+def is_adapter(mv) -> bool:
+    return mv.signature.get("format") == "peft-lora"
+
+
+def engine_of(mv, lora_base: bool = False) -> tuple[str, int, bool]:
+    """(name, version, LoRA enabled) of the engine that serves ``mv``: its own (LoRA-enabled when
+    ``lora_base``: ``deploy.llm.enable_lora``), or an adapter's base's LoRA-enabled one."""
+    if not is_adapter(mv):
+        return mv.name, mv.version, lora_base
+    name, _, version = str(mv.signature.get("base")).partition("/")
     return name, int(version), True
 
 
@@ -108,21 +112,21 @@ def ensure_engine(store: str, mv, spec: LLMEngineSpec):
 
     from maas.registry import Registry
 
-    name, version, lora = engine_of(mv)
+    name, version, lora = engine_of(mv, spec.enable_lora)
     app = engine_app_name(name, version, lora)
     status = _status(app)
     if status in (None, "DEPLOY_FAILED", "UNHEALTHY", "DELETING"):
         if status == "DELETING":
             _wait_gone(app, 120)
-        engine_mv = Registry(store).resolve(f"{name}/{version}") if lora else mv
+        engine_mv = Registry(store).resolve(f"{name}/{version}") if is_adapter(mv) else mv
         logger.info("maas starting the vLLM engine of %s on %s%s", engine_mv.ref, spec.placement(),
                     " with LoRA" if lora else "")
         started = time.monotonic()
         try:
-            serve.run(build_engine_app(store, engine_mv, spec, int(mv.signature.get("lora_rank", 1)) if lora else 0),
-                      name=app, route_prefix=None, blocking=False)
+            rank = int(mv.signature.get("lora_rank", 1)) if is_adapter(mv) else spec.max_lora_rank if lora else 0
+            serve.run(build_engine_app(store, engine_mv, spec, rank), name=app, route_prefix=None, blocking=False)
         except Exception as exc:  # the controller's message names the engine's error
-            retire_engine(mv)
+            retire_engine(mv, spec)
             raise ServeError(f"the vLLM engine of {engine_mv.ref} did not start: {_short(exc)}") from None
         logger.info("maas engine of %s is up (%.1f s)", engine_mv.ref, time.monotonic() - started)
     else:
@@ -135,11 +139,11 @@ def ensure_engine(store: str, mv, spec: LLMEngineSpec):
     return EngineClient(mv, serve.get_deployment_handle(ENGINE, app_name=app), spec)
 
 
-def retire_engine(mv) -> None:
+def retire_engine(mv, spec: Optional[LLMEngineSpec] = None) -> None:
     """Delete the engine application that serves ``mv`` (in the background: in-flight requests finish first)."""
     from ray import serve
 
-    app = engine_app_name(*engine_of(mv))
+    app = engine_app_name(*engine_of(mv, bool(spec and spec.enable_lora)))
     try:
         serve.delete(app, _blocking=False)
     except Exception as exc:  # already gone
@@ -168,7 +172,7 @@ class EngineClient:
 
     def __init__(self, mv, handle, spec: LLMEngineSpec):
         self.mv = mv
-        lora = engine_of(mv)[2]
+        lora = is_adapter(mv)
         # an adapter's requests carry its name twice: as the multiplexed model id (the engine replica loads the
         # adapter from the registry on first use) and as the request's model (what vLLM runs it with)
         self.handle = handle.options(stream=True, multiplexed_model_id=lora_name(mv)) if lora \

@@ -114,6 +114,9 @@ class LLMEngineSpec(_Strict):
     max_n: int = Field(8, ge=1, description="Largest n / best_of a request may ask for (400 above).")
     start_timeout_s: float = Field(900, gt=0, description="How long an engine may take to load before the "
                                                           "version is reported not ready.")
+    enable_lora: bool = Field(False, description="Start base versions' engines with LoRA enabled too, so a base "
+                              "and its adapters served together share one engine (adapters always run on "
+                              "their base's LoRA-enabled engine).")
     max_loras: int = Field(4, ge=1, description="LoRA adapter versions one base engine holds at once (adapters "
                                                 "are served by their base's engine, loaded on first use).")
     max_lora_rank: int = Field(16, ge=1, le=512, description="Largest adapter rank the base engine admits "
