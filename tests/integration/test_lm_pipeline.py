@@ -42,7 +42,7 @@ def lm(ray_session, tmp_path_factory):
         "kind": "lm", "store": str(root / "store"),
         "model": {"name": "lm", "size": "tiny", "block_size": 64, "vocab_size": 512},
         "data": {"source": "files", "path": str(texts), "val_fraction": 0.1},
-        "train": {"num_workers": 2, "strategy": "fsdp", "epochs": 3, "batch_size": 32, "learning_rate": 0.004,
+        "train": {"num_workers": 2, "strategy": "fsdp", "epochs": 2, "batch_size": 32, "learning_rate": 0.004,
                   "checkpoint_every_epochs": 1, "log_every_steps": 5},
         "generate": {"max_tokens": 24, "temperature": 0.7},
         # one engine for the base and its adapters (test_two_lora_adapters...): LoRA-enabled from the start
@@ -72,7 +72,7 @@ def test_fsdp_training_learns_and_publishes_a_hugging_face_folder_with_lineage(l
     assert {q["reason"].split(" ")[0] for q in quarantined} == {"not", "NUL"}
 
     history = result.history
-    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["epoch"] for h in history] == [0, 1]
     assert history[-1]["val_loss"] < history[0]["val_loss"] < 6.3  # uniform over 512 tokens: ln 512 = 6.24
     m = result.metrics
     assert m["val_bits_per_byte"] == pytest.approx(m["val_bits_per_token"] / c["bytes_per_token"])
@@ -231,7 +231,12 @@ def test_full_fine_tuning_on_chat_lines_with_fsdp2_quarantines_bad_lines_and_pub
                   "checkpoint_every_epochs": 0}})
     result = run_lm_pipeline(spec, serve=False)
     quarantined = [json.loads(x) for x in (Path(result.run_dir) / "quarantine.jsonl").read_text().splitlines()]
-    assert sorted(q["line"] for q in quarantined) == [11, 21, 31, 41] and result.data_counts["lines_rejected"] == 4
+    planted = {11: "not JSON", 21: "no assistant", 31: "UTF-8", 41: "over the context"}
+    found = {q["line"]: q["reason"] for q in quarantined}
+    assert all(why in found.get(line, "") for line, why in planted.items()), found
+    # a real sentence may tokenize past the 64-token context too: quarantined for that, never silently
+    assert all("over the context" in why for line, why in found.items() if line not in planted)
+    assert result.data_counts["lines_rejected"] == len(found) < 10
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
     mv = registry.resolve(result.ref)
     assert mv.lineage["parent"] == base_ref and mv.lineage["method"] == "full" and mv.lineage["strategy"] == "fsdp"
