@@ -108,7 +108,10 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
                 f"{c['vocab_size']}), {c['lines']} lines ({c['lines_rejected']} quarantined) -> "
                 f"{c['splits']['train']} train / {c['splits']['val']} val blocks")
 
-    shape = build_model(config)
+    import torch
+
+    with torch.device("meta"):  # counted from the shapes: a 1B base is not built on the driver
+        shape = build_model(config)
     n_params = sum(p.numel() for p in shape.parameters())
     n_trainable = sum(p.numel() for p in shape.parameters() if p.requires_grad)
     del shape
