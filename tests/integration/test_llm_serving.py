@@ -15,6 +15,7 @@ import requests
 
 from maas.runtime import free_port
 from maas.spec import DeploySpec
+from tests.llm_helpers import engines_gone_and_shared_memory_released
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm")
@@ -33,7 +34,7 @@ def llm(ray_session, tmp_path_factory):
     from maas.serve.auth import key_digest
     from maas.serve.deploy import proxy_address, undeploy
     from maas.serve.hosting import fetch_all, normalize_routes
-    from maas.serve.llm_engine import engine_apps, release_shared_memory, shm_entries
+    from maas.serve.llm_engine import shm_entries
 
     shm_before = shm_entries()
     tmp = tmp_path_factory.mktemp("llm")
@@ -54,35 +55,7 @@ def llm(ray_session, tmp_path_factory):
                "client": openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)}
     finally:
         undeploy("llm", routes)
-        deadline = time.time() + 60
-        while engine_apps() and time.time() < deadline:
-            time.sleep(1)
-        assert not engine_apps()
-        _no_engine_processes_left()
-        release_shared_memory(shm_before)
-
-
-def _no_engine_processes_left():
-    """Engine processes (vLLM's EngineCore and workers) die with their replica: none of this Ray's is left."""
-    import psutil
-    from ray._private.worker import _global_node
-
-    raylet = psutil.Process(_global_node.all_processes["raylet"][0].process.pid)
-    deadline = time.time() + 60
-    while True:
-        left = [p for p in raylet.children(recursive=True) if "EngineCore" in " ".join(_cmdline(p))
-                or "VLLM" in p.name()]
-        if not left or time.time() > deadline:
-            break
-        time.sleep(1)
-    assert not left, [p.pid for p in left]
-
-
-def _cmdline(p):
-    try:
-        return p.cmdline()
-    except Exception:
-        return []
+        engines_gone_and_shared_memory_released(shm_before)
 
 
 def test_openai_client_every_route_with_usage_and_version(llm):

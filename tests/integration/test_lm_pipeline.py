@@ -17,6 +17,7 @@ from maas.registry import Registry
 from maas.serve import VERSION_HEADER
 from maas.spec import spec_from_dict
 from tests.conftest import free_port
+from tests.llm_helpers import engines_gone_and_shared_memory_released
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm")
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 @pytest.fixture(scope="module")
 def lm(ray_session, tmp_path_factory):
     from maas.serve.deploy import undeploy
-    from maas.serve.llm_engine import engine_apps, release_shared_memory, shm_entries
+    from maas.serve.llm_engine import shm_entries
 
     shm_before = shm_entries()
     root = tmp_path_factory.mktemp("lm")
@@ -54,12 +55,7 @@ def lm(ray_session, tmp_path_factory):
         yield {"spec": spec, "result": result, "registry": Registry(str(root / "store")), "stages": stages}
     finally:
         undeploy("lm", ["lm@production"], spec.store, spec.deploy.llm)
-        import time
-
-        deadline = time.time() + 60
-        while engine_apps() and time.time() < deadline:
-            time.sleep(1)
-        release_shared_memory(shm_before)
+        engines_gone_and_shared_memory_released(shm_before)
 
 
 def test_fsdp_training_learns_and_publishes_a_hugging_face_folder_with_lineage(lm):
