@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from maas.data.chat import reject_reason
 from maas.exceptions import DataError
 from maas.spec import TextDataSpec
 
@@ -100,8 +101,7 @@ def _pack(batch: dict, block_size: int, val_fraction: float, seed: int, tokenize
         for line_no, why, line in bad:
             tokens.append(np.zeros(width, np.int32))
             split.append("reject")
-            reason.append(json.dumps({"source": str(name), "line": line_no, "reason": why,
-                                      "text": line[:200].decode("utf-8", "replace")}))
+            reason.append(reject_reason(str(name), line_no, why, line))
         ids = tok.encode(b"\n".join(line for _, line in good).decode("utf-8") + "\n", add_special_tokens=False).ids
         ids += [eos_id] if eos_id is not None else []
         buf = np.asarray(ids, dtype=np.int32)
@@ -126,8 +126,7 @@ def _pack_chat(batch: dict, block_size: int, val_fraction: float, seed: int, tok
     tokens, targets, split, reason = [], [], [], []
     for name, data in zip(batch["name"], batch["data"]):
         good, bad = _good_lines(data)
-        rows = [(None, None, json.dumps({"source": str(name), "line": n, "reason": why,
-                                         "text": line[:200].decode("utf-8", "replace")})) for n, why, line in bad]
+        rows = [(None, None, reject_reason(str(name), n, why, line)) for n, why, line in bad]
         n_tokens = 0
         for row, target, rejected in [*rows, *chat_rows(str(name), good, tok, width, chat["pad_id"])]:
             tokens.append(row if row is not None else np.zeros(width, np.int32))

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-IGNORE = -100  # maas.train.loop.IGNORE: no target here
+IGNORE = -100  # no target here (the train loop's cross-entropy ignore_index)
 ROLES = ("system", "user", "assistant")
 
 
@@ -69,6 +69,11 @@ def render(tok, messages: list[dict]) -> tuple[list[int], np.ndarray]:
     return full, mask
 
 
+def reject_reason(name: str, line_no: int, why: str, line: bytes) -> str:
+    """A quarantined line as ``quarantine.jsonl`` records it: where, why, and its first 200 bytes."""
+    return json.dumps({"source": name, "line": line_no, "reason": why, "text": line[:200].decode("utf-8", "replace")})
+
+
 def chat_rows(name: str, lines: list[tuple[int, bytes]], tok, width: int, pad_id: int):
     """Yield (tokens[width], targets[width - 1], None) per conversation, or (None, None, reject reason JSON)."""
     for line_no, line in lines:
@@ -85,8 +90,7 @@ def chat_rows(name: str, lines: list[tuple[int, bytes]], tok, width: int, pad_id
             if len(full) > width:
                 why = f"over the context: {len(full)} tokens, the model's block is {width}"
         if why is not None:
-            yield None, None, json.dumps({"source": name, "line": line_no, "reason": why,
-                                          "text": line[:200].decode("utf-8", "replace")})
+            yield None, None, reject_reason(name, line_no, why, line)
             continue
         tokens = np.full(width, pad_id, np.int32)
         tokens[:len(full)] = full

@@ -20,11 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from maas.data.chat import IGNORE  # a target position that is not learnt (cross-entropy's ignore_index)
 from maas.models import build_model
 from maas.train.checkpoint import as_dtensors, resume_state, write_checkpoint
 from maas.train.config import LoopConfig
-
-IGNORE = -100  # a target position that is not learnt (cross-entropy's ignore_index)
 
 
 class ShardBatches:
