@@ -4,6 +4,7 @@ Train workers (sharded checkpoints) -> a Hugging Face folder in the registry -> 
 maas endpoint, whose greedy text is the one transformers generates from the published folder."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,46 @@ def test_full_fine_tuning_on_chat_lines_with_fsdp2_quarantines_bad_lines_and_pub
     base = AutoModelForCausalLM.from_pretrained(base_folder)
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
     assert len(changed) == len(list(base.parameters()))  # every weight trained
+
+
+def test_quantized_variants_are_measured_under_vllm_gated_published_and_the_fastest_passing_promoted(lm):
+    """The compress stage on the published model: w8a8 and w4a16 folders (compressed-tensors), each measured
+    against the parent under real vLLM engines (held-out perplexity, greedy agreement, tokens/s at 1 and 32
+    requests in flight); a strict gate passes w8a8 and rejects w4a16, both published, and the fastest passing
+    version gets the alias (another alias than the served one: the running app is not rolled over)."""
+    from maas.pipelines.lm import job_compress
+    from maas.serve.llm_engine import engine_apps
+
+    registry, parent_ref, trained = lm["registry"], lm["result"].ref, lm["result"].metrics
+    spec = spec_from_dict({
+        "kind": "lm", "store": str(lm["spec"].store), "model": {"name": "lm", "block_size": 64},
+        "data": {"source": "files", "path": lm["spec"].data.path, "val_fraction": 0.1},
+        "compress": {"variants": ["w8a8", "w4a16"], "prompts": 8, "max_tokens": 16,
+                     "gate": {"max_perplexity_increase": 0.002, "min_greedy_agreement": 0.25}},
+        "deploy": {"alias": "compressed", "llm": {"num_cpus": 1}}})
+    out = job_compress(spec, {"parent": parent_ref}, lambda s, d: None)
+    records = {v["method"]: v for v in out["variants"]}
+    assert out["parent"] == parent_ref and list(records) == ["fp32", "w8a8", "w4a16"]
+    parent, w8, w4 = records["fp32"]["metrics"], records["w8a8"], records["w4a16"]
+    # vLLM's held-out perplexity agrees with the one training measured (same text, blocks cut to the context)
+    assert abs(math.log(parent["perplexity"]) - trained["val_loss"]) < 0.25 and parent["eval_tokens"] > 1000
+    assert w8["passed"] and abs(w8["metrics"]["perplexity"] / parent["perplexity"] - 1) <= 0.002
+    assert not w4["passed"] and w4["metrics"]["perplexity"] / parent["perplexity"] - 1 > 0.002
+    for r in (parent, w8["metrics"], w4["metrics"]):
+        assert r["tokens_per_s_c32"] > r["tokens_per_s_c1"] > 0
+    assert parent["size_bytes"] / w8["metrics"]["size_bytes"] > 1.9
+    assert parent["size_bytes"] / w4["metrics"]["size_bytes"] > parent["size_bytes"] / w8["metrics"]["size_bytes"]
+
+    w8_mv, w4_mv = registry.resolve(w8["ref"]), registry.resolve(w4["ref"])
+    assert w8_mv.status == "ready" and w4_mv.status == "rejected" and "perplexity" in w4_mv.lineage["gate"]["reason"]
+    for mv, method in ((w8_mv, "w8a8"), (w4_mv, "w4a16")):
+        assert mv.lineage["parent"] == parent_ref and mv.lineage["method"] == method and mv.runtime == "vllm"
+        assert mv.signature["quantization"] == method and "quantization_config" in json.loads(
+            registry.fetch(mv.ref)[0].joinpath("config.json").read_text())
+    fastest = max((parent_ref, parent), (w8["ref"], w8["metrics"]), key=lambda r: r[1]["tokens_per_s_c32"])[0]
+    assert out["promoted"] == fastest and registry.resolve("lm@compressed").ref == fastest
+    assert registry.resolve("lm@production").ref == parent_ref  # the served alias did not move
+    report = Path(out["report"]["markdown"]).read_text()
+    assert "| w4a16 |" in report and "REJECTED" in report
+    assert Path(out["report"]["png"]).read_bytes()[:4] == b"\x89PNG"
+    assert engine_apps() == ["maas-llm-lm-v1-lora"]  # measured in a process of its own: no serving engine added

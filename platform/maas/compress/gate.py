@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from maas.spec import EncoderGateSpec
+from maas.spec import EncoderGateSpec, LLMGateSpec
 
 
 def check_accuracy_gate(parent: dict, child: dict, max_accuracy_drop: float) -> tuple[bool, str]:
@@ -30,3 +30,31 @@ def check_embedding_gate(parent: dict, child: dict, gate: EncoderGateSpec) -> tu
         return False, "; ".join(problems)
     return True, (f"mean cosine {child['cosine_mean']:.4f} >= {gate.min_cosine_mean}, min {child['cosine_min']:.4f}"
                   f" >= {gate.min_cosine_min}, STS drop {drop:+.4f} <= {gate.max_sts_drop}")
+
+
+def greedy_agreement(parent: list, child: list) -> float:
+    """How much of the parent's greedy text a variant reproduces: per prompt, the share of the parent's tokens
+    before the first one the variant changes, averaged over prompts (1.0: every continuation identical)."""
+    shares = []
+    for p, c in zip(parent, child):
+        same = next((i for i, (a, b) in enumerate(zip(p, c)) if a != b), min(len(p), len(c)))
+        shares.append(same / max(len(p), 1))
+    return sum(shares) / max(len(shares), 1)
+
+
+def check_llm_gate(parent: dict, child: dict, gate: LLMGateSpec) -> tuple[bool, str]:
+    """(passed, reason) of a decoder variant: held-out perplexity (relative rise) and greedy agreement, both
+    measured under vLLM; a variant vLLM could not run fails with vLLM's reason."""
+    if "error" in child:
+        return False, f"vLLM could not run it: {child['error']}"
+    rise = child["perplexity"] / parent["perplexity"] - 1
+    problems = []
+    if rise > gate.max_perplexity_increase + 1e-12:
+        problems.append(f"perplexity {child['perplexity']:.3f} is {rise:+.2%} over the parent's "
+                        f"{parent['perplexity']:.3f} (> {gate.max_perplexity_increase:.2%})")
+    if child["greedy_agreement"] < gate.min_greedy_agreement:
+        problems.append(f"greedy agreement {child['greedy_agreement']:.3f} < {gate.min_greedy_agreement}")
+    if problems:
+        return False, "; ".join(problems)
+    return True, (f"perplexity {rise:+.2%} <= {gate.max_perplexity_increase:.2%}, greedy agreement "
+                  f"{child['greedy_agreement']:.3f} >= {gate.min_greedy_agreement}")

@@ -43,8 +43,9 @@ KINDS = {k.name: k for k in (
          "your tabular, image or text data -> a trained classifier, int8-compressed and gated"),
     Kind("encoder", "maas.pipelines.encoder", ("pipeline", "compress", "deploy"),
          "the packaged MiniLM sentence encoder -> variants measured, gated, the fastest passing one served"),
-    Kind("lm", "maas.pipelines.lm", ("pipeline", "deploy"),
-         "text -> BPE tokenizer -> transformers Llama (DDP/FSDP2) -> Hugging Face folder -> vLLM"),
+    Kind("lm", "maas.pipelines.lm", ("pipeline", "compress", "deploy"),
+         "text -> BPE tokenizer -> transformers Llama (DDP/FSDP2) -> Hugging Face folder (quantized variants, "
+         "gated) -> vLLM"),
     Kind("llm", "maas.pipelines.llm", ("pipeline", "deploy"),
          "a Hugging Face causal LM -> the registry -> vLLM engines (Ray Serve LLM) behind OpenAI routes"),
 )}

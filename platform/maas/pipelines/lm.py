@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 from maas.data.blocks import prepare_lm_data
-from maas.pipelines.base import Laps, Progress, alias_target, job_deploy, new_run_id, noop, serve_at_end
+from maas.pipelines.base import (Laps, Progress, alias_target, job_deploy, new_run_id, noop, serve_at_end,
+                                 variants_summary)
 from maas.spec import LMPipelineSpec
 
 SPEC = LMPipelineSpec
@@ -34,6 +35,8 @@ class LMResult:
     smoke: dict = field(default_factory=dict)
     stage_seconds: dict = field(default_factory=dict)
     promoted_ref: str = ""
+    variants: list = field(default_factory=list)  # compress: the parent then each variant, measured and gated
+    report: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,6 +170,13 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     lap("publish", f"{mv.ref} ({'LoRA adapters on ' + base['mv'].ref if lora else 'Hugging Face folder'}, "
                    f"{metrics['size_bytes'] / 1e6:.2f} MB of weights), "
                    f"{spec.model.name}@{spec.deploy.alias}")
+    variants, promoted, report = [], mv.ref, {}
+    if spec.compress.variants:
+        from maas.pipelines.lm_compress import compress_lm, eval_inputs
+
+        inputs = eval_inputs(data.val, spec.compress, config["block_size"])
+        variants, chosen, report = compress_lm(spec, mv.ref, inputs, run_dir, laps, mv.version, run_id)
+        promoted = chosen["ref"]
     endpoint = serve_at_end(spec, serve, laps)
     smoke = {}
     if endpoint:
@@ -178,7 +188,7 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     return LMResult(run_id=run_id, run_dir=run_dir, spec_hash=spec.spec_hash(), data_fingerprint=data.fingerprint,
                     data_counts=c, train_device=trained.device, ref=mv.ref, metrics=metrics, history=trained.history,
                     sample=sample, alias=spec.deploy.alias, endpoint=endpoint, smoke=smoke,
-                    stage_seconds=laps.seconds, promoted_ref=mv.ref)
+                    stage_seconds=laps.seconds, promoted_ref=promoted, variants=variants, report=report)
 
 
 run_lm_pipeline = run  # the name tests and notebooks have used
@@ -195,7 +205,16 @@ def summary(result: LMResult, spec: LMPipelineSpec) -> str:
                  [[result.ref, f"{m['parameters'] / 1e6:.2f}M", f"{m.get('val_loss', nan):.3f}",
                    f"{m.get('val_perplexity', nan):.1f}", f"{m.get('val_bits_per_byte', nan):.2f}",
                    f"{m['next_word_accuracy']:.3f}", f"{m['tokens_per_s_train']:.0f}",
-                   f"{m['size_bytes'] / 1e6:.2f}"]]) + f"\nsample (greedy): {result.sample!r}"
+                   f"{m['size_bytes'] / 1e6:.2f}"]]) + f"\nsample (greedy): {result.sample!r}" + _variants(result, spec)
+
+
+def _variants(result: LMResult, spec: LMPipelineSpec) -> str:
+    if not result.variants:
+        return ""
+    from maas.compress.report import llm_markdown_table
+
+    return (f"\n\n{llm_markdown_table(result.variants, spec.compress.concurrency)}\n\n{spec.model.name}@"
+            f"{result.alias} -> {result.promoted_ref}; report: " + ", ".join(f"{k} {v}" for k, v in result.report.items()))
 
 
 def try_it(result: LMResult, spec: LMPipelineSpec) -> tuple[str, str]:
@@ -209,10 +228,51 @@ def try_it(result: LMResult, spec: LMPipelineSpec) -> tuple[str, str]:
 def job_pipeline(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:
     result = run(spec, serve=opts.get("serve", False), progress=progress)
     return {"run_id": result.run_id, "run_dir": result.run_dir, "data_counts": result.data_counts,
-            "data_fingerprint": result.data_fingerprint, "promoted": result.ref, "alias": result.alias,
+            "data_fingerprint": result.data_fingerprint, "trained": result.ref, "promoted": result.promoted_ref,
+            "alias": result.alias, "variants": variants_summary(result.variants), "report": result.report,
             "metrics": result.metrics, "sample": result.sample, "endpoint": result.endpoint, "smoke": result.smoke,
             "history": result.history, "stage_seconds": result.stage_seconds,
             "summary": summary(result, spec)}
 
 
-JOB_STAGES = {"pipeline": job_pipeline, "deploy": job_deploy}
+def job_compress(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:
+    """Compress a published decoder (``--parent``, default: the one ``<model>@<alias>`` serves or, when that is
+    a variant, its parent): ``compress.variants`` measured on held-out blocks of ``data`` tokenized with the
+    parent's own tokenizer, gated, published, the best promoted to ``deploy.alias``."""
+    from transformers import AutoTokenizer
+
+    from maas.data import run_dir_for
+    from maas.exceptions import JobError
+    from maas.pipelines.lm_compress import compress_lm, eval_inputs
+    from maas.registry import Registry
+
+    if not spec.compress.variants:
+        raise JobError("compress.variants is empty: name the methods to build (bf16, w8a8, w4a16, w8a16)")
+    registry, run_id = Registry(spec.store), new_run_id()
+    alias_was = alias_target(spec.store, spec.model.name, spec.deploy.alias)
+    parent = registry.resolve(opts.get("parent") or f"{spec.model.name}@{spec.deploy.alias}")
+    if parent.lineage.get("quantization") and not opts.get("parent"):
+        parent = registry.resolve(parent.lineage["parent"])
+    if parent.runtime != "vllm" or parent.signature.get("format") != "huggingface" or parent.lineage.get(
+            "quantization"):
+        raise JobError(f"compress: {parent.ref} is not a whole Hugging Face causal LM to quantize (format "
+                         f"{parent.signature.get('format')}, quantization {parent.lineage.get('quantization')})")
+    laps, run_dir = Laps(progress), run_dir_for(registry.location, run_id)
+    folder, parent = registry.fetch_version(parent)
+    max_len = int(parent.signature.get("max_position_embeddings") or spec.model.block_size + 1)
+    data = prepare_lm_data(spec.data, min(spec.model.block_size, max_len - 1), run_dir,
+                           tokenizer=AutoTokenizer.from_pretrained(folder))
+    laps.lap("data", f"{data.counts['splits']['val']} held-out blocks of {spec.data.source}, "
+                     f"{parent.ref}'s tokenizer")
+    records, chosen, report = compress_lm(spec, parent.ref, eval_inputs(data.val, spec.compress, max_len), run_dir,
+                                          laps, alias_was, run_id)
+    from maas.compress.report import llm_markdown_table
+
+    return {"run_id": run_id, "run_dir": run_dir, "parent": parent.ref, "variants": variants_summary(records),
+            "promoted": chosen["ref"], "alias": spec.deploy.alias, "report": report,
+            "stage_seconds": laps.seconds,
+            "summary": llm_markdown_table(records, spec.compress.concurrency) + f"\n\n{spec.model.name}@"
+                       f"{spec.deploy.alias} -> {chosen['ref']}"}
+
+
+JOB_STAGES = {"pipeline": job_pipeline, "compress": job_compress, "deploy": job_deploy}

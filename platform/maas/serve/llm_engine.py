@@ -56,12 +56,24 @@ def lora_name(mv) -> str:
     return mv.ref
 
 
+def engine_dtype(spec: LLMEngineSpec, signature: dict) -> str:
+    """The dtype vLLM runs a version in: ``deploy.llm.dtype`` when set; else the one a compressed variant
+    needs (``serve_dtype``: bf16 activations for w4a16 on CPU), else the model's own on GPUs and float32 on
+    CPUs (the portable choice: bf16 needs AVX512-BF16 or AMX)."""
+    if spec.dtype != "auto":
+        return spec.dtype
+    if signature.get("serve_dtype"):
+        return signature["serve_dtype"]
+    return "auto" if spec.num_gpus else "float32"
+
+
 def llm_config(store: str, mv, spec: LLMEngineSpec, lora_rank: int = 0):
     """The Ray Serve LLM config of the engine that serves registry version ``mv`` (``model_source`` is set on
     the engine's node); ``lora_rank`` > 0: that of a base serving adapters up to this rank."""
     from ray.serve.llm import LLMConfig
 
-    engine = {"max_num_seqs": spec.max_num_seqs, "enforce_eager": spec.enforce_eager, "dtype": spec.dtype,
+    engine = {"max_num_seqs": spec.max_num_seqs, "enforce_eager": spec.enforce_eager,
+              "dtype": engine_dtype(spec, mv.signature),
               "max_model_len": spec.max_model_len}  # None: the model's own context
     if lora_rank:
         rank = next((r for r in LORA_RANKS if r >= max(lora_rank, spec.max_lora_rank)), LORA_RANKS[-1])
@@ -73,8 +85,6 @@ def llm_config(store: str, mv, spec: LLMEngineSpec, lora_rank: int = 0):
     else:
         env["VLLM_CPU_KVCACHE_SPACE"] = f"{spec.kv_cache_gib:g}"
         accel = {"kind": "cpu"}
-        if spec.dtype == "auto":
-            engine["dtype"] = "float32"  # the portable CPU choice (bf16 needs AVX512-BF16 / AMX)
     return LLMConfig(
         model_loading_config={"model_id": mv.name, "model_source": f"maas:{mv.ref}"},
         accelerator_config=accel,

@@ -20,7 +20,7 @@ from maas.spec.classifier import (SplitSpec, ColumnSchema, DataSpec, ModelSpec, 
 from maas.spec.encoder import (EncoderModelSpec, CorpusSpec, EncoderGateSpec, VariantSpec, EncoderCompressSpec,
                                EncoderPipelineSpec)
 from maas.spec.lm import (LM_SIZE_NAMES, TextDataSpec, LMModelSpec, LoRASpec, GenerateSpec, LM_TRAIN_DEFAULTS,
-                          LMPipelineSpec)
+                          LLM_COMPRESS_METHODS, LLMGateSpec, LMCompressSpec, LMPipelineSpec)
 from maas.spec.llm import LLMModelSpec, LLMPipelineSpec
 from maas.spec.loading import (SPEC_CLASSES, PipelineSpec, parse_override, apply_overrides, spec_from_dict,
                                load_spec)
@@ -32,7 +32,7 @@ __all__ = [
     "AutoscalingSpec", "CanarySpec", "ClassifierSpec", "ColumnSchema", "CompressSpec", "CorpusSpec", "DataSpec",
     "DeploySpec", "LLMEngineSpec", "ENCODER_FINAL_STEPS", "ENCODER_MODEL_STEPS", "EncoderCompressSpec", "EncoderGateSpec",
     "EncoderModelSpec", "EncoderPipelineSpec", "FITTED_OPS", "LMModelSpec", "LM_SIZE_NAMES", "LoRASpec", "GenerateSpec",
-    "LLMModelSpec", "LLMPipelineSpec", "LMPipelineSpec", "LM_TRAIN_DEFAULTS", "ModelSpec", "NAME_PATTERN", "OPS", "PipelineSpec", "SPEC_CLASSES",
+    "LLMModelSpec", "LLMPipelineSpec", "LLM_COMPRESS_METHODS", "LLMGateSpec", "LMCompressSpec", "LMPipelineSpec", "LM_TRAIN_DEFAULTS", "ModelSpec", "NAME_PATTERN", "OPS", "PipelineSpec", "SPEC_CLASSES",
     "SplitSpec", "TextDataSpec", "TrainSpec", "VariantSpec", "apply_overrides", "load_spec", "parse_override",
     "spec_from_dict",
 ]

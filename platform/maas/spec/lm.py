@@ -126,6 +126,45 @@ class GenerateSpec(_Strict):
     top_k: int = Field(40, ge=0, description="Sample among the k likeliest tokens (0: all).")
 
 
+LLM_COMPRESS_METHODS = ("bf16", "w8a8", "w4a16", "w8a16")  # maas.compress.llm_quant.METHODS
+
+
+class LLMGateSpec(_Strict):
+    """How close a compressed decoder must stay to its parent, both measured under vLLM on held-out text."""
+
+    max_perplexity_increase: float = Field(0.05, ge=0, description="Largest relative rise of held-out "
+                                           "perplexity (0.05: +5%).")
+    min_greedy_agreement: float = Field(0.5, ge=0, le=1, description="Least share of the parent's greedy tokens "
+                                        "(held-out prompts, up to the first change) the variant must reproduce.")
+
+
+class LMCompressSpec(_Strict):
+    """Quantized variants of the trained decoder, each measured against it under vLLM and gated; the one
+    ``select`` names among those that pass (the parent included) gets ``deploy.alias``."""
+
+    variants: list[Literal[LLM_COMPRESS_METHODS]] = Field(
+        [], description="Methods, each one version: 'bf16' (cast), 'w8a8' (int8 weights per channel, int8 "
+                        "activations per token), 'w4a16' (int4 weights in groups), 'w8a16' (int8 weights in "
+                        "groups; vLLM runs it on GPUs only). Empty: no compression.")
+    gate: LLMGateSpec = Field(default_factory=LLMGateSpec, description="The quality gate.")
+    select: Literal["fastest", "smallest"] = Field(
+        "fastest", description="Which passing version gets deploy.alias: the most tokens/s at the largest "
+                               "concurrency, or the fewest bytes.")
+    group_size: int = Field(128, ge=16, le=1024, description="Weights per scale for grouped methods (w4a16, "
+                            "w8a16); lowered to a power of two dividing every layer's width.")
+    eval_blocks: int = Field(32, ge=1, le=4096, description="Held-out blocks for perplexity.")
+    prompts: int = Field(16, ge=1, le=256, description="Held-out prompts for greedy agreement.")
+    max_tokens: int = Field(32, ge=1, le=4096, description="Greedy tokens compared per prompt (and generated per "
+                                                           "request when timing).")
+    concurrency: list[int] = Field([1, 32], min_length=1, description="Requests in flight when timing tokens/s.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "LMCompressSpec":
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"compress.variants names a method twice: {self.variants}")
+        return self
+
+
 LM_TRAIN_DEFAULTS = {"learning_rate": 1e-3, "max_grad_norm": 1.0, "lr_schedule": "cosine", "warmup_fraction": 0.05}
 
 
@@ -142,7 +181,16 @@ class LMPipelineSpec(_Pipeline):
                                          "the language-model defaults: " + ", ".join(
                                              f"{k}={v}" for k, v in LM_TRAIN_DEFAULTS.items()) + ".")
     generate: GenerateSpec = Field(default_factory=GenerateSpec, description="Serving defaults for generation.")
+    compress: LMCompressSpec = Field(default_factory=LMCompressSpec, description="Quantized variants and their "
+                                                                                 "gate.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
+
+    @model_validator(mode="after")
+    def _compress_whole_models(self) -> "LMPipelineSpec":
+        if self.compress.variants and self.model.base is not None and self.model.finetune == "lora":
+            raise ValueError("compress.variants: a LoRA fine-tune publishes adapters, not a model to quantize; "
+                             "quantize the base (its own run) or fine-tune with model.finetune=full")
+        return self
 
     @model_validator(mode="before")
     @classmethod
