@@ -34,7 +34,7 @@ def test_validate_takes_several_specs_and_set_overrides_and_refuses_unknown_argu
 def test_submitting_a_stage_the_kind_lacks_fails_before_any_ray_starts(capsys):
     code = main(["submit", "examples/lm.yaml", "--stage", "preprocess", "train.epochs=1"])
     err = capsys.readouterr().err
-    assert code == 2 and "kind=lm spec runs as stage pipeline or deploy, not 'preprocess'" in err
+    assert code == 2 and "kind=lm spec runs as stage pipeline or compress or deploy, not 'preprocess'" in err
     code = main(["submit", "examples/lm.yaml", "--address", "http://127.0.0.1:9", "trian.epochs=1"])
     assert code == 2 and "trian" in capsys.readouterr().err  # the spec is checked before the cluster is called
 

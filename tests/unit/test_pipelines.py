@@ -34,7 +34,8 @@ def test_the_stage_guard_names_the_stages_a_kind_has():
     lm = load_spec(str(ROOT / "examples/lm.yaml"))
     check_stage(lm, "pipeline")
     check_stage(lm, "deploy")
-    with pytest.raises(JobError, match=r"kind=lm spec runs as stage pipeline or deploy, not 'preprocess'"):
+    check_stage(lm, "compress")
+    with pytest.raises(JobError, match=r"kind=lm spec runs as stage pipeline or compress or deploy, not 'preprocess'"):
         check_stage(lm, "preprocess")
     encoder = load_spec(str(ROOT / "examples/minilm.yaml"))
     with pytest.raises(JobError, match=r"pipeline or compress or deploy, not 'train'"):
@@ -51,7 +52,7 @@ def test_a_job_entrypoint_refuses_a_stage_its_kind_lacks_with_a_result_line_not_
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert "runs as stage pipeline or deploy, not 'preprocess'" in proc.stderr
+    assert "runs as stage pipeline or compress or deploy, not 'preprocess'" in proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["maas_result"] == "preprocess" and result["status"] == "failed"
     assert result["error_type"] == "JobError"

@@ -249,7 +249,6 @@ def job_compress(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:
     if not spec.compress.variants:
         raise JobError("compress.variants is empty: name the methods to build (bf16, w8a8, w4a16, w8a16)")
     registry, run_id = Registry(spec.store), new_run_id()
-    alias_was = alias_target(spec.store, spec.model.name, spec.deploy.alias)
     parent = registry.resolve(opts.get("parent") or f"{spec.model.name}@{spec.deploy.alias}")
     if parent.lineage.get("quantization") and not opts.get("parent"):
         parent = registry.resolve(parent.lineage["parent"])
@@ -257,6 +256,7 @@ def job_compress(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:
             "quantization"):
         raise JobError(f"compress: {parent.ref} is not a whole Hugging Face causal LM to quantize (format "
                          f"{parent.signature.get('format')}, quantization {parent.lineage.get('quantization')})")
+    alias_was = alias_target(spec.store, parent.name, spec.deploy.alias)  # variants join the parent's model
     laps, run_dir = Laps(progress), run_dir_for(registry.location, run_id)
     folder, parent = registry.fetch_version(parent)
     max_len = int(parent.signature.get("max_position_embeddings") or spec.model.block_size + 1)
@@ -271,7 +271,7 @@ def job_compress(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:
     return {"run_id": run_id, "run_dir": run_dir, "parent": parent.ref, "variants": variants_summary(records),
             "promoted": chosen["ref"], "alias": spec.deploy.alias, "report": report,
             "stage_seconds": laps.seconds,
-            "summary": llm_markdown_table(records, spec.compress.concurrency) + f"\n\n{spec.model.name}@"
+            "summary": llm_markdown_table(records, spec.compress.concurrency) + f"\n\n{parent.name}@"
                        f"{spec.deploy.alias} -> {chosen['ref']}"}
 
 

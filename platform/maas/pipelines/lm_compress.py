@@ -48,11 +48,12 @@ def compress_lm(spec: LMPipelineSpec, parent_ref: str, inputs: dict, run_dir: st
     from maas.compress.report import write_llm_report
 
     c, llm = spec.compress, spec.deploy.llm
+    name = parent_ref.split("/")[0]  # variants are versions of the parent's model, whatever the spec calls it
     laps.progress("compress", f"{', '.join(c.variants)} of {parent_ref}, measured under vLLM on "
                               f"{llm.placement()}")
     task = ray.remote(max_calls=1, max_retries=0)(_build_measure_publish).options(num_cpus=llm.num_cpus,
                                                                                   num_gpus=llm.num_gpus)
-    records = ray.get(task.remote(spec.store, parent_ref, spec.model.name, c.model_dump(), llm.model_dump(),
+    records = ray.get(task.remote(spec.store, parent_ref, name, c.model_dump(), llm.model_dump(),
                                   inputs, run_id))
     for r in records[1:]:
         m = r["metrics"]
@@ -62,9 +63,9 @@ def compress_lm(spec: LMPipelineSpec, parent_ref: str, inputs: dict, run_dir: st
     top = f"tokens_per_s_c{max(c.concurrency)}"
     promoted = promote(spec.store, spec.deploy.alias, records, c.select, lambda m: m.get(top, 0.0),
                        expected=alias_was, by=f"run:{run_id}")
-    laps.lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted['ref']} ({promoted['method']})")
+    laps.lap("promote", f"{name}@{spec.deploy.alias} -> {promoted['ref']} ({promoted['method']})")
     report = write_llm_report(records, Path(run_dir), c.concurrency, picked=promoted["ref"],
-                              title=f"{spec.model.name}: quantized variants vs their parent under vLLM")
+                              title=f"{name}: quantized variants vs their parent under vLLM")
     return records, promoted, report
 
 
