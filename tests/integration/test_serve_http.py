@@ -115,11 +115,28 @@ def test_client_mistakes_get_json_4xx_and_the_server_stays_up(served, path, body
     assert ok.status_code == 200
 
 
+def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(served):
+    sent = []
+
+    def chunks():  # no content-length: the limit must hold while reading, not after buffering it all
+        for i in range(64):
+            sent.append(i)
+            yield b"[" + b"0.5," * 4000 + b"0.5]"
+
+    r = requests.post(f"{served['url']}/v2/models/digits/infer", data=chunks(), timeout=30)
+    assert r.status_code == 413 and "over the limit of 65536 bytes" in r.json()["error"]
+    ok = requests.post(f"{served['url']}/v2/models/digits/infer", data=infer_body(np.zeros((1, 64))))
+    assert ok.status_code == 200
+
+
 def test_unknown_routes_and_wrong_methods_get_json_404_and_405(served):
     url = served["url"]
     for method, path, status in [("GET", "/v2/models/digits/infer", 405), ("POST", "/v2/health/ready", 405),
                                  ("DELETE", "/v2/models/digits", 405), ("GET", "/v3", 404),
-                                 ("GET", "/v2/models/digits/versions/1/extra", 404), ("POST", "/", 404)]:
+                                 ("GET", "/v2/models/digits/versions/1/extra", 404), ("POST", "/", 404),
+                                 ("GET", "/v2/models/digits/versions/\u00b2", 404),  # '²'.isdigit() is True
+                                 ("GET", "/v2/models/digits/versions/\u00b2/ready", 404),
+                                 ("GET", "/v2/models/digits/versions/" + "9" * 5000, 404)]:  # int() refuses it
         r = requests.request(method, url + path)
         assert r.status_code == status and "error" in r.json(), (method, path, r.status_code, r.text)
         if status == 405:

@@ -17,9 +17,13 @@ def test_caps_and_message_shapes_are_checked_before_the_engine():
     from maas.serve.llm_handlers import _check_caps, _check_messages
 
     spec = LLMEngineSpec(max_tokens=100, max_n=2)
-    _check_caps({"n": 2, "max_tokens": 100, "best_of": 1}, spec)
+    _check_caps({"n": 2, "max_tokens": 100, "best_of": 1, "seed": 2 ** 63 - 1, "stop": ["\n"] * 16}, spec)
     for req, field in (({"n": 3}, "'n' is 3"), ({"best_of": 9}, "'best_of' is 9"),
-                       ({"max_tokens": 101}, "'max_tokens' is 101"), ({"max_completion_tokens": 500}, "max_comp")):
+                       ({"max_tokens": 101}, "'max_tokens' is 101"), ({"max_completion_tokens": 500}, "max_comp"),
+                       ({"max_tokens": 10 ** 400}, "'max_tokens' is out of range"),
+                       ({"seed": -10 ** 400}, "'seed' is out of range"), ({"top_k": 2 ** 63}, "'top_k' is out"),
+                       ({"stop": ["x"] * 17}, "'stop' takes at most 16"), ({"stop": "y" * 257}, "'stop'"),
+                       ({"stop": [1]}, "'stop'")):
         with pytest.raises(ProtocolError, match=field) as err:
             _check_caps(req, spec)
         assert err.value.status == 400

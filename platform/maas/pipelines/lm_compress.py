@@ -51,6 +51,8 @@ def compress_lm(spec: LMPipelineSpec, parent_ref: str, inputs: dict, run_dir: st
     name = parent_ref.split("/")[0]  # variants are versions of the parent's model, whatever the spec calls it
     laps.progress("compress", f"{', '.join(c.variants)} of {parent_ref}, measured under vLLM on "
                               f"{llm.placement()}")
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / "compress_eval.json").write_text(json.dumps(inputs))  # the exact tokens: re-checkable
     task = ray.remote(max_calls=1, max_retries=0)(_build_measure_publish).options(num_cpus=llm.num_cpus,
                                                                                   num_gpus=llm.num_gpus)
     records = ray.get(task.remote(spec.store, parent_ref, name, c.model_dump(), llm.model_dump(),

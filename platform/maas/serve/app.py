@@ -35,10 +35,11 @@ __all__ = ["VERSION_HEADER", "ModelServer"]
 class ModelServer:
     def __init__(self, store: str, models, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0,
                  max_request_bytes: int = 4 * 1024 * 1024, api_key_hashes: Optional[list] = None,
-                 alias_poll_s: float = 2.0, max_pinned_versions: int = 2, llm: Optional[dict] = None):
+                 alias_poll_s: float = 2.0, max_pinned_versions: int = 2, llm: Optional[dict] = None,
+                 pinned_loads_per_minute: int = 10):
         from ray.serve import metrics
 
-        self.host = ModelHost(store, models, max_pinned_versions, llm, alias_poll_s)
+        self.host = ModelHost(store, models, max_pinned_versions, llm, alias_poll_s, pinned_loads_per_minute)
         self.router = Router()
         self.max_request_bytes = max_request_bytes
         self.key_hashes = list(api_key_hashes or [])

@@ -33,7 +33,8 @@ def build_app(store: str, models, deploy: Optional[DeploySpec] = None, api_key_h
     hashes = load_api_key_hashes() if api_key_hashes is None else api_key_hashes
     return ModelServer.options(**d.serve_options()).bind(
         store, routes, d.max_batch_size, d.batch_wait_timeout_s, d.max_request_bytes, hashes, d.alias_poll_s,
-        llm=d.llm.model_dump())
+        max_pinned_versions=d.max_pinned_versions, llm=d.llm.model_dump(),
+        pinned_loads_per_minute=d.pinned_loads_per_minute)
 
 
 def build_checked_app(store: str, models, deploy: Optional[DeploySpec] = None):
@@ -45,6 +46,23 @@ def build_checked_app(store: str, models, deploy: Optional[DeploySpec] = None):
     return build_app(registry.location, routes, deploy), routes
 
 
+def warn_if_open(host: str, keys: bool) -> bool:
+    """Log (and return True) when serving on an address other machines reach with no API keys set."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume reachable
+        loopback = False
+    if loopback or keys:
+        return False
+    logging.getLogger("maas").warning(
+        "maas: serving on %s without API keys: anyone who reaches this address can call every model. Set "
+        "MAAS_API_KEYS=<key>[,<key>...] or MAAS_API_KEYS_FILE=<file, one key per line>, or bind "
+        "deploy.host=127.0.0.1", host)
+    return True
+
+
 def deploy(store: str, models, deploy: Optional[DeploySpec] = None, *, app_name: Optional[str] = None) -> str:
     """Start Serve's HTTP proxy on deploy.host:port (if not running) and deploy ``models`` (see build_app);
     returns the base URL.
@@ -54,6 +72,7 @@ def deploy(store: str, models, deploy: Optional[DeploySpec] = None, *, app_name:
         ServeError: bad model list or API key configuration.
     """
     d = deploy or DeploySpec()
+    warn_if_open(d.host, bool(load_api_key_hashes()))
     serve.start(http_options={"host": d.host, "port": d.port})  # before any engine application starts Serve
     app, routes = build_checked_app(store, models, d)
     serve.run(app, name=app_name or routes[0]["model"], route_prefix="/", blocking=False)

@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -153,12 +153,15 @@ class ModelHost:
     """Every served model of a replica, kept current with the registry's aliases."""
 
     def __init__(self, store: str, routes: list[dict], max_pinned_versions: int = 2, llm: Optional[dict] = None,
-                 alias_poll_s: float = 2.0):
+                 alias_poll_s: float = 2.0, pinned_loads_per_minute: int = 10):
         from maas.spec import LLMEngineSpec
 
         self.registry = Registry(store)
         self.models = {r["model"]: ServedModel(r) for r in normalize_routes(routes)}
         self.max_pinned = max_pinned_versions
+        self.loads_per_minute = pinned_loads_per_minute
+        self._loads_started: deque = deque()  # monotonic times of the pinned loads of the last minute
+        self._loading: dict[tuple[str, int], asyncio.Future] = {}  # one load per version, whoever asks
         self.llm = LLMEngineSpec(**(llm or {}))
         # an engine no version of this replica uses any more is retired after this long (every replica
         # watching the alias has moved by then) and once this replica's requests on it are done
@@ -257,7 +260,7 @@ class ModelHost:
             if loaded is None:
                 raise ProtocolError(503, f"model '{model.name}' is not ready: {model.problem}")
             return loaded
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit() and len(version) <= 9):  # not '²', not 5,000 digits
             raise ProtocolError(404, f"model '{model.name}' has no version '{version}' (versions are numbers)")
         v = int(version)
         for loaded in (model.primary, model.canary):
@@ -266,14 +269,38 @@ class ModelHost:
         if v in model.pinned:
             model.pinned.move_to_end(v)
             return model.pinned[v]
+        key = (model.name, v)
+        pending = self._loading.get(key)
+        failed = self._failures.get(key)
+        if pending is None and failed is not None and time.monotonic() < failed[0]:  # no load, no count
+            raise ProtocolError(404, f"model '{model.name}' version '{version}' is not served: {failed[2]} "
+                                     f"(next try in {failed[0] - time.monotonic():.0f} s)")
+        if pending is None:  # the first request for it starts the load; the others wait for the same one
+            self._admit_load(model.name, v)
+            pending = asyncio.ensure_future(asyncio.to_thread(self._load, model.name, v))
+            self._loading[key] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(key, None))
         try:
-            loaded = await asyncio.to_thread(self._load, model.name, v)
+            loaded = await asyncio.shield(pending)
         except RegistryError as exc:
             raise ProtocolError(404, f"model '{model.name}' version '{version}' is not served: {exc}") from None
-        model.pinned[v] = loaded
-        while len(model.pinned) > self.max_pinned:
-            self._retire_later(model, model.pinned.popitem(last=False)[1])
+        if v not in model.pinned and self.max_pinned > 0:
+            model.pinned[v] = loaded
+            while len(model.pinned) > self.max_pinned:
+                self._retire_later(model, model.pinned.popitem(last=False)[1])
         return loaded
+
+    def _admit_load(self, name: str, version: int) -> None:
+        """Count a pinned-version load against the per-minute cap. Raises ProtocolError 429 over it."""
+        now = time.monotonic()
+        while self._loads_started and now - self._loads_started[0] > 60:
+            self._loads_started.popleft()
+        if len(self._loads_started) >= self.loads_per_minute:
+            wait = 60 - (now - self._loads_started[0])
+            raise ProtocolError(429, f"model '{name}' version {version} is not loaded and this replica already "
+                                     f"started {self.loads_per_minute} pinned-version loads in the last minute; "
+                                     f"retry in {wait:.0f} s or use the served alias")
+        self._loads_started.append(now)
 
     def _retire_later(self, model: ServedModel, old: Optional[LoadedVersion]) -> None:
         """Stop the engine of a version this replica stopped serving, once it is idle and still unused."""

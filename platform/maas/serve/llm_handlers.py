@@ -26,7 +26,18 @@ ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 TOKEN_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 
 
+INT64 = 2 ** 63 - 1
+MAX_STOPS, MAX_STOP_CHARS = 16, 256
+
+
 def _check_caps(req: dict, spec) -> None:
+    for field, value in req.items():  # 10**400 as seed or top_k would overflow in the engine (a 500)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64:
+            raise ProtocolError(400, f"'{field}' is out of range (a 64-bit integer at most)")
+    stop = req.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    if len(stops) > MAX_STOPS or any(not isinstance(s, str) or len(s) > MAX_STOP_CHARS for s in stops):
+        raise ProtocolError(400, f"'stop' takes at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters")
     for field in ("n", "best_of"):
         value = req.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value > spec.max_n:

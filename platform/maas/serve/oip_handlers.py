@@ -15,7 +15,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from maas.serve.http import BAD_KEY, key_ok, oip_error, read_body, retry_headers
+from maas.serve.http import BAD_KEY, key_ok, oip_error, parse_off_loop, read_body, retry_headers
 from maas.serve.oip import (ProtocolError, classifier_outputs, embedding_outputs, model_metadata, parse_infer_request,
                             parse_text_infer_request)
 
@@ -43,8 +43,9 @@ class OIPHandlers:
 
     def ready(self, request: Request) -> JSONResponse:
         waiting = self.host.not_ready()
-        if waiting:
-            return JSONResponse({"ready": False, "error": "; ".join(f"{k}: {v}" for k, v in waiting.items())},
+        if waiting:  # names only: why (paths, store URIs) is for callers with a key, at the model's own route
+            return JSONResponse({"ready": False, "error": f"not ready: {', '.join(sorted(waiting))} (GET "
+                                                          "/v2/models/<name>/ready says why)"},
                                 status_code=503, headers={"retry-after": "2"})
         return JSONResponse({"ready": True})
 
@@ -104,10 +105,10 @@ class OIPHandlers:
                              loaded.headers), 0, loaded
         try:
             if task in ("embed", "classify_text"):
-                x, req_id = parse_text_infer_request(body, loaded.signature)
+                x, req_id = await parse_off_loop(parse_text_infer_request, body, loaded.signature)
                 wanted = None
             else:
-                x, req_id, wanted = parse_infer_request(body, loaded.signature)
+                x, req_id, wanted = await parse_off_loop(parse_infer_request, body, loaded.signature)
         except ProtocolError as err:
             return oip_error(err.status, err.message, loaded.headers), 0, loaded
         if task == "embed":

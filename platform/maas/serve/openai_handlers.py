@@ -10,7 +10,7 @@ from typing import Optional
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from maas.serve.http import BAD_KEY, key_ok, openai_error, read_body, retry_headers
+from maas.serve.http import BAD_KEY, key_ok, openai_error, parse_off_loop, read_body, retry_headers
 from maas.serve.oip import ProtocolError, embeddings_response, json_object, openai_model, parse_embeddings_request
 
 
@@ -35,7 +35,8 @@ class OpenAIHandlers:
             return bad, 0, None
         loaded = None
         try:
-            req = json_object(await read_body(request, self.server.max_request_bytes), "'messages'")
+            req = await parse_off_loop(json_object, await read_body(request, self.server.max_request_bytes),
+                                       "'messages'")
             loaded = await self.host.for_task(openai_model(req), "generate")
             return await self.llm.run("chat", req, loaded)
         except ProtocolError as err:
@@ -52,7 +53,8 @@ class OpenAIHandlers:
         if bad is not None:
             return bad, 0, None
         try:
-            req = json_object(await read_body(request, self.server.max_request_bytes), "'prompt'")
+            req = await parse_off_loop(json_object, await read_body(request, self.server.max_request_bytes),
+                                       "'prompt'")
             loaded = await self.host.for_task(openai_model(req), "generate")
             return await self.llm.run("completions", req, loaded)
         except ProtocolError as err:
@@ -65,7 +67,7 @@ class OpenAIHandlers:
             return bad, 0, None
         try:
             body = await read_body(request, self.server.max_request_bytes)
-            texts, model, fmt = parse_embeddings_request(body)
+            texts, model, fmt = await parse_off_loop(parse_embeddings_request, body)
             loaded = await self.host.for_task(model, "embed")
         except ProtocolError as err:
             return openai_error(err.status, err.message, retry_headers(err)), 0, None

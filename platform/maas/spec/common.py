@@ -146,6 +146,11 @@ class DeploySpec(_Strict):
                                                            "while it exists (a candidate under trial).")
     alias_poll_s: float = Field(2.0, ge=0, description="How often replicas check the registry for alias moves "
                                                        "(0: never; the alias is then fixed at deploy time).")
+    max_pinned_versions: int = Field(2, ge=0, le=64, description="Versions a replica keeps loaded for requests "
+                                     "that pin one (/versions/{v}, model 'name/v'); the least recent goes first.")
+    pinned_loads_per_minute: int = Field(10, ge=1, description="Most pinned-version loads a replica starts per "
+                                         "minute (more: HTTP 429); concurrent requests for one version share "
+                                         "one load.")
     llm: LLMEngineSpec = Field(default_factory=LLMEngineSpec, description="Engines for generative models "
                                                                          "(runtime vllm): placement and limits.")
 
