@@ -239,44 +239,127 @@ def test_api_keys_guard_model_routes_but_not_health(served, monkeypatch, tmp_pat
         serve.delete("keyed")
 
 
-def test_fuzzed_requests_never_get_a_5xx(served):
-    """A seeded pass of malformed bodies, types, shapes and paths: every answer is < 500, server stays up."""
+def test_5000_requests_generated_from_the_openapi_document_never_get_a_5xx(served):
+    """Every route the served /openapi.json documents, driven by a seeded generator: path parameters from
+    good and hostile pools ('²', 5,000 digits, NUL, 300 characters), documented and wrong methods, bodies
+    mutated from the document's examples (and a valid digits body) at any depth, truncated or random bytes,
+    junk binary-extension headers. Every answer is < 500 and JSON; the server is ready and right afterwards."""
+    import copy
     import random
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
-    rng = random.Random(1234)
+    rng = random.Random(20261127)
     url = served["url"]
-    valid = json.loads(infer_body(np.ones((2, 64))))
-    junk = [None, True, -1, 0, 10 ** 400, 1e308, "x", "", [], {}, [[]], [None], {"a": 1}, "NaN", [1, "2"],
-            -(2 ** 70), 3.5, [[1, 2], [3]], list(range(200))]
+    doc = requests.get(f"{url}/openapi.json", timeout=30).json()
+    ops = [(method.upper(), path, op) for path, methods in doc["paths"].items() for method, op in methods.items()]
+    assert len(ops) == 16
+    posts = [o for o in ops if o[0] == "POST"]
+    names = ["digits", "digits", "digits", "digits", "nope", "%00", "a" * 300, "\u00b2", "..", "digits%2F1"]
+    versions = ["1", "1", "2", "0", "\u00b2", "\u0661", "9" * 5000, "-1", "x", "1.0", "%20"]
+    junk = [None, True, -1, 0, 10 ** 400, -(2 ** 70), 1e308, 3.5, "x", "", "\u00b2", [], {}, [[]], [None],
+            {"a": 1}, [1, "2"], list(range(70)), "y" * 5000, ["s"] * 20]
+    digits = json.loads(infer_body(np.ones((2, 64))))
 
-    def mutate() -> bytes:
-        kind = rng.randrange(7)
-        if kind == 0:
-            return bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
-        text = json.dumps(valid)
-        if kind == 1:
-            return text[: rng.randrange(len(text))].encode()
-        body = json.loads(text)
-        tensor = body["inputs"][0]
-        if kind == 2:
-            tensor[rng.choice(["name", "shape", "datatype", "data"])] = rng.choice(junk)
-        elif kind == 3:
-            tensor["shape"] = [rng.choice([-5, 0, 1, 2, 64, 10 ** 12]) for _ in range(rng.randrange(4))]
-        elif kind == 4:
-            body[rng.choice(["inputs", "outputs", "id", "parameters"])] = rng.choice(junk)
-        elif kind == 5:
-            tensor["data"] = [rng.choice(junk) for _ in range(128)]
-        else:
-            body = rng.choice(junk)
-        return json.dumps(body).encode()
+    def spots(x, at=()):
+        yield at
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield from spots(v, at + (k,))
+        elif isinstance(x, list):
+            for i, v in enumerate(x[:6]):
+                yield from spots(v, at + (i,))
 
-    paths = ["/v2/models/digits/infer", "/v2/models/digits/versions/1/infer", "/v2/models/digits/versions/x/infer",
-             "/v2/models/%00/infer", "/v2/models/digits/infer/extra"]
-    statuses = []
-    for i in range(300):
-        path = paths[0] if i % 5 else rng.choice(paths)
-        r = requests.post(url + path, data=mutate(), timeout=30)
-        statuses.append(r.status_code)
-        assert r.status_code < 500, (path, r.status_code, r.text[:300])
-    assert statuses.count(400) > 150  # the fuzzer mostly reached the parser, not just the router
-    assert requests.post(f"{url}/v2/models/digits/infer", data=infer_body(np.zeros((1, 64)))).status_code == 200
+    def mutated(example):
+        body = copy.deepcopy(example)
+        for _ in range(rng.randrange(1, 3)):
+            at = rng.choice(list(spots(body)))
+            if not at:
+                return copy.deepcopy(rng.choice(junk))
+            parent = body
+            for k in at[:-1]:
+                parent = parent[k]
+            if isinstance(parent, dict) and rng.random() < 0.2:
+                parent.pop(at[-1], None)
+            else:
+                parent[at[-1]] = copy.deepcopy(rng.choice(junk))  # never a shared junk object
+        return body
+
+    def request():
+        method, path, op = rng.choice(posts if rng.random() < 0.6 else ops)  # bodies reach the parsers
+        if rng.random() < 0.08:
+            method = rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH"])
+        path = path.replace("{name}", rng.choice(names)).replace("{version}", rng.choice(versions))
+        headers, data = {}, None
+        if "requestBody" in op or method == "POST":
+            example = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example", {})
+            if "/infer" in path and rng.random() < 0.5:
+                example = digits
+            kind = rng.random()
+            if kind < 0.1:
+                data = bytes(rng.randrange(256) for _ in range(rng.randrange(300)))
+            elif kind < 0.2:
+                text = json.dumps(example)
+                data = text[:rng.randrange(len(text) + 1)].encode()
+            else:
+                data = json.dumps(example if kind < 0.3 else mutated(example)).encode()
+            if rng.random() < 0.1:
+                headers["Inference-Header-Content-Length"] = rng.choice(
+                    ["0", "5", str(len(data)), str(len(data) + 1), "-3", "\u00b2", "9" * 40, "x"])
+        return method, path, headers, data
+
+    plan = [request() for _ in range(5000)]
+    local = threading.local()
+
+    def send(item):
+        method, path, headers, data = item
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        r = local.session.request(method, url + path, data=data, headers=headers, timeout=60)
+        ok_shape = r.headers.get("content-type", "").startswith(("application/json", "application/octet-stream"))
+        return r.status_code, ok_shape, (method, path[:80], headers, (data or b"")[:120], r.text[:200])
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, plan))
+    server_errors = [a[2] for a in answers if a[0] >= 500]
+    assert not server_errors, server_errors[:3]
+    assert all(a[1] for a in answers), [a[2] for a in answers if not a[1]][:3]
+    statuses = [a[0] for a in answers]
+    seen = {code: statuses.count(code) for code in set(statuses)}
+    assert seen[400] > 1500 and seen[200] > 300 and seen[404] > 300 and seen[405] > 50, seen
+    assert requests.get(f"{url}/v2/health/ready", timeout=30).status_code == 200
+    rows = np.random.default_rng(5).normal(8, 4, size=(3, 64)).astype(np.float32)
+    r = requests.post(f"{url}/v2/models/digits/infer", data=infer_body(rows), timeout=30)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == served["predictor"](rows).argmax(1).tolist()
+
+
+def test_tritonclient_with_its_defaults_runs_metadata_and_binary_infer(served):
+    """The official OIP client as users run it: binary tensor data in and out (its defaults), metadata and
+    readiness; the answers equal the model's own, and the JSON path answers the same request the same way."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url=served["url"].removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    meta = client.get_model_metadata("digits")
+    assert meta["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 64]}
+    rows = np.random.default_rng(7).normal(8, 4, size=(5, 64)).astype(np.float32)
+    inp = httpclient.InferInput("input", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)  # binary_data=True by default
+    result = client.infer("digits", [inp], outputs=[httpclient.InferRequestedOutput("label"),
+                                                     httpclient.InferRequestedOutput("probabilities")])
+    want = served["predictor"](rows)
+    assert result.as_numpy("label").tolist() == want.argmax(1).tolist()
+    probs = result.as_numpy("probabilities")
+    assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    as_json = requests.post(f"{served['url']}/v2/models/digits/infer", data=infer_body(rows)).json()
+    assert np.allclose(np.array(as_json["outputs"][1]["data"]).reshape(5, 10), probs, atol=1e-6)
+    everything = client.infer("digits", [inp])  # no outputs named: the client asks all of them in binary
+    assert everything.as_numpy("label").tolist() == want.argmax(1).tolist()
+    # a client mistake through the binary path is a 400 with the protocol's error, not a 500
+    bad = httpclient.InferInput("input", [5, 63], "FP32")
+    bad.set_data_from_numpy(rows[:, :63].copy())
+    with pytest.raises(InferenceServerException, match="does not match the model's"):
+        client.infer("digits", [bad])
+    client.close()

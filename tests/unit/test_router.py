@@ -59,3 +59,28 @@ def test_the_table_has_one_handler_per_method_and_pattern():
     keys = [(method, pattern) for method, pattern, _, _ in ROUTES]
     assert len(keys) == len(set(keys))
     assert {protocol for _, _, _, protocol in ROUTES} == {"oip", "openai"}
+
+
+def test_the_openapi_document_describes_every_route_of_the_table():
+    import json
+
+    from maas.serve.openapi import openapi_document
+
+    doc = json.loads(json.dumps(openapi_document()))  # plain JSON
+    assert doc["openapi"].startswith("3.1") and doc["info"]["title"] == "maas"
+    described = {(m.upper(), path) for path, ops in doc["paths"].items() for m in ops}
+    assert described == {(method, pattern) for method, pattern, _, _ in ROUTES}
+    ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    for method, pattern, handler, protocol in ROUTES:
+        op = doc["paths"][pattern][method.lower()]
+        params = [p[1:-1] for p in pattern.split("/") if p.startswith("{")]
+        assert [p["name"] for p in op.get("parameters", [])] == params
+        assert ("requestBody" in op) == (method == "POST")
+        ref = op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.endswith("OpenAIError" if protocol == "openai" else "OIPError")
+        for ref in [c["schema"].get("$ref") for c in op.get("requestBody", {}).get("content", {}).values()]:
+            assert ref is None or ref.rsplit("/", 1)[1] in doc["components"]["schemas"]
+    assert doc["paths"]["/v2/health/ready"]["get"]["security"] == [] and doc["security"] == [{"bearer": []}]
+    infer = doc["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]
+    assert set(infer) == {"application/json", "application/octet-stream"}

@@ -51,17 +51,13 @@ def _input_array(spec: dict, tensor: dict) -> np.ndarray:
         raise ProtocolError(400, f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")
     if "data" not in tensor:
         raise ProtocolError(400, f"input '{name}': 'data' is missing")
-    flat = _flatten(tensor["data"], max_depth=len(shape) + 1)
-    if len(flat) != math.prod(shape):
-        raise ProtocolError(400, f"input '{name}': shape {shape} needs {math.prod(shape)} values, "
-                                 f"'data' holds {len(flat)}")
-    if any(isinstance(v, (str, dict, type(None))) for v in flat) or \
-            (datatype != "BOOL" and any(isinstance(v, bool) for v in flat)):
-        raise ProtocolError(400, f"input '{name}': 'data' must hold only numbers for datatype {datatype}")
-    try:
-        arr = np.asarray(flat, dtype=NUMERIC[datatype]).reshape(shape)
-    except (ValueError, OverflowError, TypeError) as exc:
-        raise ProtocolError(400, f"input '{name}': values do not fit datatype {datatype}: {exc}") from None
+    if isinstance(tensor["data"], np.ndarray):  # decoded from the binary extension (maas.serve.oip_binary)
+        if tensor["data"].size != math.prod(shape):
+            raise ProtocolError(400, f"input '{name}': shape {shape} needs {math.prod(shape)} values, "
+                                     f"the binary data holds {tensor['data'].size}")
+        arr = tensor["data"].astype(NUMERIC[datatype], copy=False).reshape(shape)
+    else:
+        arr = _json_array(name, datatype, shape, tensor["data"])
     want = spec["shape"]  # e.g. [-1, 64]
     if arr.ndim == len(want) - 1 and list(arr.shape) == want[1:]:
         arr = arr[None, ...]  # one unbatched row
@@ -72,6 +68,20 @@ def _input_array(spec: dict, tensor: dict) -> np.ndarray:
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ProtocolError(400, f"input '{name}': values must be finite")
     return arr
+
+
+def _json_array(name, datatype: str, shape: list, data) -> np.ndarray:
+    flat = _flatten(data, max_depth=len(shape) + 1)
+    if len(flat) != math.prod(shape):
+        raise ProtocolError(400, f"input '{name}': shape {shape} needs {math.prod(shape)} values, "
+                                 f"'data' holds {len(flat)}")
+    if any(isinstance(v, (str, dict, type(None))) for v in flat) or \
+            (datatype != "BOOL" and any(isinstance(v, bool) for v in flat)):
+        raise ProtocolError(400, f"input '{name}': 'data' must hold only numbers for datatype {datatype}")
+    try:
+        return np.asarray(flat, dtype=NUMERIC[datatype]).reshape(shape)
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise ProtocolError(400, f"input '{name}': values do not fit datatype {datatype}: {exc}") from None
 
 
 def _raw_columns(raw: list[dict], signature: dict, by_name: dict) -> np.ndarray:
@@ -142,9 +152,10 @@ def _request_id(req: dict) -> Optional[str]:
     return req_id
 
 
-def parse_infer_request(body: bytes, signature: dict) -> tuple[np.ndarray, Optional[str], Optional[list[str]]]:
-    """Body of ``POST .../infer`` -> (input array, request id, requested output names or None for all)."""
-    req = json_object(body, "an 'inputs' list")
+def parse_infer_request(body, signature: dict) -> tuple[np.ndarray, Optional[str], Optional[list[str]]]:
+    """Body of ``POST .../infer`` (bytes, or the object ``oip_binary.request_object`` decoded) -> (input array,
+    request id, requested output names or None for all)."""
+    req = body if isinstance(body, dict) else json_object(body, "an 'inputs' list")
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
         raise ProtocolError(400, "'inputs' must be a non-empty list of tensors "
@@ -229,9 +240,9 @@ def _check_texts(texts: Any, where: str) -> list[str]:
     return texts
 
 
-def parse_text_infer_request(body: bytes, signature: dict) -> tuple[list[str], Optional[str]]:
+def parse_text_infer_request(body, signature: dict) -> tuple[list[str], Optional[str]]:
     """OIP v2 ``infer`` for an encoder: one BYTES tensor ``text`` of shape [n] -> (texts, request id)."""
-    req = json_object(body, "an 'inputs' list")
+    req = body if isinstance(body, dict) else json_object(body, "an 'inputs' list")
     inputs = req.get("inputs")
     want = signature["inputs"][0]["name"]
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):

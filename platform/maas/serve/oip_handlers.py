@@ -1,7 +1,8 @@
 """Open Inference Protocol v2 routes: health, server and model metadata, readiness, ``infer`` (classifiers,
 text classifiers, encoders). Language models answer on the OpenAI routes (``maas.serve.llm_handlers``).
 
-Request parsing and response shapes are pure functions in ``maas.serve.oip``; this module binds them to the
+Request parsing and response shapes are pure functions in ``maas.serve.oip`` (JSON) and
+``maas.serve.oip_binary`` (the binary tensor extension, both ways); this module binds them to the
 served models (``ModelHost``) and to the replica (``server``: body limit, API keys, batched model calls).
 Every client mistake is a 4xx ``{"error": ...}``.
 """
@@ -13,11 +14,12 @@ from typing import Optional
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from maas.serve.http import BAD_KEY, key_ok, oip_error, parse_off_loop, read_body, retry_headers
 from maas.serve.oip import (ProtocolError, classifier_outputs, embedding_outputs, model_metadata, parse_infer_request,
                             parse_text_infer_request)
+from maas.serve.oip_binary import HEADER, encode_response, request_object, wants_binary
 
 
 class OIPHandlers:
@@ -50,7 +52,7 @@ class OIPHandlers:
         return JSONResponse({"ready": True})
 
     def server_metadata(self, request: Request) -> JSONResponse:
-        return JSONResponse({"name": "maas", "version": "0.1.0", "extensions": []})
+        return JSONResponse({"name": "maas", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
 
     def models(self, request: Request) -> JSONResponse:
         _, bad = self.guard(request, None)
@@ -104,11 +106,8 @@ class OIPHandlers:
             return oip_error(400, f"model '{name}' generates text: POST /v1/completions or /v1/chat/completions",
                              loaded.headers), 0, loaded
         try:
-            if task in ("embed", "classify_text"):
-                x, req_id = await parse_off_loop(parse_text_infer_request, body, loaded.signature)
-                wanted = None
-            else:
-                x, req_id, wanted = await parse_off_loop(parse_infer_request, body, loaded.signature)
+            x, req_id, wanted, req = await parse_off_loop(_parse_infer, body, request.headers.get(HEADER),
+                                                          loaded.signature, task in ("embed", "classify_text"))
         except ProtocolError as err:
             return oip_error(err.status, err.message, loaded.headers), 0, loaded
         if task == "embed":
@@ -121,4 +120,18 @@ class OIPHandlers:
             outputs = classifier_outputs(logits, loaded.signature, wanted)
         out = {"model_name": loaded.mv.name, "model_version": str(loaded.mv.version),
                "id": req_id or uuid.uuid4().hex, "outputs": outputs}
-        return JSONResponse(out, headers=loaded.headers), len(x), loaded
+        binary = wants_binary(req)
+        if not binary:
+            return JSONResponse(out, headers=loaded.headers), len(x), loaded
+        content, header_length = encode_response(out, binary)
+        return Response(content, media_type="application/octet-stream",
+                        headers={**loaded.headers, HEADER: str(header_length)}), len(x), loaded
+
+
+def _parse_infer(body: bytes, header_length: Optional[str], signature: dict, text: bool):
+    """-> (model input, request id, wanted output names, the request object): JSON or binary extension."""
+    req = request_object(body, header_length, "an 'inputs' list")
+    if text:
+        texts, req_id = parse_text_infer_request(req, signature)
+        return texts, req_id, None, req
+    return (*parse_infer_request(req, signature), req)

@@ -27,6 +27,7 @@ ROUTES = (
     ("GET", "/v2/models/{name}/versions/{version}/ready", "model_ready", "oip"),
     ("POST", "/v2/models/{name}/infer", "infer", "oip"),
     ("POST", "/v2/models/{name}/versions/{version}/infer", "infer", "oip"),
+    ("GET", "/openapi.json", "openapi", "oip"),
 )
 
 NOT_FOUND_HINT = ("see the Open Inference Protocol v2 paths: /v2, /v2/health/{live,ready}, "
