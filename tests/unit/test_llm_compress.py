@@ -79,6 +79,10 @@ def test_group_size_divides_every_layer_width_or_the_method_is_refused(parent, t
         group_size_for(model(360), 128)  # 360 = 45 * 8
     with pytest.raises(ValueError, match="unknown LLM compression method 'int3'"):
         quantize_hf_folder(parent[0], "int3", tmp_path / "x")
+    details = quantize_hf_folder(parent[0], "w4a16", tmp_path / "channel", group_size=0)  # a scale per row
+    weights = json.loads((tmp_path / "channel" / "config.json").read_text())["quantization_config"][
+        "config_groups"]["group_0"]["weights"]
+    assert details["group_size"] is None and weights["strategy"] == "channel" and weights["group_size"] is None
 
 
 def test_greedy_agreement_counts_tokens_up_to_the_first_change():
@@ -120,6 +124,8 @@ def test_engine_dtype_follows_the_spec_then_the_variant_then_the_device():
     cpu, gpu = LLMEngineSpec(), LLMEngineSpec(num_gpus=1)
     assert engine_dtype(cpu, {}) == "float32" and engine_dtype(gpu, {}) == "auto"
     assert engine_dtype(cpu, {"serve_dtype": "bfloat16"}) == "bfloat16"
+    assert engine_dtype(cpu, {"quantization": "w8a8"}) == "float32"  # int8 GEMM with fp32 activations on CPU
+    assert engine_dtype(gpu, {"quantization": "w8a8"}) == "bfloat16"
     assert engine_dtype(LLMEngineSpec(dtype="float16"), {"serve_dtype": "bfloat16"}) == "float16"
 
 
@@ -130,7 +136,8 @@ def test_lm_spec_compress_section():
     assert spec_from_dict(base).compress.variants == []
     for bad, field in [({"variants": ["int3"]}, "compress.variants"),
                        ({"variants": ["w8a8", "w8a8"]}, "twice"),
-                       ({"gate": {"max_perplexity_increase": -1}}, "max_perplexity_increase")]:
+                       ({"gate": {"max_perplexity_increase": -1}}, "max_perplexity_increase"),
+                       ({"group_size": 8}, "group_size is 0")]:
         with pytest.raises(SpecError, match=field):
             spec_from_dict({**base, "compress": bad})
     with pytest.raises(SpecError, match="LoRA fine-tune publishes adapters"):

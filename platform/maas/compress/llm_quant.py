@@ -50,6 +50,7 @@ def group_size_for(model, wanted: int) -> int:
 def quantize_hf_folder(parent: Path, method: str, out: Path, *, group_size: int = 128) -> dict:
     """Write ``method``'s variant of the Hugging Face folder ``parent`` to ``out`` (config.json with the
     quantization_config vLLM reads, model.safetensors, the parent's tokenizer and generation files).
+    ``group_size``: weights per scale of the grouped methods (w4a16, w8a16); 0: one scale per output channel.
 
     Returns:
         {"method", "format", "scheme", "group_size", "serve_dtype"}: what lineage and the engine need.
@@ -70,7 +71,7 @@ def quantize_hf_folder(parent: Path, method: str, out: Path, *, group_size: int 
     if preset is None:  # bf16: a plain cast
         model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
     else:
-        group = group_size_for(model, group_size) if "A16" in preset else None
+        group = group_size_for(model, group_size) if "A16" in preset and group_size else None
         details["group_size"] = group
         compressor = _quantize(model, preset, fmt, group)
         model.save_pretrained(out, safe_serialization=True)
@@ -92,6 +93,8 @@ def _quantize(model, preset: str, fmt: str, group) :
     scheme = preset_name_to_scheme(preset, ["Linear"])
     if group:
         scheme.weights.group_size = group
+    elif scheme.weights.group_size:  # group_size 0: one scale per output channel (fewer scales, coarser)
+        scheme.weights = scheme.weights.model_copy(update={"strategy": "channel", "group_size": None})
     apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"]))
     with torch.no_grad():
         for module in model.modules():

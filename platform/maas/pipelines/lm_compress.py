@@ -155,21 +155,28 @@ def measure_folders(models: list, inputs: dict, concurrency: list, engine, workd
            "engine": {"enforce_eager": engine.enforce_eager, "max_num_seqs": max(engine.max_num_seqs,
                                                                                  max(concurrency)),
                       **({"gpu_memory_utilization": engine.gpu_memory_utilization} if engine.num_gpus else {})}}
-    job_path, result_path = Path(workdir) / "measure.json", Path(workdir) / "measured.json"
-    job_path.write_text(json.dumps(job))
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": f"{engine.kv_cache_gib:g}", "TOKENIZERS_PARALLELISM": "false"}
-    shm_before = shm_entries()
-    proc = subprocess.Popen([sys.executable, "-m", "maas.compress.llm_measure", str(job_path), str(result_path)],
-                            env=env, start_new_session=True, stdout=sys.stderr, stderr=sys.stderr)
-    try:
-        proc.wait(timeout=MEASURE_TIMEOUT_S * len(models))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the measuring process and the engine processes it started
-            proc.wait()
-        release_shared_memory(shm_before)
-    results = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    return {m["key"]: results.get(m["key"], {"error": f"not measured (the measuring process exited with "
-                                                      f"{proc.returncode})"}) for m in models}
+    # CPU: every engine in one process (imports paid once); GPU: a process per engine, so each one finds the
+    # device's memory whole (an engine shut down inside a process does not always give all of it back)
+    groups = [models[i:i + 1] for i in range(len(models))] if engine.num_gpus else [models]
+    results = {}
+    for n, group in enumerate(groups):
+        job_path, result_path = Path(workdir) / f"measure-{n}.json", Path(workdir) / f"measured-{n}.json"
+        job_path.write_text(json.dumps({**job, "models": group}))
+        shm_before = shm_entries()
+        proc = subprocess.Popen([sys.executable, "-m", "maas.compress.llm_measure", str(job_path),
+                                 str(result_path)], env=env, start_new_session=True, stdout=sys.stderr,
+                                stderr=sys.stderr)
+        try:
+            proc.wait(timeout=MEASURE_TIMEOUT_S * len(group))
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # the measuring process and the engines it started
+                proc.wait()
+            release_shared_memory(shm_before)
+        got = json.loads(result_path.read_text()) if result_path.is_file() else {}
+        results.update({m["key"]: got.get(m["key"], {"error": f"not measured (the measuring process exited "
+                                                               f"with {proc.returncode})"}) for m in group})
+    return results

@@ -58,13 +58,16 @@ def lora_name(mv) -> str:
 
 def engine_dtype(spec: LLMEngineSpec, signature: dict) -> str:
     """The dtype vLLM runs a version in: ``deploy.llm.dtype`` when set; else the one a compressed variant
-    needs (``serve_dtype``: bf16 activations for w4a16 on CPU), else the model's own on GPUs and float32 on
-    CPUs (the portable choice: bf16 needs AVX512-BF16 or AMX)."""
+    needs (``serve_dtype``: bf16 activations for w4a16 on CPU); else on GPUs bf16 for any quantized variant
+    (the int8/int4 GPU kernels take half-precision activations) and the model's own dtype otherwise; float32
+    on CPUs (the portable choice: bf16 needs AVX512-BF16 or AMX)."""
     if spec.dtype != "auto":
         return spec.dtype
     if signature.get("serve_dtype"):
         return signature["serve_dtype"]
-    return "auto" if spec.num_gpus else "float32"
+    if spec.num_gpus:
+        return "bfloat16" if signature.get("quantization") else "auto"
+    return "float32"
 
 
 def llm_config(store: str, mv, spec: LLMEngineSpec, lora_rank: int = 0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from maas.spec.common import _NAME_PATTERN, DeploySpec, TrainSpec, _Pipeline, _Strict
 
@@ -150,8 +150,16 @@ class LMCompressSpec(_Strict):
     select: Literal["fastest", "smallest"] = Field(
         "fastest", description="Which passing version gets deploy.alias: the most tokens/s at the largest "
                                "concurrency, or the fewest bytes.")
-    group_size: int = Field(128, ge=16, le=1024, description="Weights per scale for grouped methods (w4a16, "
-                            "w8a16); lowered to a power of two dividing every layer's width.")
+    group_size: int = Field(128, ge=0, le=1024, description="Weights per scale for grouped methods (w4a16, "
+                            "w8a16); lowered to a power of two dividing every layer's width; 0: one scale "
+                            "per output channel (smaller, coarser).")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, value: int) -> int:
+        if 0 < value < 16:
+            raise ValueError("group_size is 0 (per output channel) or 16 and more")
+        return value
     eval_blocks: int = Field(32, ge=1, le=4096, description="Held-out blocks for perplexity.")
     prompts: int = Field(16, ge=1, le=256, description="Held-out prompts for greedy agreement.")
     max_tokens: int = Field(32, ge=1, le=4096, description="Greedy tokens compared per prompt (and generated per "
