@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> int:
     import torch
 
+    from maas.compress.encoder_variants import artifact_bytes
     from maas.compress.gate import check_llm_gate, greedy_agreement
     from maas.compress.llm_quant import CPU_UNSUPPORTED, quantize_hf_folder
     from maas.compress.report import llm_markdown_table, write_llm_report
@@ -92,7 +93,7 @@ def main() -> int:
         if "error" in base:
             print(f"the parent did not run: {base['error']}")
             return 1
-        sizes = {m["key"]: sum(p.stat().st_size for p in Path(m["folder"]).glob("*.safetensors")) for m in models}
+        sizes = {m["key"]: artifact_bytes(Path(m["folder"])) for m in models}
         dtypes = {m["key"]: m["dtype"] for m in models}
         records = [{"method": "fp32", "ref": f"vLLM {dtypes['fp32']}", "passed": True, "gate": "parent",
                     "metrics": {**_figures(base), "size_bytes": sizes["fp32"]}}]

@@ -211,10 +211,16 @@ def summary(result: LMResult, spec: LMPipelineSpec) -> str:
 def _variants(result: LMResult, spec: LMPipelineSpec) -> str:
     if not result.variants:
         return ""
+    return "\n\n" + compress_summary(result.variants, spec, result.promoted_ref, result.report)
+
+
+def compress_summary(records: list, spec: LMPipelineSpec, promoted: str, report: dict) -> str:
+    """The variants' table, where the alias points now and where the report files are."""
     from maas.compress.report import llm_markdown_table
 
-    return (f"\n\n{llm_markdown_table(result.variants, spec.compress.concurrency)}\n\n{spec.model.name}@"
-            f"{result.alias} -> {result.promoted_ref}; report: " + ", ".join(f"{k} {v}" for k, v in result.report.items()))
+    name = promoted.split("/")[0]
+    return (f"{llm_markdown_table(records, spec.compress.concurrency)}\n\n{name}@{spec.deploy.alias} -> "
+            f"{promoted}; report: " + ", ".join(f"{k} {v}" for k, v in report.items()))
 
 
 def try_it(result: LMResult, spec: LMPipelineSpec) -> tuple[str, str]:
@@ -266,13 +272,9 @@ def job_compress(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:
                      f"{parent.ref}'s tokenizer")
     records, chosen, report = compress_lm(spec, parent.ref, eval_inputs(data.val, spec.compress, max_len), run_dir,
                                           laps, alias_was, run_id)
-    from maas.compress.report import llm_markdown_table
-
     return {"run_id": run_id, "run_dir": run_dir, "parent": parent.ref, "variants": variants_summary(records),
             "promoted": chosen["ref"], "alias": spec.deploy.alias, "report": report,
-            "stage_seconds": laps.seconds,
-            "summary": llm_markdown_table(records, spec.compress.concurrency) + f"\n\n{parent.name}@"
-                       f"{spec.deploy.alias} -> {chosen['ref']}"}
+            "stage_seconds": laps.seconds, "summary": compress_summary(records, spec, chosen["ref"], report)}
 
 
 JOB_STAGES = {"pipeline": job_pipeline, "compress": job_compress, "deploy": job_deploy}

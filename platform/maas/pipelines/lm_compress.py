@@ -91,6 +91,7 @@ def _speeds(m: dict) -> str:
 def _build_measure_publish(store: str, parent_ref: str, name: str, compress: dict, llm: dict, inputs: dict,
                            run_id: str) -> list:
     """On the engine's node: fetch the parent, write each variant, measure all under vLLM, gate, publish."""
+    from maas.compress.encoder_variants import artifact_bytes
     from maas.compress.gate import check_llm_gate, greedy_agreement
     from maas.compress.llm_quant import CPU_UNSUPPORTED, quantize_hf_folder
     from maas.pipelines.base import publish_variant
@@ -137,7 +138,7 @@ def _build_measure_publish(store: str, parent_ref: str, name: str, compress: dic
             folder = Path(tmp) / method
             files, signature, _ = check_hf_folder(folder)
             signature.update(quantization=details["method"], serve_dtype=details["serve_dtype"])
-            metrics = _metrics(got, folder) if "error" not in got else {"size_bytes": _weight_bytes(folder)}
+            metrics = _metrics(got, folder) if "error" not in got else {"size_bytes": artifact_bytes(folder)}
             record = publish_variant(
                 registry, name, files, runtime="vllm", task="generate", metrics=metrics, signature=signature,
                 lineage={"kind": "lm", "run_id": run_id, "quantization": details,
@@ -149,13 +150,11 @@ def _build_measure_publish(store: str, parent_ref: str, name: str, compress: dic
 
 
 def _metrics(m: dict, folder: Path) -> dict:
+    from maas.compress.encoder_variants import artifact_bytes
+
     keep = {k: v for k, v in m.items() if k in ("perplexity", "nll", "eval_tokens", "greedy_agreement", "load_s")
             or k.startswith("tokens_per_s_c")}
-    return {**keep, "size_bytes": _weight_bytes(folder)}
-
-
-def _weight_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+    return {**keep, "size_bytes": artifact_bytes(folder)}
 
 
 def measure_folders(models: list, inputs: dict, concurrency: list, engine, workdir: str) -> dict:
