@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 ARGS   ?=
 
-.PHONY: setup run test test-quick bench clean
+.PHONY: setup run test test-quick bench proto clean
 
 $(BIN)/maas: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: setup  ## every test tier: unit, integration (shared local Ray), e2e (pipe
 
 test-quick: setup
 	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e -m "not slow" $(ARGS)
+
+proto: setup  ## recompile the OIP gRPC descriptor set after editing the .proto
+	$(BIN)/python -m grpc_tools.protoc -I platform/maas/serve/proto \
+	  --descriptor_set_out=platform/maas/serve/proto/grpc_predict_v2.binpb platform/maas/serve/proto/grpc_predict_v2.proto
 
 bench: setup
 	$(BIN)/python benchmarks/submit_latency.py

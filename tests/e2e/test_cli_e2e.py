@@ -51,11 +51,32 @@ def _stop(proc):
         raise
 
 
+def _official_clients_agree(port: int, grpc_port: int) -> None:
+    """tritonclient over HTTP (binary tensors) and over gRPC, with their defaults: metadata and infer, one
+    answer."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    rows = np.random.default_rng(3).uniform(0, 16, size=(4, 64)).astype(np.float32)
+    labels = []
+    for module, url in ((httpclient, f"127.0.0.1:{port}"), (grpcclient, f"127.0.0.1:{grpc_port}")):
+        client = module.InferenceServerClient(url)
+        assert client.is_server_ready() and client.is_model_ready("digits")
+        meta = client.get_model_metadata("digits", **({"as_json": True} if module is grpcclient else {}))
+        assert meta["name"] == "digits" and meta["inputs"][0]["name"] == "input"
+        inp = module.InferInput("input", [4, 64], "FP32")
+        inp.set_data_from_numpy(rows)
+        labels.append(client.infer("digits", [inp]).as_numpy("label").tolist())
+        client.close()
+    assert labels[0] == labels[1] and len(labels[0]) == 4
+
+
 def test_run_serves_until_ctrl_c_then_models_list_and_show(tmp_path):
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     # select=smallest: the int8 pick does not hang on a throughput race between two runtimes on a busy machine
-    proc = subprocess.Popen([MAAS, "run", SPEC, f"deploy.port={port}", "train.epochs=8", "compress.select=smallest",
-                             "--json", "result.json"],
+    proc = subprocess.Popen([MAAS, "run", SPEC, f"deploy.port={port}", f"deploy.grpc_port={grpc_port}",
+                             "train.epochs=8", "compress.select=smallest", "--json", "result.json"],
                             cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out = _wait_for_line(proc, "serving until Ctrl-C", timeout=400)
@@ -67,6 +88,7 @@ def test_run_serves_until_ctrl_c_then_models_list_and_show(tmp_path):
         reply = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
         assert json.loads(reply.stdout)["outputs"][0]["name"] == "label"
         assert requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).json() == {"ready": True}
+        _official_clients_agree(port, grpc_port)
     finally:
         code = _stop(proc)
     assert code == 0
@@ -180,6 +202,7 @@ def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
     config = yaml.safe_load((ROOT / "serve_apps" / "digits.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
+    config["grpc_options"]["port"] = grpc_port = free_port()
     config["applications"][0]["args"] = {"model": "tiny", "alias": "production", "store": str(tmp_path / "store")}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
     proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(tmp_path / "serve.yaml")],
@@ -198,6 +221,15 @@ def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
         body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
         r = requests.post(f"http://127.0.0.1:{port}/v2/models/tiny/infer", json=body, timeout=30)
         assert r.status_code == 200 and r.headers["x-maas-model-version"] == "tiny/1"
+        import grpc
+
+        from maas.serve import proto
+
+        request = proto.ModelInferRequest(model_name="tiny")
+        request.inputs.add(name="input", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([1, 2, 3, 4])
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:  # the config's gRPC proxy
+            answer = proto.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        assert answer.model_version == "1" and [o.name for o in answer.outputs] == ["label", "probabilities"]
     finally:
         proc.send_signal(signal.SIGINT)
         try:

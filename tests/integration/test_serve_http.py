@@ -35,10 +35,11 @@ def served(ray_session, tmp_path_factory):
     mv = reg.publish("digits", variant.files, runtime="onnxruntime",
                      signature=classifier_signature(64, list(range(10))))
     reg.set_alias("digits", "production", mv.version)
-    port = free_port()
-    url = deploy(str(tmp / "store"), "digits@production", DeploySpec(port=port, max_request_bytes=64 * 1024))
+    port, grpc_port = free_port(), free_port()
+    url = deploy(str(tmp / "store"), "digits@production",
+                 DeploySpec(port=port, grpc_port=grpc_port, max_request_bytes=64 * 1024))
     yield {"url": url, "registry": reg, "predictor": OnnxPredictor(variant.files["model.onnx"]), "tmp": tmp,
-           "port": port}
+           "port": port, "grpc": f"127.0.0.1:{grpc_port}"}
     serve.shutdown()
 
 
@@ -235,6 +236,22 @@ def test_api_keys_guard_model_routes_but_not_health(served, monkeypatch, tmp_pat
         for key in ("key-env-0123456789abcdef", "key-file-0123456789abcdef"):
             r = requests.post(f"{base}/v2/models/digits/infer", data=body, headers={"Authorization": f"Bearer {key}"})
             assert r.status_code == 200
+        # gRPC: the key travels as metadata; health stays open (two applications: name the one to call)
+        grpcclient = pytest.importorskip("tritonclient.grpc")
+        from tritonclient.utils import InferenceServerException
+
+        client = grpcclient.InferenceServerClient(served["grpc"])
+        inp = grpcclient.InferInput("input", [1, 64], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 64), np.float32))
+        assert client.is_server_ready(headers={"application": "keyed"})
+        for headers in ({}, {"authorization": "Bearer wrong-key-0123456789"}):
+            with pytest.raises(InferenceServerException, match="API key") as err:
+                client.infer("digits", [inp], headers={"application": "keyed", **headers})
+            assert err.value.status() == "StatusCode.UNAUTHENTICATED"
+        ok = client.infer("digits", [inp], headers={"application": "keyed",
+                                                    "authorization": "Bearer key-file-0123456789abcdef"})
+        assert ok.as_numpy("label").shape == (1,)
+        client.close()
     finally:
         serve.delete("keyed")
 
@@ -363,3 +380,60 @@ def test_tritonclient_with_its_defaults_runs_metadata_and_binary_infer(served):
     with pytest.raises(InferenceServerException, match="does not match the model's"):
         client.infer("digits", [bad])
     client.close()
+
+
+def test_tritonclient_grpc_runs_health_metadata_and_infer(served):
+    """OIP over gRPC through Serve's gRPC proxy, with the official client's defaults (raw tensor contents):
+    the same answers as REST; client mistakes are gRPC status codes, and the server keeps serving."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(served["grpc"])
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("digits") and client.is_model_ready("digits", "1")
+    assert "binary_tensor_data" in client.get_server_metadata(as_json=True)["extensions"]
+    meta = client.get_model_metadata("digits", as_json=True)
+    assert meta["versions"] == ["1"] and meta["inputs"][0] == {"name": "input", "datatype": "FP32",
+                                                              "shape": ["-1", "64"]}
+    rows = np.random.default_rng(11).normal(8, 4, size=(6, 64)).astype(np.float32)
+    inp = grpcclient.InferInput("input", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    result = client.infer("digits", [inp], request_id="grpc-1")
+    assert result.as_numpy("label").tolist() == served["predictor"](rows).argmax(1).tolist()
+    rest = requests.post(f"{served['url']}/v2/models/digits/infer", data=infer_body(rows)).json()
+    assert np.allclose(result.as_numpy("probabilities").ravel(), rest["outputs"][1]["data"], atol=1e-6)
+    response = result.get_response()
+    assert (response.id, response.model_version) == ("grpc-1", "1")
+    only = client.infer("digits", [inp], outputs=[grpcclient.InferRequestedOutput("label")])
+    assert [o.name for o in only.get_response().outputs] == ["label"]
+
+    bad = grpcclient.InferInput("input", [6, 63], "FP32")
+    bad.set_data_from_numpy(rows[:, :63].copy())
+    cases = [(lambda: client.infer("digits", [bad]), "INVALID_ARGUMENT", "does not match the model's"),
+             (lambda: client.infer("nope", [inp]), "NOT_FOUND", "not served here"),
+             (lambda: client.infer("digits", [inp], model_version="7"), "NOT_FOUND", "version"),
+             (lambda: client.get_model_metadata("digits", model_version="²"), "NOT_FOUND", "versions are numbers"),
+             (lambda: client.is_model_ready("nope"), "NOT_FOUND", "not served here")]
+    for call, code, fragment in cases:
+        with pytest.raises(InferenceServerException, match=fragment) as err:
+            call()
+        assert err.value.status() == f"StatusCode.{code}"
+    big = grpcclient.InferInput("input", [300, 64], "FP32")  # 76.8 KB: over the deploy's 64 KiB limit
+    big.set_data_from_numpy(np.zeros((300, 64), np.float32))
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("digits", [big])
+    assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert client.is_server_ready()
+    client.close()
+
+    # typed contents instead of raw bytes (other OIP clients send them), through a plain stub
+    import grpc
+
+    from maas.serve import proto
+
+    request = proto.ModelInferRequest(model_name="digits")
+    tensor = request.inputs.add(name="input", datatype="FP64", shape=[6, 64])
+    tensor.contents.fp64_contents.extend(rows.astype(np.float64).ravel().tolist())
+    with grpc.insecure_channel(served["grpc"]) as channel:
+        answer = proto.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert np.frombuffer(answer.raw_output_contents[0], "<i8").tolist() == served["predictor"](rows).argmax(1).tolist()

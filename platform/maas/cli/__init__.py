@@ -160,16 +160,13 @@ def cmd_serve(args) -> int:
     from maas.runtime import ensure_ray
     from maas.serve import deploy
 
-    from maas.spec import DeploySpec
+    from maas.spec import DeploySpec, load_spec
 
     ensure_ray(args.address)
-    if args.spec:  # deploy settings (replicas, autoscaling, batching, limits) from a pipeline spec
-        from maas.spec import load_spec
-
-        settings = load_spec(args.spec).deploy.model_dump()
-    else:
-        settings = {}
+    # deploy settings (replicas, autoscaling, batching, limits) from a pipeline spec
+    settings = load_spec(args.spec).deploy.model_dump() if args.spec else {}
     settings.update(host=args.host or settings.get("host", "127.0.0.1"), port=args.port or settings.get("port", 8000))
+    settings["grpc_port"] = settings.get("grpc_port", 9000) if args.grpc_port is None else args.grpc_port
     if args.canary:
         alias, _, percent = args.canary.partition(":")
         settings["canary"] = {"alias": alias, "percent": float(percent or 10)}
@@ -181,7 +178,8 @@ def cmd_serve(args) -> int:
         if _runtime(args.store, ref) == "vllm":
             _say(f"serving {ref} at {url}/v1 (OpenAI: chat/completions, completions, models; model '{name}')")
         else:
-            _say(f"serving {ref} at {url}/v2/models/{name}")
+            g = settings["grpc_port"]
+            _say(f"serving {ref} at {url}/v2/models/{name}" + (f" (OIP gRPC on port {g})" if g else ""))
     _say("moving an alias (`maas models alias NAME ALIAS VERSION`) rolls the served version over; Ctrl-C stops")
     return _serve_forever()
 
@@ -334,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", help="take the deploy settings (replicas, batching, limits) from this spec")
     s.add_argument("--host", help="bind address (default: the spec's, else 127.0.0.1)")
     s.add_argument("--port", type=int, help="HTTP port (default: the spec's, else 8000)")
+    s.add_argument("--grpc-port", type=int, help="OIP gRPC port (default: the spec's, else 9000; 0: no gRPC)")
     s.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
     s.set_defaults(func=cmd_serve)
 

@@ -22,6 +22,7 @@ from ray import serve
 
 from maas.serve.hosting import VERSION_HEADER, ModelHost
 from maas.serve.http import error_for, request_id
+from maas.serve.oip_grpc import OIPGrpc
 from maas.serve.oip_handlers import OIPHandlers
 from maas.serve.openai_handlers import OpenAIHandlers
 from maas.serve.openapi import openapi_document
@@ -56,6 +57,7 @@ class ModelServer:
         self.m_batch = metrics.Histogram("maas_batch_size", description="Rows per fused model call.",
                                          boundaries=BATCH_SIZES, tag_keys=("model", "version"))
         oip, openai = OIPHandlers(self.host, self), OpenAIHandlers(self.host, self)
+        self.grpc = OIPGrpc(self.host, oip, self)  # the same models and answers over gRPC (Serve's gRPC proxy)
         # handler name (maas.serve.router) -> (callable, a model request: counted, timed and logged)
         self.handlers = {
             "completions": (openai.completions, True), "chat_completions": (openai.chat, True),
@@ -114,16 +116,39 @@ class ModelServer:
                 500, f"internal error while serving {name or request.url.path}; request id {rid}")
         finally:
             self.active -= 1
-        elapsed_ms = (time.perf_counter() - started) * 1e3
+        self.record(name, loaded, response.status_code, rid, request.url.path, rows,
+                    (time.perf_counter() - started) * 1e3)
+        return response
+
+    def record(self, name: Optional[str], loaded, status: int, rid: Optional[str], path: str, rows: int,
+               elapsed_ms: float) -> None:
+        """Count, time and log one model request (HTTP status; a gRPC call's status in HTTP terms)."""
         tags = loaded.tags if loaded is not None else {"model": name if name in self.host.models else "-",
                                                        "version": "-"}
-        self.m_requests.inc(tags={**tags, "code": str(response.status_code)})
+        self.m_requests.inc(tags={**tags, "code": str(status)})
         self.m_latency.observe(elapsed_ms, tags=tags)
         logger.info(json.dumps({"maas_access": True, "request_id": rid, "model": tags["model"],
                                 "version": int(tags["version"]) if tags["version"].isdigit() else None,
-                                "path": request.url.path, "status": response.status_code, "rows": rows,
-                                "latency_ms": round(elapsed_ms, 3)}))
-        return response
+                                "path": path, "status": status, "rows": rows, "latency_ms": round(elapsed_ms, 3)}))
+
+    # ---- Open Inference Protocol over gRPC: Serve's gRPC proxy calls the method named like the RPC
+    async def ServerLive(self, request, grpc_context=None):  # noqa: N802 (RPC names)
+        return await self.grpc.call("ServerLive", request, grpc_context)
+
+    async def ServerReady(self, request, grpc_context=None):  # noqa: N802
+        return await self.grpc.call("ServerReady", request, grpc_context)
+
+    async def ServerMetadata(self, request, grpc_context=None):  # noqa: N802
+        return await self.grpc.call("ServerMetadata", request, grpc_context)
+
+    async def ModelReady(self, request, grpc_context=None):  # noqa: N802
+        return await self.grpc.call("ModelReady", request, grpc_context)
+
+    async def ModelMetadata(self, request, grpc_context=None):  # noqa: N802
+        return await self.grpc.call("ModelMetadata", request, grpc_context)
+
+    async def ModelInfer(self, request, grpc_context=None):  # noqa: N802
+        return await self.grpc.call("ModelInfer", request, grpc_context)
 
     async def run(self, loaded, x):
         """One model call: fused with others' when some are mid-request, else straight (no queue hop)."""

@@ -73,10 +73,18 @@ def deploy(store: str, models, deploy: Optional[DeploySpec] = None, *, app_name:
     """
     d = deploy or DeploySpec()
     warn_if_open(d.host, bool(load_api_key_hashes()))
-    serve.start(http_options={"host": d.host, "port": d.port})  # before any engine application starts Serve
+    # before any engine application starts Serve: HTTP and gRPC options are fixed when Serve first starts
+    serve.start(http_options={"host": d.host, "port": d.port}, grpc_options=grpc_options(d.grpc_port))
     app, routes = build_checked_app(store, models, d)
     serve.run(app, name=app_name or routes[0]["model"], route_prefix="/", blocking=False)
     return f"http://{proxy_address(d.host, d.port)}"
+
+
+def grpc_options(port: int) -> Optional[dict]:
+    """Serve's gRPC proxy options for the Open Inference Protocol's gRPC service on ``port`` (None: 0, off)."""
+    from maas.serve.proto import SERVICER_FUNCTION
+
+    return {"port": port, "grpc_servicer_functions": [SERVICER_FUNCTION]} if port else None
 
 
 def undeploy(app_name: str, models=(), store: Optional[str] = None, llm=None) -> None:

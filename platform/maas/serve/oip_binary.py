@@ -44,7 +44,7 @@ def request_object(body: bytes, header_length: Optional[str], holding: str) -> d
                                      f"{len(binary) - offset} binary bytes left after the header")
         if "data" in tensor:
             raise ProtocolError(400, f"input '{name}': give 'data' or parameters.binary_data_size, not both")
-        tensor["data"] = _decode(name, tensor.get("datatype"), tensor.get("shape"), binary[offset:offset + size])
+        tensor["data"] = decode_raw(name, tensor.get("datatype"), tensor.get("shape"), binary[offset:offset + size])
         offset += size
     if offset != len(binary):
         raise ProtocolError(400, f"{len(binary) - offset} bytes after the header belong to no input "
@@ -52,7 +52,9 @@ def request_object(body: bytes, header_length: Optional[str], holding: str) -> d
     return req
 
 
-def _decode(name, datatype, shape, chunk: memoryview):
+def decode_raw(name, datatype, shape, chunk: memoryview):
+    """One tensor's raw bytes -> a numpy array (numeric datatypes) or a list of str (BYTES); 400 when they
+    do not fit the datatype or shape."""
     if datatype == "BYTES":
         values, pos, raw = [], 0, chunk.tobytes()
         while pos < len(raw):
@@ -102,12 +104,15 @@ def encode_response(out: dict, binary: set) -> tuple[bytes, Optional[int]]:
     for tensor in out["outputs"]:
         if "*" not in binary and tensor["name"] not in binary:
             continue
-        data = tensor.pop("data")
-        if tensor["datatype"] == "BYTES":
-            raw = b"".join(struct.pack("<I", len(b)) + b for b in (str(v).encode() for v in data))
-        else:
-            raw = np.asarray(data, dtype=np.dtype(NUMERIC[tensor["datatype"]]).newbyteorder("<")).tobytes()
+        raw = encode_raw(tensor["datatype"], tensor.pop("data"))
         tensor["parameters"] = {**tensor.get("parameters", {}), "binary_data_size": len(raw)}
         chunks.append(raw)
     header = json.dumps(out).encode()
     return header + b"".join(chunks), len(header)
+
+
+def encode_raw(datatype: str, data) -> bytes:
+    """One tensor's values -> its raw bytes (little-endian numbers; BYTES: length-prefixed UTF-8)."""
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(b)) + b for b in (str(v).encode() for v in data))
+    return np.asarray(data, dtype=np.dtype(NUMERIC[datatype]).newbyteorder("<")).tobytes()

@@ -34,10 +34,17 @@ class OIPHandlers:
             return None, JSONResponse({"error": BAD_KEY}, status_code=401, headers={"www-authenticate": "Bearer"})
         if name is None:
             return None, None
+        try:
+            return self.served(name), None
+        except ProtocolError as err:
+            return None, oip_error(err.status, err.message)
+
+    def served(self, name: str):
+        """The served model ``name``; 404 when it is not served here."""
         served = self.host.models.get(name)
         if served is None:
-            return None, oip_error(404, f"model '{name}' is not served here; served: {', '.join(self.host.models)}")
-        return served, None
+            raise ProtocolError(404, f"model '{name}' is not served here; served: {', '.join(self.host.models)}")
+        return served
 
     # ------------------------------------------------------------------------------- health & metadata
     def live(self, request: Request) -> JSONResponse:
@@ -68,14 +75,18 @@ class OIPHandlers:
         if bad is not None:
             return bad
         try:
-            loaded = served.primary if version is None and served.primary else \
-                await self.host.resolve(served, version)
+            meta, loaded = await self.metadata_of(served, version)
         except ProtocolError as err:
             return oip_error(err.status, err.message)
-        meta = model_metadata(name, loaded.mv.version, loaded.mv.runtime, loaded.signature)
+        return JSONResponse(meta, headers=loaded.headers)
+
+    async def metadata_of(self, served, version: Optional[str]):
+        """(metadata object, loaded version) of a served model, or of one version of it."""
+        loaded = served.primary if version is None and served.primary else await self.host.resolve(served, version)
+        meta = model_metadata(served.name, loaded.mv.version, loaded.mv.runtime, loaded.signature)
         if version is None:
             meta["versions"] = served.loaded_versions()
-        return JSONResponse(meta, headers=loaded.headers)
+        return meta, loaded
 
     async def model_ready(self, request: Request, name: str, version: Optional[str] = None) -> JSONResponse:
         served, bad = self.guard(request, name)
@@ -101,25 +112,13 @@ class OIPHandlers:
             loaded = await self.host.resolve(served, version)
         except ProtocolError as err:
             return oip_error(err.status, err.message, retry_headers(err)), 0, None
-        task = loaded.task
-        if task == "generate":
-            return oip_error(400, f"model '{name}' generates text: POST /v1/completions or /v1/chat/completions",
-                             loaded.headers), 0, loaded
         try:
+            _check_task(loaded)
             x, req_id, wanted, req = await parse_off_loop(_parse_infer, body, request.headers.get(HEADER),
-                                                          loaded.signature, task in ("embed", "classify_text"))
+                                                          loaded.signature, loaded.task)
         except ProtocolError as err:
             return oip_error(err.status, err.message, loaded.headers), 0, loaded
-        if task == "embed":
-            outputs = embedding_outputs(await self.server.run(loaded, x))
-        elif task == "classify_text":
-            outputs = classifier_outputs(await self.server.run(loaded, x), loaded.signature, None)
-        else:
-            logits = np.zeros((0, len(loaded.signature["classes"])), dtype=np.float32) if len(x) == 0 \
-                else await self.server.run(loaded, x)
-            outputs = classifier_outputs(logits, loaded.signature, wanted)
-        out = {"model_name": loaded.mv.name, "model_version": str(loaded.mv.version),
-               "id": req_id or uuid.uuid4().hex, "outputs": outputs}
+        out = await self.answer(loaded, x, req_id, wanted)
         binary = wants_binary(req)
         if not binary:
             return JSONResponse(out, headers=loaded.headers), len(x), loaded
@@ -128,10 +127,36 @@ class OIPHandlers:
                         headers={**loaded.headers, HEADER: str(header_length)}), len(x), loaded
 
 
-def _parse_infer(body: bytes, header_length: Optional[str], signature: dict, text: bool):
+    async def answer(self, loaded, x, req_id: Optional[str], wanted: Optional[list]) -> dict:
+        """Run a parsed request (``parse_object``) through the model -> the OIP response object."""
+        task = loaded.task
+        if task == "embed":
+            outputs = embedding_outputs(await self.server.run(loaded, x))
+        elif task == "classify_text":
+            outputs = classifier_outputs(await self.server.run(loaded, x), loaded.signature, None)
+        else:
+            logits = np.zeros((0, len(loaded.signature["classes"])), dtype=np.float32) if len(x) == 0 \
+                else await self.server.run(loaded, x)
+            outputs = classifier_outputs(logits, loaded.signature, wanted)
+        return {"model_name": loaded.mv.name, "model_version": str(loaded.mv.version),
+                "id": req_id or uuid.uuid4().hex, "outputs": outputs}
+
+
+def _check_task(loaded) -> None:
+    if loaded.task == "generate":
+        raise ProtocolError(400, f"model '{loaded.mv.name}' generates text: POST /v1/completions or "
+                                 "/v1/chat/completions")
+
+
+def parse_object(req: dict, signature: dict, task: str):
+    """A request object (JSON, binary-decoded or from gRPC) -> (model input, request id, wanted outputs)."""
+    if task in ("embed", "classify_text"):
+        texts, req_id = parse_text_infer_request(req, signature)
+        return texts, req_id, None
+    return parse_infer_request(req, signature)
+
+
+def _parse_infer(body: bytes, header_length: Optional[str], signature: dict, task: str):
     """-> (model input, request id, wanted output names, the request object): JSON or binary extension."""
     req = request_object(body, header_length, "an 'inputs' list")
-    if text:
-        texts, req_id = parse_text_infer_request(req, signature)
-        return texts, req_id, None, req
-    return (*parse_infer_request(req, signature), req)
+    return (*parse_object(req, signature, task), req)

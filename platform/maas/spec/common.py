@@ -131,6 +131,8 @@ class DeploySpec(_Strict):
     alias: str = Field("production", pattern=_NAME_PATTERN, description="Alias that is promoted and served.")
     host: str = Field("127.0.0.1", description="HTTP bind address of Serve's proxy.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of Serve's proxy.")
+    grpc_port: int = Field(9000, ge=0, le=65535, description="Port of Serve's gRPC proxy: the Open Inference "
+                           "Protocol over gRPC (inference.GRPCInferenceService) on deploy.host. 0: no gRPC.")
     num_replicas: Optional[int] = Field(None, ge=1, description="Fixed replica count (default 1); exclusive "
                                                                 "with `autoscaling`.")
     autoscaling: Optional[AutoscalingSpec] = Field(None, description="Scale replicas with load; exclusive with "

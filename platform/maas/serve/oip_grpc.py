@@ -1,0 +1,189 @@
+"""Open Inference Protocol v2 over gRPC (``inference.GRPCInferenceService``), through Ray Serve's gRPC proxy.
+
+Serve's proxy (``deploy.grpc_port``, 9000 by default) deserializes each call with ``maas.serve.proto`` and
+hands it to the ingress replica's method of the RPC's name (``ModelServer.ModelInfer``...), which calls
+``OIPGrpc``. A request becomes the same request object the REST routes parse (``raw_input_contents`` through
+the binary extension's decoder, typed ``contents`` as lists), so both protocols share every check and every
+answer: the outputs come back as ``raw_output_contents``, as Triton sends them.
+
+Client mistakes are gRPC status codes with the REST message as details: 400 -> INVALID_ARGUMENT, 401 ->
+UNAUTHENTICATED (API keys travel as ``authorization: Bearer <key>`` metadata), 404 -> NOT_FOUND, 413 / 429 ->
+RESOURCE_EXHAUSTED, 503 -> UNAVAILABLE; a server fault is INTERNAL and the replica keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import grpc
+import numpy as np
+
+from maas.serve import proto
+from maas.serve.auth import authorized
+from maas.serve.http import BAD_KEY
+from maas.serve.oip import NUMERIC, ProtocolError
+from maas.serve.oip_binary import decode_raw, encode_raw
+from maas.serve.oip_handlers import _check_task, parse_object
+
+logger = logging.getLogger("ray.serve")
+PATH = f"/{proto.SERVICE}/"
+CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+         404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED,
+         413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+         503: grpc.StatusCode.UNAVAILABLE}
+# InferTensorContents field holding each datatype (FP16 has none: send it raw)
+CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+            "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+            "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+            "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+OPEN = {"ServerLive", "ServerReady", "ServerMetadata"}  # like the REST health routes: no key needed
+
+
+def _parameters(params) -> dict:
+    return {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in params.items()
+            if v.WhichOneof("parameter_choice")}
+
+
+def _contents(tensor) -> object:
+    field = CONTENTS.get(tensor.datatype)
+    if field is None:
+        raise ProtocolError(400, f"input '{tensor.name}': datatype {tensor.datatype!r} has no 'contents' field; "
+                                 "send it in raw_input_contents")
+    values = getattr(tensor.contents, field)
+    if not values and any(tensor.contents.ListFields()):
+        raise ProtocolError(400, f"input '{tensor.name}': datatype {tensor.datatype} takes its values in "
+                                 f"contents.{field}, not {tensor.contents.ListFields()[0][0].name}")
+    if tensor.datatype == "BYTES":
+        try:
+            return [v.decode("utf-8") for v in values]
+        except UnicodeDecodeError:
+            raise ProtocolError(400, f"input '{tensor.name}': BYTES contents must be UTF-8 text") from None
+    try:
+        return np.asarray(values, dtype=NUMERIC[tensor.datatype])
+    except (OverflowError, ValueError) as exc:
+        raise ProtocolError(400, f"input '{tensor.name}': contents do not fit {tensor.datatype}: {exc}") from None
+
+
+def request_object(request) -> dict:
+    """A ``ModelInferRequest`` -> the request object the REST routes parse (tensor data decoded)."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise ProtocolError(400, f"raw_input_contents holds {len(raw)} entries for {len(request.inputs)} inputs; "
+                                 "send one per input, in order (or none, and 'contents' in each input)")
+    inputs = []
+    for i, t in enumerate(request.inputs):
+        tensor = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape),
+                  "parameters": _parameters(t.parameters)}
+        if raw:
+            tensor["data"] = decode_raw(t.name, t.datatype, list(t.shape), memoryview(raw[i]))
+        elif t.HasField("contents"):
+            tensor["data"] = _contents(t)
+        inputs.append(tensor)
+    req = {"inputs": inputs, "parameters": _parameters(request.parameters)}
+    if request.id:
+        req["id"] = request.id
+    if request.outputs:
+        req["outputs"] = [{"name": o.name} for o in request.outputs]
+    return req
+
+
+def infer_response(out: dict):
+    """The REST response object -> a ``ModelInferResponse`` with the data in ``raw_output_contents``."""
+    response = proto.ModelInferResponse(model_name=out["model_name"], model_version=out["model_version"],
+                                        id=out["id"])
+    for tensor in out["outputs"]:
+        response.outputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+        response.raw_output_contents.append(encode_raw(tensor["datatype"], tensor["data"]))
+    return response
+
+
+class OIPGrpc:
+    """The RPCs, bound to the replica's models (``host``), its REST OIP handlers (``oip``: shared parsing and
+    answers) and the replica itself (``server``: API keys, body limit, access log and metrics)."""
+
+    def __init__(self, host, oip, server):
+        self.host, self.oip, self.server = host, oip, server
+
+    async def call(self, rpc: str, request, context):
+        """Answer one RPC; a client mistake or a fault sets the status code on ``context`` (Serve's
+        RayServegRPCContext) and returns an empty response."""
+        response_type = proto.message(proto.METHODS[rpc][1])
+        started, rows, loaded, status = time.perf_counter(), 0, None, 200
+        try:
+            if rpc not in OPEN and not self._key_ok(context):
+                raise ProtocolError(401, BAD_KEY + " as gRPC metadata")
+            if rpc == "ModelInfer":
+                response, rows, loaded = await self.infer(request)
+            else:
+                response = await getattr(self, rpc)(request)
+        except ProtocolError as err:
+            status, response = err.status, response_type()
+            _fail(context, CODES.get(err.status, grpc.StatusCode.INVALID_ARGUMENT), err.message)
+        except Exception:  # a server fault, not a client mistake: keep serving, log it
+            logger.exception("maas gRPC %s failed", rpc)
+            status, response = 500, response_type()
+            _fail(context, grpc.StatusCode.INTERNAL, f"internal error in {rpc}")
+        if rpc == "ModelInfer":
+            self.server.record(request.model_name, loaded, status, _request_id(context), PATH + rpc, rows,
+                               (time.perf_counter() - started) * 1e3)
+        return response
+
+    def _key_ok(self, context) -> bool:
+        keys = self.server.key_hashes
+        if not keys:
+            return True
+        meta = dict(context.invocation_metadata()) if context is not None else {}
+        return authorized(meta.get("authorization"), keys)
+
+    # ------------------------------------------------------------------------------------------ RPCs
+    async def ServerLive(self, request):  # noqa: N802 (RPC names)
+        return proto.message("ServerLiveResponse")(live=True)
+
+    async def ServerReady(self, request):  # noqa: N802
+        return proto.message("ServerReadyResponse")(ready=not self.host.not_ready())
+
+    async def ServerMetadata(self, request):  # noqa: N802
+        return proto.message("ServerMetadataResponse")(name="maas", version="0.1.0",
+                                                       extensions=["binary_tensor_data"])
+
+    async def ModelReady(self, request):  # noqa: N802
+        served = self.oip.served(request.name)
+        if request.version:
+            await self.host.resolve(served, request.version)
+            return proto.message("ModelReadyResponse")(ready=True)
+        return proto.message("ModelReadyResponse")(ready=served.primary is not None)
+
+    async def ModelMetadata(self, request):  # noqa: N802
+        meta, _ = await self.oip.metadata_of(self.oip.served(request.name), request.version or None)
+        response = proto.message("ModelMetadataResponse")(name=meta["name"], versions=meta["versions"],
+                                                          platform=meta["platform"])
+        for kind in ("inputs", "outputs"):
+            for t in meta[kind]:
+                getattr(response, kind).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return response
+
+    async def infer(self, request):
+        """-> (ModelInferResponse, rows, loaded version)."""
+        if request.ByteSize() > self.server.max_request_bytes:
+            raise ProtocolError(413, f"request of {request.ByteSize()} bytes is over the limit of "
+                                     f"{self.server.max_request_bytes}")
+        loaded = await self.host.resolve(self.oip.served(request.model_name), request.model_version or None)
+        _check_task(loaded)
+        x, req_id, wanted = parse_object(request_object(request), loaded.signature, loaded.task)
+        out = await self.oip.answer(loaded, x, req_id, wanted)
+        return infer_response(out), len(x), loaded
+
+
+def _fail(context, code: grpc.StatusCode, details: str) -> None:
+    if context is not None:
+        context.set_code(code)
+        context.set_details(details)
+
+
+def _request_id(context) -> Optional[str]:
+    try:
+        return context.request_id()
+    except Exception:  # not Serve's context
+        return None
