@@ -32,6 +32,7 @@ def pipeline(ray_session, tmp_path_factory):
         "compress": {
             "variants": [
                 "onnx_int8",
+                "onnx_int8_per_tensor",  # one activation scale per batch: rejected as not batch-invariant
                 # a 1-layer student from a few hundred sentences: a real Ray Train job, rejected by the gate
                 {"name": "student_l1",
                  "steps": [{"distill": {"layers": [0], "epochs": 1, "batch_size": 64, "max_sentences": 400}},
@@ -51,12 +52,16 @@ def pipeline(ray_session, tmp_path_factory):
 def test_variants_are_measured_gated_and_the_fastest_passing_one_is_promoted(pipeline):
     result, registry = pipeline["result"], pipeline["registry"]
     by = {r["method"]: r for r in result.variants}
-    assert list(by) == ["fp32", "onnx_int8", "student_l1"]
+    assert list(by) == ["fp32", "onnx_int8", "onnx_int8_per_tensor", "student_l1"]
     parent = by["fp32"]["metrics"]
     assert parent["cosine_mean"] == pytest.approx(1.0, abs=1e-6) and parent["sts_spearman"] > 0.5
     int8 = by["onnx_int8"]
     assert int8["passed"] and int8["runtime"] == "onnxruntime"
     assert int8["metrics"]["cosine_mean"] > 0.99 and parent["size_bytes"] / int8["metrics"]["size_bytes"] > 3.5
+    assert parent["batch_variance"] <= 1e-5 and int8["metrics"]["batch_variance"] <= 1e-5
+    per_tensor = by["onnx_int8_per_tensor"]
+    assert not per_tensor["passed"] and "not batch-invariant" in per_tensor["gate"]
+    assert per_tensor["metrics"]["batch_variance"] > 1e-4
     student = by["student_l1"]
     assert not student["passed"] and "mean cosine" in student["gate"] and student["details"]["layers"] == [0]
     assert registry.resolve(student["ref"]).status == "rejected"
@@ -79,7 +84,7 @@ def test_variants_are_measured_gated_and_the_fastest_passing_one_is_promoted(pip
 def test_report_has_table_json_and_chart(pipeline):
     report = pipeline["result"].report
     md = Path(report["markdown"]).read_text()
-    assert "| student_l1 |" in md and "REJECTED" in md and "Picked" in md
+    assert "| student_l1 |" in md and "REJECTED" in md and "Picked" in md and "batch Δ" in md
     data = json.loads(Path(report["json"]).read_text())
     assert [v["method"] for v in data["variants"]][0] == "fp32"
     png = Path(report["png"]).read_bytes()
@@ -108,7 +113,14 @@ def test_openai_embeddings_endpoint(pipeline):
     np.testing.assert_array_equal(decoded, emb)
     # one string, model omitted (the only encoder served), a pinned version
     one = np.array(_embed(url, {"input": texts[0]}).json()["data"][0]["embedding"], np.float32)
-    assert float(one @ emb[0]) > 0.98  # int8 activations are quantized per call: alone vs in a pair differ a little
+    assert np.abs(one - emb[0]).max() <= 1e-5  # batch-invariant: alone or in a pair, the same vector
+    # token ids in the model's own vocabulary (what its tokenizer encodes the text to) give the text's vector
+    ids = [list(local.tokenizer.tok.encode(t).ids) for t in texts]
+    by_ids = _embed(url, {"model": "minilm", "input": ids}).json()
+    np.testing.assert_allclose(np.array([d["embedding"] for d in by_ids["data"]]), emb, atol=1e-5)
+    assert by_ids["usage"]["prompt_tokens"] == len(ids[0]) + len(ids[1])
+    bad = _embed(url, {"model": "minilm", "input": [[101, 99999999]]})
+    assert bad.status_code == 400 and "outside this model's vocabulary" in bad.json()["error"]["message"]
     parent_ref = pipeline["result"].variants[0]["ref"]
     pinned = _embed(url, {"model": parent_ref, "input": texts})
     assert pinned.status_code == 200 and pinned.headers[VERSION_HEADER] == parent_ref
@@ -134,14 +146,17 @@ def test_concurrent_requests_are_fused_and_answer_each_caller(pipeline):
     url = pipeline["result"].endpoint
     texts = [f"Sentence number {i} talks about {w} in some detail." for i, w in
              enumerate(["serving", "quantization", "pruning", "distillation", "tokenizers", "batching"] * 4)]
-    alone = {t: np.array(_embed(url, {"input": t}).json()["data"][0]["embedding"]) for t in texts[:6]}
-    with ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(lambda t: _embed(url, {"input": [t]}), texts))
-    assert all(a.status_code == 200 for a in answers)
-    for t, a in zip(texts, answers):
-        vec = np.array(a.json()["data"][0]["embedding"])
-        if t in alone:  # int8 activations are quantized per fused batch: equal up to that rounding
-            assert float(vec @ alone[t]) > 0.98
+    texts[3] += " A longer one pads its fused batch: padding and company must not move anyone's vector."
+    # every servable version: the promoted one and each passing variant, pinned
+    for model in ["minilm"] + [r["ref"] for r in pipeline["result"].variants if r["passed"]]:
+        alone = {t: np.array(_embed(url, {"model": model, "input": t}).json()["data"][0]["embedding"])
+                 for t in texts[:6]}
+        with ThreadPoolExecutor(12) as pool:  # fused by the replica's dynamic batching
+            answers = list(pool.map(lambda t: _embed(url, {"model": model, "input": [t]}), texts))
+        assert all(a.status_code == 200 for a in answers)
+        for t, a in zip(texts, answers):
+            if t in alone:  # batch-invariant: the same vector however the batch was fused
+                assert np.abs(np.array(a.json()["data"][0]["embedding"]) - alone[t]).max() <= 1e-5, model
 
 
 def test_oip_v2_bytes_infer_and_client_mistakes(pipeline):

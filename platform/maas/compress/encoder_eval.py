@@ -13,6 +13,8 @@ allocations, thread pools and JIT caches do not colour the next one's figures:
 - ``throughput_b{N}``: sentences per second in batches of N.
 - ``peak_memory_mb``: the process's peak resident memory while loading and running the variant, above what
   it held after importing the runtimes.
+- ``batch_variance``: the largest change of a text's vector between encoded alone and batched with others
+  (``batch_variance``); retrieval caches and deduplication need the same vector for the same text.
 """
 
 from __future__ import annotations
@@ -97,6 +99,16 @@ def _peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def batch_variance(predictor, texts: list[str], batched: np.ndarray, probes: int = 16) -> float:
+    """How far a text's vector moves with its company: the largest absolute difference between the first
+    ``probes`` texts encoded alone and the same texts in ``batched`` (batches of 64, padded to their longest)
+    or in a batch of the others in reverse order (other neighbours, other padding)."""
+    probe = texts[:probes]
+    alone = np.stack([predictor([t])[0] for t in probe])
+    mixed = predictor(list(reversed(texts[:3 * len(probe)])))[::-1][:len(probe)]
+    return float(max(np.abs(alone - batched[:len(probe)]).max(), np.abs(alone - mixed).max()))
+
+
 def measure(folder: str, runtime: str, texts: list[str], batch_sizes: Sequence[int] = (1, 64),
             latency_runs: int = 64, threads: int = 0) -> tuple[dict, np.ndarray]:
     """Load the variant in ``folder`` and time it; returns (metrics, embeddings of ``texts``)."""
@@ -112,6 +124,7 @@ def measure(folder: str, runtime: str, texts: list[str], batch_sizes: Sequence[i
     predictor = EncoderPredictor(folder, runtime, threads=threads)
     metrics: dict = {"load_seconds": time.perf_counter() - started}
     emb = np.concatenate([predictor(texts[i:i + 64]) for i in range(0, len(texts), 64)])
+    metrics["batch_variance"] = batch_variance(predictor, texts, emb)
     for bs in batch_sizes:
         if bs == 1:
             for t in texts[:5]:

@@ -14,8 +14,15 @@ final step                runtime         artifact
 ``torchao_w8a8``          torchao         same, int8 dynamic activations x int8 weights
 ``torchao_int4_weight``   torchao         same, int4 weight-only, groups of 32
 ``onnx_fp32``             onnxruntime     model.onnx (fp32)
-``onnx_int8``             onnxruntime     model.onnx, weights int8 per output channel (dynamic quantization)
+``onnx_int8``             onnxruntime     model.onnx, MatMulNBits int8: weights per channel and block of 32,
+                                          activations per row and block (batch-invariant)
+``onnx_int8_per_tensor``  onnxruntime     model.onnx, dynamic int8: weights per channel, one activation
+                                          scale per input tensor (fastest on CPU; a text's vector depends
+                                          on its batch, so the default gate rejects it)
 ========================  ==============  ============================================================
+
+Every variant is measured for batch invariance (``batch_variance``: how far a text's vector moves between
+alone and batched, padded, with others); the gate's ``max_batch_variance`` (1e-5) keeps the rest out.
 
 torchao's quantized tensors are subclasses that safetensors cannot store, and a pickle is not an option;
 the recipe is deterministic given the weights, so the registry keeps fp32 weights plus the recipe and
@@ -35,8 +42,11 @@ from maas.models.artifacts import quiet_export as _quiet
 from maas.models.quantized import TORCHAO
 
 
+ONNX_FINALS = ("onnx_fp32", "onnx_int8", "onnx_int8_per_tensor")
+
+
 def runtime_of(final: str | None) -> str:
-    if final in ("onnx_fp32", "onnx_int8"):
+    if final in ONNX_FINALS:
         return "onnxruntime"
     return "torchao" if final in TORCHAO else "torch"
 

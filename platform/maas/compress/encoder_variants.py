@@ -58,16 +58,19 @@ def build_variant(variant: VariantSpec, parent_dir: Path, out: Path, corpus, run
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(parent_dir / TOKENIZER, out / TOKENIZER)
     config = {**config, "max_length": max_length}
-    if final in ("onnx_fp32", "onnx_int8"):
+    if final in ops.ONNX_FINALS:
         save_torch_model(model, config, out)  # the torch weights stay beside the graph: lineage, re-export
         if final == "onnx_fp32":
             ops.export_encoder_onnx(model, out / "model.onnx")
         else:
-            from maas.compress.quantize import quantize_int8_dynamic
+            from maas.compress.quantize import quantize_int8_dynamic, quantize_int8_rowwise
 
             with tempfile.TemporaryDirectory(prefix="maas-onnx-") as tmp:
                 fp32 = ops.export_encoder_onnx(model, Path(tmp) / "model.onnx")
-                quantize_int8_dynamic(fp32, out / "model.onnx", per_channel=True)
+                if final == "onnx_int8":
+                    quantize_int8_rowwise(fp32, out / "model.onnx")
+                else:
+                    quantize_int8_dynamic(fp32, out / "model.onnx", per_channel=True)
         (out / "model.safetensors").unlink()  # served from the graph alone: size is the graph's
     elif final in ("fp16", "bf16"):
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[final]

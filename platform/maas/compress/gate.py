@@ -26,10 +26,15 @@ def check_embedding_gate(parent: dict, child: dict, gate: EncoderGateSpec) -> tu
     drop = parent["sts_spearman"] - child["sts_spearman"]
     if drop > gate.max_sts_drop + 1e-12:
         problems.append(f"STS rank correlation fell {drop:.4f} (> {gate.max_sts_drop})")
+    variance = child.get("batch_variance", 0.0)
+    if variance > gate.max_batch_variance:
+        problems.append(f"not batch-invariant: a text's vector moves {variance:.1e} between alone and batched "
+                        f"(> {gate.max_batch_variance:.0e})")
     if problems:
         return False, "; ".join(problems)
     return True, (f"mean cosine {child['cosine_mean']:.4f} >= {gate.min_cosine_mean}, min {child['cosine_min']:.4f}"
-                  f" >= {gate.min_cosine_min}, STS drop {drop:+.4f} <= {gate.max_sts_drop}")
+                  f" >= {gate.min_cosine_min}, STS drop {drop:+.4f} <= {gate.max_sts_drop}, batch variance "
+                  f"{variance:.0e} <= {gate.max_batch_variance:.0e}")
 
 
 def greedy_agreement(parent: list, child: list) -> float:

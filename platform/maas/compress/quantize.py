@@ -1,7 +1,8 @@
-"""int8 dynamic quantization through ONNX Runtime (the maintained CPU path; torch.ao is deprecated)."""
+"""int8 quantization through ONNX Runtime (the maintained CPU path; torch.ao is deprecated)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -19,13 +20,60 @@ def quantize_int8_dynamic(onnx_fp32: str | Path, out_path: str | Path, per_chann
     except ImportError as exc:
         raise CompressionError(f"int8_dynamic needs onnxruntime: pip install onnxruntime ({exc})") from None
     out_path = Path(out_path)
+    with _quiet_ort():
+        try:
+            quantize_dynamic(str(onnx_fp32), str(out_path), per_channel=per_channel, weight_type=QuantType.QInt8)
+        except Exception as exc:
+            raise CompressionError(f"int8_dynamic quantization of {onnx_fp32} failed: {exc}") from None
+    return out_path
+
+
+def quantize_int8_rowwise(onnx_fp32: str | Path, out_path: str | Path, block_size: int = 32) -> Path:
+    """Batch-invariant int8: every MatMul with a constant weight becomes ONNX Runtime's ``MatMulNBits``
+    (weights int8, symmetric, a scale per ``block_size`` inputs of each output channel; ``accuracy_level``
+    4: activations quantized to int8 per row and block at run time), and the embedding table int8.
+
+    Unlike ``quantize_int8_dynamic`` (one activation scale for the whole input tensor, so a row's result
+    depends on the other rows and the padding in its batch), a row's scales come from that row alone: the
+    same text gives the same vector alone or in any batch.
+
+    Raises:
+        CompressionError: ONNX Runtime's quantization tools are missing or reject the graph.
+    """
+    try:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:
+        raise CompressionError(f"onnx_int8 needs onnxruntime >= 1.20: pip install onnxruntime ({exc})") from None
+    out_path = Path(out_path)
+    with _quiet_ort():
+        try:
+            quantizer = MatMulNBitsQuantizer(onnx.load(str(onnx_fp32)), bits=8, block_size=block_size,
+                                             is_symmetric=True, accuracy_level=4)
+            quantizer.process()
+            staged = out_path.with_suffix(".matmul.onnx")
+            quantizer.model.save_model_to_file(str(staged), use_external_data_format=False)
+            # the embedding lookup: a static table, so a per-tensor scale keeps rows independent
+            quantize_dynamic(str(staged), str(out_path), op_types_to_quantize=["Gather"],
+                             weight_type=QuantType.QUInt8)
+            staged.unlink()
+        except Exception as exc:
+            raise CompressionError(f"row-wise int8 quantization of {onnx_fp32} failed: {exc}") from None
+    return out_path
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """ORT's quantizers log a pre-processing hint and a line per skipped node on the root logger."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger for every call
+    root.setLevel(logging.ERROR)
+    quantizer_log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    q_level = quantizer_log.level
+    quantizer_log.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(onnx_fp32), str(out_path), per_channel=per_channel, weight_type=QuantType.QInt8)
-    except Exception as exc:
-        raise CompressionError(f"int8_dynamic quantization of {onnx_fp32} failed: {exc}") from None
+        yield
     finally:
         root.setLevel(level)
-    return out_path
+        quantizer_log.setLevel(q_level)

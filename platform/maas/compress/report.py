@@ -22,11 +22,12 @@ def _row(r: dict, big: int, parent: dict) -> list[str]:
             f"{m['sts_spearman']:.4f}", f"{size / 1e6:.1f}", f"{parent['metrics']['size_bytes'] / size:.2f}x",
             f"{m.get('latency_ms_p50', float('nan')):.2f}", f"{thr:.0f}", f"{thr / base:.2f}x",
             f"{m.get('peak_memory_mb', float('nan')):.0f}",
+            f"{m['batch_variance']:.0e}" if "batch_variance" in m else "-",
             "baseline" if r.get("baseline") else "pass" if r["passed"] else "REJECTED"]
 
 
 HEADERS = ["variant", "runtime", "ref", "cos mean", "cos min", "STS rho", "MB", "smaller", "p50 ms (b1)",
-           "sent/s", "faster", "peak MB", "gate"]
+           "sent/s", "faster", "peak MB", "batch Δ", "gate"]
 
 
 def markdown_table(records: list, batch_sizes: list) -> str:

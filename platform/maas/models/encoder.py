@@ -74,7 +74,10 @@ class _Layer(nn.Module):
         self.intermediate = _Dense(hidden, intermediate)
         self.output = _Dense(intermediate, hidden, eps)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, lengths: Optional[list] = None) -> torch.Tensor:
+        """``lengths`` (each text's real token count): attend text by text over its own tokens only, so a
+        text's vector is the same bits alone, padded, or beside any others in a batch (inference); None:
+        one batched attention over the padded batch (training, ONNX export)."""
         b, s, h = x.shape
         att = self.attention.self
 
@@ -82,8 +85,15 @@ class _Layer(nn.Module):
             return t.view(b, s, self.heads, h // self.heads).transpose(1, 2)
 
         q, k, v = split(att.query(x)), split(att.key(x)), split(att.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(h // self.heads) + bias
-        ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, h)
+        scale = math.sqrt(h // self.heads)
+        if lengths is None:
+            scores = q @ k.transpose(-1, -2) / scale + bias
+            ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, h)
+        else:  # padded rows attend to nothing and stay zero: pooling ignores them
+            ctx = torch.zeros(b, s, h, dtype=x.dtype, device=x.device)
+            for i, n in enumerate(lengths):
+                qi, ki, vi = q[i, :, :n], k[i, :, :n], v[i, :, :n]
+                ctx[i, :n] = ((qi @ ki.transpose(-1, -2) / scale).softmax(-1) @ vi).transpose(0, 1).reshape(n, h)
         x = self.attention.output.LayerNorm(x + self.attention.output.dense(ctx))
         ff = self.output.dense(F.gelu(self.intermediate.dense(x)))
         return self.output.LayerNorm(x + ff)
@@ -113,8 +123,11 @@ class SentenceEncoder(nn.Module):
         x = self.embeddings(input_ids)
         mask = attention_mask.to(x.dtype)
         bias = ((1.0 - mask) * torch.finfo(x.dtype).min)[:, None, None, :]
+        lengths = None
+        if not (self.training or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            lengths = attention_mask.sum(1).tolist()  # batch-invariant inference (see _Layer.forward)
         for layer in self.encoder.layer:
-            x = layer(x, bias)
+            x = layer(x, bias, lengths)
         return x
 
     def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -162,7 +175,10 @@ def load_pretrained(name: str) -> tuple[SentenceEncoder, dict]:
 
 
 class EncoderTokenizer:
-    """The model's own ``tokenizer.json`` (Hugging Face ``tokenizers``): text -> padded id/mask arrays."""
+    """The model's own ``tokenizer.json`` (Hugging Face ``tokenizers``): inputs -> padded id/mask arrays.
+
+    An input is a text, or a tuple of token ids in the model's vocabulary taken as they are (what this
+    tokenizer encodes a text to, special tokens included: such ids give that text's vector)."""
 
     def __init__(self, path: str | Path, max_length: int = 256):
         from tokenizers import Tokenizer
@@ -170,17 +186,32 @@ class EncoderTokenizer:
         self.path, self.max_length = Path(path), max_length
         self.tok = Tokenizer.from_file(str(path))
         self.tok.enable_truncation(max_length=max_length)
-        self.tok.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest text of the batch
+        self.tok.no_padding()  # padded here, to the longest input of the batch, texts and id lists alike
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
 
-    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        encoded = self.tok.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encoded], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+    def rows(self, items: Sequence) -> list:
+        texts = iter(self.tok.encode_batch([t for t in items if isinstance(t, str)]))
+        return [next(texts).ids if isinstance(t, str) else list(t) for t in items]
+
+    def __call__(self, items: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.rows(items)
+        ids = np.zeros((len(rows), max((len(r) for r in rows), default=0)), dtype=np.int64)  # [PAD] is id 0
+        mask = np.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)], mask[i, :len(r)] = r, 1
         return ids, mask
 
-    def count_tokens(self, texts: Sequence[str]) -> int:
+    def count_tokens(self, items: Sequence) -> int:
         """Tokens the model will read (special tokens included, padding not): the usage figure."""
-        return int(sum(sum(e.attention_mask) for e in self.tok.encode_batch(list(texts))))
+        return sum(len(r) for r in self.rows(items))
+
+    def check_ids(self, ids: Sequence[int], where: str) -> None:
+        """Raise ValueError naming ``where`` unless ``ids`` are 1..max_length ids of this vocabulary."""
+        if not 0 < len(ids) <= self.max_length:
+            raise ValueError(f"{where} holds {len(ids)} token ids; this model reads 1 to {self.max_length}")
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"{where}: token id {bad} is outside this model's vocabulary (0..{self.vocab_size - 1})")
 
 
 class TextClassifier(nn.Module):

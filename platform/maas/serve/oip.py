@@ -266,16 +266,30 @@ def embedding_outputs(emb: np.ndarray) -> list[dict]:
     return [{"name": "embedding", "datatype": "FP32", "shape": list(emb.shape), "data": emb.ravel().tolist()}]
 
 
-def parse_embeddings_request(body: bytes) -> tuple[list[str], Optional[str], str]:
-    """OpenAI ``POST /v1/embeddings`` -> (texts, model or None, encoding_format 'float' | 'base64')."""
+def _is_ids(x: Any) -> bool:
+    return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+
+def parse_embeddings_request(body: bytes) -> tuple[list, Optional[str], str]:
+    """OpenAI ``POST /v1/embeddings`` -> (inputs, model or None, encoding_format 'float' | 'base64').
+
+    ``input``: a text, a list of texts, one list of token ids, or a list of token id lists; each input comes
+    back as a str or a tuple of ints (ids in the model's own vocabulary, checked against it by the caller)."""
     req = json_object(body, "'input' and 'model'")
     if "input" not in req:
-        raise ProtocolError(400, "'input' is missing: a string or a list of strings")
+        raise ProtocolError(400, "'input' is missing: a string, a list of strings, or token ids")
     raw = req["input"]
-    if isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw) or \
-            isinstance(raw, list) and raw and all(isinstance(t, list) for t in raw):
-        raise ProtocolError(400, "'input' as token ids is not supported; send text (a string or a list of strings)")
-    texts = _check_texts([raw] if isinstance(raw, str) else raw, "'input'")
+    if _is_ids(raw):
+        raw = [raw]
+    if isinstance(raw, list) and raw and any(isinstance(t, list) for t in raw):
+        if not all(_is_ids(t) for t in raw):
+            raise ProtocolError(400, "'input' as token ids must be a list of integers, or a list of such lists, "
+                                     "each non-empty")
+        if len(raw) > MAX_TEXTS:
+            raise ProtocolError(413, f"'input' holds {len(raw)} inputs; at most {MAX_TEXTS} per request")
+        texts: list = [tuple(t) for t in raw]
+    else:
+        texts = _check_texts([raw] if isinstance(raw, str) else raw, "'input'")
     if not texts:
         raise ProtocolError(400, "'input' is an empty list; send at least one text")
     model = req.get("model")

@@ -71,6 +71,12 @@ class OpenAIHandlers:
             loaded = await self.host.for_task(model, "embed")
         except ProtocolError as err:
             return openai_error(err.status, err.message, retry_headers(err)), 0, None
+        try:
+            for i, t in enumerate(texts):
+                if isinstance(t, tuple):
+                    loaded.predictor.tokenizer.check_ids(t, f"'input'[{i}]")
+        except ValueError as err:
+            return openai_error(400, str(err), loaded.headers), 0, loaded
         emb = await self.server.run(loaded, texts)
         tokens = loaded.predictor.tokenizer.count_tokens(texts)
         return JSONResponse(embeddings_response(emb, loaded.mv.ref, fmt, tokens), headers=loaded.headers), \

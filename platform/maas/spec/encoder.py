@@ -34,6 +34,9 @@ class EncoderGateSpec(_Strict):
     min_cosine_mean: float = Field(0.99, ge=-1, le=1, description="Mean cosine to the parent's embeddings, at least.")
     min_cosine_min: float = Field(0.90, ge=-1, le=1, description="Worst sentence's cosine to the parent, at least.")
     max_sts_drop: float = Field(0.02, ge=0, le=2, description="Largest fall in the STS-style rank correlation.")
+    max_batch_variance: float = Field(1e-5, ge=0, description="Batch invariance: the most a text's vector may "
+                                      "move (max abs difference) between encoded alone and batched, padded, "
+                                      "with others.")
 
 
 class VariantSpec(_Strict):

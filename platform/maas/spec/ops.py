@@ -290,7 +290,7 @@ class FinalStep(_ModelStep):
     """How a variant is stored and run (a dtype, a torchao recipe or an ONNX export); the last step."""
 
     op: Literal["fp16", "bf16", "torchao_int8_weight", "torchao_w8a8", "torchao_int4_weight", "onnx_fp32",
-                "onnx_int8"]
+                "onnx_int8", "onnx_int8_per_tensor"]
     FINAL: ClassVar[bool] = True
     DOC: ClassVar[str] = "no options"
 
