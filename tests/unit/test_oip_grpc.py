@@ -108,3 +108,19 @@ def test_answers_come_back_raw_in_their_datatypes():
     assert np.allclose(np.frombuffer(response.raw_output_contents[1], "<f4"), 0.1)
     assert response.raw_output_contents[2] == struct.pack("<I", 3) + b"cat"
     assert (response.model_version, list(response.outputs[1].shape)) == ("3", [2, 3])
+
+
+def test_a_taken_grpc_port_turns_grpc_off_with_a_warning_instead_of_failing_serve(caplog):
+    import socket
+
+    from maas.runtime import free_port
+    from maas.serve.deploy import grpc_options
+
+    port = free_port()
+    assert grpc_options(port)["grpc_servicer_functions"] == [proto.SERVICER_FUNCTION]
+    assert grpc_options(0) is None
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", port))
+        holder.listen()
+        assert grpc_options(port) is None
+    assert f"port {port} is taken" in caplog.text and "deploy.grpc_port" in caplog.text

@@ -81,10 +81,50 @@ def deploy(store: str, models, deploy: Optional[DeploySpec] = None, *, app_name:
 
 
 def grpc_options(port: int) -> Optional[dict]:
-    """Serve's gRPC proxy options for the Open Inference Protocol's gRPC service on ``port`` (None: 0, off)."""
+    """Serve's gRPC proxy options for the Open Inference Protocol's gRPC service on ``port`` (None: 0, off).
+
+    Serve fails to start at all when its gRPC port is taken, so a port another process holds on this
+    machine turns gRPC off for this Serve instance, with a warning, rather than failing the deploy (when
+    Serve already runs, its options are fixed and nothing is checked)."""
     from maas.serve.proto import SERVICER_FUNCTION
 
-    return {"port": port, "grpc_servicer_functions": [SERVICER_FUNCTION]} if port else None
+    if not port:
+        return None
+    if not _serve_running() and not _port_free(port):
+        logging.getLogger("maas").warning(
+            "maas: port %s is taken on this machine, so Serve starts without the OIP gRPC service; set "
+            "deploy.grpc_port (maas serve --grpc-port) to a free port, or 0 to keep it off", port)
+        return None
+    return {"port": port, "grpc_servicer_functions": [SERVICER_FUNCTION]}
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    for family, addr in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):  # Serve binds [::]:port
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is free
+                sock.bind((addr, port))
+            return True
+        except OSError as exc:
+            if family == socket.AF_INET6 and exc.errno in (97, 99):  # no IPv6 here: try IPv4
+                continue
+            return False
+    return False
+
+
+def _serve_running() -> bool:
+    try:
+        import ray
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        if not ray.is_initialized():
+            return False
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return True
+    except Exception:  # no controller (ValueError), or the private names moved
+        return False
 
 
 def undeploy(app_name: str, models=(), store: Optional[str] = None, llm=None) -> None:
