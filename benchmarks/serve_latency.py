@@ -8,6 +8,10 @@ parses the same JSON and calls the same predictor. Load comes from a separate pr
 per cell.
 
     python benchmarks/serve_latency.py [--seconds 5] [--concurrency 1,8,32] [--model digits|large]
+                                       [--proxy default,throughput]
+
+Each ingress mode (`deploy.proxy`: Serve's Python proxy, or the high-throughput mode: HAProxy in front of
+replicas that take HTTP directly) runs on a fresh Serve instance, the three applications side by side.
 """
 
 from __future__ import annotations
@@ -90,6 +94,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--model", choices=["digits", "large"], default="digits",
                     help="digits: the int8 ONNX MLP that `maas run` serves; large: a 64-4096-4096-10 fp32 torch MLP")
+    ap.add_argument("--proxy", default="default,throughput",
+                    help="Serve ingress modes to measure, each on a fresh Serve (deploy.proxy values)")
     args = ap.parse_args()
 
     import ray
@@ -99,6 +105,7 @@ def main() -> None:
     from maas.models import load_predictor
     from maas.registry import Registry
     from maas.serve import build_app
+    from maas.serve.deploy import start_serve
     from maas.models import classifier_signature
     from maas.spec import DeploySpec
 
@@ -120,12 +127,6 @@ def main() -> None:
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     port = 8123
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(reg.location, "digits/1", DeploySpec(max_batch_size=32, batch_wait_timeout_s=0.0),
-                        api_key_hashes=[]), name="batched", route_prefix="/batched")
-    serve.run(build_app(reg.location, "digits/1", DeploySpec(max_batch_size=1, batch_wait_timeout_s=0),
-                        api_key_hashes=[]), name="unbatched", route_prefix="/unbatched")
-    serve.run(Bare.bind(folder, runtime), name="bare", route_prefix="/bare")
 
     row = np.random.default_rng(0).uniform(0, 16, size=(1, 64)).astype(np.float32)
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
@@ -145,20 +146,31 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     targets = [("bare Ray Serve", f"{base}/bare"), ("maas, no batching", f"{base}/unbatched/v2/models/digits/infer"),
                ("maas, batching", f"{base}/batched/v2/models/digits/infer")]
-    for _, url in targets:  # warm up
-        load(url, body, 4, 1.0)
     rows = []
-    for c in [int(c) for c in args.concurrency.split(",")]:
-        for name, url in targets:
-            rows.append((c, name, load(url, body, c, args.seconds)))
-    serve.shutdown()
+    for mode in args.proxy.split(","):
+        start_serve(DeploySpec(port=port, grpc_port=0, proxy=mode))
+        serve.run(build_app(reg.location, "digits/1", DeploySpec(max_batch_size=32, batch_wait_timeout_s=0.0),
+                            api_key_hashes=[]), name="batched", route_prefix="/batched")
+        serve.run(build_app(reg.location, "digits/1", DeploySpec(max_batch_size=1, batch_wait_timeout_s=0),
+                            api_key_hashes=[]), name="unbatched", route_prefix="/unbatched")
+        serve.run(Bare.bind(folder, runtime), name="bare", route_prefix="/bare")
+        for _, url in targets:  # warm up
+            load(url, body, 4, 1.0)
+        for c in [int(c) for c in args.concurrency.split(",")]:
+            for name, url in targets:
+                rows.append((mode, c, name, load(url, body, c, args.seconds)))
+        serve.shutdown()
     ray.shutdown()
 
     label = "digits MLP 64-128-64-10, int8 ONNX" if args.model == "digits" else "large MLP 64-4096-4096-10, fp32 torch"
     print(f"\n{label}; model call alone: p50 {forward[1]:.3f} ms for 1 row, {forward[32]:.3f} ms for 32 rows\n")
-    print(f"{'conc':>4}  {'endpoint':<18} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>6}")
-    for c, name, r in rows:
-        print(f"{c:>4}  {name:<18} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['rps']:>8.0f} {r['errors']:>6}")
+    bare = {(mode, c): r["rps"] for mode, c, name, r in rows if name == "bare Ray Serve"}
+    print(f"{'ingress':<11} {'conc':>4}  {'endpoint':<18} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'of bare':>8} "
+          f"{'errors':>6}")
+    for mode, c, name, r in rows:
+        share = r["rps"] / bare[mode, c] if bare.get((mode, c)) else float("nan")
+        print(f"{mode:<11} {c:>4}  {name:<18} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['rps']:>8.0f} {share:>8.0%} "
+              f"{r['errors']:>6}")
 
 
 if __name__ == "__main__":

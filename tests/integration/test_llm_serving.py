@@ -32,7 +32,7 @@ def llm(ray_session, tmp_path_factory):
     from maas.registry.hf_import import import_hf_model
     from maas.serve import build_app
     from maas.serve.auth import key_digest
-    from maas.serve.deploy import proxy_address, undeploy
+    from maas.serve.deploy import proxy_address, start_serve, undeploy
     from maas.serve.hosting import fetch_all, normalize_routes
     from maas.serve.llm_engine import shm_entries
 
@@ -45,7 +45,7 @@ def llm(ray_session, tmp_path_factory):
     spec = DeploySpec(alias_poll_s=0.5, llm={"num_cpus": 1, "max_model_len": 256, "max_n": 4, "max_tokens": 1000})
     routes = normalize_routes([{"model": "tiny", "alias": "production", "canary_alias": "candidate",
                                 "canary_percent": 50}])
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    start_serve(DeploySpec(port=free_port(), grpc_port=0))  # maas's ingress: the high-throughput mode
     fetch_all(reg, routes, spec.llm)  # the engine of tiny/1 starts (and verifies its files) first
     serve.run(build_app(reg.location, routes, spec, api_key_hashes=[key_digest(KEY)]), name="llm",
               route_prefix="/llm", blocking=False)

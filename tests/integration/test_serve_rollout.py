@@ -17,6 +17,7 @@ from maas.models.artifacts import export_onnx
 from maas.models.predictor import OnnxPredictor
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER, build_app
+from maas.serve.deploy import start_serve
 from maas.models import classifier_signature
 from maas.spec import CanarySpec, DeploySpec
 from tests.conftest import free_port
@@ -91,7 +92,7 @@ def fleet(ray_session, tmp_path_factory):
     port = free_port()
     # deploy() refuses a model whose alias does not exist; a config applied with `serve deploy` before the
     # pipeline has promoted anything does not go through it, and gets a replica that waits for the alias
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve(DeploySpec(port=port, grpc_port=0))  # maas's ingress: the high-throughput mode by default
     serve.run(build_app(reg.location, ["digits@production", "wine@production"], DeploySpec(alias_poll_s=0.2)),
               name="fleet", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"

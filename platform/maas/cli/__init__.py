@@ -167,6 +167,7 @@ def cmd_serve(args) -> int:
     settings = load_spec(args.spec).deploy.model_dump() if args.spec else {}
     settings.update(host=args.host or settings.get("host", "127.0.0.1"), port=args.port or settings.get("port", 8000))
     settings["grpc_port"] = settings.get("grpc_port", 9000) if args.grpc_port is None else args.grpc_port
+    settings["proxy"] = args.proxy or settings.get("proxy", "throughput")
     if args.canary:
         alias, _, percent = args.canary.partition(":")
         settings["canary"] = {"alias": alias, "percent": float(percent or 10)}
@@ -333,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address (default: the spec's, else 127.0.0.1)")
     s.add_argument("--port", type=int, help="HTTP port (default: the spec's, else 8000)")
     s.add_argument("--grpc-port", type=int, help="OIP gRPC port (default: the spec's, else 9000; 0: no gRPC)")
+    s.add_argument("--proxy", choices=["throughput", "default"],
+                   help="Serve's ingress: HAProxy + direct ingress (throughput, the default) or Serve's proxy")
     s.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
     s.set_defaults(func=cmd_serve)
 

@@ -73,11 +73,37 @@ def deploy(store: str, models, deploy: Optional[DeploySpec] = None, *, app_name:
     """
     d = deploy or DeploySpec()
     warn_if_open(d.host, bool(load_api_key_hashes()))
-    # before any engine application starts Serve: HTTP and gRPC options are fixed when Serve first starts
-    serve.start(http_options={"host": d.host, "port": d.port}, grpc_options=grpc_options(d.grpc_port))
+    start_serve(d)  # before any engine application starts Serve: its options are fixed when it first starts
     app, routes = build_checked_app(store, models, d)
     serve.run(app, name=app_name or routes[0]["model"], route_prefix="/", blocking=False)
     return f"http://{proxy_address(d.host, d.port)}"
+
+
+# Ray Serve's high-throughput mode (Ray 2.60): HAProxy as the ingress, replicas taking HTTP and gRPC directly
+# ("direct ingress"), the throughput-optimised defaults; maas's access log stays unbuffered (Ray's mode buffers
+# 1,000 lines per replica, which holds a quiet endpoint's log back indefinitely).
+THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                  "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}
+
+
+def start_serve(d: DeploySpec) -> None:
+    """Start Serve for ``d`` (its HTTP and gRPC ports, its ingress mode ``d.proxy``) unless it already runs on
+    this cluster, and log which ingress is on."""
+    log = logging.getLogger("maas")
+    if _serve_running():
+        log.info("maas: Serve already runs on this cluster: its ingress and ports stay as they started")
+        return
+    env = THROUGHPUT_ENV if d.proxy == "throughput" else {"RAY_SERVE_ENABLE_HA_PROXY": "0",
+                                                          "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+    serve.start(http_options={"host": d.host, "port": d.port}, grpc_options=grpc_options(d.grpc_port),
+                controller_options={"runtime_env": {"env_vars": env}})
+    log.info("maas: Serve ingress: %s", "high-throughput (HAProxy in front of replicas taking HTTP and gRPC "
+             "directly; deploy.proxy=default for Serve's Python proxy)" if d.proxy == "throughput" else
+             "Serve's Python proxy (deploy.proxy=throughput for HAProxy and direct ingress)")
+    if d.proxy == "throughput" and not load_api_key_hashes():
+        log.warning("maas: in the high-throughput mode Serve's replicas also listen on every interface of their "
+                    "node (HTTP ports 30000-31000, gRPC 40000-41000), whatever deploy.host is: without API keys "
+                    "anyone who reaches the node can call the models. Set MAAS_API_KEYS, or deploy.proxy=default")
 
 
 def grpc_options(port: int) -> Optional[dict]:

@@ -149,7 +149,7 @@ def ensure_engine(store: str, mv, spec: LLMEngineSpec):
                 raise ServeError(f"the vLLM engine of {mv.ref} is {status or 'gone'}; see the Serve log")
             time.sleep(0.5)
             status = _status(app)
-    return EngineClient(mv, serve.get_deployment_handle(ENGINE, app_name=app), spec)
+    return EngineClient(mv, app, spec)
 
 
 def retire_engine(mv, spec: Optional[LLMEngineSpec] = None) -> None:
@@ -183,18 +183,30 @@ def _short(exc: Exception) -> str:
 class EngineClient:
     """What the ingress keeps of a loaded generative version: the engine handle (streaming) and the limits."""
 
-    def __init__(self, mv, handle, spec: LLMEngineSpec):
+    def __init__(self, mv, app: str, spec: LLMEngineSpec):
         self.mv = mv
-        lora = is_adapter(mv)
-        # an adapter's requests carry its name twice: as the multiplexed model id (the engine replica loads the
-        # adapter from the registry on first use) and as the request's model (what vLLM runs it with)
-        self.handle = handle.options(stream=True, multiplexed_model_id=lora_name(mv)) if lora \
-            else handle.options(stream=True)
+        self.app = app
+        self._handle = None
         self.spec = spec
-        self.model_id = lora_name(mv) if lora else mv.name
+        self.model_id = lora_name(mv) if is_adapter(mv) else mv.name
         self.inflight = 0  # this replica's requests on the engine now (an engine is retired once idle)
         import ray.serve.llm.openai_api_models  # noqa: F401  (vLLM's request models: ~10 s to import, not on
         #                                         the first request's clock)
+
+    @property
+    def handle(self):
+        """The engine's streaming handle, made on first use: on the replica's event loop, where Serve's
+        high-throughput mode runs a handle's router (the alias watcher's thread, which loads versions,
+        has no loop)."""
+        if self._handle is None:
+            from ray import serve
+
+            handle = serve.get_deployment_handle(ENGINE, app_name=self.app)
+            # an adapter's requests carry its name twice: as the multiplexed model id (the engine replica loads
+            # the adapter from the registry on first use) and as the request's model (what vLLM runs it with)
+            self._handle = handle.options(stream=True, multiplexed_model_id=lora_name(self.mv)) \
+                if is_adapter(self.mv) else handle.options(stream=True)
+        return self._handle
 
 
 SHM = "/dev/shm"

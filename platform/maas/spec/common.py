@@ -133,6 +133,10 @@ class DeploySpec(_Strict):
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of Serve's proxy.")
     grpc_port: int = Field(9000, ge=0, le=65535, description="Port of Serve's gRPC proxy: the Open Inference "
                            "Protocol over gRPC (inference.GRPCInferenceService) on deploy.host. 0: no gRPC.")
+    proxy: Literal["throughput", "default"] = Field(
+        "throughput", description="Serve's ingress when maas starts Serve: 'throughput' (Ray's high-throughput "
+        "mode: HAProxy in front of replicas that take HTTP and gRPC directly) or 'default' (Serve's Python "
+        "proxy). Fixed when Serve starts on a cluster.")
     num_replicas: Optional[int] = Field(None, ge=1, description="Fixed replica count (default 1); exclusive "
                                                                 "with `autoscaling`.")
     autoscaling: Optional[AutoscalingSpec] = Field(None, description="Scale replicas with load; exclusive with "
