@@ -47,3 +47,17 @@ def ray_head():
     yield {"address": address, "python": python, "base": base}
     stop_head(proc)
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_serve_left_in_the_shared_ray():
+    """e2e tests start Ray clusters of their own on this machine; a Serve left running in the session's
+    shared Ray by the integration tier would sit beside theirs (two Serve instances in the high-throughput
+    mode on one machine share replica port ranges)."""
+    import ray
+
+    if ray.is_initialized():
+        from ray import serve
+
+        serve.shutdown()
+    yield

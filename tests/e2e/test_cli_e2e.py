@@ -203,6 +203,9 @@ def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
     port = free_port()
     config["http_options"]["port"] = port
     config["grpc_options"]["port"] = grpc_port = free_port()
+    from maas.serve.deploy import haproxy_instance_env  # HAProxy's own files and ports, beside any other Serve
+
+    config["controller_options"]["runtime_env"]["env_vars"].update(haproxy_instance_env())
     config["applications"][0]["args"] = {"model": "tiny", "alias": "production", "store": str(tmp_path / "store")}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
     proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(tmp_path / "serve.yaml")],

@@ -280,23 +280,27 @@ def test_quantized_variants_are_measured_under_vllm_gated_published_and_the_fast
     assert parent["perplexity"] == pytest.approx(want, rel=0.01) and len(blocks) == 24
     assert parent["eval_tokens"] == sum(len(b) - 1 for b in blocks) > 1000
     assert abs(math.log(parent["perplexity"]) - trained["val_loss"]) < 0.5
-    assert w8["passed"] and w8["metrics"]["perplexity"] / parent["perplexity"] - 1 <= 0.0005
-    assert not w4["passed"] and w4["metrics"]["perplexity"] / parent["perplexity"] - 1 > 0.0005
+    increase = {m: records[m]["metrics"]["perplexity"] / parent["perplexity"] - 1 for m in ("w8a8", "w4a16")}
+    assert w8["passed"] and increase["w8a8"] <= 0.0005
+    # the gate decides from the figures (int4 usually moves this model 0.1-0.6%, once under 0.05% in CI)
+    assert w4["passed"] == (increase["w4a16"] <= 0.0005) and increase["w4a16"] > increase["w8a8"], increase
     for r in (parent, w8["metrics"], w4["metrics"]):
         assert r["tokens_per_s_c32"] > r["tokens_per_s_c1"] > 0
     assert parent["size_bytes"] / w8["metrics"]["size_bytes"] > 1.9
     assert parent["size_bytes"] / w4["metrics"]["size_bytes"] > parent["size_bytes"] / w8["metrics"]["size_bytes"]
 
     w8_mv, w4_mv = registry.resolve(w8["ref"]), registry.resolve(w4["ref"])
-    assert w8_mv.status == "ready" and w4_mv.status == "rejected" and "perplexity" in w4_mv.lineage["gate"]["reason"]
+    assert w8_mv.status == "ready" and w4_mv.status == ("ready" if w4["passed"] else "rejected")
+    assert w4["passed"] or "perplexity" in w4_mv.lineage["gate"]["reason"]
     for mv, method in ((w8_mv, "w8a8"), (w4_mv, "w4a16")):
         assert mv.lineage["parent"] == parent_ref and mv.lineage["method"] == method and mv.runtime == "vllm"
         assert mv.signature["quantization"] == method and "quantization_config" in json.loads(
             registry.fetch(mv.ref)[0].joinpath("config.json").read_text())
-    fastest = max((parent_ref, parent), (w8["ref"], w8["metrics"]), key=lambda r: r[1]["tokens_per_s_c32"])[0]
+    passing = [(parent_ref, parent)] + [(r["ref"], r["metrics"]) for r in (w8, w4) if r["passed"]]
+    fastest = max(passing, key=lambda r: r[1]["tokens_per_s_c32"])[0]
     assert out["promoted"] == fastest and registry.resolve("lm@compressed").ref == fastest
     assert registry.resolve("lm@production").ref == parent_ref  # the served alias did not move
     report = Path(out["report"]["markdown"]).read_text()
-    assert "| w4a16 |" in report and "REJECTED" in report
+    assert "| w4a16 |" in report and ("REJECTED" in report) == (not w4["passed"])
     assert Path(out["report"]["png"]).read_bytes()[:4] == b"\x89PNG"
     assert engine_apps() == ["maas-llm-lm-v1-lora"]  # measured in a process of its own: no serving engine added

@@ -36,6 +36,7 @@ def served(ray_session, tmp_path_factory):
                      signature=classifier_signature(64, list(range(10))))
     reg.set_alias("digits", "production", mv.version)
     port, grpc_port = free_port(), free_port()
+    serve.shutdown()  # a Serve left by an earlier module keeps its ports: start one with these (gRPC's too)
     url = deploy(str(tmp / "store"), "digits@production",
                  DeploySpec(port=port, grpc_port=grpc_port, max_request_bytes=64 * 1024))
     yield {"url": url, "registry": reg, "predictor": OnnxPredictor(variant.files["model.onnx"]), "tmp": tmp,

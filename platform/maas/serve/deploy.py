@@ -93,8 +93,8 @@ def start_serve(d: DeploySpec) -> None:
     if _serve_running():
         log.info("maas: Serve already runs on this cluster: its ingress and ports stay as they started")
         return
-    env = THROUGHPUT_ENV if d.proxy == "throughput" else {"RAY_SERVE_ENABLE_HA_PROXY": "0",
-                                                          "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+    env = {**THROUGHPUT_ENV, **haproxy_instance_env()} if d.proxy == "throughput" else \
+        {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
     serve.start(http_options={"host": d.host, "port": d.port}, grpc_options=grpc_options(d.grpc_port),
                 controller_options={"runtime_env": {"env_vars": env}})
     log.info("maas: Serve ingress: %s", "high-throughput (HAProxy in front of replicas taking HTTP and gRPC "
@@ -104,6 +104,45 @@ def start_serve(d: DeploySpec) -> None:
         log.warning("maas: in the high-throughput mode Serve's replicas also listen on every interface of their "
                     "node (HTTP ports 30000-31000, gRPC 40000-41000), whatever deploy.host is: without API keys "
                     "anyone who reaches the node can call the models. Set MAAS_API_KEYS, or deploy.proxy=default")
+
+
+def haproxy_instance_env() -> dict:
+    """HAProxy's files and side ports for one Serve instance: Ray's defaults are fixed (/tmp/haproxy-serve,
+    stats 8404, metrics 9101), so a second Serve in this mode on one machine (another Ray cluster, a test
+    beside a running endpoint) would take over the first one's HAProxy, and replicas bind their direct ports
+    with SO_REUSEPORT, so two instances in one port range share sockets (requests cross between clusters:
+    seen in CI). Its own folder always; the default ports and port ranges while they are free here, else
+    others."""
+    import socket
+    import tempfile
+    import uuid
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            return sock.getsockname()[1]
+
+    folder = f"{tempfile.gettempdir()}/mh{uuid.uuid4().hex[:8]}"  # short: Ray adds the node id, sockets <= 97
+    http, grpc_ = _free_window(30000, 31000), _free_window(40000, 41000)
+    return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + 100),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_ + 100),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(8404 if _port_free(8404) else free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(9101 if _port_free(9101) else free_port())}
+
+
+def _free_window(low: int, high: int, width: int = 100) -> int:
+    """The first port of a ``width``-port window in [low, high) whose first port is free here (Ray's own
+    window, ``low``, when it is)."""
+    import random
+
+    starts = [low] + random.sample(range(low + width, high, width), (high - low) // width - 1)
+    return next((p for p in starts if _port_free(p)), low)
 
 
 def grpc_options(port: int) -> Optional[dict]:

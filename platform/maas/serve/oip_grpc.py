@@ -25,7 +25,7 @@ from maas.serve.auth import authorized
 from maas.serve.http import BAD_KEY
 from maas.serve.oip import NUMERIC, ProtocolError
 from maas.serve.oip_binary import decode_raw, encode_raw
-from maas.serve.oip_handlers import _check_task, parse_object
+from maas.serve.oip_handlers import check_task, parse_object
 
 logger = logging.getLogger("ray.serve")
 PATH = f"/{proto.SERVICE}/"
@@ -170,7 +170,7 @@ class OIPGrpc:
             raise ProtocolError(413, f"request of {request.ByteSize()} bytes is over the limit of "
                                      f"{self.server.max_request_bytes}")
         loaded = await self.host.resolve(self.oip.served(request.model_name), request.model_version or None)
-        _check_task(loaded)
+        check_task(loaded)
         x, req_id, wanted = parse_object(request_object(request), loaded.signature, loaded.task)
         out = await self.oip.answer(loaded, x, req_id, wanted)
         return infer_response(out), len(x), loaded

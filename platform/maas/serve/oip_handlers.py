@@ -113,7 +113,7 @@ class OIPHandlers:
         except ProtocolError as err:
             return oip_error(err.status, err.message, retry_headers(err)), 0, None
         try:
-            _check_task(loaded)
+            check_task(loaded)
             x, req_id, wanted, req = await parse_off_loop(_parse_infer, body, request.headers.get(HEADER),
                                                           loaded.signature, loaded.task)
         except ProtocolError as err:
@@ -125,7 +125,6 @@ class OIPHandlers:
         content, header_length = encode_response(out, binary)
         return Response(content, media_type="application/octet-stream",
                         headers={**loaded.headers, HEADER: str(header_length)}), len(x), loaded
-
 
     async def answer(self, loaded, x, req_id: Optional[str], wanted: Optional[list]) -> dict:
         """Run a parsed request (``parse_object``) through the model -> the OIP response object."""
@@ -142,7 +141,8 @@ class OIPHandlers:
                 "id": req_id or uuid.uuid4().hex, "outputs": outputs}
 
 
-def _check_task(loaded) -> None:
+def check_task(loaded) -> None:
+    """400 for a generative model: it answers on the OpenAI routes, not OIP infer."""
     if loaded.task == "generate":
         raise ProtocolError(400, f"model '{loaded.mv.name}' generates text: POST /v1/completions or "
                                  "/v1/chat/completions")
