@@ -148,14 +148,14 @@ def _free_window(low: int, high: int, width: int = 100) -> int:
 def grpc_options(port: int) -> Optional[dict]:
     """Serve's gRPC proxy options for the Open Inference Protocol's gRPC service on ``port`` (None: 0, off).
 
-    Serve fails to start at all when its gRPC port is taken, so a port another process holds on this
-    machine turns gRPC off for this Serve instance, with a warning, rather than failing the deploy (when
-    Serve already runs, its options are fixed and nothing is checked)."""
+    For a Serve about to start (``start_serve`` checks that): Serve fails to start at all when its gRPC port
+    is taken, so a port another process holds on this machine turns gRPC off for this Serve instance, with
+    a warning, rather than failing the deploy."""
     from maas.serve.proto import SERVICER_FUNCTION
 
     if not port:
         return None
-    if not _serve_running() and not _port_free(port):
+    if not _port_free(port):
         logging.getLogger("maas").warning(
             "maas: port %s is taken on this machine, so Serve starts without the OIP gRPC service; set "
             "deploy.grpc_port (maas serve --grpc-port) to a free port, or 0 to keep it off", port)

@@ -17,6 +17,9 @@ NUMERIC = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": n
            "FP32": np.float32, "FP64": np.float64}
 
 
+SERVER_METADATA = {"name": "maas", "version": "0.1.0", "extensions": ["binary_tensor_data"]}  # REST and gRPC
+
+
 class ProtocolError(Exception):
     """A client mistake: ``status`` is the HTTP status to answer with."""
 

@@ -23,7 +23,7 @@ import numpy as np
 from maas.serve import proto
 from maas.serve.auth import authorized
 from maas.serve.http import BAD_KEY
-from maas.serve.oip import NUMERIC, ProtocolError
+from maas.serve.oip import NUMERIC, SERVER_METADATA, ProtocolError
 from maas.serve.oip_binary import decode_raw, encode_raw
 from maas.serve.oip_handlers import check_task, parse_object
 
@@ -131,11 +131,9 @@ class OIPGrpc:
         return response
 
     def _key_ok(self, context) -> bool:
-        keys = self.server.key_hashes
-        if not keys:
-            return True
-        meta = dict(context.invocation_metadata()) if context is not None else {}
-        return authorized(meta.get("authorization"), keys)
+        """The REST routes' rule (``authorized``: open without keys) on the call's ``authorization`` metadata."""
+        header = dict(context.invocation_metadata()).get("authorization") if context is not None else None
+        return authorized(header, self.server.key_hashes)
 
     # ------------------------------------------------------------------------------------------ RPCs
     async def ServerLive(self, request):  # noqa: N802 (RPC names)
@@ -145,8 +143,7 @@ class OIPGrpc:
         return proto.message("ServerReadyResponse")(ready=not self.host.not_ready())
 
     async def ServerMetadata(self, request):  # noqa: N802
-        return proto.message("ServerMetadataResponse")(name="maas", version="0.1.0",
-                                                       extensions=["binary_tensor_data"])
+        return proto.message("ServerMetadataResponse")(**SERVER_METADATA)
 
     async def ModelReady(self, request):  # noqa: N802
         served = self.oip.served(request.name)

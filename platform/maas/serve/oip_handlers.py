@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from maas.serve.http import BAD_KEY, key_ok, oip_error, parse_off_loop, read_body, retry_headers
-from maas.serve.oip import (ProtocolError, classifier_outputs, embedding_outputs, model_metadata, parse_infer_request,
-                            parse_text_infer_request)
+from maas.serve.oip import (SERVER_METADATA, ProtocolError, classifier_outputs, embedding_outputs, model_metadata,
+                            parse_infer_request, parse_text_infer_request)
 from maas.serve.oip_binary import HEADER, encode_response, request_object, wants_binary
 
 
@@ -59,7 +59,7 @@ class OIPHandlers:
         return JSONResponse({"ready": True})
 
     def server_metadata(self, request: Request) -> JSONResponse:
-        return JSONResponse({"name": "maas", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
+        return JSONResponse(SERVER_METADATA)
 
     def models(self, request: Request) -> JSONResponse:
         _, bad = self.guard(request, None)
