@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSTEMS = ("maas", "ray-default", "ray-direct", "vllm")
+SYSTEMS = ("maas", "maas-proxy", "ray-default", "ray-direct", "vllm")  # maas-proxy: behind Serve's default proxy
+DEFAULT_SYSTEMS = "maas,ray-default,ray-direct,vllm"
 ENGINE = {"max_model_len": 512, "max_num_seqs": 64, "dtype": "float32", "enforce_eager": True}
 KV_GIB = "1"
 
@@ -55,12 +56,12 @@ def serve_child(system: str, folder: str, store: str, port: int) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        if system == "maas":
+        if system.startswith("maas"):  # maas starts Serve itself, in its high-throughput mode unless told
             from maas.serve import deploy
             from maas.spec import DeploySpec
 
-            deploy(store, "tiny@production", DeploySpec(port=port, llm={
+            mode = "default" if system == "maas-proxy" else "throughput"
+            deploy(store, "tiny@production", DeploySpec(port=port, grpc_port=0, proxy=mode, llm={
                 "num_cpus": 1, "max_model_len": ENGINE["max_model_len"], "max_num_seqs": ENGINE["max_num_seqs"],
                 "kv_cache_gib": float(KV_GIB), "max_tokens": 1024,
                 **({"stream_interval_ms": float(os.environ["MAAS_BENCH_STREAM_INTERVAL_MS"])}
@@ -68,6 +69,7 @@ def serve_child(system: str, folder: str, store: str, port: int) -> None:
         else:
             from ray.serve.llm import build_openai_app
 
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
             args = {"llm_configs": [_engine_config(folder)]}
             if system == "ray-default":  # direct streaming has no ingress of its own (the server is the ingress)
                 args["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
@@ -175,7 +177,7 @@ async def load(url: str, concurrency: int, per_client: int, max_tokens: int) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"any of {', '.join(SYSTEMS)}")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (at least c)")

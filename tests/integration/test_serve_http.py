@@ -186,7 +186,7 @@ def test_access_log_line_and_prometheus_metrics(served, ray_session):
     while time.time() < deadline and len(found) < 2:
         for path in glob.glob(logs):
             for line in open(path, errors="replace"):
-                if '"maas_access": true' in line and rid in line:
+                if '"maas_access":true' in line and rid in line:
                     entry = json.loads(line[line.index("{"):line.rindex("}") + 1])
                     found[entry["request_id"]] = entry
         time.sleep(0.5)

@@ -28,6 +28,13 @@ def test_other_numeric_datatypes_are_cast_and_single_row_is_batched():
     assert x.shape == (1, 4) and x.dtype == np.float32
 
 
+def test_a_flat_list_of_ints_and_floats_parses_like_the_standard_path():
+    x, _, _ = parse_infer_request(body(data=[0, 1.5, 2, 3, 4, 5, 6, 7.25]), SIG)
+    assert x.dtype == np.float32 and x.tolist() == [[0, 1.5, 2, 3], [4, 5, 6, 7.25]]
+    big, _, _ = parse_infer_request(body(datatype="UINT64", shape=[4], data=[2 ** 64 - 1, 0, 1, 2]), SIG)
+    assert big.shape == (1, 4)
+
+
 def test_id_and_requested_outputs():
     raw = json.loads(body())
     raw.update(id="req-1", outputs=[{"name": "label"}], parameters={"x": 1})
@@ -54,6 +61,14 @@ def test_id_and_requested_outputs():
     (json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4]}]}).encode(), "'data' is missing"),
     (json.dumps({"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4],
                              "data": [1e308 * 10, 0, 0, 0]}]}).encode(), "finite"),
+    # the fast JSON path (orjson, a flat list checked in C) refuses what the standard path refuses
+    (body(data=[True] * 8), "only numbers"),
+    (body(datatype="INT64", data=[1.5] * 8), "takes integers"),
+    (body(datatype="INT64", shape=[1, 4], data=[0, 0, 0, 2 ** 70]), "takes integers"),  # past 64 bits
+    (body(datatype="UINT8", shape=[1, 4], data=[[0, 0, 0, 300]]), "do not fit"),
+    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [NaN, 0, 0, 0]}]}', "finite"),
+    (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0, 0, 0, 1e999]}]}', "finite"),
+    (b'{"inputs": \xff\xfe}', "not valid JSON"),
 ])
 def test_client_mistakes_are_400_with_a_clear_message(payload, fragment):
     with pytest.raises(ProtocolError) as info:

@@ -3,16 +3,18 @@
 One application serves one or more models (``maas.serve.hosting``: aliases followed in place, canaries,
 pinned versions), answers the routes of ``maas.serve.router`` through one handler module per protocol
 (``oip_handlers``: Open Inference Protocol v2 and its generate extension; ``openai_handlers``:
-``/v1/completions``, ``/v1/embeddings``), fuses concurrent requests with ``@serve.batch``, and counts, times
+``/v1/completions``, ``/v1/embeddings``), fuses concurrent requests (``maas.serve.batcher``), and counts, times
 and logs every model request (Prometheus metrics through Ray, one JSON access-log line with the request id).
 Every client mistake is a 4xx in its protocol's error shape; the replica never dies of a bad request. Model
 routes need ``Authorization: Bearer <key>`` when API keys are configured; health routes stay open.
 """
 
+import asyncio
 import inspect
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -20,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from ray import serve
 
+from maas.serve.accounting import Accounting
+from maas.serve.batcher import Batcher
 from maas.serve.hosting import VERSION_HEADER, ModelHost
 from maas.serve.http import error_for, request_id
 from maas.serve.oip_grpc import OIPGrpc
@@ -29,9 +33,14 @@ from maas.serve.openapi import openapi_document
 from maas.serve.router import NOT_FOUND_HINT, Router
 
 logger = logging.getLogger("ray.serve")
-LATENCY_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
-BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+OFFLOAD_MS = 1.0  # a version whose forwards average more than this runs them in the replica's model thread
 __all__ = ["VERSION_HEADER", "ModelServer"]
+
+
+def _timed_call(fn, x):
+    started = time.perf_counter()
+    out = fn(x)
+    return out, (time.perf_counter() - started) * 1e3
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -40,22 +49,15 @@ class ModelServer:
                  max_request_bytes: int = 4 * 1024 * 1024, api_key_hashes: Optional[list] = None,
                  alias_poll_s: float = 2.0, max_pinned_versions: int = 2, llm: Optional[dict] = None,
                  pinned_loads_per_minute: int = 10):
-        from ray.serve import metrics
-
         self.host = ModelHost(store, models, max_pinned_versions, llm, alias_poll_s, pinned_loads_per_minute)
         self.router = Router()
         self.max_request_bytes = max_request_bytes
         self.key_hashes = list(api_key_hashes or [])
         self.batching = max_batch_size > 1
         self.active = 0  # model requests in this replica now
-        self._predict_batch.set_max_batch_size(max_batch_size)
-        self._predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.m_requests = metrics.Counter("maas_requests_total", description="Inference requests by HTTP status.",
-                                          tag_keys=("model", "version", "code"))
-        self.m_latency = metrics.Histogram("maas_request_latency_ms", description="Inference latency (ms).",
-                                           boundaries=LATENCY_MS, tag_keys=("model", "version"))
-        self.m_batch = metrics.Histogram("maas_batch_size", description="Rows per fused model call.",
-                                         boundaries=BATCH_SIZES, tag_keys=("model", "version"))
+        self.batcher = Batcher(self._predict_batch, max_batch_size, batch_wait_timeout_s)
+        self.accounting = Accounting()  # metrics and access log, off the request path
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maas-forward")
         oip, openai = OIPHandlers(self.host, self), OpenAIHandlers(self.host, self)
         self.grpc = OIPGrpc(self.host, oip, self)  # the same models and answers over gRPC (Serve's gRPC proxy)
         # handler name (maas.serve.router) -> (callable, a model request: counted, timed and logged)
@@ -76,6 +78,12 @@ class ModelServer:
         host = getattr(self, "host", None)
         if host is not None:
             host.stop()
+        accounting = getattr(self, "accounting", None)
+        if accounting is not None:
+            accounting.close()
+        pool = getattr(self, "model_thread", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _openapi(self, request: Request) -> Response:
         return Response(self.openapi, media_type="application/json")
@@ -96,11 +104,11 @@ class ModelServer:
             return error(404, f"no route {request.method} {path}; {NOT_FOUND_HINT}")
         handler, model_request = self.handlers[match.handler]
         if model_request:
-            return await self._timed(match, request, handler)
+            return await self._timed(match, request, handler, path)
         response = handler(request, **match.params)
         return await response if inspect.isawaitable(response) else response
 
-    async def _timed(self, match, request: Request, handler):
+    async def _timed(self, match, request: Request, handler, path: str):
         """Run one model request, ``handler(request, **params)`` -> (response, rows, loaded): counted, timed
         and logged whatever happens (a streamed answer is timed until its stream starts)."""
         started = time.perf_counter()
@@ -113,10 +121,10 @@ class ModelServer:
         except Exception:  # a server fault, not a client mistake: answer JSON, keep serving, log it
             logger.exception("maas inference failed (request %s)", rid)
             response = error_for(match.protocol)(
-                500, f"internal error while serving {name or request.url.path}; request id {rid}")
+                500, f"internal error while serving {name or path}; request id {rid}")
         finally:
             self.active -= 1
-        self.record(name, loaded, response.status_code, rid, request.url.path, rows,
+        self.record(name, loaded, response.status_code, rid, path, rows,
                     (time.perf_counter() - started) * 1e3)
         return response
 
@@ -125,11 +133,7 @@ class ModelServer:
         """Count, time and log one model request (HTTP status; a gRPC call's status in HTTP terms)."""
         tags = loaded.tags if loaded is not None else {"model": name if name in self.host.models else "-",
                                                        "version": "-"}
-        self.m_requests.inc(tags={**tags, "code": str(status)})
-        self.m_latency.observe(elapsed_ms, tags=tags)
-        logger.info(json.dumps({"maas_access": True, "request_id": rid, "model": tags["model"],
-                                "version": int(tags["version"]) if tags["version"].isdigit() else None,
-                                "path": path, "status": status, "rows": rows, "latency_ms": round(elapsed_ms, 3)}))
+        self.accounting.request(tags, status, rid, path, rows, elapsed_ms)
 
     # ---- Open Inference Protocol over gRPC: Serve's gRPC proxy calls the method named like the RPC
     async def ServerLive(self, request, grpc_context=None):  # noqa: N802 (RPC names)
@@ -153,11 +157,26 @@ class ModelServer:
     async def run(self, loaded, x):
         """One model call: fused with others' when some are mid-request, else straight (no queue hop)."""
         if self.batching and self.active > 1:
-            return await self._predict_batch((loaded, x))
-        self.m_batch.observe(len(x), tags=loaded.tags)
-        return loaded.predictor(x)
+            return await self.batcher.submit((loaded, x))
+        self.accounting.batch(loaded.tags, len(x))
+        return await self.forward(loaded, x)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def forward(self, loaded, x):
+        """``loaded.predictor(x)``: inline while the version's forwards are quick (a thread hop costs more
+        than a 0.012 ms digits forward), else in the replica's one model thread (ONNX Runtime and torch free
+        the GIL), so the event loop keeps reading requests meanwhile: health checks answer, and the requests
+        that arrive during a forward are parsed and queued and fill the next batch instead of waiting to be
+        read one by one after it."""
+        if loaded.forward_ms <= OFFLOAD_MS:
+            started = time.perf_counter()
+            out = loaded.predictor(x)
+            ms = (time.perf_counter() - started) * 1e3
+        else:
+            out, ms = await asyncio.get_running_loop().run_in_executor(self.model_thread, _timed_call,
+                                                                       loaded.predictor, x)
+        loaded.forward_ms += 0.2 * (ms - loaded.forward_ms)
+        return out
+
     async def _predict_batch(self, items: list) -> list:
         """One queue for every model version; each version's rows fused into one forward."""
         groups: dict = {}
@@ -168,8 +187,8 @@ class ModelServer:
             parts = [items[i][1] for i in idx]
             fused = parts[0] if len(idx) == 1 else \
                 [t for p in parts for t in p] if isinstance(parts[0], list) else np.concatenate(parts)
-            self.m_batch.observe(len(fused), tags=loaded.tags)
-            logits = loaded.predictor(fused)
+            self.accounting.batch(loaded.tags, len(fused))
+            logits = await self.forward(loaded, fused)
             start = 0
             for i in idx:
                 n = len(items[i][1])

@@ -108,9 +108,10 @@ def fetch_all(registry: Registry, routes: list[dict], llm=None) -> None:
 
 
 class LoadedVersion:
-    """One model version in memory: its predictor, signature, response headers and metric tags."""
+    """One model version in memory: its predictor, signature, response headers, metric tags, and the running
+    average of its forward time (which decides where its forwards run: ``ModelServer.forward``)."""
 
-    __slots__ = ("mv", "predictor", "signature", "task", "headers", "tags")
+    __slots__ = ("mv", "predictor", "signature", "task", "headers", "tags", "forward_ms")
 
     def __init__(self, mv, predictor):
         self.mv = mv
@@ -119,6 +120,7 @@ class LoadedVersion:
         self.task = mv.task
         self.headers = {VERSION_HEADER: mv.ref}
         self.tags = {"model": mv.name, "version": str(mv.version)}
+        self.forward_ms = 0.0
 
 
 class ServedModel:

@@ -16,9 +16,9 @@ import logging
 import time
 from typing import Optional
 
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import StreamingResponse
 
-from maas.serve.http import openai_error
+from maas.serve.http import JSONResponse, openai_error
 from maas.serve.oip import ProtocolError
 
 logger = logging.getLogger("ray.serve")

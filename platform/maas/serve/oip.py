@@ -11,6 +11,7 @@ import math
 from typing import Any, Optional
 
 import numpy as np
+import orjson
 
 NUMERIC = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
            "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
@@ -73,14 +74,29 @@ def _input_array(spec: dict, tensor: dict) -> np.ndarray:
     return arr
 
 
+_NUMBERS = {float, int}  # JSON numbers as parsed (a bool's type is bool, not int)
+
+
 def _json_array(name, datatype: str, shape: list, data) -> np.ndarray:
+    dtype = NUMERIC[datatype]
+    integral = np.issubdtype(dtype, np.integer)
+    n = math.prod(shape)
+    if type(data) is list and len(data) == n and datatype != "BOOL":  # flat: its types checked in C (~30x faster)
+        kinds = set(map(type, data))
+        if kinds <= _NUMBERS and not (integral and float in kinds):
+            return _as_array(name, datatype, data, shape)
     flat = _flatten(data, max_depth=len(shape) + 1)
-    if len(flat) != math.prod(shape):
-        raise ProtocolError(400, f"input '{name}': shape {shape} needs {math.prod(shape)} values, "
-                                 f"'data' holds {len(flat)}")
+    if len(flat) != n:
+        raise ProtocolError(400, f"input '{name}': shape {shape} needs {n} values, 'data' holds {len(flat)}")
     if any(isinstance(v, (str, dict, type(None))) for v in flat) or \
             (datatype != "BOOL" and any(isinstance(v, bool) for v in flat)):
         raise ProtocolError(400, f"input '{name}': 'data' must hold only numbers for datatype {datatype}")
+    if integral and any(isinstance(v, float) for v in flat):  # 1.5, or an integer past 64 bits read as a double
+        raise ProtocolError(400, f"input '{name}': datatype {datatype} takes integers within its range")
+    return _as_array(name, datatype, flat, shape)
+
+
+def _as_array(name, datatype: str, flat: list, shape: list) -> np.ndarray:
     try:
         return np.asarray(flat, dtype=NUMERIC[datatype]).reshape(shape)
     except (ValueError, OverflowError, TypeError) as exc:
@@ -136,16 +152,26 @@ def _raw_columns(raw: list[dict], signature: dict, by_name: dict) -> np.ndarray:
 
 
 def json_object(body: bytes, holding: str) -> dict:
-    """The request body as a JSON object, or a 400 saying what is wrong with it."""
+    """The request body as a JSON object, or a 400 saying what is wrong with it. Parsed by orjson (~10x
+    faster); what orjson refuses (NaN, numbers past a double, a byte-order mark) is parsed again by the
+    standard parser, which either takes it (the field's own check then names the problem) or says where the
+    JSON breaks."""
     try:
-        req = json.loads(body)
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        req = _json_loads(body, holding)
+    if not isinstance(req, dict):
+        raise ProtocolError(400, f"request body must be a JSON object with {holding}")
+    return req
+
+
+def _json_loads(body: bytes, holding: str):
+    try:
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(400, f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ProtocolError(400, "request body is nested too deeply") from None
-    if not isinstance(req, dict):
-        raise ProtocolError(400, f"request body must be a JSON object with {holding}")
-    return req
 
 
 def _request_id(req: dict) -> Optional[str]:
@@ -198,9 +224,9 @@ def parse_infer_request(body, signature: dict) -> tuple[np.ndarray, Optional[str
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    return e
 
 
 def classifier_outputs(logits: np.ndarray, signature: dict, wanted: Optional[list[str]]) -> list[dict]:
@@ -214,7 +240,7 @@ def classifier_outputs(logits: np.ndarray, signature: dict, wanted: Optional[lis
             values = [classes[i] for i in logits.argmax(axis=1).tolist()]
             out.append({"name": "label", "datatype": spec["datatype"], "shape": [len(values)], "data": values})
         elif spec["name"] == "probabilities":
-            probs = softmax(logits.astype(np.float64)).astype(np.float32)
+            probs = softmax(logits.astype(np.float32, copy=False))
             out.append({"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
                         "data": probs.ravel().tolist()})
     return out

@@ -14,9 +14,10 @@ from typing import Optional
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from maas.serve.http import BAD_KEY, key_ok, oip_error, parse_off_loop, read_body, retry_headers
+from maas.serve.http import (BAD_KEY, JSONResponse, key_ok, oip_error, parse_off_loop, read_body, request_id,
+                             retry_headers)
 from maas.serve.oip import (SERVER_METADATA, ProtocolError, classifier_outputs, embedding_outputs, model_metadata,
                             parse_infer_request, parse_text_infer_request)
 from maas.serve.oip_binary import HEADER, encode_response, request_object, wants_binary
@@ -118,7 +119,7 @@ class OIPHandlers:
                                                           loaded.signature, loaded.task)
         except ProtocolError as err:
             return oip_error(err.status, err.message, loaded.headers), 0, loaded
-        out = await self.answer(loaded, x, req_id, wanted)
+        out = await self.answer(loaded, x, req_id or request_id(request), wanted)  # else the x-request-id
         binary = wants_binary(req)
         if not binary:
             return JSONResponse(out, headers=loaded.headers), len(x), loaded

@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import Optional
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
-from maas.serve.http import BAD_KEY, key_ok, openai_error, parse_off_loop, read_body, retry_headers
+from maas.serve.http import BAD_KEY, JSONResponse, key_ok, openai_error, parse_off_loop, read_body, retry_headers
 from maas.serve.oip import ProtocolError, embeddings_response, json_object, openai_model, parse_embeddings_request
 
 

@@ -1,0 +1,111 @@
+"""Where a replica runs a model's forward (ModelServer.forward, no Ray: the deployment's class on a local
+registry): quick forwards inline on the event loop, slow ones in the replica's model thread, so the loop
+keeps reading requests during a forward, and those requests fill the next batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from starlette.requests import Request
+
+from maas.models import build_model
+from maas.models.artifacts import save_torch_model
+from maas.models.mlp import classifier_signature
+from maas.registry import Registry
+from maas.serve.app import OFFLOAD_MS, ModelServer
+
+CONFIG = {"arch": "mlp", "input_dim": 4, "num_classes": 2, "hidden_sizes": [8], "dropout": 0.0}
+
+
+@pytest.fixture
+def server(tmp_path):
+    reg = Registry(str(tmp_path / "store"))
+    torch.manual_seed(0)
+    reg.publish("m", save_torch_model(build_model(CONFIG), CONFIG, tmp_path / "v1"), runtime="torch",
+                task="classify", signature=classifier_signature(4, [0, 1]))
+    reg.set_alias("m", "production", 1)
+    srv = ModelServer.func_or_class(reg.location, ["m@production"], max_batch_size=32, alias_poll_s=60)
+    deadline = time.time() + 30
+    while srv.host.models["m"].primary is None and time.time() < deadline:
+        time.sleep(0.05)
+    yield srv
+    srv.__del__()
+
+
+def request(rows: int) -> Request:
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 4],
+                                   "data": [0.5] * (4 * rows)}]}).encode()
+    sent = []
+
+    async def receive():
+        if sent:
+            return {"type": "http.disconnect"}
+        sent.append(1)
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "path": "/v2/models/m/infer", "root_path": "",
+                    "headers": [(b"content-length", str(len(body)).encode())], "query_string": b""}, receive)
+
+
+def slow(loaded, seconds: float):
+    """The version's model, made slow (a sleeping forward frees the GIL as ONNX Runtime and torch do);
+    records each call's thread and rows."""
+    real, calls = loaded.predictor, []
+
+    def predictor(x):
+        calls.append((threading.current_thread().name, len(x)))
+        time.sleep(seconds)
+        return real(x)
+
+    loaded.predictor = predictor
+    return calls
+
+
+def test_quick_forwards_stay_on_the_loop_and_slow_ones_move_to_the_model_thread(server):
+    loaded = server.host.models["m"].primary
+    for _ in range(5):
+        assert asyncio.run(server(request(1))).status_code == 200
+    assert loaded.forward_ms < OFFLOAD_MS
+    calls = slow(loaded, 0.02)
+
+    async def go():
+        first = await server(request(1))  # measured inline: now known to be slow
+        ticks = 0
+
+        async def count():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        counter = asyncio.ensure_future(count())
+        second = await server(request(1))
+        counter.cancel()
+        return first, second, ticks
+
+    first, second, ticks = asyncio.run(go())
+    assert first.status_code == second.status_code == 200
+    assert calls[0][0] == threading.current_thread().name and calls[1][0].startswith("maas-forward")
+    assert ticks >= 5  # the loop kept running during the 20 ms forward
+    assert json.loads(second.body)["outputs"][0]["data"] == json.loads(first.body)["outputs"][0]["data"]
+
+
+def test_requests_that_arrive_during_a_slow_forward_share_the_next_one(server):
+    loaded = server.host.models["m"].primary
+    calls = slow(loaded, 0.03)
+    loaded.forward_ms = 30.0  # known to be slow (as the test above measures)
+
+    async def go():
+        return await asyncio.gather(*(server(request(1)) for _ in range(12)))
+
+    answers = asyncio.run(go())
+    assert all(a.status_code == 200 for a in answers)
+    rows = [n for _, n in calls]
+    assert sum(rows) == 12 and len(rows) <= 3 and max(rows) >= 10, rows  # the first alone, the rest fused
+    assert all(name.startswith("maas-forward") for name, _ in calls)
