@@ -5,6 +5,7 @@ message, not inside a replica), and where Serve's proxy really listens."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Optional
 
 from ray import serve
@@ -198,7 +199,6 @@ def undeploy(app_name: str, models=(), store: Optional[str] = None, llm=None) ->
     names (an adapter runs on its base's engine; ``llm``: the deploy's LLMEngineSpec)."""
     from maas.serve.llm_engine import APP_PREFIX, engine_app_name, engine_apps, engine_of
 
-    serve.delete(app_name)
     routes = normalize_routes(models) if models else []
     names = {r["model"] for r in routes}
     doomed = set()
@@ -212,9 +212,13 @@ def undeploy(app_name: str, models=(), store: Optional[str] = None, llm=None) ->
                 continue
             if mv.runtime == "vllm":
                 doomed.add(engine_app_name(*engine_of(mv, bool(llm and llm.enable_lora))))
-    for app in engine_apps():
-        if app in doomed or any(app.startswith(f"{APP_PREFIX}{n}-v") for n in names):
-            serve.delete(app)
+    apps = [app_name] + [app for app in engine_apps()
+                         if app in doomed or any(app.startswith(f"{APP_PREFIX}{n}-v") for n in names)]
+    for app in apps:  # all at once: each engine takes seconds to drain and stop, one after another added up
+        serve.delete(app, _blocking=False)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and set(apps) & set(serve.status().applications):
+        time.sleep(0.5)
 
 
 def proxy_address(host: str, port: int) -> str:
