@@ -168,9 +168,7 @@ class ModelServer:
         that arrive during a forward are parsed and queued and fill the next batch instead of waiting to be
         read one by one after it."""
         if loaded.forward_ms <= OFFLOAD_MS:
-            started = time.perf_counter()
-            out = loaded.predictor(x)
-            ms = (time.perf_counter() - started) * 1e3
+            out, ms = _timed_call(loaded.predictor, x)
         else:
             out, ms = await asyncio.get_running_loop().run_in_executor(self.model_thread, _timed_call,
                                                                        loaded.predictor, x)

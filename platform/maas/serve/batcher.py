@@ -26,15 +26,13 @@ class Batcher:
         self.max_batch_size = max(1, int(max_batch_size))
         self.wait_s = max(0.0, float(wait_s))
         self.pending: deque = deque()  # (item, future)
-        self.full = None  # an asyncio.Event, made on the replica's loop at the first submit
+        self.full = asyncio.Event()  # set when max_batch_size requests wait (ends a wait_s early)
         self.worker = None
 
     async def submit(self, item):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.pending.append((item, future))
-        if self.full is None:
-            self.full = asyncio.Event()
         if len(self.pending) >= self.max_batch_size:
             self.full.set()
         if self.worker is None or self.worker.done():

@@ -197,7 +197,7 @@ def undeploy(app_name: str, models=(), store: Optional[str] = None, llm=None) ->
     """Delete a maas application and the vLLM engines of the models it served (``models``: its routes). With
     the registry (``store``), the engines its routes' versions run on now are deleted too, whatever their
     names (an adapter runs on its base's engine; ``llm``: the deploy's LLMEngineSpec)."""
-    from maas.serve.llm_engine import APP_PREFIX, engine_app_name, engine_apps, engine_of
+    from maas.serve.llm_engine import APP_PREFIX, _wait_gone, engine_app_name, engine_apps, engine_of
 
     routes = normalize_routes(models) if models else []
     names = {r["model"] for r in routes}
@@ -217,8 +217,8 @@ def undeploy(app_name: str, models=(), store: Optional[str] = None, llm=None) ->
     for app in apps:  # all at once: each engine takes seconds to drain and stop, one after another added up
         serve.delete(app, _blocking=False)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and set(apps) & set(serve.status().applications):
-        time.sleep(0.5)
+    for app in apps:  # one deadline for all: they stop side by side
+        _wait_gone(app, deadline - time.monotonic())
 
 
 def proxy_address(host: str, port: int) -> str:
