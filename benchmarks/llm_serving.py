@@ -51,6 +51,8 @@ def serve_child(system: str, folder: str, store: str, port: int) -> None:
     import ray
     from ray import serve
 
+    from maas.serve.deploy import stop_serve
+
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
@@ -79,7 +81,7 @@ def serve_child(system: str, folder: str, store: str, port: int) -> None:
         while not stop:
             time.sleep(0.2)
     finally:
-        serve.shutdown()
+        stop_serve()
         ray.shutdown()
 
 

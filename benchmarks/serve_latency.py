@@ -103,6 +103,7 @@ def main() -> None:
     from starlette.requests import Request
 
     from maas.models import load_predictor
+    from maas.serve.deploy import stop_serve
     from maas.registry import Registry
     from maas.serve import build_app
     from maas.serve.deploy import start_serve
@@ -159,7 +160,7 @@ def main() -> None:
         for c in [int(c) for c in args.concurrency.split(",")]:
             for name, url in targets:
                 rows.append((mode, c, name, load(url, body, c, args.seconds)))
-        serve.shutdown()
+        stop_serve()
     ray.shutdown()
 
     label = "digits MLP 64-128-64-10, int8 ONNX" if args.model == "digits" else "large MLP 64-4096-4096-10, fp32 torch"

@@ -29,9 +29,9 @@ def ray_session():
     DataContext.get_current().enable_progress_bars = False
     yield ray
     try:
-        from ray import serve
+        from maas.serve.deploy import stop_serve
 
-        serve.shutdown()
+        stop_serve()
     finally:
         ray.shutdown()
 

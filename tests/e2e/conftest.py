@@ -57,7 +57,7 @@ def no_serve_left_in_the_shared_ray():
     import ray
 
     if ray.is_initialized():
-        from ray import serve
+        from maas.serve.deploy import stop_serve
 
-        serve.shutdown()
+        stop_serve()
     yield

@@ -282,8 +282,10 @@ def test_quantized_variants_are_measured_under_vllm_gated_published_and_the_fast
     assert abs(math.log(parent["perplexity"]) - trained["val_loss"]) < 0.5
     increase = {m: records[m]["metrics"]["perplexity"] / parent["perplexity"] - 1 for m in ("w8a8", "w4a16")}
     assert w8["passed"] and increase["w8a8"] <= 0.0005
-    # the gate decides from the figures (int4 usually moves this model 0.1-0.6%, once under 0.05% in CI)
-    assert w4["passed"] == (increase["w4a16"] <= 0.0005) and increase["w4a16"] > increase["w8a8"], increase
+    # the gate decides from the figures; int4 moves this model's perplexity more than int8 does, in either
+    # direction (usually up 0.1-0.6%; once under 0.05% in CI, once down 0.05%)
+    assert w4["passed"] == (increase["w4a16"] <= 0.0005), increase
+    assert abs(increase["w4a16"]) > abs(increase["w8a8"]), increase
     for r in (parent, w8["metrics"], w4["metrics"]):
         assert r["tokens_per_s_c32"] > r["tokens_per_s_c1"] > 0
     assert parent["size_bytes"] / w8["metrics"]["size_bytes"] > 1.9

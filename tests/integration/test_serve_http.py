@@ -1,6 +1,9 @@
 """Real Ray Serve over real HTTP on 127.0.0.1: the Open Inference Protocol v2 surface of a served model."""
 
+import glob
 import json
+import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from maas.models.artifacts import export_onnx
 from maas.models.predictor import OnnxPredictor
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER, deploy
+from maas.serve.deploy import stop_serve
 from maas.models import classifier_signature
 from maas.spec import DeploySpec
 from tests.conftest import free_port
@@ -23,8 +27,6 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 @pytest.fixture(scope="module")
 def served(ray_session, tmp_path_factory):
-    from ray import serve
-
     tmp = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
     model = build_model({"arch": "mlp", "input_dim": 64, "num_classes": 10, "hidden_sizes": [32],
@@ -36,12 +38,15 @@ def served(ray_session, tmp_path_factory):
                      signature=classifier_signature(64, list(range(10))))
     reg.set_alias("digits", "production", mv.version)
     port, grpc_port = free_port(), free_port()
-    serve.shutdown()  # a Serve left by an earlier module keeps its ports: start one with these (gRPC's too)
+    stop_serve()  # a Serve left by an earlier module keeps its ports: start one with these (gRPC's too)
+    before = set(glob.glob(f"{tempfile.gettempdir()}/mh*"))
     url = deploy(str(tmp / "store"), "digits@production",
                  DeploySpec(port=port, grpc_port=grpc_port, max_request_bytes=64 * 1024))
+    (haproxy_folder,) = set(glob.glob(f"{tempfile.gettempdir()}/mh*")) - before  # this Serve's HAProxy files
     yield {"url": url, "registry": reg, "predictor": OnnxPredictor(variant.files["model.onnx"]), "tmp": tmp,
            "port": port, "grpc": f"127.0.0.1:{grpc_port}"}
-    serve.shutdown()
+    stop_serve()
+    assert not os.path.exists(haproxy_folder), "stop_serve left the HAProxy folder of its Serve"
 
 
 def infer_body(rows, **extra):

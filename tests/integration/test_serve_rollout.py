@@ -17,7 +17,7 @@ from maas.models.artifacts import export_onnx
 from maas.models.predictor import OnnxPredictor
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER, build_app
-from maas.serve.deploy import start_serve
+from maas.serve.deploy import start_serve, stop_serve
 from maas.models import classifier_signature
 from maas.spec import CanarySpec, DeploySpec
 from tests.conftest import free_port
@@ -98,7 +98,7 @@ def fleet(ray_session, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     yield {"url": url, "reg": reg, "v1": v1, "v2": v2, "rejected": rejected, "p1": p1, "p2": p2, "pw": pw,
            "wine": wine, "tmp": tmp, "port": port}
-    serve.shutdown()
+    stop_serve()
 
 
 def test_a_model_without_its_alias_is_503_until_the_alias_appears(fleet):

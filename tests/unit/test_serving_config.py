@@ -62,3 +62,43 @@ def test_canary_and_alias_poll_are_checked_in_the_spec():
     assert spec.deploy.canary.alias == "candidate" and spec.deploy.canary.percent == 10
     with pytest.raises(SpecError, match="deploy.canary.percent"):
         spec_from_dict(BASE, ["deploy.canary={alias: candidate, percent: 120}"])
+
+
+def test_stale_haproxy_folders_are_swept_and_live_or_starting_ones_kept(monkeypatch, tmp_path):
+    import os
+    import socket
+    import tempfile
+    import time
+
+    from maas.serve.deploy import HAPROXY_MARK, haproxy_instance_env, remove_stale_haproxy_folders
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def folder_of(env):
+        return os.path.dirname(env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
+
+    def with_socket(folder, listening):  # an HAProxy's admin socket, as Ray lays it out (under the node id)
+        os.makedirs(f"{folder}/node1")
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(f"{folder}/node1/admin.sock")
+        sock.listen(1)
+        if not listening:
+            sock.close()  # the socket file stays, as HAProxy's does after Serve shuts down
+        return sock
+
+    live, dead, starting, abandoned = (folder_of(haproxy_instance_env()) for _ in range(4))
+    assert all(os.path.isfile(f"{d}/{HAPROXY_MARK}") for d in (live, dead, starting, abandoned))
+    listener = with_socket(live, listening=True)
+    with_socket(dead, listening=False)
+    old = time.time() - 3600
+    os.utime(f"{abandoned}/{HAPROXY_MARK}", (old, old))  # never got a socket, an hour ago
+    unmarked = tmp_path / "mh0123abcd"  # someone else's folder of the same shape
+    (unmarked / "node1").mkdir(parents=True)
+    try:
+        assert sorted(remove_stale_haproxy_folders(grace_s=300)) == sorted([dead, abandoned])
+        assert os.path.isdir(live) and os.path.isdir(starting) and unmarked.is_dir()
+        assert not os.path.exists(dead) and not os.path.exists(abandoned)
+    finally:
+        listener.close()
+    assert remove_stale_haproxy_folders(grace_s=300) == [live]  # its HAProxy is gone now
+    assert remove_stale_haproxy_folders(grace_s=0) == [starting]

@@ -124,8 +124,8 @@ def _serve_forever() -> int:
     import signal
 
     import ray
-    from ray import serve
 
+    from maas.serve.deploy import stop_serve
     # Ctrl-C and SIGTERM (a process manager, `kill PID`) both stop the endpoint cleanly; SIGINT is set
     # explicitly because a shell starting us in the background hands it down ignored.
     from maas.serve.llm_engine import release_shared_memory, shm_entries
@@ -141,7 +141,7 @@ def _serve_forever() -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the shutdown short
             signal.signal(sig, signal.SIG_IGN)
-        serve.shutdown()
+        stop_serve()
         ray.shutdown()
         release_shared_memory(shm_before)  # what stopped vLLM engines left in /dev/shm
     return 0

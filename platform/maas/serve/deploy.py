@@ -5,6 +5,7 @@ message, not inside a replica), and where Serve's proxy really listens."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Optional
 
@@ -94,6 +95,8 @@ def start_serve(d: DeploySpec) -> None:
     if _serve_running():
         log.info("maas: Serve already runs on this cluster: its ingress and ports stay as they started")
         return
+    if d.proxy == "throughput":
+        remove_stale_haproxy_folders()
     env = {**THROUGHPUT_ENV, **haproxy_instance_env()} if d.proxy == "throughput" else \
         {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
     serve.start(http_options={"host": d.host, "port": d.port}, grpc_options=grpc_options(d.grpc_port),
@@ -124,6 +127,8 @@ def haproxy_instance_env() -> dict:
             return sock.getsockname()[1]
 
     folder = f"{tempfile.gettempdir()}/mh{uuid.uuid4().hex[:8]}"  # short: Ray adds the node id, sockets <= 97
+    os.makedirs(folder)
+    open(os.path.join(folder, HAPROXY_MARK), "w").close()  # what remove_stale_haproxy_folders looks for
     http, grpc_ = _free_window(30000, 31000), _free_window(40000, 41000)
     return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + 100),
@@ -135,6 +140,57 @@ def haproxy_instance_env() -> dict:
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
             "RAY_SERVE_HAPROXY_STATS_PORT": str(8404 if _port_free(8404) else free_port()),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(9101 if _port_free(9101) else free_port())}
+
+
+HAPROXY_MARK = ".maas-haproxy"
+
+
+def stop_serve() -> None:
+    """Shut Serve down on the connected cluster and remove the HAProxy folders it leaves on this machine."""
+    from ray import serve
+
+    serve.shutdown()
+    remove_stale_haproxy_folders()
+
+
+def remove_stale_haproxy_folders(grace_s: float = 300) -> list[str]:
+    """Remove the HAProxy folders of high-throughput Serve instances maas started on this machine that no
+    HAProxy serves any more, and return them. Ray's HAProxy leaves its folder (config, logs, its admin socket
+    file) when Serve shuts down; a folder whose admin sockets all refuse connections (twice, half a second
+    apart: a reloading HAProxy keeps its socket) is stale; a folder with no admin socket yet is kept for
+    ``grace_s`` (its Serve may still be starting). Only folders carrying maas's mark are touched."""
+    import glob
+    import shutil
+    import socket
+    import tempfile
+
+    def live(sock_path: str) -> bool:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(1.0)
+            try:
+                sock.connect(sock_path)
+                return True
+            except OSError:
+                return False
+
+    def stale(folder: str, age: float) -> bool:
+        sockets = glob.glob(f"{folder}/*/admin.sock")
+        return not any(live(p) for p in sockets) if sockets else age >= grace_s
+
+    candidates = []
+    for folder in glob.glob(f"{tempfile.gettempdir()}/mh" + "[0-9a-f]" * 8):
+        try:
+            age = time.time() - os.stat(os.path.join(folder, HAPROXY_MARK)).st_mtime
+        except OSError:
+            continue  # not maas's
+        if stale(folder, age):
+            candidates.append((folder, age))
+    if candidates:
+        time.sleep(0.5)
+    removed = [folder for folder, age in candidates if stale(folder, age)]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
 
 
 def _free_window(low: int, high: int, width: int = 100) -> int:
