@@ -38,3 +38,34 @@ def test_fingerprint_follows_content_and_settings(tmp_path):
     assert a != fingerprint_files(fs, [str(f)], {"label": "y"})
     f.write_text("x\n2\n")
     assert a != fingerprint_files(fs, [str(f)], {"label": "x"})
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_reports_land_in_the_run_folder_local_or_in_a_bucket(where, tmp_path, request):
+    """What the pipelines write next to a run (compression reports, evaluation tokens) goes through the run
+    folder's own filesystem: a bucket's run folder gets the files, and no local folder named after the URI."""
+    import os
+
+    from maas.storage import open_uri, put_bytes, put_folder_files
+
+    run_dir = str(tmp_path / "runs" / "r1") if where == "local" else \
+        f"{request.getfixturevalue('s3_bucket')}/maas/runs/r1"
+    local = tmp_path / "written"
+    local.mkdir()
+    (local / "compression_report.json").write_text('{"picked": "m/2"}')
+    (local / "compression_report.png").write_bytes(b"\x89PNG" + bytes(range(256)))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        report = put_folder_files(run_dir, {"json": str(local / "compression_report.json"),
+                                            "png": str(local / "compression_report.png")})
+        assert put_bytes(run_dir, "compress_eval.json", b"[1, 2]") == f"{run_dir}/compress_eval.json"
+    finally:
+        os.chdir(cwd)
+    assert report == {"json": f"{run_dir}/compression_report.json", "png": f"{run_dir}/compression_report.png"}
+    fs, path = open_uri(run_dir)
+    for name, want in (("compression_report.json", b'{"picked": "m/2"}'), ("compress_eval.json", b"[1, 2]"),
+                       ("compression_report.png", b"\x89PNG" + bytes(range(256)))):
+        with fs.open_input_stream(f"{path}/{name}") as f:
+            assert f.read() == want
+    assert not (tmp_path / "s3:").exists()

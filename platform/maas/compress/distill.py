@@ -54,13 +54,32 @@ def student_from_teacher(teacher: nn.Module, config: dict, layers: list[int]) ->
     return student, new_config
 
 
+def _folder_files(folder) -> dict:
+    """A model folder's files by name, for the object store: Ray tasks and workers on any node read them
+    from there, not from a driver-local folder (a cluster's nodes share no disk). ONNX graphs are left out:
+    training and the teacher pass run the torch weights."""
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file() and ".onnx" not in p.name}
+
+
+@contextlib.contextmanager
+def _unpacked(files: dict):
+    """``files`` (from ``_folder_files``) written into a temporary folder, for as long as the block runs."""
+    with tempfile.TemporaryDirectory(prefix="maas-distill-") as tmp:
+        for name, data in files.items():
+            Path(tmp, name).write_bytes(data)
+        yield tmp
+
+
 class _TeacherEmbedder:
     """Ray Data actor: texts -> the teacher's embeddings (plus the token ids the student will read)."""
 
-    def __init__(self, folder: str):
+    def __init__(self, files):
+        import ray
+
         from maas.models.predictor import EncoderPredictor
 
-        self.predictor = EncoderPredictor(folder, "torch")
+        with _unpacked(ray.get(files) if isinstance(files, ray.ObjectRef) else files) as folder:
+            self.predictor = EncoderPredictor(folder, "torch")
 
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch["text"]]
@@ -85,15 +104,16 @@ def distill_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
     start_epoch, history = 0, []
     ckpt = ray.train.get_checkpoint()
-    with (ckpt.as_directory() if ckpt is not None else contextlib.nullcontext(config["init_dir"])) as folder:
+    with _unpacked(ray.get(config["init"])) as init_dir, \
+            (ckpt.as_directory() if ckpt is not None else contextlib.nullcontext(init_dir)) as folder:
         model, model_config = load_torch_model(folder)
         if ckpt is not None:
             state = json.loads(Path(folder, "state.json").read_text())
             start_epoch, history = state["epoch"] + 1, state["history"]
             if rank == 0:
                 print(f"[distill] resuming from the checkpoint of epoch {state['epoch'] + 1}", flush=True)
-    masks = load_file(str(Path(config["init_dir"]) / MASKS)) if config.get("masked") else None
-    tokenizer = EncoderTokenizer(Path(config["init_dir"]) / "tokenizer.json", config["max_length"])
+        masks = load_file(str(Path(init_dir) / MASKS)) if config.get("masked") else None
+        tokenizer = EncoderTokenizer(Path(init_dir) / "tokenizer.json", config["max_length"])
     model.train()
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
@@ -170,18 +190,17 @@ def distill(teacher_dir: str | Path, student: nn.Module, student_config: dict, t
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    run_dir = Path(run_dir)
-    init_dir = run_dir / f"{name}-init"
-    init_dir.mkdir(parents=True, exist_ok=True)
-    save_torch_model(student, student_config, init_dir)
-    (init_dir / "tokenizer.json").write_bytes((Path(teacher_dir) / "tokenizer.json").read_bytes())
-    if masks:
-        save_file({k: v.to(torch.uint8).contiguous() for k, v in masks.items()}, str(init_dir / MASKS))
+    with tempfile.TemporaryDirectory(prefix="maas-distill-") as init_dir:  # the student's start, in the object store
+        save_torch_model(student, student_config, init_dir)
+        Path(init_dir, "tokenizer.json").write_bytes((Path(teacher_dir) / "tokenizer.json").read_bytes())
+        if masks:
+            save_file({k: v.to(torch.uint8).contiguous() for k, v in masks.items()}, str(Path(init_dir, MASKS)))
+        init = ray.put(_folder_files(init_dir))
 
     texts = ray.data.from_items([{"text": t} for t in train_texts])
-    targets = texts.map_batches(_TeacherEmbedder, fn_constructor_kwargs={"folder": str(teacher_dir)},
+    targets = texts.map_batches(_TeacherEmbedder, fn_constructor_kwargs={"files": ray.put(_folder_files(teacher_dir))},
                                 batch_size=64, concurrency=1, num_cpus=1).materialize()
-    config = {"init_dir": str(init_dir), "masked": bool(masks), "max_length": max_length, "epochs": epochs,
+    config = {"init": init, "masked": bool(masks), "max_length": max_length, "epochs": epochs,
               "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed, "train_rows": len(train_texts),
               "warmup_fraction": warmup_fraction, "val_texts": list(val_texts),
               "val_targets": np.asarray(val_targets, dtype=np.float32).tolist()}
@@ -190,7 +209,7 @@ def distill(teacher_dir: str | Path, student: nn.Module, student_config: dict, t
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         datasets={"train": targets},
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(run_dir),
+            name=name, storage_path=str(run_dir),  # a local path or a URI (the run folder's, like the store)
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_cosine",
                                                          checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=max_failures)))

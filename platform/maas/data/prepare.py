@@ -19,7 +19,7 @@ import yaml
 from maas.data.accounting import KIND, RAW, REASON, mark, start_accounting
 from maas.data.fitting import column_stats, combine_stats, encode_batch, encoded_names, fitted_plan
 from maas.data.ops import DedupeClaims, apply_row_ops, dedupe_batch
-from maas.data.readers import read_dataset
+from maas.data.readers import read_dataset, read_parquet
 from maas.data.runs import Y, DataResult, write_data_report
 from maas.data.schema import check_schema, infer_schema
 from maas.data.source import filesystem_for, fingerprint_files
@@ -135,10 +135,8 @@ def _parquet_rows(fs, path: str) -> int:
 
 def _read_split(paths, fs, columns: Optional[list] = None):
     """A lazy Ray Dataset over the written Parquet of one or more splits (the partition column left out)."""
-    import ray.data
-
     paths = [paths] if isinstance(paths, str) else paths
-    return ray.data.read_parquet([_fs_path(p) for p in paths], filesystem=fs, columns=columns, partitioning=None)
+    return read_parquet([_fs_path(p) for p in paths], fs, columns=columns, partitioning=None)
 
 
 def _unwrap(exc: BaseException) -> BaseException:

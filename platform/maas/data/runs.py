@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from maas.data.readers import read_parquet
 from maas.data.source import filesystem_for
 from maas.exceptions import DataError
 
@@ -99,8 +100,6 @@ def save_prepared(result: DataResult, run_dir: str) -> None:
     stages and jobs reload them, and point ``result`` at them: one streaming pass, and later readers (the
     training shards, evaluation) read the finished columns instead of redoing the encoding. The checked
     rows the data stage wrote before are then removed (the rejects are kept)."""
-    import ray.data
-
     fs, root = filesystem_for(run_dir)
     for name in ("train", "val", "test"):
         getattr(result, name).write_parquet(f"{run_dir}/splits/{name}")
@@ -109,7 +108,7 @@ def save_prepared(result: DataResult, run_dir: str) -> None:
             fs.create_dir(split_dir, recursive=True)
             setattr(result, name, getattr(result, name).limit(0).materialize())
         else:
-            setattr(result, name, ray.data.read_parquet(split_dir, filesystem=fs))
+            setattr(result, name, read_parquet(split_dir, fs))
     checked = f"{root}/checked"
     if result.rejects_path is None or "/checked/" not in result.rejects_path:
         if fs.get_file_info(checked).type.name != "NotFound":
@@ -123,7 +122,6 @@ def load_prepared(run_dir: str) -> DataResult:
         DataError: the run folder holds no prepared data (name the run id of a finished data stage).
     """
     import pyarrow.fs as pafs
-    import ray.data
 
     fs, path = filesystem_for(run_dir)
     try:
@@ -140,7 +138,7 @@ def load_prepared(run_dir: str) -> DataResult:
         if not fs.get_file_info(pafs.FileSelector(split_dir)):  # an empty split
             splits[name] = None
             continue
-        splits[name] = ray.data.read_parquet(split_dir, filesystem=fs)  # lazy: streamed by its consumers
+        splits[name] = read_parquet(split_dir, fs)  # lazy: streamed by its consumers
     if splits["train"] is None:
         raise DataError(f"{run_dir} has an empty train split; re-run the data stage")
     for name in ("val", "test"):

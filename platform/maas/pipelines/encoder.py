@@ -61,13 +61,13 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
         RegistryError: no variant and not even the parent passed (never: the parent passes by definition).
     """
     from maas.compress.report import write_compression_report
+    from maas.storage import put_folder_files
     from maas.data import run_dir_for
 
     registry = Registry(spec.store)
     run_id = run_id or new_run_id()
     alias_was = alias_target(spec.store, spec.model.name, spec.deploy.alias)
-    run_dir = run_dir_for(registry.location, run_id)
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    run_dir = run_dir_for(registry.location, run_id)  # a local path or a URI, like the store
     laps = Laps(progress)
     lap = laps.lap
 
@@ -144,8 +144,10 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
     promoted = promote(spec.store, spec.deploy.alias, [r for r in records if not r.get("baseline")], c.select,
                        lambda m: m.get(fastest_at, 0.0), expected=alias_was, by=f"run:{run_id}")
     lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted['ref']} ({promoted['method']})")
-    report = write_compression_report(records, Path(run_dir), c.batch_sizes, title=f"{spec.model.name}: "
-                          f"{spec.model.pretrained} variants vs fp32 parent", picked=promoted["ref"])
+    with tempfile.TemporaryDirectory(prefix="maas-report-") as tmp:  # then into the run folder, local or not
+        report = put_folder_files(run_dir, write_compression_report(
+            records, Path(tmp), c.batch_sizes, title=f"{spec.model.name}: {spec.model.pretrained} variants vs "
+            "fp32 parent", picked=promoted["ref"]))
     endpoint = serve_at_end(spec, serve, laps)
     return EncoderResult(run_id=run_id, run_dir=run_dir, spec_hash=spec.spec_hash(),
                          corpus={"sentences": corpus.total, "fingerprint": corpus.fingerprint},

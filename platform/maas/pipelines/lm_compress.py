@@ -46,12 +46,13 @@ def compress_lm(spec: LMPipelineSpec, parent_ref: str, inputs: dict, run_dir: st
     import ray
 
     from maas.compress.report import write_llm_report
+    from maas.storage import put_bytes, put_folder_files
 
     c, llm = spec.compress, spec.deploy.llm
     name = parent_ref.split("/")[0]  # variants are versions of the parent's model, whatever the spec calls it
     laps.progress("compress", f"{', '.join(c.variants)} of {parent_ref}, measured under vLLM on "
                               f"{llm.placement()}")
-    _put(run_dir, "compress_eval.json", json.dumps(inputs).encode())  # the exact tokens: re-checkable
+    put_bytes(run_dir, "compress_eval.json", json.dumps(inputs).encode())  # the exact tokens: re-checkable
     task = ray.remote(max_calls=1, max_retries=0)(_build_measure_publish).options(num_cpus=llm.num_cpus,
                                                                                   num_gpus=llm.num_gpus)
     records = ray.get(task.remote(spec.store, parent_ref, name, c.model_dump(), llm.model_dump(),
@@ -68,19 +69,8 @@ def compress_lm(spec: LMPipelineSpec, parent_ref: str, inputs: dict, run_dir: st
     with tempfile.TemporaryDirectory(prefix="maas-report-") as tmp:  # then into the run folder, local or not
         written = write_llm_report(records, Path(tmp), c.concurrency, picked=promoted["ref"],
                                    title=f"{name}: quantized variants vs their parent under vLLM")
-        report = {kind: _put(run_dir, Path(path).name, Path(path).read_bytes()) for kind, path in written.items()}
+        report = put_folder_files(run_dir, written)
     return records, promoted, report
-
-
-def _put(run_dir: str, name: str, data: bytes) -> str:
-    """Write ``data`` as ``run_dir/name`` on the run folder's filesystem (a local path or a pyarrow.fs URI)."""
-    from maas.data.source import filesystem_for
-
-    fs, path = filesystem_for(run_dir)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{name}") as f:
-        f.write(data)
-    return f"{run_dir.rstrip('/')}/{name}"
 
 
 def _speeds(m: dict) -> str:
