@@ -40,7 +40,10 @@ def test_a_pipeline_on_s3_survives_a_lost_node_and_serves_from_the_bucket(s3_buc
     start = resumed[0]["resumed_from_epoch"]
     again = resumed[0]["worker_nodes"]
     assert killed["node"] not in again and len(set(again)) == 2  # restarted on two of the nodes left
-    assert start - 1 >= killed["newest_checkpoint_epoch"]  # from the newest checkpoint S3 held at the kill
+    # from the newest checkpoint S3 held at the kill, or the one before it: the newest one's files can be in
+    # the bucket before its report reached the controller (then it is not a checkpoint of the run yet)
+    held = killed["checkpoint_epochs"]
+    assert start - 1 >= (held[-2] if len(held) > 1 else held[-1]), (start, held)
     steps_per_epoch = history[1]["step"] - history[0]["step"]
     assert history[-1]["step"] == epochs * steps_per_epoch  # the step counter came back with the checkpoint
     assert resumed[0]["step"] == (start + 1) * steps_per_epoch
