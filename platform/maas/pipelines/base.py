@@ -102,8 +102,8 @@ def serve_at_end(spec, serve: Optional[bool], laps: Laps) -> Optional[str]:
 
 def variants_summary(variants: list[dict]) -> list[dict]:
     """What a job's result line says of each version: method, reference, gate, figures."""
-    return [{"method": v["method"], "ref": v["ref"], "passed": v["passed"], "metrics": v["metrics"]}
-            for v in variants]
+    return [{"method": v["method"], "ref": v["ref"], "passed": v["passed"], "gate": v.get("gate"),
+             "metrics": v["metrics"]} for v in variants]
 
 
 def job_deploy(spec, opts: dict, progress: Progress) -> dict:
