@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 # method -> (compressed-tensors preset scheme, format, dtype vLLM runs it in on CPU)
-METHODS = {"bf16": (None, None, "bfloat16"), "w8a8": ("W8A8", "int-quantized", None),
+METHODS = {"bf16": (None, None, "bfloat16"), "w8a8": ("W8A8", "int-quantized", "bfloat16"),
            "w4a16": ("W4A16", "pack-quantized", "bfloat16"), "w8a16": ("W8A16", "pack-quantized", "bfloat16")}
 CPU_UNSUPPORTED = {"w8a16": "vLLM's CPU backend has no int8 weight-only kernel (CPUWNA16 takes 4-bit weights "
                             "only): serve w8a16 on GPUs; on CPUs use w8a8 or w4a16"}
