@@ -100,7 +100,7 @@ def test_run_serves_until_ctrl_c_then_models_list_and_show(tmp_path):
     assert (tmp_path / "data" / "digits.parquet").is_file() and (tmp_path / ".maas" / "models" / "digits").is_dir()
     fp32, int8 = result["variants"]
     assert fp32["method"] == "fp32" and int8["method"] == "int8_dynamic"
-    assert fp32["metrics"]["test_accuracy"] >= 0.94 and int8["ref"] == "digits/2"
+    assert fp32["metrics"]["test_accuracy"] >= 0.95 and int8["ref"] == "digits/2"
     assert int8["metrics"]["size_bytes"] < fp32["metrics"]["size_bytes"] / 2
     # the gate (int8 within 1 point of fp32) decides; 8 epochs usually pass, once it dropped 3 of 267 test digits
     drop = fp32["metrics"]["test_accuracy"] - int8["metrics"]["test_accuracy"]

@@ -126,7 +126,7 @@ def haproxy_instance_env() -> dict:
             sock.bind(("", 0))
             return sock.getsockname()[1]
 
-    folder = f"{tempfile.gettempdir()}/mh{uuid.uuid4().hex[:8]}"  # short: Ray adds the node id, sockets <= 97
+    folder = f"{tempfile.gettempdir()}/{HAPROXY_PREFIX}{uuid.uuid4().hex[:8]}"  # short: Ray adds the node id
     os.makedirs(folder)
     open(os.path.join(folder, HAPROXY_MARK), "w").close()  # what remove_stale_haproxy_folders looks for
     http, grpc_ = _free_window(30000, 31000), _free_window(40000, 41000)
@@ -142,7 +142,7 @@ def haproxy_instance_env() -> dict:
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(9101 if _port_free(9101) else free_port())}
 
 
-HAPROXY_MARK = ".maas-haproxy"
+HAPROXY_PREFIX, HAPROXY_MARK = "mh", ".maas-haproxy"  # folder name: short, as sockets are <= 97 characters
 
 
 def stop_serve() -> None:
@@ -178,7 +178,7 @@ def remove_stale_haproxy_folders(grace_s: float = 300) -> list[str]:
         return not any(live(p) for p in sockets) if sockets else age >= grace_s
 
     candidates = []
-    for folder in glob.glob(f"{tempfile.gettempdir()}/mh" + "[0-9a-f]" * 8):
+    for folder in glob.glob(f"{tempfile.gettempdir()}/{HAPROXY_PREFIX}" + "[0-9a-f]" * 8):
         try:
             age = time.time() - os.stat(os.path.join(folder, HAPROXY_MARK)).st_mtime
         except OSError:

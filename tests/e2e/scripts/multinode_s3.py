@@ -106,8 +106,7 @@ def main() -> int:
                     if victim is None:
                         time.sleep(0.2)
                         continue
-                    killed.update(newest_checkpoint_epoch=max(epochs), checkpoint_epochs=sorted(set(epochs)),
-                                  node=victim.node_id)
+                    killed.update(checkpoint_epochs=sorted(set(epochs)), node=victim.node_id)
                     victim.kill_all_processes(check_alive=False, allow_graceful=False)
                     return
                 time.sleep(0.2)
