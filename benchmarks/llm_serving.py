@@ -2,15 +2,21 @@
 direct-streaming mode) and vLLM's own OpenAI server, on the same model in the same run.
 
     python benchmarks/llm_serving.py                       # all four, concurrency 1, 8 and 32
-    python benchmarks/llm_serving.py --systems maas,vllm --concurrency 1,32 --max-tokens 64
+    python benchmarks/llm_serving.py --systems maas,vllm --concurrency 1,32 --max-tokens 64 --rounds 3
 
 The model is a random Llama built here (4 layers, width 256: nothing is downloaded), imported into a
 temporary registry. Each system runs in a child process with its own Ray (the direct-streaming mode is a
 cluster-wide switch), is warmed up, then asked ``/v1/completions`` with ``stream: true`` and
-``ignore_eos`` (every answer is ``--max-tokens`` long) by ``c`` concurrent clients. Reported per system and
+``ignore_eos`` (every answer is ``--max-tokens`` long) by ``c`` concurrent clients, after one warm-up round
+at that concurrency (vLLM's CPU kernels pay once for each new batch shape). Reported per system and
 concurrency: output tokens/s over the wall time, time to first token (TTFT) and time per output token after
-the first (TPOT), p50 and p99. Every child is stopped (and what its engines left in /dev/shm removed) before
-the next starts.
+the first (TPOT), p50 and p99, and the CPU time each 1,000 output tokens cost: in vLLM's engine processes
+(``VLLM::EngineCore`` and ``VLLM::Worker``: the same work for every system) and in everything else the system
+runs (its HTTP front: HAProxy or a proxy, ingress and engine replicas, vLLM's API server; Ray's own
+daemons included). On a small shared machine tokens/s at high concurrency moves with the scheduler's luck
+(up to 2x between runs); the front's CPU per token does not, and is what a system adds. ``--rounds N`` starts
+every system N times, in turn, and reports the median of each figure (tokens/s: also its range). Every
+child is stopped (and what its engines left in /dev/shm removed) before the next starts.
 """
 
 from __future__ import annotations
@@ -155,13 +161,14 @@ async def one(client, url: str, max_tokens: int) -> tuple[float, float, int]:
     return first - started, (ended - first) / max(tokens - 1, 1), tokens
 
 
-async def load(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
+async def load(url: str, concurrency: int, per_client: int, max_tokens: int, sid: int) -> dict:
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        await asyncio.gather(*[one(client, url, 8) for _ in range(4)])  # warm-up
+        await asyncio.gather(*[one(client, url, 16) for _ in range(max(4, concurrency))])  # warm-up at this level
         results = []
+        cpu_before = cpu_seconds(sid)
 
         async def worker():
             for _ in range(per_client):
@@ -170,11 +177,52 @@ async def load(url: str, concurrency: int, per_client: int, max_tokens: int) -> 
         started = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         wall = time.perf_counter() - started
+        cpu_after = cpu_seconds(sid)
+    tokens = sum(r[2] for r in results)
+    ms_per_k = {role: (cpu_after[role] - cpu_before[role]) * 1e6 / max(tokens, 1) for role in ("engine", "front")}
+    if os.environ.get("MAAS_BENCH_CPU_DETAIL"):  # where the front's CPU goes, by process
+        before = cpu_before["by_process"]
+        detail = {k: (v - before.get(k, 0.0)) * 1e6 / max(tokens, 1) for k, v in cpu_after["by_process"].items()}
+        print("  CPU ms/1k tokens by process: " + ", ".join(f"{k[:70]} {v:.0f}" for k, v in sorted(
+            detail.items(), key=lambda kv: -kv[1]) if v >= 20), file=sys.stderr, flush=True)
     ttft = np.array([r[0] for r in results]) * 1e3
     tpot = np.array([r[1] for r in results]) * 1e3
-    return {"tokens_per_s": sum(r[2] for r in results) / wall, "requests": len(results),
+    return {"tokens_per_s": tokens / wall, "requests": len(results), "engine_cpu_ms_per_1k": ms_per_k["engine"],
+            "front_cpu_ms_per_1k": ms_per_k["front"],
             "ttft_p50": float(np.percentile(ttft, 50)), "ttft_p99": float(np.percentile(ttft, 99)),
             "tpot_p50": float(np.percentile(tpot, 50)), "tpot_p99": float(np.percentile(tpot, 99))}
+
+
+ENGINE_TITLES = ("VLLM::EngineCore", "VLLM::Worker")
+
+
+def cpu_seconds(sid: int) -> dict:
+    """User + system CPU seconds so far of the processes in session ``sid`` (one system's child and all it
+    started: Ray's daemons, replicas, HAProxy, vLLM's processes), split into vLLM's engine and the rest."""
+    import psutil
+
+    out = {"engine": 0.0, "front": 0.0, "by_process": {}}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getsid(proc.pid) != sid:
+                continue
+            t = proc.cpu_times()
+            cmd = " ".join(proc.info["cmdline"] or ())
+            role = "engine" if any(x in cmd for x in ENGINE_TITLES) else "front"
+            out[role] += t.user + t.system
+            name = (cmd.split(" ")[0].rsplit("/", 1)[-1] if not cmd.startswith("ray::") else cmd.split(".")[0]).strip()
+            out["by_process"][name] = out["by_process"].get(name, 0.0) + t.user + t.system
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return out
+
+
+def _median_figures(runs: list[dict]) -> dict:
+    out = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    out["tokens_per_s_min"] = min(r["tokens_per_s"] for r in runs)
+    out["tokens_per_s_max"] = max(r["tokens_per_s"] for r in runs)
+    out["rounds"] = len(runs)
+    return out
 
 
 def main() -> None:
@@ -182,7 +230,9 @@ def main() -> None:
     ap.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"any of {', '.join(SYSTEMS)}")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (at least c)")
+    ap.add_argument("--requests", type=int, default=64,
+                    help="requests per concurrency level (at least 8 per client: 256 at c=32)")
+    ap.add_argument("--rounds", type=int, default=1, help="start every system this many times; report medians")
     ap.add_argument("--stream-interval-ms", type=float, default=None,
                     help="maas: deploy.llm.stream_interval_ms (default: the spec's default)")
     ap.add_argument("--logs", help="keep each system's log in this folder (default: a temporary one)")
@@ -207,7 +257,7 @@ def main() -> None:
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         raise SystemExit(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
-    rows, figures = [], {}
+    runs, failed = {}, []  # (system, c) -> figures of each round
     with tempfile.TemporaryDirectory(prefix="maas-llm-bench-") as tmp:
         folder = str(make_tiny_llama(Path(tmp) / "model", layers=4, width=256, max_positions=512))
         reg = Registry(str(Path(tmp) / "store"))
@@ -217,35 +267,46 @@ def main() -> None:
         logs.mkdir(parents=True, exist_ok=True)
         if args.stream_interval_ms is not None:
             os.environ["MAAS_BENCH_STREAM_INTERVAL_MS"] = str(args.stream_interval_ms)
-        for system in systems:
-            shm_before = shm_entries()
-            with open(logs / f"{system}.log", "w") as log:
-                t0 = time.time()
-                try:
-                    proc, url = start(system, folder, reg.location, free_port(), log)
-                except RuntimeError as exc:
-                    rows.append([system, "-", "-", f"did not start: {exc}", "", "", "", ""])
-                    print(rows[-1][3], file=sys.stderr, flush=True)
-                    release_shared_memory(shm_before)
-                    continue
-                print(f"{system}: up in {time.time() - t0:.0f} s at {url}", file=sys.stderr, flush=True)
-                try:
-                    for c in levels:
-                        per_client = max(1, args.requests // c)
-                        figures[(system, c)] = f = asyncio.run(load(url, c, per_client, args.max_tokens))
-                        rows.append([system, str(c), str(f["requests"]), f"{f['tokens_per_s']:.0f}",
-                                     f"{f['ttft_p50']:.1f}", f"{f['ttft_p99']:.1f}", f"{f['tpot_p50']:.2f}",
-                                     f"{f['tpot_p99']:.2f}"])
-                        print("  " + "  ".join(rows[-1]), file=sys.stderr, flush=True)
-                finally:
-                    stop(proc)
-                    release_shared_memory(shm_before)
+        for round_ in range(1, args.rounds + 1):
+            for system in systems:
+                shm_before = shm_entries()
+                with open(logs / f"{system}-{round_}.log", "w") as log:
+                    t0 = time.time()
+                    try:
+                        proc, url = start(system, folder, reg.location, free_port(), log)
+                    except RuntimeError as exc:
+                        failed.append(f"{system} (round {round_}) did not start: {exc}")
+                        print(failed[-1], file=sys.stderr, flush=True)
+                        release_shared_memory(shm_before)
+                        continue
+                    print(f"{system}: up in {time.time() - t0:.0f} s at {url} (round {round_})", file=sys.stderr,
+                          flush=True)
+                    try:
+                        for c in levels:
+                            per_client = max(8, args.requests // c)
+                            f = asyncio.run(load(url, c, per_client, args.max_tokens, os.getsid(proc.pid)))
+                            runs.setdefault((system, c), []).append(f)
+                            print(f"  {system} c={c}: {f['tokens_per_s']:.0f} tokens/s, TTFT p50 "
+                                  f"{f['ttft_p50']:.1f} ms, front CPU {f['front_cpu_ms_per_1k']:.0f} ms/1k tokens",
+                                  file=sys.stderr, flush=True)
+                    finally:
+                        stop(proc)
+                        release_shared_memory(shm_before)
     from maas.report import table
 
+    figures = {key: _median_figures(r) for key, r in runs.items()}
+    rows = []
+    for (system, c), f in figures.items():
+        spread = f" ({f['tokens_per_s_min']:,.0f}-{f['tokens_per_s_max']:,.0f})" if f["rounds"] > 1 else ""
+        rows.append([system, str(c), f"{f['requests']:.0f}", f"{f['tokens_per_s']:,.0f}{spread}",
+                     f"{f['ttft_p50']:.1f}", f"{f['ttft_p99']:.1f}", f"{f['tpot_p50']:.2f}", f"{f['tpot_p99']:.2f}",
+                     f"{f['engine_cpu_ms_per_1k']:,.0f}", f"{f['front_cpu_ms_per_1k']:,.0f}"])
     print(f"\nLLM serving, random Llama (4 layers, width 256), {args.max_tokens}-token streamed completions, "
-          f"{os.cpu_count()} CPU cores")
+          f"{os.cpu_count()} CPU cores, {args.rounds} round(s): medians")
     print(table(["system", "concurrency", "requests", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms",
-                 "TPOT p99 ms"], rows))
+                 "TPOT p99 ms", "engine CPU ms/1k tok", "front CPU ms/1k tok"], rows))
+    for line in failed:
+        print(line)
     top = max(levels)
     if ("maas", top) in figures:
         m = figures[("maas", top)]["tokens_per_s"]
@@ -259,8 +320,13 @@ def main() -> None:
         if ("vllm", top) in figures:
             lines.append(f"maas / vLLM's own server at c={top}: {m / figures[('vllm', top)]['tokens_per_s']:.0%}")
         print("\n".join(lines))
+    for system in systems:  # what each system's own load scaling is on this machine (the 8x goal's yardstick)
+        if (system, 1) in figures and (system, top) in figures and top > 1:
+            ratio = figures[(system, top)]["tokens_per_s"] / figures[(system, 1)]["tokens_per_s"]
+            print(f"{system}: c={top} / c=1 {ratio:.1f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({f"{s}@{c}": f for (s, c), f in figures.items()}, indent=1))
+        Path(args.json).write_text(json.dumps({f"{s}@{c}": {"median": figures[(s, c)], "rounds": r}
+                                               for (s, c), r in runs.items()}, indent=1))
 
 
 if __name__ == "__main__":
