@@ -14,7 +14,8 @@ the first (TPOT), p50 and p99, and the CPU time each 1,000 output tokens cost: i
 (``VLLM::EngineCore`` and ``VLLM::Worker``: the same work for every system) and in everything else the system
 runs (its HTTP front: HAProxy or a proxy, ingress and engine replicas, vLLM's API server; Ray's own
 daemons included). On a small shared machine tokens/s at high concurrency moves with the scheduler's luck
-(up to 2x between runs); the front's CPU per token does not, and is what a system adds. ``--rounds N`` starts
+(up to 2x between runs); the front's CPU per token does not, and is what a system adds
+(``MAAS_BENCH_CPU_DETAIL=1`` prints it by process). ``--rounds N`` starts
 every system N times, in turn, and reports the median of each figure (tokens/s: also its range). Every
 child is stopped (and what its engines left in /dev/shm removed) before the next starts.
 """
