@@ -312,8 +312,6 @@ def main() -> None:
     if ("maas", top) in figures:
         m = figures[("maas", top)]["tokens_per_s"]
         lines = []
-        if ("maas", 1) in figures:
-            lines.append(f"maas c={top} / c=1: {m / figures[('maas', 1)]['tokens_per_s']:.1f}x")
         best_ray = max((figures[(s, top)]["tokens_per_s"] for s in ("ray-default", "ray-direct")
                         if (s, top) in figures), default=None)
         if best_ray:
