@@ -187,16 +187,19 @@ def test_access_log_line_and_prometheus_metrics(served, ray_session):
     requests.post(f"{url}/v2/models/digits/infer", data=infer_body(np.ones((3, 64))), headers={"x-request-id": rid})
     requests.post(f"{url}/v2/models/digits/infer", data="{bad", headers={"x-request-id": rid + "-bad"})
     logs = f"{_global_node.get_session_dir_path()}/logs/serve/replica_*.log"
-    deadline, found = time.time() + 20, {}
+    deadline, found, serve_lines = time.time() + 20, {}, []
     while time.time() < deadline and len(found) < 2:
         for path in glob.glob(logs):
             for line in open(path, errors="replace"):
                 if '"maas_access":true' in line and rid in line:
                     entry = json.loads(line[line.index("{"):line.rindex("}") + 1])
                     found[entry["request_id"]] = entry
+                elif rid in line:  # Serve's own access line ("<request id> -- POST / 200 1.2ms"): off by
+                    serve_lines.append(line)  # default (deploy.serve_access_log)
         time.sleep(0.5)
     assert found[rid]["status"] == 200 and found[rid]["rows"] == 3 and found[rid]["version"] == 1
     assert found[rid + "-bad"]["status"] == 400 and found[rid]["latency_ms"] > 0
+    assert serve_lines == []
 
     port = _global_node.metrics_export_port
     def counts_of(text):

@@ -9,7 +9,8 @@ BASE = {"data": {"path": "d.parquet", "label": "y"}, "model": {"name": "m"}}
 
 def test_replicas_and_autoscaling_are_exclusive_and_map_to_serve_options():
     assert DeploySpec().serve_options() == {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0},
-                                            "num_replicas": 1}
+                                            "num_replicas": 1, "logging_config": {"enable_access_log": False}}
+    assert "logging_config" not in DeploySpec(serve_access_log=True).serve_options()  # Serve's config decides
     auto = DeploySpec(autoscaling={"min_replicas": 0, "max_replicas": 3, "target_ongoing_requests": 4}, num_gpus=0.5)
     opts = auto.serve_options()
     assert opts["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 3, "target_ongoing_requests": 4}
