@@ -34,6 +34,7 @@ from maas.serve.router import NOT_FOUND_HINT, Router
 
 logger = logging.getLogger("ray.serve")
 OFFLOAD_MS = 1.0  # a version whose forwards average more than this runs them in the replica's model thread
+BATCH_MIN_MS = 0.1  # a version whose forwards average less is never fused: the batch's bookkeeping costs more
 __all__ = ["VERSION_HEADER", "ModelServer"]
 
 
@@ -155,8 +156,11 @@ class ModelServer:
         return await self.grpc.call("ModelInfer", request, grpc_context)
 
     async def run(self, loaded, x):
-        """One model call: fused with others' when some are mid-request, else straight (no queue hop)."""
-        if self.batching and self.active > 1:
+        """One model call: fused with others' when some are mid-request and the version's forwards are slow
+        enough to gain from it, else straight (no queue hop). A batch's bookkeeping (a future, the batch
+        task, two wake-ups) costs a request ~50-100 us of replica CPU (digits int8, 0.02 ms forwards: 76-80%
+        of bare Ray Serve's req/s at c=8 and 32 fused, 84-89% straight, same run)."""
+        if self.batching and self.active > 1 and loaded.forward_ms > BATCH_MIN_MS:
             return await self.batcher.submit((loaded, x))
         self.accounting.batch(loaded.tags, len(x))
         return await self.forward(loaded, x)
