@@ -12,6 +12,11 @@ from maas.runtime import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# In the high-throughput mode a stopping replica stays reachable for RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S
+# (Ray's default 30 s) so load balancers in front of HAProxy deregister it first: every application a test
+# deleted, and every Serve it stopped, waited that long. Here HAProxy is on this machine and reloads within a
+# second; set before any Ray starts, so every Ray process of the tests (and of the CLIs they run) inherits it.
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 
 
 @pytest.fixture(scope="session")

@@ -32,16 +32,18 @@ def _no_engine_processes_left(timeout_s: float) -> None:
     raylet = psutil.Process(_global_node.all_processes["raylet"][0].process.pid)
     deadline = time.time() + timeout_s
     while True:
-        left = [p for p in raylet.children(recursive=True) if "EngineCore" in " ".join(_cmdline(p))
-                or "VLLM" in p.name()]
+        left = [p for p in raylet.children(recursive=True) if _is_engine(p)]
         if not left or time.time() > deadline:
             break
         time.sleep(1)
     assert not left, [p.pid for p in left]
 
 
-def _cmdline(p):
+def _is_engine(p) -> bool:
+    """An engine process; one that exits while it is looked at is not one left."""
+    import psutil
+
     try:
-        return p.cmdline()
-    except Exception:
-        return []
+        return "EngineCore" in " ".join(p.cmdline()) or "VLLM" in p.name()
+    except psutil.Error:
+        return False

@@ -6,6 +6,13 @@ import os
 from typing import Optional
 
 
+# The embedded Ray's Serve has no load balancer in front of its HAProxy, which is on this machine and reloads
+# within a second: a stopping replica need not stay reachable for Ray's 30 s deregistration window
+# (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S), which every Ctrl-C of `maas run` / `maas serve` waited out.
+# A value already in the environment wins.
+LOCAL_RAY_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
+
 def ensure_ray(address: Optional[str] = None, quiet: bool = True, worker_logs: Optional[bool] = None,
                runtime_env: Optional[dict] = None) -> bool:
     """Make sure this process is connected to Ray; returns True if this call started a local instance.
@@ -13,7 +20,8 @@ def ensure_ray(address: Optional[str] = None, quiet: bool = True, worker_logs: O
     With no ``address`` and no ``RAY_ADDRESS``, a private local Ray is started in-process (``address="local"``,
     so an unrelated head on this machine is never joined by accident). Ray 2.60 token authentication stays
     on: the local instance creates its token (``~/.ray/auth_token``) and clients of a cluster read it from
-    there or from ``RAY_AUTH_TOKEN``. ``quiet`` hides Ray's own INFO logs and progress bars; ``worker_logs``
+    there or from ``RAY_AUTH_TOKEN``. The local instance's environment takes ``LOCAL_RAY_ENV`` where it
+    sets none of it (a stopping Serve replica drains for 2 s, not a cluster's 30). ``quiet`` hides Ray's own INFO logs and progress bars; ``worker_logs``
     (default: not quiet) forwards what workers print, e.g. the per-epoch progress of training.
     """
     import ray
@@ -32,6 +40,8 @@ def ensure_ray(address: Optional[str] = None, quiet: bool = True, worker_logs: O
         DataContext.get_current().enable_progress_bars = False
     kwargs = dict(logging_level="WARNING", log_to_driver=(not quiet) if worker_logs is None else worker_logs)
     if address is None:
+        for name, value in LOCAL_RAY_ENV.items():  # Ray's processes inherit this process's environment
+            os.environ.setdefault(name, value)
         ray.init(address="local", include_dashboard=False, **kwargs)
         return True
     ray.init(address=address, runtime_env=runtime_env, **kwargs)
