@@ -1,19 +1,23 @@
-"""What every test that starts vLLM engines does when it ends: wait for the engine applications to go, check no
-engine process of this Ray is left, and remove the shared memory the engines left (tests clean up what they
-start)."""
+"""What tests of vLLM engines share: which engines an application's replica runs now, and what every test that
+starts engines does when it ends: check no engine process of this Ray is left once its applications are gone,
+and remove the shared memory the engines left (tests clean up what they start)."""
 
 from __future__ import annotations
 
 import time
 
 
+def app_engines(app: str) -> list[str]:
+    """The vLLM engines the (one) replica of maas application ``app`` runs: ``["tiny/1"]``, ``["lm/1 (LoRA)"]``."""
+    from ray import serve
+
+    return sorted(e["engine"] for e in serve.get_app_handle(app).maas_status.remote().result()["engines"])
+
+
 def engines_gone_and_shared_memory_released(shm_before: set, timeout_s: float = 60) -> None:
-    from maas.serve.llm_engine import engine_apps, release_shared_memory, shm_entries
+    from maas.serve.llm_engine import release_shared_memory, shm_entries
 
     deadline = time.time() + timeout_s
-    while engine_apps() and time.time() < deadline:
-        time.sleep(1)
-    assert not engine_apps()
     _no_engine_processes_left(timeout_s)
     while True:  # a segment is removed once no process maps it: the last engine process may still be exiting
         release_shared_memory(shm_before)

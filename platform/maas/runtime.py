@@ -6,11 +6,17 @@ import os
 from typing import Optional
 
 
-# The embedded Ray's Serve has no load balancer in front of its HAProxy, which is on this machine and reloads
-# within a second: a stopping replica need not stay reachable for Ray's 30 s deregistration window
-# (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S), which every Ctrl-C of `maas run` / `maas serve` waited out.
-# A value already in the environment wins.
-LOCAL_RAY_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+# Settings of the embedded local Ray (a value already in the environment wins; a cluster keeps Ray's own):
+# - its Serve has no load balancer in front of its HAProxy, which is on this machine and reloads within a
+#   second: a stopping replica need not stay reachable for Ray's 30 s deregistration window
+#   (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S), which every Ctrl-C of `maas run` / `maas serve` waited out;
+# - Serve's controller reconciles every 0.5 s (Ray: 0.1 s) and replicas export Serve's metrics every 1 s (Ray:
+#   0.1 s): on a small machine these loops are CPU that serving needs (streaming 32 LLM completions on 2 cores:
+#   the Serve and Ray processes around the replica 239 -> 178 ms CPU per 1,000 tokens, 2,014 -> 2,360 tokens/s,
+#   one run each; docs/DESIGN.md, "LLM serving"); deploys and roll-overs react up to 0.4 s later, and metrics
+#   are scraped every 10 s or more anyway.
+LOCAL_RAY_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+                 "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
 
 
 def ensure_ray(address: Optional[str] = None, quiet: bool = True, worker_logs: Optional[bool] = None,
@@ -21,8 +27,9 @@ def ensure_ray(address: Optional[str] = None, quiet: bool = True, worker_logs: O
     so an unrelated head on this machine is never joined by accident). Ray 2.60 token authentication stays
     on: the local instance creates its token (``~/.ray/auth_token``) and clients of a cluster read it from
     there or from ``RAY_AUTH_TOKEN``. The local instance's environment takes ``LOCAL_RAY_ENV`` where it
-    sets none of it (a stopping Serve replica drains for 2 s, not a cluster's 30). ``quiet`` hides Ray's own INFO logs and progress bars; ``worker_logs``
-    (default: not quiet) forwards what workers print, e.g. the per-epoch progress of training.
+    sets none of it (a stopping Serve replica drains for 2 s, not a cluster's 30; Serve's control loops run
+    less often). ``quiet`` hides Ray's own INFO logs and progress bars; ``worker_logs`` (default: not quiet)
+    forwards what workers print, e.g. the per-epoch progress of training.
     """
     import ray
 

@@ -140,6 +140,33 @@ def test_run_serves_until_ctrl_c_then_models_list_and_show(tmp_path):
     assert pinned["pixel_0_5"] == {"type": "float", "nullable": False} and pinned["target"]["type"] == "int"
 
 
+def test_llm_example_serves_with_its_defaults_though_its_engine_takes_over_a_minute(tmp_path):
+    """`maas run examples/llm.yaml` as a new user runs it (gRPC on, as the example has it), its engine's load
+    held 45 s longer (MAAS_ENGINE_START_DELAY_S, on top of its ~20-40 s here): maas waits on its own clock past
+    Serve's fixed 60 s, says what the engine is doing meanwhile, and serves; the official openai client streams
+    an answer through the port the example names; Ctrl-C stops it all."""
+    openai = pytest.importorskip("openai")
+    port, grpc_port = free_port(), free_port()
+    env = _env()
+    env["MAAS_ENGINE_START_DELAY_S"] = "45"
+    proc = subprocess.Popen([MAAS, "run", str(ROOT / "examples" / "llm.yaml"), f"deploy.port={port}",
+                             f"deploy.grpc_port={grpc_port}", "--json", "result.json"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = _wait_for_line(proc, "serving until Ctrl-C", timeout=480)
+        assert "tiny-llama/1 is starting its vLLM engine: loading" in out, out
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60)
+        chunks = list(client.chat.completions.create(model="tiny-llama", max_tokens=6, stream=True,
+                                                     messages=[{"role": "user", "content": "w1 w2"}]))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    finally:
+        code = _stop(proc)
+    assert code == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["ref"] == "tiny-llama/1" and result["smoke"]["completion_tokens"] > 0
+    assert result["stage_seconds"]["serve"] > 60, result["stage_seconds"]  # longer than Serve's own wait
+
+
 def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {path: x.parquet, label: y}\nmodel: {name: m}\ntrian: {epochs: 2}\n")

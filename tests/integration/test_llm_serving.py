@@ -15,7 +15,7 @@ import requests
 
 from maas.runtime import free_port
 from maas.spec import DeploySpec
-from tests.llm_helpers import engines_gone_and_shared_memory_released
+from tests.llm_helpers import app_engines, engines_gone_and_shared_memory_released
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm")
@@ -33,8 +33,9 @@ def llm(ray_session, tmp_path_factory):
     from maas.serve import build_app
     from maas.serve.auth import key_digest
     from maas.serve.deploy import proxy_address, start_serve, undeploy
-    from maas.serve.hosting import fetch_all, normalize_routes
+    from maas.serve.served import fetch_all, normalize_routes
     from maas.serve.llm_engine import shm_entries
+    from maas.serve.readiness import wait_until_serving
 
     shm_before = shm_entries()
     tmp = tmp_path_factory.mktemp("llm")
@@ -46,15 +47,18 @@ def llm(ray_session, tmp_path_factory):
     routes = normalize_routes([{"model": "tiny", "alias": "production", "canary_alias": "candidate",
                                 "canary_percent": 50}])
     start_serve(DeploySpec(port=free_port(), grpc_port=0))  # maas's ingress: the high-throughput mode
-    fetch_all(reg, routes, spec.llm)  # the engine of tiny/1 starts (and verifies its files) first
-    serve.run(build_app(reg.location, routes, spec, api_key_hashes=[key_digest(KEY)]), name="llm",
-              route_prefix="/llm", blocking=False)
+    assert [mv.ref for mv in fetch_all(reg, routes, spec.llm)] == ["tiny/1"]  # resolved; the replica fetches
+    serve.run_many([serve.RunTarget(build_app(reg.location, routes, spec, api_key_hashes=[key_digest(KEY)]),
+                                    name="llm", route_prefix="/llm")], wait_for_applications_running=False)
     url = f"http://{proxy_address('127.0.0.1', 8000)}/llm"
+    said = []  # the engine starts in the replica, in the background: maas's own wait reports it
+    wait_until_serving("llm", url, 1, spec.llm.start_timeout_s, said.append)
+    assert any("tiny/1 is starting its vLLM engine" in line for line in said), said
     try:
         yield {"url": url, "registry": reg,
                "client": openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)}
     finally:
-        undeploy("llm", routes)
+        undeploy("llm")
         engines_gone_and_shared_memory_released(shm_before)
 
 
@@ -125,6 +129,42 @@ def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(llm):
     assert c.completions.create(model="tiny", prompt="w1", max_tokens=2).choices[0].text  # still serving
 
 
+def test_an_engine_that_cannot_start_fails_the_deploy_with_its_own_error(llm):
+    """vLLM's own message (here: a context longer than the model's), not a timeout; the application the deploy
+    made is gone again."""
+    from maas.exceptions import ServeError
+    from maas.serve import deploy
+    from maas.serve.readiness import app_status
+
+    spec = DeploySpec(llm={"num_cpus": 1, "max_model_len": 100000})
+    started = time.monotonic()
+    with pytest.raises(ServeError, match=r"vLLM engine of tiny/1 did not start: .*max_model_len \(100000\)"):
+        deploy(llm["registry"].location, "tiny/1", spec, app_name="llm-broken", route_prefix="/broken")
+    assert time.monotonic() - started < 120 and app_status("llm-broken")[0] is None
+
+
+def test_a_client_that_goes_away_mid_stream_frees_the_engine(llm):
+    """The stream ends in the replica too: the engine's request count drops back and the access log says 499."""
+    from ray import serve
+    from ray._private.worker import _global_node
+
+    rid = f"llm-gone-{time.time_ns()}"
+    r = requests.post(f"{llm['url']}/v1/completions", stream=True, timeout=60,
+                      headers={"Authorization": f"Bearer {KEY}", "x-request-id": rid},
+                      json={"model": "tiny", "prompt": "w1", "max_tokens": 250, "stream": True, "ignore_eos": True})
+    assert next(line for line in r.iter_lines() if line.startswith(b"data: {"))
+    r.close()  # long before its 250 tokens
+
+    def idle():
+        return all(e["inflight"] == 0 for e in serve.get_app_handle("llm").maas_status.remote().result()["engines"])
+
+    logs = f"{_global_node.get_session_dir_path()}/logs/serve/replica_*.log"
+    assert _wait(lambda: idle() and _access_entry(logs, rid) is not None, 20)
+    entry = _access_entry(logs, rid)
+    assert entry["status"] == 499 and "completion_tokens" not in entry, entry
+    assert llm["client"].completions.create(model="tiny", prompt="w1", max_tokens=2).choices[0].text
+
+
 def test_api_keys_guard_every_llm_route(llm):
     url = llm["url"]
     for method, route in (("get", "models"), ("get", "models/tiny"), ("post", "completions"),
@@ -140,8 +180,6 @@ def test_api_keys_guard_every_llm_route(llm):
 def test_canary_then_rollover_under_streaming_load_fails_nothing(llm):
     """Streams run all along: the candidate's engine starts while v1 takes every request, then shares the
     traffic; production moves to v2 and the candidate alias goes: only v2 answers, v1's engine is retired."""
-    from maas.serve.llm_engine import engine_app_name, engine_apps
-
     reg, url = llm["registry"], llm["url"]
     seen, failures, stop = [], [], threading.Event()
 
@@ -179,8 +217,37 @@ def test_canary_then_rollover_under_streaming_load_fails_nothing(llm):
     assert all(ok for _, _, ok in seen)
     assert canary_share["tiny/2"] >= 5 and canary_share["tiny/1"] >= 5, canary_share
     assert {v for t, v, _ in seen if t > moved + 3} == {"tiny/2"}
-    assert _wait(lambda: engine_app_name("tiny", 1) not in engine_apps(), 90), engine_apps()
+    assert _wait(lambda: app_engines("llm") == ["tiny/2"], 90), app_engines("llm")
     assert llm["client"].models.retrieve("tiny").version == "tiny/2"
+
+
+def test_a_streams_access_log_line_has_its_tokens_and_both_ttft_and_tpot(llm):
+    """Written when the stream ends: the tokens, and time to first token / per output token as the client got
+    them (from the request's arrival) and as the engine made them (from the hand-over)."""
+    from ray._private.worker import _global_node
+
+    rid = f"llm-log-{time.time_ns()}"
+    r = requests.post(f"{llm['url']}/v1/completions", stream=True, timeout=60,
+                      headers={"Authorization": f"Bearer {KEY}", "x-request-id": rid},
+                      json={"model": "tiny", "prompt": "w1 w2", "max_tokens": 12, "stream": True, "ignore_eos": True})
+    assert r.status_code == 200 and sum(1 for line in r.iter_lines() if line.startswith(b"data: {")) == 12
+    logs = f"{_global_node.get_session_dir_path()}/logs/serve/replica_*.log"
+    assert _wait(lambda: _access_entry(logs, rid) is not None, 20)
+    entry = _access_entry(logs, rid)
+    assert entry["status"] == 200 and entry["model"] == "tiny" and entry["completion_tokens"] == 12
+    assert entry["prompt_tokens"] >= 2 and entry["path"] == "/v1/completions"
+    assert 0 < entry["engine_ttft_ms"] <= entry["ttft_ms"] <= entry["latency_ms"]
+    assert entry["tpot_ms"] > 0 and entry["engine_tpot_ms"] > 0
+
+
+def _access_entry(pattern: str, rid: str):
+    import glob
+
+    for path in glob.glob(pattern):
+        for line in open(path, errors="replace"):
+            if '"maas_access":true' in line and rid in line:
+                return json.loads(line[line.index("{"):line.rindex("}") + 1])
+    return None
 
 
 def test_llm_metrics_per_model_and_version(llm):
@@ -188,7 +255,8 @@ def test_llm_metrics_per_model_and_version(llm):
 
     port = _global_node.metrics_export_port
     names = ("maas_llm_tokens_total", "maas_llm_time_to_first_token_ms_bucket",
-             "maas_llm_time_per_output_token_ms_bucket")
+             "maas_llm_time_per_output_token_ms_bucket", "maas_llm_engine_time_to_first_token_ms_bucket",
+             "maas_llm_engine_time_per_output_token_ms_bucket")
     deadline, lines = time.time() + 90, []
     while time.time() < deadline:
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text

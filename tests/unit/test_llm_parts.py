@@ -1,5 +1,6 @@
-"""The pure parts of LLM serving: request checks before the engine, timer-less stream coalescing, engine
-placement from the spec, the `kind: llm` spec, shared-memory clean-up."""
+"""The pure parts of LLM serving: request checks before the engine, how a stream is passed on and accounted,
+the Ray Serve LLM internals the in-replica engines rely on, engine placement from the spec, the `kind: llm`
+spec, shared-memory clean-up."""
 
 from __future__ import annotations
 
@@ -54,49 +55,86 @@ def test_engine_errors_keep_their_status_in_openai_shape():
     assert _error_of("data: {}") is None and _error_of(SimpleNamespace(choices=[])) is None
 
 
-def test_coalesce_sends_the_first_chunk_at_once_and_merges_what_queued():
-    pytest.importorskip("ray.serve.llm")
-    from maas.serve.engine_server import coalesce
+def _events(items, wants_usage, interval_ms=0.0):
+    """What LLMHandlers._events sends for an engine stream of ``items`` (after the first), and its accounting."""
+    from types import SimpleNamespace
+
+    from maas.serve.llm_handlers import LLMHandlers
+
+    records = []
+    handlers = LLMHandlers(lambda *args: records.append(args))
+    engine = SimpleNamespace(inflight=1)
+    version = SimpleNamespace(engine=engine, spec=LLMEngineSpec(stream_interval_ms=interval_ms))
+    loaded = SimpleNamespace(predictor=version,
+                             tags={"model": "tiny", "version": "1"}, mv=SimpleNamespace(name="tiny", ref="tiny/1"))
+
+    async def rest():
+        for item in items[1:]:
+            if isinstance(item, Exception):
+                raise item
+            yield item
 
     async def scenario():
-        ready = asyncio.Queue()
+        t = {"arrived": 0.0, "handed": 0.0, "first": 0.0}
+        return [x async for x in handlers._events(items[0], rest(), loaded, wants_usage, t,
+                                                 {"rid": "r1", "path": "/v1/completions"})]
 
-        async def chunks():
-            while True:
-                item = await ready.get()
-                if item is None:
-                    return
-                yield item
+    sent = asyncio.run(scenario())
+    return sent, records, engine
 
-        out = coalesce(chunks())
-        ready.put_nowait("a")
-        first = await asyncio.wait_for(out.__anext__(), 1)  # no 50 ms timer: the first chunk leaves now
-        for item in ("b", "c", "d"):
-            ready.put_nowait(item)
-        await asyncio.sleep(0.01)  # the consumer was busy meanwhile: what queued travels together
-        merged = await out.__anext__()
-        ready.put_nowait(None)
-        rest = [x async for x in out]
-        return first, merged, rest
 
-    assert asyncio.run(scenario()) == (["a"], ["b", "c", "d"], [])
+def test_streams_pass_vllms_events_through_and_are_accounted_when_they_end():
+    pytest.importorskip("ray.serve.llm")
+    usage = 'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+    tokens = ['data: {"id":"c","choices":[{"text":" a"}]}\n\n', 'data: {"id":"c","choices":[{"text":" b"}]}\n\n']
+    done = "data: [DONE]\n\n"
+    sent, records, engine = _events([*tokens, usage, done], wants_usage=False)
+    assert sent == [*tokens, done] and engine.inflight == 0  # the usage the client did not ask for is dropped
+    (name, _, status, rid, path, rows, elapsed_ms, extra), = records
+    assert (name, status, rid, path, rows) == ("tiny", 200, "r1", "/v1/completions", 1) and elapsed_ms >= 0
+    assert extra["prompt_tokens"] == 3 and extra["completion_tokens"] == 2
+    assert {"ttft_ms", "engine_ttft_ms", "tpot_ms", "engine_tpot_ms"} <= set(extra)
+    sent, _, _ = _events([*tokens, usage, done], wants_usage=True, interval_ms=1)
+    assert sent == [*tokens, usage, done]
+    # the engine failing mid-stream: an error event, then the stream's end, the request counted as failed
+    sent, records, engine = _events([tokens[0], RuntimeError("engine died")], wants_usage=False)
+    assert sent[0] == tokens[0] and '"error"' in sent[1] and sent[2] == done and engine.inflight == 0
+    assert records[0][2] == 500
 
-    async def failing():
-        yield "x"
-        raise RuntimeError("engine died")
 
-    async def drain():
-        return [x async for x in coalesce(failing())]
+def test_ray_serve_llm_private_parts_maas_relies_on_are_still_there():
+    """maas moves VLLMEngine's blocking start off the replica's loop by overriding two of its private methods,
+    stops an engine through its ``_engine_client``, frees the placement group its callback made, and loads
+    adapters with ``DiskMultiplexConfig``: a Ray upgrade that changes any of them fails here, not in serving."""
+    pytest.importorskip("ray.serve.llm")
+    import inspect
+    from types import SimpleNamespace
 
-    with pytest.raises(RuntimeError, match="engine died"):
-        asyncio.run(drain())
+    from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+
+    from maas.serve.llm_engine import llm_config
+    from maas.serve.runtimes.vllm import adapter_config, off_loop_engine_class
+
+    assert list(inspect.signature(VLLMEngine._prepare_engine_config).parameters) == ["self", "callback_ctx"]
+    assert list(inspect.signature(VLLMEngine._start_async_llm_engine).parameters)[:2] == ["self",
+                                                                                          "vllm_engine_args"]
+    start = inspect.getsource(VLLMEngine.start)
+    assert "self._prepare_engine_config(" in start and "self._engine_client = self._start_async_llm_engine(" in start
+    assert "callback.ctx" in start
+    config = llm_config("/store", SimpleNamespace(name="tiny", ref="tiny/1", version=1, signature={}),
+                        LLMEngineSpec(), source="/folder")
+    engine = off_loop_engine_class()(config)
+    assert engine._engine_client is None and issubclass(type(engine), VLLMEngine)
+    assert config.model_loading_config.model_source == "/folder" and hasattr(config, "_callback_instance")
+    disk = adapter_config("support/2", "/adapters/support", 1)
+    assert disk.model_id == "support/2" and disk.local_path == "/adapters/support"
 
 
 def test_engine_placement_follows_the_spec_cpu_or_gpu():
     pytest.importorskip("ray.serve.llm")
     from types import SimpleNamespace
 
-    from maas.serve.llm_engine import engine_app_name, llm_config
+    from maas.serve.llm_engine import llm_config
 
     mv = SimpleNamespace(name="tiny", ref="tiny/3", version=3, signature={})
     cpu = llm_config("/store", mv, LLMEngineSpec(num_cpus=2, kv_cache_gib=4, max_model_len=512))
@@ -108,21 +146,29 @@ def test_engine_placement_follows_the_spec_cpu_or_gpu():
     assert gpu.accelerator_config.kind == "gpu" and gpu.engine_kwargs["tensor_parallel_size"] == 2
     assert gpu.placement_group_config["bundles"] == [{"CPU": 1, "GPU": 1}, {"GPU": 1}]
     assert gpu.engine_kwargs["dtype"] == "bfloat16" and not gpu.runtime_env
-    assert engine_app_name("tiny", 3) == "maas-llm-tiny-v3"
+    from maas.spec import DeploySpec
+
+    # the replicas that run engines take their placement: the engine's cores on CPUs; GPUs: the engine's own
+    opts = DeploySpec(num_cpus=0.25, llm={"num_cpus": 2, "num_replicas": 2, "kv_cache_gib": 3}).serve_options(True)
+    assert opts["placement_group_bundles"] == [{"CPU": 2.25}] and opts["num_replicas"] == 2
+    assert opts["ray_actor_options"]["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    gpu_opts = DeploySpec(llm={"num_gpus": 1}).serve_options(True)
+    assert "placement_group_bundles" not in gpu_opts and gpu_opts["ray_actor_options"]["num_gpus"] == 0
+    assert "placement_group_bundles" not in DeploySpec(llm={"num_replicas": 3}).serve_options(False)
 
 
 def test_an_adapter_is_served_by_its_base_engine_with_lora_enabled():
     pytest.importorskip("ray.serve.llm")
     from types import SimpleNamespace
 
-    from maas.serve.llm_engine import engine_app_name, engine_of, llm_config, lora_name
+    from maas.serve.llm_engine import engine_of, llm_config, lora_name
 
     base = SimpleNamespace(name="tiny", ref="tiny/3", version=3, signature={"format": "huggingface"})
     adapter = SimpleNamespace(name="support", ref="support/2", version=2,
                               signature={"format": "peft-lora", "base": "tiny/3", "lora_rank": 24})
     assert engine_of(base) == ("tiny", 3, False) and engine_of(adapter) == ("tiny", 3, True)
     assert engine_of(base, lora_base=True) == engine_of(adapter, lora_base=True)  # deploy.llm.enable_lora: shared
-    assert engine_app_name(*engine_of(adapter)) == "maas-llm-tiny-v3-lora" != engine_app_name(*engine_of(base))
+    assert engine_of(adapter) != engine_of(base)  # without enable_lora the base runs on an engine of its own
     assert lora_name(adapter) == "support/2"
     config = llm_config("/store", base, LLMEngineSpec(max_loras=3), lora_rank=24)
     assert config.engine_kwargs["enable_lora"] and config.engine_kwargs["max_loras"] == 3

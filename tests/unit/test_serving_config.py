@@ -41,7 +41,7 @@ def test_api_keys_come_from_env_and_file_and_only_digests_are_kept(monkeypatch, 
 
 
 def test_served_model_lists_normalise_and_bad_entries_name_the_problem():
-    from maas.serve.hosting import normalize_routes
+    from maas.serve.served import normalize_routes
 
     routes = normalize_routes(["digits@production", "wine/2", {"model": "iris", "canary_alias": "candidate",
                                                                "canary_percent": 5}])

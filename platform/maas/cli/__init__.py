@@ -173,7 +173,7 @@ def cmd_serve(args) -> int:
         settings["canary"] = {"alias": alias, "percent": float(percent or 10)}
     if any(_runtime(args.store, ref) == "vllm" for ref in args.refs):
         _say("starting the vLLM engine(s): the first start of a model takes a minute or so on CPUs ...")
-    url = deploy(args.store, args.refs, DeploySpec(**settings))
+    url = deploy(args.store, args.refs, DeploySpec(**settings), progress=lambda line: _say(f"  {line}"))
     for ref in args.refs:
         name = ref.split("@")[0].split("/")[0]
         if _runtime(args.store, ref) == "vllm":

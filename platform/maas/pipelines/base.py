@@ -83,11 +83,13 @@ def promote(store: str, alias: str, records: list[dict], how: str, speed: Callab
     return chosen
 
 
-def deploy_model(spec, ref: Optional[str] = None) -> str:
-    """Serve ``ref`` (default ``<model>@<deploy.alias>``) with the spec's deploy settings; returns the URL."""
+def deploy_model(spec, ref: Optional[str] = None, progress: Progress = noop) -> str:
+    """Serve ``ref`` (default ``<model>@<deploy.alias>``) with the spec's deploy settings; returns the URL once
+    it serves (what the replicas are doing meanwhile, e.g. a vLLM engine loading, goes to ``progress``)."""
     from maas.serve import deploy
 
-    return deploy(Registry(spec.store).location, ref or f"{spec.model.name}@{spec.deploy.alias}", spec.deploy)
+    return deploy(Registry(spec.store).location, ref or f"{spec.model.name}@{spec.deploy.alias}", spec.deploy,
+                  progress=lambda line: progress("serve", line))
 
 
 def serve_at_end(spec, serve: Optional[bool], laps: Laps) -> Optional[str]:
@@ -95,7 +97,7 @@ def serve_at_end(spec, serve: Optional[bool], laps: Laps) -> Optional[str]:
     if not (spec.deploy.enabled if serve is None else serve):
         return None
     laps.progress("serve", f"{spec.model.name}@{spec.deploy.alias} on {spec.deploy.host}:{spec.deploy.port}")
-    endpoint = deploy_model(spec)
+    endpoint = deploy_model(spec, progress=laps.progress)
     laps.lap("serve", endpoint)
     return endpoint
 
@@ -110,4 +112,4 @@ def job_deploy(spec, opts: dict, progress: Progress) -> dict:
     """The deploy stage of every kind: serve a registered version; the application outlives the job."""
     ref = opts.get("ref") or f"{spec.model.name}@{spec.deploy.alias}"
     progress("serve", f"{ref} on {spec.deploy.host}:{spec.deploy.port}")
-    return {"ref": ref, "endpoint": deploy_model(spec, ref)}
+    return {"ref": ref, "endpoint": deploy_model(spec, ref, progress)}

@@ -16,7 +16,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 from maas.exceptions import IntegrityError
 from maas.registry.model_version import MANIFEST, ModelVersion
@@ -68,8 +68,10 @@ class FetchCache:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def get(self, mv: ModelVersion, download: Callable[[str, Path], None]) -> Path:
-        """The verified local copy of ``mv`` (``download(artifact, dest)`` fetches one file)."""
+    def get(self, mv: ModelVersion, download: Callable[[str, Path], None],
+            progress: Optional[Callable[[str], None]] = None) -> Path:
+        """The verified local copy of ``mv`` (``download(artifact, dest)`` fetches one file; ``progress`` hears
+        "fetching" and "verifying" when a copy is made)."""
         final = self.root / mv.name / str(mv.version)
         digest = manifest_digest(mv)
         with self._locked(mv):
@@ -80,8 +82,12 @@ class FetchCache:
             tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}")
             tmp.mkdir(parents=True)
             try:
+                if progress is not None:
+                    progress("fetching")
                 for art in mv.files:
                     download(art, tmp / art)
+                if progress is not None:
+                    progress("verifying")
                 verify_files(tmp, mv)
                 (tmp / _MARK).write_text(digest)
                 if final.exists():

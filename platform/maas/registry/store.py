@@ -25,7 +25,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pydantic import ValidationError
 
@@ -254,20 +254,24 @@ class Registry:
         return removed
 
     # ------------------------------------------------------------------------------------------ fetch
-    def fetch(self, ref: str) -> tuple[Path, ModelVersion]:
+    def fetch(self, ref: str, progress: Optional[Callable[[str], None]] = None) -> tuple[Path, ModelVersion]:
         """A local folder holding ``ref``'s artifacts, and nothing else, every file checked against its sha256.
+        ``progress`` hears "fetching" before files are downloaded and "verifying" before they are checked.
 
         Raises:
             IntegrityError: a file is missing, has the wrong size, its bytes changed since publication, or the
                 folder holds a file the manifest does not list.
         """
-        return self.fetch_version(self.resolve(ref))
+        return self.fetch_version(self.resolve(ref), progress)
 
-    def fetch_version(self, mv: ModelVersion) -> tuple[Path, ModelVersion]:
+    def fetch_version(self, mv: ModelVersion,
+                      progress: Optional[Callable[[str], None]] = None) -> tuple[Path, ModelVersion]:
         """``fetch`` for a version whose manifest was already read (``resolve``): not read again."""
         home = f"models/{mv.name}/{mv.objects}" if mv.objects else f"models/{mv.name}/versions/{mv.version}"
         if self._local:
             folder = Path(self.store.path(home))
+            if progress is not None:
+                progress("verifying")
             verify_files(folder, mv, allowed_extra=() if mv.objects else (MANIFEST,))
             return folder, mv
 
@@ -279,7 +283,7 @@ class Registry:
                                      f"({type(exc).__name__}: {exc}); the version is damaged, publish it again") \
                     from None
 
-        return self.cache.get(mv, download), mv
+        return self.cache.get(mv, download, progress), mv
 
 
 class _Stopped(Exception):

@@ -95,13 +95,14 @@ class Accounting:
                                          boundaries=BATCH_SIZES, tag_keys=("model", "version"))
         self.flush_s = flush_s
         self.max_pending = max_pending
-        self.requests: list = []  # (time, tags, status, request id, path, rows, latency ms)
+        self.requests: list = []  # (time, tags, status, request id, path, rows, latency ms, extra fields)
         self.batches: list = []  # (tags, rows)
         self.sink = ReplicaLogSink()
         self._timer = None
 
-    def request(self, tags: dict, status: int, rid: Optional[str], path: str, rows: int, elapsed_ms: float):
-        self.requests.append((time.time(), tags, status, rid, path, rows, elapsed_ms))
+    def request(self, tags: dict, status: int, rid: Optional[str], path: str, rows: int, elapsed_ms: float,
+                extra: Optional[dict] = None):
+        self.requests.append((time.time(), tags, status, rid, path, rows, elapsed_ms, extra))
         self._due()
 
     def batch(self, tags: dict, rows: int) -> None:
@@ -125,13 +126,14 @@ class Accounting:
         batches, self.batches = self.batches, []
         counts: Counter = Counter()
         entries = []
-        for t, tags, status, rid, path, rows, ms in requests:
+        for t, tags, status, rid, path, rows, ms, extra in requests:
             counts[(tags["model"], tags["version"], str(status))] += 1
             self.m_latency.observe(ms, tags=tags)
             version = tags["version"]
-            entries.append((t, {"maas_access": True, "request_id": rid, "model": tags["model"],
-                                "version": int(version) if version.isdigit() else None, "path": path,
-                                "status": status, "rows": rows, "latency_ms": round(ms, 3)}))
+            entry = {"maas_access": True, "request_id": rid, "model": tags["model"],
+                     "version": int(version) if version.isdigit() else None, "path": path,
+                     "status": status, "rows": rows, "latency_ms": round(ms, 3)}
+            entries.append((t, {**entry, **extra} if extra else entry))
         for (model, version, code), n in counts.items():
             self.m_requests.inc(n, tags={"model": model, "version": version, "code": code})
         for tags, rows in batches:

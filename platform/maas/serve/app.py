@@ -50,7 +50,11 @@ class ModelServer:
                  max_request_bytes: int = 4 * 1024 * 1024, api_key_hashes: Optional[list] = None,
                  alias_poll_s: float = 2.0, max_pinned_versions: int = 2, llm: Optional[dict] = None,
                  pinned_loads_per_minute: int = 10):
-        self.host = ModelHost(store, models, max_pinned_versions, llm, alias_poll_s, pinned_loads_per_minute)
+        try:  # Serve runs the constructor on the loop that serves requests: where vLLM engines must start
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # made outside a replica (tests): in-process predictors only
+            loop = None
+        self.host = ModelHost(store, models, max_pinned_versions, llm, alias_poll_s, pinned_loads_per_minute, loop)
         self.router = Router()
         self.max_request_bytes = max_request_bytes
         self.key_hashes = list(api_key_hashes or [])
@@ -86,6 +90,17 @@ class ModelServer:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
+    def maas_status(self) -> dict:
+        """This replica's view, for ``deploy`` and the tests (a handle call): per served model ready or why
+        not, and its vLLM engines with their state."""
+        from ray import serve as _serve
+
+        try:
+            replica = _serve.get_replica_context().replica_id.unique_id
+        except Exception:  # not inside a replica
+            replica = ""
+        return {"replica": replica, **self.host.status()}
+
     def _openapi(self, request: Request) -> Response:
         return Response(self.openapi, media_type="application/json")
 
@@ -116,6 +131,7 @@ class ModelServer:
         rid = request_id(request)
         name = match.params.get("name")
         rows, loaded = 0, None
+        request.scope["maas"] = {"rid": rid, "path": path, "started": started}
         self.active += 1
         try:
             response, rows, loaded = await handler(request, **match.params)
@@ -125,16 +141,17 @@ class ModelServer:
                 500, f"internal error while serving {name or path}; request id {rid}")
         finally:
             self.active -= 1
-        self.record(name, loaded, response.status_code, rid, path, rows,
-                    (time.perf_counter() - started) * 1e3)
+        if not getattr(response, "maas_deferred", False):  # a token stream is accounted when it ends
+            self.record(name, loaded, response.status_code, rid, path, rows, (time.perf_counter() - started) * 1e3)
         return response
 
     def record(self, name: Optional[str], loaded, status: int, rid: Optional[str], path: str, rows: int,
-               elapsed_ms: float) -> None:
-        """Count, time and log one model request (HTTP status; a gRPC call's status in HTTP terms)."""
+               elapsed_ms: float, extra: Optional[dict] = None) -> None:
+        """Count, time and log one model request (HTTP status; a gRPC call's status in HTTP terms); ``extra``:
+        more fields for its access-log line (a token stream's TTFT, TPOT and tokens)."""
         tags = loaded.tags if loaded is not None else {"model": name if name in self.host.models else "-",
                                                        "version": "-"}
-        self.accounting.request(tags, status, rid, path, rows, elapsed_ms)
+        self.accounting.request(tags, status, rid, path, rows, elapsed_ms, extra)
 
     # ---- Open Inference Protocol over gRPC: Serve's gRPC proxy calls the method named like the RPC
     async def ServerLive(self, request, grpc_context=None):  # noqa: N802 (RPC names)

@@ -7,45 +7,68 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from ray import serve
 
 from maas.registry import Registry
 from maas.serve.app import ModelServer
 from maas.serve.auth import load_api_key_hashes
-from maas.serve.hosting import fetch_all, normalize_routes
+from maas.serve.served import fetch_all, normalize_routes
 from maas.spec import DeploySpec
 
 logger = logging.getLogger("ray.serve")
 
 
-def build_app(store: str, models, deploy: Optional[DeploySpec] = None, api_key_hashes: Optional[list] = None):
+def build_app(store: str, models, deploy: Optional[DeploySpec] = None, api_key_hashes: Optional[list] = None,
+              generative: Optional[bool] = None):
     """The Serve Application for one or more models: ``"digits@production"``, ``"digits/3"``, or a list of
     those and/or dicts ``{model, alias | version, canary_alias, canary_percent}``.
 
     Replicas or autoscaling, replica resources, batching and the alias poll come from ``deploy`` (a
     DeploySpec; its ``canary`` applies to the first model when that entry names none); API key digests from
-    ``api_key_hashes`` (default: MAAS_API_KEYS / MAAS_API_KEYS_FILE of this process).
+    ``api_key_hashes`` (default: MAAS_API_KEYS / MAAS_API_KEYS_FILE of this process). ``generative``: whether a
+    model is served by vLLM engines (they run in the replicas, which then take their placement:
+    ``DeploySpec.serve_options``); default: looked up in the registry.
     """
     d = deploy or DeploySpec()
     routes = normalize_routes(models)
     if d.canary is not None and not routes[0]["canary_alias"]:
         routes[0].update(canary_alias=d.canary.alias, canary_percent=d.canary.percent)
+    if generative is None:
+        generative = serves_generative(Registry(store), routes)
     hashes = load_api_key_hashes() if api_key_hashes is None else api_key_hashes
-    return ModelServer.options(**d.serve_options()).bind(
+    return ModelServer.options(**d.serve_options(generative)).bind(
         store, routes, d.max_batch_size, d.batch_wait_timeout_s, d.max_request_bytes, hashes, d.alias_poll_s,
         max_pinned_versions=d.max_pinned_versions, llm=d.llm.model_dump(),
         pinned_loads_per_minute=d.pinned_loads_per_minute)
 
 
+def serves_generative(registry: Registry, routes: list[dict]) -> bool:
+    """Whether any route's version (now) runs on a vLLM engine; a route that does not resolve yet counts as not."""
+    for r in routes:
+        ref = f"{r['model']}/{r['version']}" if r["version"] is not None else f"{r['model']}@{r['alias']}"
+        try:
+            if registry.resolve(ref).runtime == "vllm":
+                return True
+        except Exception:  # no alias yet: it answers 503 until one appears
+            continue
+    return False
+
+
 def build_checked_app(store: str, models, deploy: Optional[DeploySpec] = None):
-    """``build_app`` after fetching (and so verifying) every version the models point at now; a generative
-    version's vLLM engine is started (and verifies its files) before the application that routes to it."""
+    """``build_app`` after fetching (and so verifying) every version the models point at now (a generative
+    version is resolved here and fetched and verified by the replica that starts its engine)."""
+    app, routes, _ = _checked(store, models, deploy)
+    return app, routes
+
+
+def _checked(store: str, models, deploy: Optional[DeploySpec]):
     registry = Registry(store)
     routes = normalize_routes(models)
-    fetch_all(registry, routes, (deploy or DeploySpec()).llm)
-    return build_app(registry.location, routes, deploy), routes
+    versions = fetch_all(registry, routes, (deploy or DeploySpec()).llm)
+    generative = any(mv.runtime == "vllm" for mv in versions)
+    return build_app(registry.location, routes, deploy, generative=generative), routes, generative
 
 
 def warn_if_open(host: str, keys: bool) -> bool:
@@ -65,20 +88,41 @@ def warn_if_open(host: str, keys: bool) -> bool:
     return True
 
 
-def deploy(store: str, models, deploy: Optional[DeploySpec] = None, *, app_name: Optional[str] = None) -> str:
-    """Start Serve's HTTP proxy on deploy.host:port (if not running) and deploy ``models`` (see build_app);
-    returns the base URL.
+def deploy(store: str, models, deploy: Optional[DeploySpec] = None, *, app_name: Optional[str] = None,
+           route_prefix: str = "/", progress: Optional[Callable[[str], None]] = None) -> str:
+    """Start Serve's HTTP proxy on deploy.host:port (if not running) and deploy ``models`` (see build_app) as
+    application ``app_name`` (default: the first model's name) under ``route_prefix``; returns the base URL once
+    every replica serves them (a model whose alias does not exist yet is left to answer 503 until it does).
+    Waits on maas's own clock: ``deploy.llm.start_timeout_s`` for vLLM engines, which start in the replicas
+    and report their progress to ``progress`` (fetching, verifying, loading). An application this call made
+    that cannot serve is deleted again.
 
     Raises:
         RegistryError / IntegrityError: unknown or tampered version (checked here, before deploying).
-        ServeError: bad model list or API key configuration.
+        ServeError: bad model list or API key configuration; the application or a vLLM engine failed to start
+            (with its error), or did not start in time.
     """
+    from maas.serve.readiness import app_status, wait_until_serving
+
     d = deploy or DeploySpec()
     warn_if_open(d.host, bool(load_api_key_hashes()))
-    start_serve(d)  # before any engine application starts Serve: its options are fixed when it first starts
-    app, routes = build_checked_app(store, models, d)
-    serve.run(app, name=app_name or routes[0]["model"], route_prefix="/", blocking=False)
-    return f"http://{proxy_address(d.host, d.port)}"
+    start_serve(d)
+    app, routes, generative = _checked(store, models, d)
+    name = app_name or routes[0]["model"]
+    new = app_status(name)[0] is None
+    # not serve.run: it waits for Serve's proxies with a fixed 60 s limit, whatever the models need
+    serve.run_many([serve.RunTarget(app, name=name, route_prefix=route_prefix)], wait_for_applications_running=False)
+    url = f"http://{proxy_address(d.host, d.port)}" + ("" if route_prefix == "/" else route_prefix)
+    opts = d.serve_options(generative)
+    replicas = opts.get("num_replicas") or max(1, (d.autoscaling.min_replicas if d.autoscaling else 1) or 1)
+    try:
+        wait_until_serving(name, url, replicas, d.llm.start_timeout_s if generative else None,
+                           progress or (lambda line: logging.getLogger("maas").info("maas: %s", line)))
+    except BaseException:
+        if new:
+            undeploy(name)
+        raise
+    return url
 
 
 # Ray Serve's high-throughput mode (Ray 2.60): HAProxy as the ingress, replicas taking HTTP and gRPC directly
@@ -249,32 +293,14 @@ def _serve_running() -> bool:
         return False
 
 
-def undeploy(app_name: str, models=(), store: Optional[str] = None, llm=None) -> None:
-    """Delete a maas application and the vLLM engines of the models it served (``models``: its routes). With
-    the registry (``store``), the engines its routes' versions run on now are deleted too, whatever their
-    names (an adapter runs on its base's engine; ``llm``: the deploy's LLMEngineSpec)."""
-    from maas.serve.llm_engine import APP_PREFIX, _wait_gone, engine_app_name, engine_apps, engine_of
+def undeploy(app_name: str) -> None:
+    """Delete a maas application and wait until it is gone (its replicas stop the vLLM engines they run)."""
+    from maas.serve.readiness import app_status
 
-    routes = normalize_routes(models) if models else []
-    names = {r["model"] for r in routes}
-    doomed = set()
-    if store is not None:
-        registry = Registry(store)
-        for r in routes:
-            try:
-                mv = registry.resolve(f"{r['model']}/{r['version']}" if r["version"] is not None
-                                      else f"{r['model']}@{r['alias']}")
-            except Exception:  # gone from the registry: the name prefix below still finds its engine
-                continue
-            if mv.runtime == "vllm":
-                doomed.add(engine_app_name(*engine_of(mv, bool(llm and llm.enable_lora))))
-    apps = [app_name] + [app for app in engine_apps()
-                         if app in doomed or any(app.startswith(f"{APP_PREFIX}{n}-v") for n in names)]
-    for app in apps:  # all at once: each engine takes seconds to drain and stop, one after another added up
-        serve.delete(app, _blocking=False)
+    serve.delete(app_name, _blocking=False)
     deadline = time.monotonic() + 300
-    for app in apps:  # one deadline for all: they stop side by side
-        _wait_gone(app, deadline - time.monotonic())
+    while app_status(app_name)[0] is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def proxy_address(host: str, port: int) -> str:

@@ -1,9 +1,9 @@
 """Model hosting in a replica: which versions each served model answers with, loaded from the registry.
 
-``ServedRoute`` is one entry of what an application serves (``name@alias``, ``name/version``, optionally a
-canary alias taking a share of the unpinned requests). ``ModelHost`` keeps, per served model, the version
-its alias points at (moved in place by the alias watcher: the new version is loaded and checked before it
-takes traffic), the canary, and a few pinned versions loaded on demand (``/versions/{v}``).
+What an application serves is a list of routes (``maas.serve.served``). ``ModelHost`` keeps, per served model,
+the version its alias points at (moved in place by the alias watcher: the new version is loaded and checked
+before it takes traffic; a generative version once its vLLM engine, started in this replica, is ready), the
+canary, and a few pinned versions loaded on demand (``/versions/{v}``).
 """
 
 from __future__ import annotations
@@ -16,95 +16,14 @@ import time
 from collections import OrderedDict, deque
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from maas.exceptions import RegistryError, ServeError
 from maas.models import load_predictor
 from maas.registry import Registry
 from maas.serve.oip import ProtocolError
+from maas.serve.served import normalize_routes
 
 VERSION_HEADER = "x-maas-model-version"
 logger = logging.getLogger("ray.serve")
-
-
-class ServedRoute(BaseModel):
-    """What one model name serves: an alias (default ``production``) or a pinned version, and an optional
-    canary alias that takes ``canary_percent`` of the requests that pin no version."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    alias: Optional[str] = None
-    version: Optional[int] = None
-    canary_alias: Optional[str] = None
-    canary_percent: float = Field(0.0, ge=0, le=100)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "ServedRoute":
-        if self.alias is not None and self.version is not None:
-            raise ValueError("give alias or version, not both")
-        if self.alias is None and self.version is None:
-            self.alias = "production"
-        if self.canary_percent and not self.canary_alias:
-            raise ValueError("canary_percent needs a canary_alias")
-        return self
-
-
-def normalize_routes(models) -> list[dict]:
-    """``"digits@production"``, ``"digits/3"``, ``"digits"`` or mappings (model, alias | version,
-    canary_alias, canary_percent) -> a list of route dicts. Raises ServeError naming the bad entry."""
-    from maas.registry import parse_ref
-
-    if isinstance(models, (str, dict)):
-        models = [models]
-    routes, seen = [], set()
-    for entry in models or []:
-        if isinstance(entry, str):
-            name, version, alias = parse_ref(entry)
-            entry = {"model": name, "version": version} if version is not None else \
-                {"model": name, "alias": alias or "production"}
-        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
-            raise ServeError(f"a served model is 'name@alias', 'name/version' or a mapping with 'model'; "
-                             f"got {entry!r}")
-        try:
-            route = ServedRoute(**{**entry, "canary_percent": entry.get("canary_percent") or 0})
-        except ValidationError as err:
-            raise ServeError(f"served model {entry['model']!r}: {_problem(err)}") from None
-        if route.model in seen:
-            raise ServeError(f"model {route.model!r} is listed twice; one entry per model "
-                             "(use canary_alias for a second version)")
-        seen.add(route.model)
-        routes.append(route.model_dump())
-    if not routes:
-        raise ServeError("no models to serve: give at least one 'name@alias' or 'name/version'")
-    return routes
-
-
-def _problem(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "extra_forbidden":
-        unknown = sorted(str(e["loc"][-1]) for e in err.errors() if e["type"] == "extra_forbidden")
-        return f"unknown key(s) {unknown}; use alias, version, canary_alias, canary_percent"
-    if where == "canary_percent" and first["type"].startswith(("greater", "less")):
-        return "canary_percent must be within 0..100"
-    return (f"{where}: " if where else "") + first["msg"].removeprefix("Value error, ")
-
-
-def fetch_all(registry: Registry, routes: list[dict], llm=None) -> None:
-    """Fetch (and so verify) what every route points at now: an unknown or tampered version fails here,
-    with the registry's message, rather than inside a replica. A version served by a vLLM engine has its
-    engine started instead (``llm``: an LLMEngineSpec), which fetches and verifies the files on its node."""
-    for r in routes:
-        ref = f"{r['model']}/{r['version']}" if r["version"] is not None else f"{r['model']}@{r['alias']}"
-        mv = registry.resolve(ref)
-        if mv.runtime == "vllm":
-            from maas.serve.llm_engine import ensure_engine
-            from maas.spec import LLMEngineSpec
-
-            ensure_engine(registry.location, mv, llm or LLMEngineSpec())
-        else:
-            registry.fetch_version(mv)
 
 
 class LoadedVersion:
@@ -136,6 +55,14 @@ class ServedModel:
         self.canary: Optional[LoadedVersion] = None
         self.pinned: "OrderedDict[int, LoadedVersion]" = OrderedDict()
         self.problem = "not loaded yet"
+        self.starting = None  # (ref, engine) while the version the alias names waits for its vLLM engine
+        self.engine_error = ""  # why the engine of the version the alias names failed to start (cleared on success)
+
+    def why_not_ready(self) -> str:
+        if self.starting is not None:
+            ref, engine = self.starting
+            return f"{ref} is starting its vLLM engine: {engine.describe()}"
+        return self.problem
 
     @property
     def target(self) -> str:
@@ -155,7 +82,9 @@ class ModelHost:
     """Every served model of a replica, kept current with the registry's aliases."""
 
     def __init__(self, store: str, routes: list[dict], max_pinned_versions: int = 2, llm: Optional[dict] = None,
-                 alias_poll_s: float = 2.0, pinned_loads_per_minute: int = 10):
+                 alias_poll_s: float = 2.0, pinned_loads_per_minute: int = 10,
+                 loop: Optional[asyncio.AbstractEventLoop] = None):
+        from maas.serve.runtimes.vllm import Engines
         from maas.spec import LLMEngineSpec
 
         self.registry = Registry(store)
@@ -165,9 +94,12 @@ class ModelHost:
         self._loads_started: deque = deque()  # monotonic times of the pinned loads of the last minute
         self._loading: dict[tuple[str, int], asyncio.Future] = {}  # one load per version, whoever asks
         self.llm = LLMEngineSpec(**(llm or {}))
-        # an engine no version of this replica uses any more is retired after this long (every replica
-        # watching the alias has moved by then) and once this replica's requests on it are done
-        self.retire_after_s = max(10.0, 3 * alias_poll_s)
+        # the vLLM engines of this replica; one that no loaded version uses any more is stopped after this
+        # long (a request that picked the old version just before the swap has started by then) and once its
+        # requests are done
+        self.engines = Engines(self.registry.location, self.llm, loop, on_change=self._engine_changed)
+        self.retire_after_s = 2.0
+        self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         # versions that failed to load: not retried before `retry_at` (doubling up to 5 min), so a broken
         # alias target is not downloaded again on every poll, nor a broken pinned version on every request
@@ -181,12 +113,28 @@ class ModelHost:
 
     def stop(self) -> None:
         self._stop.set()
+        self.engines.stop_all()
+
+    def _engine_changed(self) -> None:
+        """An engine became ready or failed (on the replica's loop): look again now, off the loop."""
+        if not self._stop.is_set():
+            threading.Thread(target=self.refresh, name="maas-engine-ready", daemon=True).start()
+
+    def status(self) -> dict:
+        """Per served model: ready or why not, the version serving; and this replica's engines."""
+        models = {m.name: {"ready": m.primary is not None, "serving": m.primary.mv.ref if m.primary else None,
+                           "problem": m.why_not_ready() if m.primary is None or m.starting else "",
+                           "starting": m.starting is not None, "engine_error": m.engine_error}
+                  for m in self.models.values()}
+        return {"models": models, "engines": self.engines.snapshot()}
 
     def describe(self) -> str:
-        return ", ".join(f"{m.target} -> {m.primary.mv.ref if m.primary else 'NOT READY (' + m.problem + ')'}"
+        return ", ".join(f"{m.target} -> {m.primary.mv.ref if m.primary else 'NOT READY (' + m.why_not_ready() + ')'}"
                          for m in self.models.values())
 
     def _load(self, name: str, version: int) -> LoadedVersion:
+        """Load a version: an in-process predictor now, or the vLLM engine it runs on (started if needed: the
+        LoadedVersion is returned at once, ``engine_ready`` tells when it may take traffic)."""
         key = (name, version)
         failed = self._failures.get(key)
         if failed is not None and time.monotonic() < failed[0]:
@@ -195,53 +143,91 @@ class ModelHost:
             mv = self.registry.resolve(f"{name}/{version}")
             if mv.status != "ready":
                 raise RegistryError(f"{mv.ref} was {mv.status} by its quality gate and is not served")
-            if mv.runtime == "vllm":  # its engine fetches and verifies the files on its own node
-                from maas.serve.llm_engine import ensure_engine
+            if mv.runtime == "vllm":  # the engine fetches and verifies the files itself
+                from maas.serve.runtimes.vllm import EngineVersion
 
-                loaded = LoadedVersion(mv, ensure_engine(self.registry.location, mv, self.llm))
+                loaded = LoadedVersion(mv, EngineVersion(self.engines.get(mv), mv, self.llm))
             else:
                 folder, mv = self.registry.fetch_version(mv)
                 loaded = LoadedVersion(mv, load_predictor(folder, mv.runtime, mv.task))
         except Exception as exc:
-            delay = min(2 * failed[1], 300.0) if failed else 2.0
-            self._failures[key] = (time.monotonic() + delay, delay, str(exc))
+            self._failed(key, str(exc))
             raise
-        self._failures.pop(key, None)
+        if mv.runtime != "vllm":  # an engine's version: once the engine is ready (_take)
+            self._failures.pop(key, None)
         return loaded
 
+    def _take(self, model: ServedModel, new: LoadedVersion, primary: bool) -> bool:
+        """Whether ``new`` may take ``model``'s traffic now: an in-process predictor at once, a generative
+        version once its engine is ready (until then the model keeps what it serves, and says why)."""
+        engine = getattr(new.predictor, "engine", None)
+        if primary:
+            model.starting = (new.mv.ref, engine) if engine is not None and engine.state not in (
+                "ready", "failed") else None
+            model.engine_error = engine.error if engine is not None else ""
+        if engine is None or engine.state == "ready":
+            self._failures.pop((new.mv.name, new.mv.version), None)
+            return True
+        if engine.state == "failed":  # a new engine is tried after the usual back-off
+            self.engines.forget(engine)
+            self._failed((new.mv.name, new.mv.version), engine.error)
+            raise ServeError(engine.error)
+        return False
+
+    def _failed(self, key: tuple, message: str) -> None:
+        """Remember that version ``key`` failed to load: not tried again before a back-off (2 s, doubling each
+        time up to 5 min), so a broken version is not fetched again on every poll or request."""
+        failed = self._failures.get(key)
+        delay = min(2 * failed[1], 300.0) if failed else 2.0
+        self._failures[key] = (time.monotonic() + delay, delay, message)
+
     def refresh(self) -> None:
-        """Load what each route's aliases point at now; swap only once the new version is loaded and checked."""
-        for model in self.models.values():
-            try:
-                aliases = self.registry.aliases(model.name) if model.version is None or model.canary_alias else {}
-                want = model.version if model.version is not None else aliases.get(model.alias)
-                if want is None:
-                    raise RegistryError(f"model {model.name!r} has no alias {model.alias!r} yet "
-                                        f"(aliases: {sorted(aliases) or 'none'})")
-                if model.primary is None or model.primary.mv.version != want:
-                    new = self._load(model.name, want)
-                    old, model.primary = model.primary, new
-                    logger.info("maas %s now serves %s (was %s)", model.target, new.mv.ref,
-                                old.mv.ref if old else "nothing")
-                    self._retire_later(model, old)
-                model.problem = ""
-            except Exception as exc:  # keep serving what is loaded; report why not ready if nothing is
-                model.problem = str(exc)
-                logger.warning("maas %s: %s%s", model.target, exc,
-                               f"; still serving {model.primary.mv.ref}" if model.primary else "")
-            if model.canary_alias:
-                try:
-                    target = self.registry.aliases(model.name).get(model.canary_alias)
-                    if target is None:
-                        old, model.canary = model.canary, None
-                        self._retire_later(model, old)
-                    elif model.canary is None or model.canary.mv.version != target:
-                        old, model.canary = model.canary, self._load(model.name, target)
-                        self._retire_later(model, old)
-                        logger.info("maas %s canary (%s%%) is %s", model.target, model.canary_percent,
-                                    model.canary.mv.ref)
-                except Exception as exc:
-                    logger.warning("maas %s canary %s: %s", model.target, model.canary_alias, exc)
+        """Load what each route's aliases point at now; swap only once the new version is loaded and checked
+        (a generative version: once its engine is ready). One refresh at a time: the alias watcher and an
+        engine's becoming ready both ask for one."""
+        with self._refresh_lock:
+            for model in self.models.values():
+                self._refresh_primary(model)
+                if model.canary_alias:
+                    self._refresh_canary(model)
+            self._sweep_engines()
+
+    def _refresh_primary(self, model: ServedModel) -> None:
+        try:
+            aliases = self.registry.aliases(model.name) if model.version is None or model.canary_alias else {}
+            want = model.version if model.version is not None else aliases.get(model.alias)
+            if want is None:
+                raise RegistryError(f"model {model.name!r} has no alias {model.alias!r} yet "
+                                    f"(aliases: {sorted(aliases) or 'none'})")
+            if model.primary is None or model.primary.mv.version != want:
+                new = self._load(model.name, want)
+                if not self._take(model, new, primary=True):
+                    return
+                old, model.primary = model.primary, new
+                logger.info("maas %s now serves %s (was %s)", model.target, new.mv.ref,
+                            old.mv.ref if old else "nothing")
+                self._retire_later(model, old)
+            model.problem = ""
+        except Exception as exc:  # keep serving what is loaded; report why not ready if nothing is
+            model.problem = str(exc)
+            logger.warning("maas %s: %s%s", model.target, exc,
+                           f"; still serving {model.primary.mv.ref}" if model.primary else "")
+
+    def _refresh_canary(self, model: ServedModel) -> None:
+        try:
+            target = self.registry.aliases(model.name).get(model.canary_alias)
+            if target is None:
+                old, model.canary = model.canary, None
+                self._retire_later(model, old)
+            elif model.canary is None or model.canary.mv.version != target:
+                new = self._load(model.name, target)
+                if not self._take(model, new, primary=False):
+                    return
+                old, model.canary = model.canary, new
+                self._retire_later(model, old)
+                logger.info("maas %s canary (%s%%) is %s", model.target, model.canary_percent, new.mv.ref)
+        except Exception as exc:
+            logger.warning("maas %s canary %s: %s", model.target, model.canary_alias, exc)
 
     def _watch(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
@@ -252,7 +238,7 @@ class ModelHost:
 
     def not_ready(self) -> dict:
         """{model: why} for every served model with nothing loaded yet."""
-        return {m.name: m.problem for m in self.models.values() if m.primary is None}
+        return {m.name: m.why_not_ready() for m in self.models.values() if m.primary is None}
 
     async def resolve(self, model: ServedModel, version: Optional[str]) -> LoadedVersion:
         """The loaded version that answers: the pinned ``version``, else the canary's share, else the main
@@ -279,17 +265,31 @@ class ModelHost:
                                      f"(next try in {failed[0] - time.monotonic():.0f} s)")
         if pending is None:  # the first request for it starts the load; the others wait for the same one
             self._admit_load(model.name, v)
-            pending = asyncio.ensure_future(asyncio.to_thread(self._load, model.name, v))
+            pending = asyncio.ensure_future(self._load_pinned(model.name, v))
             self._loading[key] = pending
             pending.add_done_callback(lambda _: self._loading.pop(key, None))
         try:
             loaded = await asyncio.shield(pending)
-        except RegistryError as exc:
+        except (RegistryError, ServeError) as exc:
             raise ProtocolError(404, f"model '{model.name}' version '{version}' is not served: {exc}") from None
         if v not in model.pinned and self.max_pinned > 0:
             model.pinned[v] = loaded
             while len(model.pinned) > self.max_pinned:
                 self._retire_later(model, model.pinned.popitem(last=False)[1])
+        return loaded
+
+    async def _load_pinned(self, name: str, version: int) -> LoadedVersion:
+        """``_load`` off the event loop; a generative version once its engine is ready."""
+        loaded = await asyncio.to_thread(self._load, name, version)
+        engine = getattr(loaded.predictor, "engine", None)
+        if engine is not None:
+            try:
+                await engine.wait()
+            except ServeError as exc:
+                self.engines.forget(engine)
+                self._failed((name, version), str(exc))
+                raise
+            self._failures.pop((name, version), None)
         return loaded
 
     def _admit_load(self, name: str, version: int) -> None:
@@ -308,29 +308,31 @@ class ModelHost:
         """Stop the engine of a version this replica stopped serving, once it is idle and still unused."""
         if old is None or old.mv.runtime != "vllm":
             return
-
-        from maas.serve.llm_engine import engine_of
-
-        def retire():  # an engine may serve several versions (a base's serves its adapters): any use keeps it
-            lora = self.llm.enable_lora
-            in_use = engine_of(old.mv, lora) in {engine_of(x.mv, lora) for m in self.models.values()
-                                           for x in (m.primary, m.canary, *m.pinned.values())
-                                           if x is not None and x.mv.runtime == "vllm"}
-            if in_use or self._stop.is_set():
-                return
-            if old.predictor.inflight > 0:  # streams still running on it: look again later
-                again = threading.Timer(self.retire_after_s, retire)
-                again.daemon = True
-                again.start()
-                return
-            from maas.serve.llm_engine import retire_engine
-
-            logger.info("maas retiring the engine of %s", old.mv.ref)
-            retire_engine(old.mv, self.llm)
-
-        timer = threading.Timer(self.retire_after_s, retire)
+        timer = threading.Timer(self.retire_after_s, self.refresh)
         timer.daemon = True
         timer.start()
+
+    def _sweep_engines(self) -> None:
+        """Stop every ready engine no loaded version uses (a base's engine serves its adapters too: any use keeps
+        it), after the refresh that would have taken it into use (under its lock). One that became ready in the
+        last ``5 * retire_after_s`` is left for a pinned request still on its way to it; one with requests still
+        running is looked at again later."""
+        if self._stop.is_set():
+            return
+        used = {self.engines.key(x.mv) for m in self.models.values()
+                for x in (m.primary, m.canary, *m.pinned.values()) if x is not None and x.mv.runtime == "vllm"}
+        again = False
+        for key, engine in self.engines.items():
+            if key in used or engine.state != "ready":
+                continue
+            if engine.inflight > 0 or time.monotonic() - engine.since < 5 * self.retire_after_s:
+                again = True
+                continue
+            self.engines.retire(key)
+        if again:
+            timer = threading.Timer(self.retire_after_s, self.refresh)
+            timer.daemon = True
+            timer.start()
 
     async def for_task(self, model: Optional[str], task: str) -> LoadedVersion:
         """The loaded version an OpenAI-style request names (``name`` or ``name/version``); without ``model``,

@@ -1,16 +1,19 @@
 """``/v1/completions`` and ``/v1/chat/completions`` for generative versions served by a vLLM engine.
 
 The request is checked here (the caps on ``n`` / ``best_of`` / ``max_tokens``, the shape of ``messages``, the
-request model's own validation) and forwarded through the engine's deployment handle; what the engine answers
-is passed on as it comes: one JSON object, or server-sent events ending in ``data: [DONE]``. The engine's
-own refusals (a prompt over the context window, ...) keep their status and message in OpenAI's error shape.
-Usage is always taken from the engine (``stream_options.include_usage`` is set on the way in and the usage
-chunk dropped on the way out when the client did not ask for it): it feeds the per-version token counters,
-time to first token and time per output token.
+request model's own validation) and handed to the version's vLLM engine in this replica
+(``maas.serve.runtimes.vllm``); what the engine answers is passed on as vLLM wrote it: one JSON object, or
+server-sent events ending in ``data: [DONE]``. The engine's own refusals (a prompt over the context window,
+...) keep their status and message in OpenAI's error shape. Usage is always taken from the engine
+(``stream_options.include_usage`` is set on the way in and the usage event dropped on the way out when the
+client did not ask for it): it feeds the per-version token counters. Time to first token and time per output
+token are measured twice: as the client gets them (from the request's arrival) and as the engine makes them
+(from the hand-over to it), as metrics and in a stream's access-log line, written when the stream ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -76,36 +79,41 @@ def _usage(chunk: str) -> Optional[dict]:
 
 
 class LLMHandlers:
-    """Forwards OpenAI requests to the engine of the loaded version and accounts for the tokens."""
+    """Hands OpenAI requests to the engine of the loaded version (in this replica) and accounts for them."""
 
-    def __init__(self):
+    def __init__(self, record):
         from ray.serve import metrics
 
+        self.record = record  # ModelServer.record: the access-log line and request metrics of a finished stream
         tags = ("model", "version")
         self.m_tokens = metrics.Counter("maas_llm_tokens_total", description="Prompt and completion tokens.",
                                         tag_keys=(*tags, "kind"))
-        self.m_ttft = metrics.Histogram("maas_llm_time_to_first_token_ms", description="Time to first token (ms).",
-                                        boundaries=TOKEN_MS, tag_keys=tags)
-        self.m_tpot = metrics.Histogram("maas_llm_time_per_output_token_ms",
-                                        description="Time per output token after the first (ms).",
-                                        boundaries=TOKEN_MS, tag_keys=tags)
+        self.m = {}
+        for stage, what in (("", "as the client gets them: from the request's arrival at maas"),
+                            ("engine_", "as the vLLM engine makes them: from the request's hand-over to it")):
+            self.m[f"{stage}ttft"] = metrics.Histogram(
+                f"maas_llm_{stage}time_to_first_token_ms", description=f"Time to first token (ms), {what}.",
+                boundaries=TOKEN_MS, tag_keys=tags)
+            self.m[f"{stage}tpot"] = metrics.Histogram(
+                f"maas_llm_{stage}time_per_output_token_ms", boundaries=TOKEN_MS, tag_keys=tags,
+                description=f"Time per output token after the first (ms), {what}.")
 
-    async def run(self, kind: str, req: dict, loaded):
-        """``kind`` "chat" or "completions" -> (response, rows, loaded)."""
+    async def run(self, kind: str, req: dict, loaded, ctx: dict):
+        """``kind`` "chat" or "completions" -> (response, rows, loaded). ``ctx``: the request's id, path and
+        arrival time (a stream's access-log line is written when it ends, with its token figures)."""
         from pydantic import ValidationError
         from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
-        engine = loaded.predictor
-        _check_caps(req, engine.spec)
+        version = loaded.predictor
+        _check_caps(req, version.spec)
         if kind == "chat":
             _check_messages(req.get("messages"))
         elif not isinstance(req.get("prompt"), (str, list)):
             raise ProtocolError(400, "'prompt' is missing: a string, a list of strings or of token ids")
         stream = req.get("stream") is True
         options = req.get("stream_options") if isinstance(req.get("stream_options"), dict) else {}
-        wants_usage = bool(options.get("include_usage"))
-        body = {**req, "model": engine.model_id}
-        if stream:
+        body = {**req, "model": version.model_id}
+        if stream:  # usage always comes from the engine; the client sees it only when it asked
             body["stream_options"] = {**options, "include_usage": True}
         try:
             request = (ChatCompletionRequest if kind == "chat" else CompletionRequest).model_validate(body)
@@ -113,11 +121,14 @@ class LLMHandlers:
             raise ProtocolError(400, _validation_message(err)) from None
         except (ValueError, TypeError) as err:
             raise ProtocolError(400, str(err)) from None
-        started = time.perf_counter()
+        engine = version.engine
         engine.inflight += 1
         try:
-            gen = getattr(engine.handle, kind).remote(request, None)
-            first = await gen.__anext__()
+            if version.adapter:
+                await engine.use_adapter(version.mv)
+            handed = time.perf_counter()
+            out = engine.stream(kind, request)
+            first = await out.__anext__()
         except StopAsyncIteration:
             engine.inflight -= 1
             raise ProtocolError(503, f"the engine of {loaded.mv.ref} answered nothing; try again") from None
@@ -125,73 +136,94 @@ class LLMHandlers:
             engine.inflight -= 1
             logger.warning("maas engine of %s failed: %s", loaded.mv.ref, exc)
             raise ProtocolError(503, f"the engine of {loaded.mv.ref} is unavailable; try again") from None
-        items = first if isinstance(first, list) else [first]
-        error = _error_of(items[0])
-        if error is not None or not stream:
+        if not isinstance(first, str):  # one answer, or the engine's refusal
             engine.inflight -= 1
-            gen.cancel()
+            await out.aclose()
+            error = _error_of(first)
             if error is not None:
                 return error, 0, loaded
-            data = items[0].model_dump(mode="json", exclude_none=True)
-            self._account(loaded, data.get("usage"), None, None)
+            data = first.model_dump(mode="json", exclude_none=True)
+            self._count(loaded, data.get("usage"))
             return JSONResponse(data, headers=loaded.headers), 1, loaded
-        return StreamingResponse(self._events(items, gen, loaded, wants_usage, started), media_type="text/event-stream",
-                                 headers={**loaded.headers, "cache-control": "no-cache"}), 1, loaded
+        timing = {"arrived": ctx["started"], "handed": handed, "first": time.perf_counter()}
+        response = StreamingResponse(self._events(first, out, loaded, bool(options.get("include_usage")), timing,
+                                                  ctx), media_type="text/event-stream",
+                                     headers={**loaded.headers, "cache-control": "no-cache"})
+        response.maas_deferred = True  # accounted when the stream ends (ModelServer._timed)
+        return response, 1, loaded
 
-    async def _events(self, items: list, gen, loaded, wants_usage: bool, started: float):
-        first_at = last_at = None
-        usage, done, failed = None, False, False
+    async def _events(self, item: str, out, loaded, wants_usage: bool, t: dict, ctx: dict):
+        """vLLM's own SSE events, passed on as they come (no re-encoding); the usage event the client did not
+        ask for is dropped. Times each event's arrival from the engine and its hand-over to the client."""
+        interval = loaded.predictor.spec.stream_interval_ms / 1e3
+        usage, done, status, sent_first = None, False, 200, None
+        last_in = last_out = t["first"]
         try:
             while True:
-                out = []
-                for item in items:
-                    if not isinstance(item, str):  # an error (or object) mid-stream: say so and stop
-                        err = _error_of(item)
-                        message = json.loads(err.body)["error"] if err is not None else {"message": str(item)}
-                        out.append("data: " + json.dumps({"error": message}) + "\n\n")
-                        failed = True
-                        break
-                    if item.startswith('data: {') and '"choices":[]' in item and '"usage"' in item:
-                        usage = _usage(item) or usage
-                        if not wants_usage:
-                            continue
+                if '"usage"' in item and '"choices":[]' in item:
+                    usage = _usage(item) or usage
+                    if wants_usage:
+                        yield item
+                else:
                     done = done or item.startswith("data: [DONE]")
-                    out.append(item)
-                if out:
-                    last_at = time.perf_counter()
-                    if first_at is None:
-                        first_at = last_at
-                    yield "".join(out)
-                if failed:
-                    break
+                    yield item
+                last_out = time.perf_counter()
+                if sent_first is None:
+                    sent_first = last_out
+                if interval:  # vLLM merges the tokens made meanwhile into the next event
+                    await asyncio.sleep(interval)
                 try:
-                    nxt = await gen.__anext__()
+                    item = await out.__anext__()
                 except StopAsyncIteration:
                     break
-                items = nxt if isinstance(nxt, list) else [nxt]
+                last_in = time.perf_counter()
+                if not isinstance(item, str):  # an object mid-stream: say so and stop
+                    err = _error_of(item)
+                    message = json.loads(err.body)["error"] if err is not None else {"message": str(item)}
+                    yield "data: " + json.dumps({"error": message}) + "\n\n"
+                    status = 500
+                    break
+        except (GeneratorExit, asyncio.CancelledError):  # the client went away: logged as nginx and Serve do
+            status = 499
+            raise
         except Exception:  # mid-stream the status is sent: end the stream with an error event
             logger.exception("maas generation failed mid-stream (%s)", loaded.mv.ref)
+            status = 500
             yield "data: " + json.dumps({"error": {"message": "generation failed; see the replica log",
                                                    "type": "server_error", "code": 500}}) + "\n\n"
         finally:
-            loaded.predictor.inflight -= 1
-            gen.cancel()  # the client went away, or the stream ended: nothing left to compute
-            self._account(loaded, usage, first_at and first_at - started, last_at and first_at and last_at - first_at)
+            loaded.predictor.engine.inflight -= 1
+            await out.aclose()  # the client went away, or the stream ended: vLLM aborts what is left
+            self._finish(loaded, usage, t, sent_first, last_in, last_out, status, ctx)
         if not done:
             yield "data: [DONE]\n\n"
 
-    def _account(self, loaded, usage: Optional[dict], ttft_s: Optional[float], decode_s: Optional[float]) -> None:
-        tags = loaded.tags
-        if ttft_s is not None:
-            self.m_ttft.observe(ttft_s * 1e3, tags=tags)
+    def _finish(self, loaded, usage, t: dict, sent_first, last_in: float, last_out: float, status: int,
+                ctx: dict) -> None:
+        """A stream's metrics and access-log line: TTFT and TPOT as the client got them and as the engine made
+        them, and its tokens."""
+        tokens = self._count(loaded, usage)
+        figures = {"ttft": (sent_first or last_out) - t["arrived"], "engine_ttft": t["first"] - t["handed"]}
+        if tokens > 1:
+            figures["tpot"] = (last_out - (sent_first or last_out)) / (tokens - 1)
+            figures["engine_tpot"] = (last_in - t["first"]) / (tokens - 1)
+        extra = {f"{k}_ms": round(v * 1e3, 3) for k, v in figures.items()}
+        for k, v in figures.items():
+            self.m[k].observe(v * 1e3, tags=loaded.tags)
+        if usage:
+            extra.update(prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=tokens)
+        self.record(loaded.mv.name, loaded, status, ctx["rid"], ctx["path"], 1,
+                    (last_out - t["arrived"]) * 1e3, extra)
+
+    def _count(self, loaded, usage: Optional[dict]) -> int:
+        """Count the request's tokens; returns the completion tokens."""
         if not usage:
-            return
+            return 0
         completion = int(usage.get("completion_tokens") or 0)
         for kind, count in (("prompt", int(usage.get("prompt_tokens") or 0)), ("completion", completion)):
             if count > 0:
-                self.m_tokens.inc(count, tags={**tags, "kind": kind})
-        if decode_s is not None and completion > 1:
-            self.m_tpot.observe(decode_s * 1e3 / (completion - 1), tags=tags)
+                self.m_tokens.inc(count, tags={**loaded.tags, "kind": kind})
+        return completion
 
 
 def _error_of(item) -> Optional[JSONResponse]:

@@ -1,5 +1,5 @@
 """OpenAI-compatible routes: ``GET /v1/models[/{name}]``, ``POST /v1/completions`` and ``/v1/chat/completions``
-(language models, served by vLLM engines: ``maas.serve.llm_handlers``) and ``POST /v1/embeddings``
+(language models, served by the vLLM engines of the replica: ``maas.serve.llm_handlers``) and ``POST /v1/embeddings``
 (sentence encoders). ``model`` names a served model (``name`` or ``name/version``; optional when exactly one model of
 that task is served). Mistakes are answered in OpenAI's error shape, which its client libraries read."""
 
@@ -24,7 +24,7 @@ class OpenAIHandlers:
         if self._llm is None:  # its metrics exist only where an engine-served model is
             from maas.serve.llm_handlers import LLMHandlers
 
-            self._llm = LLMHandlers()
+            self._llm = LLMHandlers(self.server.record)
         return self._llm
 
     async def chat(self, request: Request):
@@ -37,7 +37,7 @@ class OpenAIHandlers:
             req = await parse_off_loop(json_object, await read_body(request, self.server.max_request_bytes),
                                        "'messages'")
             loaded = await self.host.for_task(openai_model(req), "generate")
-            return await self.llm.run("chat", req, loaded)
+            return await self.llm.run("chat", req, loaded, request.scope["maas"])
         except ProtocolError as err:
             return openai_error(err.status, err.message, retry_headers(err)), 0, loaded
 
@@ -55,7 +55,7 @@ class OpenAIHandlers:
             req = await parse_off_loop(json_object, await read_body(request, self.server.max_request_bytes),
                                        "'prompt'")
             loaded = await self.host.for_task(openai_model(req), "generate")
-            return await self.llm.run("completions", req, loaded)
+            return await self.llm.run("completions", req, loaded, request.scope["maas"])
         except ProtocolError as err:
             return openai_error(err.status, err.message, retry_headers(err)), 0, None
 

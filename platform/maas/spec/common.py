@@ -92,12 +92,14 @@ class CanarySpec(_Strict):
 
 
 class LLMEngineSpec(_Strict):
-    """How a generative model (runtime vllm) is served: one Ray Serve LLM deployment (vLLM engine) per version."""
+    """How a generative model (runtime vllm) is served: a vLLM engine (Ray Serve LLM's LLMServer) per served
+    version in each replica of the application, which takes its requests itself (maas.serve.runtimes.vllm)."""
 
-    num_gpus: int = Field(0, ge=0, description="GPUs per engine replica: 0 runs vLLM on CPUs; N > 0 places it on "
-                                               "N GPUs (tensor parallel over N).")
-    num_cpus: float = Field(1, gt=0, description="CPUs reserved per engine replica (its placement bundle).")
-    num_replicas: int = Field(1, ge=1, description="Engine replicas per served version.")
+    num_gpus: int = Field(0, ge=0, description="GPUs per engine: 0 runs vLLM on CPUs; N > 0 places its workers on "
+                                               "N GPUs of a placement group of its own (tensor parallel over N).")
+    num_cpus: float = Field(1, gt=0, description="CPUs reserved for the engine on CPUs (in its replica's bundle).")
+    num_replicas: int = Field(1, ge=1, description="Engines per served version: an application serving generative "
+                              "versions runs at least this many replicas, each with its own engine per version.")
     max_model_len: Optional[int] = Field(None, ge=16, description="Context window the engine admits (default: "
                                                                   "the model's max_position_embeddings).")
     max_num_seqs: int = Field(64, ge=1, description="Sequences the engine batches at once (continuous batching).")
@@ -107,13 +109,13 @@ class LLMEngineSpec(_Strict):
         "auto", description="Weights and activations dtype ('auto': the model's; float32 on CPUs without bf16).")
     enforce_eager: bool = Field(True, description="Skip graph capture/compilation: starts in seconds on CPU; set "
                                                   "false on GPUs for CUDA graphs.")
-    stream_interval_ms: float = Field(0, ge=0, le=1000, description="Streamed chunks after the first are sent "
-                                      "at most this often, merged (0: each as soon as it is ready; the first "
-                                      "is never held back).")
+    stream_interval_ms: float = Field(0, ge=0, le=1000, description="A stream waits this long after each event it "
+                                      "sends; vLLM merges the tokens made meanwhile into the next (0: every "
+                                      "token as soon as it is made; the first is never held back).")
+    start_timeout_s: float = Field(900, gt=0, description="How long an engine may take to start (fetch, verify, "
+                                   "load, profile, compile) before it is reported failed; deploys wait this long.")
     max_tokens: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above).")
     max_n: int = Field(8, ge=1, description="Largest n / best_of a request may ask for (400 above).")
-    start_timeout_s: float = Field(900, gt=0, description="How long an engine may take to load before the "
-                                                          "version is reported not ready.")
     enable_lora: bool = Field(False, description="Start base versions' engines with LoRA enabled too, so a base "
                               "and its adapters served together share one engine (adapters always run on "
                               "their base's LoRA-enabled engine).")
@@ -170,14 +172,21 @@ class DeploySpec(_Strict):
             raise ValueError("set either num_replicas or autoscaling, not both")
         return self
 
-    def serve_options(self) -> dict:
+    def serve_options(self, generative: bool = False) -> dict:
         """The deployment options Ray Serve takes (replicas or autoscaling, replica resources, and Serve's
-        access log off unless ``serve_access_log``: maas writes its own line per model request)."""
+        access log off unless ``serve_access_log``: maas writes its own line per model request). ``generative``:
+        the replicas run vLLM engines (one per served generative version), so they take the engines' placement:
+        on CPUs the engine's cores in the replica's own bundle (its engines run there), at least
+        ``llm.num_replicas`` replicas; on GPUs each engine makes its own placement group for its GPU workers."""
         opts: dict = {"ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}}
         if not self.serve_access_log:
             opts["logging_config"] = {"enable_access_log": False}
         if self.autoscaling is not None:
             opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
         else:
-            opts["num_replicas"] = self.num_replicas or 1
+            opts["num_replicas"] = max(self.num_replicas or 1, self.llm.num_replicas if generative else 1)
+        if generative and not self.llm.num_gpus:
+            opts["placement_group_bundles"] = [{"CPU": self.num_cpus + self.llm.num_cpus}]
+            opts["ray_actor_options"]["runtime_env"] = {"env_vars": {
+                "VLLM_CPU_KVCACHE_SPACE": f"{self.llm.kv_cache_gib:g}"}}
         return opts
