@@ -229,3 +229,19 @@ def test_llm_pipeline_imports_promotes_and_keeps_a_moved_alias(tmp_path, monkeyp
     with pytest.raises(RegistryError, match="production"):
         llm.run(spec, serve=False)
     assert reg.resolve("chat@production").version == 1
+
+
+def test_deploy_progress_says_each_state_once_not_every_second(monkeypatch):
+    from maas.serve import readiness
+
+    said = []
+    watch = readiness._Progress(said.append)
+    for line in ("tiny/1 is starting its vLLM engine: fetching for 0 s (started 0 s ago)",
+                 "tiny/1 is starting its vLLM engine: fetching for 1 s (started 1 s ago)",
+                 "tiny/1 is starting its vLLM engine: loading for 0 s (started 2 s ago)",
+                 "tiny/1 is starting its vLLM engine: loading for 7 s (started 9 s ago)"):
+        watch.say(line)
+    assert [line.split(": ")[1].split(" for")[0] for line in said] == ["fetching", "loading"]
+    monkeypatch.setattr(readiness, "REPORT_EVERY_S", 0.0)  # a long state is said again now and then
+    watch.say("tiny/1 is starting its vLLM engine: loading for 40 s (started 42 s ago)")
+    assert len(said) == 3
