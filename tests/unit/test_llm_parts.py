@@ -103,9 +103,9 @@ def test_streams_pass_vllms_events_through_and_are_accounted_when_they_end():
 
 
 def test_ray_serve_llm_private_parts_maas_relies_on_are_still_there():
-    """maas moves VLLMEngine's blocking start off the replica's loop by overriding two of its private methods,
-    stops an engine through its ``_engine_client``, frees the placement group its callback made, and loads
-    adapters with ``DiskMultiplexConfig``: a Ray upgrade that changes any of them fails here, not in serving."""
+    """maas moves VLLMEngine's blocking start off the replica's loop by overriding two of its private methods
+    (and stops the AsyncLLM it made that way), frees the placement group its callback made, and loads adapters
+    with ``DiskMultiplexConfig``: a Ray upgrade that changes any of them fails here, not in serving."""
     pytest.importorskip("ray.serve.llm")
     import inspect
     from types import SimpleNamespace
@@ -125,6 +125,8 @@ def test_ray_serve_llm_private_parts_maas_relies_on_are_still_there():
                         LLMEngineSpec(), source="/folder")
     engine = off_loop_engine_class()(config)
     assert engine._engine_client is None and issubclass(type(engine), VLLMEngine)
+    engine.maas_stop()  # nothing made yet: a no-op, and a later start stops what it makes
+    assert engine._maas_stopped
     assert config.model_loading_config.model_source == "/folder" and hasattr(config, "_callback_instance")
     disk = adapter_config("support/2", "/adapters/support", 1)
     assert disk.model_id == "support/2" and disk.local_path == "/adapters/support"

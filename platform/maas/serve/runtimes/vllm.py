@@ -194,7 +194,7 @@ class Engines:
             engine = self._engines.pop(key, None)
         if engine is not None:
             logger.info("maas retiring the vLLM engine of %s", engine.ref)
-            engine.stop()
+            self.loop.call_soon_threadsafe(engine.stop)  # on the loop its engine's IPC tasks run on
 
     def snapshot(self) -> list[dict]:
         """What this replica's engines are doing, for readiness and the tests."""
@@ -248,6 +248,7 @@ def off_loop_engine_class():
     class OffLoopVLLMEngine(VLLMEngine):
         _maas_prepared = None
         _maas_client = None
+        _maas_stopped = False
 
         def _prepare_engine_config(self, callback_ctx):
             if self._maas_prepared is None:
@@ -268,9 +269,18 @@ def off_loop_engine_class():
             def prepare():
                 engine_args, _, engine_config = self._prepare_engine_config(ctx)
                 self._start_async_llm_engine(engine_args, engine_config, ctx.placement_group)
+                if self._maas_stopped:  # given up on (start_timeout_s) while this thread was making it
+                    self.maas_stop()
 
             await asyncio.to_thread(prepare)
             await super().start()
+
+        def maas_stop(self) -> None:
+            """Stop vLLM's engine process and IPC now, whether or not ``start`` got to the end."""
+            self._maas_stopped = True
+            client, self._maas_client = self._maas_client, None
+            if client is not None:
+                client.shutdown()
 
     _ENGINE_CLASS = OffLoopVLLMEngine
     return _ENGINE_CLASS
@@ -289,10 +299,9 @@ def shutdown_engine(server) -> None:
     import ray
 
     engine = getattr(server, "engine", None)
-    client = getattr(engine, "_engine_client", None)
-    if client is not None:
+    if engine is not None:
         try:
-            client.shutdown()
+            engine.maas_stop()
         except Exception as exc:  # already gone
             logger.warning("maas engine shutdown: %s", exc)
     callback = getattr(getattr(server, "_llm_config", None), "_callback_instance", None)  # made by start()
