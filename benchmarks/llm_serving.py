@@ -82,7 +82,7 @@ def serve_child(system: str, folder: str, store: str, port: int) -> None:
             mode = "default" if system == "maas-proxy" else "throughput"
             deploy(store, "tiny@production", DeploySpec(port=port, grpc_port=0, proxy=mode, llm={
                 "num_cpus": 1, "max_model_len": ENGINE["max_model_len"], "max_num_seqs": ENGINE["max_num_seqs"],
-                "kv_cache_gib": float(KV_GIB), "max_tokens": 1024,
+                "kv_cache_gib": float(KV_GIB), "max_tokens": 1024, "allow_forced_length": True,  # ignore_eos
                 **({"stream_interval_ms": float(os.environ["MAAS_BENCH_STREAM_INTERVAL_MS"])}
                    if os.environ.get("MAAS_BENCH_STREAM_INTERVAL_MS") else {})}))
         else:

@@ -43,7 +43,8 @@ def llm(ray_session, tmp_path_factory):
     for seed in (0, 1):  # two different random models: versions 1 and 2
         import_hf_model(reg, str(make_tiny_llama(tmp / f"tiny{seed}", seed=seed)), "tiny", by="test")
     reg.set_alias("tiny", "production", 1)
-    spec = DeploySpec(alias_poll_s=0.5, llm={"num_cpus": 1, "max_model_len": 256, "max_n": 4, "max_tokens": 1000})
+    spec = DeploySpec(alias_poll_s=0.5, llm={"num_cpus": 1, "max_model_len": 256, "max_n": 4, "max_tokens": 200,
+                                             "allow_forced_length": True, "max_sequences": 16})
     routes = normalize_routes([{"model": "tiny", "alias": "production", "canary_alias": "candidate",
                                 "canary_percent": 50}])
     start_serve(DeploySpec(port=free_port(), grpc_port=0))  # maas's ingress: the high-throughput mode
@@ -105,7 +106,7 @@ def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(llm):
     with pytest.raises(openai.BadRequestError, match="'max_tokens' is 1001"):
         c.completions.create(model="tiny", prompt="w1", max_tokens=1001)  # over the configured cap
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
-        c.completions.create(model="tiny", prompt="w1", max_tokens=300)  # over the engine's context
+        c.completions.create(model="tiny", prompt="w1 " * 100, max_tokens=200)  # over the engine's context
     with pytest.raises(openai.BadRequestError, match="'n' is 5"):
         c.completions.create(model="tiny", prompt="w1", max_tokens=2, n=5)
     with pytest.raises(openai.NotFoundError, match="not served"):
@@ -119,7 +120,11 @@ def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(llm):
            ("chat/completions", {"model": "tiny", "messages": []}, "messages"),
            ("completions", {"model": "tiny"}, "prompt"),
            ("completions", {"model": "tiny", "prompt": "w1", "temperature": "hot"}, "temperature"),
-           ("completions", {"model": "tiny", "prompt": "w1", "best_of": 9}, "best_of")]
+           ("completions", {"model": "tiny", "prompt": "w1", "best_of": 9}, "best_of"),
+           ("completions", {"model": "tiny", "prompt": ["w1"] * 17, "max_tokens": 2}, "17 sequences"),
+           ("chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": [
+               {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data/"}}]}]},
+            "media from http://169.254.169.254")]
     for route, body, field in bad:
         r = requests.post(f"{url}/v1/{route}", data=json.dumps(body), headers=headers)
         assert r.status_code == 400 and field in r.json()["error"]["message"], (route, body, r.text)
@@ -127,6 +132,10 @@ def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(llm):
                       data=b'{"model": "tiny", "messages": [{"role": "user", "content": "\xff\xfe"}]}')
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     assert c.completions.create(model="tiny", prompt="w1", max_tokens=2).choices[0].text  # still serving
+    # no max_tokens: the deployment's cap (200), not the context's rest (256 - prompt)
+    long = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "w1"}],
+                                     extra_body={"ignore_eos": True})
+    assert long.usage.completion_tokens == 200 and long.choices[0].finish_reason == "length"
 
 
 def test_an_engine_that_cannot_start_fails_the_deploy_with_its_own_error(llm):
@@ -151,9 +160,9 @@ def test_a_client_that_goes_away_mid_stream_frees_the_engine(llm):
     rid = f"llm-gone-{time.time_ns()}"
     r = requests.post(f"{llm['url']}/v1/completions", stream=True, timeout=60,
                       headers={"Authorization": f"Bearer {KEY}", "x-request-id": rid},
-                      json={"model": "tiny", "prompt": "w1", "max_tokens": 250, "stream": True, "ignore_eos": True})
+                      json={"model": "tiny", "prompt": "w1", "max_tokens": 200, "stream": True, "ignore_eos": True})
     assert next(line for line in r.iter_lines() if line.startswith(b"data: {"))
-    r.close()  # long before its 250 tokens
+    r.close()  # long before its 200 tokens
 
     def idle():
         return all(e["inflight"] == 0 for e in serve.get_app_handle("llm").maas_status.remote().result()["engines"])

@@ -286,14 +286,13 @@ def test_quantized_variants_are_measured_under_vllm_gated_published_and_the_fast
     assert all("perplexity" in records[m]["metrics"] for m in ("w8a8", "w4a16")), \
         {m: records[m]["gate"] for m in ("w8a8", "w4a16")}  # a variant that could not be measured says why
     increase = {m: records[m]["metrics"]["perplexity"] / parent["perplexity"] - 1 for m in ("w8a8", "w4a16")}
-    # the gate decides from the figures, for each variant (int8 moves this model's perplexity by ~0.01%, and
-    # past the strict 0.05% bound in some runs: a freshly trained model's quantization error is noise around
-    # the bound, so the test checks the decision, not which side of the bound a run falls on); int4 moves it
-    # more than int8 does, in either direction (usually up 0.1-0.6%; once under 0.05% in CI, once down 0.05%)
+    # the gate decides from the figures, for each variant. A freshly trained model's quantization error is
+    # noise around a strict bound: int8 moves this model's perplexity by ~0.01% and past 0.05% in some runs,
+    # int4 usually by 0.1-0.6% but once under 0.05% and once under int8's own move (0.018% against 0.067%),
+    # so the test checks each decision, not which side of the bound (or of each other) a run falls on
     assert w8["passed"] == (increase["w8a8"] <= 0.0005), increase
     assert w4["passed"] == (increase["w4a16"] <= 0.0005), increase
-    assert abs(increase["w8a8"]) < 0.005, increase  # int8 within 0.5%: far outside its noise, a real defect
-    assert abs(increase["w4a16"]) > abs(increase["w8a8"]), increase
+    assert abs(increase["w8a8"]) < 0.005 and abs(increase["w4a16"]) < 0.05, increase  # a real defect beyond
     for r in (parent, w8["metrics"], w4["metrics"]):
         assert r["tokens_per_s_c32"] > r["tokens_per_s_c1"] > 0
     assert parent["size_bytes"] / w8["metrics"]["size_bytes"] > 1.9

@@ -43,6 +43,7 @@ def served(ray_session, tmp_path_factory):
     url = deploy(str(tmp / "store"), "digits@production",
                  DeploySpec(port=port, grpc_port=grpc_port, max_request_bytes=64 * 1024))
     (haproxy_folder,) = set(glob.glob(f"{tempfile.gettempdir()}/mh*")) - before  # this Serve's HAProxy files
+    assert os.stat(haproxy_folder).st_mode & 0o777 == 0o700  # its admin socket can hand out listening sockets
     yield {"url": url, "registry": reg, "predictor": OnnxPredictor(variant.files["model.onnx"]), "tmp": tmp,
            "port": port, "grpc": f"127.0.0.1:{grpc_port}"}
     stop_serve()
@@ -446,6 +447,122 @@ def test_tritonclient_grpc_runs_health_metadata_and_infer(served):
     with grpc.insecure_channel(served["grpc"]) as channel:
         answer = proto.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
     assert np.frombuffer(answer.raw_output_contents[0], "<i8").tolist() == served["predictor"](rows).argmax(1).tolist()
+
+
+def test_a_compressed_grpc_message_is_refused_as_it_inflates_not_after(served):
+    """~32 KiB of gzip that inflates to 32 MiB: the transport refuses it at its limit (4 MiB here), before the
+    message is in memory and before any key is looked at (Serve's default limit was 2 GiB: the message was
+    inflated whole, then refused by maas's own size check)."""
+    import grpc
+
+    from maas.serve import proto
+
+    request = proto.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="input", datatype="FP32", shape=[131072, 64])
+    request.raw_input_contents.append(bytes(32 * 1024 * 1024))
+    with grpc.insecure_channel(served["grpc"], options=[("grpc.max_send_message_length", -1)]) as channel:
+        stub = proto.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request, timeout=60, compression=grpc.Compression.Gzip)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in err.value.details() and "over the limit" not in err.value.details()
+        assert stub.ServerReady(proto.message("ServerReadyRequest")(), timeout=30).ready
+
+
+def test_1500_generated_grpc_calls_never_get_a_server_fault(served):
+    """The OIP gRPC service, driven by a seeded generator: every RPC with hostile names and versions; tensors
+    with wrong or unknown datatypes, shapes numpy cannot make, raw contents of the wrong length, typed contents
+    in the wrong field; random bytes and truncated messages that do not parse; gzip; messages that inflate
+    past the transport's limit; keys that are not keys. No answer is a server fault (INTERNAL, UNKNOWN,
+    DATA_LOSS, UNAVAILABLE); the server is ready and right afterwards."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from maas.serve import proto
+
+    rng = random.Random(20261205)
+    names = ["digits"] * 4 + ["nope", "", "a" * 300, "\x00", "\u00b2"]
+    versions = ["", "", "1", "2", "0", "\u00b2", "9" * 5000, "-1"]
+    datatypes = ["FP32"] * 4 + ["FP64", "INT8", "UINT64", "BOOL", "BYTES", "FP16", "X", ""]
+    shapes = [[2, 64], [2, 64], [1, 64], [0, 64], [2 ** 62, 4, 0], [1] * 65, [], [-1, 64], [64], [3, 63]]
+    fields = ["fp32_contents", "fp64_contents", "int_contents", "bytes_contents", "bool_contents"]
+
+    def infer_request():
+        req = proto.ModelInferRequest(model_name=rng.choice(names), model_version=rng.choice(versions))
+        raw = rng.random() < 0.7
+        for _ in range(rng.choice([0, 1, 1, 1, 2])):
+            shape = rng.choice(shapes)
+            t = req.inputs.add(name=rng.choice(["input", "input", "x", ""]), datatype=rng.choice(datatypes),
+                               shape=shape)
+            if raw:
+                n = max(0, min(int(np.prod(shape, dtype=np.float64)) * 4, 4096)) if rng.random() < 0.7 \
+                    else rng.randrange(0, 600)
+                req.raw_input_contents.append(rng.randbytes(n) if rng.random() < 0.3 else bytes(n))
+            else:
+                field = rng.choice(fields)
+                getattr(t.contents, field).extend([b"x"] * 3 if field == "bytes_contents" else
+                                                  [True] * 3 if field == "bool_contents" else
+                                                  [1] * rng.randrange(0, 140))
+        return req
+
+    def plan_one():
+        rpc = "ModelInfer" if rng.random() < 0.6 else rng.choice(list(proto.METHODS))
+        if rpc == "ModelInfer":
+            message = infer_request()
+        else:
+            cls = proto.message(proto.METHODS[rpc][0])
+            message = cls(**{k: rng.choice(names if k == "name" else versions)
+                             for k in ("name", "version") if k in cls.DESCRIPTOR.fields_by_name})
+        data = message.SerializeToString()
+        kind = rng.random()
+        if kind < 0.1:
+            data = rng.randbytes(rng.randrange(1, 300))
+        elif kind < 0.2 and data:
+            data = data[:rng.randrange(len(data))]
+        metadata = [("authorization", rng.choice(["Bearer nope", "Basic x", "", "Bearer " + "k" * 500]))] \
+            if rng.random() < 0.2 else []
+        return rpc, data, rng.random() < 0.2, metadata
+
+    plan = [plan_one() for _ in range(1500)]
+    bomb = proto.ModelInferRequest(model_name="digits")  # inflates to 8 MiB, past the 4 MiB transport limit
+    bomb.inputs.add(name="input", datatype="FP32", shape=[32768, 64])
+    bomb.raw_input_contents.append(bytes(8 * 1024 * 1024))
+    plan += [("ModelInfer", bomb.SerializeToString(), True, [])] * 5
+    faults = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS,
+              grpc.StatusCode.UNAVAILABLE}
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    with grpc.insecure_channel(served["grpc"], options=options) as channel:
+        calls = {rpc: channel.unary_unary(f"/{proto.SERVICE}/{rpc}") for rpc in proto.METHODS}
+
+        def send(item):
+            rpc, data, gzip, metadata = item
+            try:
+                calls[rpc](data, timeout=60, metadata=metadata,
+                           compression=grpc.Compression.Gzip if gzip else None)
+                return grpc.StatusCode.OK, item
+            except grpc.RpcError as err:
+                return err.code(), (rpc, data[:100], gzip, metadata, err.details()[:200])
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(send, plan))
+        bad = [a[1] for a in answers if a[0] in faults]
+        assert not bad, bad[:3]
+        seen = {}
+        for code, _ in answers:
+            seen[code.name] = seen.get(code.name, 0) + 1
+        assert seen["INVALID_ARGUMENT"] > 300 and seen["OK"] > 100 and seen["NOT_FOUND"] > 50, seen
+        assert seen["RESOURCE_EXHAUSTED"] >= 5, seen
+        stub = proto.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(proto.message("ServerReadyRequest")(), timeout=30).ready
+        rows = np.random.default_rng(5).normal(8, 4, size=(3, 64)).astype(np.float32)
+        request = proto.ModelInferRequest(model_name="digits")
+        request.inputs.add(name="input", datatype="FP32", shape=[3, 64])
+        request.raw_input_contents.append(rows.astype("<f4").tobytes())
+        answer = stub.ModelInfer(request, timeout=30)
+        assert np.frombuffer(answer.raw_output_contents[0], "<i8").tolist() == \
+            served["predictor"](rows).argmax(1).tolist()
 
 
 def test_kserve_rest_and_grpc_clients_with_their_defaults(served):

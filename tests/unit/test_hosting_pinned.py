@@ -56,20 +56,36 @@ def test_concurrent_requests_for_one_unloaded_version_share_one_load(host):
     assert asyncio.run(h.resolve(served, "1")).mv.ref == "m/1" and loads == [2]  # the alias's: loaded already
 
 
-def test_pinned_loads_per_minute_are_capped_and_failures_do_not_count_twice(host):
+def test_pinned_loads_per_minute_are_capped_and_unknown_versions_spend_nothing(host, tmp_path):
     h, loads = host
     served = h.models["m"]
     asyncio.run(h.resolve(served, "2"))                       # load 1
-    for _ in range(2):                                         # load 2, then refused from the back-off: no count
+    for _ in range(3):                                         # no such version: a 404 that starts no load
         with pytest.raises(ProtocolError) as err:
             asyncio.run(h.resolve(served, "99"))
         assert err.value.status == 404 and "no version 99" in err.value.message
-    asyncio.run(h.resolve(served, "3"))                       # load 3
+    asyncio.run(h.resolve(served, "3"))                       # load 2
+    asyncio.run(h.resolve(served, "4"))                       # load 3
     with pytest.raises(ProtocolError) as err:
-        asyncio.run(h.resolve(served, "4"))
+        asyncio.run(h.resolve(served, "2"))  # the cap (m/2 left the 2-version cache: a new load)
     assert err.value.status == 429 and "3 pinned-version loads in the last minute" in err.value.message
-    assert loads == [2, 99, 3]
-    assert asyncio.run(h.resolve(served, "2")).mv.ref == "m/2"  # loaded ones still answer
+    assert loads == [2, 3, 4]
+
+
+def test_a_pinned_version_whose_files_load_nowhere_is_a_404_not_a_500(host, tmp_path):
+    h, loads = host
+    served = h.models["m"]
+    reg = h.registry
+    bad = tmp_path / "broken" / "model.safetensors"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a safetensors file")
+    (bad.parent / "model.json").write_text("{}")
+    mv = reg.publish("m", {"model.safetensors": bad, "model.json": bad.parent / "model.json"}, runtime="torch",
+                     task="classify", signature=classifier_signature(4, [0, 1]))
+    with pytest.raises(ProtocolError) as err:
+        asyncio.run(h.resolve(served, str(mv.version)))
+    assert err.value.status == 404 and f"version '{mv.version}' is not served: it failed to load" in err.value.message
+    assert asyncio.run(h.resolve(served, "1")).mv.ref == "m/1"  # the rest still answers
 
 
 @pytest.mark.parametrize("segment", ["\u00b2", "\u0661", "9" * 5000, "1.0", "-1", "0x1", " 1"])

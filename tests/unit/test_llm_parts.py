@@ -30,14 +30,56 @@ def test_caps_and_message_shapes_are_checked_before_the_engine():
         assert err.value.status == 400
     _check_messages([{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text",
                                                                                               "text": "hi"}]},
-                     {"role": "assistant", "content": None}])
+                     {"role": "assistant", "content": None}], spec)
     for messages, where in (([], "non-empty"), ("hi", "non-empty"), ([5], r"messages\[0\]"),
                             ([{"role": "user", "content": "a"}, {"role": "root", "content": "b"}],
                              r"messages\[1\]\.role is 'root'"),
                             ([{"content": "a"}], "role is None"),
                             ([{"role": "user", "content": {"x": 1}}], r"messages\[0\]\.content")):
         with pytest.raises(ProtocolError, match=where):
-            _check_messages(messages)
+            _check_messages(messages, spec)
+
+
+def test_a_requests_work_is_bounded_before_the_engine():
+    """Sequences (prompts x n), forced lengths (ignore_eos, min_tokens: opt-in), remote media (only from the
+    hosts the deployment names: the engine would fetch any URL, a cloud metadata address included); a request
+    with no max_tokens gets the cap from the engine (vLLM's max_new_tokens override), not the context's rest."""
+    from types import SimpleNamespace
+
+    from maas.serve.llm_engine import llm_config
+    from maas.serve.llm_handlers import _check_caps, _check_messages
+
+    spec = LLMEngineSpec(max_sequences=8, max_n=8, allowed_media_domains=["media.example.com"])
+    _check_caps({"prompt": ["a", "b", "c", "d"], "n": 2}, spec)
+    _check_caps({"prompt": [1, 2, 3, 4, 5, 6, 7, 8, 9], "n": 8}, spec)  # one prompt of token ids
+    for req in ({"prompt": ["a"] * 9}, {"prompt": ["a", "b", "c"], "n": 3}, {"prompt": [[1], [2], [3]], "best_of": 3},
+                {"prompt": ["x"] * 1025}):
+        with pytest.raises(ProtocolError, match="sequences .prompts x n.; this server allows at most 8"):
+            _check_caps(req, spec)
+    for field in ("ignore_eos", "min_tokens"):
+        with pytest.raises(ProtocolError, match=f"'{field}' is not allowed here.*allow_forced_length"):
+            _check_caps({field: True if field == "ignore_eos" else 50}, spec)
+        _check_caps({field: True}, LLMEngineSpec(allow_forced_length=True))
+    _check_caps({"ignore_eos": False, "min_tokens": 0}, spec)
+
+    def part(url, kind="image_url"):
+        return [{"role": "user", "content": [{"type": kind, kind: {"url": url}}]}]
+
+    for ok in ("data:image/png;base64,iVBORw0KGgo=", "https://media.example.com/cat.png",
+               "http://cdn.media.example.com/a.wav"):
+        _check_messages(part(ok), spec)
+    for bad, kind in (("http://169.254.169.254/latest/meta-data/", "image_url"), ("file:///etc/passwd", "image_url"),
+                      ("https://media.example.com.evil.net/x.png", "image_url"), ("https://x.test/v.mp4", "video_url"),
+                      ("http://10.0.0.1/a.wav", "audio_url")):
+        with pytest.raises(ProtocolError, match=r"messages\[0\]\.content\[0\]\." + kind + ": media from"):
+            _check_messages(part(bad, kind), spec)
+    with pytest.raises(ProtocolError, match="allowed_media_domains"):
+        _check_messages(part("https://media.example.com/cat.png"), LLMEngineSpec())
+    mv = SimpleNamespace(name="tiny", ref="tiny/1", version=1, signature={})
+    engine = llm_config("/store", mv, LLMEngineSpec(max_tokens=77, allowed_media_domains=["m.test"])).engine_kwargs
+    assert engine["override_generation_config"] == {"max_new_tokens": 77}
+    assert engine["allowed_media_domains"] == ["m.test"]
+    assert "allowed_media_domains" not in llm_config("/store", mv, LLMEngineSpec()).engine_kwargs
 
 
 def test_engine_errors_keep_their_status_in_openai_shape():

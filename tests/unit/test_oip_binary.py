@@ -67,6 +67,13 @@ def test_bytes_inputs_are_length_prefixed_utf8():
      b"\x02\x00\x00\x00\xff\xfe", None, "not UTF-8"),
     ({"inputs": [{"name": "x", "datatype": "FP8", "shape": [1], "parameters": {"binary_data_size": 1}}]},
      b"\x00", None, "cannot be sent as binary"),
+    # shapes numpy cannot make (they were a 500): a huge dimension with no values, 33+ dimensions
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2 ** 63, 0], "parameters": {"binary_data_size": 0}}]},
+     b"", None, "out of range: at most 32 dimensions"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2 ** 62, 4, 0],
+                  "parameters": {"binary_data_size": 0}}]}, b"", None, "out of range"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1] * 65, "parameters": {"binary_data_size": 4}}]},
+     b"\x00" * 4, None, "out of range|dimensions"),
     ({"inputs": []}, b"", "99999", "must be the byte length"),
     ({"inputs": []}, b"", "\u00b2", "must be the byte length"),
 ])

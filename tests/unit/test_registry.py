@@ -62,8 +62,28 @@ def test_crash_mid_publish_leaves_no_visible_version(reg, artifact, tmp_path):
     assert [v.version for v in reg.list_versions("m")] == [1]
     assert reg.resolve("m").version == 1
     assert reg.gc() == 0  # within the grace period it could be a publication in progress
-    assert reg.gc(grace_s=0) == 1
+    assert reg.gc(grace_s=0) == 0  # and the killed publisher's lease is fresh still
+    assert reg.gc(grace_s=0, lease_s=0) == 1  # once it expired
+    assert not reg.store.list("models/m/.leases")
     assert reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime").version == 2
+
+
+def test_gc_during_a_publication_leaves_it_whole_and_a_publication_missing_files_commits_nothing(reg, artifact):
+    """gc, even with no grace, keeps the uploads of a publication in progress (its lease), so the version
+    commits whole; uploads that disappear anyway (a hand on the store) fail the publish before its commit."""
+    mv = reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime",
+                     _before_commit=lambda: reg.gc(grace_s=0))
+    folder, _ = reg.fetch(mv.ref)  # every file there, every checksum right
+    assert (folder / "model.onnx").read_bytes() == artifact.read_bytes()
+    assert not reg.store.list("models/m/.leases")  # gone with the publication
+
+    def lose_uploads():
+        (upload,) = {i.key.rsplit("/", 1)[0] for i in reg.store.list("models/m/objects")} - {f"models/m/{mv.objects}"}
+        reg.store.delete_prefix(upload)
+
+    with pytest.raises(RegistryError, match=r"uploads \['model.onnx'\] of this publication disappeared"):
+        reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime", _before_commit=lose_uploads)
+    assert [v.version for v in reg.list_versions("m")] == [1]
 
 
 def test_tampered_artifact_is_refused(reg, artifact):

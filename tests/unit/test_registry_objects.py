@@ -107,7 +107,8 @@ def test_a_publisher_killed_mid_upload_leaves_no_version_and_gc_waits_out_the_gr
     assert [v.version for v in reg.list_versions("m")] == [base.version]  # nothing visible
     assert reg.resolve("m").version == base.version
     assert reg.gc() == 0  # younger than the grace period: could be a publish in progress
-    assert reg.gc(grace_s=0) == 1  # the killed one's debris; the committed version's objects stay
+    assert reg.gc(grace_s=0) == 0  # its lease has not expired yet
+    assert reg.gc(grace_s=0, lease_s=0) == 1  # the killed one's debris; the committed version's objects stay
     assert not [i for i in reg.store.list("models/m/objects") if "part" in i.key]
     folder, _ = reg.fetch("m/1")
     assert (folder / "a.bin").read_bytes() == b"x" * 100
@@ -238,6 +239,10 @@ def test_damaged_local_manifest_and_alias_record_name_the_file_and_the_fix(tmp_p
     reg.publish("m", {"a.bin": a}, runtime="torch")
     reg.set_alias("m", "production", 1)
     manifest = tmp_path / "store" / "models" / "m" / "versions" / "1" / "manifest.json"
+    infinite = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**infinite, "created_at": float("inf")}))  # "Infinity": GET /v1/models died
+    with pytest.raises(RegistryError, match=r"versions/1/manifest.json: damaged or invalid manifest"):
+        reg.resolve("m/1")
     manifest.write_bytes(b"")  # what a crash before fsync used to leave
     with pytest.raises(RegistryError, match=r"versions/1/manifest.json: damaged or invalid manifest.*Publish"):
         reg.resolve("m/1")
@@ -278,6 +283,39 @@ def test_the_fetch_cache_downloads_once_under_concurrency_and_reuses_verified_co
     finally:
         type(reg.store).download = real
     assert (results[0] / "w.bin").read_bytes() == big.read_bytes()
+
+
+def test_the_fetch_cache_is_private_and_a_shared_one_is_verified_again(s3_bucket, tmp_path):
+    """Copies are verified when written; the cache folder is made 0700 so nobody else writes beside them. A
+    cache others can write to (another owner, or group/world-writable) is checked whole again on each fetch:
+    a same-size file swapped in there is caught and fetched again, never served."""
+    store = s3_bucket + "/maas"
+    reg = Registry(store, cache_dir=str(tmp_path / "cache"))
+    data = os.urandom(100_000)
+    reg.publish("m", {"w.bin": _artifact(tmp_path / "src", "w.bin", data)}, runtime="torch")
+    folder, _ = reg.fetch("m/1")
+    assert os.stat(reg.cache.root).st_mode & 0o777 == 0o700 and reg.cache.private()
+    shared = Registry(store, cache_dir=str(tmp_path / "cache"))
+    os.chmod(shared.cache.root, 0o777)  # as a cache shared between users would be
+    (folder / "w.bin").write_bytes(b"\0" * len(data))  # same size, other bytes
+    folder2, _ = shared.fetch("m/1")
+    assert not shared.cache.private() and (folder2 / "w.bin").read_bytes() == data
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused_before_anything_is_committed(s3_bucket, tmp_path):
+    """An S3-compatible store that drops If-None-Match (here: the header removed on its way, as such a store
+    ignores it) would make create-only commits last-writer-wins: maas probes once and refuses to commit."""
+    reg = Registry(s3_bucket + "/maas")
+
+    def drop_condition(request, **_):
+        request.headers.pop("If-None-Match", None)
+
+    reg.store.client().meta.events.register("before-send.s3.PutObject", drop_condition)
+    artifact = _artifact(tmp_path / "src", "a.bin", b"1")
+    with pytest.raises(RegistryError, match="ignores conditional writes"):
+        reg.publish("m", {"a.bin": artifact}, runtime="torch")
+    assert Registry(s3_bucket + "/maas").list_versions("m") == []  # nothing committed, uploads removed
+    assert not Registry(s3_bucket + "/maas").store.list("models/m/objects")
 
 
 def test_a_store_written_before_objects_and_alias_logs_still_reads(tmp_path):

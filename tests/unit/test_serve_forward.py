@@ -133,3 +133,19 @@ def test_forwards_quicker_than_a_batch_costs_are_never_fused(server):
     fused = asyncio.run(server.run(loaded, x))
     assert len(submitted) == 1
     np.testing.assert_allclose(fused, quick)
+
+
+def test_rows_per_request_are_capped_and_large_answers_are_rendered_off_the_loop(server):
+    """deploy.max_rows_per_request: more rows are a 413 naming it; an answer of many rows is built in a worker
+    thread (the loop keeps serving meanwhile)."""
+    from maas.serve.oip import MAX_TEXT_CHARS, ProtocolError, parse_embeddings_request
+    from maas.serve.oip_handlers import OFF_LOOP_ROWS
+
+    server.max_rows = OFF_LOOP_ROWS + 10
+    big = asyncio.run(server(request(OFF_LOOP_ROWS + 5)))
+    assert big.status_code == 200 and len(json.loads(big.body)["outputs"][0]["data"]) == OFF_LOOP_ROWS + 5
+    refused = asyncio.run(server(request(OFF_LOOP_ROWS + 11)))
+    assert refused.status_code == 413 and "deploy.max_rows_per_request allows" in json.loads(refused.body)["error"]
+    with pytest.raises(ProtocolError, match=r"'input'\[1\] holds 100001 characters") as err:
+        parse_embeddings_request(json.dumps({"input": ["ok", "x" * (MAX_TEXT_CHARS + 1)]}).encode())
+    assert err.value.status == 413

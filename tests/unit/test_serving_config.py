@@ -8,7 +8,9 @@ BASE = {"data": {"path": "d.parquet", "label": "y"}, "model": {"name": "m"}}
 
 
 def test_replicas_and_autoscaling_are_exclusive_and_map_to_serve_options():
-    assert DeploySpec().serve_options() == {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0},
+    grpc_env = {"env_vars": {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(4 * 1024 * 1024)}}
+    assert DeploySpec().serve_options() == {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0,
+                                                                  "runtime_env": grpc_env},
                                             "num_replicas": 1, "logging_config": {"enable_access_log": False}}
     assert "logging_config" not in DeploySpec(serve_access_log=True).serve_options()  # Serve's config decides
     auto = DeploySpec(autoscaling={"min_replicas": 0, "max_replicas": 3, "target_ongoing_requests": 4}, num_gpus=0.5)
@@ -103,3 +105,25 @@ def test_stale_haproxy_folders_are_swept_and_live_or_starting_ones_kept(monkeypa
         listener.close()
     assert remove_stale_haproxy_folders(grace_s=300) == [live]  # its HAProxy is gone now
     assert remove_stale_haproxy_folders(grace_s=0) == [starting]
+
+
+def test_the_start_line_says_which_ports_listen_where_and_grpc_is_bounded(monkeypatch, tmp_path):
+    import os
+
+    from maas.serve.deploy import haproxy_instance_env, listening
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    env = haproxy_instance_env()
+    folder = env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].rsplit("/", 1)[0]
+    assert os.stat(folder).st_mode & 0o777 == 0o700  # HAProxy's world-writable admin socket lives in it
+    line = listening(DeploySpec(host="127.0.0.1", port=8000, grpc_port=9000), env, grpc=True)
+    assert line.startswith("HTTP 127.0.0.1:8000; gRPC 127.0.0.1:9000; the replicas' own HTTP ports")
+    assert f"(*:{env['RAY_SERVE_HAPROXY_STATS_PORT']})" in line and "every interface" in line
+    default = listening(DeploySpec(host="127.0.0.1", proxy="default", grpc_port=9000), {}, grpc=True)
+    assert default == "HTTP 127.0.0.1:8000; gRPC [::]:9000 (Serve's gRPC proxy binds every interface, " \
+                      "whatever deploy.host)"
+    # gRPC's transport limit: the body limit, or gRPC's 4 MiB default when larger (it bounds answers too)
+    assert DeploySpec(max_request_bytes=64 * 1024).grpc_message_limit() == 4 * 1024 * 1024
+    assert DeploySpec(max_request_bytes=32 * 1024 * 1024).grpc_message_limit() == 32 * 1024 * 1024
+    env_vars = DeploySpec(max_request_bytes=32 * 1024 * 1024).serve_options()["ray_actor_options"]["runtime_env"]
+    assert env_vars["env_vars"]["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == str(32 * 1024 * 1024)

@@ -63,6 +63,13 @@ def test_every_op_problem_is_reported_at_its_position():
     ("a is 3", "'is' with something other than null"),
     ("a > ", "not an expression"),
     ("x := 1", "not an expression"),
+    # bounded: these hung, filled the memory or overflowed the stack (a RecursionError escaped validation)
+    ("a < 10**10**7", "an exponent other than a number of at most 64"),
+    ("a < 9**9**9", "an exponent other than a number of at most 64"),
+    ("'a' * 10**12 == a", "arithmetic on a string"),
+    ("a < 99999999999999999999999", "past 64 bits"),
+    ("not " * 2000 + "a", "nests at most 64 levels"),
+    ("a > 0 or " * 2000 + "a > 1", "at most 10000 characters"),
 ])
 def test_a_filter_outside_the_grammar_is_refused_at_validation_naming_the_part(expr, what):
     problems = _problems([{"select": ["a"]}, {"filter": expr}])

@@ -53,9 +53,25 @@ def manifest_digest(mv: ModelVersion) -> str:
 
 
 class FetchCache:
+    """Verified local copies of a remote store's versions, under ``<root>/<store id>/``. A new cache folder is
+    private (0700): a copy is verified once, when it is written, and nobody else may write beside it. A cache
+    folder someone else can write to (another owner, group- or world-writable: a shared cache) is verified
+    again, every file's sha256, each time a version is taken from it."""
+
     def __init__(self, root: str, store_uri: str):
         store_id = hashlib.sha256(store_uri.encode()).hexdigest()[:16]
         self.root = Path(root) / store_id
+        self._private: Optional[bool] = None
+
+    def private(self) -> bool:
+        """Whether only this user can write to the cache folder and the ones above it inside ``root``."""
+        if self._private is None:
+            # a new cache is private; an existing one keeps the permissions its owner gave it (a cache shared
+            # on purpose stays shared, and verified again at every fetch)
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folders = [self.root, self.root.parent]
+            self._private = all(_only_mine(f) for f in folders)
+        return self._private
 
     @contextlib.contextmanager
     def _locked(self, mv: ModelVersion) -> Iterator[None]:
@@ -73,12 +89,19 @@ class FetchCache:
         """The verified local copy of ``mv`` (``download(artifact, dest)`` fetches one file; ``progress`` hears
         "fetching" and "verifying" when a copy is made)."""
         final = self.root / mv.name / str(mv.version)
+        private = self.private()  # (made private on first use)
         digest = manifest_digest(mv)
         with self._locked(mv):
             mark = final / _MARK
             if mark.is_file() and mark.read_text() == digest and all(
                     (final / a).is_file() and (final / a).stat().st_size == m["size"] for a, m in mv.files.items()):
-                return final  # verified when it was written, for this very manifest
+                if private:
+                    return final  # verified when it was written, for this very manifest, and nobody else writes
+                try:  # a shared cache: what another user may have swapped is checked again, whole
+                    verify_files(final, mv, allowed_extra=(_MARK,))
+                    return final
+                except IntegrityError:
+                    pass  # fetched again below
             tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}")
             tmp.mkdir(parents=True)
             try:
@@ -96,6 +119,14 @@ class FetchCache:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             return final
+
+
+def _only_mine(folder: Path) -> bool:
+    try:
+        st = folder.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 __all__ = ["FetchCache", "MANIFEST", "sha256_file", "verify_files"]

@@ -22,7 +22,7 @@ class ModelVersion(BaseModel):
 
     name: str = Field(..., description="Model name.")
     version: int = Field(..., ge=1, description="Version number, 1, 2, ... per name.")
-    created_at: float = Field(..., description="Unix time of publication.")
+    created_at: float = Field(..., allow_inf_nan=False, description="Unix time of publication.")
     runtime: str = Field(..., description="How to load it: 'torch' (safetensors + JSON) or 'onnxruntime'.")
     task: Task = Field("classify", description="What it does: " + ", ".join(TASKS) + " (picks the predictor "
                                                "and the serving routes).")

@@ -248,9 +248,31 @@ class S3Store(Store):
         return self._client
 
     def create(self, key: str, data: bytes) -> bool:
+        self._check_conditional_writes()
+        return self._put_if_absent(f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key), data, key)
+
+    def _check_conditional_writes(self) -> None:
+        """Once per bucket and process: does this store honour ``If-None-Match: *``? An S3-compatible store
+        that ignores it turns every create-only commit into last-writer-wins (two publishers, one version
+        number, one silently lost), so maas refuses to write there."""
+        where = (self.endpoint, self.bucket)
+        if where not in _CONDITIONAL:
+            probe = f"{self.prefix}/.maas-probe/{unique_id()}" if self.prefix else f".maas-probe/{unique_id()}"
+            first = self._put_if_absent(probe, b"1", ".maas-probe")
+            second = self._put_if_absent(probe, b"2", ".maas-probe")
+            try:
+                self.client().delete_object(Bucket=self.bucket, Key=probe)
+            except Exception:  # left behind: a 1-byte object under .maas-probe/
+                pass
+            _CONDITIONAL[where] = first and not second
+        if not _CONDITIONAL[where]:
+            raise RegistryError(f"{self.uri}: this store ignores conditional writes (If-None-Match: *), so two "
+                                "publishers could take one version number and one would be lost silently; "
+                                "use AWS S3 or an S3-compatible store that supports conditional writes")
+
+    def _put_if_absent(self, full: str, data: bytes, key: str) -> bool:
         from botocore.exceptions import ClientError
 
-        full = f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
         try:
             self.client().put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
             return True
@@ -260,6 +282,9 @@ class S3Store(Store):
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
                 return False
             raise RegistryError(f"{self.uri}: cannot write {key}: {code or status}: {exc}") from None
+
+
+_CONDITIONAL: dict = {}  # (endpoint, bucket) -> whether it honours If-None-Match
 
 
 def open_store(uri: str) -> Store:

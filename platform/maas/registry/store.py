@@ -38,6 +38,48 @@ from maas.registry.objects import open_store, unique_id
 
 UNCHECKED = alias_log.UNCHECKED
 GC_GRACE_S = 3600.0
+LEASE_EVERY_S = 10.0  # a publication in progress refreshes its lease this often
+LEASE_VALID_S = 60.0  # gc leaves the uploads of a publication whose lease is younger than this alone
+
+
+class _Lease:
+    """Keeps ``gc`` off a publication in progress, however long its uploads take and whatever grace ``gc`` is
+    given: ``models/<name>/.leases/<id>/lease``, rewritten every ``LEASE_EVERY_S`` by a thread until the
+    publication committed or failed, then removed (a killed publisher's lease expires after ``LEASE_VALID_S``)."""
+
+    def __init__(self, store, folder: str):
+        import tempfile
+        import threading
+
+        self.store, self.folder = store, folder
+        self._stop = threading.Event()
+        fd, name = tempfile.mkstemp(prefix="maas-lease-")
+        os.close(fd)
+        self._file = Path(name)
+        self._thread = threading.Thread(target=self._refresh, name="maas-publish-lease", daemon=True)
+
+    def _write(self) -> None:
+        self._file.write_text(str(time.time()))
+        self.store.upload(self._file, f"{self.folder}/lease")
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(LEASE_EVERY_S):
+            try:
+                self._write()
+            except Exception:  # the store hiccuped: try again at the next tick
+                pass
+
+    def __enter__(self) -> "_Lease":
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._file.unlink(missing_ok=True)
+        if kind is not _Stopped:  # the test hook stops as a killed publisher would: its lease stays behind
+            self.store.delete_prefix(self.folder)
 
 
 def _who() -> str:
@@ -162,14 +204,15 @@ class Registry:
     # ------------------------------------------------------------------------------------------ writes
     def publish(self, name: str, files: dict[str, str | Path], *, runtime: str, metrics: Optional[dict] = None,
                 lineage: Optional[dict] = None, signature: Optional[dict] = None, task: Optional[str] = None,
-                status: str = "ready", description: str = "", _stop_after_files: Optional[int] = None
-                ) -> ModelVersion:
+                status: str = "ready", description: str = "", _stop_after_files: Optional[int] = None,
+                _before_commit: Optional[Callable[[], None]] = None) -> ModelVersion:
         """Publish local ``files`` ({artifact name: local path}) as the next version of ``name``.
 
         The version becomes visible at once and whole, when its manifest is committed, after every file is
         uploaded and checksummed. ``task`` (classify, classify_text, embed, generate) picks its predictor and
         routes when served; by default the task its ``signature`` describes. ``_stop_after_files`` (tests)
-        stops like a killed publisher would: uploads left behind, nothing committed, nothing cleaned.
+        stops like a killed publisher would: uploads left behind, nothing committed, nothing cleaned;
+        ``_before_commit`` (tests) runs between the last upload and the commit.
 
         Raises:
             RegistryError: bad name, missing file, or the store cannot be written.
@@ -184,30 +227,49 @@ class Registry:
                 raise RegistryError(f"invalid artifact name {art!r}: use a plain file name")
             if not Path(src).is_file():
                 raise RegistryError(f"artifact {art!r}: file not found: {src}")
-        objects = f"objects/{unique_id()}"
+        upload_id = unique_id()
+        objects = f"objects/{upload_id}"
         prefix = f"models/{name}/{objects}"
         try:
-            entries = {}
-            for i, (art, src) in enumerate(sorted(files.items())):
-                if _stop_after_files is not None and i >= _stop_after_files:
-                    raise _Stopped()
-                sha, size = self.store.upload(Path(src), f"{prefix}/{art}")
-                entries[art] = {"sha256": sha, "size": size}
-            for _ in range(1000):
-                version = (self._version_numbers(name) or [0])[-1] + 1
-                mv = ModelVersion(name=name, version=version, created_at=time.time(), runtime=runtime,
-                                  task=task or task_from_signature(signature), files=entries, objects=objects,
-                                  metrics=metrics or {}, lineage=lineage or {}, signature=signature or {},
-                                  status=status, description=description)
-                body = mv.model_dump_json(indent=2, exclude={"aliases"}).encode()
-                if self.store.create(f"models/{name}/versions/{version}/{MANIFEST}", body):
-                    return mv
+            with _Lease(self.store, f"models/{name}/.leases/{upload_id}"):
+                entries = self._upload(files, prefix, _stop_after_files)
+                if _before_commit is not None:
+                    _before_commit()
+                self._check_uploads(name, prefix, entries)
+                for _ in range(1000):
+                    version = (self._version_numbers(name) or [0])[-1] + 1
+                    mv = ModelVersion(name=name, version=version, created_at=time.time(), runtime=runtime,
+                                      task=task or task_from_signature(signature), files=entries,
+                                      objects=objects, metrics=metrics or {}, lineage=lineage or {},
+                                      signature=signature or {}, status=status, description=description)
+                    body = mv.model_dump_json(indent=2, exclude={"aliases"}).encode()
+                    if self.store.create(f"models/{name}/versions/{version}/{MANIFEST}", body):
+                        return mv
             raise RegistryError(f"could not allocate a version number for {name!r} after 1000 attempts")
         except _Stopped:
             raise RegistryError("publish stopped before committing (test hook)") from None
         except BaseException:
             self.store.delete_prefix(prefix)  # our own uploads: no manifest names them
             raise
+
+    def _upload(self, files: dict, prefix: str, stop_after_files: Optional[int]) -> dict:
+        entries = {}
+        for i, (art, src) in enumerate(sorted(files.items())):
+            if stop_after_files is not None and i >= stop_after_files:
+                raise _Stopped()
+            sha, size = self.store.upload(Path(src), f"{prefix}/{art}")
+            entries[art] = {"sha256": sha, "size": size}
+        return entries
+
+    def _check_uploads(self, name: str, prefix: str, entries: dict) -> None:
+        """What was uploaded is still there (a gc run that ignored the lease, a hand on the store): a version
+        is never committed with files missing."""
+        present = {info.key.rsplit("/", 1)[-1]: info.size for info in self.store.list(prefix)}
+        gone = sorted(a for a, meta in entries.items() if present.get(a) != meta["size"])
+        if gone:
+            raise RegistryError(f"{name}: uploads {gone} of this publication disappeared from the store before it "
+                                "committed (was `maas models gc` run with a short grace?); nothing was committed: "
+                                "publish again")
 
     def set_alias(self, name: str, alias: str, version: int, *, expected: Any = UNCHECKED,
                   by: Optional[str] = None) -> dict:
@@ -232,9 +294,10 @@ class Registry:
             raise RegistryError(f"model {name!r} has no alias {alias!r}")
         return alias_log.move(self.store, name, alias, None, expected, by or _who())
 
-    def gc(self, grace_s: float = GC_GRACE_S) -> int:
+    def gc(self, grace_s: float = GC_GRACE_S, lease_s: float = LEASE_VALID_S) -> int:
         """Remove uploads that no manifest names (a killed or failed publisher's), once their newest file is
-        older than ``grace_s`` (a publication in progress is younger). Returns how many were removed."""
+        older than ``grace_s`` and their publication's lease older than ``lease_s`` (a publication in progress
+        keeps its lease fresh, whatever ``grace_s``). Returns how many were removed."""
         removed, now = 0, time.time()
         for name in self.list_models():
             used = set()
@@ -243,14 +306,21 @@ class Registry:
                     used.add(self._manifest(name, v).objects)
                 except RegistryError:
                     return removed  # a damaged manifest might name any upload: keep everything
+            leases = {i.key.split("/")[3]: i.mtime for i in self.store.list(f"models/{name}/.leases")}
             newest: dict[str, float] = {}
             for info in self.store.list(f"models/{name}/objects") + self.store.list(f"models/{name}/.staging"):
                 group = "/".join(info.key.split("/")[2:4])  # objects/<id> or .staging/<id>
                 newest[group] = max(newest.get(group, 0.0), info.mtime)
             for group, mtime in newest.items():
-                if group not in used and now - mtime > grace_s:
-                    self.store.delete_prefix(f"models/{name}/{group}")
-                    removed += 1
+                upload_id = group.split("/")[1]
+                if group in used or now - mtime <= grace_s or now - leases.get(upload_id, 0.0) <= lease_s:
+                    continue
+                self.store.delete_prefix(f"models/{name}/{group}")
+                self.store.delete_prefix(f"models/{name}/.leases/{upload_id}")
+                removed += 1
+            for upload_id, at in leases.items():  # a publisher killed before its first upload
+                if f"objects/{upload_id}" not in newest and now - at > lease_s:
+                    self.store.delete_prefix(f"models/{name}/.leases/{upload_id}")
         return removed
 
     # ------------------------------------------------------------------------------------------ fetch

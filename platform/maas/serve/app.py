@@ -25,6 +25,7 @@ from ray import serve
 from maas.serve.accounting import Accounting
 from maas.serve.batcher import Batcher
 from maas.serve.hosting import VERSION_HEADER, ModelHost
+from maas.serve.oip import ProtocolError
 from maas.serve.http import error_for, request_id
 from maas.serve.oip_grpc import OIPGrpc
 from maas.serve.oip_handlers import OIPHandlers
@@ -49,7 +50,7 @@ class ModelServer:
     def __init__(self, store: str, models, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0,
                  max_request_bytes: int = 4 * 1024 * 1024, api_key_hashes: Optional[list] = None,
                  alias_poll_s: float = 2.0, max_pinned_versions: int = 2, llm: Optional[dict] = None,
-                 pinned_loads_per_minute: int = 10):
+                 pinned_loads_per_minute: int = 10, max_rows_per_request: int = 65536):
         try:  # Serve runs the constructor on the loop that serves requests: where vLLM engines must start
             loop = asyncio.get_running_loop()
         except RuntimeError:  # made outside a replica (tests): in-process predictors only
@@ -57,6 +58,7 @@ class ModelServer:
         self.host = ModelHost(store, models, max_pinned_versions, llm, alias_poll_s, pinned_loads_per_minute, loop)
         self.router = Router()
         self.max_request_bytes = max_request_bytes
+        self.max_rows = max_rows_per_request
         self.key_hashes = list(api_key_hashes or [])
         self.batching = max_batch_size > 1
         self.active = 0  # model requests in this replica now
@@ -121,8 +123,15 @@ class ModelServer:
         handler, model_request = self.handlers[match.handler]
         if model_request:
             return await self._timed(match, request, handler, path)
-        response = handler(request, **match.params)
-        return await response if inspect.isawaitable(response) else response
+        try:
+            response = handler(request, **match.params)
+            return await response if inspect.isawaitable(response) else response
+        except ProtocolError as err:
+            return error_for(match.protocol)(err.status, err.message)
+        except Exception:  # a fault, not a client mistake: JSON in the route's shape, the replica keeps serving
+            rid = request_id(request)
+            logger.exception("maas %s %s failed (request %s)", request.method, path, rid)
+            return error_for(match.protocol)(500, f"internal error on {path}; request id {rid}")
 
     async def _timed(self, match, request: Request, handler, path: str):
         """Run one model request, ``handler(request, **params)`` -> (response, rows, loaded): counted, timed

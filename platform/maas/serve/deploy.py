@@ -41,7 +41,7 @@ def build_app(store: str, models, deploy: Optional[DeploySpec] = None, api_key_h
     return ModelServer.options(**d.serve_options(generative)).bind(
         store, routes, d.max_batch_size, d.batch_wait_timeout_s, d.max_request_bytes, hashes, d.alias_poll_s,
         max_pinned_versions=d.max_pinned_versions, llm=d.llm.model_dump(),
-        pinned_loads_per_minute=d.pinned_loads_per_minute)
+        pinned_loads_per_minute=d.pinned_loads_per_minute, max_rows_per_request=d.max_rows_per_request)
 
 
 def serves_generative(registry: Registry, routes: list[dict]) -> bool:
@@ -143,15 +143,36 @@ def start_serve(d: DeploySpec) -> None:
         remove_stale_haproxy_folders()
     env = {**THROUGHPUT_ENV, **haproxy_instance_env()} if d.proxy == "throughput" else \
         {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
-    serve.start(http_options={"host": d.host, "port": d.port}, grpc_options=grpc_options(d.grpc_port),
+    # Serve's own gRPC proxy (the default mode, and the fallback one) bounds messages as the replicas do
+    env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] = str(d.grpc_message_limit())
+    grpc = grpc_options(d.grpc_port)
+    serve.start(http_options={"host": d.host, "port": d.port}, grpc_options=grpc,
                 controller_options={"runtime_env": {"env_vars": env}})
     log.info("maas: Serve ingress: %s", "high-throughput (HAProxy in front of replicas taking HTTP and gRPC "
              "directly; deploy.proxy=default for Serve's Python proxy)" if d.proxy == "throughput" else
              "Serve's Python proxy (deploy.proxy=throughput for HAProxy and direct ingress)")
+    log.info("maas: listening on %s", listening(d, env, grpc is not None))
     if d.proxy == "throughput" and not load_api_key_hashes():
         log.warning("maas: in the high-throughput mode Serve's replicas also listen on every interface of their "
                     "node (HTTP ports 30000-31000, gRPC 40000-41000), whatever deploy.host is: without API keys "
                     "anyone who reaches the node can call the models. Set MAAS_API_KEYS, or deploy.proxy=default")
+
+
+def listening(d: DeploySpec, env: dict, grpc: bool) -> str:
+    """Which ports the Serve that ``d`` and ``env`` start listens on, and on which interfaces (what Serve does
+    not let maas bind to ``deploy.host`` is said as it is)."""
+    ports = [f"HTTP {d.host}:{d.port}"]
+    if d.proxy == "throughput":
+        if grpc:
+            ports.append(f"gRPC {d.host}:{d.grpc_port}")
+        lo, hi = env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]
+        ports.append(f"the replicas' own HTTP ports ({lo}-{hi}) and gRPC ports "
+                     f"({env['RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT']}-{env['RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT']})"
+                     f" on every interface of their node, HAProxy's stats (*:{env['RAY_SERVE_HAPROXY_STATS_PORT']}) "
+                     f"and metrics (*:{env['RAY_SERVE_HAPROXY_METRICS_PORT']}) on every interface")
+    elif grpc:
+        ports.append(f"gRPC [::]:{d.grpc_port} (Serve's gRPC proxy binds every interface, whatever deploy.host)")
+    return "; ".join(ports)
 
 
 def haproxy_instance_env() -> dict:
@@ -171,7 +192,9 @@ def haproxy_instance_env() -> dict:
             return sock.getsockname()[1]
 
     folder = f"{tempfile.gettempdir()}/{HAPROXY_PREFIX}{uuid.uuid4().hex[:8]}"  # short: Ray adds the node id
-    os.makedirs(folder)
+    # private: HAProxy's admin socket in it is world-writable (mode 666) and can hand out its listening sockets
+    os.makedirs(folder, mode=0o700)
+    os.chmod(folder, 0o700)  # whatever the umask
     open(os.path.join(folder, HAPROXY_MARK), "w").close()  # what remove_stale_haproxy_folders looks for
     http, grpc_ = _free_window(30000, 31000), _free_window(40000, 41000)
     return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),

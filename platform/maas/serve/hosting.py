@@ -264,18 +264,32 @@ class ModelHost:
             raise ProtocolError(404, f"model '{model.name}' version '{version}' is not served: {failed[2]} "
                                      f"(next try in {failed[0] - time.monotonic():.0f} s)")
         if pending is None:  # the first request for it starts the load; the others wait for the same one
-            self._admit_load(model.name, v)
-            pending = asyncio.ensure_future(self._load_pinned(model.name, v))
-            self._loading[key] = pending
-            pending.add_done_callback(lambda _: self._loading.pop(key, None))
+            try:  # a version that does not exist is a 404 that spends nothing of the load cap
+                await asyncio.to_thread(self.registry.get_version, model.name, v)
+            except RegistryError as exc:
+                raise ProtocolError(404, f"model '{model.name}' version '{version}' is not served: {exc}") from None
+            if v in model.pinned:  # another request loaded it meanwhile
+                return model.pinned[v]
+            pending = self._loading.get(key)  # or is loading it
+            if pending is None:
+                self._admit_load(model.name, v)
+                pending = asyncio.ensure_future(self._load_pinned(model.name, v))
+                self._loading[key] = pending  # until it is in the pinned cache (below), or failed
+                pending.add_done_callback(
+                    lambda f: (f.cancelled() or f.exception() is not None) and self._loading.pop(key, None))
         try:
             loaded = await asyncio.shield(pending)
         except (RegistryError, ServeError) as exc:
             raise ProtocolError(404, f"model '{model.name}' version '{version}' is not served: {exc}") from None
+        except Exception as exc:  # its files load nowhere (a broken artifact): the version is not servable
+            logger.warning("maas %s/%s failed to load: %s", model.name, v, exc)
+            raise ProtocolError(404, f"model '{model.name}' version '{version}' is not served: it failed to "
+                                     f"load ({type(exc).__name__}: {str(exc)[:200]})") from None
         if v not in model.pinned and self.max_pinned > 0:
             model.pinned[v] = loaded
             while len(model.pinned) > self.max_pinned:
                 self._retire_later(model, model.pinned.popitem(last=False)[1])
+        self._loading.pop(key, None)
         return loaded
 
     async def _load_pinned(self, name: str, version: int) -> LoadedVersion:

@@ -54,7 +54,10 @@ def llm_config(store: str, mv, spec: LLMEngineSpec, lora_rank: int = 0, source: 
 
     engine = {"max_num_seqs": spec.max_num_seqs, "enforce_eager": spec.enforce_eager,
               "dtype": engine_dtype(spec, mv.signature),
-              "max_model_len": spec.max_model_len}  # None: the model's own context
+              "max_model_len": spec.max_model_len,  # None: the model's own context
+              # a request that sets no max_tokens gets at most the cap, not the rest of the context
+              "override_generation_config": {"max_new_tokens": spec.max_tokens},
+              "allowed_media_domains": list(spec.allowed_media_domains) or None}
     if lora_rank:
         rank = next((r for r in LORA_RANKS if r >= max(lora_rank, spec.max_lora_rank)), LORA_RANKS[-1])
         engine.update(enable_lora=True, max_loras=spec.max_loras, max_lora_rank=rank)

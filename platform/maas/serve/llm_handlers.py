@@ -34,6 +34,8 @@ MAX_STOPS, MAX_STOP_CHARS = 16, 256
 
 
 def _check_caps(req: dict, spec) -> None:
+    """The request's work is bounded before the engine sees it: integers, stop strings, n, max_tokens, the
+    sequences it makes, and whether it may force an answer's length. Raises ProtocolError 400 naming the field."""
     for field, value in req.items():  # 10**400 as seed or top_k would overflow in the engine (a 500)
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64:
             raise ProtocolError(400, f"'{field}' is out of range (a 64-bit integer at most)")
@@ -49,9 +51,33 @@ def _check_caps(req: dict, spec) -> None:
         value = req.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value > spec.max_tokens:
             raise ProtocolError(400, f"'{field}' is {value}; this server allows at most {spec.max_tokens}")
+    per_prompt = max(_count(req.get("n")), _count(req.get("best_of")))
+    sequences = _prompts(req.get("prompt")) * per_prompt
+    if sequences > spec.max_sequences:
+        raise ProtocolError(400, f"the request makes {sequences} sequences (prompts x n); this server allows at "
+                                 f"most {spec.max_sequences}: send fewer prompts per request")
+    if not spec.allow_forced_length:
+        for field in ("ignore_eos", "min_tokens"):
+            if req.get(field):
+                raise ProtocolError(400, f"'{field}' is not allowed here: answers end where the model ends them "
+                                         f"(deploy.llm.allow_forced_length)")
 
 
-def _check_messages(messages) -> None:
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def _prompts(prompt) -> int:
+    """How many prompts ``prompt`` is: a string or one list of token ids is one; a list of those is its length."""
+    if isinstance(prompt, list) and prompt and not all(isinstance(t, int) for t in prompt):
+        return len(prompt)
+    return 1
+
+
+MEDIA_PARTS = ("image_url", "audio_url", "video_url", "file")
+
+
+def _check_messages(messages, spec) -> None:
     if not isinstance(messages, list) or not messages:
         raise ProtocolError(400, "'messages' must be a non-empty list of {role, content} objects")
     for i, m in enumerate(messages):
@@ -63,6 +89,29 @@ def _check_messages(messages) -> None:
         content = m.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise ProtocolError(400, f"messages[{i}].content must be a string or a list of content parts")
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            _check_media(part, f"messages[{i}].content[{j}]", spec.allowed_media_domains)
+
+
+def _check_media(part, where: str, allowed: list) -> None:
+    """A content part's media URL: a ``data:`` URL, or http(s) on a host of ``allowed`` (the engine fetches it;
+    any other host, a link-local metadata address among them, is refused before it can)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(part, dict):
+        return
+    for kind in MEDIA_PARTS:
+        media = part.get(kind)
+        url = media.get("url", media.get("file_data")) if isinstance(media, dict) else media
+        if not isinstance(url, str) or url.startswith("data:"):
+            continue
+        parsed = urlsplit(url)
+        host = (parsed.hostname or "").lower()
+        if parsed.scheme in ("http", "https") and any(host == d or host.endswith("." + d) for d in allowed):
+            continue
+        raise ProtocolError(400, f"{where}.{kind}: media from {parsed.scheme or '?'}://{host or '?'} is not allowed "
+                                 "here; send it as a data: URL" + (f" or from {', '.join(allowed)}" if allowed
+                                                                   else " (deploy.llm.allowed_media_domains)"))
 
 
 def _validation_message(err) -> str:
@@ -107,7 +156,7 @@ class LLMHandlers:
         version = loaded.predictor
         _check_caps(req, version.spec)
         if kind == "chat":
-            _check_messages(req.get("messages"))
+            _check_messages(req.get("messages"), version.spec)
         elif not isinstance(req.get("prompt"), (str, list)):
             raise ProtocolError(400, "'prompt' is missing: a string, a list of strings or of token ids")
         stream = req.get("stream") is True

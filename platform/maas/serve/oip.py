@@ -30,6 +30,9 @@ class ProtocolError(Exception):
         self.message = message
 
 
+MAX_DIMS, MAX_DIM = 32, 2 ** 31 - 1  # numpy cannot make arrays past these (a shape of [2**63, 0] was a 500)
+
+
 def _flatten(data: Any, max_depth: int) -> list:
     """Nested lists -> flat list, iteratively (a hostile body cannot exhaust the stack)."""
     out, stack = [], [(data, 0)]
@@ -53,6 +56,9 @@ def _input_array(spec: dict, tensor: dict) -> np.ndarray:
                                  f"{spec['datatype']} (or another numeric type: {', '.join(NUMERIC)})")
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ProtocolError(400, f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")
+    if len(shape) > MAX_DIMS or any(d > MAX_DIM for d in shape) or math.prod(shape) > MAX_DIM:
+        raise ProtocolError(400, f"input '{name}': shape {shape[:MAX_DIMS + 1]} is out of range: at most "
+                                 f"{MAX_DIMS} dimensions and {MAX_DIM} values")
     if "data" not in tensor:
         raise ProtocolError(400, f"input '{name}': 'data' is missing")
     if isinstance(tensor["data"], np.ndarray):  # decoded from the binary extension (maas.serve.oip_binary)
@@ -257,6 +263,14 @@ def model_metadata(name: str, version: int, platform: str, signature: dict) -> d
 # ------------------------------------------------------------------------------------- sentence encoders
 
 MAX_TEXTS = 2048  # texts per request: one request may not monopolise a replica
+MAX_TEXT_CHARS = 100_000  # characters per text: its tokenizer runs on the replica's loop, and encoders truncate
+
+
+def check_rows(rows: int, limit: int) -> None:
+    """413 for a request of more than ``limit`` rows (``deploy.max_rows_per_request``)."""
+    if rows > limit:
+        raise ProtocolError(413, f"the request holds {rows} rows; deploy.max_rows_per_request allows {limit} per "
+                                 "request: split it")
 
 
 def _check_texts(texts: Any, where: str) -> list[str]:
@@ -266,6 +280,10 @@ def _check_texts(texts: Any, where: str) -> list[str]:
         raise ProtocolError(413, f"{where} holds {len(texts)} texts; at most {MAX_TEXTS} per request")
     if any(not t.strip() for t in texts):
         raise ProtocolError(400, f"{where} holds an empty string; every text needs content")
+    long = next((i for i, t in enumerate(texts) if len(t) > MAX_TEXT_CHARS), None)
+    if long is not None:
+        raise ProtocolError(413, f"{where}[{long}] holds {len(texts[long])} characters; at most {MAX_TEXT_CHARS} "
+                                 "per text (the model reads only its first few hundred tokens): send less")
     return texts
 
 

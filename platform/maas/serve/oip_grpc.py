@@ -6,6 +6,11 @@ hands it to the ingress replica's method of the RPC's name (``ModelServer.ModelI
 the binary extension's decoder, typed ``contents`` as lists), so both protocols share every check and every
 answer: the outputs come back as ``raw_output_contents``, as Triton sends them.
 
+Messages are bounded at the transport: Serve's gRPC servers (its proxy, and the replicas themselves in the
+high-throughput mode) take ``DeploySpec.grpc_message_limit()`` as their limit (``RAY_SERVE_GRPC_MAX_MESSAGE_SIZE``;
+gRPC applies it to a compressed message's inflated size), so an oversized or inflating message is refused
+before it is in memory, whether or not it carries a key; maas refuses one over ``deploy.max_request_bytes``.
+
 Client mistakes are gRPC status codes with the REST message as details: 400 -> INVALID_ARGUMENT, 401 ->
 UNAUTHENTICATED (API keys travel as ``authorization: Bearer <key>`` metadata), 404 -> NOT_FOUND, 413 / 429 ->
 RESOURCE_EXHAUSTED, 503 -> UNAVAILABLE; a server fault is INTERNAL and the replica keeps serving.
@@ -13,6 +18,7 @@ RESOURCE_EXHAUSTED, 503 -> UNAVAILABLE; a server fault is INTERNAL and the repli
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Optional
@@ -22,8 +28,8 @@ import numpy as np
 
 from maas.serve import proto
 from maas.serve.auth import authorized
-from maas.serve.http import BAD_KEY
-from maas.serve.oip import NUMERIC, SERVER_METADATA, ProtocolError
+from maas.serve.http import BAD_KEY, OFF_LOOP_BYTES
+from maas.serve.oip import NUMERIC, SERVER_METADATA, ProtocolError, check_rows
 from maas.serve.oip_binary import decode_raw, encode_raw
 from maas.serve.oip_handlers import check_task, parse_object
 
@@ -114,6 +120,9 @@ class OIPGrpc:
         try:
             if rpc not in OPEN and not self._key_ok(context):
                 raise ProtocolError(401, BAD_KEY + " as gRPC metadata")
+            if isinstance(request, proto.Malformed):
+                raise ProtocolError(400, f"the {rpc} request does not parse as inference.{proto.METHODS[rpc][0]} "
+                                         f"({request.error})")
             if rpc == "ModelInfer":
                 response, rows, loaded = await self.infer(request)
             else:
@@ -126,8 +135,8 @@ class OIPGrpc:
             status, response = 500, response_type()
             _fail(context, grpc.StatusCode.INTERNAL, f"internal error in {rpc}")
         if rpc == "ModelInfer":
-            self.server.record(request.model_name, loaded, status, _request_id(context), PATH + rpc, rows,
-                               (time.perf_counter() - started) * 1e3)
+            self.server.record(getattr(request, "model_name", None), loaded, status, _request_id(context),
+                               PATH + rpc, rows, (time.perf_counter() - started) * 1e3)
         return response
 
     def _key_ok(self, context) -> bool:
@@ -168,9 +177,17 @@ class OIPGrpc:
                                      f"{self.server.max_request_bytes}")
         loaded = await self.host.resolve(self.oip.served(request.model_name), request.model_version or None)
         check_task(loaded)
-        x, req_id, wanted = parse_object(request_object(request), loaded.signature, loaded.task)
+        if request.ByteSize() > OFF_LOOP_BYTES:  # decoding a large request must not stall the replica's loop
+            x, req_id, wanted = await asyncio.to_thread(_parse, request, loaded)
+        else:
+            x, req_id, wanted = _parse(request, loaded)
+        check_rows(len(x), self.server.max_rows)
         out = await self.oip.answer(loaded, x, req_id, wanted)
         return infer_response(out), len(x), loaded
+
+
+def _parse(request, loaded):
+    return parse_object(request_object(request), loaded.signature, loaded.task)
 
 
 def _fail(context, code: grpc.StatusCode, details: str) -> None:

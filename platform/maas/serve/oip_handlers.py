@@ -9,6 +9,7 @@ Every client mistake is a 4xx ``{"error": ...}``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Optional
 
@@ -18,8 +19,8 @@ from starlette.responses import Response
 
 from maas.serve.http import (BAD_KEY, JSONResponse, key_ok, oip_error, parse_off_loop, read_body, request_id,
                              retry_headers)
-from maas.serve.oip import (SERVER_METADATA, ProtocolError, classifier_outputs, embedding_outputs, model_metadata,
-                            parse_infer_request, parse_text_infer_request)
+from maas.serve.oip import (SERVER_METADATA, ProtocolError, check_rows, classifier_outputs, embedding_outputs,
+                            model_metadata, parse_infer_request, parse_text_infer_request)
 from maas.serve.oip_binary import HEADER, encode_response, request_object, wants_binary
 
 
@@ -117,15 +118,13 @@ class OIPHandlers:
             check_task(loaded)
             x, req_id, wanted, req = await parse_off_loop(_parse_infer, body, request.headers.get(HEADER),
                                                           loaded.signature, loaded.task)
+            check_rows(len(x), self.server.max_rows)
         except ProtocolError as err:
             return oip_error(err.status, err.message, loaded.headers), 0, loaded
         out = await self.answer(loaded, x, req_id or request_id(request), wanted)  # else the x-request-id
-        binary = wants_binary(req)
-        if not binary:
-            return JSONResponse(out, headers=loaded.headers), len(x), loaded
-        content, header_length = encode_response(out, binary)
-        return Response(content, media_type="application/octet-stream",
-                        headers={**loaded.headers, HEADER: str(header_length)}), len(x), loaded
+        if len(x) > OFF_LOOP_ROWS:  # a large answer is rendered in a worker thread: the loop keeps serving
+            return await asyncio.to_thread(_render, out, req, loaded.headers), len(x), loaded
+        return _render(out, req, loaded.headers), len(x), loaded
 
     async def answer(self, loaded, x, req_id: Optional[str], wanted: Optional[list]) -> dict:
         """Run a parsed request (``parse_object``) through the model -> the OIP response object."""
@@ -140,6 +139,18 @@ class OIPHandlers:
             outputs = classifier_outputs(logits, loaded.signature, wanted)
         return {"model_name": loaded.mv.name, "model_version": str(loaded.mv.version),
                 "id": req_id or uuid.uuid4().hex, "outputs": outputs}
+
+
+OFF_LOOP_ROWS = 2048
+
+
+def _render(out: dict, req: dict, headers: dict) -> Response:
+    """The answer as JSON, or in the binary tensor extension when the request asked for it."""
+    binary = wants_binary(req)
+    if not binary:
+        return JSONResponse(out, headers=headers)
+    content, header_length = encode_response(out, binary)
+    return Response(content, media_type="application/octet-stream", headers={**headers, HEADER: str(header_length)})
 
 
 def check_task(loaded) -> None:

@@ -10,7 +10,8 @@ from typing import Optional
 from starlette.requests import Request
 
 from maas.serve.http import BAD_KEY, JSONResponse, key_ok, openai_error, parse_off_loop, read_body, retry_headers
-from maas.serve.oip import ProtocolError, embeddings_response, json_object, openai_model, parse_embeddings_request
+from maas.serve.oip import (ProtocolError, check_rows, embeddings_response, json_object, openai_model,
+                            parse_embeddings_request)
 
 
 class OpenAIHandlers:
@@ -67,6 +68,7 @@ class OpenAIHandlers:
         try:
             body = await read_body(request, self.server.max_request_bytes)
             texts, model, fmt = await parse_off_loop(parse_embeddings_request, body)
+            check_rows(len(texts), self.server.max_rows)
             loaded = await self.host.for_task(model, "embed")
         except ProtocolError as err:
             return openai_error(err.status, err.message, retry_headers(err)), 0, None

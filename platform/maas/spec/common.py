@@ -91,6 +91,9 @@ class CanarySpec(_Strict):
     percent: float = Field(..., ge=0, le=100, description="Share of unpinned requests sent to the candidate.")
 
 
+GRPC_DEFAULT_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
 class LLMEngineSpec(_Strict):
     """How a generative model (runtime vllm) is served: a vLLM engine (Ray Serve LLM's LLMServer) per served
     version in each replica of the application, which takes its requests itself (maas.serve.runtimes.vllm)."""
@@ -114,8 +117,17 @@ class LLMEngineSpec(_Strict):
                                       "token as soon as it is made; the first is never held back).")
     start_timeout_s: float = Field(900, gt=0, description="How long an engine may take to start (fetch, verify, "
                                    "load, profile, compile) before it is reported failed; deploys wait this long.")
-    max_tokens: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above).")
+    max_tokens: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above); also "
+                            "the answer's length limit when a request sets none (the context's rest otherwise).")
     max_n: int = Field(8, ge=1, description="Largest n / best_of a request may ask for (400 above).")
+    max_sequences: int = Field(16, ge=1, description="Most sequences one request makes: its prompts times its n "
+                               "(or best_of); 400 above.")
+    allow_forced_length: bool = Field(False, description="Let requests force an answer's length past the model's "
+                                      "end of text (ignore_eos, min_tokens); off: a 400 naming the field.")
+    allowed_media_domains: list[str] = Field(default_factory=list, description="Hosts (and their subdomains) "
+                                             "the engine may fetch images, audio or video from for multimodal "
+                                             "requests; other remote media URLs get a 400 (data: URLs are "
+                                             "always allowed).")
     enable_lora: bool = Field(False, description="Start base versions' engines with LoRA enabled too, so a base "
                               "and its adapters served together share one engine (adapters always run on "
                               "their base's LoRA-enabled engine).")
@@ -150,6 +162,9 @@ class DeploySpec(_Strict):
                                         "0 (greedy): no added wait; requests that queue during a forward are "
                                         "fused into the next. Raise it when the model's forward dominates.")
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Bodies over this size get HTTP 413.")
+    max_rows_per_request: int = Field(65536, ge=1, description="Rows (or texts) one inference request may hold; "
+                                      "more get HTTP 413 (RESOURCE_EXHAUSTED over gRPC): a small binary body can "
+                                      "hold a million tiny rows and ask for an answer a hundred times its size.")
     canary: Optional[CanarySpec] = Field(None, description="Send `percent`% of requests to `<model>@<alias>` "
                                                            "while it exists (a candidate under trial).")
     alias_poll_s: float = Field(2.0, ge=0, description="How often replicas check the registry for alias moves "
@@ -172,13 +187,24 @@ class DeploySpec(_Strict):
             raise ValueError("set either num_replicas or autoscaling, not both")
         return self
 
+    def grpc_message_limit(self) -> int:
+        """The size Serve's gRPC servers take as their message limit (Serve's default: 2 GiB): the body limit,
+        or gRPC's own default of 4 MiB when that is larger, since the same setting bounds the answers they send
+        (which clients take up to 4 MiB by default). A larger message is refused by the transport before it is
+        in memory, a compressed one as it inflates past the limit; maas refuses one over the body limit."""
+        return max(self.max_request_bytes, GRPC_DEFAULT_MESSAGE_BYTES)
+
     def serve_options(self, generative: bool = False) -> dict:
         """The deployment options Ray Serve takes (replicas or autoscaling, replica resources, and Serve's
         access log off unless ``serve_access_log``: maas writes its own line per model request). ``generative``:
         the replicas run vLLM engines (one per served generative version), so they take the engines' placement:
         on CPUs the engine's cores in the replica's own bundle (its engines run there), at least
         ``llm.num_replicas`` replicas; on GPUs each engine makes its own placement group for its GPU workers."""
-        opts: dict = {"ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}}
+        # the replicas' own gRPC servers (the high-throughput mode) refuse a message past the limit as it
+        # arrives, a compressed one as it inflates past it (gRPC's limit is on the decompressed size)
+        env = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(self.grpc_message_limit())}
+        opts: dict = {"ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                                            "runtime_env": {"env_vars": env}}}
         if not self.serve_access_log:
             opts["logging_config"] = {"enable_access_log": False}
         if self.autoscaling is not None:
@@ -187,6 +213,5 @@ class DeploySpec(_Strict):
             opts["num_replicas"] = max(self.num_replicas or 1, self.llm.num_replicas if generative else 1)
         if generative and not self.llm.num_gpus:
             opts["placement_group_bundles"] = [{"CPU": self.num_cpus + self.llm.num_cpus}]
-            opts["ray_actor_options"]["runtime_env"] = {"env_vars": {
-                "VLLM_CPU_KVCACHE_SPACE": f"{self.llm.kv_cache_gib:g}"}}
+            env["VLLM_CPU_KVCACHE_SPACE"] = f"{self.llm.kv_cache_gib:g}"
         return opts

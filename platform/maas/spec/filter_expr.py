@@ -7,7 +7,9 @@ syntax reach any Python object). What a filter may hold:
 - literals: numbers, strings, ``true``/``false``/``True``/``False``, ``null``/``None``,
 - comparisons ``== != < <= > >=`` (chains too: ``0 <= x < 10``), ``in`` / ``not in`` a list of literals,
 - ``and`` / ``or`` / ``not`` (and their pandas spellings ``&`` ``|`` ``~``), parentheses,
-- arithmetic ``+ - * / // % **`` and unary minus,
+- arithmetic ``+ - * / // % **`` and unary minus (``**`` with a literal exponent of at most 64; no arithmetic
+  on strings; integers within 64 bits; at most 64 levels of nesting and 10,000 characters: a filter cannot
+  be made to run for hours, fill the memory or overflow the stack),
 - null tests: ``x is null``, ``x is not null`` (also ``None``), ``isnull(x)``, ``notnull(x)``, and pandas'
   ``x.isna()`` / ``x.notna()`` (``isnull``/``notnull``) on a column name.
 
@@ -86,9 +88,12 @@ def _check(node: ast.AST, text: str, names: dict[str, str]) -> tuple:
             return ("lit", _NULL_WORDS[node.id])
         return ("col", names.get(node.id, node.id))
     if isinstance(node, ast.Constant):
-        if node.value is None or isinstance(node.value, (bool, int, float, str)):
-            return ("lit", node.value)
-        raise _refuse(node, text, f"the literal {node.value!r}")
+        value = node.value
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise _refuse(node, text, f"an integer of {len(str(value))} digits (past 64 bits)")
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return ("lit", value)
+        raise _refuse(node, text, f"the literal {value!r}")
     if isinstance(node, ast.BoolOp):
         return ("and" if isinstance(node.op, ast.And) else "or", [_check(v, text, names) for v in node.values])
     if isinstance(node, ast.UnaryOp):
@@ -103,6 +108,15 @@ def _check(node: ast.AST, text: str, names: dict[str, str]) -> tuple:
             return ("and" if isinstance(node.op, ast.BitAnd) else "or",
                     [_check(node.left, text, names), _check(node.right, text, names)])
         if type(node.op) in _ARITH:
+            for side in (node.left, node.right):  # 'a' * 10**12 would build a terabyte string
+                if isinstance(side, ast.Constant) and isinstance(side.value, str):
+                    raise _refuse(side, text, "arithmetic on a string")
+            if isinstance(node.op, ast.Pow):  # 10**10**7 would run for hours: a small literal exponent only
+                exponent = _literal(node.right, text) if isinstance(node.right, (ast.Constant, ast.UnaryOp)) \
+                    else None
+                if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) \
+                        or abs(exponent) > MAX_EXPONENT:
+                    raise _refuse(node.right, text, f"an exponent other than a number of at most {MAX_EXPONENT}")
             return ("arith", _ARITH[type(node.op)], _check(node.left, text, names), _check(node.right, text, names))
     if isinstance(node, ast.Compare):
         parts, left = [], node.left
@@ -151,12 +165,34 @@ def parse_filter(text: str) -> tuple:
         raise FilterSyntaxError("a filter is a non-empty expression, e.g. 'age >= 0 and income < 1e7'")
     if "@" in _BACKTICK.sub("", text):
         raise FilterSyntaxError(f"'@' (a reference to a Python variable) is not allowed in a filter ({text!r})")
+    if len(text) > MAX_CHARS:
+        raise FilterSyntaxError(f"a filter is at most {MAX_CHARS} characters; this one has {len(text)}")
     source, names = _prepare(text.strip())
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
-        raise FilterSyntaxError(f"not an expression ({text!r}): {exc.msg} at column {exc.offset or 0}") from None
+        raise FilterSyntaxError(f"not an expression ({text[:200]!r}): {exc.msg} at column {exc.offset or 0}") \
+            from None
+    except (RecursionError, MemoryError):  # Python's own parser gives up on deep nesting
+        raise FilterSyntaxError(f"a filter nests at most {MAX_DEPTH} levels deep") from None
+    if _depth(tree) > MAX_DEPTH:
+        raise FilterSyntaxError(f"a filter nests at most {MAX_DEPTH} levels deep ({text[:200]!r})")
     return _check(tree, text, names)
+
+
+MAX_CHARS, MAX_DEPTH, MAX_INT, MAX_EXPONENT = 10_000, 64, 2 ** 63, 64
+
+
+def _depth(tree: ast.AST) -> int:
+    """How deep the syntax tree nests, found without recursion (a 5,000-deep ``not`` chain must not overflow)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def columns_of(tree: tuple) -> set[str]:

@@ -59,11 +59,31 @@ def message(name: str):
     return _MESSAGES[name]
 
 
+class Malformed:
+    """A request whose bytes do not parse as its message: handed to the RPC as it is, so the answer is
+    INVALID_ARGUMENT naming the problem (gRPC answers a deserializer's exception with INTERNAL, a server
+    fault, for what is the client's mistake). Picklable: Serve's proxy sends it on to a replica."""
+
+    def __init__(self, rpc: str, error: str):
+        self.rpc, self.error = rpc, error
+
+
+def _parser(rpc: str, cls):
+    def parse(data: bytes):
+        try:
+            return cls.FromString(data)
+        except Exception as exc:  # DecodeError, RecursionError on hostile nesting...
+            return Malformed(rpc, f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    return parse
+
+
 def add_GRPCInferenceServiceServicer_to_server(servicer, server) -> None:  # noqa: N802 (gRPC's naming)
-    """Register ``servicer`` (an object with one method per RPC taking (request, context)) on ``server``."""
+    """Register ``servicer`` (an object with one method per RPC taking (request, context)) on ``server``; a
+    request that does not parse reaches it as a ``Malformed``."""
     handlers = {
         rpc: grpc.unary_unary_rpc_method_handler(getattr(servicer, rpc),
-                                                 request_deserializer=_MESSAGES[req].FromString,
+                                                 request_deserializer=_parser(rpc, _MESSAGES[req]),
                                                  response_serializer=_MESSAGES[resp].SerializeToString)
         for rpc, (req, resp) in METHODS.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
