@@ -90,5 +90,7 @@ def test_models_alias_shows_history_moves_with_expect_and_gc_keeps_young_uploads
         reg.publish("m", {"a.bin": tmp_path / "a.bin", "b.bin": tmp_path / "a.bin"}, runtime="torch",
                     _stop_after_files=1)
     assert main(["models", "gc", "--store", store]) == 0 and "removed 0 upload(s)" in capsys.readouterr().out
-    assert main(["models", "gc", "--grace-s", "0", "--store", store]) == 0
+    assert main(["models", "gc", "--grace-s", "0", "--store", store]) == 0  # its lease is still fresh
+    assert "removed 0 upload(s)" in capsys.readouterr().out
+    assert main(["models", "gc", "--grace-s", "0", "--lease-s", "0", "--store", store]) == 0
     assert "removed 1 upload(s)" in capsys.readouterr().out and len(reg.list_versions("m")) == 3

@@ -159,7 +159,6 @@ def _runtime(store: str, ref: str) -> str:
 def cmd_serve(args) -> int:
     from maas.runtime import ensure_ray
     from maas.serve import deploy
-
     from maas.spec import DeploySpec, load_spec
 
     ensure_ray(args.address)
@@ -171,8 +170,6 @@ def cmd_serve(args) -> int:
     if args.canary:
         alias, _, percent = args.canary.partition(":")
         settings["canary"] = {"alias": alias, "percent": float(percent or 10)}
-    if any(_runtime(args.store, ref) == "vllm" for ref in args.refs):
-        _say("starting the vLLM engine(s): the first start of a model takes a minute or so on CPUs ...")
     url = deploy(args.store, args.refs, DeploySpec(**settings), progress=lambda line: _say(f"  {line}"))
     for ref in args.refs:
         name = ref.split("@")[0].split("/")[0]
@@ -212,8 +209,9 @@ def cmd_models(args) -> int:
              (f"; not imported: {', '.join(skipped)}" if skipped else ""))
         return 0
     if args.models_cmd == "gc":
-        removed = reg.gc(grace_s=args.grace_s)
-        _say(f"removed {removed} upload(s) that no version names (older than {args.grace_s:g} s) from {reg.location}")
+        removed = reg.gc(grace_s=args.grace_s, lease_s=args.lease_s)
+        _say(f"removed {removed} upload(s) that no version names (older than {args.grace_s:g} s, no publication "
+             f"lease renewed within {args.lease_s:g} s) from {reg.location}")
         return 0
     if args.models_cmd == "alias":
         if args.alias is None:  # the history of every alias of the model
@@ -322,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                          parents=[store_after])
     gc.add_argument("--grace-s", type=float, default=3600.0, help="keep uploads younger than this (a "
                     "publication may still be in progress; default 3600)")
+    gc.add_argument("--lease-s", type=float, default=60.0, help="keep uploads whose publication renewed its lease "
+                    "within this many seconds (one in progress renews it every 10 s; default 60)")
     m.set_defaults(func=cmd_models)
 
     s = sub.add_parser("serve", help="serve registered models (Open Inference Protocol v2; LLMs on vLLM with "
