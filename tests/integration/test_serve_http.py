@@ -44,10 +44,24 @@ def served(ray_session, tmp_path_factory):
                  DeploySpec(port=port, grpc_port=grpc_port, max_request_bytes=64 * 1024))
     (haproxy_folder,) = set(glob.glob(f"{tempfile.gettempdir()}/mh*")) - before  # this Serve's HAProxy files
     assert os.stat(haproxy_folder).st_mode & 0o777 == 0o700  # its admin socket can hand out listening sockets
+    listeners = haproxy_listeners(haproxy_folder)  # HTTP, gRPC, stats, metrics: all on deploy.host
+    assert ("127.0.0.1", port) in listeners and len(listeners) >= 4 and {h for h, _ in listeners} == {"127.0.0.1"}
     yield {"url": url, "registry": reg, "predictor": OnnxPredictor(variant.files["model.onnx"]), "tmp": tmp,
            "port": port, "grpc": f"127.0.0.1:{grpc_port}"}
     stop_serve()
     assert not os.path.exists(haproxy_folder), "stop_serve left the HAProxy folder of its Serve"
+
+
+def haproxy_listeners(folder: str) -> set:
+    """(address, port) of every TCP socket that the HAProxy processes of the Serve in ``folder`` listen on."""
+    import psutil
+
+    found = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(folder in arg for arg in proc.info["cmdline"] or []):
+            found |= {(c.laddr.ip, c.laddr.port) for c in proc.net_connections("tcp")
+                      if c.status == psutil.CONN_LISTEN}
+    return found
 
 
 def infer_body(rows, **extra):

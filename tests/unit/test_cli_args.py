@@ -39,6 +39,17 @@ def test_submitting_a_stage_the_kind_lacks_fails_before_any_ray_starts(capsys):
     assert code == 2 and "trian" in capsys.readouterr().err  # the spec is checked before the cluster is called
 
 
+def test_serve_settings_that_cannot_hold_are_refused_by_field_before_any_ray_starts(capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setattr("maas.runtime.ensure_ray", lambda *a, **k: pytest.fail("Ray started for a bad setting"))
+    code = main(["serve", "digits@production", "--proxy", "default"])  # gRPC on, host 127.0.0.1
+    err = capsys.readouterr().err
+    assert code == 2 and "deploy.proxy 'default' with deploy.grpc_port 9000" in err and "deploy.grpc_port: 0" in err
+    assert main(["serve", "digits@production", "--canary", "candidate:lots"]) == 2
+    assert "deploy.canary.percent" in capsys.readouterr().err and not ray.is_initialized()
+
+
 def test_the_ray_token_never_goes_in_clear_text_to_another_machine(capsys, monkeypatch):
     from maas.exceptions import JobError
     from maas.submit import Client

@@ -110,20 +110,47 @@ def test_stale_haproxy_folders_are_swept_and_live_or_starting_ones_kept(monkeypa
 def test_the_start_line_says_which_ports_listen_where_and_grpc_is_bounded(monkeypatch, tmp_path):
     import os
 
-    from maas.serve.deploy import haproxy_instance_env, listening
+    from maas.serve.deploy import haproxy_bound_env, haproxy_instance_env, listening
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    env = haproxy_instance_env()
+    env = {**haproxy_instance_env(), **haproxy_bound_env("127.0.0.1")}
     folder = env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].rsplit("/", 1)[0]
     assert os.stat(folder).st_mode & 0o777 == 0o700  # HAProxy's world-writable admin socket lives in it
     line = listening(DeploySpec(host="127.0.0.1", port=8000, grpc_port=9000), env, grpc=True)
     assert line.startswith("HTTP 127.0.0.1:8000; gRPC 127.0.0.1:9000; the replicas' own HTTP ports")
-    assert f"(*:{env['RAY_SERVE_HAPROXY_STATS_PORT']})" in line and "every interface" in line
-    default = listening(DeploySpec(host="127.0.0.1", proxy="default", grpc_port=9000), {}, grpc=True)
-    assert default == "HTTP 127.0.0.1:8000; gRPC [::]:9000 (Serve's gRPC proxy binds every interface, " \
-                      "whatever deploy.host)"
+    assert f"HAProxy's stats 127.0.0.1:{env['RAY_SERVE_HAPROXY_STATS_PORT']} and metrics 127.0.0.1:" in line
+    assert haproxy_bound_env("0.0.0.0") == {}  # every interface asked for: Ray's binds stay
+    default = listening(DeploySpec(host="0.0.0.0", proxy="default", grpc_port=9000), {}, grpc=True)
+    assert default == "HTTP 0.0.0.0:8000; gRPC [::]:9000"
+    with pytest.raises(ValueError, match="Serve's Python gRPC proxy listens on every interface, whatever "
+                                         "deploy.host \\('127.0.0.1'\\) says. Set deploy.grpc_port: 0"):
+        DeploySpec(host="127.0.0.1", proxy="default", grpc_port=9000)  # it cannot be bound to the host
+    assert DeploySpec(proxy="default", grpc_port=0).proxy == "default"
     # gRPC's transport limit: the body limit, or gRPC's 4 MiB default when larger (it bounds answers too)
     assert DeploySpec(max_request_bytes=64 * 1024).grpc_message_limit() == 4 * 1024 * 1024
     assert DeploySpec(max_request_bytes=32 * 1024 * 1024).grpc_message_limit() == 32 * 1024 * 1024
     env_vars = DeploySpec(max_request_bytes=32 * 1024 * 1024).serve_options()["ray_actor_options"]["runtime_env"]
     assert env_vars["env_vars"]["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == str(32 * 1024 * 1024)
+
+def test_haproxy_runs_with_its_side_listeners_bound_to_the_host_and_its_own_arguments(tmp_path):
+    import subprocess
+
+    from maas.serve.deploy import haproxy_bound_env
+
+    env = haproxy_bound_env("127.0.0.1")
+    fake = tmp_path / "haproxy"  # stands for the binary: records the arguments it got
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/args\n")
+    fake.chmod(0o755)
+    config = tmp_path / "haproxy.cfg"  # the binds as Ray's template writes them (Ray 2.60)
+    config.write_text("frontend prometheus\n    bind :9101\n    mode http\nfrontend http_frontend\n"
+                      "    bind 127.0.0.1:8000\nlisten stats\n  bind *:8404\n  stats enable\n")
+    run = subprocess.run([env["RAY_SERVE_HAPROXY_BINARY_PATH"], "-db", "-f", str(config), "-sf", "12"],
+                         env={**env, "MAAS_HAPROXY_BINARY": str(fake), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0
+    assert (tmp_path / "args").read_text().split() == ["-db", "-f", str(config), "-sf", "12"]
+    assert config.read_text() == ("frontend prometheus\n    bind 127.0.0.1:9101\n    mode http\n"
+                                  "frontend http_frontend\n    bind 127.0.0.1:8000\nlisten stats\n"
+                                  "  bind 127.0.0.1:8404\n  stats enable\n")
+    missing = subprocess.run([env["RAY_SERVE_HAPROXY_BINARY_PATH"], "-f", str(config)], capture_output=True,
+                             text=True, env={**env, "MAAS_HAPROXY_BINARY": "/nowhere", "PATH": str(tmp_path / "x")})
+    assert missing.returncode == 127 and "HAProxy not found at '/nowhere'" in missing.stderr

@@ -159,18 +159,18 @@ def _runtime(store: str, ref: str) -> str:
 def cmd_serve(args) -> int:
     from maas.runtime import ensure_ray
     from maas.serve import deploy
-    from maas.spec import DeploySpec, load_spec
+    from maas.spec import deploy_spec_from_dict, load_spec
 
-    ensure_ray(args.address)
-    # deploy settings (replicas, autoscaling, batching, limits) from a pipeline spec
+    # deploy settings (replicas, autoscaling, batching, limits) from a pipeline spec, checked before Ray starts
     settings = load_spec(args.spec).deploy.model_dump() if args.spec else {}
     settings.update(host=args.host or settings.get("host", "127.0.0.1"), port=args.port or settings.get("port", 8000))
     settings["grpc_port"] = settings.get("grpc_port", 9000) if args.grpc_port is None else args.grpc_port
     settings["proxy"] = args.proxy or settings.get("proxy", "throughput")
-    if args.canary:
-        alias, _, percent = args.canary.partition(":")
-        settings["canary"] = {"alias": alias, "percent": float(percent or 10)}
-    url = deploy(args.store, args.refs, DeploySpec(**settings), progress=lambda line: _say(f"  {line}"))
+    if args.canary:  # ALIAS[:PERCENT], checked with the other settings
+        settings["canary"] = dict(zip(("alias", "percent"), [*args.canary.split(":", 1), 10][:2]))
+    d = deploy_spec_from_dict(settings, "maas serve")
+    ensure_ray(args.address)
+    url = deploy(args.store, args.refs, d, progress=lambda line: _say(f"  {line}"))
     for ref in args.refs:
         name = ref.split("@")[0].split("/")[0]
         if _runtime(args.store, ref) == "vllm":

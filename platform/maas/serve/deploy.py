@@ -16,6 +16,7 @@ from maas.serve.app import ModelServer
 from maas.serve.auth import load_api_key_hashes
 from maas.serve.served import fetch_all, normalize_routes
 from maas.spec import DeploySpec
+from maas.spec.common import EVERY_INTERFACE
 
 logger = logging.getLogger("ray.serve")
 
@@ -141,8 +142,8 @@ def start_serve(d: DeploySpec) -> None:
         return
     if d.proxy == "throughput":
         remove_stale_haproxy_folders()
-    env = {**THROUGHPUT_ENV, **haproxy_instance_env()} if d.proxy == "throughput" else \
-        {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+    env = {**THROUGHPUT_ENV, **haproxy_instance_env(), **haproxy_bound_env(d.host)} if d.proxy == "throughput" \
+        else {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
     # Serve's own gRPC proxy (the default mode, and the fallback one) bounds messages as the replicas do
     env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] = str(d.grpc_message_limit())
     grpc = grpc_options(d.grpc_port)
@@ -168,10 +169,12 @@ def listening(d: DeploySpec, env: dict, grpc: bool) -> str:
         lo, hi = env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]
         ports.append(f"the replicas' own HTTP ports ({lo}-{hi}) and gRPC ports "
                      f"({env['RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT']}-{env['RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT']})"
-                     f" on every interface of their node, HAProxy's stats (*:{env['RAY_SERVE_HAPROXY_STATS_PORT']}) "
-                     f"and metrics (*:{env['RAY_SERVE_HAPROXY_METRICS_PORT']}) on every interface")
+                     " on every interface of their node")
+        side = env.get("MAAS_HAPROXY_HOST", "*")
+        ports.append(f"HAProxy's stats {side}:{env['RAY_SERVE_HAPROXY_STATS_PORT']} and metrics "
+                     f"{side}:{env['RAY_SERVE_HAPROXY_METRICS_PORT']}")
     elif grpc:
-        ports.append(f"gRPC [::]:{d.grpc_port} (Serve's gRPC proxy binds every interface, whatever deploy.host)")
+        ports.append(f"gRPC [::]:{d.grpc_port}")  # Serve's gRPC proxy: every interface (the spec allows it so)
     return "; ".join(ports)
 
 
@@ -207,6 +210,21 @@ def haproxy_instance_env() -> dict:
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
             "RAY_SERVE_HAPROXY_STATS_PORT": str(8404 if _port_free(8404) else free_port()),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(9101 if _port_free(9101) else free_port())}
+
+
+def haproxy_bound_env(host: str) -> dict:
+    """Environment that binds HAProxy's stats and metrics listeners to ``host`` (Ray binds them to every
+    interface): Ray runs maas's ``haproxy-bound`` script in place of HAProxy, which edits those two binds in
+    Ray's config and runs the real binary. Nothing where ``host`` is every interface already, or where the
+    script is not executable (an install that dropped its mode): the start line then says ``*``. The script
+    is maas's package file, so every node that runs maas has it at the same path."""
+    from ray.serve._private.haproxy import get_haproxy_binary
+
+    script = os.path.join(os.path.dirname(__file__), "haproxy-bound")
+    if host in EVERY_INTERFACE or not os.access(script, os.X_OK):
+        return {}
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": script, "MAAS_HAPROXY_BINARY": get_haproxy_binary(),
+            "MAAS_HAPROXY_HOST": host}
 
 
 HAPROXY_PREFIX, HAPROXY_MARK = "mh", ".maas-haproxy"  # folder name: short, as sockets are <= 97 characters

@@ -23,7 +23,7 @@ from maas.spec.lm import (LM_SIZE_NAMES, TextDataSpec, LMModelSpec, LoRASpec, Ge
                           LLM_COMPRESS_METHODS, LLMGateSpec, LMCompressSpec, LMPipelineSpec)
 from maas.spec.llm import LLMModelSpec, LLMPipelineSpec
 from maas.spec.loading import (SPEC_CLASSES, PipelineSpec, parse_override, apply_overrides, spec_from_dict,
-                               load_spec)
+                               load_spec, deploy_spec_from_dict)
 
 __all__ = [
     "CastOp", "CustomOp", "DATA_OPS", "DataOp", "DedupeOp", "DistillStep", "DropNullOp", "EncodeOp", "EncoderStep",
@@ -33,6 +33,6 @@ __all__ = [
     "DeploySpec", "LLMEngineSpec", "ENCODER_FINAL_STEPS", "ENCODER_MODEL_STEPS", "EncoderCompressSpec", "EncoderGateSpec",
     "EncoderModelSpec", "EncoderPipelineSpec", "FITTED_OPS", "LMModelSpec", "LM_SIZE_NAMES", "LoRASpec", "GenerateSpec",
     "LLMModelSpec", "LLMPipelineSpec", "LLM_COMPRESS_METHODS", "LLMGateSpec", "LMCompressSpec", "LMPipelineSpec", "LM_TRAIN_DEFAULTS", "ModelSpec", "NAME_PATTERN", "OPS", "PipelineSpec", "SPEC_CLASSES",
-    "SplitSpec", "TextDataSpec", "TrainSpec", "VariantSpec", "apply_overrides", "load_spec", "parse_override",
+    "SplitSpec", "TextDataSpec", "TrainSpec", "VariantSpec", "apply_overrides", "deploy_spec_from_dict", "load_spec", "parse_override",
     "spec_from_dict",
 ]

@@ -140,6 +140,9 @@ class LLMEngineSpec(_Strict):
         return f"{self.num_gpus} GPU(s)" if self.num_gpus else f"CPU ({self.num_cpus} CPU, {self.kv_cache_gib} GiB KV)"
 
 
+EVERY_INTERFACE = ("0.0.0.0", "::", "")
+
+
 class DeploySpec(_Strict):
     enabled: bool = Field(True, description="Deploy `<model>@<alias>` with Ray Serve at the end of the pipeline.")
     alias: str = Field("production", pattern=_NAME_PATTERN, description="Alias that is promoted and served.")
@@ -185,6 +188,15 @@ class DeploySpec(_Strict):
     def _replicas_xor_autoscaling(self) -> "DeploySpec":
         if self.num_replicas is not None and self.autoscaling is not None:
             raise ValueError("set either num_replicas or autoscaling, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _grpc_on_the_host(self) -> "DeploySpec":
+        if self.proxy == "default" and self.grpc_port and self.host not in EVERY_INTERFACE:
+            raise ValueError(f"deploy.proxy 'default' with deploy.grpc_port {self.grpc_port}: Serve's Python gRPC "
+                             f"proxy listens on every interface, whatever deploy.host ({self.host!r}) says. Set "
+                             "deploy.grpc_port: 0 (no gRPC), deploy.proxy: throughput (gRPC on deploy.host), or "
+                             "deploy.host: 0.0.0.0 (every interface, knowingly)")
         return self
 
     def grpc_message_limit(self) -> int:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from maas.exceptions import SpecError
 from maas.spec.classifier import ClassifierSpec
+from maas.spec.common import DeploySpec
 from maas.spec.encoder import EncoderPipelineSpec
 from maas.spec.llm import LLMPipelineSpec
 from maas.spec.lm import LMPipelineSpec
@@ -111,6 +112,19 @@ def spec_from_dict(raw: Any, overrides: Optional[list[str]] = None, source: str 
         return model.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_problems(err, model), source) from None
+
+
+def deploy_spec_from_dict(raw: dict, source: str = "deploy settings") -> DeploySpec:
+    """Validate deploy settings alone (``maas serve``'s flags and a spec's ``deploy``) into a DeploySpec.
+
+    Raises:
+        SpecError: every problem at its ``deploy.`` path.
+    """
+    try:
+        return DeploySpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError([(f"deploy.{path}".rstrip("."), msg) for path, msg in _problems(err, DeploySpec)],
+                        source) from None
 
 
 def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> PipelineSpec:
