@@ -170,6 +170,8 @@ def listening(d: DeploySpec, env: dict, grpc: bool) -> str:
         ports.append(f"the replicas' own HTTP ports ({lo}-{hi}) and gRPC ports "
                      f"({env['RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT']}-{env['RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT']})"
                      " on every interface of their node")
+        if grpc:  # HAProxy's backup backend for gRPC; Serve binds it in code (grpc_util), keys checked behind it
+            ports.append(f"Serve's fallback gRPC proxy [::]:{env.get('RAY_SERVE_FALLBACK_PROXY_GRPC_PORT', 9500)}")
         side = env.get("MAAS_HAPROXY_HOST", "*")
         ports.append(f"HAProxy's stats {side}:{env['RAY_SERVE_HAPROXY_STATS_PORT']} and metrics "
                      f"{side}:{env['RAY_SERVE_HAPROXY_METRICS_PORT']}")
