@@ -153,10 +153,10 @@ def start_serve(d: DeploySpec) -> None:
              "directly; deploy.proxy=default for Serve's Python proxy)" if d.proxy == "throughput" else
              "Serve's Python proxy (deploy.proxy=throughput for HAProxy and direct ingress)")
     log.info("maas: listening on %s", listening(d, env, grpc is not None))
-    if d.proxy == "throughput" and not load_api_key_hashes():
-        log.warning("maas: in the high-throughput mode Serve's replicas also listen on every interface of their "
-                    "node (HTTP ports 30000-31000, gRPC 40000-41000), whatever deploy.host is: without API keys "
-                    "anyone who reaches the node can call the models. Set MAAS_API_KEYS, or deploy.proxy=default")
+    if grpc is not None and d.host not in EVERY_INTERFACE and not load_api_key_hashes():
+        log.warning("maas: Serve's own gRPC servers (the replicas' and its fallback proxy's) listen on every "
+                    "interface whatever deploy.host is: without API keys anyone who reaches this machine can call "
+                    "the models over gRPC. Set MAAS_API_KEYS, or deploy.grpc_port=0")
 
 
 def listening(d: DeploySpec, env: dict, grpc: bool) -> str:
@@ -167,11 +167,11 @@ def listening(d: DeploySpec, env: dict, grpc: bool) -> str:
         if grpc:
             ports.append(f"gRPC {d.host}:{d.grpc_port}")
         lo, hi = env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]
-        ports.append(f"the replicas' own HTTP ports ({lo}-{hi}) and gRPC ports "
-                     f"({env['RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT']}-{env['RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT']})"
-                     " on every interface of their node")
-        if grpc:  # HAProxy's backup backend for gRPC; Serve binds it in code (grpc_util), keys checked behind it
-            ports.append(f"Serve's fallback gRPC proxy [::]:{env.get('RAY_SERVE_FALLBACK_PROXY_GRPC_PORT', 9500)}")
+        ports.append(f"the replicas' own HTTP ports ({lo}-{hi}) on {d.host}")
+        if grpc:  # Serve binds its gRPC servers to [::] in code (grpc_util); maas's key check runs behind them
+            ports.append(f"the replicas' own gRPC ports ({env['RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT']}-"
+                         f"{env['RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT']}) and Serve's fallback gRPC proxy "
+                         f"({env.get('RAY_SERVE_FALLBACK_PROXY_GRPC_PORT', 9500)}) on every interface")
         side = env.get("MAAS_HAPROXY_HOST", "*")
         ports.append(f"HAProxy's stats {side}:{env['RAY_SERVE_HAPROXY_STATS_PORT']} and metrics "
                      f"{side}:{env['RAY_SERVE_HAPROXY_METRICS_PORT']}")
