@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 ARGS   ?=
 
-.PHONY: setup run test test-quick bench proto clean
+.PHONY: setup run lint test test-quick bench proto clean
 
 $(BIN)/maas: pyproject.toml constraints.txt tests/kserve-client.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,10 @@ setup: $(BIN)/maas
 run: setup   ## the demo: digits -> DDP training -> int8 -> registry -> Serve on 127.0.0.1:8000
 	$(BIN)/maas run examples/digits.yaml $(ARGS)
 
-test: setup  ## every test tier: unit, integration (shared local Ray), e2e (pipeline, CLI, HTTP)
+lint: setup  ## ruff with pyproject.toml's rules (pycodestyle, pyflakes, import order; 120 columns)
+	$(BIN)/ruff check platform jobs serve_apps tests benchmarks
+
+test: setup lint  ## lint, then every test tier: unit, integration (shared local Ray), e2e (pipeline, CLI, HTTP)
 	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e $(ARGS)
 
 test-quick: setup

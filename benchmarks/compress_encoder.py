@@ -25,8 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main(argv: list[str]) -> int:
-    from maas.pipelines.encoder import run_encoder_pipeline
     from maas.compress.report import markdown_table
+    from maas.pipelines.encoder import run_encoder_pipeline
     from maas.runtime import ensure_ray
     from maas.spec import load_spec
 
@@ -54,14 +54,16 @@ def main(argv: list[str]) -> int:
         print(f"\npromoted: {result.promoted_ref}; fastest variant within the default gate: {pick['method']}")
         speed = pm[f"throughput_b{big}"] / parent[f"throughput_b{big}"]
         smaller = parent["size_bytes"] / pm["size_bytes"]
-        print(f"default-gate pick: {pick['method']} ({pick['ref']}): {speed:.2f}x the fp32 throughput, {smaller:.2f}x smaller, "
+        print(f"default-gate pick: {pick['method']} ({pick['ref']}): {speed:.2f}x the fp32 throughput, "
+              f"{smaller:.2f}x smaller, "
               f"mean cosine {pm['cosine_mean']:.4f}  -> goal (>= 2x, >= 3.5x, >= 0.99): "
               f"{'MET' if speed >= 2 and smaller >= 3.5 and pm['cosine_mean'] >= 0.99 else 'NOT MET'}")
         students = [r for r in result.variants if r["details"].get("layers")]
         for s in students:
             sm = s["metrics"]
             again = sm[f"throughput_b{big}"] / pm[f"throughput_b{big}"]
-            print(f"student: {s['method']} ({len(s['details']['layers'])} layers): {again:.2f}x that pick's throughput, "
+            print(f"student: {s['method']} ({len(s['details']['layers'])} layers): "
+                  f"{again:.2f}x that pick's throughput, "
                   f"mean cosine {sm['cosine_mean']:.4f}  -> goal (>= 2x again, >= 0.95): "
                   f"{'MET' if again >= 2 and sm['cosine_mean'] >= 0.95 else 'NOT MET'}; gate: {s['gate']}")
         report = Path(result.report["markdown"])

@@ -104,7 +104,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nregistry I/O, one {args.mb} MB artifact, median of {args.reps} (seconds; MB/s in brackets)\n")
-    head = f"{'store':<7} {'plain up':>16} {'plain down':>16} {'maas publish':>16} {'maas fetch':>16} {'maas / plain':>13}"
+    head = (f"{'store':<7} {'plain up':>16} {'plain down':>16} {'maas publish':>16} {'maas fetch':>16} "
+            f"{'maas / plain':>13}")
     print(head)
     print("-" * len(head))
     for store, up_p, down_p, up_m, down_m in rows:

@@ -20,7 +20,6 @@ from maas.spec import PipelineSpec, load_spec, spec_from_dict
 from maas.submit import RESULT_KEY
 
 
-
 def emit(stage: str, status: str, **fields) -> None:
     print(json.dumps({RESULT_KEY: stage, "status": status, **fields}, default=str), flush=True)
 

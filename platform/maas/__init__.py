@@ -1,6 +1,6 @@
 """maas: Model-as-a-Service on Ray. One spec from raw data to a compressed model behind HTTP."""
 
-__version__ = "0.1.0"
+from maas.version import __version__
 
 
 def __getattr__(name):  # keep `import maas` light: the SDK (and Ray) load on first use

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-
 # Settings of the embedded local Ray (a value already in the environment wins; a cluster keeps Ray's own):
 # - its Serve has no load balancer in front of its HAProxy, which is on this machine and reloads within a
 #   second: a stopping replica need not stay reachable for Ray's 30 s deregistration window
@@ -55,12 +54,12 @@ def ensure_ray(address: Optional[str] = None, quiet: bool = True, worker_logs: O
     return False
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now ("": on every interface)."""
     import socket
 
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-
 VENV_BIN = Path(sys.executable).parent
 
 

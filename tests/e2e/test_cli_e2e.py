@@ -184,10 +184,9 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
 
 def test_serve_command_serves_a_registered_version(tmp_path):
     from maas.compress import compress_model
-    from maas.models import build_model
+    from maas.models import build_model, classifier_signature
     from maas.models.artifacts import export_onnx
     from maas.registry import Registry
-    from maas.models import classifier_signature
 
     model = build_model({"arch": "mlp", "input_dim": 4, "num_classes": 2, "hidden_sizes": [8], "dropout": 0.0})
     (variant,) = compress_model(["int8_dynamic"], export_onnx(model, 4, tmp_path / "m.onnx"), tmp_path)
@@ -200,7 +199,8 @@ def test_serve_command_serves_a_registered_version(tmp_path):
                             cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for_line(proc, "Ctrl-C stops", timeout=180)
-        body = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP64", "data": [[0, 1, 2, 3], [3, 2, 1, 0]]}]}
+        body = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP64",
+                            "data": [[0, 1, 2, 3], [3, 2, 1, 0]]}]}
         url = f"http://127.0.0.1:{port}/v2/models/tiny/infer"
         r = requests.post(url, json=body, timeout=30)
         assert r.status_code == 200 and r.headers["x-maas-model-version"] == "tiny/1"
@@ -223,10 +223,9 @@ def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
     import yaml
 
     from maas.compress import compress_model
-    from maas.models import build_model
+    from maas.models import build_model, classifier_signature
     from maas.models.artifacts import export_onnx
     from maas.registry import Registry
-    from maas.models import classifier_signature
 
     model = build_model({"arch": "mlp", "input_dim": 4, "num_classes": 3, "hidden_sizes": [8], "dropout": 0.0})
     (variant,) = compress_model(["int8_dynamic"], export_onnx(model, 4, tmp_path / "m.onnx"), tmp_path)

@@ -33,9 +33,9 @@ def llm(ray_session, tmp_path_factory):
     from maas.serve import build_app
     from maas.serve.auth import key_digest
     from maas.serve.deploy import proxy_address, start_serve, undeploy
-    from maas.serve.served import fetch_all, normalize_routes
     from maas.serve.llm_engine import shm_entries
     from maas.serve.readiness import wait_until_serving
+    from maas.serve.served import fetch_all, normalize_routes
 
     shm_before = shm_entries()
     tmp = tmp_path_factory.mktemp("llm")

@@ -13,7 +13,7 @@ import torch
 
 from maas.data.corpus import english_corpus
 from maas.models.artifacts import SHARDS, load_torch_model
-from maas.pipelines.lm import run_lm_pipeline
+from maas.pipelines.lm import run as run_lm_pipeline
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER
 from maas.spec import spec_from_dict
@@ -149,15 +149,14 @@ def test_two_lora_adapters_train_on_the_base_and_are_served_by_its_engine_like_l
     the application that serves them (multi-LoRA: no engine of their own), answering differently, each exactly
     as local peft over the same files."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from ray import serve
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from maas.models.llama import greedy_text
     from maas.serve import build_app
     from maas.serve.deploy import undeploy
-    from maas.serve.served import fetch_all, normalize_routes
     from maas.serve.readiness import wait_until_serving
+    from maas.serve.served import fetch_all, normalize_routes
 
     registry, base_ref = lm["registry"], lm["result"].ref
     sentences = english_corpus(limit=3000)

@@ -12,13 +12,12 @@ import torch
 
 from maas.compress import compress_model
 from maas.exceptions import IntegrityError, RegistryError
-from maas.models import build_model
+from maas.models import build_model, classifier_signature
 from maas.models.artifacts import export_onnx
 from maas.models.predictor import OnnxPredictor
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER, deploy
 from maas.serve.deploy import stop_serve
-from maas.models import classifier_signature
 from maas.spec import DeploySpec
 from tests.conftest import free_port
 
@@ -252,7 +251,8 @@ def test_api_keys_guard_model_routes_but_not_health(served, monkeypatch, tmp_pat
     try:
         body = infer_body(np.zeros((1, 64)))
         assert requests.get(f"{base}/v2/health/ready").status_code == 200
-        for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789"}, {"Authorization": "key-env-0123456789abcdef"}):
+        for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789"},
+                        {"Authorization": "key-env-0123456789abcdef"}):
             r = requests.post(f"{base}/v2/models/digits/infer", data=body, headers=headers)
             assert r.status_code == 401 and "API key" in r.json()["error"]
             assert r.headers["www-authenticate"] == "Bearer"

@@ -12,13 +12,12 @@ import requests
 import torch
 
 from maas.compress import compress_model
-from maas.models import build_model
+from maas.models import build_model, classifier_signature
 from maas.models.artifacts import export_onnx
 from maas.models.predictor import OnnxPredictor
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER, build_app
 from maas.serve.deploy import start_serve, stop_serve
-from maas.models import classifier_signature
 from maas.spec import CanarySpec, DeploySpec
 from tests.conftest import free_port
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import requests
 
-from maas.pipelines.encoder import run_encoder_pipeline
 from maas.models.predictor import EncoderPredictor
+from maas.pipelines.encoder import run as run_encoder_pipeline
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER
 from maas.spec import spec_from_dict

@@ -93,7 +93,8 @@ def test_models_alias_shows_history_moves_with_expect_and_gc_keeps_young_uploads
     assert main(["models", "alias", "m", "--store", store]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if "production" in line]
-    assert [r[2:5] for r in rows] == [["production", "-", "1"], ["production", "1", "2"], ["production", "2", "(removed)"]]
+    assert [r[2:5] for r in rows] == [["production", "-", "1"], ["production", "1", "2"],
+                                      ["production", "2", "(removed)"]]
     assert all(r[5].startswith("cli:") for r in rows)  # when (date, time), alias, from, to, by
     assert main(["models", "alias", "m", "../versions/2/manifest", "--delete", "--store", store]) == 2
     assert "invalid alias" in capsys.readouterr().err and len(reg.list_versions("m")) == 3

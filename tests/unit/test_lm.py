@@ -14,8 +14,17 @@ from maas.data.corpus import english_corpus
 from maas.exceptions import MaasError, SpecError
 from maas.models import build_model, load_predictor
 from maas.models.artifacts import load_torch_model, save_torch_model
-from maas.models.llama import (CHAT_TEMPLATE, LLAMA_SIZES, SPECIAL_TOKENS, greedy_text, llama_config,
-                               next_word_accuracy, save_hf_folder, train_flops_per_token, train_tokenizer)
+from maas.models.llama import (
+    CHAT_TEMPLATE,
+    LLAMA_SIZES,
+    SPECIAL_TOKENS,
+    greedy_text,
+    llama_config,
+    next_word_accuracy,
+    save_hf_folder,
+    train_flops_per_token,
+    train_tokenizer,
+)
 from maas.spec import spec_from_dict
 
 
@@ -52,7 +61,8 @@ def test_tokenizer_round_trips_any_text_and_carries_the_chat_template(tokenizer)
     chat = tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."},
                                           {"role": "user", "content": "Hi"}], tokenize=False,
                                          add_generation_prompt=True)
-    assert chat == "<|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>" and tokenizer.chat_template == CHAT_TEMPLATE
+    assert chat == "<|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>"
+    assert tokenizer.chat_template == CHAT_TEMPLATE
 
 
 def test_forward_is_causal_and_the_checkpoint_round_trips(tmp_path):
@@ -83,7 +93,8 @@ def test_published_folder_loads_with_transformers_and_generates_the_same(tokeniz
     assert signature["architecture"] == "LlamaForCausalLM" and signature["chat_template"] and not skipped
     again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     tok = AutoTokenizer.from_pretrained(tmp_path)
-    assert greedy_text(again, tok, "The function returns", 12) == greedy_text(model, tokenizer, "The function returns", 12)
+    prompt = "The function returns"
+    assert greedy_text(again, tok, prompt, 12) == greedy_text(model, tokenizer, prompt, 12)
     g = GenerationConfig.from_pretrained(tmp_path)
     assert (g.temperature, g.top_k, g.max_new_tokens) == (0.7, 20, 33) and g.eos_token_id == [2, 6]
     assert json.loads((tmp_path / "config.json").read_text())["max_position_embeddings"] == 128
@@ -136,7 +147,7 @@ def test_lm_spec_defaults_and_errors():
     for model, message in [({"n_embd": 66, "n_head": 4}, "multiple of n_head"),
                            ({"n_head": 4, "n_kv_head": 3}, "multiple of n_kv_head"),
                            ({"n_embd": 128, "n_head": 8}, "too narrow"),
-                           ({"arch": "gpt"}, "was retired")]:
+                           ({"arch": "gpt"}, "Input should be 'llama'")]:
         with pytest.raises(SpecError, match=message):
             spec_from_dict({"kind": "lm", "model": {"name": "lm", **model}})
 

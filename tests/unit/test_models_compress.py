@@ -4,9 +4,8 @@ import torch
 
 from maas.compress import check_accuracy_gate, compress_model, evaluate_classifier
 from maas.exceptions import MaasError
-from maas.models import build_model
+from maas.models import build_model, load_predictor
 from maas.models.artifacts import export_onnx, load_torch_model, save_torch_model
-from maas.models import load_predictor
 from maas.models.predictor import OnnxPredictor, TorchPredictor
 
 CONFIG = {"arch": "mlp", "input_dim": 8, "num_classes": 3, "hidden_sizes": [16], "dropout": 0.0}

@@ -209,7 +209,8 @@ def test_hostile_manifests_planted_in_the_bucket_are_refused_before_any_write(s3
         2: {**manifest, "version": 2, "files": {"../../../../escape.txt": {"sha256": sha, "size": 2}}},
         3: {**manifest, "version": 3, "name": "other"},  # claims to be another model
         4: {**manifest, "version": 4, "objects": "objects/../../../etc"},
-        5: {**manifest, "version": 5, "files": {"tokenizer.json": {"sha256": "0" * 64, "size": 2}}},  # unlisted in store
+        # a file the store does not list
+        5: {**manifest, "version": 5, "files": {"tokenizer.json": {"sha256": "0" * 64, "size": 2}}},
         6: "{not json",
         7: "",
     }

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from maas.exceptions import SpecError
-from maas.spec import (DedupeOp, DistillStep, FilterOp, FinalStep, ScaleOp, TokenizeOp, load_spec, spec_from_dict)
+from maas.spec import DedupeOp, DistillStep, FilterOp, FinalStep, ScaleOp, TokenizeOp, load_spec, spec_from_dict
 from maas.spec.filter_expr import FilterSyntaxError, columns_of, evaluate_filter, parse_filter
 
 BASE = {"data": {"path": "x.csv", "label": "y"}, "model": {"name": "m"}}

@@ -15,6 +15,7 @@ import time
 import traceback
 
 from maas.cli.jobs import cmd_jobs, cmd_logs, cmd_status, cmd_stop, cmd_submit
+from maas.cli.serve import _interrupt, cmd_serve, serve_forever
 from maas.exceptions import MaasError
 from maas.pipelines import STAGES
 
@@ -63,7 +64,8 @@ def cmd_data(args) -> int:
     c = report["counts"]
     _say(f"run {run_id}: {c['rows_in']} rows in -> {c['rows_ok']} ok, {c['rows_rejected']} rejected, "
          f"{c.get('rows_dropped', 0)} dropped by ops; splits {c.get('splits')}")
-    _say(f"fingerprint {report['fingerprint'][:16]}  schema {'inferred' if report.get('schema_inferred') else 'declared'}"
+    _say(f"fingerprint {report['fingerprint'][:16]}  schema "
+         f"{'inferred' if report.get('schema_inferred') else 'declared'}"
          f"  features {len(report['features'])}  classes {report['classes']}")
     rows = []
     for col, st in report.get("columns", {}).items():
@@ -113,73 +115,7 @@ def cmd_run(args) -> int:
     _say(f"\nendpoint: {endpoint}  (serving {result.promoted_ref})")
     _say("try it:\n  " + curl)
     _say("\nserving until Ctrl-C ...")
-    return _serve_forever()
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _serve_forever() -> int:
-    import signal
-
-    import ray
-
-    from maas.serve.deploy import stop_serve
-    # Ctrl-C and SIGTERM (a process manager, `kill PID`) both stop the endpoint cleanly; SIGINT is set
-    # explicitly because a shell starting us in the background hands it down ignored.
-    from maas.serve.llm_engine import release_shared_memory, shm_entries
-
-    shm_before = shm_entries()
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        _say("\nstopping the endpoint ...")
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the shutdown short
-            signal.signal(sig, signal.SIG_IGN)
-        stop_serve()
-        ray.shutdown()
-        release_shared_memory(shm_before)  # what stopped vLLM engines left in /dev/shm
-    return 0
-
-
-def _runtime(store: str, ref: str) -> str:
-    from maas.registry import Registry
-
-    try:
-        return Registry(store).resolve(ref).runtime
-    except Exception:  # deploy() reports an unknown ref with the registry's message
-        return ""
-
-
-def cmd_serve(args) -> int:
-    from maas.runtime import ensure_ray
-    from maas.serve import deploy
-    from maas.spec import deploy_spec_from_dict, load_spec
-
-    # deploy settings (replicas, autoscaling, batching, limits) from a pipeline spec, checked before Ray starts
-    settings = load_spec(args.spec).deploy.model_dump() if args.spec else {}
-    settings.update(host=args.host or settings.get("host", "127.0.0.1"), port=args.port or settings.get("port", 8000))
-    settings["grpc_port"] = settings.get("grpc_port", 9000) if args.grpc_port is None else args.grpc_port
-    settings["proxy"] = args.proxy or settings.get("proxy", "throughput")
-    if args.canary:  # ALIAS[:PERCENT], checked with the other settings
-        settings["canary"] = dict(zip(("alias", "percent"), [*args.canary.split(":", 1), 10][:2]))
-    d = deploy_spec_from_dict(settings, "maas serve")
-    ensure_ray(args.address)
-    url = deploy(args.store, args.refs, d, progress=lambda line: _say(f"  {line}"))
-    for ref in args.refs:
-        name = ref.split("@")[0].split("/")[0]
-        if _runtime(args.store, ref) == "vllm":
-            _say(f"serving {ref} at {url}/v1 (OpenAI: chat/completions, completions, models; model '{name}')")
-        else:
-            g = settings["grpc_port"]
-            _say(f"serving {ref} at {url}/v2/models/{name}" + (f" (OIP gRPC on port {g})" if g else ""))
-    _say("moving an alias (`maas models alias NAME ALIAS VERSION`) rolls the served version over; Ctrl-C stops")
-    return _serve_forever()
+    return serve_forever()
 
 
 def cmd_models(args) -> int:

@@ -41,7 +41,6 @@ from maas.exceptions import CompressionError
 from maas.models.artifacts import quiet_export as _quiet
 from maas.models.quantized import TORCHAO
 
-
 ONNX_FINALS = ("onnx_fp32", "onnx_int8", "onnx_int8_per_tensor")
 
 

@@ -2,7 +2,8 @@
 
 readers (any pyarrow.fs source) -> ops (declarative, per batch; accounting marks rather than drops) and
 schema -> prepare (the stage: split, fit on train, write) -> runs (the run folder later stages read); fitting
-(encoders, statistics), text (tokenize, image ops), corpus, blocks and chat (text for encoders, token blocks and conversations for language models).
+(encoders, statistics), text (tokenize, image ops), corpus, blocks and chat (text for encoders, token blocks and
+conversations for language models).
 """
 
 from maas.data.prepare import prepare_data

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
+
 def fitted_plan(ops: list) -> tuple[dict[str, str], dict[str, str]]:
     """({column: standard|minmax}, {column: onehot|ordinal}) from the spec's scale/encode ops (later ops win)."""
     scale, encode = {}, {}

@@ -18,8 +18,7 @@ from maas.data.accounting import KIND, RAW, REASON, column_check, mark
 from maas.data.schema import _TYPE_WORDS, cast_series
 from maas.data.text import image_op, tokenize_op
 from maas.exceptions import DataError
-from maas.spec import (CastOp, CustomOp, DropNullOp, FillNullOp, FilterOp, ImageOp, RenameOp, SelectOp,
-                       TokenizeOp)
+from maas.spec import CastOp, CustomOp, DropNullOp, FillNullOp, FilterOp, ImageOp, RenameOp, SelectOp, TokenizeOp
 from maas.spec.filter_expr import columns_of, evaluate_filter
 
 

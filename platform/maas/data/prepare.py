@@ -13,14 +13,13 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
-
 import yaml
 
 from maas.data.accounting import KIND, RAW, REASON, mark, start_accounting
 from maas.data.fitting import column_stats, combine_stats, encode_batch, encoded_names, fitted_plan
 from maas.data.ops import DedupeClaims, apply_row_ops, dedupe_batch
 from maas.data.readers import read_dataset, read_parquet
-from maas.data.runs import Y, DataResult, write_data_report
+from maas.data.runs import DataResult, Y, write_data_report
 from maas.data.schema import check_schema, infer_schema
 from maas.data.source import filesystem_for, fingerprint_files
 from maas.exceptions import DataError

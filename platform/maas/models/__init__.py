@@ -12,7 +12,8 @@ _WHERE = {
     "BUILDERS": "builders", "build_model": "builders",
     "build_encoder": "encoder", "build_text_classifier": "encoder", "encoder_signature": "encoder",
     "text_classifier_signature": "encoder", "build_llama": "llama", "build_mlp": "mlp", "classifier_signature": "mlp",
-    "make_tiny_llama": "hf_tiny", "TASKS": "tasks", "Task": "tasks", "load_predictor": "tasks", "task_from_signature": "tasks",
+    "make_tiny_llama": "hf_tiny", "TASKS": "tasks", "Task": "tasks", "load_predictor": "tasks",
+    "task_from_signature": "tasks",
 }
 __all__ = sorted(_WHERE)
 

@@ -48,7 +48,8 @@ class _Embeddings(nn.Module):
 class _SelfAttention(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
-        self.query, self.key, self.value = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.query, self.key = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
 
 
 class _Dense(nn.Module):
@@ -247,7 +248,8 @@ def encoder_config(name: str) -> dict:
     """The maas config of a packaged encoder, from its config.json (no weights read)."""
     hf = json.loads((pretrained_dir(name) / "config.json").read_text())
     return {"arch": "encoder", "vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"],
-            "num_heads": hf["num_attention_heads"], "intermediate_sizes": [hf["intermediate_size"]] * hf["num_hidden_layers"],
+            "num_heads": hf["num_attention_heads"],
+            "intermediate_sizes": [hf["intermediate_size"]] * hf["num_hidden_layers"],
             "max_positions": hf["max_position_embeddings"], "type_vocab_size": hf["type_vocab_size"],
             "layer_norm_eps": hf["layer_norm_eps"]}
 def encoder_signature(max_length: int, dim: int = 384) -> dict:

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from maas.exceptions import MaasError
 from maas.models.artifacts import load_torch_model
-
-
-class Predictor(Protocol):
-    runtime: str
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """float32 [N, F] -> logits float32 [N, C]."""
 
 
 class TorchPredictor:

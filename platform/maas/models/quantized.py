@@ -16,8 +16,11 @@ TORCHAO = {"torchao_int8_weight", "torchao_w8a8", "torchao_int4_weight"}
 def torchao_config(step: str):
     """The torchao quantization config for a final step name."""
     with _quiet():
-        from torchao.quantization import (Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig,
-                                          IntxWeightOnlyConfig)
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            IntxWeightOnlyConfig,
+        )
         from torchao.quantization.granularity import PerGroup
     if step == "torchao_int8_weight":
         return Int8WeightOnlyConfig()

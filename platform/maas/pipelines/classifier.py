@@ -21,11 +21,21 @@ import numpy as np
 from maas.compress import check_accuracy_gate, compress_model, evaluate_classifier
 from maas.data import DataResult, load_prepared, prepare_data, run_dir_for, save_prepared
 from maas.exceptions import MaasError, RegistryError
-from maas.models.artifacts import export_onnx, save_torch_model
 from maas.models import classifier_signature, load_predictor, text_classifier_signature
+from maas.models.artifacts import export_onnx, save_torch_model
 from maas.models.predictor import TorchPredictor
-from maas.pipelines.base import (Laps, Progress, alias_target, job_deploy, new_run_id, noop, promote, publish_variant,
-                                 serve_at_end, variants_summary)
+from maas.pipelines.base import (
+    Laps,
+    Progress,
+    alias_target,
+    job_deploy,
+    new_run_id,
+    noop,
+    promote,
+    publish_variant,
+    serve_at_end,
+    variants_summary,
+)
 from maas.registry import UNCHECKED, Registry
 from maas.spec import ClassifierSpec
 from maas.train import train_model

@@ -23,8 +23,18 @@ from maas.compress.gate import check_embedding_gate
 from maas.data.corpus import load_corpus
 from maas.models.artifacts import load_torch_model, save_torch_model
 from maas.models.encoder import TOKENIZER, encoder_signature, load_pretrained, pretrained_dir
-from maas.pipelines.base import (Laps, Progress, alias_target, job_deploy, new_run_id, noop, promote, publish_variant,
-                                 serve_at_end, variants_summary)
+from maas.pipelines.base import (
+    Laps,
+    Progress,
+    alias_target,
+    job_deploy,
+    new_run_id,
+    noop,
+    promote,
+    publish_variant,
+    serve_at_end,
+    variants_summary,
+)
 from maas.registry import Registry
 from maas.spec import EncoderPipelineSpec
 
@@ -61,8 +71,8 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
         RegistryError: no variant and not even the parent passed (never: the parent passes by definition).
     """
     from maas.compress.report import write_compression_report
-    from maas.storage import put_folder_files
     from maas.data import run_dir_for
+    from maas.storage import put_folder_files
 
     registry = Registry(spec.store)
     run_id = run_id or new_run_id()
@@ -167,7 +177,6 @@ def _speed(metrics: dict, batch_sizes: list) -> str:
 
 
 
-run_encoder_pipeline = run  # the name benchmarks and notebooks have used
 
 
 # ------------------------------------------------------------------------- what `maas run` and jobs show

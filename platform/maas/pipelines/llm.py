@@ -58,9 +58,9 @@ def run(spec: LLMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional
             folder = source
         mv, skipped = import_hf_model(registry, folder, spec.model.name, by=f"run:{run_id}")
     sig = mv.signature
+    not_imported = f"; not imported: {', '.join(skipped)}" if skipped else ""
     laps.lap("import", f"{mv.ref}: {sig.get('architecture')}, {len(mv.files)} files, {mv.size_bytes / 1e6:.1f} MB, "
-                       f"context {sig.get('max_position_embeddings')}" + (f"; not imported: {', '.join(skipped)}" if skipped
-                                                                  else ""))
+                       f"context {sig.get('max_position_embeddings')}{not_imported}")
     registry.set_alias(spec.model.name, spec.deploy.alias, mv.version, expected=alias_was, by=f"run:{run_id}")
     laps.lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {mv.ref}")
     endpoint = serve_at_end(spec, serve, laps)

@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Optional
 
 from maas.data.blocks import prepare_lm_data
-from maas.pipelines.base import (Laps, Progress, alias_target, job_deploy, new_run_id, noop, serve_at_end,
-                                 variants_summary)
+from maas.pipelines.base import (
+    Laps,
+    Progress,
+    alias_target,
+    job_deploy,
+    new_run_id,
+    noop,
+    serve_at_end,
+    variants_summary,
+)
 from maas.spec import LMPipelineSpec
 
 SPEC = LMPipelineSpec
@@ -191,7 +199,6 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
                     stage_seconds=laps.seconds, promoted_ref=promoted, variants=variants, report=report)
 
 
-run_lm_pipeline = run  # the name tests and notebooks have used
 
 
 # ------------------------------------------------------------------------- what `maas run` and jobs show

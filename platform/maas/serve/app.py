@@ -2,7 +2,7 @@
 
 One application serves one or more models (``maas.serve.hosting``: aliases followed in place, canaries,
 pinned versions), answers the routes of ``maas.serve.router`` through one handler module per protocol
-(``oip_handlers``: Open Inference Protocol v2 and its generate extension; ``openai_handlers``:
+(``oip_handlers``: Open Inference Protocol v2; ``openai_handlers``:
 ``/v1/completions``, ``/v1/embeddings``), fuses concurrent requests (``maas.serve.batcher``), and counts, times
 and logs every model request (Prometheus metrics through Ray, one JSON access-log line with the request id).
 Every client mistake is a 4xx in its protocol's error shape; the replica never dies of a bad request. Model
@@ -18,15 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
+from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
-from ray import serve
 
 from maas.serve.accounting import Accounting
 from maas.serve.batcher import Batcher
 from maas.serve.hosting import VERSION_HEADER, ModelHost
-from maas.serve.oip import ProtocolError
 from maas.serve.http import error_for, request_id
+from maas.serve.oip import ProtocolError
 from maas.serve.oip_grpc import OIPGrpc
 from maas.serve.oip_handlers import OIPHandlers
 from maas.serve.openai_handlers import OpenAIHandlers

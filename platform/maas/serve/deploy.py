@@ -191,9 +191,9 @@ def haproxy_instance_env() -> dict:
     import tempfile
     import uuid
 
-    def free_port() -> int:
+    def free_port(host: str) -> int:  # maas.runtime's is a layer beside this one
         with socket.socket() as sock:
-            sock.bind(("", 0))
+            sock.bind((host, 0))
             return sock.getsockname()[1]
 
     folder = f"{tempfile.gettempdir()}/{HAPROXY_PREFIX}{uuid.uuid4().hex[:8]}"  # short: Ray adds the node id
@@ -210,8 +210,8 @@ def haproxy_instance_env() -> dict:
             "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(8404 if _port_free(8404) else free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(9101 if _port_free(9101) else free_port())}
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(8404 if _port_free(8404) else free_port("")),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(9101 if _port_free(9101) else free_port(""))}
 
 
 def haproxy_bound_env(host: str) -> dict:

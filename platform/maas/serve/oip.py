@@ -13,12 +13,14 @@ from typing import Any, Optional
 import numpy as np
 import orjson
 
+from maas.version import __version__
+
 NUMERIC = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
            "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
            "FP32": np.float32, "FP64": np.float64}
 
 
-SERVER_METADATA = {"name": "maas", "version": "0.1.0", "extensions": ["binary_tensor_data"]}  # REST and gRPC
+SERVER_METADATA = {"name": "maas", "version": __version__, "extensions": ["binary_tensor_data"]}  # REST and gRPC
 
 
 class ProtocolError(Exception):

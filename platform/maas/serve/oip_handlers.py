@@ -17,10 +17,26 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from maas.serve.http import (BAD_KEY, JSONResponse, key_ok, oip_error, parse_off_loop, read_body, request_id,
-                             retry_headers)
-from maas.serve.oip import (SERVER_METADATA, ProtocolError, check_rows, classifier_outputs, embedding_outputs,
-                            model_metadata, parse_infer_request, parse_text_infer_request)
+from maas.serve.http import (
+    BAD_KEY,
+    JSONResponse,
+    key_ok,
+    oip_error,
+    parse_off_loop,
+    read_body,
+    request_id,
+    retry_headers,
+)
+from maas.serve.oip import (
+    SERVER_METADATA,
+    ProtocolError,
+    check_rows,
+    classifier_outputs,
+    embedding_outputs,
+    model_metadata,
+    parse_infer_request,
+    parse_text_infer_request,
+)
 from maas.serve.oip_binary import HEADER, encode_response, request_object, wants_binary
 
 

@@ -10,8 +10,14 @@ from typing import Optional
 from starlette.requests import Request
 
 from maas.serve.http import BAD_KEY, JSONResponse, key_ok, openai_error, parse_off_loop, read_body, retry_headers
-from maas.serve.oip import (ProtocolError, check_rows, embeddings_response, json_object, openai_model,
-                            parse_embeddings_request)
+from maas.serve.oip import (
+    ProtocolError,
+    check_rows,
+    embeddings_response,
+    json_object,
+    openai_model,
+    parse_embeddings_request,
+)
 
 
 class OpenAIHandlers:

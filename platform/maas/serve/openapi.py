@@ -7,6 +7,7 @@ request body schema with an example, answers and error shapes (the Open Inferenc
 from __future__ import annotations
 
 from maas.serve.router import ROUTES
+from maas.version import __version__
 
 OIP_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
@@ -94,7 +95,7 @@ def openapi_document(title: str = "maas") -> dict:
         paths.setdefault(pattern, {})[method.lower()] = op
     schemas = {name: {k: v for k, v in schema.items() if k != "example"} for name, schema in BODIES.values()}
     return {"openapi": "3.1.0",
-            "info": {"title": title, "version": "0.1.0",
+            "info": {"title": title, "version": __version__,
                      "description": "Models served by maas: Open Inference Protocol v2 and OpenAI-style routes."},
             "paths": paths, "security": [{"bearer": []}],
             "components": {"schemas": {**schemas, "OIPError": OIP_ERROR, "OpenAIError": OPENAI_ERROR},

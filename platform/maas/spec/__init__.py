@@ -11,28 +11,74 @@ Example:
     3
 """
 
-from maas.spec.common import (NAME_PATTERN, TrainSpec, AutoscalingSpec, CanarySpec, DeploySpec, LLMEngineSpec)
-from maas.spec.ops import (OPS, FITTED_OPS, DATA_OPS, DataOp, SelectOp, RenameOp, CastOp, FillNullOp, DropNullOp,
-                           DedupeOp, FilterOp, CustomOp, ImageOp, TokenizeOp, ScaleOp, EncodeOp, ENCODER_FINAL_STEPS,
-                           ENCODER_MODEL_STEPS, EncoderStep, PruneStructuredStep, PruneUnstructuredStep, DistillStep,
-                           FinetuneStep, FinalStep)
-from maas.spec.classifier import (SplitSpec, ColumnSchema, DataSpec, ModelSpec, CompressSpec, ClassifierSpec)
-from maas.spec.encoder import (EncoderModelSpec, CorpusSpec, EncoderGateSpec, VariantSpec, EncoderCompressSpec,
-                               EncoderPipelineSpec)
-from maas.spec.lm import (LM_SIZE_NAMES, TextDataSpec, LMModelSpec, LoRASpec, GenerateSpec, LM_TRAIN_DEFAULTS,
-                          LLM_COMPRESS_METHODS, LLMGateSpec, LMCompressSpec, LMPipelineSpec)
+from maas.spec.classifier import ClassifierSpec, ColumnSchema, CompressSpec, DataSpec, ModelSpec, SplitSpec
+from maas.spec.common import NAME_PATTERN, AutoscalingSpec, CanarySpec, DeploySpec, LLMEngineSpec, TrainSpec
+from maas.spec.encoder import (
+                           CorpusSpec,
+                           EncoderCompressSpec,
+                           EncoderGateSpec,
+                           EncoderModelSpec,
+                           EncoderPipelineSpec,
+                           VariantSpec,
+)
 from maas.spec.llm import LLMModelSpec, LLMPipelineSpec
-from maas.spec.loading import (SPEC_CLASSES, PipelineSpec, parse_override, apply_overrides, spec_from_dict,
-                               load_spec, deploy_spec_from_dict)
+from maas.spec.lm import (
+                           LLM_COMPRESS_METHODS,
+                           LM_SIZE_NAMES,
+                           LM_TRAIN_DEFAULTS,
+                           GenerateSpec,
+                           LLMGateSpec,
+                           LMCompressSpec,
+                           LMModelSpec,
+                           LMPipelineSpec,
+                           LoRASpec,
+                           TextDataSpec,
+)
+from maas.spec.loading import (
+                           SPEC_CLASSES,
+                           PipelineSpec,
+                           apply_overrides,
+                           deploy_spec_from_dict,
+                           load_spec,
+                           parse_override,
+                           spec_from_dict,
+)
+from maas.spec.ops import (
+                           DATA_OPS,
+                           ENCODER_FINAL_STEPS,
+                           ENCODER_MODEL_STEPS,
+                           FITTED_OPS,
+                           OPS,
+                           CastOp,
+                           CustomOp,
+                           DataOp,
+                           DedupeOp,
+                           DistillStep,
+                           DropNullOp,
+                           EncodeOp,
+                           EncoderStep,
+                           FillNullOp,
+                           FilterOp,
+                           FinalStep,
+                           FinetuneStep,
+                           ImageOp,
+                           PruneStructuredStep,
+                           PruneUnstructuredStep,
+                           RenameOp,
+                           ScaleOp,
+                           SelectOp,
+                           TokenizeOp,
+)
 
 __all__ = [
     "CastOp", "CustomOp", "DATA_OPS", "DataOp", "DedupeOp", "DistillStep", "DropNullOp", "EncodeOp", "EncoderStep",
-    "FillNullOp", "FilterOp", "FinalStep", "FinetuneStep", "ImageOp", "PruneStructuredStep", "PruneUnstructuredStep",
-    "RenameOp", "ScaleOp", "SelectOp", "TokenizeOp",
-    "AutoscalingSpec", "CanarySpec", "ClassifierSpec", "ColumnSchema", "CompressSpec", "CorpusSpec", "DataSpec",
-    "DeploySpec", "LLMEngineSpec", "ENCODER_FINAL_STEPS", "ENCODER_MODEL_STEPS", "EncoderCompressSpec", "EncoderGateSpec",
-    "EncoderModelSpec", "EncoderPipelineSpec", "FITTED_OPS", "LMModelSpec", "LM_SIZE_NAMES", "LoRASpec", "GenerateSpec",
-    "LLMModelSpec", "LLMPipelineSpec", "LLM_COMPRESS_METHODS", "LLMGateSpec", "LMCompressSpec", "LMPipelineSpec", "LM_TRAIN_DEFAULTS", "ModelSpec", "NAME_PATTERN", "OPS", "PipelineSpec", "SPEC_CLASSES",
-    "SplitSpec", "TextDataSpec", "TrainSpec", "VariantSpec", "apply_overrides", "deploy_spec_from_dict", "load_spec", "parse_override",
-    "spec_from_dict",
+    "FillNullOp", "FilterOp", "FinalStep", "FinetuneStep", "ImageOp", "PruneStructuredStep",
+    "PruneUnstructuredStep", "RenameOp", "ScaleOp", "SelectOp", "TokenizeOp", "AutoscalingSpec", "CanarySpec",
+    "ClassifierSpec", "ColumnSchema", "CompressSpec", "CorpusSpec", "DataSpec", "DeploySpec", "LLMEngineSpec",
+    "ENCODER_FINAL_STEPS", "ENCODER_MODEL_STEPS", "EncoderCompressSpec", "EncoderGateSpec", "EncoderModelSpec",
+    "EncoderPipelineSpec", "FITTED_OPS", "LMModelSpec", "LM_SIZE_NAMES", "LoRASpec", "GenerateSpec", "LLMModelSpec",
+    "LLMPipelineSpec", "LLM_COMPRESS_METHODS", "LLMGateSpec", "LMCompressSpec", "LMPipelineSpec",
+    "LM_TRAIN_DEFAULTS", "ModelSpec", "NAME_PATTERN", "OPS", "PipelineSpec", "SPEC_CLASSES", "SplitSpec",
+    "TextDataSpec", "TrainSpec", "VariantSpec", "apply_overrides", "deploy_spec_from_dict", "load_spec",
+    "parse_override", "spec_from_dict",
 ]

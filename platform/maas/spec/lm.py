@@ -9,7 +9,6 @@ from pydantic import Field, field_validator, model_validator
 
 from maas.spec.common import _NAME_PATTERN, DeploySpec, TrainSpec, _Pipeline, _Strict
 
-
 LM_SIZE_NAMES = ("tiny", "small", "base", "125m", "300m", "1b")  # maas.models.llama.LLAMA_SIZES
 
 
@@ -68,7 +67,7 @@ class LMModelSpec(_Strict):
     arch: Literal["llama"] = Field("llama", description="transformers' LlamaForCausalLM (RMSNorm, rotary positions, "
                                                       "SwiGLU), published as a Hugging Face folder.")
     size: Literal[LM_SIZE_NAMES] = Field("tiny", description="tiny (~0.7M parameters, CPU tests), small (~17M), "
-                                                            "base (~98M), 125m (~124M), 300m (~317M), 1b (~0.95B; GPUs).")
+                                         "base (~98M), 125m (~124M), 300m (~317M), 1b (~0.95B; GPUs).")
     n_layer: Optional[int] = Field(None, ge=1, description="Decoder layers (default: the size's).")
     n_head: Optional[int] = Field(None, ge=1, description="Attention heads (default: the size's).")
     n_kv_head: Optional[int] = Field(None, ge=1, description="Key/value heads (grouped-query attention; default: "
@@ -76,18 +75,10 @@ class LMModelSpec(_Strict):
     n_embd: Optional[int] = Field(None, ge=8, description="Model width (default: the size's).")
     intermediate_size: Optional[int] = Field(None, ge=8, description="MLP width (default: the size's).")
     block_size: Optional[int] = Field(None, ge=8, le=32768, description="Training context in tokens, and the "
-                                                                         "served model's context (default: the size's).")
+                                      "served model's context (default: the size's).")
     vocab_size: Optional[int] = Field(None, ge=300, le=262144, description="Most tokens the byte-level BPE "
                                       "tokenizer learns from the training text (default: the size's).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on attention weights.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _retired_gpt(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("arch") == "gpt":
-            raise ValueError("model.arch 'gpt' (the byte-level GPT) was retired: kind lm trains transformers' "
-                             "Llama with a BPE tokenizer; drop model.arch (the size names are the same)")
-        return data
 
     def config(self) -> dict:
         from maas.models.llama import llama_config

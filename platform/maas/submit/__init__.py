@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from maas.exceptions import JobError, SpecError
-from maas.submit.auth import BAD_TOKEN, CLEAR_TEXT, NO_TOKEN, _auth_enabled, _is_local, _loopback, find_token
 from maas.spec import PipelineSpec, load_spec, spec_from_dict
+from maas.submit.auth import BAD_TOKEN, CLEAR_TEXT, NO_TOKEN, _auth_enabled, _is_local, _loopback, find_token
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 RESULT_KEY = "maas_result"

@@ -355,8 +355,8 @@ def train_loop_per_worker(config: LoopConfig) -> None:
         every = t.checkpoint_every_epochs
         due = improved or stop or epoch == t.epochs - 1 or (every and (epoch + 1) % every == 0)
         if due:  # every rank computes the same `due` (validation figures are all-reduced)
-            write_checkpoint(model, optimizer, config.architecture, metrics, {"epoch": epoch, "step": step, "history": history,
-                                                            "steps": steps_log}, rank, world, fsdp)
+            state = {"epoch": epoch, "step": step, "history": history, "steps": steps_log}
+            write_checkpoint(model, optimizer, config.architecture, metrics, state, rank, world, fsdp)
         else:
             ray.train.report(metrics)
         if stop:

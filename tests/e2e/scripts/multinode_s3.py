@@ -138,7 +138,8 @@ def main() -> int:
                 break
             time.sleep(0.3)
         listing = [i.path for i in fs.get_file_info(pafs.FileSelector(run_root, recursive=True))]
-        caches = {d.name: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
+        caches = {d.name: sorted(str(p.relative_to(d)) for p in d.rglob("*")
+                                 if p.is_file() and not p.name.startswith("."))
                   for d in work.iterdir() if d.name.endswith("-cache")}
         print(json.dumps({
             "history": result.history, "killed": killed, "worker_node_ids": sorted(node_ids), "seconds": seconds,
