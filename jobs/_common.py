@@ -15,6 +15,7 @@ import traceback
 from typing import Callable
 
 import jobs  # import path bootstrap
+from maas import progress as maas_progress
 from maas.exceptions import MaasError
 from maas.spec import PipelineSpec, load_spec, spec_from_dict
 from maas.submit import RESULT_KEY
@@ -25,7 +26,7 @@ def emit(stage: str, status: str, **fields) -> None:
 
 
 def progress(stage: str, detail: str) -> None:
-    print(f"[{stage}] {detail}", flush=True)
+    print(maas_progress.line(stage, detail), flush=True)
 
 
 def parser(stage: str, description: str) -> argparse.ArgumentParser:

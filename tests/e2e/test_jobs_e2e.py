@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from maas.registry import Registry
-from maas.submit import Client
+from maas.submit import Client, progress_event
 from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
@@ -57,6 +57,9 @@ def test_sdk_runs_each_stage_as_its_own_job(ray_head, tmp_path):
     assert trained["status"] == "succeeded" and trained["version"] == "digits/1" and trained["run_id"] == pre["run_id"]
     assert len(trained["history"]) == 4
     assert "[train] epoch 4/4 (100%)" in train_job.logs()  # progress shows in the job log
+    epochs = [e for e in map(progress_event, train_job.logs().splitlines()) if e and "epoch" in e]
+    assert [(e["epoch"], e["epochs"]) for e in epochs] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # the real loop's lines
+    assert all(e["loss"] > 0 and 0 <= e["val_accuracy"] <= 1 for e in epochs)
 
     comp = client.submit(SPEC, overrides, stage="compress", args=["--parent", "digits/1"]).result(timeout=300)
     assert comp["status"] == "succeeded" and comp["variants"][0]["ref"] == "digits/2"

@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 
+from maas import progress
 from maas.cli.jobs import cmd_jobs, cmd_logs, cmd_status, cmd_stop, cmd_submit
 from maas.cli.serve import _interrupt, cmd_serve, serve_forever
 from maas.exceptions import MaasError
@@ -100,7 +101,7 @@ def cmd_run(args) -> int:
     local = ensure_ray(args.address, quiet=not args.verbose)
     _say(f"maas: {'embedded local Ray' if local else 'Ray at ' + (args.address or os.environ['RAY_ADDRESS'])}"
          f" | spec {args.spec} ({spec.spec_hash()[:12]})")
-    result = kind.run(spec, serve=serve, progress=lambda stage, detail: _say(f"  [{stage}] {detail}"))
+    result = kind.run(spec, serve=serve, progress=lambda stage, detail: _say(f"  {progress.line(stage, detail)}"))
     _say("")
     _say(kind.summary(result, spec))
     _say("")

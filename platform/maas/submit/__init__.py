@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import sys
 import time
@@ -21,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
+from maas import progress
 from maas.exceptions import JobError, SpecError
 from maas.spec import PipelineSpec, load_spec, spec_from_dict
 from maas.submit.auth import BAD_TOKEN, CLEAR_TEXT, NO_TOKEN, _auth_enabled, _is_local, _loopback, find_token
@@ -53,27 +53,7 @@ def _jobs_address(address: str) -> str:
     return f"http://{address.rstrip('/')}"
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_RAY_PREFIX = re.compile(r"^\([^)]*pid=\d+[^)]*\)\s*")  # "(RayTrainWorker pid=123, ip=...) " on worker lines
-_PROGRESS = re.compile(r"^\[([a-z_]+)\] (.*)$")
-_EPOCH = re.compile(r"epoch (\d+)/(\d+) \(\d+%\) step (\d+) loss=(\S+?)(?: val_accuracy=(\S+?))?(?: |$)")
-
-
-def progress_event(line: str) -> Optional[dict]:
-    """A maas progress line of a job's log (``[stage] detail``, from the driver or a training worker) as an
-    event ``{"stage", "detail"}``; a training epoch also carries ``epoch``, ``epochs``, ``step``, ``loss`` and
-    ``val_accuracy``. None for everything else (Ray's own lines, execution plans, the result line)."""
-    text = _RAY_PREFIX.sub("", _ANSI.sub("", line).strip())
-    m = _PROGRESS.match(text)
-    if m is None:
-        return None
-    event: dict = {"stage": m.group(1), "detail": m.group(2)}
-    e = _EPOCH.search(m.group(2)) if m.group(1) == "train" else None
-    if e is not None:
-        event.update(epoch=int(e.group(1)), epochs=int(e.group(2)), step=int(e.group(3)), loss=float(e.group(4)))
-        if e.group(5):
-            event["val_accuracy"] = float(e.group(5))
-    return event
+progress_event = progress.parse  # a job log's progress line as a typed event (maas.progress writes them)
 
 
 class Job:

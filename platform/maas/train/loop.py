@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from maas import progress
 from maas.data.chat import IGNORE  # a target position that is not learnt (cross-entropy's ignore_index)
 from maas.models import build_model
 from maas.train.checkpoint import as_dtensors, resume_state, write_checkpoint
@@ -347,10 +348,8 @@ def train_loop_per_worker(config: LoopConfig) -> None:
             metrics["early_stopped"] = True
         history.append(metrics)
         if rank == 0:  # shows in job logs (`maas logs --follow`) as the run's progress
-            done = epoch + 1
-            val = f" val_accuracy={metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else ""
-            print(f"[train] epoch {done}/{t.epochs} ({100 * done // t.epochs}%) step {step} "
-                  f"loss={metrics['train_loss']:.4f}{val}" + (" (early stop)" if stop else ""), flush=True)
+            print(progress.Epoch(epoch + 1, t.epochs, step, metrics["train_loss"], metrics.get("val_accuracy"),
+                                 early_stop=stop).line(), flush=True)
             _write_progress(config.progress_path, {"epoch": epoch, "step": step, "worker_nodes": worker_nodes})
         every = t.checkpoint_every_epochs
         due = improved or stop or epoch == t.epochs - 1 or (every and (epoch + 1) % every == 0)
