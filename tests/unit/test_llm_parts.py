@@ -144,36 +144,6 @@ def test_streams_pass_vllms_events_through_and_are_accounted_when_they_end():
     assert records[0][2] == 500
 
 
-def test_ray_serve_llm_private_parts_maas_relies_on_are_still_there():
-    """maas moves VLLMEngine's blocking start off the replica's loop by overriding two of its private methods
-    (and stops the AsyncLLM it made that way), frees the placement group its callback made, and loads adapters
-    with ``DiskMultiplexConfig``: a Ray upgrade that changes any of them fails here, not in serving."""
-    pytest.importorskip("ray.serve.llm")
-    import inspect
-    from types import SimpleNamespace
-
-    from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
-
-    from maas.serve.llm_engine import llm_config
-    from maas.serve.runtimes.vllm import adapter_config, off_loop_engine_class
-
-    assert list(inspect.signature(VLLMEngine._prepare_engine_config).parameters) == ["self", "callback_ctx"]
-    assert list(inspect.signature(VLLMEngine._start_async_llm_engine).parameters)[:2] == ["self",
-                                                                                          "vllm_engine_args"]
-    start = inspect.getsource(VLLMEngine.start)
-    assert "self._prepare_engine_config(" in start and "self._engine_client = self._start_async_llm_engine(" in start
-    assert "callback.ctx" in start
-    config = llm_config("/store", SimpleNamespace(name="tiny", ref="tiny/1", version=1, signature={}),
-                        LLMEngineSpec(), source="/folder")
-    engine = off_loop_engine_class()(config)
-    assert engine._engine_client is None and issubclass(type(engine), VLLMEngine)
-    engine.maas_stop()  # nothing made yet: a no-op, and a later start stops what it makes
-    assert engine._maas_stopped
-    assert config.model_loading_config.model_source == "/folder" and hasattr(config, "_callback_instance")
-    disk = adapter_config("support/2", "/adapters/support", 1)
-    assert disk.model_id == "support/2" and disk.local_path == "/adapters/support"
-
-
 def test_engine_placement_follows_the_spec_cpu_or_gpu():
     pytest.importorskip("ray.serve.llm")
     from types import SimpleNamespace

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 from ray import serve
 
 from maas.registry import Registry
+from maas.serve import ray_private
 from maas.serve.app import ModelServer
 from maas.serve.auth import load_api_key_hashes
 from maas.serve.served import fetch_all, normalize_routes
@@ -220,12 +221,10 @@ def haproxy_bound_env(host: str) -> dict:
     Ray's config and runs the real binary. Nothing where ``host`` is every interface already, or where the
     script is not executable (an install that dropped its mode): the start line then says ``*``. The script
     is maas's package file, so every node that runs maas has it at the same path."""
-    from ray.serve._private.haproxy import get_haproxy_binary
-
     script = os.path.join(os.path.dirname(__file__), "haproxy-bound")
     if host in EVERY_INTERFACE or not os.access(script, os.X_OK):
         return {}
-    return {"RAY_SERVE_HAPROXY_BINARY_PATH": script, "MAAS_HAPROXY_BINARY": get_haproxy_binary(),
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": script, "MAAS_HAPROXY_BINARY": ray_private.haproxy_binary(),
             "MAAS_HAPROXY_HOST": host}
 
 
@@ -324,16 +323,7 @@ def _port_free(port: int) -> bool:
 
 
 def _serve_running() -> bool:
-    try:
-        import ray
-        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-        if not ray.is_initialized():
-            return False
-        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        return True
-    except Exception:  # no controller (ValueError), or the private names moved
-        return False
+    return ray_private.serve_controller_running()
 
 
 def undeploy(app_name: str) -> None:
@@ -349,13 +339,10 @@ def undeploy(app_name: str) -> None:
 def proxy_address(host: str, port: int) -> str:
     """Where Serve's proxy really listens: HTTP options are fixed when Serve first starts on a cluster, so
     a later deploy asking for another port is served on the first one; report that, and say so."""
-    try:
-        from ray.serve.context import _get_global_client
-
-        config = _get_global_client().http_config
-        actual_host, actual_port = config.host, int(config.port)
-    except Exception:  # private API moved: trust what was asked for
+    actual = ray_private.serve_http_address()
+    if actual is None:  # no Serve (yet): what was asked for
         return f"{host}:{port}"
+    actual_host, actual_port = actual
     if (actual_host, actual_port) != (host, port):
         logger.warning("Serve already listens on %s:%s on this cluster; deploy.host/port (%s:%s) cannot change "
                        "that until Serve is shut down", actual_host, actual_port, host, port)

@@ -25,6 +25,7 @@ import time
 from typing import Callable, Optional
 
 from maas.exceptions import ServeError
+from maas.serve import ray_private
 from maas.serve.llm_engine import engine_of, is_adapter, llm_config, lora_name
 
 logger = logging.getLogger("ray.serve")
@@ -243,9 +244,7 @@ def off_loop_engine_class():
     global _ENGINE_CLASS
     if _ENGINE_CLASS is not None:
         return _ENGINE_CLASS
-    from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
-
-    class OffLoopVLLMEngine(VLLMEngine):
+    class OffLoopVLLMEngine(ray_private.vllm_engine_class()):
         _maas_prepared = None
         _maas_client = None
         _maas_stopped = False
@@ -287,9 +286,7 @@ def off_loop_engine_class():
 
 def adapter_config(ref: str, folder: str, int_id: int):
     """What ``VLLMEngine.resolve_lora`` takes for an adapter whose files are in ``folder``."""
-    from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
-
-    return DiskMultiplexConfig(model_id=ref, local_path=folder, max_total_tokens=None, lora_assigned_int_id=int_id)
+    return ray_private.disk_multiplex_config(ref, folder, int_id)
 
 
 def shutdown_engine(server) -> None:
@@ -304,8 +301,7 @@ def shutdown_engine(server) -> None:
             engine.maas_stop()
         except Exception as exc:  # already gone
             logger.warning("maas engine shutdown: %s", exc)
-    callback = getattr(getattr(server, "_llm_config", None), "_callback_instance", None)  # made by start()
-    pg = getattr(getattr(callback, "ctx", None), "placement_group", None)
+    pg = ray_private.engine_placement_group(server)
     if pg is not None and pg != ray.util.get_current_placement_group():
         try:
             ray.util.remove_placement_group(pg)

@@ -1,0 +1,62 @@
+"""The private parts of Ray that maas uses (``maas.serve.ray_private``, the one module that touches them): each
+is checked here, so a Ray upgrade that moves or changes one fails in this file, not in serving."""
+
+import inspect
+import os
+
+import pytest
+
+from maas.serve import ray_private
+from maas.spec import LLMEngineSpec
+
+
+def test_ray_serve_llm_private_parts_maas_relies_on_are_still_there():
+    """maas moves VLLMEngine's blocking start off the replica's loop by overriding two of its private methods
+    (and stops the AsyncLLM it made that way), frees the placement group its callback made, and loads adapters
+    with ``DiskMultiplexConfig``: a Ray upgrade that changes any of them fails here, not in serving."""
+    pytest.importorskip("ray.serve.llm")
+    import inspect
+    from types import SimpleNamespace
+
+    from maas.serve.llm_engine import llm_config
+    from maas.serve.runtimes.vllm import adapter_config, off_loop_engine_class
+
+    VLLMEngine = ray_private.vllm_engine_class()
+    for name, params in ray_private.VLLM_ENGINE_OVERRIDES.items():
+        assert list(inspect.signature(getattr(VLLMEngine, name)).parameters) == params, name
+    start = inspect.getsource(VLLMEngine.start)
+    assert "self._prepare_engine_config(" in start and "self._engine_client = self._start_async_llm_engine(" in start
+    assert "callback.ctx" in start
+    config = llm_config("/store", SimpleNamespace(name="tiny", ref="tiny/1", version=1, signature={}),
+                        LLMEngineSpec(), source="/folder")
+    engine = off_loop_engine_class()(config)
+    assert engine._engine_client is None and issubclass(type(engine), VLLMEngine)
+    engine.maas_stop()  # nothing made yet: a no-op, and a later start stops what it makes
+    assert engine._maas_stopped
+    assert config.model_loading_config.model_source == "/folder" and config._callback_instance is None
+    server = SimpleNamespace(_llm_config=config)  # LLMServer keeps its config there; no engine started yet
+    assert ray_private.engine_placement_group(server) is None
+    disk = adapter_config("support/2", "/adapters/support", 1)
+    assert disk.model_id == "support/2" and disk.local_path == "/adapters/support"
+
+
+def test_serve_private_parts_maas_relies_on_are_still_there():
+    """HAProxy's binary (maas runs it through its haproxy-bound script), the controller's name and namespace
+    (is Serve running here?) and the global client's HTTP options (where Serve really listens)."""
+    import ray
+    from ray.serve._private.client import ServeControllerClient
+    from ray.serve.context import _get_global_client
+
+    binary = ray_private.haproxy_binary()
+    assert os.path.isfile(binary) and os.access(binary, os.X_OK)
+    assert not ray.is_initialized() and ray_private.serve_controller_running() is False
+    assert "raise_if_no_controller_running" in inspect.signature(_get_global_client).parameters
+    assert isinstance(inspect.getattr_static(ServeControllerClient, "http_config"), property)
+    source = inspect.getsource(ray_private)
+    for private in ("ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE",
+                    "ray.serve._private.haproxy import get_haproxy_binary",
+                    "ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig"):
+        assert private in source
+    for module in ("deploy", "hosting", "app", "readiness", "runtimes/vllm", "llm_engine", "llm_handlers"):
+        text = open(os.path.join(os.path.dirname(ray_private.__file__), f"{module}.py")).read()
+        assert "_private" not in text.replace("ray_private", "") and "._internal" not in text, module
