@@ -31,8 +31,8 @@ lint: setup  ## ruff with pyproject.toml's rules (pycodestyle, pyflakes, import 
 test: setup lint  ## lint, then every test tier: unit, integration (shared local Ray), e2e (pipeline, CLI, HTTP)
 	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e $(ARGS)
 
-test-quick: setup
-	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e -m "not slow" $(ARGS)
+test-quick: setup lint  ## unit and the integration tests under ~30 s each (no `slow` marker): a few minutes
+	$(BIN)/python -m pytest tests/unit tests/integration -m "not slow" $(ARGS)
 
 proto: setup  ## recompile the OIP gRPC descriptor set after editing the .proto
 	$(BIN)/python -m grpc_tools.protoc -I platform/maas/serve/proto \

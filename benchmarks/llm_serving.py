@@ -73,6 +73,9 @@ def serve_child(system: str, folder: str, store: str, port: int) -> None:
 
         for name, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(name, value)
+    if os.environ.get("MAAS_BENCH_RAY_NICE"):  # Ray's daemons at the workers' niceness (an experiment)
+        os.nice(15)
+        os.environ["RAY_worker_niceness"] = "0"
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         if system.startswith("maas"):  # maas starts Serve itself, in its high-throughput mode unless told

@@ -16,10 +16,11 @@ import requests
 from maas.runtime import free_port
 from maas.spec import DeploySpec
 from tests.llm_helpers import app_engines, engines_gone_and_shared_memory_released
+from tests.waiting import wait_until
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm")
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]  # over 30 s each, setup included
 KEY = "llm-key-0123456789abcdef"
 
 
@@ -278,10 +279,5 @@ def test_llm_metrics_per_model_and_version(llm):
     assert completion and float(completion[0].rsplit(" ", 1)[1]) > 0
 
 
-def _wait(cond, timeout_s: float) -> bool:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.5)
-    return cond()
+def _wait(cond, timeout_s: float):
+    return wait_until(cond, timeout_s, every_s=0.5)

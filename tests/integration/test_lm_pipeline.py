@@ -22,7 +22,7 @@ from tests.llm_helpers import app_engines, engines_gone_and_shared_memory_releas
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm")
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]  # over 30 s each, setup included
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ with zero failed requests, a canary takes its share, pinned versions answer, a m
 
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from maas.serve import VERSION_HEADER, build_app
 from maas.serve.deploy import start_serve, stop_serve
 from maas.spec import CanarySpec, DeploySpec
 from tests.conftest import free_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 SIG = classifier_signature(64, list(range(10)))
@@ -112,10 +112,8 @@ def test_a_model_without_its_alias_is_503_until_the_alias_appears(fleet):
     assert requests.post(f"{url}/v2/models/digits/infer", data=body(np.zeros((1, 64)))).status_code == 200
 
     reg.set_alias("wine", "production", fleet["wine"].version)
-    deadline = time.time() + 20
-    while requests.get(f"{url}/v2/health/ready").status_code != 200:
-        assert time.time() < deadline, "wine never became ready after its alias was set"
-        time.sleep(0.2)
+    wait_until(lambda: requests.get(f"{url}/v2/health/ready").status_code == 200, 20,
+               "wine ready after its alias was set")
     rows = np.random.default_rng(3).normal(size=(5, 13)).astype(np.float32)
     r = requests.post(f"{url}/v2/models/wine/infer", data=body(rows))
     assert r.status_code == 200 and r.headers[VERSION_HEADER] == fleet["wine"].ref
@@ -128,14 +126,13 @@ def test_moving_the_alias_under_load_rolls_over_with_zero_failures(fleet):
     url, reg = fleet["url"], fleet["reg"]
     rows = np.random.default_rng(0).uniform(0, 16, size=(4, 64)).astype(np.float32)
     assert (fleet["p1"](rows).argmax(1) != fleet["p2"](rows).argmax(1)).any()  # the versions are told apart
+    v2 = fleet["v2"].ref
     with Load(f"{url}/v2/models/digits/infer", body(rows)) as load:
-        time.sleep(1.5)
+        wait_until(lambda: all(len(per) >= 10 for per in load.results), 20, "every client answered by v1")
         reg.set_alias("digits", "production", fleet["v2"].version)
-        deadline = time.time() + 20
-        while not any(v == fleet["v2"].ref for per in load.results for _, v in per[-3:]):
-            assert time.time() < deadline, "the alias move never reached the replica"
-            time.sleep(0.1)
-        time.sleep(1.0)
+        # every client then sees v2 for a while: a client going back to v1 would show in the check below
+        wait_until(lambda: all(sum(v == v2 for _, v in per) >= 10 for per in load.results), 20,
+                   "the alias move reached every client")
     answers = load.all
     assert len(answers) > 100
     assert all(code == 200 for code, _ in answers), [a for a in answers if a[0] != 200][:5]
@@ -186,7 +183,8 @@ def test_a_canary_takes_its_share_of_traffic(fleet):
         assert listing["canary"] == {"alias": "candidate", "percent": 20.0, "version": str(fleet["v2"].version)}
         # removing the candidate alias ends the trial: everything goes to production again
         reg.delete_alias("digits", "candidate")
-        time.sleep(1.0)
+        wait_until(lambda: session.get(f"{fleet['url']}/canary/v2/models").json()["models"][0]
+                   .get("canary", {}).get("version") is None, 20, "the canary dropped with its alias")
         later = [session.post(f"{fleet['url']}/canary/v2/models/digits/infer", data=body(np.ones((1, 64))))
                  for _ in range(60)]
         assert {r.headers[VERSION_HEADER] for r in later} == {fleet["v1"].ref}
@@ -207,13 +205,11 @@ def test_a_replica_killed_under_load_loses_under_a_tenth_of_a_percent(fleet):
         assert len(replicas) == 2, replicas
         victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
         with Load(f"{fleet['url']}/pair/v2/models/digits/infer", body(np.ones((1, 64))), threads=3) as load:
-            time.sleep(3)
+            wait_until(lambda: len(load.all) >= 300, 30, "load on both replicas")
             ray.kill(victim, no_restart=True)
             # a kill can only lose the requests in flight on that replica at that instant (a few); what
             # matters is that everything after it is served: keep the load on for a realistic window
-            deadline = time.time() + 60
-            while len(load.all) < 3500 and time.time() < deadline:
-                time.sleep(0.5)
+            wait_until(lambda: len(load.all) >= 3500, 60)
         answers = load.all
         failed = [a for a in answers if a[0] != 200]
         print(f"replica killed under load: {len(failed)} of {len(answers)} requests failed")

@@ -15,7 +15,7 @@ from maas.registry import Registry
 from maas.spec import spec_from_dict
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]  # over 30 s each, setup included
 
 
 @pytest.fixture(scope="module")

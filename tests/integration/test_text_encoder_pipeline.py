@@ -18,7 +18,7 @@ from maas.serve import VERSION_HEADER
 from maas.spec import spec_from_dict
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]  # over 30 s each, setup included
 
 
 

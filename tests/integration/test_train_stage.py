@@ -103,6 +103,7 @@ def test_early_stopping_ends_a_run_that_stopped_improving(digits_parquet, tmp_pa
     assert result.best_metrics["val_accuracy"] == max(h["val_accuracy"] for h in result.history)
 
 
+@pytest.mark.slow  # 40 s: compiling every block
 def test_compiled_blocks_train_like_eager_with_fsdp_and_keep_checkpoint_keys(tmp_path):
     """train.compile: each Llama decoder layer compiled in place (regional compilation) under FSDP2 on 2
     workers; the ragged last batch and validation run eager (no recompile). Same seed and data: the same losses
