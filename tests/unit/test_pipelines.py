@@ -131,3 +131,15 @@ def test_no_module_of_the_library_is_over_400_lines():
     long = {f.relative_to(ROOT).as_posix(): n for f in (ROOT / "platform" / "maas").rglob("*.py")
             if (n := len(f.read_text().splitlines())) > 400}
     assert not long, f"split these by concern: {long}"
+
+
+def test_engine_runtimes_are_told_apart_in_one_place():
+    """Whether a version runs on a vLLM engine is asked through maas.serve.runtimes.on_engine; only the
+    runtime tables (serve/runtimes, models/tasks: the in-process predictors) name a runtime."""
+    import re
+
+    tables = {"platform/maas/serve/runtimes/__init__.py", "platform/maas/models/tasks.py"}
+    compared = re.compile(r"""(==|!=)\s*["']vllm["']|["']vllm["']\s*(==|!=|in\b)""")
+    found = [str(f.relative_to(ROOT)) for f in (ROOT / "platform").rglob("*.py")
+             if str(f.relative_to(ROOT)) not in tables and compared.search(f.read_text())]
+    assert not found, found

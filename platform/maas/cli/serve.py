@@ -67,6 +67,7 @@ def deploy_settings(args) -> dict:
 def cmd_serve(args) -> int:
     from maas.runtime import ensure_ray
     from maas.serve import deploy
+    from maas.serve.runtimes import on_engine
     from maas.spec import deploy_spec_from_dict
 
     d = deploy_spec_from_dict(deploy_settings(args), "maas serve")  # checked before Ray starts
@@ -74,7 +75,7 @@ def cmd_serve(args) -> int:
     url = deploy(args.store, args.refs, d, progress=lambda line: _say(f"  {line}"))
     for ref in args.refs:
         name = ref.split("@")[0].split("/")[0]
-        if _runtime(args.store, ref) == "vllm":
+        if on_engine(_runtime(args.store, ref)):
             _say(f"serving {ref} at {url}/v1 (OpenAI: chat/completions, completions, models; model '{name}')")
         else:
             grpc = f" (OIP gRPC on port {d.grpc_port})" if d.grpc_port else ""

@@ -20,6 +20,7 @@ from maas.pipelines.base import (
     serve_at_end,
     variants_summary,
 )
+from maas.serve.runtimes import on_engine
 from maas.spec import LMPipelineSpec
 
 SPEC = LMPipelineSpec
@@ -73,7 +74,7 @@ def resolve_base(registry, spec: LMPipelineSpec) -> dict:
     from maas.models.hf_lm import finetune_config
 
     mv = registry.resolve(spec.model.base)
-    if mv.runtime != "vllm" or mv.signature.get("format") != "huggingface":
+    if not on_engine(mv) or mv.signature.get("format") != "huggingface":
         raise RegistryError(f"model.base {spec.model.base} is {mv.ref}, not a Hugging Face causal LM (runtime "
                             f"{mv.runtime}, format {mv.signature.get('format')}): name one trained with kind lm or "
                             "brought with `maas models import`")
@@ -265,7 +266,7 @@ def job_compress(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:
     parent = registry.resolve(opts.get("parent") or f"{spec.model.name}@{spec.deploy.alias}")
     if parent.lineage.get("quantization") and not opts.get("parent"):
         parent = registry.resolve(parent.lineage["parent"])
-    if parent.runtime != "vllm" or parent.signature.get("format") != "huggingface" or parent.lineage.get(
+    if not on_engine(parent) or parent.signature.get("format") != "huggingface" or parent.lineage.get(
             "quantization"):
         raise JobError(f"compress: {parent.ref} is not a whole Hugging Face causal LM to quantize (format "
                          f"{parent.signature.get('format')}, quantization {parent.lineage.get('quantization')})")

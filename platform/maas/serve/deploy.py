@@ -15,6 +15,7 @@ from maas.registry import Registry
 from maas.serve import ray_private
 from maas.serve.app import ModelServer
 from maas.serve.auth import load_api_key_hashes
+from maas.serve.runtimes import on_engine
 from maas.serve.served import fetch_all, normalize_routes
 from maas.spec import DeploySpec
 from maas.spec.common import EVERY_INTERFACE
@@ -51,7 +52,7 @@ def serves_generative(registry: Registry, routes: list[dict]) -> bool:
     for r in routes:
         ref = f"{r['model']}/{r['version']}" if r["version"] is not None else f"{r['model']}@{r['alias']}"
         try:
-            if registry.resolve(ref).runtime == "vllm":
+            if on_engine(registry.resolve(ref)):
                 return True
         except Exception:  # no alias yet: it answers 503 until one appears
             continue
@@ -69,7 +70,7 @@ def _checked(store: str, models, deploy: Optional[DeploySpec]):
     registry = Registry(store)
     routes = normalize_routes(models)
     versions = fetch_all(registry, routes, (deploy or DeploySpec()).llm)
-    generative = any(mv.runtime == "vllm" for mv in versions)
+    generative = any(on_engine(mv) for mv in versions)
     return build_app(registry.location, routes, deploy, generative=generative), routes, generative
 
 

@@ -20,6 +20,7 @@ from maas.exceptions import RegistryError, ServeError
 from maas.models import load_predictor
 from maas.registry import Registry
 from maas.serve.oip import ProtocolError
+from maas.serve.runtimes import on_engine
 from maas.serve.served import normalize_routes
 
 VERSION_HEADER = "x-maas-model-version"
@@ -143,7 +144,7 @@ class ModelHost:
             mv = self.registry.resolve(f"{name}/{version}")
             if mv.status != "ready":
                 raise RegistryError(f"{mv.ref} was {mv.status} by its quality gate and is not served")
-            if mv.runtime == "vllm":  # the engine fetches and verifies the files itself
+            if on_engine(mv):  # the engine fetches and verifies the files itself
                 from maas.serve.runtimes.vllm import EngineVersion
 
                 loaded = LoadedVersion(mv, EngineVersion(self.engines.get(mv), mv, self.llm))
@@ -153,7 +154,7 @@ class ModelHost:
         except Exception as exc:
             self._failed(key, str(exc))
             raise
-        if mv.runtime != "vllm":  # an engine's version: once the engine is ready (_take)
+        if not on_engine(mv):  # an engine's version: once the engine is ready (_take)
             self._failures.pop(key, None)
         return loaded
 
@@ -320,7 +321,7 @@ class ModelHost:
 
     def _retire_later(self, model: ServedModel, old: Optional[LoadedVersion]) -> None:
         """Stop the engine of a version this replica stopped serving, once it is idle and still unused."""
-        if old is None or old.mv.runtime != "vllm":
+        if old is None or not on_engine(old.mv):
             return
         timer = threading.Timer(self.retire_after_s, self.refresh)
         timer.daemon = True
@@ -334,7 +335,7 @@ class ModelHost:
         if self._stop.is_set():
             return
         used = {self.engines.key(x.mv) for m in self.models.values()
-                for x in (m.primary, m.canary, *m.pinned.values()) if x is not None and x.mv.runtime == "vllm"}
+                for x in (m.primary, m.canary, *m.pinned.values()) if x is not None and on_engine(x.mv)}
         again = False
         for key, engine in self.engines.items():
             if key in used or engine.state != "ready":

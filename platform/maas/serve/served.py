@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from maas.exceptions import RegistryError, ServeError
 from maas.registry import Registry
+from maas.serve.runtimes import on_engine
 
 
 class ServedRoute(BaseModel):
@@ -86,7 +87,7 @@ def fetch_all(registry: Registry, routes: list[dict], llm=None) -> list:
         mv = registry.resolve(ref)
         if mv.status != "ready":
             raise RegistryError(f"{mv.ref} was {mv.status} by its quality gate and is not served")
-        if mv.runtime == "vllm":
+        if on_engine(mv):
             from maas.serve.llm_engine import is_adapter
 
             if is_adapter(mv):

@@ -27,6 +27,7 @@ from typing import Callable, Optional
 from maas.exceptions import ServeError
 from maas.serve import ray_private
 from maas.serve.llm_engine import engine_of, is_adapter, llm_config, lora_name
+from maas.serve.runtimes import on_engine
 
 logger = logging.getLogger("ray.serve")
 START_DELAY_ENV = "MAAS_ENGINE_START_DELAY_S"  # hold every engine's start this long (drills: a slow model load)
@@ -82,7 +83,7 @@ class Engine:
         self._set("fetching")
         folder, mv = await asyncio.to_thread(Registry(self.store).fetch, self.ref,
                                              lambda step: self._set(step))
-        if mv.runtime != "vllm":
+        if not on_engine(mv):
             raise ServeError(f"{self.ref} has runtime {mv.runtime!r}; a vLLM engine serves runtime 'vllm'")
         self._set("loading")
         delay = float(os.environ.get(START_DELAY_ENV) or 0)
