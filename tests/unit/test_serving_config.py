@@ -121,7 +121,7 @@ def test_the_start_line_says_which_ports_listen_where_and_grpc_is_bounded(monkey
     http, grpc_ = (f"{env[f'RAY_SERVE_DIRECT_INGRESS_MIN_{p}_PORT']}-{env[f'RAY_SERVE_DIRECT_INGRESS_MAX_{p}_PORT']}"
                    for p in ("HTTP", "GRPC"))
     assert f"HTTP ports ({http}) on 127.0.0.1; the replicas' own gRPC ports ({grpc_}) and Serve's fallback gRPC " \
-           "proxy (9500) on every interface; " in line  # bound by Serve's code: said as it is
+           f"proxy ({env['RAY_SERVE_FALLBACK_PROXY_GRPC_PORT']}) on every interface; " in line  # as Serve binds it
     assert f"HAProxy's stats 127.0.0.1:{env['RAY_SERVE_HAPROXY_STATS_PORT']} and metrics 127.0.0.1:" in line
     assert haproxy_bound_env("0.0.0.0") == {}  # every interface asked for: Ray's binds stay
     default = listening(DeploySpec(host="0.0.0.0", proxy="default", grpc_port=9000), {}, grpc=True)

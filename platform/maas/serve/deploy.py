@@ -173,7 +173,7 @@ def listening(d: DeploySpec, env: dict, grpc: bool) -> str:
         if grpc:  # Serve binds its gRPC servers to [::] in code (grpc_util); maas's key check runs behind them
             ports.append(f"the replicas' own gRPC ports ({env['RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT']}-"
                          f"{env['RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT']}) and Serve's fallback gRPC proxy "
-                         f"({env.get('RAY_SERVE_FALLBACK_PROXY_GRPC_PORT', 9500)}) on every interface")
+                         f"({env['RAY_SERVE_FALLBACK_PROXY_GRPC_PORT']}) on every interface")
         side = env.get("MAAS_HAPROXY_HOST", "*")
         ports.append(f"HAProxy's stats {side}:{env['RAY_SERVE_HAPROXY_STATS_PORT']} and metrics "
                      f"{side}:{env['RAY_SERVE_HAPROXY_METRICS_PORT']}")
@@ -184,11 +184,11 @@ def listening(d: DeploySpec, env: dict, grpc: bool) -> str:
 
 def haproxy_instance_env() -> dict:
     """HAProxy's files and side ports for one Serve instance: Ray's defaults are fixed (/tmp/haproxy-serve,
-    stats 8404, metrics 9101), so a second Serve in this mode on one machine (another Ray cluster, a test
-    beside a running endpoint) would take over the first one's HAProxy, and replicas bind their direct ports
-    with SO_REUSEPORT, so two instances in one port range share sockets (requests cross between clusters:
-    seen in CI). Its own folder always; the default ports and port ranges while they are free here, else
-    others."""
+    stats 8404, metrics 9101, the fallback proxy's 8500 and 9500), so a second Serve in this mode on one
+    machine (another Ray cluster, a test beside a running endpoint) would take over the first one's HAProxy,
+    and replicas bind their direct ports with SO_REUSEPORT, so two instances in one port range share sockets
+    (requests cross between clusters: seen in CI). Its own folder always; the default ports and port ranges
+    while they are free here, else others."""
     import socket
     import tempfile
     import uuid
@@ -213,7 +213,10 @@ def haproxy_instance_env() -> dict:
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
             "RAY_SERVE_HAPROXY_STATS_PORT": str(8404 if _port_free(8404) else free_port("")),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(9101 if _port_free(9101) else free_port(""))}
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(9101 if _port_free(9101) else free_port("")),
+            # Serve's fallback proxy behind HAProxy (fixed ports too: a second instance could not bind them)
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(8500 if _port_free(8500) else free_port("")),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(9500 if _port_free(9500) else free_port(""))}
 
 
 def haproxy_bound_env(host: str) -> dict:
