@@ -1,8 +1,10 @@
 """Real Ray Serve over real HTTP on 127.0.0.1: the Open Inference Protocol v2 surface of a served model."""
 
+import contextlib
 import glob
 import json
 import os
+import socket
 import tempfile
 
 import numpy as np
@@ -39,16 +41,40 @@ def served(ray_session, tmp_path_factory):
     port, grpc_port = free_port(), free_port()
     stop_serve()  # a Serve left by an earlier module keeps its ports: start one with these (gRPC's too)
     before = set(glob.glob(f"{tempfile.gettempdir()}/mh*"))
-    url = deploy(str(tmp / "store"), "digits@production",
-                 DeploySpec(port=port, grpc_port=grpc_port, max_request_bytes=64 * 1024))
+    with _taken(8500, 9500) as taken:  # Serve's fallback proxy ports, as another Serve on this machine holds them
+        url = deploy(str(tmp / "store"), "digits@production",
+                     DeploySpec(port=port, grpc_port=grpc_port, max_request_bytes=64 * 1024))
     (haproxy_folder,) = set(glob.glob(f"{tempfile.gettempdir()}/mh*")) - before  # this Serve's HAProxy files
     assert os.stat(haproxy_folder).st_mode & 0o777 == 0o700  # its admin socket can hand out listening sockets
+    config = open(glob.glob(f"{haproxy_folder}/**/haproxy.cfg", recursive=True)[0]).read()
+    fallback = {int(line.rsplit(":", 1)[1].split()[0]) for line in config.splitlines() if "fallback" in line
+                and line.strip().startswith("server ")}
+    assert len(fallback) == 2 and not fallback & taken  # the fallback proxy took other ports
     listeners = haproxy_listeners(haproxy_folder)  # HTTP, gRPC, stats, metrics: all on deploy.host
     assert ("127.0.0.1", port) in listeners and len(listeners) >= 4 and {h for h, _ in listeners} == {"127.0.0.1"}
     yield {"url": url, "registry": reg, "predictor": OnnxPredictor(variant.files["model.onnx"]), "tmp": tmp,
            "port": port, "grpc": f"127.0.0.1:{grpc_port}"}
     stop_serve()
     assert not os.path.exists(haproxy_folder), "stop_serve left the HAProxy folder of its Serve"
+
+
+@contextlib.contextmanager
+def _taken(*ports: int):
+    """Hold those of ``ports`` that are free (listening on every interface); yields the ones held."""
+    held = []
+    for p in ports:
+        sock = socket.socket(socket.AF_INET6)
+        try:
+            sock.bind(("::", p))
+            sock.listen()
+            held.append(sock)
+        except OSError:
+            sock.close()
+    try:
+        yield {s.getsockname()[1] for s in held}
+    finally:
+        for s in held:
+            s.close()
 
 
 def haproxy_listeners(folder: str) -> set:
