@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from maas.ports import free_port
+
 # Settings of the embedded local Ray (a value already in the environment wins; a cluster keeps Ray's own):
 # - its Serve has no load balancer in front of its HAProxy, which is on this machine and reloads within a
 #   second: a stopping replica need not stay reachable for Ray's 30 s deregistration window
@@ -52,15 +54,6 @@ def ensure_ray(address: Optional[str] = None, quiet: bool = True, worker_logs: O
         return True
     ray.init(address=address, runtime_env=runtime_env, **kwargs)
     return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now ("": on every interface)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def start_head(base: str, python: Optional[str] = None, num_cpus: Optional[int] = None,

@@ -59,7 +59,8 @@ def test_a_job_entrypoint_refuses_a_stage_its_kind_lacks_with_a_result_line_not_
 
 
 # the layers, bottom up: a module may import only from a lower layer (or its own package)
-LAYERS = [("maas.exceptions", "maas.storage", "maas.version", "maas.progress"), ("maas.models",), ("maas.spec",),
+LAYERS = [("maas.exceptions", "maas.storage", "maas.version", "maas.progress", "maas.ports"), ("maas.models",),
+          ("maas.spec",),
           ("maas.data", "maas.registry"), ("maas.train",),
           ("maas.compress", "maas.serve", "maas.report", "maas.runtime"),
           ("maas.pipelines",), ("maas.submit",), ("maas.cli",), ("maas",)]

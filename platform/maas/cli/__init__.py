@@ -15,16 +15,12 @@ import time
 import traceback
 
 from maas import progress
-from maas.cli.jobs import cmd_jobs, cmd_logs, cmd_status, cmd_stop, cmd_submit
+from maas.cli.jobs import _say, cmd_jobs, cmd_logs, cmd_status, cmd_stop, cmd_submit
 from maas.cli.serve import _interrupt, cmd_serve, serve_forever
 from maas.exceptions import MaasError
 from maas.pipelines import STAGES
 
 DEFAULT_STORE = os.environ.get("MAAS_STORE", ".maas")
-
-
-def _say(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def cmd_validate(args) -> int:

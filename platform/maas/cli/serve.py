@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 
-
-def _say(msg: str) -> None:
-    print(msg, flush=True)
+from maas.cli.jobs import _say
 
 
 def _interrupt(signum, frame):

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 from ray import serve
 
+from maas.ports import free_port
 from maas.registry import Registry
 from maas.serve import ray_private
 from maas.serve.app import ModelServer
@@ -139,7 +140,7 @@ def start_serve(d: DeploySpec) -> None:
     """Start Serve for ``d`` (its HTTP and gRPC ports, its ingress mode ``d.proxy``) unless it already runs on
     this cluster, and log which ingress is on."""
     log = logging.getLogger("maas")
-    if _serve_running():
+    if ray_private.serve_controller_running():
         log.info("maas: Serve already runs on this cluster: its ingress and ports stay as they started")
         return
     if d.proxy == "throughput":
@@ -189,14 +190,8 @@ def haproxy_instance_env() -> dict:
     and replicas bind their direct ports with SO_REUSEPORT, so two instances in one port range share sockets
     (requests cross between clusters: seen in CI). Its own folder always; the default ports and port ranges
     while they are free here, else others."""
-    import socket
     import tempfile
     import uuid
-
-    def free_port(host: str) -> int:  # maas.runtime's is a layer beside this one
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            return sock.getsockname()[1]
 
     folder = f"{tempfile.gettempdir()}/{HAPROXY_PREFIX}{uuid.uuid4().hex[:8]}"  # short: Ray adds the node id
     # private: HAProxy's admin socket in it is world-writable (mode 666) and can hand out its listening sockets
@@ -212,11 +207,16 @@ def haproxy_instance_env() -> dict:
             "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(8404 if _port_free(8404) else free_port("")),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(9101 if _port_free(9101) else free_port("")),
+            "RAY_SERVE_HAPROXY_STATS_PORT": _default_or_free(8404),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": _default_or_free(9101),
             # Serve's fallback proxy behind HAProxy (fixed ports too: a second instance could not bind them)
-            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(8500 if _port_free(8500) else free_port("")),
-            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(9500 if _port_free(9500) else free_port(""))}
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": _default_or_free(8500),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": _default_or_free(9500)}
+
+
+def _default_or_free(port: int) -> str:
+    """Ray's default ``port`` while it is free on every interface here, else another free one."""
+    return str(port if _port_free(port) else free_port(""))
 
 
 def haproxy_bound_env(host: str) -> dict:
@@ -324,10 +324,6 @@ def _port_free(port: int) -> bool:
                 continue
             return False
     return False
-
-
-def _serve_running() -> bool:
-    return ray_private.serve_controller_running()
 
 
 def undeploy(app_name: str) -> None:
