@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 ARGS   ?=
 
-.PHONY: setup run lint test test-quick bench proto clean
+.PHONY: setup run lint docs docs-serve test test-quick bench proto clean
 
 $(BIN)/maas: pyproject.toml constraints.txt tests/kserve-client.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,12 +26,18 @@ run: setup   ## the demo: digits -> DDP training -> int8 -> registry -> Serve on
 	$(BIN)/maas run examples/digits.yaml $(ARGS)
 
 lint: setup  ## ruff with pyproject.toml's rules (pycodestyle, pyflakes, import order; 120 columns)
-	$(BIN)/ruff check platform jobs serve_apps tests benchmarks
+	$(BIN)/ruff check platform jobs serve_apps tests benchmarks docs/hooks
 
-test: setup lint  ## lint, then every test tier: unit, integration (shared local Ray), e2e (pipeline, CLI, HTTP)
+docs: setup  ## the documentation site, built strictly into site/ (reference pages generated from the code)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: setup  ## the site on http://127.0.0.1:8001, rebuilt as you edit
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+test: setup lint docs  ## lint, then every test tier: unit, integration (shared local Ray), e2e (pipeline, CLI, HTTP)
 	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e $(ARGS)
 
-test-quick: setup lint  ## unit and the integration tests under ~30 s each (no `slow` marker): a few minutes
+test-quick: setup lint docs  ## unit and the integration tests under ~30 s each (no `slow` marker): a few minutes
 	$(BIN)/python -m pytest tests/unit tests/integration -m "not slow" $(ARGS)
 
 proto: setup  ## recompile the OIP gRPC descriptor set after editing the .proto
@@ -42,4 +48,4 @@ bench: setup
 	$(BIN)/python benchmarks/submit_latency.py
 
 clean:
-	rm -rf $(VENV) .maas data .pytest_cache
+	rm -rf $(VENV) .maas data .pytest_cache site

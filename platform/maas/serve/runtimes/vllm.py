@@ -1,4 +1,4 @@
-"""vLLM engines inside the serving replica: one hop for tokens (docs/DESIGN.md, "LLM serving").
+"""vLLM engines inside the serving replica: one hop for tokens (docs/design/llm-serving.md).
 
 A generative version (runtime ``vllm``) is answered by an engine that lives in the maas replica taking the HTTP
 request: Ray Serve LLM's ``LLMServer`` (vLLM's ``AsyncLLM`` and vLLM's own OpenAI serving code) made in this
