@@ -52,7 +52,7 @@ def test_a_local_folder_is_imported_checksummed_with_its_source(tiny_llama, tmp_
     model = AutoModelForCausalLM.from_pretrained(folder)  # what was published loads back as the model
     tok = AutoTokenizer.from_pretrained(folder)
     assert model.config.num_hidden_layers == 2 and "<assistant>" in tok.apply_chat_template(
-        [{"role": "user", "content": "w1 w2"}], tokenize=False)
+        [{"role": "user", "content": "w1 w2"}], tokenize=False, add_generation_prompt=True)
     with pytest.raises(MaasError, match="vLLM engines serve it"):
         from maas.models import load_predictor
 

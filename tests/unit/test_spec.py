@@ -82,3 +82,16 @@ def test_load_spec_file_errors(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(SpecError, match="must be a mapping"):
         load_spec(bad)
+
+
+def test_a_fine_tune_spec_refuses_a_shape_and_survives_the_sdks_round_trip():
+    """A fine-tuned model keeps its base's shape: a spec naming one is refused by field. The SDK sends specs to
+    jobs as ``model_dump`` JSON, where every field is set (the unused shape fields at their defaults): that
+    payload must validate to the same spec (it was refused as 'model.n_layer' before)."""
+    base = {"kind": "lm", "model": {"name": "support", "base": "llm@production", "finetune": "lora"},
+            "data": {"source": "files", "path": "/tmp/t"}}
+    with pytest.raises(SpecError, match="model.n_layer: a fine-tuned model keeps its base's shape"):
+        spec_from_dict({**base, "model": {**base["model"], "n_layer": 4}})
+    spec = spec_from_dict(base)
+    again = spec_from_dict(spec.model_dump(mode="json"))
+    assert again == spec and again.spec_hash() == spec.spec_hash()

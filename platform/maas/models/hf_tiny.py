@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+# role markers before each turn, </s> after the assistant's (where generation stops), the prompt when asked
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% if m['role'] == 'assistant' %}</s>"
+                 "{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
 SPECIAL = ["<unk>", "<s>", "</s>", "<system>", "<user>", "<assistant>"]
 
 
@@ -23,6 +25,7 @@ def make_tiny_llama(folder, *, seed: int = 0, layers: int = 2, width: int = 128,
     vocab = SPECIAL + [f"w{i}" for i in range(words)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(SPECIAL)  # matched whole before the pre-tokenizer: '<user>' is one token, not 3 <unk>
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)

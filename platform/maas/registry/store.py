@@ -121,6 +121,7 @@ class Registry:
 
     # ------------------------------------------------------------------------------------------ reads
     def list_models(self) -> list[str]:
+        """The names of every model in the store."""
         return [n for n in self.store.list_dirs("models") if _valid(n)]
 
     def _version_numbers(self, name: str) -> list[int]:
@@ -185,7 +186,16 @@ class Registry:
                       key=lambda m: (m.get("at") or 0, m["alias"], m["seq"]))
 
     def resolve(self, ref: str) -> ModelVersion:
-        """``name@alias``, ``name/version`` or ``name`` (the latest version) -> ModelVersion."""
+        """``name@alias``, ``name/version`` or ``name`` (the latest version) -> its ModelVersion (manifest:
+        files with sha256, metrics, lineage, signature, status, aliases).
+
+        Raises:
+            RegistryError: no such model, alias or version (the message lists what exists).
+
+        Example:
+            >>> Registry(".maas").resolve("digits@production").ref
+            'digits/2'
+        """
         name, version, alias = parse_ref(ref)
         aliases = self.aliases(name)
         if alias is not None:
@@ -288,6 +298,8 @@ class Registry:
         return alias_log.move(self.store, name, alias, version, expected, by or _who())
 
     def delete_alias(self, name: str, alias: str, *, expected: Any = UNCHECKED, by: Optional[str] = None) -> dict:
+        """Remove ``alias`` (ends a canary trial; served replicas stop answering it), compare-and-swap like
+        ``set_alias``. Returns the move; raises RegistryError when the alias does not exist."""
         ModelVersion.check_name(name)
         ModelVersion.check_name(alias, what="alias")
         if alias not in self.aliases(name):

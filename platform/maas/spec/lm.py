@@ -90,7 +90,10 @@ class LMModelSpec(_Strict):
     @model_validator(mode="after")
     def _heads_divide(self) -> "LMModelSpec":
         if self.base is not None:
-            given = [f for f in SHAPE_FIELDS + ("size",) if f in self.model_fields_set]
+            # set and not the default: a spec that went through model_dump (the SDK's job payload) has every
+            # field set, its unused shape fields at their defaults
+            given = [f for f in SHAPE_FIELDS + ("size",) if f in self.model_fields_set
+                     and getattr(self, f) != type(self).model_fields[f].default]
             if given:
                 raise ValueError(f"model.{given[0]}: a fine-tuned model keeps its base's shape and tokenizer; "
                                  "drop it (model.block_size may be set)")

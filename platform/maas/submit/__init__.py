@@ -57,7 +57,15 @@ progress_event = progress.parse  # a job log's progress line as a typed event (m
 
 
 class Job:
-    """A handle on one submitted job: status, logs, typed progress events, wait, stop and its result line."""
+    """A handle on one submitted job: status, logs, typed progress events, wait, stop and its result line.
+
+    Example:
+        >>> job = maas.Client().submit("examples/digits.yaml", ["train.epochs=5"])
+        >>> for event in job.events():
+        ...     print(event["stage"], event["detail"] if event["stage"] != "result" else event["status"])
+        >>> job.result()["promoted"]
+        'digits/2'
+    """
 
     def __init__(self, client: "Client", job_id: str):
         self.client = client
@@ -312,6 +320,32 @@ class Client:
         """
         return self._submit(entrypoint, runtime_env or {}, name or f"maas-cmd-{uuid.uuid4().hex[:8]}",
                             {"maas_stage": "command"})
+
+    def metrics(self, prefix: str = "maas_", timeout: float = 120) -> list[dict]:
+        """The cluster's Prometheus samples whose name starts with ``prefix``, read from inside the cluster by a
+        short job (every node's metrics endpoint: the ports need not be reachable from here).
+
+        Args:
+            prefix: metric name prefix, e.g. ``"maas_llm_tokens_total"``.
+            timeout: seconds to wait for the job.
+
+        Returns:
+            ``[{"name", "labels", "value", "node"}, ...]``; Ray exports new samples every few seconds.
+
+        Raises:
+            JobError: the job failed or printed no result.
+
+        Example:
+            >>> [(s["labels"]["version"], s["value"]) for s in client.metrics("maas_llm_tokens_total")]
+        """
+        python = sys.executable if self.embedded else "python"
+        job = self._submit(f"{shlex.quote(python)} -m jobs.metrics --prefix {shlex.quote(prefix)}",
+                           {"py_modules": [str(Path(__file__).resolve().parents[1]), jobs_folder()]},
+                           f"maas-metrics-{uuid.uuid4().hex[:8]}", {"maas_stage": "metrics"})
+        result = job.result(timeout)
+        if result.get("status") != "succeeded":
+            raise JobError(f"reading metrics failed: {result.get('error') or job.tail(10)}")
+        return result["samples"]
 
     def actors(self, state: str = "ALIVE") -> list[dict]:
         """The cluster's actors in ``state`` (class name, job, node): e.g. to check what a stopped job left."""
