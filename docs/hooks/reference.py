@@ -159,7 +159,6 @@ def _subparsers(parser: argparse.ArgumentParser):
 def cli_page() -> str:
     from maas.cli import build_parser
 
-    os.environ["COLUMNS"] = "110"  # argparse wraps help to the terminal's width: make it the same everywhere
     parts = ["# CLI: `maas`", "", "Generated from the command's own parser (`maas <command> --help` prints the "
              "same).", ""]
 
@@ -168,7 +167,15 @@ def cli_page() -> str:
         for sub_name, sub in _subparsers(parser):
             walk(sub, f"{name} {sub_name}", depth + 1)
 
-    walk(build_parser(), "maas", 2)
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "110"  # argparse wraps help to the terminal's width: the same on every machine
+    try:
+        walk(build_parser(), "maas", 2)
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS")
+        else:
+            os.environ["COLUMNS"] = columns
     return "\n".join(parts)
 
 

@@ -127,3 +127,10 @@ def test_the_getting_started_pages_mark_every_block_they_do_not_run_with_a_reaso
         for directive in re.findall(r"<!-- snippet: ([^\n]*?) -->", page.read_text()):
             assert re.fullmatch(r"skip \S.{8,}|background, ready when \"[^\"]+\"", directive), (page.name, directive)
 
+
+
+def test_every_page_closes_its_code_fences():
+    """A stray fence turns the rest of a page inside out (prose as code, code as prose) without failing the build."""
+    for page in (ROOT / "docs").rglob("*.md"):
+        fences = [line for line in page.read_text().splitlines() if line.lstrip().startswith("```")]
+        assert len(fences) % 2 == 0, page
