@@ -106,3 +106,38 @@ def test_models_alias_shows_history_moves_with_expect_and_gc_keeps_young_uploads
     assert "removed 0 upload(s)" in capsys.readouterr().out
     assert main(["models", "gc", "--grace-s", "0", "--lease-s", "0", "--store", store]) == 0
     assert "removed 1 upload(s)" in capsys.readouterr().out and len(reg.list_versions("m")) == 3
+
+
+def test_validate_takes_key_value_overrides_after_the_specs_like_run_and_submit(capsys):
+    assert main(["validate", "examples/digits.yaml", "train.epochs=abc"]) == 2  # was: 'spec file not found'
+    out = capsys.readouterr().out
+    assert "train.epochs: Input should be a valid integer" in out and "not found" not in out
+    assert main(["validate", "examples/digits.yaml", "examples/lm.yaml", "train.epochs=3"]) == 0
+    assert capsys.readouterr().out.count(": ok (model ") == 2
+
+
+def test_version_and_models_without_a_subcommand_print_and_exit_0(capsys):
+    from maas.version import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"maas {__version__}"
+    assert main(["models"]) == 0
+    assert "{list,show,alias,import,gc}" in capsys.readouterr().out
+
+
+def test_a_reader_that_went_away_is_no_error(tmp_path):
+    """`maas models list | head -1`: the pipe closes before maas writes; no BrokenPipeError traceback, exit 0."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([str(Path(sys.executable).parent / "maas"), "models", "list", "--store", str(tmp_path)],
+                              stdout=write, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode()[-2000:]

@@ -19,6 +19,7 @@ from maas.cli.jobs import _say, cmd_jobs, cmd_logs, cmd_status, cmd_stop, cmd_su
 from maas.cli.serve import _interrupt, cmd_serve, serve_forever
 from maas.exceptions import MaasError
 from maas.pipelines import STAGES
+from maas.version import __version__
 
 DEFAULT_STORE = os.environ.get("MAAS_STORE", ".maas")
 
@@ -26,15 +27,21 @@ DEFAULT_STORE = os.environ.get("MAAS_STORE", ".maas")
 def cmd_validate(args) -> int:
     from maas.spec import load_spec
 
+    overrides = list(args.set) + [x for x in args.specs if _is_override(x)]
     failed = 0
-    for path in args.specs:
+    for path in [x for x in args.specs if not _is_override(x)]:
         try:
-            spec = load_spec(path, args.set)
+            spec = load_spec(path, overrides)
             _say(f"{path}: ok (model {spec.model.name}, spec hash {spec.spec_hash()[:12]})")
         except MaasError as err:
             _say(str(err))
             failed += 1
     return 2 if failed else 0
+
+
+def _is_override(text: str) -> bool:
+    """``key.path=value`` (a spec override), as opposed to a spec file's path."""
+    return re.match(r"^[A-Za-z_][\w.]*=", text) is not None and not os.path.exists(text)
 
 
 def cmd_data(args) -> int:
@@ -201,6 +208,7 @@ def _user() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maas", description="Model-as-a-Service on Ray: data -> train -> "
                                                          "compress -> registry -> serve, from one spec.")
+    p.add_argument("--version", action="version", version=f"maas {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run the whole pipeline of a spec and serve the result")
@@ -213,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("validate", help="check spec files; every problem is reported at once")
-    v.add_argument("specs", nargs="+")
-    v.add_argument("--set", action="append", default=[], metavar="key=value", help="override before checking")
+    v.add_argument("specs", nargs="+", metavar="spec|key=value",
+                   help="spec files (YAML), then key=value overrides applied to each, e.g. train.epochs=5")
+    v.add_argument("--set", action="append", default=[], metavar="key=value", help="an override (the same as a "
+                   "key=value argument)")
     v.set_defaults(func=cmd_validate)
 
     d = sub.add_parser("data", help="infer a schema to pin, or show a run's data report")
@@ -230,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list and inspect registered models")
     m.add_argument("--store", default=DEFAULT_STORE, help="registry URI (default: .maas or MAAS_STORE)")
-    msub = m.add_subparsers(dest="models_cmd", required=True)
+    msub = m.add_subparsers(dest="models_cmd")  # none: the help (below, in main)
     # --store is taken before or after the sub-command (`maas models list --store s3://...`)
     store_after = argparse.ArgumentParser(add_help=False)
     store_after.add_argument("--store", default=argparse.SUPPRESS, help="registry URI")
@@ -307,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -320,8 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         import signal
 
         signal.signal(signal.SIGINT, _interrupt)  # also when started in the background by a shell
+    if args.cmd == "models" and args.models_cmd is None:
+        _subparser(parser, "models").print_help()
+        return 0
     try:
         return args.func(args)
+    except BrokenPipeError:  # `maas models list | head -1`: the reader has gone, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor is flushing at exit
+        return 0
     except MaasError as err:
         if os.environ.get("MAAS_DEBUG"):
             traceback.print_exc()
