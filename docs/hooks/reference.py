@@ -206,7 +206,8 @@ _TYPES = {1: "double", 2: "float", 3: "int64", 4: "uint64", 5: "int32", 8: "bool
 
 
 def _message_rows(msg, prefix: str) -> list[str]:
-    out = [f"### `{prefix}{msg.name}`", "", "| field | number | type |", "|---|---|---|"]
+    out = [f"### `{prefix}{msg.name}`", ""]
+    out += ["| field | number | type |", "|---|---|---|"] if msg.field else ["*(no fields)*"]
     for f in msg.field:
         kind = f.type_name.rsplit(".", 1)[-1] if f.type_name else _TYPES.get(f.type, str(f.type))
         label = "repeated " if f.label == 3 else ""
