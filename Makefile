@@ -26,7 +26,7 @@ run: setup   ## the demo: digits -> DDP training -> int8 -> registry -> Serve on
 	$(BIN)/maas run examples/digits.yaml $(ARGS)
 
 lint: setup  ## ruff with pyproject.toml's rules (pycodestyle, pyflakes, import order; 120 columns)
-	$(BIN)/ruff check platform jobs serve_apps tests benchmarks docs/hooks
+	$(BIN)/ruff check platform jobs serve_apps tests benchmarks docs/hooks examples
 
 docs: setup  ## the documentation site, built strictly into site/ (reference pages generated from the code)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet

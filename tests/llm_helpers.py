@@ -15,11 +15,17 @@ def app_engines(app: str) -> list[str]:
 
 
 def engines_gone_and_shared_memory_released(shm_before: set, timeout_s: float = 60) -> None:
+    _no_engine_processes_left(timeout_s)
+    shared_memory_released(shm_before, timeout_s)
+
+
+def shared_memory_released(shm_before: set, timeout_s: float = 60) -> None:
+    """No vLLM buffer made since ``shm_before`` is left: each is removed once no process maps it (the last
+    engine process may still be exiting)."""
     from maas.serve.llm_engine import release_shared_memory, shm_entries
 
     deadline = time.time() + timeout_s
-    _no_engine_processes_left(timeout_s)
-    while True:  # a segment is removed once no process maps it: the last engine process may still be exiting
+    while True:
         release_shared_memory(shm_before)
         left = shm_entries() - shm_before
         if not left or time.time() > deadline:

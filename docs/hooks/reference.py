@@ -8,7 +8,6 @@ document, the gRPC service from its compiled descriptor set. A field added to a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import types
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_DIR = "reference/spec"
@@ -64,12 +62,7 @@ def _type_name(annotation, links: dict) -> str:
 def _default(field) -> str:
     if field.is_required():
         return "**required**"
-    if field.default_factory is not None:
-        value = field.default_factory()
-    else:
-        value = field.default
-    if value is PydanticUndefined:
-        return "**required**"
+    value = field.default_factory() if field.default_factory is not None else field.default
     if isinstance(value, BaseModel):
         return "(its section's defaults)"
     return f"`{json.dumps(value, default=str)}`"
@@ -150,21 +143,15 @@ def spec_pages() -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------------- CLI
 
-def _subparsers(parser: argparse.ArgumentParser):
-    for action in parser._actions:  # argparse keeps sub-commands only here
-        if isinstance(action, argparse._SubParsersAction):
-            yield from action.choices.items()
-
-
 def cli_page() -> str:
-    from maas.cli import build_parser
+    from maas.cli import build_parser, subcommands
 
     parts = ["# CLI: `maas`", "", "Generated from the command's own parser (`maas <command> --help` prints the "
              "same).", ""]
 
     def walk(parser, name, depth):
         parts.extend([f"{'#' * min(depth, 4)} `{name}`", "", "```text", parser.format_help().rstrip(), "```", ""])
-        for sub_name, sub in _subparsers(parser):
+        for sub_name, sub in subcommands(parser).items():
             walk(sub, f"{name} {sub_name}", depth + 1)
 
     columns = os.environ.get("COLUMNS")

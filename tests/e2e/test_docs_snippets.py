@@ -35,16 +35,12 @@ def blocks(page: Path) -> list[tuple[str, str, str]]:
     return [(m["lang"], m["code"], m["directive"] or "") for m in BLOCK.finditer(page.read_text())]
 
 
-def test_the_snippet_reader_sees_every_block_and_directive():
-    text = ('<!-- snippet: skip needs a GPU -->\n```bash\nmaas x\n```\n\n```python\nprint(1)\n```\n'
-            '<!-- snippet: background, ready when "up" -->\n```bash\nmaas serve\n```\n```yaml\na: 1\n```\n')
-    page = Path(os.environ.get("TMPDIR", "/tmp")) / "maas-snippet-probe.md"
-    page.write_text(text)
-    try:
-        assert blocks(page) == [("bash", "maas x", "skip needs a GPU"), ("python", "print(1)", ""),
-                                ("bash", "maas serve", 'background, ready when "up"'), ("yaml", "a: 1", "")]
-    finally:
-        page.unlink()
+def test_the_snippet_reader_sees_every_block_and_directive(tmp_path):
+    page = tmp_path / "probe.md"
+    page.write_text('<!-- snippet: skip needs a GPU -->\n```bash\nmaas x\n```\n\n```python\nprint(1)\n```\n'
+                    '<!-- snippet: background, ready when "up" -->\n```bash\nmaas serve\n```\n```yaml\na: 1\n```\n')
+    assert blocks(page) == [("bash", "maas x", "skip needs a GPU"), ("python", "print(1)", ""),
+                            ("bash", "maas serve", 'background, ready when "up"'), ("yaml", "a: 1", "")]
 
 
 def _env() -> dict:

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.waiting import wait_until
+from tests.llm_helpers import shared_memory_released
 
 pytestmark = pytest.mark.slow
 
@@ -56,11 +56,4 @@ def test_llm_quickstart_notebook_fine_tunes_serves_chats_and_reads_token_metrics
     completions = re.findall(r"counter\s+1\s+completion\s+([\d.]+)", outputs)
     assert completions and float(completions[0]) > 0  # the token counter of version 1
     # the kernel's Ray and its engine are gone with the kernel: no vLLM shared memory of theirs is left
-    wait_until(lambda: not _left(shm_before), 60, what="vLLM's shared memory of the kernel's engine released")
-
-
-def _left(before: set) -> list[str]:
-    from maas.serve.llm_engine import release_shared_memory, shm_entries
-
-    release_shared_memory(before)
-    return [n for n in shm_entries() - before if n.startswith("psm_")]
+    shared_memory_released(shm_before)

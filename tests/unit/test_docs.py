@@ -4,6 +4,7 @@ command, every route, every gRPC method), every page is in the navigation, and t
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 from pathlib import Path
@@ -13,7 +14,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@functools.cache
 def _reference():
+    """docs/hooks/reference.py (not a package module), loaded once."""
     spec = importlib.util.spec_from_file_location("docs_reference", ROOT / "docs" / "hooks" / "reference.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -74,16 +77,15 @@ def test_a_field_added_to_a_spec_shows_up_with_no_doc_edit(monkeypatch):
 def test_every_cli_command_route_and_grpc_method_is_in_the_reference():
     from google.protobuf import descriptor_pb2
 
-    from maas.cli import build_parser
+    from maas.cli import build_parser, subcommands
     from maas.serve.openapi import openapi_document
 
-    ref = _reference()
-    pages = ref.pages()
+    pages = _reference().pages()
     cli = pages["reference/cli.md"]
 
     def commands(parser, name):
         yield name
-        for sub_name, sub in ref._subparsers(parser):
+        for sub_name, sub in subcommands(parser).items():
             yield from commands(sub, f"{name} {sub_name}")
 
     for command in commands(build_parser(), "maas"):

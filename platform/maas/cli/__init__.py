@@ -39,9 +39,12 @@ def cmd_validate(args) -> int:
     return 2 if failed else 0
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a ``key.path=value`` spec override
+
+
 def _is_override(text: str) -> bool:
     """``key.path=value`` (a spec override), as opposed to a spec file's path."""
-    return re.match(r"^[A-Za-z_][\w.]*=", text) is not None and not os.path.exists(text)
+    return OVERRIDE.match(text) is not None and not os.path.exists(text)
 
 
 def cmd_data(args) -> int:
@@ -317,9 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return action.choices[name]
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """A parser's sub-commands by name ({} for a leaf); argparse keeps them only in its private action list."""
+    return next((dict(a.choices) for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (`maas submit spec.yaml --address URL train.epochs=3`), which
     # argparse does not take for a positional list by itself
-    if extra and hasattr(args, "overrides") and all(re.match(r"^[A-Za-z_][\w.]*=", x) for x in extra):
+    if extra and hasattr(args, "overrides") and all(OVERRIDE.match(x) for x in extra):
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGINT, _interrupt)  # also when started in the background by a shell
     if args.cmd == "models" and args.models_cmd is None:
-        _subparser(parser, "models").print_help()
+        subcommands(parser)["models"].print_help()
         return 0
     try:
         return args.func(args)

@@ -282,18 +282,23 @@ class Client:
             raise JobError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
         spec = self._prepare_spec(spec, overrides)
         check_stage(spec, stage)  # before anything is sent: a stage the spec's kind has not is refused here
-        # embedded: this very interpreter; a cluster: the `python` on its nodes' PATH (as `ray job submit`)
-        python = sys.executable if self.embedded else "python"
-        entrypoint = " ".join([shlex.quote(python), "-m", f"jobs.{stage}", "--spec-json",
+        entrypoint = " ".join([self._job_python(), "-m", f"jobs.{stage}", "--spec-json",
                                shlex.quote(json.dumps(spec.model_dump(mode="json"), separators=(",", ":"))),
                                *map(shlex.quote, args or [])])
-        runtime_env: dict[str, Any] = {
-            # ship the code: the cluster needs ray and the libraries, not maas itself
-            "py_modules": [str(Path(__file__).resolve().parents[1]), jobs_folder()],
-            "env_vars": {"PYTHONUNBUFFERED": "1"},
-        }
+        runtime_env: dict[str, Any] = {**self._shipped_code(), "env_vars": {"PYTHONUNBUFFERED": "1"}}
         job_id = name or f"maas-{stage}-{spec.model.name}-{uuid.uuid4().hex[:8]}"
         return self._submit(entrypoint, runtime_env, job_id, {"maas_stage": stage, "maas_model": spec.model.name})
+
+    def _job_python(self) -> str:
+        """The job's interpreter, quoted: embedded, this very one; a cluster, the `python` on its nodes' PATH
+        (as `ray job submit`)."""
+        return shlex.quote(sys.executable if self.embedded else "python")
+
+    @staticmethod
+    def _shipped_code() -> dict:
+        """The runtime env that ships maas and the job entrypoints: a cluster needs ray and the libraries, not
+        maas itself."""
+        return {"py_modules": [str(Path(__file__).resolve().parents[1]), jobs_folder()]}
 
     def _submit(self, entrypoint: str, runtime_env: dict, job_id: str, metadata: dict,
                 agent_wait_s: float = 60) -> Job:
@@ -338,10 +343,8 @@ class Client:
         Example:
             >>> [(s["labels"]["version"], s["value"]) for s in client.metrics("maas_llm_tokens_total")]
         """
-        python = sys.executable if self.embedded else "python"
-        job = self._submit(f"{shlex.quote(python)} -m jobs.metrics --prefix {shlex.quote(prefix)}",
-                           {"py_modules": [str(Path(__file__).resolve().parents[1]), jobs_folder()]},
-                           f"maas-metrics-{uuid.uuid4().hex[:8]}", {"maas_stage": "metrics"})
+        job = self._submit(f"{self._job_python()} -m jobs.metrics --prefix {shlex.quote(prefix)}",
+                           self._shipped_code(), f"maas-metrics-{uuid.uuid4().hex[:8]}", {"maas_stage": "metrics"})
         result = job.result(timeout)
         if result.get("status") != "succeeded":
             raise JobError(f"reading metrics failed: {result.get('error') or job.tail(10)}")
