@@ -34,7 +34,15 @@ def pipeline_summary(result) -> str:
                      f"{m['throughput_rows_s_b64']:,.0f}", v["ref"], v["gate"]])
     lines.append(table(["model", "runtime", "test acc", "size", "p50 (1 row)", "p99 (1 row)", "rows/s @64",
                         "registry", "gate"], rows))
-    lines += ["", f"{result.alias} -> {result.promoted_ref}"]
+    champion = getattr(result, "champion", None)
+    if champion and not any(v["ref"] == result.promoted_ref for v in result.variants):
+        lines += ["", f"{result.alias} stays at {result.promoted_ref} (the champion): no version of this run held "
+                      "its own against it; they are published as candidates"]
+    else:
+        lines += ["", f"{result.alias} -> {result.promoted_ref}"]
+    if champion:
+        lines.append(f"champion {champion['ref']}: " + (f"{champion['test_accuracy']:.4f} test accuracy on this "
+                     "run's rows" if champion["comparable"] else champion["why"]))
     return "\n".join(lines)
 
 

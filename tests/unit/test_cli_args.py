@@ -108,6 +108,33 @@ def test_models_alias_shows_history_moves_with_expect_and_gc_keeps_young_uploads
     assert "removed 1 upload(s)" in capsys.readouterr().out and len(reg.list_versions("m")) == 3
 
 
+def test_a_candidate_takes_an_alias_only_forced_with_a_reason_which_the_history_keeps(tmp_path, capsys):
+    from maas.registry import Registry
+
+    store = str(tmp_path / "store")
+    reg = Registry(store)
+    (tmp_path / "a.bin").write_bytes(b"1")
+    reg.publish("m", {"a.bin": tmp_path / "a.bin"}, runtime="torch")
+    reg.publish("m", {"a.bin": tmp_path / "a.bin"}, runtime="torch", status="candidate",
+                description="0.9100 is 6.00 points below champion m/1's 0.9700 on the same rows")
+    reg.publish("m", {"a.bin": tmp_path / "a.bin"}, runtime="torch", status="rejected", description="too lossy")
+    assert main(["models", "alias", "m", "production", "1", "--store", store]) == 0
+    assert main(["models", "alias", "m", "production", "2", "--store", store]) == 2
+    err = capsys.readouterr().err
+    assert "m/2 is a candidate" in err and "below champion m/1" in err and "--force --reason" in err
+    assert main(["models", "alias", "m", "production", "2", "--force", "--store", store]) == 2
+    assert "--force needs --reason" in capsys.readouterr().err
+    assert reg.aliases("m") == {"production": 1}  # nothing moved
+    assert main(["models", "alias", "m", "production", "2", "--force", "--reason", "the new data set is harder",
+                 "--store", store]) == 0
+    assert main(["models", "alias", "m", "production", "3", "--force", "--reason", "no", "--store", store]) == 2
+    assert "'rejected' and cannot take alias" in capsys.readouterr().err  # a failed gate is never forced
+    assert reg.aliases("m") == {"production": 2}
+    assert reg.alias_history("m")[-1]["reason"] == "the new data set is harder"
+    assert main(["models", "alias", "m", "--store", store]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("the new data set is harder")
+
+
 def test_validate_takes_key_value_overrides_after_the_specs_like_run_and_submit(capsys):
     assert main(["validate", "examples/digits.yaml", "train.epochs=abc"]) == 2  # was: 'spec file not found'
     out = capsys.readouterr().out

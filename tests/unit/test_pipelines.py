@@ -144,3 +144,53 @@ def test_engine_runtimes_are_told_apart_in_one_place():
     found = [str(f.relative_to(ROOT)) for f in (ROOT / "platform").rglob("*.py")
              if str(f.relative_to(ROOT)) not in tables and compared.search(f.read_text())]
     assert not found, found
+
+
+def _record(ref: str, size: int, speed: float, low: float = None, high: float = None, passed: bool = True) -> dict:
+    metrics = {"size_bytes": size, "rows_s": speed}
+    if low is not None:
+        metrics.update(rows_s_min=low, rows_s_max=high)
+    return {"ref": ref, "passed": passed, "metrics": metrics}
+
+
+def test_fastest_needs_a_margin_beyond_the_spread_of_its_measurements_and_a_tie_goes_to_the_smaller():
+    from maas.exceptions import RegistryError
+    from maas.pipelines.base import select
+
+    fp32, int8 = _record("d/1", 68_000, 984_691, 900_000, 1_010_000), _record("d/2", 27_000, 932_903, 880_000, 990_000)
+    assert select([fp32, int8], "fastest", "rows_s")["ref"] == "d/2"  # within each other's noise: the smaller
+    assert select([int8, fp32], "fastest", "rows_s")["ref"] == "d/2"  # whatever the order
+    clear = _record("d/1", 68_000, 1_500_000, 1_400_000, 1_600_000)  # its slowest window beat int8's fastest
+    assert select([clear, int8], "fastest", "rows_s")["ref"] == "d/1"
+    once = [_record("d/1", 68_000, 984_691), _record("d/2", 27_000, 932_903)]  # measured once: no spread known
+    assert select(once, "fastest", "rows_s")["ref"] == "d/1"
+    assert select([clear, int8], "smallest", "rows_s")["ref"] == "d/2"
+    rejected = _record("d/3", 1_000, 9e9, 9e9, 9e9, passed=False)
+    assert select([clear, int8, rejected], "fastest", "rows_s")["ref"] == "d/1"  # never a version that failed
+    with pytest.raises(RegistryError, match="no version passed"):
+        select([rejected], "fastest", "rows_s")
+
+
+def test_a_version_below_the_champion_on_the_same_rows_is_a_candidate_and_the_alias_stays(tmp_path):
+    from maas.pipelines.base import promote, status_of
+    from maas.pipelines.champion import versus
+    from maas.registry import Registry
+
+    champion = {"ref": "d/1", "comparable": True, "test_accuracy": 0.97}
+    assert versus({"test_accuracy": 0.965}, champion, 0.01)[0]  # within the tolerance: holds
+    holds, why = versus({"test_accuracy": 0.91}, champion, 0.01)
+    assert not holds and "6.00 points below champion d/1's 0.9700" in why and "eval.max_accuracy_drop 0.01" in why
+    assert versus({"test_accuracy": 0.1}, None, 0.01) == (True, "")  # the first version: nothing to beat
+    other = {"ref": "d/1", "comparable": False, "why": "its features differ from this run's"}
+    assert versus({"test_accuracy": 0.1}, other, 0.01) == (True, "champion d/1 not compared: its features differ "
+                                                                 "from this run's")
+    assert [status_of(True, True), status_of(True, False), status_of(False, True)] == ["ready", "candidate",
+                                                                                        "rejected"]
+    reg = Registry(str(tmp_path / "store"))
+    (tmp_path / "a.bin").write_bytes(b"1")
+    for status in ("ready", "candidate", "candidate"):
+        reg.publish("d", {"a.bin": tmp_path / "a.bin"}, runtime="torch", status=status)
+    reg.set_alias("d", "production", 1)
+    lost = [_record("d/2", 10, 5.0) | {"status": "candidate"}, _record("d/3", 5, 9.0) | {"status": "candidate"}]
+    assert promote(reg.location, "production", lost, "fastest", "rows_s", expected=1) is None
+    assert reg.aliases("d") == {"production": 1}

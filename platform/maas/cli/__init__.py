@@ -160,9 +160,10 @@ def cmd_models(args) -> int:
         if args.alias is None:  # the history of every alias of the model
             rows = [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["at"])) if h.get("at") else "-",
                      h["alias"], "-" if h.get("previous") is None else h["previous"],
-                     "(removed)" if h["version"] is None else h["version"], h.get("by") or "-"]
+                     "(removed)" if h["version"] is None else h["version"], h.get("by") or "-", h.get("reason") or ""]
                     for h in reg.alias_history(args.name)]
-            _say(table(["when", "alias", "from", "to", "by"], rows) if rows else f"{args.name} has no aliases")
+            _say(table(["when", "alias", "from", "to", "by", "reason"], rows) if rows
+                 else f"{args.name} has no aliases")
             return 0
         expected = _expected(args.expect)
         by = f"cli:{_user()}"
@@ -172,7 +173,10 @@ def cmd_models(args) -> int:
             return 0
         if args.version is None:
             raise MaasError("give the version the alias should point at, or --delete (no alias: its history)")
-        move = reg.set_alias(args.name, args.alias, args.version, expected=expected, by=by)
+        if args.force and not (args.reason or "").strip():
+            raise MaasError("--force needs --reason TEXT: why this version takes the alias (kept in its history)")
+        move = reg.set_alias(args.name, args.alias, args.version, expected=expected, by=by, force=args.force,
+                             reason=args.reason)
         _say(f"{args.name}@{args.alias}: {move['previous'] if move['previous'] is not None else '-'} -> "
              f"{args.version} (serving replicas follow within deploy.alias_poll_s)")
         return 0
@@ -256,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("alias", nargs="?")
     al.add_argument("version", type=int, nargs="?")
     al.add_argument("--delete", action="store_true", help="remove the alias instead")
+    al.add_argument("--force", action="store_true", help="move it to a candidate (a version that did not match "
+                    "the champion) anyway; needs --reason")
+    al.add_argument("--reason", metavar="TEXT", help="why; kept in the alias history")
     al.add_argument("--expect", metavar="VERSION|none", help="move only if the alias still points at VERSION "
                     "(none: not set); a concurrent move is never overwritten either way")
     imp = msub.add_parser("import", help="publish a Hugging Face causal LM folder (local or a URI such as "

@@ -38,26 +38,59 @@ class Laps:
 
 
 def publish_variant(registry: Registry, name: str, files: dict, *, runtime: str, task: str, metrics: dict,
-                    signature: dict, lineage: dict, method: str, parent: str, passed: bool, reason: str) -> dict:
+                    signature: dict, lineage: dict, method: str, parent: str, passed: bool, reason: str,
+                    champion: tuple[bool, str] = (True, "")) -> dict:
     """Publish a variant measured against ``parent``: ``ready`` when it passed its gate, ``rejected`` (never
-    aliased, never served) when not. Returns its record {method, runtime, ref, metrics, gate, passed}."""
+    aliased, never served) when not, ``candidate`` when it passed but ``champion`` (holds its own against the
+    version serving traffic, why) says it did not. Returns its record {method, runtime, ref, metrics, gate,
+    passed, status}."""
+    holds, versus = champion
+    status = status_of(passed, holds)
+    why = "; ".join(x for x in (reason, versus) if x)
     mv = registry.publish(name, files, runtime=runtime, task=task, metrics=metrics, signature=signature,
                           lineage={**lineage, "method": method, "parent": parent,
-                                   "gate": {"passed": passed, "reason": reason}},
-                          status="ready" if passed else "rejected", description=reason)
+                                   "gate": {"passed": passed, "reason": reason},
+                                   **({"champion": {"held": holds, "reason": versus}} if versus else {})},
+                          status=status, description=why)
     return {"method": method, "runtime": runtime, "ref": mv.ref, "metrics": metrics,
-            "gate": ("pass: " if passed else "REJECTED: ") + reason, "passed": passed}
+            "gate": {"ready": "pass: ", "rejected": "REJECTED: ", "candidate": "CANDIDATE: "}[status] + why,
+            "passed": passed, "status": status}
 
 
-def select(records: list[dict], how: str, speed: Callable[[dict], float]) -> dict:
-    """The gate-passing record to promote: ``fastest`` (highest ``speed(metrics)``, then smallest) or
-    ``smallest`` (fewest bytes, then fastest)."""
-    passing = [r for r in records if r["passed"]]
+def status_of(passed: bool, holds: bool) -> str:
+    """A new version's registry status: its gate first, then whether it held its own against the champion."""
+    return "rejected" if not passed else "ready" if holds else "candidate"
+
+
+def promotable(record: dict) -> bool:
+    """Passed its gate and held its own against the champion (a record without a status predates that)."""
+    return record["passed"] and record.get("status", "ready") == "ready"
+
+
+def speed_range(metrics: dict, key: str) -> tuple[float, float, float]:
+    """(lowest, median, highest) of the speed figure ``key``: a figure measured in repeated windows keeps its
+    extremes as ``<key>_min`` / ``<key>_max``; one measured once is its own range."""
+    median = float(metrics.get(key, 0.0))
+    return float(metrics.get(f"{key}_min", median)), median, float(metrics.get(f"{key}_max", median))
+
+
+def select(records: list[dict], how: str, speed: str) -> dict:
+    """The gate-passing record to promote. ``smallest``: fewest bytes, then fastest. ``fastest``: the highest
+    median of the metric ``speed``, but a version counts as faster only where its slowest window beat the
+    other's fastest one (their ranges do not overlap); versions tied with the fastest in that sense go to the
+    smallest, so equivalent versions do not trade the alias on a machine's noise from run to run."""
+    passing = [r for r in records if promotable(r)]
     if not passing:
         raise RegistryError("no version passed its quality gate; nothing to promote")
+
+    def median(r: dict) -> float:
+        return speed_range(r["metrics"], speed)[1]
+
     if how == "fastest":
-        return max(passing, key=lambda r: (speed(r["metrics"]), -r["metrics"]["size_bytes"]))
-    return min(passing, key=lambda r: (r["metrics"]["size_bytes"], -speed(r["metrics"])))
+        top_low = speed_range(max(passing, key=median)["metrics"], speed)[0]
+        tied = [r for r in passing if speed_range(r["metrics"], speed)[2] >= top_low]
+        return min(tied, key=lambda r: (r["metrics"]["size_bytes"], -median(r)))
+    return min(passing, key=lambda r: (r["metrics"]["size_bytes"], -median(r)))
 
 
 def alias_target(store: str, name: str, alias: str) -> Optional[int]:
@@ -69,14 +102,18 @@ def alias_target(store: str, name: str, alias: str) -> Optional[int]:
         return None
 
 
-def promote(store: str, alias: str, records: list[dict], how: str, speed: Callable[[dict], float], *,
-            expected: Any = UNCHECKED, by: Optional[str] = None) -> dict:
+def promote(store: str, alias: str, records: list[dict], how: str, speed: str, *,
+            expected: Any = UNCHECKED, by: Optional[str] = None) -> Optional[dict]:
     """Point ``<model>@<alias>`` at ``select(records, how, speed)`` if the alias still points at
-    ``expected`` (what the run read at its start); returns that record.
+    ``expected`` (what the run read at its start); returns that record, or None when every version that
+    passed its gate is a candidate (none held its own against the champion): the alias stays.
 
     Raises:
-        RegistryError: the alias moved meanwhile (the message says by whom and how to move it anyway).
+        RegistryError: no version passed its gate; the alias moved meanwhile (the message says by whom and how
+            to move it anyway).
     """
+    if not any(promotable(r) for r in records) and any(r["passed"] for r in records):
+        return None
     chosen = select(records, how, speed)
     name, version = chosen["ref"].split("/")
     Registry(store).set_alias(name, alias, int(version), expected=expected, by=by)
@@ -104,8 +141,8 @@ def serve_at_end(spec, serve: Optional[bool], laps: Laps) -> Optional[str]:
 
 def variants_summary(variants: list[dict]) -> list[dict]:
     """What a job's result line says of each version: method, reference, gate, figures."""
-    return [{"method": v["method"], "ref": v["ref"], "passed": v["passed"], "gate": v.get("gate"),
-             "metrics": v["metrics"]} for v in variants]
+    return [{"method": v["method"], "ref": v["ref"], "passed": v["passed"], "status": v.get("status", "ready"),
+             "gate": v.get("gate"), "metrics": v["metrics"]} for v in variants]
 
 
 def job_deploy(spec, opts: dict, progress: Progress) -> dict:

@@ -34,8 +34,10 @@ from maas.pipelines.base import (
     promote,
     publish_variant,
     serve_at_end,
+    status_of,
     variants_summary,
 )
+from maas.pipelines.champion import evaluate_champion, versus
 from maas.registry import UNCHECKED, Registry
 from maas.spec import ClassifierSpec
 from maas.train import train_model
@@ -59,6 +61,7 @@ class PipelineResult:
     variants: list = field(default_factory=list)  # {method, runtime, ref, metrics, gate, passed}
     alias: str = "production"
     promoted_ref: str = ""
+    champion: Optional[dict] = None  # {ref, comparable, test_accuracy | why}: the alias holder when the run began
     endpoint: Optional[str] = None
     example_row: list = field(default_factory=list)
     stage_seconds: dict = field(default_factory=dict)
@@ -77,11 +80,30 @@ def stage_data(spec: ClassifierSpec, run_id: str) -> DataResult:
     return data
 
 
-def stage_train(spec: ClassifierSpec, data: DataResult, run_id: str) -> tuple[dict, object]:
-    """Train, evaluate the best checkpoint on the test split, publish it as the fp32 parent version.
+def signature_of(spec: ClassifierSpec, data: DataResult) -> dict:
+    """The registry signature of what this run trains: inputs, features, classes, encoders."""
+    if is_text_model(spec):
+        return text_classifier_signature(data.classes, data.features)
+    return classifier_signature(len(data.features), data.classes, features=data.features,
+                                raw_features=data.raw_features, encoders=data.encoders)
+
+
+def stage_champion(spec: ClassifierSpec, data: DataResult, version: Optional[int]) -> Optional[dict]:
+    """The champion (``version``: where deploy.alias pointed when the run started) scored on this run's test
+    rows, or None: no champion, or ``eval.against_champion`` is off."""
+    if not spec.eval.against_champion:
+        return None
+    x, y = test_rows(spec, data)
+    return evaluate_champion(Registry(spec.store), spec.model.name, version, signature_of(spec, data), x, y)
+
+
+def stage_train(spec: ClassifierSpec, data: DataResult, run_id: str,
+                champion: Optional[dict] = None) -> tuple[dict, object]:
+    """Train, evaluate the best checkpoint on the test split, publish it as the fp32 parent version
+    (``candidate`` when it falls short of ``champion``: see ``stage_champion``).
 
     Returns:
-        (variant record {method, runtime, ref, metrics, gate, passed}, TrainResult)
+        (variant record {method, runtime, ref, metrics, gate, passed, status}, TrainResult)
     """
     registry = Registry(spec.store)
     run_dir = run_dir_for(registry.location, run_id)
@@ -104,22 +126,23 @@ def stage_train(spec: ClassifierSpec, data: DataResult, run_id: str) -> tuple[di
         metrics = evaluate_classifier(predictor, x_test, y_test, size_bytes=files["model.safetensors"].stat().st_size,
                            runs=spec.compress.latency_runs)
         metrics.update({k: v for k, v in trained.best_metrics.items() if k.startswith("val_")})
-        signature = text_classifier_signature(data.classes, data.features) if text else \
-            classifier_signature(len(data.features), data.classes, features=data.features,
-                                 raw_features=data.raw_features, encoders=data.encoders)
+        holds, versus_why = versus(metrics, champion, spec.eval.max_accuracy_drop)
         parent = registry.publish(
-            spec.model.name, files, runtime="torch", metrics=metrics, signature=signature,
-            task="classify_text" if text else "classify",
+            spec.model.name, files, runtime="torch", metrics=metrics, signature=signature_of(spec, data),
+            task="classify_text" if text else "classify", status=status_of(True, holds), description=versus_why,
             lineage={**_lineage(spec, data, run_id, run_dir), "method": "fp32", "parent": None,
                      "checkpoint": trained.checkpoint_path, "train_device": trained.device,
-                     "history": trained.history})
-    return {"method": "fp32", "runtime": "torch", "ref": parent.ref, "metrics": metrics, "gate": "parent",
-            "passed": True}, trained
+                     "history": trained.history,
+                     **({"champion": {"held": holds, "reason": versus_why}} if versus_why else {})})
+    return {"method": "fp32", "runtime": "torch", "ref": parent.ref, "metrics": metrics,
+            "gate": "parent" if holds else f"CANDIDATE: {versus_why}", "passed": True,
+            "status": parent.status}, trained
 
 
-def stage_compress(spec: ClassifierSpec, parent_ref: str,
-                   test: Optional[tuple[np.ndarray, np.ndarray]] = None) -> list[dict]:
-    """Compress the registered fp32 ``parent_ref`` with every method of the spec; gate and publish each.
+def stage_compress(spec: ClassifierSpec, parent_ref: str, test: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                   champion: Optional[dict] = None) -> list[dict]:
+    """Compress the registered fp32 ``parent_ref`` with every method of the spec; gate each against the parent
+    (and against ``champion``) and publish it.
 
     The test split is the parent's own, so parent and variants are measured on exactly the same rows:
     ``test`` (x, y) when the caller still holds it, else reloaded through the parent's lineage.
@@ -147,7 +170,8 @@ def stage_compress(spec: ClassifierSpec, parent_ref: str,
                                             task=parent.task,
                                             metrics=metrics, signature=parent.signature, lineage=lineage,
                                             method=variant.method, parent=parent.ref, passed=passed,
-                                            reason=reason))
+                                            reason=reason,
+                                            champion=versus(metrics, champion, spec.eval.max_accuracy_drop)))
     return variants
 
 
@@ -162,10 +186,14 @@ def test_rows(spec: ClassifierSpec, data: DataResult) -> tuple:
 
 def stage_promote(spec: ClassifierSpec, candidates: list[dict], expected: Any = UNCHECKED,
                   by: Optional[str] = None) -> str:
-    """Point ``deploy.alias`` at the fastest (``compress.select``: or smallest) candidate that passed its
-    gate, if the alias still points at ``expected`` (what the run read at its start); returns its reference."""
-    return promote(spec.store, spec.deploy.alias, candidates, spec.compress.select,
-                   lambda m: m["throughput_rows_s_b64"], expected=expected, by=by)["ref"]
+    """Point ``deploy.alias`` at the fastest (``compress.select``: or smallest) version that passed its gate
+    and held its own against the champion, if the alias still points at ``expected`` (what the run read at
+    its start); returns the reference the alias points at afterwards (the champion's when none held)."""
+    chosen = promote(spec.store, spec.deploy.alias, candidates, spec.compress.select, "throughput_rows_s_b64",
+                     expected=expected, by=by)
+    if chosen is None:
+        return f"{spec.model.name}/{expected}"
+    return chosen["ref"]
 
 
 def _lineage(spec: ClassifierSpec, data: DataResult, run_id: str, run_dir: str) -> dict:
@@ -201,19 +229,26 @@ def run(spec: ClassifierSpec, *, serve: Optional[bool] = None, run_id: Optional[
     lap("data", f"{data.counts['rows_ok']} rows ok, {data.counts['rows_rejected']} rejected, "
                f"{data.counts.get('rows_dropped', 0)} dropped by ops")
 
+    champion = stage_champion(spec, data, alias_was)
+    if champion is not None:
+        lap("data", f"champion {champion['ref']}: " + (f"test accuracy {champion['test_accuracy']:.4f} on this "
+                                                       "run's rows" if champion["comparable"] else champion["why"]))
     progress("train", f"{spec.train.num_workers} workers x {spec.train.epochs} epochs")
-    parent, trained = stage_train(spec, data, run_id)
+    parent, trained = stage_train(spec, data, run_id, champion)
     lap("train", f"best val accuracy {trained.best_metrics.get('val_accuracy', float('nan')):.4f}, "
                  f"fp32 test accuracy {parent['metrics']['test_accuracy']:.4f} -> {parent['ref']}")
 
     progress("compress", ", ".join(spec.compress.methods))
     test = test_rows(spec, data)
-    variants = [parent] + stage_compress(spec, parent["ref"], test)
-    lap("compress", ", ".join(f"{v['method']} -> {v['ref']} ({'pass' if v['passed'] else 'rejected'})"
+    variants = [parent] + stage_compress(spec, parent["ref"], test, champion)
+    lap("compress", ", ".join(f"{v['method']} -> {v['ref']} ({'pass' if v['status'] == 'ready' else v['status']})"
                               for v in variants[1:]))
 
     promoted = stage_promote(spec, variants, expected=alias_was, by=f"run:{run_id}")
-    lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted}")
+    candidates = ", ".join(v["ref"] for v in variants if v["status"] == "candidate")
+    lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted}" if promoted in {v["ref"] for v in variants}
+        else f"{spec.model.name}@{spec.deploy.alias} stays at {promoted}: no version of this run held its own "
+             f"against the champion (published as candidates: {candidates})")
 
     endpoint = serve_at_end(spec, serve, laps)
     timings = laps.seconds
@@ -222,8 +257,8 @@ def run(spec: ClassifierSpec, *, serve: Optional[bool] = None, run_id: Optional[
         data_fingerprint=data.fingerprint, data_counts=data.counts, train_device=trained.device,
         train_seconds=timings["train"], best_val_accuracy=float(trained.best_metrics.get("val_accuracy", "nan")),
         history=trained.history, variants=variants, alias=spec.deploy.alias, promoted_ref=promoted,
-        endpoint=endpoint, example_row=[test[0][0]] if isinstance(test[0], list) else test[0][0].tolist(),
-        stage_seconds=timings)
+        champion=champion, endpoint=endpoint, stage_seconds=timings,
+        example_row=[test[0][0]] if isinstance(test[0], list) else test[0][0].tolist())
 
 
 run_pipeline = run  # the name the SDK and notebooks have used
@@ -249,7 +284,8 @@ def job_pipeline(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:
     result = run(spec, serve=opts.get("serve", False), progress=progress)
     return {"run_id": result.run_id, "run_dir": result.run_dir, "data_counts": result.data_counts,
             "data_fingerprint": result.data_fingerprint, "variants": variants_summary(result.variants),
-            "promoted": result.promoted_ref, "alias": result.alias, "endpoint": result.endpoint,
+            "promoted": result.promoted_ref, "alias": result.alias, "champion": result.champion,
+            "endpoint": result.endpoint,
             "history": result.history, "stage_seconds": result.stage_seconds,
             "summary": summary(result, spec)}
 
@@ -281,10 +317,11 @@ def job_train(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:
         run_id = new_run_id()
         progress("data", f"reading {spec.data.path}")
         data = stage_data(spec, run_id)
+    champion = stage_champion(spec, data, alias_target(spec.store, spec.model.name, spec.deploy.alias))
     progress("train", f"{spec.train.num_workers} workers x {spec.train.epochs} epochs")
-    parent, trained = stage_train(spec, data, run_id)
-    return {"run_id": run_id, "version": parent["ref"], "metrics": parent["metrics"], "history": trained.history,
-            "device": trained.device}
+    parent, trained = stage_train(spec, data, run_id, champion)
+    return {"run_id": run_id, "version": parent["ref"], "status": parent["status"], "metrics": parent["metrics"],
+            "history": trained.history, "device": trained.device}
 
 
 def job_compress(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:
@@ -292,10 +329,14 @@ def job_compress(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:
     alias_was = alias_target(spec.store, spec.model.name, spec.deploy.alias)
     parent = registry.resolve(opts.get("parent") or spec.model.name)
     progress("compress", f"{', '.join(spec.compress.methods)} from {parent.ref}")
-    variants = stage_compress(spec, parent.ref)
+    champion = None
+    if alias_was is not None and parent.ref != f"{spec.model.name}/{alias_was}":  # the champion: another version
+        champion = stage_champion(spec, load_prepared(parent.lineage["run_dir"]), alias_was)
+    variants = stage_compress(spec, parent.ref, champion=champion)
     fields = {"parent": parent.ref, "variants": variants_summary(variants)}
     if not opts.get("no_promote"):
-        candidates = [{"ref": parent.ref, "passed": True, "metrics": parent.metrics}] + variants
+        candidates = [{"ref": parent.ref, "passed": True, "metrics": parent.metrics, "status": parent.status}] + \
+            variants
         fields["promoted"] = stage_promote(spec, candidates, expected=alias_was, by=f"job:compress {parent.ref}")
         fields["alias"] = spec.deploy.alias
     return fields

@@ -152,7 +152,7 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
 
     fastest_at = f"throughput_b{max(c.batch_sizes)}"
     promoted = promote(spec.store, spec.deploy.alias, [r for r in records if not r.get("baseline")], c.select,
-                       lambda m: m.get(fastest_at, 0.0), expected=alias_was, by=f"run:{run_id}")
+                       fastest_at, expected=alias_was, by=f"run:{run_id}")
     lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted['ref']} ({promoted['method']})")
     with tempfile.TemporaryDirectory(prefix="maas-report-") as tmp:  # then into the run folder, local or not
         report = put_folder_files(run_dir, write_compression_report(

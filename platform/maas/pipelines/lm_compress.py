@@ -63,7 +63,7 @@ def compress_lm(spec: LMPipelineSpec, parent_ref: str, inputs: dict, run_dir: st
                              + (f"perplexity {m['perplexity']:.2f}, {_speeds(m)}" if "perplexity" in m
                                 else r["gate"]))
     top = f"tokens_per_s_c{max(c.concurrency)}"
-    promoted = promote(spec.store, spec.deploy.alias, records, c.select, lambda m: m.get(top, 0.0),
+    promoted = promote(spec.store, spec.deploy.alias, records, c.select, top,
                        expected=alias_was, by=f"run:{run_id}")
     laps.lap("promote", f"{name}@{spec.deploy.alias} -> {promoted['ref']} ({promoted['method']})")
     with tempfile.TemporaryDirectory(prefix="maas-report-") as tmp:  # then into the run folder, local or not

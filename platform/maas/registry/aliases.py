@@ -65,7 +65,8 @@ def current(moves: list[dict]) -> Optional[int]:
     return moves[-1]["version"] if moves else None
 
 
-def move(store: Store, name: str, alias: str, version: Optional[int], expected: Any, by: str) -> dict:
+def move(store: Store, name: str, alias: str, version: Optional[int], expected: Any, by: str,
+         reason: Optional[str] = None) -> dict:
     """Append a move of ``alias`` to ``version`` (None: remove it) if it still points at ``expected``.
 
     Raises:
@@ -83,6 +84,8 @@ def move(store: Store, name: str, alias: str, version: Optional[int], expected: 
             f"maas models alias {name} {alias} {_or(version, '--delete')} --expect {_or(now, 'none')}")
     seq = (moves[-1]["seq"] if moves else 0) + 1
     record = {"version": version, "previous": now, "at": time.time(), "by": by}
+    if reason:
+        record["reason"] = reason
     if not store.create(f"models/{name}/aliases/{alias}/{seq:010d}.json", json.dumps(record).encode()):
         raise RegistryError(f"{name}@{alias} was moved by someone else while this move was being written; "
                             f"nothing was changed. See `maas models alias {name}` and try again")

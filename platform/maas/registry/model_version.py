@@ -33,7 +33,10 @@ class ModelVersion(BaseModel):
     lineage: dict[str, Any] = Field(default_factory=dict, description="data_fingerprint, spec_hash, run_id, "
                                                                        "parent, method ...")
     signature: dict[str, Any] = Field(default_factory=dict, description="Inputs/outputs (name, datatype, shape).")
-    status: Literal["ready", "rejected"] = Field("ready", description="'rejected': failed its quality gate.")
+    status: Literal["ready", "candidate", "rejected"] = Field(
+        "ready", description="'rejected': failed its quality gate (never aliased); 'candidate': passed it but did "
+                             "not match the version that held the alias (the champion) on the same evaluation, so "
+                             "the alias stayed (`maas models alias ... --force --reason` moves it anyway).")
     description: str = Field("", description="Free text, e.g. why the gate rejected it.")
     aliases: list[str] = Field(default_factory=list, description="Aliases pointing here (filled on read).")
 

@@ -282,20 +282,27 @@ class Registry:
                                 "publish again")
 
     def set_alias(self, name: str, alias: str, version: int, *, expected: Any = UNCHECKED,
-                  by: Optional[str] = None) -> dict:
+                  by: Optional[str] = None, force: bool = False, reason: Optional[str] = None) -> dict:
         """Point ``alias`` at ``version`` if it still points at ``expected`` (a version, or None for no alias;
-        by default: whatever it points at when read here). Returns the move {version, previous, at, by, seq}.
+        by default: whatever it points at when read here). A ``candidate`` (it lost to the champion) moves
+        only with ``force`` and a ``reason``, which the alias history keeps. Returns the move {version,
+        previous, at, by, seq[, reason]}.
 
         Raises:
-            RegistryError: the version does not exist or was rejected by its gate; the alias points elsewhere
-                than ``expected``; or another move landed first (nothing is overwritten).
+            RegistryError: the version does not exist, was rejected by its gate, or is a candidate without
+                ``force`` and ``reason``; the alias points elsewhere than ``expected``; or another move landed
+                first (nothing is overwritten).
         """
         ModelVersion.check_name(alias, what="alias")
         mv = self.get_version(name, version)
-        if mv.status != "ready":
-            raise RegistryError(f"{name}/{version} is {mv.status!r} and cannot take alias {alias!r}"
-                                f" (reason: {mv.description or 'see its metrics'})")
-        return alias_log.move(self.store, name, alias, version, expected, by or _who())
+        why = f" (reason: {mv.description or 'see its metrics'})"
+        if mv.status == "candidate" and not (force and reason and reason.strip()):
+            raise RegistryError(f"{name}/{version} is a candidate: it did not match the champion{why}; to give it "
+                                f"{alias!r} anyway: maas models alias {name} {alias} {version} --force --reason TEXT")
+        if mv.status not in ("ready", "candidate"):
+            raise RegistryError(f"{name}/{version} is {mv.status!r} and cannot take alias {alias!r}{why}")
+        return alias_log.move(self.store, name, alias, version, expected, by or _who(),
+                              reason=reason.strip() if reason else None)
 
     def delete_alias(self, name: str, alias: str, *, expected: Any = UNCHECKED, by: Optional[str] = None) -> dict:
         """Remove ``alias`` (ends a canary trial; served replicas stop answering it), compare-and-swap like

@@ -123,8 +123,23 @@ class CompressSpec(_Strict):
                                       "(absolute, 0.01 = 1 point) against its parent.")
     latency_runs: int = Field(200, ge=10, description="Single-row requests timed per model for latency figures.")
     select: Literal["fastest", "smallest"] = Field(
-        "fastest", description="Which gate-passing version gets deploy.alias: the highest rows/s at batch 64, "
-                               "or the smallest artifact.")
+        "fastest", description="Which gate-passing version gets deploy.alias: the highest median rows/s at batch "
+                               "64 over 5 timed windows, where a version counts as faster only if its slowest "
+                               "window beat the other's fastest (versions within each other's noise go to the "
+                               "smaller); or the smallest artifact.")
+
+
+class EvalSpec(_Strict):
+    """Champion/challenger: a new version must hold its own against the version serving traffic now."""
+
+    against_champion: bool = Field(
+        True, description="Before deploy.alias moves, evaluate the version it points at now (the champion) on this "
+                          "run's test rows, with its own artifact and preprocessing; a version of this run more "
+                          "than max_accuracy_drop below it is published as 'candidate' and the alias stays. The "
+                          "first version of a model has no champion.")
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="How far (absolute test accuracy, 0.01 = 1 point) a challenger may fall below "
+                                      "the champion on the same rows and still take the alias.")
 
 
 class ClassifierSpec(_Pipeline):
@@ -136,6 +151,8 @@ class ClassifierSpec(_Pipeline):
     model: ModelSpec = Field(..., description="What to train.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="How to train it.")
     compress: CompressSpec = Field(default_factory=CompressSpec, description="How to compress it.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="How a new version is compared with the one "
+                                                                 "serving traffic before the alias moves.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
 
     @model_validator(mode="after")

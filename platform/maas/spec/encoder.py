@@ -77,8 +77,10 @@ class EncoderCompressSpec(_Strict):
                     "{name, steps, gate}.")
     gate: EncoderGateSpec = Field(default_factory=EncoderGateSpec, description="Default quality gate.")
     select: Literal["fastest", "smallest"] = Field(
-        "fastest", description="Which gate-passing version gets deploy.alias: the highest throughput at the "
-                               "largest batch size, or the smallest artifact.")
+        "fastest", description="Which gate-passing version gets deploy.alias: the highest median throughput at "
+                               "the largest batch size over 5 timed windows, where a version counts as faster "
+                               "only if its slowest window beat the other's fastest (versions within each "
+                               "other's noise go to the smaller); or the smallest artifact.")
     batch_sizes: list[int] = Field([1, 64], min_length=1, description="Batch sizes timed (1 gives latency).")
     latency_runs: int = Field(64, ge=8, description="Single-sentence calls timed per variant.")
     threads: int = Field(0, ge=0, description="CPU threads per measured variant (0: the runtimes' default).")
