@@ -12,6 +12,7 @@ import requests
 import torch
 
 from maas.data.corpus import english_corpus
+from maas.exceptions import RegistryError
 from maas.models.artifacts import SHARDS, load_torch_model
 from maas.pipelines.lm import run as run_lm_pipeline
 from maas.registry import Registry
@@ -313,3 +314,29 @@ def test_quantized_variants_are_measured_under_vllm_gated_published_and_the_fast
     assert "| w4a16 |" in report and ("REJECTED" in report) == (not (w8["passed"] and w4["passed"]))
     assert Path(out["report"]["png"]).read_bytes()[:4] == b"\x89PNG"
     assert app_engines("lm") == ["lm/1 (LoRA)"]  # measured in a process of its own: no serving engine added
+
+
+def test_a_worse_retraining_is_scored_against_the_served_champion_published_as_a_candidate_and_the_alias_stays(
+        lm, tmp_path):
+    """Champion/challenger: the same text trained again with a learning rate that cannot learn in one epoch.
+    Both versions read this run's held-out lines, each with its own tokenizer (the retrain learns another
+    vocabulary), in bits per byte; the worse one is published as a candidate and production does not move."""
+    registry, champion = lm["registry"], lm["result"].ref
+    assert lm["result"].champion is None and lm["result"].status == "ready"  # the model's first version
+    spec = lm["spec"].model_copy(update={"train": lm["spec"].train.model_copy(update={
+        "num_workers": 1, "strategy": "ddp", "epochs": 1, "learning_rate": 1e-7, "checkpoint_every_epochs": 0})})
+    result = run_lm_pipeline(spec, serve=False)
+    scored = result.champion
+    assert scored["ref"] == champion and scored["comparable"]
+    mine = result.metrics["held_out_bits_per_byte"]
+    assert mine > scored["bits_per_byte"] + spec.eval.max_bits_per_byte_increase  # untrained: ~uniform tokens
+    assert result.status == "candidate" and result.promoted_ref == champion
+    mv = registry.resolve(result.ref)
+    assert mv.status == "candidate" and f"more than champion {champion}'s" in mv.description
+    assert registry.resolve("lm@production").ref == champion  # the served alias did not move
+    assert app_engines("lm") == ["lm/1 (LoRA)"]  # nor did the serving application
+    from maas.pipelines.lm import summary
+
+    assert f"lm@production stays at {champion} (the champion)" in summary(result, spec)
+    with pytest.raises(RegistryError, match="is a candidate"):
+        registry.set_alias("lm", "production", mv.version)

@@ -42,3 +42,66 @@ def versus(metrics: dict, champion: Optional[dict], max_drop: float) -> tuple[bo
                        f"{theirs:.4f} on the same rows (eval.max_accuracy_drop {max_drop:g})")
     return True, f"vs champion {champion['ref']}: {mine:.4f} against its {theirs:.4f} on the same rows"
 
+
+
+# --------------------------------------------------------------------------------------- language models
+
+def text_bits_per_byte(model, tokenizer, lines: list[str]) -> float:
+    """Bits per UTF-8 byte of ``lines`` under ``model`` with its own ``tokenizer``: the sum of each line's
+    next-token losses after its first token, over the bytes those tokens spell. Comparable across tokenizers
+    (another run learns another vocabulary), so a retrained model and its champion read the same text."""
+    import math
+
+    import torch
+
+    bits, nbytes = 0.0, 0
+    with torch.inference_mode():
+        for line in lines:
+            ids = tokenizer(line, add_special_tokens=False)["input_ids"]
+            if len(ids) < 2:
+                continue
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum")
+            bits += float(nll) / math.log(2)
+            nbytes += len(tokenizer.decode(ids[1:]).encode())
+    return bits / max(nbytes, 1)
+
+
+def evaluate_lm_champion(registry: Registry, name: str, version: Optional[int], lines: list[str]) -> Optional[dict]:
+    """{ref, comparable, bits_per_byte | why} of the language model ``name/version`` on ``lines`` (this run's
+    held-out text) with transformers, or None: no champion. A Hugging Face folder or LoRA adapters on their
+    base are scored; a quantized folder (compressed-tensors, which only its vLLM engine runs here) is not."""
+    import json
+
+    if version is None:
+        return None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    mv = registry.get_version(name, version)
+    folder, _ = registry.fetch(mv.ref)
+    if mv.signature.get("format") == "peft-lora":
+        from peft import PeftModel
+
+        base_folder, _ = registry.fetch(mv.signature["base"])
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder), folder)
+        tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    elif "quantization_config" in json.loads((folder / "config.json").read_text()):
+        return {"ref": mv.ref, "comparable": False, "why": "a quantized champion is scored by its vLLM engine, "
+                                                            "which this comparison does not start yet"}
+    else:
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    return {"ref": mv.ref, "comparable": True, "bits_per_byte": text_bits_per_byte(model.eval(), tokenizer, lines)}
+
+
+def versus_lm(bits_per_byte: float, champion: Optional[dict], max_increase: float) -> tuple[bool, str]:
+    """(holds its own, why) for a language model scoring ``bits_per_byte`` against ``champion``."""
+    if champion is None:
+        return True, ""
+    if not champion["comparable"]:
+        return True, f"champion {champion['ref']} not compared: {champion['why']}"
+    theirs = champion["bits_per_byte"]
+    if bits_per_byte - theirs > max_increase + 1e-12:
+        return False, (f"{bits_per_byte:.4f} bits/byte on this run's held-out text, {bits_per_byte - theirs:.4f} "
+                       f"more than champion {champion['ref']}'s {theirs:.4f} (eval.max_bits_per_byte_increase "
+                       f"{max_increase:g})")
+    return True, f"vs champion {champion['ref']}: {bits_per_byte:.4f} bits/byte against its {theirs:.4f}"

@@ -18,6 +18,7 @@ from maas.pipelines.base import (
     new_run_id,
     noop,
     serve_at_end,
+    status_of,
     variants_summary,
 )
 from maas.serve.runtimes import on_engine
@@ -46,6 +47,8 @@ class LMResult:
     promoted_ref: str = ""
     variants: list = field(default_factory=list)  # compress: the parent then each variant, measured and gated
     report: dict = field(default_factory=dict)
+    status: str = "ready"  # 'candidate': it did not hold its own against the champion, and the alias stayed
+    champion: Optional[dict] = None  # {ref, comparable, bits_per_byte | why}: the alias holder when the run began
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,6 +95,7 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     from maas.data import run_dir_for
     from maas.models import build_model
     from maas.models.llama import greedy_text, next_word_accuracy, save_hf_folder
+    from maas.pipelines.champion import evaluate_lm_champion, text_bits_per_byte, versus_lm
     from maas.registry import Registry
     from maas.registry.hf_import import check_hf_folder
     from maas.train.trainer import fit
@@ -120,6 +124,13 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
                 f"{c['vocab_size']}), {c['lines']} lines ({c['lines_rejected']} quarantined) -> "
                 f"{c['splits']['train']} train / {c['splits']['val']} val blocks")
 
+    lines = held_out_lines(data.val, data.tokenizer)
+    champion = None
+    if spec.eval.against_champion and alias_was is not None:
+        champion = evaluate_lm_champion(registry, spec.model.name, alias_was, lines)
+        lap("data", f"champion {champion['ref']}: " + (f"{champion['bits_per_byte']:.4f} bits/byte on this run's "
+                    f"{len(lines)} held-out lines" if champion["comparable"] else champion["why"]))
+
     import torch
 
     with torch.device("meta"):  # counted from the shapes: a 1B base is not built on the driver
@@ -146,12 +157,14 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
 
     model, tokenizer = trained.model.eval(), data.tokenizer
     sample = greedy_text(model, tokenizer, PROMPT, 48)
-    check = next_word_accuracy(model, tokenizer, held_out_lines(data.val, tokenizer))
+    check = next_word_accuracy(model, tokenizer, lines)
     metrics = {k: v for k, v in best.items() if k.startswith(("val_", "train_"))}
     metrics.update(parameters=n_params, trained_parameters=n_trainable, next_word_accuracy=check["accuracy"],
-                   tokens_per_s_train=max((h.get("tokens_per_s", 0) for h in trained.history), default=0.0))
-    lap("evaluate", f"next-word accuracy {check['accuracy']:.3f} on {check['n']} held-out lines; "
-                    f"greedy sample: {sample[:60]!r}")
+                   tokens_per_s_train=max((h.get("tokens_per_s", 0) for h in trained.history), default=0.0),
+                   held_out_bits_per_byte=text_bits_per_byte(model, tokenizer, lines))
+    holds, versus_why = versus_lm(metrics["held_out_bits_per_byte"], champion, spec.eval.max_bits_per_byte_increase)
+    lap("evaluate", f"next-word accuracy {check['accuracy']:.3f} on {check['n']} held-out lines, "
+                    f"{metrics['held_out_bits_per_byte']:.4f} bits/byte; greedy sample: {sample[:60]!r}")
     lora = base is not None and spec.model.finetune == "lora"
     with tempfile.TemporaryDirectory(prefix="maas-lm-") as tmp:
         if lora:  # the adapters alone, as a version of their own on the base version
@@ -169,18 +182,24 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
         method = "lora" if lora else "full" if base else "bf16" if t.precision == "bf16" else "fp32"
         mv = registry.publish(
             spec.model.name, files, runtime="vllm", task="generate", metrics=metrics, signature=signature,
-            lineage={"kind": "lm", "data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(),
+            status=status_of(True, holds), description=versus_why,
+            lineage={"kind": "lm", **({"champion": {"held": holds, "reason": versus_why}} if versus_why else {}),
+                     "data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(),
                      "run_id": run_id, "run_dir": run_dir, "data_counts": c, "method": method,
                      "parent": base["mv"].ref if base else None, "checkpoint": trained.checkpoint_path,
                      "train_device": trained.device, "strategy": t.strategy, "history": trained.history,
                      "evaluation": {"next_word": check, "prompt": PROMPT, "greedy_sample": sample},
                      "architecture": {k: v for k, v in config.items() if k not in ("arch", "hf_config")}})
-    registry.set_alias(spec.model.name, spec.deploy.alias, mv.version, expected=alias_was, by=f"run:{run_id}")
-    lap("publish", f"{mv.ref} ({'LoRA adapters on ' + base['mv'].ref if lora else 'Hugging Face folder'}, "
-                   f"{metrics['size_bytes'] / 1e6:.2f} MB of weights), "
-                   f"{spec.model.name}@{spec.deploy.alias}")
-    variants, promoted, report = [], mv.ref, {}
-    if spec.compress.variants:
+    what = f"{mv.ref} ({'LoRA adapters on ' + base['mv'].ref if lora else 'Hugging Face folder'}, " \
+           f"{metrics['size_bytes'] / 1e6:.2f} MB of weights)"
+    if not holds:  # a candidate: the alias stays, and its variants could not beat the champion either
+        lap("publish", f"{what} is a candidate: {versus_why}; {spec.model.name}@{spec.deploy.alias} stays at "
+                       f"{champion['ref']}")
+    else:
+        registry.set_alias(spec.model.name, spec.deploy.alias, mv.version, expected=alias_was, by=f"run:{run_id}")
+        lap("publish", f"{what}, {spec.model.name}@{spec.deploy.alias}")
+    variants, promoted, report = [], mv.ref if holds else champion["ref"], {}
+    if spec.compress.variants and holds:
         from maas.pipelines.lm_compress import compress_lm, eval_inputs
 
         inputs = eval_inputs(data.val, spec.compress, config["block_size"])
@@ -197,7 +216,8 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     return LMResult(run_id=run_id, run_dir=run_dir, spec_hash=spec.spec_hash(), data_fingerprint=data.fingerprint,
                     data_counts=c, train_device=trained.device, ref=mv.ref, metrics=metrics, history=trained.history,
                     sample=sample, alias=spec.deploy.alias, endpoint=endpoint, smoke=smoke,
-                    stage_seconds=laps.seconds, promoted_ref=promoted, variants=variants, report=report)
+                    stage_seconds=laps.seconds, promoted_ref=promoted, variants=variants, report=report,
+                    status=mv.status, champion=champion)
 
 
 
@@ -213,7 +233,21 @@ def summary(result: LMResult, spec: LMPipelineSpec) -> str:
                  [[result.ref, f"{m['parameters'] / 1e6:.2f}M", f"{m.get('val_loss', nan):.3f}",
                    f"{m.get('val_perplexity', nan):.1f}", f"{m.get('val_bits_per_byte', nan):.2f}",
                    f"{m['next_word_accuracy']:.3f}", f"{m['tokens_per_s_train']:.0f}",
-                   f"{m['size_bytes'] / 1e6:.2f}"]]) + f"\nsample (greedy): {result.sample!r}" + _variants(result, spec)
+                   f"{m['size_bytes'] / 1e6:.2f}"]]) + f"\nsample (greedy): {result.sample!r}" + \
+        _decision(result, spec) + _variants(result, spec)
+
+
+def _decision(result: LMResult, spec: LMPipelineSpec) -> str:
+    """Where the alias points after the run and, when there was a champion, how the run compared with it."""
+    alias = f"{spec.model.name}@{spec.deploy.alias}"
+    line = f"\n{alias} -> {result.ref}" if result.status == "ready" else \
+        f"\n{alias} stays at {result.promoted_ref} (the champion): {result.ref} is published as a candidate"
+    c = result.champion
+    if c:
+        line += f"\nchampion {c['ref']}: " + (f"{c['bits_per_byte']:.4f} bits/byte on this run's held-out text, "
+                                             f"this run {result.metrics['held_out_bits_per_byte']:.4f}"
+                                             if c["comparable"] else c["why"])
+    return line
 
 
 def _variants(result: LMResult, spec: LMPipelineSpec) -> str:
@@ -245,8 +279,8 @@ def job_pipeline(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:
             "data_fingerprint": result.data_fingerprint, "trained": result.ref, "promoted": result.promoted_ref,
             "alias": result.alias, "variants": variants_summary(result.variants), "report": result.report,
             "metrics": result.metrics, "sample": result.sample, "endpoint": result.endpoint, "smoke": result.smoke,
-            "history": result.history, "stage_seconds": result.stage_seconds,
-            "summary": summary(result, spec)}
+            "history": result.history, "stage_seconds": result.stage_seconds, "status": result.status,
+            "champion": result.champion, "summary": summary(result, spec)}
 
 
 def job_compress(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:

@@ -170,6 +170,20 @@ class LMCompressSpec(_Strict):
 LM_TRAIN_DEFAULTS = {"learning_rate": 1e-3, "max_grad_norm": 1.0, "lr_schedule": "cosine", "warmup_fraction": 0.05}
 
 
+class LMEvalSpec(_Strict):
+    """Champion/challenger for a language model: a new version must read held-out text as well as the one
+    serving deploy.alias."""
+
+    against_champion: bool = Field(
+        True, description="Before deploy.alias moves, score the version it points at now (the champion) and the new "
+                          "one on this run's held-out text in bits per byte (each with its own tokenizer); a new "
+                          "version more than max_bits_per_byte_increase above it is published as 'candidate' and "
+                          "the alias stays. The first version of a model has no champion.")
+    max_bits_per_byte_increase: float = Field(
+        0.02, ge=0, description="How many bits per byte more than the champion a challenger may need and still "
+                                "take the alias.")
+
+
 class LMPipelineSpec(_Pipeline):
     """A decoder (transformers' Llama): text -> BPE tokenizer and token blocks -> Ray Train (DDP/FSDP2) ->
     a Hugging Face folder in the registry -> vLLM engines behind the maas endpoint."""
@@ -185,6 +199,8 @@ class LMPipelineSpec(_Pipeline):
     generate: GenerateSpec = Field(default_factory=GenerateSpec, description="Serving defaults for generation.")
     compress: LMCompressSpec = Field(default_factory=LMCompressSpec, description="Quantized variants and their "
                                                                                  "gate.")
+    eval: LMEvalSpec = Field(default_factory=LMEvalSpec, description="How a new version is compared with the one "
+                                                                     "serving traffic before the alias moves.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
 
     @model_validator(mode="after")
