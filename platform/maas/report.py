@@ -59,3 +59,24 @@ def curl_example(url: str, model: str, row: list) -> str:
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
                                    "data": [round(float(v), 4) for v in row]}]}, separators=(",", ":"))
     return f"curl -s -X POST {url}/v2/models/{model}/infer -d '{body}'"
+
+
+def compare_versions(versions: list) -> str:
+    """Versions side by side (``maas models compare``): what each is, its status and why, then every figure
+    any of them has (a spread's ``_min``/``_max`` left out), a blank where one has none."""
+    def cell(value) -> str:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return str(value)
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+    head = [["method"] + [mv.lineage.get("method", "") for mv in versions],
+            ["runtime"] + [mv.runtime for mv in versions],
+            ["status"] + [mv.status for mv in versions],
+            ["aliases"] + [",".join(mv.aliases) or "-" for mv in versions],
+            ["parent"] + [mv.lineage.get("parent") or "-" for mv in versions],
+            ["size"] + [human_bytes(mv.size_bytes) for mv in versions]]
+    keys = sorted({k for mv in versions for k, v in mv.metrics.items()
+                   if isinstance(v, (int, float)) and not k.endswith(("_min", "_max"))})
+    rows = head + [[k] + [cell(mv.metrics[k]) if k in mv.metrics else "" for mv in versions] for k in keys]
+    why = [f"{mv.ref}: {mv.description}" for mv in versions if mv.description]
+    return table(["", *(mv.ref for mv in versions)], rows) + ("\n\n" + "\n".join(why) if why else "")

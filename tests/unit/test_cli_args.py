@@ -135,6 +135,26 @@ def test_a_candidate_takes_an_alias_only_forced_with_a_reason_which_the_history_
     assert capsys.readouterr().out.splitlines()[-1].endswith("the new data set is harder")
 
 
+def test_models_compare_puts_versions_side_by_side_with_their_status_and_why(tmp_path, capsys):
+    from maas.registry import Registry
+
+    store = str(tmp_path / "store")
+    reg = Registry(store)
+    (tmp_path / "a.bin").write_bytes(b"12")
+    reg.publish("m", {"a.bin": tmp_path / "a.bin"}, runtime="torch", metrics={"test_accuracy": 0.97, "rows": 12345,
+                                                                              "rows_min": 1, "rows_max": 2})
+    reg.publish("m", {"a.bin": tmp_path / "a.bin"}, runtime="onnxruntime", status="candidate",
+                description="below champion m/1", metrics={"test_accuracy": 0.91}, lineage={"parent": "m/1"})
+    reg.set_alias("m", "production", 1)
+    assert main(["models", "compare", "m@production", "m/2", "--store", store]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows["status"] == ["ready", "candidate"] and rows["aliases"] == ["production", "-"]
+    assert rows["test_accuracy"] == ["0.97", "0.91"] and rows["rows"] == ["12,345"]  # m/2 has no such figure
+    assert rows["parent"] == ["-", "m/1"] and "rows_min" not in rows
+    assert rows["m/2:"] == ["below", "champion", "m/1"]
+    assert main(["models", "compare", "m/9", "--store", store]) == 2 and "no version 9" in capsys.readouterr().err
+
+
 def test_validate_takes_key_value_overrides_after_the_specs_like_run_and_submit(capsys):
     assert main(["validate", "examples/digits.yaml", "train.epochs=abc"]) == 2  # was: 'spec file not found'
     out = capsys.readouterr().out

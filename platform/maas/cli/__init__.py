@@ -180,6 +180,11 @@ def cmd_models(args) -> int:
         _say(f"{args.name}@{args.alias}: {move['previous'] if move['previous'] is not None else '-'} -> "
              f"{args.version} (serving replicas follow within deploy.alias_poll_s)")
         return 0
+    if args.models_cmd == "compare":
+        from maas.report import compare_versions
+
+        _say(compare_versions([reg.resolve(ref) for ref in args.refs]))
+        return 0
     mv = reg.resolve(args.ref)
     _say(json.dumps(mv.model_dump(mode="json"), indent=2))
     return 0
@@ -254,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("list", help="every version of every model", parents=[store_after])
     show = msub.add_parser("show", help="one version's manifest: metrics, lineage, files", parents=[store_after])
     show.add_argument("ref", help="name@alias, name/version or name (latest)")
+    cmp = msub.add_parser("compare", help="versions side by side: status and why, every metric",
+                          parents=[store_after])
+    cmp.add_argument("refs", nargs="+", metavar="ref", help="name@alias, name/version or name (latest)")
     al = msub.add_parser("alias", help="point an alias at a version (served apps roll over to it); with the "
                                        "model name alone, the history of its aliases", parents=[store_after])
     al.add_argument("name")

@@ -320,8 +320,8 @@ def job_train(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:
     champion = stage_champion(spec, data, alias_target(spec.store, spec.model.name, spec.deploy.alias))
     progress("train", f"{spec.train.num_workers} workers x {spec.train.epochs} epochs")
     parent, trained = stage_train(spec, data, run_id, champion)
-    return {"run_id": run_id, "version": parent["ref"], "status": parent["status"], "metrics": parent["metrics"],
-            "history": trained.history, "device": trained.device}
+    return {"run_id": run_id, "version": parent["ref"], "version_status": parent["status"],
+            "metrics": parent["metrics"], "history": trained.history, "device": trained.device}
 
 
 def job_compress(spec: ClassifierSpec, opts: dict, progress: Progress) -> dict:

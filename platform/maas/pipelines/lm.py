@@ -279,7 +279,7 @@ def job_pipeline(spec: LMPipelineSpec, opts: dict, progress: Progress) -> dict:
             "data_fingerprint": result.data_fingerprint, "trained": result.ref, "promoted": result.promoted_ref,
             "alias": result.alias, "variants": variants_summary(result.variants), "report": result.report,
             "metrics": result.metrics, "sample": result.sample, "endpoint": result.endpoint, "smoke": result.smoke,
-            "history": result.history, "stage_seconds": result.stage_seconds, "status": result.status,
+            "history": result.history, "stage_seconds": result.stage_seconds, "version_status": result.status,
             "champion": result.champion, "summary": summary(result, spec)}
 
 
