@@ -175,11 +175,40 @@ def test_a_client_that_goes_away_mid_stream_frees_the_engine(llm):
     assert llm["client"].completions.create(model="tiny", prompt="w1", max_tokens=2).choices[0].text
 
 
+def test_tokenize_and_detokenize_answer_with_the_served_versions_own_tokenizer(llm):
+    """What evaluation harnesses ask before scoring (vLLM's /tokenize and /detokenize), behind the same keys,
+    model names and OpenAI-shaped errors as the rest."""
+    from transformers import AutoTokenizer
+
+    url, auth = llm["url"], {"Authorization": f"Bearer {KEY}"}
+    folder, _ = llm["registry"].fetch("tiny/1")
+    tok = AutoTokenizer.from_pretrained(folder)
+    r = requests.post(f"{url}/tokenize", json={"model": "tiny", "prompt": "w1 w2 w3", "add_special_tokens": False},
+                      headers=auth, timeout=30)
+    assert r.status_code == 200 and r.headers["x-maas-model-version"] == "tiny/1", r.text
+    ids = r.json()["tokens"]
+    assert ids == tok("w1 w2 w3", add_special_tokens=False)["input_ids"] and r.json()["count"] == len(ids)
+    back = requests.post(f"{url}/detokenize", json={"model": "tiny", "tokens": ids}, headers=auth, timeout=30)
+    assert back.status_code == 200 and back.json()["prompt"] == tok.decode(ids)
+    chat = requests.post(f"{url}/tokenize", json={"model": "tiny", "messages": [{"role": "user", "content": "w1"}],
+                                                  "add_generation_prompt": True}, headers=auth, timeout=30)
+    assert chat.status_code == 200 and chat.json()["tokens"] == tok.apply_chat_template(
+        [{"role": "user", "content": "w1"}], add_generation_prompt=True, tokenize=True, return_dict=False)
+    for route, body, status, words in (
+            ("tokenize", {"model": "tiny"}, 400, "'prompt' (a string) or 'messages' is missing"),
+            ("detokenize", {"model": "tiny", "tokens": "12"}, 400, "'tokens' is missing"),
+            ("tokenize", {"model": "nope", "prompt": "w1"}, 404, "nope"),
+            ("tokenize", {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, 400, "role")):
+        bad = requests.post(f"{url}/{route}", json=body, headers=auth, timeout=30)
+        assert bad.status_code == status and words in bad.json()["error"]["message"], (route, body, bad.text)
+    assert requests.post(f"{url}/tokenize", json={"model": "tiny", "prompt": "w1"}, headers=auth).status_code == 200
+
+
 def test_api_keys_guard_every_llm_route(llm):
     url = llm["url"]
-    for method, route in (("get", "models"), ("get", "models/tiny"), ("post", "completions"),
-                          ("post", "chat/completions")):
-        r = getattr(requests, method)(f"{url}/v1/{route}", json={"model": "tiny", "prompt": "w1"},
+    for method, route in (("get", "v1/models"), ("get", "v1/models/tiny"), ("post", "v1/completions"),
+                          ("post", "v1/chat/completions"), ("post", "tokenize"), ("post", "detokenize")):
+        r = getattr(requests, method)(f"{url}/{route}", json={"model": "tiny", "prompt": "w1", "tokens": [1]},
                                       headers={"Authorization": "Bearer wrong-key-0123456789"})
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
     anonymous = openai.OpenAI(base_url=f"{url}/v1", api_key="not-a-key", max_retries=0)

@@ -170,7 +170,7 @@ def test_version_and_models_without_a_subcommand_print_and_exit_0(capsys):
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"maas {__version__}"
     assert main(["models"]) == 0
-    assert "{list,show,alias,import,gc}" in capsys.readouterr().out
+    assert "{list,show,compare,alias,import,gc}" in capsys.readouterr().out
 
 
 def test_a_reader_that_went_away_is_no_error(tmp_path):

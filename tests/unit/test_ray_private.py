@@ -38,6 +38,17 @@ def test_ray_serve_llm_private_parts_maas_relies_on_are_still_there():
     assert ray_private.engine_placement_group(server) is None
     disk = adapter_config("support/2", "/adapters/support", 1)
     assert disk.model_id == "support/2" and disk.local_path == "/adapters/support"
+    tokenize, chat, detokenize = ray_private.tokenization_requests()  # /tokenize and /detokenize's bodies
+    assert tokenize.model_validate({"model": "m", "prompt": "w1"}).prompt == "w1"
+    assert chat.model_validate({"model": "m", "messages": [{"role": "user", "content": "w1"}]}).messages
+    assert detokenize.model_validate({"model": "m", "tokens": [1, 2]}).tokens == [1, 2]
+    for name in ("tokenize", "detokenize"):  # what maas calls: an async generator of one answer
+        assert inspect.isasyncgenfunction(getattr(VLLMEngine, name)), name
+    assert "self._app_state = state" in start and "self._oai_serving_tokenization = " in start
+    tokenization = object()
+    engine._oai_serving_tokenization, engine._app_state = None, SimpleNamespace(serving_tokenization=tokenization)
+    ray_private.adopt_tokenization(engine)  # vLLM's name for it, where Ray found nothing under its own
+    assert engine._oai_serving_tokenization is tokenization
 
 
 def test_serve_private_parts_maas_relies_on_are_still_there():

@@ -71,6 +71,7 @@ class ModelServer:
         self.handlers = {
             "completions": (openai.completions, True), "chat_completions": (openai.chat, True),
             "embeddings": (openai.embeddings, True),
+            "tokenize": (openai.tokenize, True), "detokenize": (openai.detokenize, True),
             "infer": (oip.infer, True),
             "metadata": (oip.metadata, False), "model_ready": (oip.model_ready, False),
             "server_metadata": (oip.server_metadata, False), "live": (oip.live, False), "ready": (oip.ready, False),

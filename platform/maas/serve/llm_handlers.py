@@ -201,6 +201,44 @@ class LLMHandlers:
         response.maas_deferred = True  # accounted when the stream ends (ModelServer._timed)
         return response, 1, loaded
 
+    async def tokens(self, kind: str, req: dict, loaded):
+        """``kind`` "tokenize" (``prompt`` or ``messages``) or "detokenize" (``tokens``), answered by the engine
+        that serves ``loaded`` with its own tokenizer (and chat template) -> (response, rows, loaded)."""
+        from pydantic import ValidationError
+
+        from maas.serve.ray_private import tokenization_requests
+
+        TokenizeCompletionRequest, TokenizeChatRequest, DetokenizeRequest = tokenization_requests()
+        version = loaded.predictor
+        if kind == "detokenize":
+            if not isinstance(req.get("tokens"), list):
+                raise ProtocolError(400, "'tokens' is missing: a list of token ids")
+            model = DetokenizeRequest
+        elif "messages" in req:
+            _check_messages(req["messages"], version.spec)
+            model = TokenizeChatRequest
+        elif isinstance(req.get("prompt"), str):
+            model = TokenizeCompletionRequest
+        else:
+            raise ProtocolError(400, "'prompt' (a string) or 'messages' is missing")
+        try:
+            request = model.model_validate({**req, "model": version.model_id})
+        except ValidationError as err:
+            raise ProtocolError(400, _validation_message(err)) from None
+        if version.adapter:
+            await version.engine.use_adapter(version.mv)
+        out = version.engine.stream(kind, request)
+        try:
+            answer = await out.__anext__()
+        except StopAsyncIteration:
+            raise ProtocolError(503, f"the engine of {loaded.mv.ref} answered nothing; try again") from None
+        finally:
+            await out.aclose()
+        error = _error_of(answer)
+        if error is not None:
+            return error, 0, loaded
+        return JSONResponse(answer.model_dump(mode="json", exclude_none=True), headers=loaded.headers), 1, loaded
+
     async def _events(self, item: str, out, loaded, wants_usage: bool, t: dict, ctx: dict):
         """vLLM's own SSE events, passed on as they come (no re-encoding); the usage event the client did not
         ask for is dropped. Times each event's arrival from the engine and its hand-over to the client."""

@@ -66,6 +66,27 @@ class OpenAIHandlers:
         except ProtocolError as err:
             return openai_error(err.status, err.message, retry_headers(err)), 0, None
 
+    async def tokenize(self, request: Request):
+        """``POST /tokenize``: a prompt or chat messages as the served LLM's token ids (what evaluation
+        harnesses ask before scoring) -> (response, rows, loaded version or None)."""
+        return await self._tokens(request, "tokenize", "'prompt' or 'messages'")
+
+    async def detokenize(self, request: Request):
+        """``POST /detokenize``: token ids back to text -> (response, rows, loaded version or None)."""
+        return await self._tokens(request, "detokenize", "'tokens'")
+
+    async def _tokens(self, request: Request, kind: str, what: str):
+        bad = self._key(request)
+        if bad is not None:
+            return bad, 0, None
+        loaded = None
+        try:
+            req = await parse_off_loop(json_object, await read_body(request, self.server.max_request_bytes), what)
+            loaded = await self.host.for_task(openai_model(req), "generate")
+            return await self.llm.tokens(kind, req, loaded)
+        except ProtocolError as err:
+            return openai_error(err.status, err.message, retry_headers(err)), 0, loaded
+
     async def embeddings(self, request: Request):
         """-> (response, rows, loaded version or None)."""
         bad = self._key(request)

@@ -49,8 +49,19 @@ BODIES = {
                     "content": {"type": ["string", "array", "null"]}}}},
             "max_tokens": {"type": "integer", "minimum": 1}, "stream": {"type": "boolean"}},
         "example": {"model": "lm", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}}),
+    "tokenize": ("TokenizeRequest", {
+        "type": "object", "properties": {
+            "model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array"},
+            "add_special_tokens": {"type": "boolean"}},
+        "example": {"model": "lm", "prompt": "The function returns"}}),
+    "detokenize": ("DetokenizeRequest", {
+        "type": "object", "required": ["tokens"], "properties": {
+            "model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}},
+        "example": {"model": "lm", "tokens": [17, 42]}}),
 }
 SUMMARIES = {
+    "tokenize": "A prompt (or chat messages) as the served LLM's token ids (vLLM's /tokenize)",
+    "detokenize": "Token ids back to text with the served LLM's tokenizer (vLLM's /detokenize)",
     "completions": "Text completion (OpenAI); streams server-sent events with stream=true",
     "chat_completions": "Chat completion (OpenAI); streams server-sent events with stream=true",
     "embeddings": "Sentence embeddings (OpenAI)", "openai_models": "The served models (OpenAI)",

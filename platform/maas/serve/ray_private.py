@@ -29,6 +29,27 @@ def disk_multiplex_config(ref: str, folder: str, int_id: int):
     return DiskMultiplexConfig(model_id=ref, local_path=folder, max_total_tokens=None, lora_assigned_int_id=int_id)
 
 
+def tokenization_requests() -> tuple:
+    """Ray Serve LLM's request models for ``VLLMEngine.tokenize`` / ``detokenize``: (TokenizeCompletionRequest,
+    TokenizeChatRequest, DetokenizeRequest). ``ray.serve.llm.openai_api_models`` exports the completion and
+    chat models but not these."""
+    from ray.llm._internal.serve.core.configs.openai_api_models import (
+        DetokenizeRequest,
+        TokenizeChatRequest,
+        TokenizeCompletionRequest,
+    )
+
+    return TokenizeCompletionRequest, TokenizeChatRequest, DetokenizeRequest
+
+
+def adopt_tokenization(engine) -> None:
+    """Give a started ``VLLMEngine`` vLLM's tokenization server: Ray 2.60 looks for it in vLLM's app state as
+    ``openai_serving_tokenization``, vLLM 0.32 names it ``serving_tokenization``, so Ray's ``tokenize`` and
+    ``detokenize`` answered "does not support the 'tokenization' task"."""
+    if engine._oai_serving_tokenization is None:
+        engine._oai_serving_tokenization = getattr(engine._app_state, "serving_tokenization", None)
+
+
 def engine_placement_group(server):
     """The placement group Ray Serve LLM's callback made for an ``LLMServer``'s engine (None before start)."""
     callback = server._llm_config._callback_instance

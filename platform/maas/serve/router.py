@@ -18,6 +18,8 @@ ROUTES = (
     ("POST", "/v1/embeddings", "embeddings", "openai"),
     ("GET", "/v1/models", "openai_models", "openai"),
     ("GET", "/v1/models/{name}", "openai_model", "openai"),
+    ("POST", "/tokenize", "tokenize", "openai"),
+    ("POST", "/detokenize", "detokenize", "openai"),
     ("GET", "/v2", "server_metadata", "oip"),
     ("GET", "/v2/health/live", "live", "oip"),
     ("GET", "/v2/health/ready", "ready", "oip"),

@@ -274,6 +274,7 @@ def off_loop_engine_class():
 
             await asyncio.to_thread(prepare)
             await super().start()
+            ray_private.adopt_tokenization(self)  # /tokenize and /detokenize
 
         def maas_stop(self) -> None:
             """Stop vLLM's engine process and IPC now, whether or not ``start`` got to the end."""
