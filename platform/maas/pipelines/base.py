@@ -49,8 +49,7 @@ def publish_variant(registry: Registry, name: str, files: dict, *, runtime: str,
     why = "; ".join(x for x in (reason, versus) if x)
     mv = registry.publish(name, files, runtime=runtime, task=task, metrics=metrics, signature=signature,
                           lineage={**lineage, "method": method, "parent": parent,
-                                   "gate": {"passed": passed, "reason": reason},
-                                   **({"champion": {"held": holds, "reason": versus}} if versus else {})},
+                                   "gate": {"passed": passed, "reason": reason}, **champion_lineage(holds, versus)},
                           status=status, description=why)
     return {"method": method, "runtime": runtime, "ref": mv.ref, "metrics": metrics,
             "gate": {"ready": "pass: ", "rejected": "REJECTED: ", "candidate": "CANDIDATE: "}[status] + why,
@@ -60,6 +59,11 @@ def publish_variant(registry: Registry, name: str, files: dict, *, runtime: str,
 def status_of(passed: bool, holds: bool) -> str:
     """A new version's registry status: its gate first, then whether it held its own against the champion."""
     return "rejected" if not passed else "ready" if holds else "candidate"
+
+
+def champion_lineage(holds: bool, why: str) -> dict:
+    """What a version's lineage keeps of its comparison with the champion (nothing when there was none)."""
+    return {"champion": {"held": holds, "reason": why}} if why else {}
 
 
 def promotable(record: dict) -> bool:

@@ -30,18 +30,24 @@ def evaluate_champion(registry: Registry, name: str, version: Optional[int], sig
     return {"ref": mv.ref, "comparable": True, "test_accuracy": accuracy(predictor, x, y)}
 
 
-def versus(metrics: dict, champion: Optional[dict], max_drop: float) -> tuple[bool, str]:
-    """(holds its own, why) for a version with ``metrics`` against ``champion`` (``evaluate_champion``)."""
+def _not_compared(champion: Optional[dict]) -> Optional[tuple[bool, str]]:
+    """(True, why) where there is nothing to compare with: no champion, or one that cannot be scored here."""
     if champion is None:
         return True, ""
     if not champion["comparable"]:
         return True, f"champion {champion['ref']} not compared: {champion['why']}"
+    return None
+
+
+def versus(metrics: dict, champion: Optional[dict], max_drop: float) -> tuple[bool, str]:
+    """(holds its own, why) for a version with ``metrics`` against ``champion`` (``evaluate_champion``)."""
+    if (skip := _not_compared(champion)) is not None:
+        return skip
     mine, theirs = metrics["test_accuracy"], champion["test_accuracy"]
     if theirs - mine > max_drop + 1e-12:
         return False, (f"{mine:.4f} is {(theirs - mine) * 100:.2f} points below champion {champion['ref']}'s "
                        f"{theirs:.4f} on the same rows (eval.max_accuracy_drop {max_drop:g})")
     return True, f"vs champion {champion['ref']}: {mine:.4f} against its {theirs:.4f} on the same rows"
-
 
 
 # --------------------------------------------------------------------------------------- language models
@@ -95,10 +101,8 @@ def evaluate_lm_champion(registry: Registry, name: str, version: Optional[int], 
 
 def versus_lm(bits_per_byte: float, champion: Optional[dict], max_increase: float) -> tuple[bool, str]:
     """(holds its own, why) for a language model scoring ``bits_per_byte`` against ``champion``."""
-    if champion is None:
-        return True, ""
-    if not champion["comparable"]:
-        return True, f"champion {champion['ref']} not compared: {champion['why']}"
+    if (skip := _not_compared(champion)) is not None:
+        return skip
     theirs = champion["bits_per_byte"]
     if bits_per_byte - theirs > max_increase + 1e-12:
         return False, (f"{bits_per_byte:.4f} bits/byte on this run's held-out text, {bits_per_byte - theirs:.4f} "

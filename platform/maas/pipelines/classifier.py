@@ -28,6 +28,7 @@ from maas.pipelines.base import (
     Laps,
     Progress,
     alias_target,
+    champion_lineage,
     job_deploy,
     new_run_id,
     noop,
@@ -91,7 +92,7 @@ def signature_of(spec: ClassifierSpec, data: DataResult) -> dict:
 def stage_champion(spec: ClassifierSpec, data: DataResult, version: Optional[int]) -> Optional[dict]:
     """The champion (``version``: where deploy.alias pointed when the run started) scored on this run's test
     rows, or None: no champion, or ``eval.against_champion`` is off."""
-    if not spec.eval.against_champion:
+    if version is None or not spec.eval.against_champion:  # a model's first version has nothing to beat
         return None
     x, y = test_rows(spec, data)
     return evaluate_champion(Registry(spec.store), spec.model.name, version, signature_of(spec, data), x, y)
@@ -133,7 +134,7 @@ def stage_train(spec: ClassifierSpec, data: DataResult, run_id: str,
             lineage={**_lineage(spec, data, run_id, run_dir), "method": "fp32", "parent": None,
                      "checkpoint": trained.checkpoint_path, "train_device": trained.device,
                      "history": trained.history,
-                     **({"champion": {"held": holds, "reason": versus_why}} if versus_why else {})})
+                     **champion_lineage(holds, versus_why)})
     return {"method": "fp32", "runtime": "torch", "ref": parent.ref, "metrics": metrics,
             "gate": "parent" if holds else f"CANDIDATE: {versus_why}", "passed": True,
             "status": parent.status}, trained

@@ -14,6 +14,7 @@ from maas.pipelines.base import (
     Laps,
     Progress,
     alias_target,
+    champion_lineage,
     job_deploy,
     new_run_id,
     noop,
@@ -183,7 +184,7 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
         mv = registry.publish(
             spec.model.name, files, runtime="vllm", task="generate", metrics=metrics, signature=signature,
             status=status_of(True, holds), description=versus_why,
-            lineage={"kind": "lm", **({"champion": {"held": holds, "reason": versus_why}} if versus_why else {}),
+            lineage={"kind": "lm", **champion_lineage(holds, versus_why),
                      "data_fingerprint": data.fingerprint, "spec_hash": spec.spec_hash(),
                      "run_id": run_id, "run_dir": run_dir, "data_counts": c, "method": method,
                      "parent": base["mv"].ref if base else None, "checkpoint": trained.checkpoint_path,
