@@ -88,6 +88,10 @@ def start_head(base: str, python: Optional[str] = None, num_cpus: Optional[int] 
         cmd += ["--num-cpus", str(num_cpus)]
     cmd += list(extra_args)
     head_env = {k: v for k, v in (env or os.environ).items() if k != "RAY_ADDRESS"}
+    # On SIGTERM a Ray 2.60 head first drains its node for up to 30 s so that load balancers in front of Serve
+    # can move away; a private head has none in front and is stopped when its work is done, and that drain held
+    # every `maas submit` on an embedded Ray for 30 s after its job had finished (3 s without it).
+    head_env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     log_path = base_path / "head.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=head_env, cwd=str(base_path),

@@ -43,7 +43,7 @@ def ray_head():
     env["PATH"] = f"{python.parent}:{env['PATH']}"  # `python` in job entrypoints is the maas-less one
     proc, address = start_head(str(base), python=str(python), num_cpus=4, env=env,
                                extra_args=("--object-store-memory", str(400 * 1024 * 1024)))
-    yield {"address": address, "python": python, "base": base}
+    yield {"address": address, "python": python, "base": base, "pid": proc.pid}
     stop_head(proc)
     shutil.rmtree(base, ignore_errors=True)
 

@@ -124,6 +124,13 @@ def test_cli_follow_detach_then_stop_leaves_no_training_actors(ray_head, tmp_pat
     assert "[train] epoch" in maas("logs", job_id, "--address", address).stdout  # logs outlive the job
 
 
+def test_a_private_head_is_started_without_ray_s_shutdown_drain(ray_head):
+    """Ray 2.60 drains a head's node for 30 s on SIGTERM (for load balancers in front of Serve); a head maas
+    starts for itself has none, and the drain held every embedded `maas submit` 30 s past its job's end."""
+    environ = Path(f"/proc/{ray_head['pid']}/environ").read_bytes().split(b"\0")
+    assert b"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0" in environ
+
+
 def test_missing_or_wrong_token_says_what_to_do(ray_head, tmp_path):
     address = ray_head["address"]
     no_token = _env(HOME=str(tmp_path))
