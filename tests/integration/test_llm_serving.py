@@ -204,6 +204,41 @@ def test_tokenize_and_detokenize_answer_with_the_served_versions_own_tokenizer(l
     assert requests.post(f"{url}/tokenize", json={"model": "tiny", "prompt": "w1"}, headers=auth).status_code == 200
 
 
+def test_lm_eval_tasks_through_the_endpoint_score_as_lm_eval_does_in_process(llm, tmp_path):
+    """lm-evaluation-harness's `local-completions` model against the served engine (token-id prompts, echo and
+    logprobs; greedy generation) gives the log-likelihoods and continuations its `hf` model gives in-process
+    on the same folder: serving changes no score."""
+    from maas.eval.tasks import run_tasks
+    from maas.spec.evaluation import EvalTaskSpec
+
+    assert llm["registry"].resolve("tiny@production").ref == "tiny/1"
+    rows = [{"question": f"w{i} w{i + 1} w{i + 2}", "choices": [f"w{i + 3}", f"w{i + 40}", f"w{i + 7}"],
+             "answer": i % 3} for i in range(1, 9)]
+    (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "gen.jsonl").write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 1}", "answer": f"w{i + 2}"})
+                                                  for i in range(1, 7)))
+    tasks = [EvalTaskSpec(name="mc", path=str(tmp_path / "mc.jsonl"), type="multiple_choice"),
+             EvalTaskSpec(name="gen", path=str(tmp_path / "gen.jsonl"), type="generate", max_tokens=4),
+             EvalTaskSpec(name="gen_word", path=str(tmp_path / "gen.jsonl"), type="generate", max_tokens=4,
+                          match="regex", pattern=r"w\d+")]
+    folder, _ = llm["registry"].fetch("tiny/1")
+    served = run_tasks(tasks, endpoint=llm["url"], model="tiny", tokenizer=str(folder), api_key=KEY)
+    local = run_tasks(tasks, pretrained=str(folder))
+    assert served.harness == local.harness and served.harness.startswith("lm-eval 0.4")
+    for name in ("mc", "gen", "gen_word"):
+        s, t = served.tasks[name], local.tasks[name]
+        assert s.sha256 == t.sha256 and s.items == t.items == (8 if name == "mc" else 6)
+        assert s.score == t.score, (name, s.answers, t.answers)
+    for mine, theirs in zip(served.tasks["mc"].answers, local.tasks["mc"].answers):
+        assert mine == pytest.approx(theirs, abs=2e-3)  # fp32 engine vs fp32 transformers: float noise only
+    # greedy: the same words (vLLM's detokenizer keeps the space before the first one, transformers' drops it;
+    # the score ignores surrounding whitespace)
+    assert [a.strip() for a in served.tasks["gen"].answers] == [a.strip() for a in local.tasks["gen"].answers]
+    assert all(a.startswith("w") for a in served.tasks["gen_word"].answers)
+    picked = [max(range(3), key=lls.__getitem__) for lls in served.tasks["mc"].answers]
+    assert served.tasks["mc"].score == pytest.approx(sum(p == r["answer"] for p, r in zip(picked, rows)) / 8)
+
+
 def test_api_keys_guard_every_llm_route(llm):
     url = llm["url"]
     for method, route in (("get", "v1/models"), ("get", "v1/models/tiny"), ("post", "v1/completions"),

@@ -323,11 +323,26 @@ def test_a_worse_retraining_is_scored_against_the_served_champion_published_as_a
     vocabulary), in bits per byte; the worse one is published as a candidate and production does not move."""
     registry, champion = lm["registry"], lm["result"].ref
     assert lm["result"].champion is None and lm["result"].status == "ready"  # the model's first version
-    spec = lm["spec"].model_copy(update={"train": lm["spec"].train.model_copy(update={
+    sentences = [s.split() for s in english_corpus(limit=2460)[2400:] if len(s.split()) >= 6]
+    (tmp_path / "next.jsonl").write_text("\n".join(json.dumps(
+        {"question": " ".join(w[:4]), "choices": [w[4], "the", "zebra"], "answer": 0}) for w in sentences[:12]))
+    (tmp_path / "say.jsonl").write_text("\n".join(json.dumps({"prompt": " ".join(w[:3]), "answer": w[3]})
+                                                  for w in sentences[:6]))
+    tasks = [{"name": "next_word", "path": str(tmp_path / "next.jsonl"), "type": "multiple_choice"},
+             {"name": "say", "path": str(tmp_path / "say.jsonl"), "type": "generate", "max_tokens": 6,
+              "match": "regex", "pattern": r"\w+"}]
+    spec = spec_from_dict({**lm["spec"].model_dump(mode="json"), "eval": {"tasks": tasks}})
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={
         "num_workers": 1, "strategy": "ddp", "epochs": 1, "learning_rate": 1e-7, "checkpoint_every_epochs": 0})})
     result = run_lm_pipeline(spec, serve=False)
     scored = result.champion
     assert scored["ref"] == champion and scored["comparable"]
+    # lm-eval's tasks, scored for the champion and for the new version's published files, kept in its manifest
+    assert set(scored["tasks"]) == {"next_word", "say"} and all(0 <= v <= 1 for v in scored["tasks"].values())
+    assert all(0 <= result.metrics[f"task_{n}"] <= 1 for n in ("next_word", "say"))
+    kept = registry.resolve(result.ref).lineage["evaluation"]["tasks"]
+    assert kept["harness"].startswith("lm-eval ") and kept["tasks"]["next_word"]["items"] == 12
+    assert kept["tasks"]["say"]["metric"] == "exact_match" and len(kept["tasks"]["say"]["sha256"]) == 64
     mine = result.metrics["held_out_bits_per_byte"]
     assert mine > scored["bits_per_byte"] + spec.eval.max_bits_per_byte_increase  # untrained: ~uniform tokens
     assert result.status == "candidate" and result.promoted_ref == champion

@@ -62,7 +62,7 @@ def test_a_job_entrypoint_refuses_a_stage_its_kind_lacks_with_a_result_line_not_
 LAYERS = [("maas.exceptions", "maas.storage", "maas.version", "maas.progress", "maas.ports"), ("maas.models",),
           ("maas.spec",),
           ("maas.data", "maas.registry"), ("maas.train",),
-          ("maas.compress", "maas.serve", "maas.report", "maas.runtime"),
+          ("maas.compress", "maas.eval", "maas.serve", "maas.report", "maas.runtime"),
           ("maas.pipelines",), ("maas.submit",), ("maas.cli",), ("maas",)]
 
 
@@ -194,3 +194,21 @@ def test_a_version_below_the_champion_on_the_same_rows_is_a_candidate_and_the_al
     lost = [_record("d/2", 10, 5.0) | {"status": "candidate"}, _record("d/3", 5, 9.0) | {"status": "candidate"}]
     assert promote(reg.location, "production", lost, "fastest", "rows_s", expected=1) is None
     assert reg.aliases("d") == {"production": 1}
+
+
+def test_task_scores_against_the_champion_and_two_decisions_as_one():
+    from maas.pipelines.champion import versus_tasks
+    from maas.pipelines.lm import _both
+
+    champion = {"ref": "lm/1", "comparable": True, "tasks": {"mc": 0.80, "gen": 0.50}}
+    assert versus_tasks({}, champion, 0.02) == (True, "")  # no tasks: nothing to say
+    assert versus_tasks({"mc": 0.9}, None, 0.02) == (True, "")  # the first version
+    holds, why = versus_tasks({"mc": 0.79, "gen": 0.6}, champion, 0.02)
+    assert holds and why == "tasks mc 0.790 (champion 0.800), gen 0.600 (champion 0.500)"
+    holds, why = versus_tasks({"mc": 0.70, "gen": 0.5}, champion, 0.02)
+    assert not holds and why == "below champion lm/1 on mc 0.700 against its 0.800 (eval.max_task_score_drop 0.02)"
+    assert versus_tasks({"mc": 0.1}, {"ref": "lm/1", "comparable": False, "why": "quantized"}, 0.02)[0]
+    assert _both((True, "a"), (True, "b")) == (True, "a; b")
+    assert _both((True, "a"), (False, "b")) == (False, "b")
+    assert _both((False, "a"), (False, "b")) == (False, "a; b")
+    assert _both((True, ""), (True, "")) == (True, "")

@@ -95,3 +95,18 @@ def test_a_fine_tune_spec_refuses_a_shape_and_survives_the_sdks_round_trip():
     spec = spec_from_dict(base)
     again = spec_from_dict(spec.model_dump(mode="json"))
     assert again == spec and again.spec_hash() == spec.spec_hash()
+
+
+def test_a_from_scratch_lm_spec_survives_the_sdks_round_trip_and_a_stray_finetune_is_refused():
+    """A model trained from scratch has no base: its dumped spec (finetune and lora at their defaults) loads
+    back (it was refused as 'model.finetune / model.lora need model.base'); a finetune set without a base is not."""
+    spec = spec_from_dict({"kind": "lm", "model": {"name": "lm"}, "data": {"source": "files", "path": "/tmp/t"},
+                           "eval": {"tasks": [{"name": "mc", "path": "/tmp/mc.jsonl", "type": "multiple_choice"}]}})
+    again = spec_from_dict(spec.model_dump(mode="json"))
+    assert again == spec and again.eval.tasks[0].name == "mc"
+    with pytest.raises(SpecError, match="need model.base"):
+        spec_from_dict({"kind": "lm", "model": {"name": "lm", "finetune": "lora"},
+                        "data": {"source": "files", "path": "/tmp/t"}})
+    with pytest.raises(SpecError, match="task names must be unique"):
+        spec_from_dict({"kind": "lm", "model": {"name": "lm"}, "data": {"source": "files", "path": "/tmp/t"},
+                        "eval": {"tasks": [{"name": "a", "path": "x", "type": "generate"}] * 2}})

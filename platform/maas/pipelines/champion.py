@@ -73,10 +73,12 @@ def text_bits_per_byte(model, tokenizer, lines: list[str]) -> float:
     return bits / max(nbytes, 1)
 
 
-def evaluate_lm_champion(registry: Registry, name: str, version: Optional[int], lines: list[str]) -> Optional[dict]:
-    """{ref, comparable, bits_per_byte | why} of the language model ``name/version`` on ``lines`` (this run's
-    held-out text) with transformers, or None: no champion. A Hugging Face folder or LoRA adapters on their
-    base are scored; a quantized folder (compressed-tensors, which only its vLLM engine runs here) is not."""
+def evaluate_lm_champion(registry: Registry, name: str, version: Optional[int], lines: list[str],
+                         tasks: tuple = ()) -> Optional[dict]:
+    """{ref, comparable, bits_per_byte, tasks | why} of the language model ``name/version`` on ``lines`` (this
+    run's held-out text) with transformers and on ``tasks`` with lm-eval, or None: no champion. A Hugging Face
+    folder or LoRA adapters on their base are scored; a quantized folder (compressed-tensors, which only its
+    vLLM engine runs here) is not."""
     import json
 
     if version is None:
@@ -85,6 +87,7 @@ def evaluate_lm_champion(registry: Registry, name: str, version: Optional[int], 
 
     mv = registry.get_version(name, version)
     folder, _ = registry.fetch(mv.ref)
+    base_folder = None
     if mv.signature.get("format") == "peft-lora":
         from peft import PeftModel
 
@@ -96,7 +99,14 @@ def evaluate_lm_champion(registry: Registry, name: str, version: Optional[int], 
                                                             "which this comparison does not start yet"}
     else:
         model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-    return {"ref": mv.ref, "comparable": True, "bits_per_byte": text_bits_per_byte(model.eval(), tokenizer, lines)}
+    out = {"ref": mv.ref, "comparable": True, "bits_per_byte": text_bits_per_byte(model.eval(), tokenizer, lines)}
+    if tasks:
+        from maas.eval.tasks import run_tasks
+
+        lora = base_folder is not None
+        out["tasks"] = run_tasks(list(tasks), pretrained=str(base_folder if lora else folder),
+                                 peft=str(folder) if lora else None).scores()
+    return out
 
 
 def versus_lm(bits_per_byte: float, champion: Optional[dict], max_increase: float) -> tuple[bool, str]:
@@ -109,3 +119,17 @@ def versus_lm(bits_per_byte: float, champion: Optional[dict], max_increase: floa
                        f"more than champion {champion['ref']}'s {theirs:.4f} (eval.max_bits_per_byte_increase "
                        f"{max_increase:g})")
     return True, f"vs champion {champion['ref']}: {bits_per_byte:.4f} bits/byte against its {theirs:.4f}"
+
+
+def versus_tasks(scores: dict, champion: Optional[dict], max_drop: float) -> tuple[bool, str]:
+    """(holds its own, why) for a version's task ``scores`` against the champion's on the same tasks."""
+    if not scores or _not_compared(champion) is not None:
+        return True, ""
+    theirs = champion.get("tasks", {})
+    worse = [f"{n} {s:.3f} against its {theirs[n]:.3f}" for n, s in scores.items()
+             if n in theirs and theirs[n] - s > max_drop + 1e-12]
+    if worse:
+        return False, (f"below champion {champion['ref']} on {', '.join(worse)} (eval.max_task_score_drop "
+                       f"{max_drop:g})")
+    return True, "tasks " + ", ".join(f"{n} {s:.3f} (champion {theirs[n]:.3f})" for n, s in scores.items()
+                                      if n in theirs)

@@ -96,7 +96,7 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     from maas.data import run_dir_for
     from maas.models import build_model
     from maas.models.llama import greedy_text, next_word_accuracy, save_hf_folder
-    from maas.pipelines.champion import evaluate_lm_champion, text_bits_per_byte, versus_lm
+    from maas.pipelines.champion import evaluate_lm_champion, text_bits_per_byte, versus_lm, versus_tasks
     from maas.registry import Registry
     from maas.registry.hf_import import check_hf_folder
     from maas.train.trainer import fit
@@ -128,9 +128,10 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     lines = held_out_lines(data.val, data.tokenizer)
     champion = None
     if spec.eval.against_champion and alias_was is not None:
-        champion = evaluate_lm_champion(registry, spec.model.name, alias_was, lines)
+        champion = evaluate_lm_champion(registry, spec.model.name, alias_was, lines, tuple(spec.eval.tasks))
         lap("data", f"champion {champion['ref']}: " + (f"{champion['bits_per_byte']:.4f} bits/byte on this run's "
-                    f"{len(lines)} held-out lines" if champion["comparable"] else champion["why"]))
+                    f"{len(lines)} held-out lines" + _task_line(champion.get("tasks"))
+                    if champion["comparable"] else champion["why"]))
 
     import torch
 
@@ -167,6 +168,7 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     lap("evaluate", f"next-word accuracy {check['accuracy']:.3f} on {check['n']} held-out lines, "
                     f"{metrics['held_out_bits_per_byte']:.4f} bits/byte; greedy sample: {sample[:60]!r}")
     lora = base is not None and spec.model.finetune == "lora"
+    task_record = None
     with tempfile.TemporaryDirectory(prefix="maas-lm-") as tmp:
         if lora:  # the adapters alone, as a version of their own on the base version
             from maas.models.hf_lm import ADAPTER_WEIGHTS, check_adapter_folder, save_adapter
@@ -179,6 +181,13 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
                            spec.generate.model_dump(), base_folder=base["folder"] if base else None)
             files, signature, _ = check_hf_folder(Path(tmp))
             weights = files["model.safetensors"]
+        if spec.eval.tasks:  # lm-eval on the very files published, before the decision
+            tasks = _run_tasks(spec, tmp, base["folder"] if lora else None)
+            metrics.update({f"task_{n}": v for n, v in tasks.scores().items()})
+            lap("evaluate", f"{tasks.harness}:{_task_line(tasks.scores())}")
+            holds_tasks, tasks_why = versus_tasks(tasks.scores(), champion, spec.eval.max_task_score_drop)
+            holds, versus_why = _both((holds, versus_why), (holds_tasks, tasks_why))
+            task_record = tasks.record()
         metrics["size_bytes"] = weights.stat().st_size
         method = "lora" if lora else "full" if base else "bf16" if t.precision == "bf16" else "fp32"
         mv = registry.publish(
@@ -189,7 +198,8 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
                      "run_id": run_id, "run_dir": run_dir, "data_counts": c, "method": method,
                      "parent": base["mv"].ref if base else None, "checkpoint": trained.checkpoint_path,
                      "train_device": trained.device, "strategy": t.strategy, "history": trained.history,
-                     "evaluation": {"next_word": check, "prompt": PROMPT, "greedy_sample": sample},
+                     "evaluation": {"next_word": check, "prompt": PROMPT, "greedy_sample": sample,
+                                    "tasks": task_record},
                      "architecture": {k: v for k, v in config.items() if k not in ("arch", "hf_config")}})
     what = f"{mv.ref} ({'LoRA adapters on ' + base['mv'].ref if lora else 'Hugging Face folder'}, " \
            f"{metrics['size_bytes'] / 1e6:.2f} MB of weights)"
@@ -224,6 +234,25 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
 
 
 # ------------------------------------------------------------------------- what `maas run` and jobs show
+
+def _task_line(scores: Optional[dict]) -> str:
+    return "; tasks " + ", ".join(f"{n} {v:.3f}" for n, v in scores.items()) if scores else ""
+
+
+def _run_tasks(spec: LMPipelineSpec, folder: str, base_folder: Optional[str]):
+    """``eval.tasks`` with lm-eval in-process on ``folder`` (LoRA adapters: on ``base_folder``)."""
+    from maas.eval.tasks import run_tasks
+
+    if base_folder is None:
+        return run_tasks(spec.eval.tasks, pretrained=folder)
+    return run_tasks(spec.eval.tasks, pretrained=str(base_folder), peft=folder)
+
+
+def _both(first: tuple, second: tuple) -> tuple:
+    """Two (holds, why) decisions as one: it holds if both do; why names the failing ones, else both."""
+    failing = [why for holds, why in (first, second) if not holds]
+    return not failing, "; ".join(failing or [why for _, why in (first, second) if why])
+
 
 def summary(result: LMResult, spec: LMPipelineSpec) -> str:
     from maas.report import table

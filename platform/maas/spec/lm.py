@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from maas.spec.common import _NAME_PATTERN, DeploySpec, TrainSpec, _Pipeline, _Strict
+from maas.spec.evaluation import EvalTaskSpec
 
 LM_SIZE_NAMES = ("tiny", "small", "base", "125m", "300m", "1b")  # maas.models.llama.LLAMA_SIZES
 
@@ -98,7 +99,8 @@ class LMModelSpec(_Strict):
                 raise ValueError(f"model.{given[0]}: a fine-tuned model keeps its base's shape and tokenizer; "
                                  "drop it (model.block_size may be set)")
             return self
-        if "finetune" in self.model_fields_set or "lora" in self.model_fields_set:
+        if any(f in self.model_fields_set and getattr(self, f) != type(self).model_fields[f].get_default(
+                call_default_factory=True) for f in ("finetune", "lora")):  # at its default: a model_dump's
             raise ValueError("model.finetune / model.lora need model.base (the registry model to fine-tune)")
         c = self.config()
         if c["n_embd"] % c["n_head"]:
@@ -182,6 +184,22 @@ class LMEvalSpec(_Strict):
     max_bits_per_byte_increase: float = Field(
         0.02, ge=0, description="How many bits per byte more than the champion a challenger may need and still "
                                 "take the alias.")
+    tasks: list[EvalTaskSpec] = Field(
+        default_factory=list, max_length=32,
+        description="lm-evaluation-harness tasks from JSON Lines files (multiple choice by log-likelihood, "
+                    "generation by exact or pattern match), scored for every new version (task_<name> in its "
+                    "metrics, with the harness version and the task's hash) and for the champion.")
+    max_task_score_drop: float = Field(
+        0.02, ge=0, le=1, description="How far below the champion's score, on any task, a challenger may fall "
+                                      "and still take the alias.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_task_names(cls, tasks: list) -> list:
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique (got {names})")
+        return tasks
 
 
 class LMPipelineSpec(_Pipeline):

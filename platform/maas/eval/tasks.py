@@ -1,0 +1,188 @@
+"""Task evaluations through EleutherAI's lm-evaluation-harness (``lm-eval``).
+
+A task is the user's JSON Lines file (``maas.spec.evaluation.EvalTaskSpec``): multiple choice scored by
+log-likelihood, or generation scored by exact or pattern match. Each becomes an lm-eval task configuration
+(plain data: templates that only read the line's fields, no ``!function``), and lm-eval runs it against
+
+- the endpoint that serves a version (lm-eval's ``local-completions`` model through maas's
+  ``/v1/completions``: token-id prompts, ``echo`` and ``logprobs`` for the log-likelihoods, greedy generation),
+  so the score is the served engine's own; or
+- a Hugging Face folder in-process (lm-eval's ``hf`` model), the reference the endpoint is held to.
+
+Every task's result names the harness version and a sha256 of its configuration and data, so two scores
+are known to come from the same evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from maas.exceptions import MaasError
+from maas.spec.evaluation import EvalTaskSpec
+
+METRIC = {"multiple_choice": "acc", "generate": "exact_match"}
+
+
+class EvalError(MaasError):
+    """A task file that cannot be evaluated: the message names the file, the line and the field."""
+
+
+@dataclass
+class TaskScore:
+    name: str
+    metric: str              # acc | exact_match
+    score: float             # mean over the scored lines, 0..1
+    items: int               # lines scored
+    sha256: str              # of the task's configuration and its data: equal hashes, the same evaluation
+    answers: list = field(default_factory=list)  # per line: the log-likelihoods of the choices, or the text
+
+
+@dataclass
+class TaskResults:
+    harness: str             # "lm-eval 0.4.13"
+    model: str               # what was evaluated: an endpoint's model or a folder
+    tasks: dict              # name -> TaskScore
+
+    def scores(self) -> dict:
+        """{task name: score}: what a manifest's metrics and a comparison read."""
+        return {name: t.score for name, t in self.tasks.items()}
+
+    def record(self) -> dict:
+        """What a manifest keeps: the harness, and per task its metric, score, lines and hash."""
+        return {"harness": self.harness, "tasks": {n: {"metric": t.metric, "score": t.score, "items": t.items,
+                                                       "sha256": t.sha256} for n, t in self.tasks.items()}}
+
+
+def _check_line(task: EvalTaskSpec, where: str, line: dict) -> None:
+    def need(key: str, kind, what: str):
+        if not isinstance(line.get(key), kind) or isinstance(line.get(key), bool):
+            raise EvalError(f"{where}: '{key}' must be {what} (got {json.dumps(line.get(key))[:60]})")
+
+    if task.type == "multiple_choice":
+        need("question", str, "a string")
+        need("choices", list, "a list of at least two strings")
+        if len(line["choices"]) < 2 or not all(isinstance(c, str) and c for c in line["choices"]):
+            raise EvalError(f"{where}: 'choices' must be a list of at least two non-empty strings")
+        need("answer", int, f"the index of the right choice (0..{len(line['choices']) - 1})")
+        if not 0 <= line["answer"] < len(line["choices"]):
+            raise EvalError(f"{where}: 'answer' {line['answer']} is not an index of 'choices' "
+                            f"(0..{len(line['choices']) - 1})")
+    else:
+        need("prompt", str, "a string")
+        need("answer", str, "a string")
+
+
+def read_task_file(task: EvalTaskSpec, folder: Path) -> tuple[Path, bytes]:
+    """The task's lines (its first ``limit``), checked, copied into ``folder`` (object storage included);
+    returns (path, the bytes written).
+
+    Raises:
+        EvalError: the file cannot be read, a line is not a JSON object, or a field is missing or mistyped.
+    """
+    from maas.storage import open_uri
+
+    try:
+        fs, path = open_uri(task.path)
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+    except (OSError, ValueError) as exc:
+        raise EvalError(f"eval task {task.name}: cannot read {task.path} ({exc})") from None
+    lines = [(i, text) for i, text in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1)
+             if text.strip()]
+    if not lines:
+        raise EvalError(f"eval task {task.name}: {task.path} has no lines")
+    lines = lines[: task.limit] if task.limit else lines
+    for number, text in lines:
+        where = f"eval task {task.name}: {task.path} line {number}"
+        try:
+            line = json.loads(text)
+        except ValueError as exc:
+            raise EvalError(f"{where}: not JSON ({exc})") from None
+        if not isinstance(line, dict):
+            raise EvalError(f"{where}: each line must be a JSON object")
+        _check_line(task, where, line)
+    local = folder / f"{task.name}.jsonl"
+    kept = "\n".join(text for _, text in lines).encode() + b"\n"
+    local.write_bytes(kept)
+    return local, kept
+
+
+def task_config(task: EvalTaskSpec, data_file: Path) -> dict:
+    """The lm-eval configuration of ``task`` reading ``data_file``."""
+    config = {"task": f"maas_{task.name}", "dataset_path": "json", "test_split": "test",
+              "dataset_kwargs": {"data_files": {"test": str(data_file)}}}
+    if task.type == "multiple_choice":
+        return {**config, "output_type": "multiple_choice", "doc_to_text": "{{question}}",
+                "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}", "target_delimiter": " ",
+                "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+    config.update(output_type="generate_until", doc_to_text="{{prompt}}", doc_to_target="{{answer}}",
+                  generation_kwargs={"until": task.stop, "max_gen_toks": task.max_tokens, "do_sample": False,
+                                     "temperature": 0.0},
+                  metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
+                                "regexes_to_ignore": [r"^\s+", r"\s+$"]}])
+    if task.match == "regex":
+        config["filter_list"] = [{"name": "match", "filter": [
+            {"function": "regex", "regex_pattern": task.pattern, "group_select": 0, "fallback": ""},
+            {"function": "take_first"}]}]
+    return config
+
+
+def _model(endpoint: Optional[str], model: Optional[str], tokenizer: Optional[str], pretrained: Optional[str],
+           peft: Optional[str], api_key: Optional[str], concurrency: int, max_length: int) -> tuple[str, dict, str]:
+    if pretrained:
+        args = {"pretrained": pretrained, "dtype": "float32", "device": "cpu", "max_length": max_length}
+        return "hf", {**args, "peft": peft} if peft else args, f"{pretrained}" + (f" + {peft}" if peft else "")
+    if not (endpoint and model and tokenizer):
+        raise EvalError("evaluate either a folder (pretrained) or an endpoint with its model name and a "
+                        "tokenizer folder")
+    args = {"base_url": f"{endpoint.rstrip('/')}/v1/completions", "model": model, "tokenizer": tokenizer,
+            "tokenizer_backend": "huggingface", "tokenized_requests": True, "num_concurrent": concurrency,
+            "max_retries": 2, "max_length": max_length, "timeout": 120}
+    if api_key:
+        args["header"] = {"Authorization": f"Bearer {api_key}"}
+    return "local-completions", args, f"{model} at {endpoint}"
+
+
+def run_tasks(tasks: list[EvalTaskSpec], *, endpoint: Optional[str] = None, model: Optional[str] = None,
+              tokenizer: Optional[str] = None, pretrained: Optional[str] = None, peft: Optional[str] = None,
+              api_key: Optional[str] = None, concurrency: int = 4, max_length: int = 512) -> TaskResults:
+    """Run ``tasks`` with lm-eval against ``endpoint`` (serving ``model``; ``tokenizer`` is the version's
+    folder, for the token ids lm-eval sends) or in-process on the folder ``pretrained`` (with the LoRA
+    adapters in the folder ``peft`` on it).
+
+    Raises:
+        EvalError: a task file is unreadable or malformed, or neither target is given.
+    """
+    import lm_eval
+    from lm_eval import simple_evaluate
+
+    kind, args, what = _model(endpoint, model, tokenizer, pretrained, peft, api_key, concurrency, max_length)
+    with tempfile.TemporaryDirectory(prefix="maas-eval-") as tmp:
+        configs, hashes = [], {}
+        for task in tasks:
+            path, data = read_task_file(task, Path(tmp))
+            config = task_config(task, path)
+            configs.append(config)
+            stable = {**config, "dataset_kwargs": None}  # the temp path is not the task
+            hashes[task.name] = hashlib.sha256(json.dumps(stable, sort_keys=True).encode() + data).hexdigest()
+        out = simple_evaluate(model=kind, model_args=args, tasks=configs, log_samples=True, bootstrap_iters=0,
+                              verbosity="ERROR")
+    return TaskResults(f"lm-eval {lm_eval.__version__}", what,
+                       {t.name: _score(t, out, hashes[t.name]) for t in tasks})
+
+
+def _score(task: EvalTaskSpec, out: dict, sha256: str) -> TaskScore:
+    key, metric = f"maas_{task.name}", METRIC[task.type]
+    samples = sorted(out["samples"][key], key=lambda s: s["doc_id"])
+    if task.type == "multiple_choice":
+        answers = [[round(float(r[0]), 6) for r in s["filtered_resps"]] for s in samples]
+    else:
+        answers = [s["filtered_resps"][0] if isinstance(s["filtered_resps"], list) else s["filtered_resps"]
+                   for s in samples]
+    value = next(v for k, v in out["results"][key].items() if k.startswith(f"{metric},"))
+    return TaskScore(task.name, metric, float(value), len(samples), sha256, answers)

@@ -1,0 +1,79 @@
+"""Task files for lm-evaluation-harness (maas.eval.tasks): what a malformed line is told, and the lm-eval
+configuration a task becomes (plain data: no code, templates that only read the line's fields). The runs
+themselves, through a served engine and in-process, are in tests/integration/test_llm_serving.py."""
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from maas.eval.tasks import EvalError, read_task_file, task_config
+from maas.spec.evaluation import EvalTaskSpec
+
+
+def _task(tmp_path, lines, **kw):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines))
+    return EvalTaskSpec(name="t", path=str(path), **{"type": "multiple_choice", **kw})
+
+
+@pytest.mark.parametrize("line, said", [
+    ("{not json", "line 2: not JSON"),
+    ("[1, 2]", "line 2: each line must be a JSON object"),
+    ({"question": "q", "choices": ["a"], "answer": 0}, "'choices' must be a list of at least two"),
+    ({"question": "q", "choices": ["a", "b"], "answer": 2}, "'answer' 2 is not an index of 'choices' (0..1)"),
+    ({"question": "q", "choices": ["a", "b"], "answer": True}, "'answer' must be the index"),
+    ({"choices": ["a", "b"], "answer": 0}, "'question' must be a string"),
+])
+def test_a_malformed_multiple_choice_line_is_named_with_its_file_line_and_field(tmp_path, line, said):
+    good = {"question": "q", "choices": ["a", "b"], "answer": 1}
+    task = _task(tmp_path, [good, line])
+    with pytest.raises(EvalError, match="eval task t: .*t.jsonl") as err:
+        read_task_file(task, tmp_path)
+    assert said in str(err.value)
+
+
+def test_generate_lines_need_a_prompt_and_an_answer_and_limit_keeps_the_first_lines(tmp_path):
+    with pytest.raises(EvalError, match="line 1: 'answer' must be a string"):
+        read_task_file(_task(tmp_path, [{"prompt": "p", "answer": 3}], type="generate"), tmp_path / "..")
+    task = _task(tmp_path, [{"prompt": f"p{i}", "answer": "a"} for i in range(5)] + ["{broken"], type="generate",
+                 limit=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    path, data = read_task_file(task, out)  # the broken sixth line is past the limit
+    assert [json.loads(x)["prompt"] for x in path.read_text().splitlines()] == ["p0", "p1", "p2"]
+    assert data == path.read_bytes()
+    with pytest.raises(EvalError, match="cannot read"):
+        read_task_file(EvalTaskSpec(name="t", path=str(tmp_path / "missing.jsonl"), type="generate"), out)
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(EvalError, match="has no lines"):
+        read_task_file(EvalTaskSpec(name="t", path=str(tmp_path / "empty.jsonl"), type="generate"), out)
+
+
+def test_a_task_spec_refuses_what_it_cannot_score():
+    with pytest.raises(ValidationError, match="match: regex needs a pattern"):
+        EvalTaskSpec(name="t", path="x", type="generate", match="regex")
+    with pytest.raises(ValidationError, match="not a regular expression"):
+        EvalTaskSpec(name="t", path="x", type="generate", match="regex", pattern="(")
+    with pytest.raises(ValidationError, match="generate tasks only"):
+        EvalTaskSpec(name="t", path="x", type="multiple_choice", match="regex", pattern="a")
+    with pytest.raises(ValidationError, match="name"):
+        EvalTaskSpec(name="Bad Name", path="x", type="generate")
+    with pytest.raises(ValidationError, match="extra"):
+        EvalTaskSpec(name="t", path="x", type="generate", process_results="!function x.y")
+
+
+def test_the_lm_eval_configuration_is_data_reading_only_the_lines_fields(tmp_path):
+    mc = task_config(EvalTaskSpec(name="mc", path="x", type="multiple_choice"), tmp_path / "mc.jsonl")
+    assert mc["output_type"] == "multiple_choice" and mc["task"] == "maas_mc"
+    assert (mc["doc_to_text"], mc["doc_to_choice"], mc["doc_to_target"]) == ("{{question}}", "{{choices}}",
+                                                                              "{{answer}}")
+    assert mc["dataset_kwargs"] == {"data_files": {"test": str(tmp_path / "mc.jsonl")}}
+    gen = task_config(EvalTaskSpec(name="g", path="x", type="generate", match="regex", pattern=r"(\d+)",
+                                   max_tokens=8, stop=["\n", "."]), tmp_path / "g.jsonl")
+    assert gen["generation_kwargs"] == {"until": ["\n", "."], "max_gen_toks": 8, "do_sample": False,
+                                        "temperature": 0.0}
+    assert gen["filter_list"][0]["filter"][0] == {"function": "regex", "regex_pattern": r"(\d+)",
+                                                  "group_select": 0, "fallback": ""}
+    text = json.dumps([mc, gen])
+    assert "!function" not in text and "custom" not in text
