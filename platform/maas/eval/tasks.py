@@ -150,10 +150,11 @@ def _model(endpoint: Optional[str], model: Optional[str], tokenizer: Optional[st
 
 def run_tasks(tasks: list[EvalTaskSpec], *, endpoint: Optional[str] = None, model: Optional[str] = None,
               tokenizer: Optional[str] = None, pretrained: Optional[str] = None, peft: Optional[str] = None,
-              api_key: Optional[str] = None, concurrency: int = 4, max_length: int = 512) -> TaskResults:
+              api_key: Optional[str] = None, concurrency: int = 4, max_length: int = 512,
+              batch_size: int = 1) -> TaskResults:
     """Run ``tasks`` with lm-eval against ``endpoint`` (serving ``model``; ``tokenizer`` is the version's
     folder, for the token ids lm-eval sends) or in-process on the folder ``pretrained`` (with the LoRA
-    adapters in the folder ``peft`` on it).
+    adapters in the folder ``peft`` on it, ``batch_size`` sequences per forward pass).
 
     Raises:
         EvalError: a task file is unreadable or malformed, or neither target is given.
@@ -171,7 +172,7 @@ def run_tasks(tasks: list[EvalTaskSpec], *, endpoint: Optional[str] = None, mode
             stable = {**config, "dataset_kwargs": None}  # the temp path is not the task
             hashes[task.name] = hashlib.sha256(json.dumps(stable, sort_keys=True).encode() + data).hexdigest()
         out = simple_evaluate(model=kind, model_args=args, tasks=configs, log_samples=True, bootstrap_iters=0,
-                              verbosity="ERROR")
+                              batch_size=batch_size if kind == "hf" else 1, verbosity="ERROR")
     return TaskResults(f"lm-eval {lm_eval.__version__}", what,
                        {t.name: _score(t, out, hashes[t.name]) for t in tasks})
 
