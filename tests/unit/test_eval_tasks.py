@@ -77,3 +77,4 @@ def test_the_lm_eval_configuration_is_data_reading_only_the_lines_fields(tmp_pat
                                                   "group_select": 0, "fallback": ""}
     text = json.dumps([mc, gen])
     assert "!function" not in text and "custom" not in text
+

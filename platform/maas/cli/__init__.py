@@ -285,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "within this many seconds (one in progress renews it every 10 s; default 60)")
     m.set_defaults(func=cmd_models)
 
+    from maas.cli.evaluate import add_parser as add_eval
+
+    add_eval(sub, DEFAULT_STORE)
+
     s = sub.add_parser("serve", help="serve registered models (Open Inference Protocol v2; LLMs on vLLM with "
                                               "OpenAI routes)")
     s.add_argument("refs", nargs="+", metavar="ref", help="name@alias or name/version (several: one app)")

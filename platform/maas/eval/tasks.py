@@ -187,3 +187,24 @@ def _score(task: EvalTaskSpec, out: dict, sha256: str) -> TaskScore:
                    for s in samples]
     value = next(v for k, v in out["results"][key].items() if k.startswith(f"{metric},"))
     return TaskScore(task.name, metric, float(value), len(samples), sha256, answers)
+
+
+def version_target(registry, ref: str) -> tuple[str, Optional[str], str]:
+    """(folder, LoRA adapter folder or None, the version's ref) of a registered language model, fetched and
+    verified, for ``run_tasks(pretrained=..., peft=...)``.
+
+    Raises:
+        EvalError: the version is not a language model, or is quantized (its files only run in vLLM here:
+            serve it and evaluate through the endpoint).
+    """
+    mv = registry.resolve(ref)
+    if mv.task != "generate":
+        raise EvalError(f"{mv.ref} is a '{mv.task}' model: task evaluations need a language model (task generate)")
+    folder, _ = registry.fetch(mv.ref)
+    if mv.signature.get("format") == "peft-lora":
+        base, _ = registry.fetch(mv.signature["base"])
+        return str(base), str(folder), mv.ref
+    if "quantization_config" in json.loads((folder / "config.json").read_text()):
+        raise EvalError(f"{mv.ref} is quantized and runs only in its vLLM engine here: serve it (maas serve "
+                        f"{mv.ref}) and evaluate the endpoint (maas eval --endpoint URL)")
+    return str(folder), None, mv.ref

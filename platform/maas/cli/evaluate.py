@@ -1,0 +1,81 @@
+"""`maas eval REF [--against REF]`: lm-evaluation-harness tasks on registered language models, side by side."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from maas.exceptions import MaasError
+
+TASK = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)=(?P<path>.+):(?P<type>multiple_choice|generate)$")
+
+
+def add_parser(sub, default_store: str) -> None:
+    e = sub.add_parser("eval", help="score registered language models on lm-evaluation-harness tasks, side by side",
+                       description="Score REF (and --against REF) on the tasks of a spec's eval.tasks and/or --task "
+                                   "files, with lm-eval in-process on each version's verified files. Example: maas "
+                                   "eval lm/2 --against lm@production --task capitals=evals/capitals.jsonl:"
+                                   "multiple_choice")
+    e.add_argument("ref", help="name@alias, name/version or name (latest)")
+    e.add_argument("--against", metavar="REF", help="a second version, scored on the same tasks")
+    e.add_argument("--spec", help="take the tasks from this spec's eval.tasks (and its store)")
+    e.add_argument("--task", action="append", default=[], metavar="NAME=PATH:TYPE",
+                   help="a JSON Lines task file; TYPE is multiple_choice or generate (exact match)")
+    e.add_argument("--store", help="registry URI (default: the spec's, else .maas or MAAS_STORE)")
+    e.add_argument("--json", metavar="FILE", help="also write every score, the harness and task hashes to FILE")
+    e.set_defaults(func=cmd_eval, default_store=default_store)
+
+
+def _tasks(args) -> list:
+    from pydantic import ValidationError
+
+    from maas.spec import load_spec
+    from maas.spec.evaluation import EvalTaskSpec
+
+    tasks, store = [], None
+    if args.spec:
+        spec = load_spec(args.spec)
+        tasks, store = list(getattr(getattr(spec, "eval", None), "tasks", []) or []), spec.store
+        if not tasks and not args.task:
+            raise MaasError(f"{args.spec}: eval.tasks is empty (a language model spec lists its task files there)")
+    for text in args.task:
+        m = TASK.match(text)
+        if m is None:
+            raise MaasError(f"--task {text!r}: write NAME=PATH:TYPE, e.g. capitals=evals/capitals.jsonl:"
+                            "multiple_choice (TYPE: multiple_choice or generate)")
+        try:
+            tasks.append(EvalTaskSpec(name=m["name"], path=m["path"], type=m["type"]))
+        except ValidationError as exc:
+            raise MaasError(f"--task {text!r}: {exc.errors()[0]['msg']}") from None
+    if not tasks:
+        raise MaasError("no tasks: give --spec SPEC (its eval.tasks) or --task NAME=PATH:TYPE")
+    if len({t.name for t in tasks}) != len(tasks):
+        raise MaasError(f"task names must be unique (got {[t.name for t in tasks]})")
+    return tasks, args.store or store or args.default_store
+
+
+def cmd_eval(args) -> int:
+    from maas.eval.tasks import run_tasks, version_target
+    from maas.registry import Registry
+    from maas.report import table
+
+    tasks, store = _tasks(args)
+    registry = Registry(store)
+    results = {}
+    for ref in [args.ref] + ([args.against] if args.against else []):
+        folder, peft, resolved = version_target(registry, ref)
+        print(f"{resolved}: {len(tasks)} task(s) with lm-eval ...", flush=True)
+        results[resolved] = run_tasks(tasks, pretrained=folder, peft=peft)
+    refs = list(results)
+    rows = []
+    for t in tasks:
+        scores = [results[r].tasks[t.name].score for r in refs]
+        first = results[refs[0]].tasks[t.name]
+        rows.append([t.name, first.metric, str(first.items), *(f"{s:.4f}" for s in scores),
+                     *([f"{scores[0] - scores[1]:+.4f}"] if len(scores) == 2 else [])])
+    print(table(["task", "metric", "lines", *refs, *(["difference"] if len(refs) == 2 else [])], rows))
+    print(f"\n{results[refs[0]].harness}, in-process on each version's verified files")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({r: results[r].record() for r in refs}, f, indent=1)
+    return 0
