@@ -204,7 +204,7 @@ def test_tokenize_and_detokenize_answer_with_the_served_versions_own_tokenizer(l
     assert requests.post(f"{url}/tokenize", json={"model": "tiny", "prompt": "w1"}, headers=auth).status_code == 200
 
 
-def test_lm_eval_tasks_through_the_endpoint_score_as_lm_eval_does_in_process(llm, tmp_path):
+def test_lm_eval_tasks_through_the_endpoint_score_as_lm_eval_does_in_process(llm, tmp_path, monkeypatch):
     """lm-evaluation-harness's `local-completions` model against the served engine (token-id prompts, echo and
     logprobs; greedy generation) gives the log-likelihoods and continuations its `hf` model gives in-process
     on the same folder: serving changes no score."""
@@ -237,6 +237,16 @@ def test_lm_eval_tasks_through_the_endpoint_score_as_lm_eval_does_in_process(llm
     assert all(a.startswith("w") for a in served.tasks["gen_word"].answers)
     picked = [max(range(3), key=lls.__getitem__) for lls in served.tasks["mc"].answers]
     assert served.tasks["mc"].score == pytest.approx(sum(p == r["answer"] for p, r in zip(picked, rows)) / 8)
+
+    # the CLI's --endpoint: the served model, the tokenizer of the registered version, the key from MAAS_API_KEY
+    from maas.cli import main
+
+    monkeypatch.setenv("MAAS_API_KEY", KEY)
+    out = tmp_path / "cli.json"
+    assert main(["eval", "tiny@production", "--endpoint", llm["url"], "--task", f"mc={tmp_path / 'mc.jsonl'}:"
+                 "multiple_choice", "--store", llm["registry"].location, "--json", str(out)]) == 0
+    kept = json.loads(out.read_text())["tiny (served)"]["tasks"]["mc"]
+    assert kept["score"] == served.tasks["mc"].score and kept["sha256"] == served.tasks["mc"].sha256
 
 
 def test_api_keys_guard_every_llm_route(llm):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 from maas.exceptions import MaasError
@@ -21,6 +22,9 @@ def add_parser(sub, default_store: str) -> None:
     e.add_argument("--spec", help="take the tasks from this spec's eval.tasks (and its store)")
     e.add_argument("--task", action="append", default=[], metavar="NAME=PATH:TYPE",
                    help="a JSON Lines task file; TYPE is multiple_choice or generate (exact match)")
+    e.add_argument("--endpoint", metavar="URL", help="score REF as served at URL (lm-eval's local-completions "
+                   "through /v1/completions, the API key from MAAS_API_KEY) instead of in-process")
+    e.add_argument("--model", help="with --endpoint: the served model name (default: REF's name)")
     e.add_argument("--store", help="registry URI (default: the spec's, else .maas or MAAS_STORE)")
     e.add_argument("--json", metavar="FILE", help="also write every score, the harness and task hashes to FILE")
     e.set_defaults(func=cmd_eval, default_store=default_store)
@@ -62,7 +66,16 @@ def cmd_eval(args) -> int:
     tasks, store = _tasks(args)
     registry = Registry(store)
     results = {}
-    for ref in [args.ref] + ([args.against] if args.against else []):
+    if args.endpoint:
+        if args.against:
+            raise MaasError("--endpoint scores one served model: drop --against (or run maas eval twice)")
+        folder, peft, resolved = version_target(registry, args.ref, served=True)
+        model = args.model or resolved.split("/")[0]
+        print(f"{model} at {args.endpoint} (tokenizer of {resolved}): {len(tasks)} task(s) with lm-eval ...",
+              flush=True)
+        results[f"{model} (served)"] = run_tasks(tasks, endpoint=args.endpoint, model=model, tokenizer=folder,
+                                                 api_key=os.environ.get("MAAS_API_KEY"))
+    for ref in [] if args.endpoint else [args.ref] + ([args.against] if args.against else []):
         folder, peft, resolved = version_target(registry, ref)
         print(f"{resolved}: {len(tasks)} task(s) with lm-eval ...", flush=True)
         results[resolved] = run_tasks(tasks, pretrained=folder, peft=peft)
@@ -74,7 +87,8 @@ def cmd_eval(args) -> int:
         rows.append([t.name, first.metric, str(first.items), *(f"{s:.4f}" for s in scores),
                      *([f"{scores[0] - scores[1]:+.4f}"] if len(scores) == 2 else [])])
     print(table(["task", "metric", "lines", *refs, *(["difference"] if len(refs) == 2 else [])], rows))
-    print(f"\n{results[refs[0]].harness}, in-process on each version's verified files")
+    print(f"\n{results[refs[0]].harness}, " + ("through the endpoint" if args.endpoint else
+                                               "in-process on each version's verified files"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({r: results[r].record() for r in refs}, f, indent=1)

@@ -189,9 +189,10 @@ def _score(task: EvalTaskSpec, out: dict, sha256: str) -> TaskScore:
     return TaskScore(task.name, metric, float(value), len(samples), sha256, answers)
 
 
-def version_target(registry, ref: str) -> tuple[str, Optional[str], str]:
+def version_target(registry, ref: str, served: bool = False) -> tuple[str, Optional[str], str]:
     """(folder, LoRA adapter folder or None, the version's ref) of a registered language model, fetched and
-    verified, for ``run_tasks(pretrained=..., peft=...)``.
+    verified, for ``run_tasks(pretrained=..., peft=...)``; ``served``: only its tokenizer is needed (the
+    base's, for adapters), to score its endpoint.
 
     Raises:
         EvalError: the version is not a language model, or is quantized (its files only run in vLLM here:
@@ -204,7 +205,7 @@ def version_target(registry, ref: str) -> tuple[str, Optional[str], str]:
     if mv.signature.get("format") == "peft-lora":
         base, _ = registry.fetch(mv.signature["base"])
         return str(base), str(folder), mv.ref
-    if "quantization_config" in json.loads((folder / "config.json").read_text()):
+    if not served and "quantization_config" in json.loads((folder / "config.json").read_text()):
         raise EvalError(f"{mv.ref} is quantized and runs only in its vLLM engine here: serve it (maas serve "
-                        f"{mv.ref}) and evaluate the endpoint (maas eval --endpoint URL)")
+                        f"{mv.ref}) and evaluate the endpoint (maas eval {mv.ref} --endpoint URL)")
     return str(folder), None, mv.ref
