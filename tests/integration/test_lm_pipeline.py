@@ -338,8 +338,10 @@ def test_a_worse_retraining_is_scored_against_the_served_champion_published_as_a
     scored = result.champion
     assert scored["ref"] == champion and scored["comparable"]
     # lm-eval's tasks, scored for the champion and for the new version's published files, kept in its manifest
-    assert set(scored["tasks"]) == {"next_word", "say"} and all(0 <= v <= 1 for v in scored["tasks"].values())
-    assert all(0 <= result.metrics[f"task_{n}"] <= 1 for n in ("next_word", "say"))
+    # (and the built-in cloze task from this run's held-out text, eval.cloze)
+    assert set(scored["tasks"]) == {"cloze", "next_word", "say"} and all(0 <= v <= 1 for v in scored["tasks"].values())
+    assert all(0 <= result.metrics[f"task_{n}"] <= 1 for n in ("cloze", "next_word", "say"))
+    assert 0 <= lm["result"].metrics["task_cloze"] <= 1  # the first version has one too
     kept = registry.resolve(result.ref).lineage["evaluation"]["tasks"]
     assert kept["harness"].startswith("lm-eval ") and kept["tasks"]["next_word"]["items"] == 12
     assert kept["tasks"]["say"]["metric"] == "exact_match" and len(kept["tasks"]["say"]["sha256"]) == 64

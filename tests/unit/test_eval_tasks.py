@@ -78,3 +78,21 @@ def test_the_lm_eval_configuration_is_data_reading_only_the_lines_fields(tmp_pat
     text = json.dumps([mc, gen])
     assert "!function" not in text and "custom" not in text
 
+
+
+def test_the_cloze_task_is_made_from_held_out_lines_the_same_way_every_time(tmp_path):
+    from maas.eval.tasks import cloze_task
+
+    lines = ["the cat sat on the mat", "a dog ran to the park today", "short line", "birds sing in the early morning"]
+    task = cloze_task(lines, str(tmp_path))
+    assert (task.name, task.type, task.path) == ("cloze", "multiple_choice", f"{tmp_path}/cloze.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "cloze.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in rows] == ["the cat sat", "a dog ran", "birds sing in"]  # cut before the middle word
+    assert [r["choices"][r["answer"]] for r in rows] == ["on", "to", "the"]
+    assert all(len(set(r["choices"])) == 4 for r in rows)  # the word and 3 others of the text
+    first = (tmp_path / "cloze.jsonl").read_bytes()
+    cloze_task(lines, str(tmp_path))
+    assert (tmp_path / "cloze.jsonl").read_bytes() == first  # seeded: the champion reads the same task
+    read_task_file(task, tmp_path / "..")  # a valid task file
+    with pytest.raises(EvalError, match="too short for a cloze task"):
+        cloze_task(["two words"], str(tmp_path))

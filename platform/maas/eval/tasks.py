@@ -209,3 +209,28 @@ def version_target(registry, ref: str, served: bool = False) -> tuple[str, Optio
         raise EvalError(f"{mv.ref} is quantized and runs only in its vLLM engine here: serve it (maas serve "
                         f"{mv.ref}) and evaluate the endpoint (maas eval {mv.ref} --endpoint URL)")
     return str(folder), None, mv.ref
+
+
+def cloze_task(lines: list[str], folder: str, choices: int = 4, seed: int = 0) -> EvalTaskSpec:
+    """A multiple-choice task made from held-out text, so every language model run has a task score with no
+    extra data: each line (4 words or more) cut before its middle word; the choices are that word and
+    ``choices - 1`` other words of the same text, in a seeded order. Written to ``folder`` (the run's, local
+    or object storage) as ``cloze.jsonl``; the same lines give the same task, for the champion too."""
+    import random
+
+    from maas.storage import put_bytes
+
+    rng = random.Random(seed)
+    cut = [(w[: len(w) // 2], w[len(w) // 2]) for w in (line.split() for line in lines) if len(w) >= 4]
+    vocabulary = sorted({w for line in lines for w in line.split()})
+    rows = []
+    for prefix, word in cut:
+        others = rng.sample([w for w in vocabulary if w != word], min(choices - 1, len(vocabulary) - 1))
+        options = [word, *others]
+        rng.shuffle(options)
+        rows.append({"question": " ".join(prefix), "choices": options, "answer": options.index(word)})
+    if not rows or len(rows[0]["choices"]) < 2:
+        raise EvalError("the held-out text is too short for a cloze task (lines of 4 words or more, 2 distinct "
+                        "words); set eval.cloze: false")
+    path = put_bytes(folder, "cloze.jsonl", "\n".join(json.dumps(r) for r in rows).encode() + b"\n")
+    return EvalTaskSpec(name="cloze", path=path, type="multiple_choice")

@@ -94,6 +94,7 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     Hugging Face folder (metrics, evaluation and lineage in its manifest), point ``deploy.alias`` at it and,
     optionally, serve it on vLLM and ask it once."""
     from maas.data import run_dir_for
+    from maas.eval.tasks import cloze_task
     from maas.models import build_model
     from maas.models.llama import greedy_text, next_word_accuracy, save_hf_folder
     from maas.pipelines.champion import evaluate_lm_champion, text_bits_per_byte, versus_lm, versus_tasks
@@ -126,9 +127,10 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
                 f"{c['splits']['train']} train / {c['splits']['val']} val blocks")
 
     lines = held_out_lines(data.val, data.tokenizer)
+    tasks = ([cloze_task(lines, run_dir)] if spec.eval.cloze and lines else []) + list(spec.eval.tasks)
     champion = None
     if spec.eval.against_champion and alias_was is not None:
-        champion = evaluate_lm_champion(registry, spec.model.name, alias_was, lines, tuple(spec.eval.tasks))
+        champion = evaluate_lm_champion(registry, spec.model.name, alias_was, lines, tuple(tasks))
         lap("data", f"champion {champion['ref']}: " + (f"{champion['bits_per_byte']:.4f} bits/byte on this run's "
                     f"{len(lines)} held-out lines" + _task_line(champion.get("tasks"))
                     if champion["comparable"] else champion["why"]))
@@ -181,13 +183,13 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
                            spec.generate.model_dump(), base_folder=base["folder"] if base else None)
             files, signature, _ = check_hf_folder(Path(tmp))
             weights = files["model.safetensors"]
-        if spec.eval.tasks:  # lm-eval on the very files published, before the decision
-            tasks = _run_tasks(spec, tmp, base["folder"] if lora else None)
-            metrics.update({f"task_{n}": v for n, v in tasks.scores().items()})
-            lap("evaluate", f"{tasks.harness}:{_task_line(tasks.scores())}")
-            holds_tasks, tasks_why = versus_tasks(tasks.scores(), champion, spec.eval.max_task_score_drop)
+        if tasks:  # lm-eval on the very files published, before the decision
+            scored = _run_tasks(tasks, tmp, base["folder"] if lora else None)
+            metrics.update({f"task_{n}": v for n, v in scored.scores().items()})
+            lap("evaluate", f"{scored.harness}:{_task_line(scored.scores())}")
+            holds_tasks, tasks_why = versus_tasks(scored.scores(), champion, spec.eval.max_task_score_drop)
             holds, versus_why = _both((holds, versus_why), (holds_tasks, tasks_why))
-            task_record = tasks.record()
+            task_record = scored.record()
         metrics["size_bytes"] = weights.stat().st_size
         method = "lora" if lora else "full" if base else "bf16" if t.precision == "bf16" else "fp32"
         mv = registry.publish(
@@ -239,13 +241,13 @@ def _task_line(scores: Optional[dict]) -> str:
     return "; tasks " + ", ".join(f"{n} {v:.3f}" for n, v in scores.items()) if scores else ""
 
 
-def _run_tasks(spec: LMPipelineSpec, folder: str, base_folder: Optional[str]):
-    """``eval.tasks`` with lm-eval in-process on ``folder`` (LoRA adapters: on ``base_folder``)."""
+def _run_tasks(tasks: list, folder: str, base_folder: Optional[str]):
+    """``tasks`` with lm-eval in-process on ``folder`` (LoRA adapters: on ``base_folder``)."""
     from maas.eval.tasks import run_tasks
 
     if base_folder is None:
-        return run_tasks(spec.eval.tasks, pretrained=folder)
-    return run_tasks(spec.eval.tasks, pretrained=str(base_folder), peft=folder)
+        return run_tasks(tasks, pretrained=folder)
+    return run_tasks(tasks, pretrained=str(base_folder), peft=folder)
 
 
 def _both(first: tuple, second: tuple) -> tuple:

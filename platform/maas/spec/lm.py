@@ -189,6 +189,10 @@ class LMEvalSpec(_Strict):
         description="lm-evaluation-harness tasks from JSON Lines files (multiple choice by log-likelihood, "
                     "generation by exact or pattern match), scored for every new version (task_<name> in its "
                     "metrics, with the harness version and the task's hash) and for the champion.")
+    cloze: bool = Field(
+        True, description="Also score a multiple-choice cloze task made from this run's held-out text (each line "
+                          "cut before its middle word, that word among 3 others of the text): a task score for "
+                          "every run with no extra data (task_cloze).")
     max_task_score_drop: float = Field(
         0.02, ge=0, le=1, description="How far below the champion's score, on any task, a challenger may fall "
                                       "and still take the alias.")
@@ -199,6 +203,9 @@ class LMEvalSpec(_Strict):
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique (got {names})")
+        if "cloze" in names:
+            raise ValueError("'cloze' is the built-in task made from held-out text (eval.cloze): name yours "
+                             "otherwise")
         return tasks
 
 
