@@ -172,7 +172,10 @@ def test_a_client_that_goes_away_mid_stream_frees_the_engine(llm):
     assert _wait(lambda: idle() and _access_entry(logs, rid) is not None, 20)
     entry = _access_entry(logs, rid)
     assert entry["status"] == 499 and "completion_tokens" not in entry, entry
-    assert llm["client"].completions.create(model="tiny", prompt="w1", max_tokens=2).choices[0].text
+    # the engine still answers (ignore_eos: a random model may sample its end-of-sequence token first, and an
+    # empty text then failed this check in a CI run)
+    assert llm["client"].completions.create(model="tiny", prompt="w1", max_tokens=2,
+                                            extra_body={"ignore_eos": True}).choices[0].text
 
 
 def test_tokenize_and_detokenize_answer_with_the_served_versions_own_tokenizer(llm):
