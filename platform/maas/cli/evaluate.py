@@ -26,7 +26,8 @@ def add_parser(sub, default_store: str) -> None:
                    "through /v1/completions, the API key from MAAS_API_KEY) instead of in-process")
     e.add_argument("--model", help="with --endpoint: the served model name (default: REF's name)")
     e.add_argument("--store", help="registry URI (default: the spec's, else .maas or MAAS_STORE)")
-    e.add_argument("--json", metavar="FILE", help="also write every score, the harness and task hashes to FILE")
+    e.add_argument("--json", metavar="FILE", help="also write every score, each line's answers, the harness and "
+                                                  "task hashes to FILE")
     e.set_defaults(func=cmd_eval, default_store=default_store)
 
 
@@ -53,13 +54,13 @@ def _tasks(args) -> list:
             raise MaasError(f"--task {text!r}: {exc.errors()[0]['msg']}") from None
     if not tasks:
         raise MaasError("no tasks: give --spec SPEC (its eval.tasks) or --task NAME=PATH:TYPE")
-    if len({t.name for t in tasks}) != len(tasks):
+    if len({t.name for t in tasks}) != len(tasks):  # the spec's and --task's together
         raise MaasError(f"task names must be unique (got {[t.name for t in tasks]})")
     return tasks, args.store or store or args.default_store
 
 
 def cmd_eval(args) -> int:
-    from maas.eval.tasks import run_tasks, version_target
+    from maas.eval.tasks import run_on_files, run_tasks, version_target
     from maas.registry import Registry
     from maas.report import table
 
@@ -69,16 +70,16 @@ def cmd_eval(args) -> int:
     if args.endpoint:
         if args.against:
             raise MaasError("--endpoint scores one served model: drop --against (or run maas eval twice)")
-        folder, peft, resolved = version_target(registry, args.ref, served=True)
+        folder, base, resolved = version_target(registry, args.ref, served=True)
         model = args.model or resolved.split("/")[0]
         print(f"{model} at {args.endpoint} (tokenizer of {resolved}): {len(tasks)} task(s) with lm-eval ...",
               flush=True)
-        results[f"{model} (served)"] = run_tasks(tasks, endpoint=args.endpoint, model=model, tokenizer=folder,
-                                                 api_key=os.environ.get("MAAS_API_KEY"))
+        results[f"{model} (served)"] = run_tasks(tasks, endpoint=args.endpoint, model=model,
+                                                 tokenizer=str(base or folder), api_key=os.environ.get("MAAS_API_KEY"))
     for ref in [] if args.endpoint else [args.ref] + ([args.against] if args.against else []):
-        folder, peft, resolved = version_target(registry, ref)
+        folder, base, resolved = version_target(registry, ref)
         print(f"{resolved}: {len(tasks)} task(s) with lm-eval ...", flush=True)
-        results[resolved] = run_tasks(tasks, pretrained=folder, peft=peft)
+        results[resolved] = run_on_files(tasks, folder, base)
     refs = list(results)
     rows = []
     for t in tasks:
@@ -91,5 +92,14 @@ def cmd_eval(args) -> int:
                                                "in-process on each version's verified files"))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({r: results[r].record() for r in refs}, f, indent=1)
+            json.dump({r: _full_record(results[r]) for r in refs}, f, indent=1)
     return 0
+
+
+def _full_record(result) -> dict:
+    """A manifest's record of the scores, with what was evaluated and each line's answers (log-likelihoods of
+    the choices, or the generated text) for whoever reads why two versions differ."""
+    record = result.record()
+    for name, task in result.tasks.items():
+        record["tasks"][name]["answers"] = task.answers
+    return {**record, "model": result.model}

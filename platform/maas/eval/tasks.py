@@ -189,10 +189,28 @@ def _score(task: EvalTaskSpec, out: dict, sha256: str) -> TaskScore:
     return TaskScore(task.name, metric, float(value), len(samples), sha256, answers)
 
 
-def version_target(registry, ref: str, served: bool = False) -> tuple[str, Optional[str], str]:
-    """(folder, LoRA adapter folder or None, the version's ref) of a registered language model, fetched and
-    verified, for ``run_tasks(pretrained=..., peft=...)``; ``served``: only its tokenizer is needed (the
-    base's, for adapters), to score its endpoint.
+def version_files(registry, mv) -> tuple[Path, Optional[Path], bool]:
+    """(folder, base folder or None, quantized) of the registered language model ``mv``, fetched and verified:
+    LoRA adapters come with their base's folder; ``quantized``: a compressed-tensors folder, which only its
+    vLLM engine runs here."""
+    folder, _ = registry.fetch(mv.ref)
+    if mv.signature.get("format") == "peft-lora":
+        base, _ = registry.fetch(mv.signature["base"])
+        return folder, base, False
+    return folder, None, "quantization_config" in json.loads((folder / "config.json").read_text())
+
+
+def run_on_files(tasks: list[EvalTaskSpec], folder, base_folder=None, **kwargs) -> TaskResults:
+    """``tasks`` with lm-eval in-process on a Hugging Face ``folder``, or on LoRA adapters in ``folder`` over
+    ``base_folder``."""
+    if base_folder is None:
+        return run_tasks(tasks, pretrained=str(folder), **kwargs)
+    return run_tasks(tasks, pretrained=str(base_folder), peft=str(folder), **kwargs)
+
+
+def version_target(registry, ref: str, served: bool = False) -> tuple[Path, Optional[Path], str]:
+    """(folder, base folder or None, the version's ref) of a registered language model, for ``run_on_files``;
+    ``served``: only its tokenizer will be read (the base's, for adapters), to score its endpoint.
 
     Raises:
         EvalError: the version is not a language model, or is quantized (its files only run in vLLM here:
@@ -201,14 +219,11 @@ def version_target(registry, ref: str, served: bool = False) -> tuple[str, Optio
     mv = registry.resolve(ref)
     if mv.task != "generate":
         raise EvalError(f"{mv.ref} is a '{mv.task}' model: task evaluations need a language model (task generate)")
-    folder, _ = registry.fetch(mv.ref)
-    if mv.signature.get("format") == "peft-lora":
-        base, _ = registry.fetch(mv.signature["base"])
-        return str(base), str(folder), mv.ref
-    if not served and "quantization_config" in json.loads((folder / "config.json").read_text()):
+    folder, base, quantized = version_files(registry, mv)
+    if quantized and not served:
         raise EvalError(f"{mv.ref} is quantized and runs only in its vLLM engine here: serve it (maas serve "
                         f"{mv.ref}) and evaluate the endpoint (maas eval {mv.ref} --endpoint URL)")
-    return str(folder), None, mv.ref
+    return folder, base, mv.ref
 
 
 def cloze_task(lines: list[str], folder: str, choices: int = 4, seed: int = 0) -> EvalTaskSpec:

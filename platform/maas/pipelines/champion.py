@@ -79,33 +79,26 @@ def evaluate_lm_champion(registry: Registry, name: str, version: Optional[int], 
     run's held-out text) with transformers and on ``tasks`` with lm-eval, or None: no champion. A Hugging Face
     folder or LoRA adapters on their base are scored; a quantized folder (compressed-tensors, which only its
     vLLM engine runs here) is not."""
-    import json
-
     if version is None:
         return None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    mv = registry.get_version(name, version)
-    folder, _ = registry.fetch(mv.ref)
-    base_folder = None
-    if mv.signature.get("format") == "peft-lora":
-        from peft import PeftModel
+    from maas.eval.tasks import run_on_files, version_files
 
-        base_folder, _ = registry.fetch(mv.signature["base"])
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder), folder)
-        tokenizer = AutoTokenizer.from_pretrained(base_folder)
-    elif "quantization_config" in json.loads((folder / "config.json").read_text()):
+    mv = registry.get_version(name, version)
+    folder, base_folder, quantized = version_files(registry, mv)
+    if quantized:
         return {"ref": mv.ref, "comparable": False, "why": "a quantized champion is scored by its vLLM engine, "
                                                             "which this comparison does not start yet"}
-    else:
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(base_folder or folder)
+    if base_folder is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, folder)
+    tokenizer = AutoTokenizer.from_pretrained(base_folder or folder)
     out = {"ref": mv.ref, "comparable": True, "bits_per_byte": text_bits_per_byte(model.eval(), tokenizer, lines)}
     if tasks:
-        from maas.eval.tasks import run_tasks
-
-        lora = base_folder is not None
-        out["tasks"] = run_tasks(list(tasks), pretrained=str(base_folder if lora else folder),
-                                 peft=str(folder) if lora else None).scores()
+        out["tasks"] = run_on_files(list(tasks), folder, base_folder).scores()
     return out
 
 

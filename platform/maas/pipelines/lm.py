@@ -94,7 +94,7 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     Hugging Face folder (metrics, evaluation and lineage in its manifest), point ``deploy.alias`` at it and,
     optionally, serve it on vLLM and ask it once."""
     from maas.data import run_dir_for
-    from maas.eval.tasks import cloze_task
+    from maas.eval.tasks import cloze_task, run_on_files
     from maas.models import build_model
     from maas.models.llama import greedy_text, next_word_accuracy, save_hf_folder
     from maas.pipelines.champion import evaluate_lm_champion, text_bits_per_byte, versus_lm, versus_tasks
@@ -184,7 +184,7 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
             files, signature, _ = check_hf_folder(Path(tmp))
             weights = files["model.safetensors"]
         if tasks:  # lm-eval on the very files published, before the decision
-            scored = _run_tasks(tasks, tmp, base["folder"] if lora else None)
+            scored = run_on_files(tasks, tmp, base["folder"] if lora else None)
             metrics.update({f"task_{n}": v for n, v in scored.scores().items()})
             lap("evaluate", f"{scored.harness}:{_task_line(scored.scores())}")
             holds_tasks, tasks_why = versus_tasks(scored.scores(), champion, spec.eval.max_task_score_drop)
@@ -239,15 +239,6 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
 
 def _task_line(scores: Optional[dict]) -> str:
     return "; tasks " + ", ".join(f"{n} {v:.3f}" for n, v in scores.items()) if scores else ""
-
-
-def _run_tasks(tasks: list, folder: str, base_folder: Optional[str]):
-    """``tasks`` with lm-eval in-process on ``folder`` (LoRA adapters: on ``base_folder``)."""
-    from maas.eval.tasks import run_tasks
-
-    if base_folder is None:
-        return run_tasks(tasks, pretrained=folder)
-    return run_tasks(tasks, pretrained=str(base_folder), peft=folder)
 
 
 def _both(first: tuple, second: tuple) -> tuple:
