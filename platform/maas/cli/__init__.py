@@ -286,8 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     from maas.cli.evaluate import add_parser as add_eval
+    from maas.cli.spec import add_parser as add_spec
 
     add_eval(sub, DEFAULT_STORE)
+    add_spec(sub)
 
     s = sub.add_parser("serve", help="serve registered models (Open Inference Protocol v2; LLMs on vLLM with "
                                               "OpenAI routes)")

@@ -46,6 +46,12 @@ class VariantSpec(_Strict):
         "of options) then at most one final step: " + ", ".join(ENCODER_FINAL_STEPS) + "."))
     gate: Optional[EncoderGateSpec] = Field(None, description="This variant's own tolerances (default: compress.gate).")
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        """A variant is also written as the name of a final step alone (compress.variants' shorthand)."""
+        ref = handler(core_schema)
+        return {"anyOf": [ref, {"enum": list(ENCODER_FINAL_STEPS), "description": "a final step alone"}]}
+
     @field_validator("steps", mode="before")
     @classmethod
     def _typed_steps(cls, steps: Any) -> list:

@@ -28,6 +28,30 @@ class WrittenStep(_Strict):
     op: str
     ARG_FIELD: ClassVar[Optional[str]] = None
     DOC: ClassVar[str] = ""
+    BARE_NAME: ClassVar[bool] = False  # the JSON schema also allows its name alone (parse_steps' bare_names)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        """The step as a user writes it, ``{name: argument}`` (the model's fields are its parsed form)."""
+        ref = handler(core_schema)
+        parsed = handler.resolve_ref_schema(ref)
+        props = dict(parsed.get("properties", {}))
+        op = props.pop("op", {})
+        names = [op["const"]] if "const" in op else list(op.get("enum", []))
+        required = [r for r in parsed.get("required", []) if r != "op"]
+        if cls.ARG_FIELD is not None:
+            arg = props[cls.ARG_FIELD]
+        else:
+            arg = {"type": "object", "properties": props, "additionalProperties": False}
+            arg = {**arg, "required": required} if required else {"anyOf": [arg, {"type": "null"}]}
+        forms = [{"type": "object", "properties": {n: arg}, "required": [n], "additionalProperties": False}
+                 for n in names]
+        if cls.BARE_NAME and not required and cls.ARG_FIELD is None:
+            forms.append({"enum": names})
+        written = forms[0] if len(forms) == 1 else {"anyOf": forms}
+        parsed.clear()
+        parsed.update({"title": cls.__name__, **({"description": cls.DOC} if cls.DOC else {}), **written})
+        return ref
 
     @classmethod
     def fields_from(cls, arg: Any) -> dict:
@@ -238,6 +262,7 @@ OPS = {name: cls.DOC for name, cls in DATA_OPS.items()}  # name -> what it takes
 # ------------------------------------------------------------------------------- encoder compression steps
 class _ModelStep(WrittenStep):
     FINAL: ClassVar[bool] = False
+    BARE_NAME: ClassVar[bool] = True
 
 
 class _PruneStep(_ModelStep):
