@@ -41,8 +41,9 @@ test-quick: setup lint docs  ## unit and the integration tests under ~30 s each 
 	$(BIN)/python -m pytest tests/unit tests/integration -m "not slow" $(ARGS)
 
 proto: setup  ## recompile the OIP gRPC descriptor set after editing the .proto
-	$(BIN)/python -m grpc_tools.protoc -I platform/maas/serve/proto \
-	  --descriptor_set_out=platform/maas/serve/proto/grpc_predict_v2.binpb platform/maas/serve/proto/grpc_predict_v2.proto
+	$(BIN)/python -m grpc_tools.protoc -I platform/maas/serve/protocols/oip/proto \
+	  --descriptor_set_out=platform/maas/serve/protocols/oip/proto/grpc_predict_v2.binpb \
+	  platform/maas/serve/protocols/oip/proto/grpc_predict_v2.proto
 
 bench: setup
 	$(BIN)/python benchmarks/submit_latency.py

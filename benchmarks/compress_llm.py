@@ -41,7 +41,7 @@ def main() -> int:
     from maas.models import build_model
     from maas.models.llama import llama_config, save_hf_folder, train_tokenizer
     from maas.pipelines.lm_compress import measure_folders
-    from maas.serve.llm_engine import engine_dtype
+    from maas.serve.runtimes.vllm_config import engine_dtype
     from maas.spec import LLMEngineSpec, LLMGateSpec
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

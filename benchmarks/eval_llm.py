@@ -85,7 +85,7 @@ def main() -> int:
 
     from maas.eval.tasks import run_tasks
     from maas.models import make_tiny_llama
-    from maas.serve.llm_engine import release_shared_memory, shm_entries
+    from maas.serve.runtimes.vllm_config import release_shared_memory, shm_entries
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     shm_before = shm_entries()

@@ -304,7 +304,7 @@ def main() -> None:
     from maas.registry import Registry
     from maas.registry.hf_import import import_hf_model
     from maas.runtime import free_port
-    from maas.serve.llm_engine import release_shared_memory, shm_entries
+    from maas.serve.runtimes.vllm_config import release_shared_memory, shm_entries
 
     levels = [int(c) for c in args.concurrency.split(",")]
     systems = [s for s in args.systems.split(",") if s]

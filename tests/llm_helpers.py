@@ -22,7 +22,7 @@ def engines_gone_and_shared_memory_released(shm_before: set, timeout_s: float = 
 def shared_memory_released(shm_before: set, timeout_s: float = 60) -> None:
     """No vLLM buffer made since ``shm_before`` is left: each is removed once no process maps it (the last
     engine process may still be exiting)."""
-    from maas.serve.llm_engine import release_shared_memory, shm_entries
+    from maas.serve.runtimes.vllm_config import release_shared_memory, shm_entries
 
     deadline = time.time() + timeout_s
     while True:

@@ -73,12 +73,10 @@ def _cell(text: str) -> str:
 
 
 def _constraints(field) -> str:
-    parts = []
-    for m in field.metadata:
-        for name, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("pattern", "matches")):
-            if getattr(m, name, None) is not None:
-                parts.append(f"{sign} `{getattr(m, name)}`")
-    return f" ({', '.join(parts)})" if parts else ""
+    from maas.spec.explain import field_bounds  # the same words `maas spec explain` prints
+
+    bounds = field_bounds(field)
+    return f" ({', '.join(f'`{b}`' for b in bounds)})" if bounds else ""
 
 
 def _sections(root: type[BaseModel], root_path: str, stop: dict) -> list[tuple[str, type[BaseModel]]]:
@@ -209,10 +207,11 @@ def _message_rows(msg, prefix: str) -> list[str]:
 def grpc_page() -> str:
     from google.protobuf import descriptor_pb2
 
-    proto_dir = ROOT / "platform/maas/serve/proto"
+    proto_dir = ROOT / "platform/maas/serve/protocols/oip/proto"
     fds = descriptor_pb2.FileDescriptorSet.FromString((proto_dir / "grpc_predict_v2.binpb").read_bytes())
     parts = ["# gRPC API", "", "The Open Inference Protocol v2 over gRPC, generated from the compiled descriptor "
-             "set the server loads (`platform/maas/serve/proto`). Port `deploy.grpc_port` (9000); API keys as "
+             "set the server loads (`platform/maas/serve/protocols/oip/proto`). Port `deploy.grpc_port` (9000); "
+             "API keys as "
              "`authorization: Bearer <key>` metadata; with several applications, name one in `application` "
              "metadata.", ""]
     for f in fds.file:

@@ -260,7 +260,7 @@ def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
         assert r.status_code == 200 and r.headers["x-maas-model-version"] == "tiny/1"
         import grpc
 
-        from maas.serve import proto
+        from maas.serve.protocols.oip import proto
 
         request = proto.ModelInferRequest(model_name="tiny")
         request.inputs.add(name="input", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([1, 2, 3, 4])

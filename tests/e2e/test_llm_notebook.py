@@ -25,7 +25,7 @@ def test_llm_quickstart_notebook_fine_tunes_serves_chats_and_reads_token_metrics
     import nbclient
     import nbformat
 
-    from maas.serve.llm_engine import shm_entries
+    from maas.serve.runtimes.vllm_config import shm_entries
 
     shm_before = shm_entries()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

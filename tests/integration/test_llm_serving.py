@@ -32,11 +32,11 @@ def llm(ray_session, tmp_path_factory):
     from maas.registry import Registry
     from maas.registry.hf_import import import_hf_model
     from maas.serve import build_app
-    from maas.serve.auth import key_digest
     from maas.serve.deploy import proxy_address, start_serve, undeploy
-    from maas.serve.llm_engine import shm_entries
     from maas.serve.readiness import wait_until_serving
+    from maas.serve.runtimes.vllm_config import shm_entries
     from maas.serve.served import fetch_all, normalize_routes
+    from maas.serve.tenancy import key_digest
 
     shm_before = shm_entries()
     tmp = tmp_path_factory.mktemp("llm")

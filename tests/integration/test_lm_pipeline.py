@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]  # over 
 @pytest.fixture(scope="module")
 def lm(ray_session, tmp_path_factory):
     from maas.serve.deploy import undeploy
-    from maas.serve.llm_engine import shm_entries
+    from maas.serve.runtimes.vllm_config import shm_entries
 
     shm_before = shm_entries()
     root = tmp_path_factory.mktemp("lm")

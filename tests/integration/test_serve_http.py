@@ -263,7 +263,7 @@ def test_api_keys_guard_model_routes_but_not_health(served, monkeypatch, tmp_pat
     from ray import serve
 
     from maas.serve import build_app
-    from maas.serve.auth import load_api_key_hashes
+    from maas.serve.tenancy import load_api_key_hashes
 
     keys = tmp_path / "keys"
     keys.write_text("# team keys\nkey-file-0123456789abcdef\n")
@@ -479,7 +479,7 @@ def test_tritonclient_grpc_runs_health_metadata_and_infer(served):
     # typed contents instead of raw bytes (other OIP clients send them), through a plain stub
     import grpc
 
-    from maas.serve import proto
+    from maas.serve.protocols.oip import proto
 
     request = proto.ModelInferRequest(model_name="digits")
     tensor = request.inputs.add(name="input", datatype="FP64", shape=[6, 64])
@@ -495,7 +495,7 @@ def test_a_compressed_grpc_message_is_refused_as_it_inflates_not_after(served):
     inflated whole, then refused by maas's own size check)."""
     import grpc
 
-    from maas.serve import proto
+    from maas.serve.protocols.oip import proto
 
     request = proto.ModelInferRequest(model_name="digits")
     request.inputs.add(name="input", datatype="FP32", shape=[131072, 64])
@@ -520,7 +520,7 @@ def test_1500_generated_grpc_calls_never_get_a_server_fault(served):
 
     import grpc
 
-    from maas.serve import proto
+    from maas.serve.protocols.oip import proto
 
     rng = random.Random(20261205)
     names = ["digits"] * 4 + ["nope", "", "a" * 300, "\x00", "\u00b2"]

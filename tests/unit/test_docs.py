@@ -94,7 +94,7 @@ def test_every_cli_command_route_and_grpc_method_is_in_the_reference():
         for method in ops:
             assert f"| {method.upper()} | `{path}` |" in pages["reference/http.md"], (method, path)
     fds = descriptor_pb2.FileDescriptorSet.FromString(
-        (ROOT / "platform/maas/serve/proto/grpc_predict_v2.binpb").read_bytes())
+        (ROOT / "platform/maas/serve/protocols/oip/proto/grpc_predict_v2.binpb").read_bytes())
     methods = [m.name for f in fds.file for s in f.service for m in s.method]
     assert methods and all(f"| `{m}` |" in pages["reference/grpc.md"] for m in methods)
 

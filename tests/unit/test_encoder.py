@@ -15,7 +15,8 @@ from maas.exceptions import CompressionError, SpecError
 from maas.models import build_model
 from maas.models.artifacts import load_torch_model, save_torch_model
 from maas.models.encoder import EncoderTokenizer, load_pretrained, pretrained_dir
-from maas.serve.oip import ProtocolError, embeddings_response, parse_embeddings_request, parse_text_infer_request
+from maas.serve.errors import ProtocolError
+from maas.serve.protocols.oip.codec import embeddings_response, parse_embeddings_request, parse_text_infer_request
 from maas.spec import spec_from_dict
 
 TEXTS = ["Ray Serve hosts models behind HTTP.", "The quick brown fox jumps over the lazy dog.", "short",

@@ -15,8 +15,8 @@ from maas.models.artifacts import save_torch_model
 from maas.models.mlp import classifier_signature
 from maas.registry import Registry
 from maas.serve.deploy import warn_if_open
+from maas.serve.errors import ProtocolError
 from maas.serve.hosting import ModelHost
-from maas.serve.oip import ProtocolError
 
 CONFIG = {"arch": "mlp", "input_dim": 4, "num_classes": 2, "hidden_sizes": [8], "dropout": 0.0}
 

@@ -16,7 +16,7 @@ from maas.exceptions import SpecError
 from maas.models import build_model
 from maas.models.llama import llama_config, save_hf_folder, train_tokenizer
 from maas.registry.hf_import import check_hf_folder
-from maas.serve.llm_engine import engine_dtype
+from maas.serve.runtimes.vllm_config import engine_dtype
 from maas.spec import LLMEngineSpec, LLMGateSpec, spec_from_dict
 
 

@@ -10,12 +10,12 @@ import os
 import pytest
 
 from maas.exceptions import SpecError
-from maas.serve.oip import ProtocolError
+from maas.serve.errors import ProtocolError
 from maas.spec import LLMEngineSpec, spec_from_dict
 
 
 def test_caps_and_message_shapes_are_checked_before_the_engine():
-    from maas.serve.llm_handlers import _check_caps, _check_messages
+    from maas.serve.protocols.openai.generation import _check_caps, _check_messages
 
     spec = LLMEngineSpec(max_tokens=100, max_n=2)
     _check_caps({"n": 2, "max_tokens": 100, "best_of": 1, "seed": 2 ** 63 - 1, "stop": ["\n"] * 16}, spec)
@@ -46,8 +46,8 @@ def test_a_requests_work_is_bounded_before_the_engine():
     with no max_tokens gets the cap from the engine (vLLM's max_new_tokens override), not the context's rest."""
     from types import SimpleNamespace
 
-    from maas.serve.llm_engine import llm_config
-    from maas.serve.llm_handlers import _check_caps, _check_messages
+    from maas.serve.protocols.openai.generation import _check_caps, _check_messages
+    from maas.serve.runtimes.vllm_config import llm_config
 
     spec = LLMEngineSpec(max_sequences=8, max_n=8, allowed_media_domains=["media.example.com"])
     _check_caps({"prompt": ["a", "b", "c", "d"], "n": 2}, spec)
@@ -86,7 +86,7 @@ def test_engine_errors_keep_their_status_in_openai_shape():
     import json
     from types import SimpleNamespace
 
-    from maas.serve.llm_handlers import _error_of
+    from maas.serve.protocols.openai.generation import _error_of
 
     err = SimpleNamespace(error=SimpleNamespace(message="too long", code=400, param="max_tokens", type="Bad"))
     response = _error_of(err)
@@ -101,7 +101,7 @@ def _events(items, wants_usage, interval_ms=0.0):
     """What LLMHandlers._events sends for an engine stream of ``items`` (after the first), and its accounting."""
     from types import SimpleNamespace
 
-    from maas.serve.llm_handlers import LLMHandlers
+    from maas.serve.protocols.openai.generation import LLMHandlers
 
     records = []
     handlers = LLMHandlers(lambda *args: records.append(args))
@@ -148,7 +148,7 @@ def test_engine_placement_follows_the_spec_cpu_or_gpu():
     pytest.importorskip("ray.serve.llm")
     from types import SimpleNamespace
 
-    from maas.serve.llm_engine import llm_config
+    from maas.serve.runtimes.vllm_config import llm_config
 
     mv = SimpleNamespace(name="tiny", ref="tiny/3", version=3, signature={})
     cpu = llm_config("/store", mv, LLMEngineSpec(num_cpus=2, kv_cache_gib=4, max_model_len=512))
@@ -175,7 +175,7 @@ def test_an_adapter_is_served_by_its_base_engine_with_lora_enabled():
     pytest.importorskip("ray.serve.llm")
     from types import SimpleNamespace
 
-    from maas.serve.llm_engine import engine_of, llm_config, lora_name
+    from maas.serve.runtimes.vllm_config import engine_of, llm_config, lora_name
 
     base = SimpleNamespace(name="tiny", ref="tiny/3", version=3, signature={"format": "huggingface"})
     adapter = SimpleNamespace(name="support", ref="support/2", version=2,
@@ -204,7 +204,7 @@ def test_llm_spec_names_its_problems():
 
 
 def test_only_unmapped_new_segments_are_released(tmp_path, monkeypatch):
-    from maas.serve import llm_engine
+    from maas.serve.runtimes import vllm_config as llm_engine
 
     monkeypatch.setattr(llm_engine, "SHM", str(tmp_path))
     (tmp_path / "psm_old").write_bytes(b"x")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from maas.models import classifier_signature
-from maas.serve.oip import ProtocolError, classifier_outputs, model_metadata, parse_infer_request
+from maas.serve.errors import ProtocolError
+from maas.serve.protocols.oip.codec import classifier_outputs, model_metadata, parse_infer_request
 
 SIG = classifier_signature(4, [0, 1, 2])
 

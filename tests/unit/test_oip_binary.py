@@ -9,8 +9,9 @@ import struct
 import numpy as np
 import pytest
 
-from maas.serve.oip import ProtocolError, parse_infer_request, parse_text_infer_request
-from maas.serve.oip_binary import encode_response, request_object, wants_binary
+from maas.serve.errors import ProtocolError
+from maas.serve.protocols.oip.binary import encode_response, request_object, wants_binary
+from maas.serve.protocols.oip.codec import parse_infer_request, parse_text_infer_request
 
 SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
              "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},
@@ -24,7 +25,7 @@ def _body(header: dict, *chunks: bytes) -> tuple[bytes, str]:
 
 @pytest.mark.parametrize("datatype", ["FP32", "FP64", "FP16", "INT64", "INT32", "INT8", "UINT8", "BOOL"])
 def test_numeric_binary_inputs_decode_to_the_same_array_as_json(datatype):
-    from maas.serve.oip import NUMERIC
+    from maas.serve.protocols.oip.codec import NUMERIC
 
     values = np.array([[1, 0, 1], [0, 1, 1]]).astype(NUMERIC[datatype])
     body, n = _body({"inputs": [{"name": "x", "datatype": datatype, "shape": [2, 3],

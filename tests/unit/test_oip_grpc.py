@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from maas.serve import proto
-from maas.serve.oip import ProtocolError
-from maas.serve.oip_grpc import CODES, infer_response, request_object
-from maas.serve.oip_handlers import parse_object
+from maas.serve.errors import ProtocolError
+from maas.serve.protocols.oip import proto
+from maas.serve.protocols.oip.grpc_service import CODES, infer_response, request_object
+from maas.serve.protocols.oip.handlers import parse_object
 
 SIGNATURE = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
              "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},

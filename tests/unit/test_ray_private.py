@@ -3,9 +3,12 @@ is checked here, so a Ray upgrade that moves or changes one fails in this file, 
 
 import inspect
 import os
+import re
+from pathlib import Path
 
 import pytest
 
+import maas
 from maas.serve import ray_private
 from maas.spec import LLMEngineSpec
 
@@ -18,8 +21,8 @@ def test_ray_serve_llm_private_parts_maas_relies_on_are_still_there():
     import inspect
     from types import SimpleNamespace
 
-    from maas.serve.llm_engine import llm_config
     from maas.serve.runtimes.vllm import adapter_config, off_loop_engine_class
+    from maas.serve.runtimes.vllm_config import llm_config
 
     VLLMEngine = ray_private.vllm_engine_class()
     for name, params in ray_private.VLLM_ENGINE_OVERRIDES.items():
@@ -68,6 +71,10 @@ def test_serve_private_parts_maas_relies_on_are_still_there():
                     "ray.serve._private.haproxy import get_haproxy_binary",
                     "ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig"):
         assert private in source
-    for module in ("deploy", "hosting", "app", "readiness", "runtimes/vllm", "llm_engine", "llm_handlers"):
-        text = open(os.path.join(os.path.dirname(ray_private.__file__), f"{module}.py")).read()
-        assert "_private" not in text.replace("ray_private", "") and "._internal" not in text, module
+    assert ray_private.serve_request_id() == ""  # outside a request; inside one, test_serve_http reads it back
+    package = Path(maas.__file__).parent
+    for module in package.rglob("*.py"):
+        if module.name == "ray_private.py":
+            continue
+        text = module.read_text().replace("ray_private", "")
+        assert not re.search(r"ray\.[\w.]*\._|from ray[\w.]* import _", text), module.relative_to(package)

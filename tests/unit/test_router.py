@@ -2,7 +2,7 @@
 
 import pytest
 
-from maas.serve.router import ROUTES, Router
+from maas.serve.routes import ROUTES, Router
 
 R = Router()
 

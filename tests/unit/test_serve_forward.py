@@ -138,8 +138,9 @@ def test_forwards_quicker_than_a_batch_costs_are_never_fused(server):
 def test_rows_per_request_are_capped_and_large_answers_are_rendered_off_the_loop(server):
     """deploy.max_rows_per_request: more rows are a 413 naming it; an answer of many rows is built in a worker
     thread (the loop keeps serving meanwhile)."""
-    from maas.serve.oip import MAX_TEXT_CHARS, ProtocolError, parse_embeddings_request
-    from maas.serve.oip_handlers import OFF_LOOP_ROWS
+    from maas.serve.errors import ProtocolError
+    from maas.serve.protocols.oip.codec import MAX_TEXT_CHARS, parse_embeddings_request
+    from maas.serve.protocols.oip.handlers import OFF_LOOP_ROWS
 
     server.max_rows = OFF_LOOP_ROWS + 10
     big = asyncio.run(server(request(OFF_LOOP_ROWS + 5)))

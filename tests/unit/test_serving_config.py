@@ -1,7 +1,8 @@
 import pytest
 
 from maas.exceptions import ServeError, SpecError
-from maas.serve.auth import authorized, load_api_key_hashes
+from maas.serve.errors import ProtocolError, answer
+from maas.serve.tenancy import authorized, check_key, key_digest, load_api_key_hashes
 from maas.spec import DeploySpec, spec_from_dict
 
 BASE = {"data": {"path": "d.parquet", "label": "y"}, "model": {"name": "m"}}
@@ -40,6 +41,29 @@ def test_api_keys_come_from_env_and_file_and_only_digests_are_kept(monkeypatch, 
     monkeypatch.setenv("MAAS_API_KEYS_FILE", str(tmp_path / "missing"))
     with pytest.raises(ServeError, match="MAAS_API_KEYS_FILE"):
         load_api_key_hashes()
+
+
+def test_one_key_rule_answers_each_protocol_in_its_own_error_shape():
+    """``check_key`` is what OIP (REST and gRPC) and OpenAI routes all call: open without keys, else a 401 with
+    ``www-authenticate`` in the route's protocol's shape; a 503 says when to come back; errors cross actors."""
+    import json
+    import pickle
+
+    check_key(None, [])  # no keys configured: open
+    digests = [key_digest("k" * 20)]
+    check_key("Bearer " + "k" * 20, digests)
+    for header in (None, "Bearer wrong-key-of-some-length", "Basic " + "k" * 20):
+        with pytest.raises(ProtocolError) as err:
+            check_key(header, digests)
+        assert err.value.status == 401 and err.value.headers == {"www-authenticate": "Bearer"}
+    oip, openai = answer(err.value, "oip"), answer(err.value, "openai")
+    assert oip.status_code == openai.status_code == 401 and oip.headers["www-authenticate"] == "Bearer"
+    assert json.loads(oip.body) == {"error": err.value.message}
+    assert json.loads(openai.body)["error"] == {"message": err.value.message, "type": "authentication_error",
+                                                "code": 401}
+    busy = pickle.loads(pickle.dumps(ProtocolError(503, "loading")))
+    assert (busy.status, busy.message, busy.headers) == (503, "loading", {"retry-after": "2"})
+    assert answer(busy, "openai").headers["retry-after"] == "2"
 
 
 def test_served_model_lists_normalise_and_bad_entries_name_the_problem():

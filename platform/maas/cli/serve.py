@@ -19,7 +19,7 @@ def serve_forever() -> int:
     import ray
 
     from maas.serve.deploy import stop_serve
-    from maas.serve.llm_engine import release_shared_memory, shm_entries
+    from maas.serve.runtimes.vllm_config import release_shared_memory, shm_entries
 
     shm_before = shm_entries()
     # Ctrl-C and SIGTERM (a process manager, `kill PID`) both stop the endpoint cleanly; SIGINT is set

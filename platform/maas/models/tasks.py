@@ -36,7 +36,8 @@ def load_predictor(folder: str | Path, runtime: str, task: str):
         return EncoderPredictor(folder, runtime)
     if task == "generate":
         if runtime == "vllm":
-            raise MaasError(f"{folder} is a Hugging Face causal LM: vLLM engines serve it (maas.serve.llm_engine)")
+            raise MaasError(f"{folder} is a Hugging Face causal LM: vLLM engines serve it "
+                            "(maas.serve.runtimes.vllm)")
         raise MaasError(f"{folder} is a byte-level GPT (runtime {runtime!r}), which maas no longer serves: "
                         "retrain it with kind: lm, which publishes a Hugging Face folder that vLLM serves")
     if task != "classify":

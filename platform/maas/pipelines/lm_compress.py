@@ -87,7 +87,7 @@ def _build_measure_publish(store: str, parent_ref: str, name: str, compress: dic
     from maas.pipelines.base import publish_variant
     from maas.registry import Registry
     from maas.registry.hf_import import check_hf_folder
-    from maas.serve.llm_engine import engine_dtype
+    from maas.serve.runtimes.vllm_config import engine_dtype
     from maas.spec import LLMEngineSpec, LLMGateSpec
 
     registry, engine = Registry(store), LLMEngineSpec(**llm)
@@ -150,7 +150,7 @@ def _metrics(m: dict, folder: Path) -> dict:
 def measure_folders(models: list, inputs: dict, concurrency: list, engine, workdir: str) -> dict:
     """Run ``maas.compress.llm_measure`` over ``models`` in a child process of its own session; returns its
     result per key (a model it never reached: {"error"}). vLLM's shared memory left behind is released."""
-    from maas.serve.llm_engine import release_shared_memory, shm_entries
+    from maas.serve.runtimes.vllm_config import release_shared_memory, shm_entries
 
     job = {"models": models, **inputs, "speed_tokens": inputs["max_tokens"], "concurrency": concurrency,
            "engine": {"enforce_eager": engine.enforce_eager, "max_num_seqs": max(engine.max_num_seqs,

@@ -1,7 +1,7 @@
 """The Ray Serve deployment: a thin shell that routes each request and accounts for it.
 
 One application serves one or more models (``maas.serve.hosting``: aliases followed in place, canaries,
-pinned versions), answers the routes of ``maas.serve.router`` through one handler module per protocol
+pinned versions), answers the routes of ``maas.serve.routes`` through one handler module per protocol
 (``oip_handlers``: Open Inference Protocol v2; ``openai_handlers``:
 ``/v1/completions``, ``/v1/embeddings``), fuses concurrent requests (``maas.serve.batcher``), and counts, times
 and logs every model request (Prometheus metrics through Ray, one JSON access-log line with the request id).
@@ -24,14 +24,14 @@ from starlette.responses import Response
 
 from maas.serve.accounting import Accounting
 from maas.serve.batcher import Batcher
+from maas.serve.errors import ProtocolError, answer, error_for
 from maas.serve.hosting import VERSION_HEADER, ModelHost
-from maas.serve.http import error_for, request_id
-from maas.serve.oip import ProtocolError
-from maas.serve.oip_grpc import OIPGrpc
-from maas.serve.oip_handlers import OIPHandlers
-from maas.serve.openai_handlers import OpenAIHandlers
+from maas.serve.http import request_id
 from maas.serve.openapi import openapi_document
-from maas.serve.router import NOT_FOUND_HINT, Router
+from maas.serve.protocols.oip.grpc_service import OIPGrpc
+from maas.serve.protocols.oip.handlers import OIPHandlers
+from maas.serve.protocols.openai.handlers import OpenAIHandlers
+from maas.serve.routes import NOT_FOUND_HINT, Router
 
 logger = logging.getLogger("ray.serve")
 OFFLOAD_MS = 1.0  # a version whose forwards average more than this runs them in the replica's model thread
@@ -67,7 +67,7 @@ class ModelServer:
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maas-forward")
         oip, openai = OIPHandlers(self.host, self), OpenAIHandlers(self.host, self)
         self.grpc = OIPGrpc(self.host, oip, self)  # the same models and answers over gRPC (Serve's gRPC proxy)
-        # handler name (maas.serve.router) -> (callable, a model request: counted, timed and logged)
+        # handler name (maas.serve.routes) -> (callable, a model request: counted, timed and logged)
         self.handlers = {
             "completions": (openai.completions, True), "chat_completions": (openai.chat, True),
             "embeddings": (openai.embeddings, True),
@@ -108,7 +108,7 @@ class ModelServer:
         return Response(self.openapi, media_type="application/json")
 
     async def __call__(self, request: Request):
-        """Route by method and path (``maas.serve.router``: a table, not FastAPI, ~0.5 ms less per request on
+        """Route by method and path (``maas.serve.routes``: a table, not FastAPI, ~0.5 ms less per request on
         2 cores); a miss is a 405 with ``allow`` or a 404, in the path's protocol's error shape."""
         path = request.scope.get("path", "/")
         root = request.scope.get("root_path", "")
@@ -128,7 +128,7 @@ class ModelServer:
             response = handler(request, **match.params)
             return await response if inspect.isawaitable(response) else response
         except ProtocolError as err:
-            return error_for(match.protocol)(err.status, err.message)
+            return answer(err, match.protocol)
         except Exception:  # a fault, not a client mistake: JSON in the route's shape, the replica keeps serving
             rid = request_id(request)
             logger.exception("maas %s %s failed (request %s)", request.method, path, rid)

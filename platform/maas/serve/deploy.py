@@ -15,9 +15,9 @@ from maas.ports import free_port
 from maas.registry import Registry
 from maas.serve import ray_private
 from maas.serve.app import ModelServer
-from maas.serve.auth import load_api_key_hashes
 from maas.serve.runtimes import on_engine
 from maas.serve.served import fetch_all, normalize_routes
+from maas.serve.tenancy import load_api_key_hashes
 from maas.spec import DeploySpec
 from maas.spec.common import EVERY_INTERFACE
 
@@ -298,7 +298,7 @@ def grpc_options(port: int) -> Optional[dict]:
     For a Serve about to start (``start_serve`` checks that): Serve fails to start at all when its gRPC port
     is taken, so a port another process holds on this machine turns gRPC off for this Serve instance, with
     a warning, rather than failing the deploy."""
-    from maas.serve.proto import SERVICER_FUNCTION
+    from maas.serve.protocols.oip.proto import SERVICER_FUNCTION
 
     if not port:
         return None

@@ -19,7 +19,7 @@ from typing import Optional
 from maas.exceptions import RegistryError, ServeError
 from maas.models import load_predictor
 from maas.registry import Registry
-from maas.serve.oip import ProtocolError
+from maas.serve.errors import ProtocolError
 from maas.serve.runtimes import on_engine
 from maas.serve.served import normalize_routes
 

@@ -1,27 +1,20 @@
-"""HTTP plumbing every protocol handler shares: the two error shapes, request ids, bounded bodies, API keys,
-and server-sent events while a model generates."""
+"""HTTP plumbing every protocol handler shares: JSON answers, request ids, bounded bodies and bodies parsed off
+the event loop (the error shapes are in ``maas.serve.errors``, API keys in ``maas.serve.tenancy``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from typing import Callable, Optional
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
-from maas.serve.auth import authorized
-from maas.serve.oip import ProtocolError
-
-try:
-    from ray.serve.context import _get_serve_request_context
-except ImportError:  # private API moved: fall back to the header
-    _get_serve_request_context = None
+from maas.serve import ray_private
+from maas.serve.errors import ProtocolError
 
 logger = logging.getLogger("ray.serve")
-BAD_KEY = "missing or invalid API key: send 'Authorization: Bearer <key>'"
 
 
 class JSONResponse(StarletteJSONResponse):
@@ -35,38 +28,9 @@ class JSONResponse(StarletteJSONResponse):
             return super().render(content)
 
 
-def oip_error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
-    """The Open Inference Protocol's error shape: ``{"error": message}``."""
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def openai_error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
-    """OpenAI's error shape, which its client libraries read, for the /v1 routes."""
-    kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
-            503: "service_unavailable"}.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
-                        headers=headers)
-
-
-def error_for(protocol: str) -> Callable[..., JSONResponse]:
-    return openai_error if protocol == "openai" else oip_error
-
-
-def retry_headers(err: ProtocolError) -> Optional[dict]:
-    """A 503 (nothing loaded yet) tells the client when to come back."""
-    return {"retry-after": "2"} if err.status == 503 else None
-
-
 def request_id(request: Request) -> str:
     """The id Serve's proxy puts in the response's x-request-id header (the client's own, when it sent one)."""
-    if _get_serve_request_context is not None:
-        try:
-            rid = _get_serve_request_context().request_id
-            if rid:
-                return rid
-        except Exception:  # private API changed
-            pass
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
+    return ray_private.serve_request_id() or request.headers.get("x-request-id") or uuid.uuid4().hex
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -92,8 +56,3 @@ async def parse_off_loop(parse, body: bytes, *args):
     if len(body) > OFF_LOOP_BYTES:
         return await asyncio.to_thread(parse, body, *args)
     return parse(body, *args)
-
-
-def key_ok(request: Request, key_hashes: list) -> bool:
-    """True when no API keys are configured or the request carries one of them."""
-    return not key_hashes or authorized(request.headers.get("authorization"), key_hashes)

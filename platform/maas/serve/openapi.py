@@ -1,18 +1,15 @@
 """The OpenAPI 3.1 document of a maas application (``GET /openapi.json``), built from the route table
-(``maas.serve.router.ROUTES``) so that a route cannot exist without being described: its path parameters,
+(``maas.serve.routes.ROUTES``) so that a route cannot exist without being described: its path parameters,
 request body schema with an example, answers and error shapes (the Open Inference Protocol's
 ``{"error": "..."}`` or OpenAI's ``{"error": {"message", "type", "code"}}``), and the bearer key.
 """
 
 from __future__ import annotations
 
-from maas.serve.router import ROUTES
+from maas.serve.errors import OIP_ERROR_SCHEMA, OPENAI_ERROR_SCHEMA
+from maas.serve.routes import ROUTES
 from maas.version import __version__
 
-OIP_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
-OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
-    "type": "object", "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                                     "code": {"type": ["string", "integer", "null"]}}}}}
 TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
     "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
     "datatype": {"enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -109,6 +106,6 @@ def openapi_document(title: str = "maas") -> dict:
             "info": {"title": title, "version": __version__,
                      "description": "Models served by maas: Open Inference Protocol v2 and OpenAI-style routes."},
             "paths": paths, "security": [{"bearer": []}],
-            "components": {"schemas": {**schemas, "OIPError": OIP_ERROR, "OpenAIError": OPENAI_ERROR},
+            "components": {"schemas": {**schemas, "OIPError": OIP_ERROR_SCHEMA, "OpenAIError": OPENAI_ERROR_SCHEMA},
                            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                           "description": "MAAS_API_KEYS, when set"}}}}

@@ -87,3 +87,11 @@ def serve_http_address() -> Optional[tuple[str, int]]:
         return None
     config = client.http_config
     return config.host, int(config.port)
+
+
+def serve_request_id() -> str:
+    """The id Serve's proxy gave the request being handled (its ``x-request-id`` answer header); empty outside a
+    request."""
+    from ray.serve.context import _get_serve_request_context
+
+    return _get_serve_request_context().request_id

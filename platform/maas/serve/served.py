@@ -88,7 +88,7 @@ def fetch_all(registry: Registry, routes: list[dict], llm=None) -> list:
         if mv.status != "ready":
             raise RegistryError(f"{mv.ref} was {mv.status} by its quality gate and is not served")
         if on_engine(mv):
-            from maas.serve.llm_engine import is_adapter
+            from maas.serve.runtimes.vllm_config import is_adapter
 
             if is_adapter(mv):
                 registry.resolve(str(mv.signature.get("base")))

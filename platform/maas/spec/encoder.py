@@ -55,7 +55,7 @@ class VariantSpec(_Strict):
     @field_validator("steps", mode="before")
     @classmethod
     def _typed_steps(cls, steps: Any) -> list:
-        typed = parse_steps(steps, ENCODER_STEPS, "steps", "step", bare_names=True)
+        typed = parse_steps(steps, ENCODER_STEPS, "steps", "step")
         late = [f"steps[{i}].{s.op}: {s.op} decides how the variant is stored and run, so it must be the last step"
                 for i, s in enumerate(typed[:-1]) if s.FINAL]
         if late:

@@ -132,12 +132,14 @@ def _type_name(annotation) -> str:
 
 
 _BOUNDS = {"ge": ">= {}", "gt": "> {}", "le": "<= {}", "lt": "< {}", "min_length": "at least {} long",
-           "max_length": "at most {} long", "multiple_of": "a multiple of {}"}
+           "max_length": "at most {} long", "multiple_of": "a multiple of {}", "pattern": "matches {}"}
 
 
-def _bound(meta) -> Optional[str]:
-    """'>= 1' for pydantic's ``ge=1`` (an annotated_types constraint); None for other metadata."""
-    return next((text.format(getattr(meta, name)) for name, text in _BOUNDS.items() if hasattr(meta, name)), None)
+def field_bounds(info) -> list[str]:
+    """A field's constraints as text (``['>= 1', '<= 64']`` for pydantic's ``ge=1, le=64``): what ``maas spec
+    explain`` prints and the generated spec reference shows."""
+    return [text.format(getattr(meta, name)) for meta in info.metadata for name, text in _BOUNDS.items()
+            if getattr(meta, name, None) is not None]
 
 
 def _first_sentence(text: str) -> str:
@@ -155,7 +157,7 @@ def _doc(kind: str, path: str, annotation, info, value) -> FieldDoc:
         doc.required = info.is_required()
         if not doc.required and section is None:
             doc.default = value
-        doc.bounds = [b for b in (_bound(m) for m in info.metadata) if b]
+        doc.bounds = field_bounds(info)
     if section is not None:
         doc.fields = [(name, _type_name(f.annotation), _first_sentence(f.description or ""))
                       for name, f in section.model_fields.items()]

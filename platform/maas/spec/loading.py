@@ -25,18 +25,13 @@ PipelineSpec = Union[ClassifierSpec, EncoderPipelineSpec, LMPipelineSpec, LLMPip
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> Optional[list[str]]:
-    """Field names of the sub-model found by walking ``loc`` from ``model`` (None if not a model)."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(part)
-        if field is None:
-            return None
-        current = field.annotation
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return None
+    """Field names of the section found by walking ``loc`` from ``model`` (None if not a section); the walk is
+    ``maas spec explain``'s, so list items (``ops[0]``-style integer parts are skipped) resolve the same."""
+    from maas.spec.explain import _section, _walk
+
+    found = _walk(model, [str(p) for p in loc if not isinstance(p, int)]) if loc else (model, None, None)
+    section = None if isinstance(found, str) else _section(found[0])
+    return list(section.model_fields) if section is not None else None
 
 
 def _problems(err: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:

@@ -28,7 +28,7 @@ class WrittenStep(_Strict):
     op: str
     ARG_FIELD: ClassVar[Optional[str]] = None
     DOC: ClassVar[str] = ""
-    BARE_NAME: ClassVar[bool] = False  # the JSON schema also allows its name alone (parse_steps' bare_names)
+    BARE_NAME: ClassVar[bool] = False  # may be written as its name alone: parse_steps and the JSON schema
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema, handler):
@@ -74,11 +74,10 @@ class WrittenStep(_Strict):
         return {self.op: self.written(fields)}
 
 
-def parse_steps(items: Any, types: dict[str, type[WrittenStep]], what: str, noun: str,
-                bare_names: bool = False) -> list:
+def parse_steps(items: Any, types: dict[str, type[WrittenStep]], what: str, noun: str) -> list:
     """``[{name: arg}, ...]`` -> typed steps; every problem at once, one per line, each starting with its
     position and name (``ops[2].cast.age: ...``, which the spec loader turns into the field path).
-    ``bare_names``: a step may also be written as its name alone (no argument)."""
+    A step whose class says ``BARE_NAME`` may also be written as its name alone (no argument)."""
     if not isinstance(items, list):
         raise ValueError(f"{what} must be a list, got {items!r}")
     out, problems = [], []
@@ -86,7 +85,7 @@ def parse_steps(items: Any, types: dict[str, type[WrittenStep]], what: str, noun
         if isinstance(item, WrittenStep):
             out.append(item)
             continue
-        if bare_names and isinstance(item, str):
+        if isinstance(item, str) and getattr(types.get(item), "BARE_NAME", False):
             name, arg = item, None
         elif isinstance(item, dict) and len(item) == 1:
             (name, arg), = item.items()

@@ -26,8 +26,8 @@ from typing import Callable, Optional
 
 from maas.exceptions import ServeError
 from maas.serve import ray_private
-from maas.serve.llm_engine import engine_of, is_adapter, llm_config, lora_name
 from maas.serve.runtimes import on_engine
+from maas.serve.runtimes.vllm_config import engine_of, is_adapter, llm_config, lora_name
 
 logger = logging.getLogger("ray.serve")
 START_DELAY_ENV = "MAAS_ENGINE_START_DELAY_S"  # hold every engine's start this long (drills: a slow model load)

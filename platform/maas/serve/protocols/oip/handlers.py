@@ -1,8 +1,8 @@
 """Open Inference Protocol v2 routes: health, server and model metadata, readiness, ``infer`` (classifiers,
-text classifiers, encoders). Language models answer on the OpenAI routes (``maas.serve.llm_handlers``).
+text classifiers, encoders). Language models answer on the OpenAI routes (``maas.serve.protocols.openai.generation``).
 
-Request parsing and response shapes are pure functions in ``maas.serve.oip`` (JSON) and
-``maas.serve.oip_binary`` (the binary tensor extension, both ways); this module binds them to the
+Request parsing and response shapes are pure functions in ``maas.serve.protocols.oip.codec`` (JSON) and
+``maas.serve.protocols.oip.binary`` (the binary tensor extension, both ways); this module binds them to the
 served models (``ModelHost``) and to the replica (``server``: body limit, API keys, batched model calls).
 Every client mistake is a 4xx ``{"error": ...}``.
 """
@@ -17,19 +17,11 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from maas.serve.http import (
-    BAD_KEY,
-    JSONResponse,
-    key_ok,
-    oip_error,
-    parse_off_loop,
-    read_body,
-    request_id,
-    retry_headers,
-)
-from maas.serve.oip import (
+from maas.serve.errors import ProtocolError, oip_error
+from maas.serve.http import JSONResponse, parse_off_loop, read_body, request_id
+from maas.serve.protocols.oip.binary import HEADER, encode_response, request_object, wants_binary
+from maas.serve.protocols.oip.codec import (
     SERVER_METADATA,
-    ProtocolError,
     check_rows,
     classifier_outputs,
     embedding_outputs,
@@ -37,7 +29,7 @@ from maas.serve.oip import (
     parse_infer_request,
     parse_text_infer_request,
 )
-from maas.serve.oip_binary import HEADER, encode_response, request_object, wants_binary
+from maas.serve.tenancy import check_key
 
 
 class OIPHandlers:
@@ -48,14 +40,11 @@ class OIPHandlers:
     def guard(self, request: Request, name: Optional[str]):
         """(served model or None, error response or None): 401 without a valid key (when keys are set),
         404 for a model not served here."""
-        if not key_ok(request, self.server.key_hashes):
-            return None, JSONResponse({"error": BAD_KEY}, status_code=401, headers={"www-authenticate": "Bearer"})
-        if name is None:
-            return None, None
         try:
-            return self.served(name), None
+            check_key(request.headers.get("authorization"), self.server.key_hashes)
+            return (None if name is None else self.served(name)), None
         except ProtocolError as err:
-            return None, oip_error(err.status, err.message)
+            return None, oip_error(err.status, err.message, err.headers)
 
     def served(self, name: str):
         """The served model ``name``; 404 when it is not served here."""
@@ -95,7 +84,7 @@ class OIPHandlers:
         try:
             meta, loaded = await self.metadata_of(served, version)
         except ProtocolError as err:
-            return oip_error(err.status, err.message)
+            return oip_error(err.status, err.message, err.headers)
         return JSONResponse(meta, headers=loaded.headers)
 
     async def metadata_of(self, served, version: Optional[str]):
@@ -114,7 +103,7 @@ class OIPHandlers:
             try:
                 await self.host.resolve(served, version)
             except ProtocolError as err:
-                return oip_error(err.status, err.message)
+                return oip_error(err.status, err.message, err.headers)
         elif served.primary is None:
             return JSONResponse({"name": name, "ready": False, "error": served.problem}, status_code=503)
         return JSONResponse({"name": name, "ready": True})
@@ -129,7 +118,7 @@ class OIPHandlers:
             body = await read_body(request, self.server.max_request_bytes)
             loaded = await self.host.resolve(served, version)
         except ProtocolError as err:
-            return oip_error(err.status, err.message, retry_headers(err)), 0, None
+            return oip_error(err.status, err.message, err.headers), 0, None
         try:
             check_task(loaded)
             x, req_id, wanted, req = await parse_off_loop(_parse_infer, body, request.headers.get(HEADER),

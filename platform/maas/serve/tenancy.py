@@ -1,4 +1,5 @@
-"""API keys for model routes: read from the environment or a file, never from the spec.
+"""Who may call: API keys for model routes, read from the environment or a file, never from the spec; one
+check (``check_key``) for every protocol (OIP over REST and gRPC, OpenAI).
 
 Only sha256 digests of the keys reach the Serve deployment (its config is visible in Ray's dashboard);
 a request's key is hashed and compared in constant time.
@@ -13,8 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 from maas.exceptions import ServeError
+from maas.serve.errors import ProtocolError
 
 KEYS_ENV, KEYS_FILE_ENV = "MAAS_API_KEYS", "MAAS_API_KEYS_FILE"
+BAD_KEY = "missing or invalid API key: send 'Authorization: Bearer <key>'"
 
 
 def key_digest(key: str) -> str:
@@ -51,3 +54,13 @@ def authorized(header: Optional[str], digests: list[str]) -> bool:
         return False
     presented = key_digest(header[7:].strip())
     return any(hmac.compare_digest(presented, d) for d in digests)
+
+
+def check_key(authorization: Optional[str], digests: list[str], where: str = "") -> None:
+    """The one API-key rule of every route and RPC that needs a key (open when no keys are configured).
+
+    Raises:
+        ProtocolError: 401 with ``www-authenticate: Bearer`` when ``authorization`` carries no configured key.
+    """
+    if not authorized(authorization, digests):
+        raise ProtocolError(401, BAD_KEY + where, {"www-authenticate": "Bearer"})

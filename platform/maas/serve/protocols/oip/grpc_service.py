@@ -1,6 +1,6 @@
 """Open Inference Protocol v2 over gRPC (``inference.GRPCInferenceService``), through Ray Serve's gRPC proxy.
 
-Serve's proxy (``deploy.grpc_port``, 9000 by default) deserializes each call with ``maas.serve.proto`` and
+Serve's proxy (``deploy.grpc_port``, 9000 by default) deserializes each call with ``maas.serve.protocols.oip.proto`` and
 hands it to the ingress replica's method of the RPC's name (``ModelServer.ModelInfer``...), which calls
 ``OIPGrpc``. A request becomes the same request object the REST routes parse (``raw_input_contents`` through
 the binary extension's decoder, typed ``contents`` as lists), so both protocols share every check and every
@@ -26,12 +26,13 @@ from typing import Optional
 import grpc
 import numpy as np
 
-from maas.serve import proto
-from maas.serve.auth import authorized
-from maas.serve.http import BAD_KEY, OFF_LOOP_BYTES
-from maas.serve.oip import NUMERIC, SERVER_METADATA, ProtocolError, check_rows
-from maas.serve.oip_binary import decode_raw, encode_raw
-from maas.serve.oip_handlers import check_task, parse_object
+from maas.serve.errors import ProtocolError
+from maas.serve.http import OFF_LOOP_BYTES
+from maas.serve.protocols.oip import proto
+from maas.serve.protocols.oip.binary import decode_raw, encode_raw
+from maas.serve.protocols.oip.codec import NUMERIC, SERVER_METADATA, check_rows
+from maas.serve.protocols.oip.handlers import check_task, parse_object
+from maas.serve.tenancy import check_key
 
 logger = logging.getLogger("ray.serve")
 PATH = f"/{proto.SERVICE}/"
@@ -118,8 +119,8 @@ class OIPGrpc:
         response_type = proto.message(proto.METHODS[rpc][1])
         started, rows, loaded, status = time.perf_counter(), 0, None, 200
         try:
-            if rpc not in OPEN and not self._key_ok(context):
-                raise ProtocolError(401, BAD_KEY + " as gRPC metadata")
+            if rpc not in OPEN:
+                check_key(_metadata(context, "authorization"), self.server.key_hashes, " as gRPC metadata")
             if isinstance(request, proto.Malformed):
                 raise ProtocolError(400, f"the {rpc} request does not parse as inference.{proto.METHODS[rpc][0]} "
                                          f"({request.error})")
@@ -138,11 +139,6 @@ class OIPGrpc:
             self.server.record(getattr(request, "model_name", None), loaded, status, _request_id(context),
                                PATH + rpc, rows, (time.perf_counter() - started) * 1e3)
         return response
-
-    def _key_ok(self, context) -> bool:
-        """The REST routes' rule (``authorized``: open without keys) on the call's ``authorization`` metadata."""
-        header = dict(context.invocation_metadata()).get("authorization") if context is not None else None
-        return authorized(header, self.server.key_hashes)
 
     # ------------------------------------------------------------------------------------------ RPCs
     async def ServerLive(self, request):  # noqa: N802 (RPC names)
@@ -201,3 +197,8 @@ def _request_id(context) -> Optional[str]:
         return context.request_id()
     except Exception:  # not Serve's context
         return None
+
+
+def _metadata(context, key: str) -> Optional[str]:
+    """One of the call's metadata values (``authorization``: the REST routes' bearer header), or None."""
+    return dict(context.invocation_metadata()).get(key) if context is not None else None

@@ -1,23 +1,23 @@
 """OpenAI-compatible routes: ``GET /v1/models[/{name}]``, ``POST /v1/completions`` and ``/v1/chat/completions``
-(language models, served by the vLLM engines of the replica: ``maas.serve.llm_handlers``) and ``POST /v1/embeddings``
-(sentence encoders). ``model`` names a served model (``name`` or ``name/version``; optional when exactly one model of
-that task is served). Mistakes are answered in OpenAI's error shape, which its client libraries read."""
+(language models, served by the vLLM engines of the replica: ``maas.serve.protocols.openai.generation``) and
+``POST /v1/embeddings`` (sentence encoders). ``model`` names a served model (``name`` or ``name/version``; optional
+when exactly one model of that task is served). Mistakes are answered in OpenAI's error shape, which its client
+libraries read."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 from starlette.requests import Request
 
-from maas.serve.http import BAD_KEY, JSONResponse, key_ok, openai_error, parse_off_loop, read_body, retry_headers
-from maas.serve.oip import (
-    ProtocolError,
+from maas.serve.errors import ProtocolError, openai_error
+from maas.serve.http import JSONResponse, parse_off_loop, read_body
+from maas.serve.protocols.oip.codec import (
     check_rows,
     embeddings_response,
     json_object,
     openai_model,
     parse_embeddings_request,
 )
+from maas.serve.tenancy import check_key
 
 
 class OpenAIHandlers:
@@ -29,7 +29,7 @@ class OpenAIHandlers:
     @property
     def llm(self):
         if self._llm is None:  # its metrics exist only where an engine-served model is
-            from maas.serve.llm_handlers import LLMHandlers
+            from maas.serve.protocols.openai.generation import LLMHandlers
 
             self._llm = LLMHandlers(self.server.record)
         return self._llm
@@ -46,11 +46,14 @@ class OpenAIHandlers:
             loaded = await self.host.for_task(openai_model(req), "generate")
             return await self.llm.run("chat", req, loaded, request.scope["maas"])
         except ProtocolError as err:
-            return openai_error(err.status, err.message, retry_headers(err)), 0, loaded
+            return openai_error(err.status, err.message, err.headers), 0, loaded
 
-    def _key(self, request: Request) -> Optional[JSONResponse]:
-        if not key_ok(request, self.server.key_hashes):
-            return openai_error(401, BAD_KEY, {"www-authenticate": "Bearer"})
+    def _key(self, request: Request):
+        """None, or the 401 in OpenAI's shape (``maas.serve.tenancy.check_key``)."""
+        try:
+            check_key(request.headers.get("authorization"), self.server.key_hashes)
+        except ProtocolError as err:
+            return openai_error(err.status, err.message, err.headers)
         return None
 
     async def completions(self, request: Request):
@@ -64,7 +67,7 @@ class OpenAIHandlers:
             loaded = await self.host.for_task(openai_model(req), "generate")
             return await self.llm.run("completions", req, loaded, request.scope["maas"])
         except ProtocolError as err:
-            return openai_error(err.status, err.message, retry_headers(err)), 0, None
+            return openai_error(err.status, err.message, err.headers), 0, None
 
     async def tokenize(self, request: Request):
         """``POST /tokenize``: a prompt or chat messages as the served LLM's token ids (what evaluation
@@ -85,7 +88,7 @@ class OpenAIHandlers:
             loaded = await self.host.for_task(openai_model(req), "generate")
             return await self.llm.tokens(kind, req, loaded)
         except ProtocolError as err:
-            return openai_error(err.status, err.message, retry_headers(err)), 0, loaded
+            return openai_error(err.status, err.message, err.headers), 0, loaded
 
     async def embeddings(self, request: Request):
         """-> (response, rows, loaded version or None)."""
@@ -98,7 +101,7 @@ class OpenAIHandlers:
             check_rows(len(texts), self.server.max_rows)
             loaded = await self.host.for_task(model, "embed")
         except ProtocolError as err:
-            return openai_error(err.status, err.message, retry_headers(err)), 0, None
+            return openai_error(err.status, err.message, err.headers), 0, None
         try:
             for i, t in enumerate(texts):
                 if isinstance(t, tuple):

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 import orjson
 
+from maas.serve.errors import ProtocolError
 from maas.version import __version__
 
 NUMERIC = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -21,15 +22,6 @@ NUMERIC = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": n
 
 
 SERVER_METADATA = {"name": "maas", "version": __version__, "extensions": ["binary_tensor_data"]}  # REST and gRPC
-
-
-class ProtocolError(Exception):
-    """A client mistake: ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(status, message)
-        self.status = status
-        self.message = message
 
 
 MAX_DIMS, MAX_DIM = 32, 2 ** 31 - 1  # numpy cannot make arrays past these (a shape of [2**63, 0] was a 500)
@@ -63,7 +55,7 @@ def _input_array(spec: dict, tensor: dict) -> np.ndarray:
                                  f"{MAX_DIMS} dimensions and {MAX_DIM} values")
     if "data" not in tensor:
         raise ProtocolError(400, f"input '{name}': 'data' is missing")
-    if isinstance(tensor["data"], np.ndarray):  # decoded from the binary extension (maas.serve.oip_binary)
+    if isinstance(tensor["data"], np.ndarray):  # decoded from the binary extension (maas.serve.protocols.oip.binary)
         if tensor["data"].size != math.prod(shape):
             raise ProtocolError(400, f"input '{name}': shape {shape} needs {math.prod(shape)} values, "
                                      f"the binary data holds {tensor['data'].size}")

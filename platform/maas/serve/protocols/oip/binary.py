@@ -16,7 +16,8 @@ from typing import Optional
 
 import numpy as np
 
-from maas.serve.oip import NUMERIC, ProtocolError, json_object
+from maas.serve.errors import ProtocolError
+from maas.serve.protocols.oip.codec import NUMERIC, json_object
 
 HEADER = "inference-header-content-length"
 

@@ -21,8 +21,8 @@ from typing import Optional
 
 from starlette.responses import StreamingResponse
 
-from maas.serve.http import JSONResponse, openai_error
-from maas.serve.oip import ProtocolError
+from maas.serve.errors import ProtocolError, openai_error
+from maas.serve.http import JSONResponse
 
 logger = logging.getLogger("ray.serve")
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
