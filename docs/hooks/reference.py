@@ -73,7 +73,7 @@ def _cell(text: str) -> str:
 
 
 def _constraints(field) -> str:
-    from maas.spec.explain import field_bounds  # the same words `maas spec explain` prints
+    from maas.spec.fields import field_bounds  # the same words `maas spec explain` prints
 
     bounds = field_bounds(field)
     return f" ({', '.join(f'`{b}`' for b in bounds)})" if bounds else ""

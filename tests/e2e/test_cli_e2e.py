@@ -125,6 +125,8 @@ def test_run_serves_until_ctrl_c_then_models_list_and_show(tmp_path):
     assert listing.returncode == 0
     assert "digits/1" in listing.stdout and "digits/2" in listing.stdout and "production" in listing.stdout
     shown = maas("models", "show", "digits@production", cwd=tmp_path)
+    assert shown.stdout.startswith(f"{child.ref}  ready  (production)") and "test_accuracy" in shown.stdout
+    shown = maas("models", "show", "digits@production", "--json", cwd=tmp_path)
     manifest = json.loads(shown.stdout)
     assert manifest["name"] == "digits" and manifest["aliases"] == ["production"]
     if int8["passed"]:  # the int8 child: ONNX Runtime, its parent named

@@ -73,7 +73,8 @@ def test_maas_run_keeps_data_runs_and_registry_in_the_bucket(s3_bucket, tmp_path
     moved = _maas("models", "alias", "shop", "production", "1", "--expect", "none", "--store", store,
                   cwd=tmp_path / "work")
     assert moved.returncode == 2 and "not overwriting it" in moved.stderr  # it points somewhere already
-    shown = json.loads(_maas("models", "show", "shop@production", "--store", store, cwd=tmp_path / "work").stdout)
+    shown = json.loads(_maas("models", "show", "shop@production", "--json", "--store", store,
+                             cwd=tmp_path / "work").stdout)
     assert shown["name"] == "shop" and shown["aliases"] == ["production"] and shown["objects"].startswith("objects/")
 
 

@@ -170,7 +170,7 @@ def test_version_and_models_without_a_subcommand_print_and_exit_0(capsys):
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"maas {__version__}"
     assert main(["models"]) == 0
-    assert "{list,show,compare,alias,import,gc}" in capsys.readouterr().out
+    assert "{list,show,compare,alias,delete,import,gc}" in capsys.readouterr().out
 
 
 def test_a_reader_that_went_away_is_no_error(tmp_path):
@@ -188,3 +188,65 @@ def test_a_reader_that_went_away_is_no_error(tmp_path):
     finally:
         os.close(write)
     assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode()[-2000:]
+
+
+def test_models_list_filters_and_sorts_show_summarises_and_delete_refuses_an_aliased_version(tmp_path, capsys):
+    import json
+
+    from maas.registry import Registry
+
+    store = str(tmp_path / "store")
+    reg = Registry(store)
+    (tmp_path / "a.bin").write_bytes(b"1" * 2048)
+    files = {"a.bin": tmp_path / "a.bin"}
+    feats = [f"f{i}" for i in range(64)]
+    reg.publish("m", files, runtime="torch", metrics={"test_accuracy": 0.95, "train_loss": [0.9, 0.5, 0.25]},
+                lineage={"method": "fp32", "parent": None, "features": feats, "data_counts": {
+                    "rows_in": 100, "rows_ok": 98, "rows_rejected": 2, "splits": {"train": 80, "test": 18}}},
+                signature={"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}], "features": feats})
+    reg.publish("m", files, runtime="onnxruntime", metrics={"test_accuracy": 0.96},
+                lineage={"method": "int8", "parent": "m/1", "gate": {"passed": True, "reason": "within 1 point"}},
+                description="within 1 point")
+    reg.publish("m", files, runtime="onnxruntime", metrics={"test_accuracy": 0.5}, status="rejected",
+                lineage={"method": "prune", "parent": "m/1", "gate": {"passed": False, "reason": "drop 45 points"}})
+    reg.publish("other", files, runtime="torch")
+    reg.set_alias("m", "production", 2)
+
+    def listed(*args) -> list[str]:
+        capsys.readouterr()
+        assert main(["models", "list", *args, "--json", "--store", store]) == 0
+        return [v["ref"] for v in json.loads(capsys.readouterr().out)]
+
+    assert listed() == ["m/1", "m/2", "m/3", "other/1"] and listed("m", "--status", "ready") == ["m/1", "m/2"]
+    assert listed("--sort", "test_accuracy", "--reverse", "--limit", "2") == ["m/2", "m/1"]
+    assert listed("--sort", "test_accuracy") == ["m/3", "m/1", "m/2", "other/1"]  # without the metric: last
+    assert listed("--alias", "production") == ["m/2"] and listed("--sort", "created", "--reverse")[0] == "other/1"
+    assert main(["models", "list", "--sort", "acc", "--store", store]) == 2
+    assert "cannot sort by 'acc'" in (err := capsys.readouterr().err) and "test_accuracy" in err
+    assert main(["models", "list", "m", "--store", store]) == 0
+    table = capsys.readouterr().out
+    assert [line.split()[:3] for line in table.splitlines()[2:]] == [
+        ["m/1", "ready", "fp32"], ["m/2", "ready", "int8"], ["m/3", "rejected", "prune"]]
+    assert "test_accuracy 0.96" in table and "FAIL" in table and "production" in table
+
+    assert main(["models", "show", "m/1", "--store", store]) == 0
+    shown = capsys.readouterr().out
+    assert "train_loss               3 values, last 0.25" in shown
+    assert "splits                   train 80 / test 18" in shown
+    assert "features                 64" in shown and shown.count("f63") == 0  # a count, not 64 names twice
+    assert main(["models", "show", "m@production", "--store", store]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("m/2  ready  (production)") and "gate       passed: within 1 point" in shown
+    assert main(["models", "show", "m@production", "--json", "--store", store]) == 0
+    assert json.loads(capsys.readouterr().out)["lineage"]["parent"] == "m/1"  # the whole manifest
+
+    assert main(["models", "delete", "m/2", "--store", store]) == 2 and "m@production points at" in \
+        capsys.readouterr().err
+    assert main(["models", "delete", "m", "--store", store]) == 2 and "as name/version" in capsys.readouterr().err
+    assert main(["models", "delete", "m/3", "--reason", "bad gate", "--store", store]) == 0
+    assert "never reused" in capsys.readouterr().out and listed("m") == ["m/1", "m/2"]
+    assert main(["models", "show", "m/3", "--store", store]) == 2 and "m/3 was deleted" in capsys.readouterr().err
+    assert main(["models", "alias", "ghost", "--store", store]) == 2 and "no model named 'ghost'" in \
+        capsys.readouterr().err
+    assert main(["models", "list", "--store", str(tmp_path / "nowhere")]) == 2
+    assert "no registry at" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()

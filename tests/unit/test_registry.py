@@ -159,3 +159,56 @@ def test_the_task_is_recorded_in_the_manifest_and_older_manifests_read_theirs_fr
     assert [task_from_signature(s) for s in ({"task": "generation"}, {"task": "embedding"},
                                              {"task": "text-classification"}, {"classes": [0, 1]}, None)] == \
         ["generate", "embed", "classify_text", "classify", "classify"]
+
+
+def test_a_deleted_version_is_gone_from_reads_keeps_its_number_and_its_files_go_at_gc(reg, artifact):
+    for _ in range(3):
+        reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime")
+    reg.set_alias("m", "production", 1)
+    with pytest.raises(RegistryError, match=r"m/1 is what m@production points at.*--delete"):
+        reg.delete_version("m", 1)
+    assert reg.delete_version("m", 3, by="me", reason="wrong split").ref == "m/3"
+    assert [mv.ref for mv in reg.list_versions("m")] == ["m/1", "m/2"] and reg.resolve("m").ref == "m/2"
+    for read in (lambda: reg.resolve("m/3"), lambda: reg.get_version("m", 3), lambda: reg.fetch("m/3"),
+                 lambda: reg.set_alias("m", "staging", 3), lambda: reg.delete_version("m", 3)):
+        with pytest.raises(RegistryError, match=r"m/3 was deleted on .* by me \(wrong split\); versions: \[1, 2\]"):
+            read()
+    assert reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime").version == 4  # 3 stays taken
+    assert reg.gc(grace_s=0, lease_s=0) == 1  # the deleted version's upload, and nothing else
+    assert [reg.fetch(f"m/{v}")[1].version for v in (1, 2, 4)] == [1, 2, 4]
+
+
+def test_a_deletion_and_an_alias_move_that_race_never_leave_an_alias_at_a_deleted_version(reg, artifact,
+                                                                                          monkeypatch):
+    """Two machines, one store: each side writes, then looks for the other's write; the alias loses."""
+    from maas.registry import aliases as alias_log
+    from maas.registry import deletion
+
+    for _ in range(2):
+        reg.publish("m", {"model.onnx": artifact}, runtime="onnxruntime")
+    reg.set_alias("m", "production", 1)
+    create, raced = reg.store.create, []
+
+    def moved_before_the_tombstone(key, data):  # another machine moves the alias after the deleter looked
+        if key.endswith(deletion.DELETED) and not raced:
+            raced.append(alias_log.move(reg.store, "m", "production", 2, 1, "other"))
+        return create(key, data)
+
+    monkeypatch.setattr(reg.store, "create", moved_before_the_tombstone)
+    with pytest.raises(RegistryError, match="m@production was moved to m/2 while it was being deleted"):
+        reg.delete_version("m", 2)
+    monkeypatch.setattr(reg.store, "create", create)
+    assert raced and reg.resolve("m@production").version == 2 and reg.resolve("m/2").version == 2  # not deleted
+
+    real_move = alias_log.move
+
+    def deleted_during_the_move(store, name, alias, version, *args, **kwargs):
+        if version == 1:  # another machine deletes m/1 after this move checked it, before it landed
+            store.create(f"models/m/versions/1/{deletion.DELETED}", b'{"at": 0, "by": "other"}')
+        return real_move(store, name, alias, version, *args, **kwargs)
+
+    monkeypatch.setattr(alias_log, "move", deleted_during_the_move)
+    with pytest.raises(RegistryError, match="m/1 was deleted while m@production moved to it; the alias is back at 2"):
+        reg.set_alias("m", "production", 1)
+    assert reg.aliases("m") == {"production": 2}
+    assert reg.alias_history("m", "production")[-1]["reason"].startswith("undone: m/1 was deleted")

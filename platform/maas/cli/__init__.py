@@ -125,96 +125,8 @@ def cmd_run(args) -> int:
     return serve_forever()
 
 
-def cmd_models(args) -> int:
-    from maas.registry import Registry
-    from maas.report import human_bytes, table
-
-    reg = Registry(args.store)
-    if args.models_cmd == "list":
-        rows = []
-        for name in reg.list_models():
-            for mv in reg.list_versions(name):
-                acc = mv.metrics.get("test_accuracy")
-                rows.append([mv.ref, mv.lineage.get("method", ""), mv.runtime, mv.status,
-                             f"{acc:.4f}" if acc is not None else "", human_bytes(mv.size_bytes),
-                             ",".join(mv.aliases), time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.created_at))])
-        if not rows:
-            _say(f"no models in {reg.location} (run `maas run examples/digits.yaml` to make one)")
-            return 0
-        _say(table(["version", "method", "runtime", "status", "test acc", "size", "aliases", "created"], rows))
-        return 0
-    if args.models_cmd == "import":
-        from maas.registry.hf_import import import_hf_model
-
-        mv, skipped = import_hf_model(reg, args.source, args.name, by=f"cli:{_user()}")
-        _say(f"imported {args.source} as {mv.ref} ({mv.signature['architecture']}, {len(mv.files)} files, "
-             f"{human_bytes(mv.size_bytes)}; every file checksummed)" +
-             (f"; not imported: {', '.join(skipped)}" if skipped else ""))
-        return 0
-    if args.models_cmd == "gc":
-        removed = reg.gc(grace_s=args.grace_s, lease_s=args.lease_s)
-        _say(f"removed {removed} upload(s) that no version names (older than {args.grace_s:g} s, no publication "
-             f"lease renewed within {args.lease_s:g} s) from {reg.location}")
-        return 0
-    if args.models_cmd == "alias":
-        if args.alias is None:  # the history of every alias of the model
-            rows = [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["at"])) if h.get("at") else "-",
-                     h["alias"], "-" if h.get("previous") is None else h["previous"],
-                     "(removed)" if h["version"] is None else h["version"], h.get("by") or "-", h.get("reason") or ""]
-                    for h in reg.alias_history(args.name)]
-            _say(table(["when", "alias", "from", "to", "by", "reason"], rows) if rows
-                 else f"{args.name} has no aliases")
-            return 0
-        expected = _expected(args.expect)
-        by = f"cli:{_user()}"
-        if args.delete:
-            reg.delete_alias(args.name, args.alias, expected=expected, by=by)
-            _say(f"removed {args.name}@{args.alias}")
-            return 0
-        if args.version is None:
-            raise MaasError("give the version the alias should point at, or --delete (no alias: its history)")
-        if args.force and not (args.reason or "").strip():
-            raise MaasError("--force needs --reason TEXT: why this version takes the alias (kept in its history)")
-        move = reg.set_alias(args.name, args.alias, args.version, expected=expected, by=by, force=args.force,
-                             reason=args.reason)
-        _say(f"{args.name}@{args.alias}: {move['previous'] if move['previous'] is not None else '-'} -> "
-             f"{args.version} (serving replicas follow within deploy.alias_poll_s)")
-        return 0
-    if args.models_cmd == "compare":
-        from maas.report import compare_versions
-
-        _say(compare_versions([reg.resolve(ref) for ref in args.refs]))
-        return 0
-    mv = reg.resolve(args.ref)
-    _say(json.dumps(mv.model_dump(mode="json"), indent=2))
-    return 0
-
-
 INSECURE_HELP = ("send the Ray auth token over plain http:// to a non-local address (refused by default: use "
                  "https://, or forward the dashboard port and use http://127.0.0.1:8265)")
-
-
-def _expected(text):
-    """--expect: a version number, 'none' (the alias must not exist), or unset (whatever it is when read)."""
-    from maas.registry.store import UNCHECKED
-
-    if text is None:
-        return UNCHECKED
-    if text.lower() == "none":
-        return None
-    if not text.isdigit():
-        raise MaasError(f"--expect takes a version number or 'none', got {text!r}")
-    return int(text)
-
-
-def _user() -> str:
-    import getpass
-    import socket
-
-    try:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
-    except Exception:
-        return "?"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,44 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--store", default=DEFAULT_STORE, help="registry/run store (default: .maas or MAAS_STORE)")
     d.set_defaults(func=cmd_data)
 
-    m = sub.add_parser("models", help="list and inspect registered models")
-    m.add_argument("--store", default=DEFAULT_STORE, help="registry URI (default: .maas or MAAS_STORE)")
-    msub = m.add_subparsers(dest="models_cmd")  # none: the help (below, in main)
-    # --store is taken before or after the sub-command (`maas models list --store s3://...`)
-    store_after = argparse.ArgumentParser(add_help=False)
-    store_after.add_argument("--store", default=argparse.SUPPRESS, help="registry URI")
-    msub.add_parser("list", help="every version of every model", parents=[store_after])
-    show = msub.add_parser("show", help="one version's manifest: metrics, lineage, files", parents=[store_after])
-    show.add_argument("ref", help="name@alias, name/version or name (latest)")
-    cmp = msub.add_parser("compare", help="versions side by side: status and why, every metric",
-                          parents=[store_after])
-    cmp.add_argument("refs", nargs="+", metavar="ref", help="name@alias, name/version or name (latest)")
-    al = msub.add_parser("alias", help="point an alias at a version (served apps roll over to it); with the "
-                                       "model name alone, the history of its aliases", parents=[store_after])
-    al.add_argument("name")
-    al.add_argument("alias", nargs="?")
-    al.add_argument("version", type=int, nargs="?")
-    al.add_argument("--delete", action="store_true", help="remove the alias instead")
-    al.add_argument("--force", action="store_true", help="move it to a candidate (a version that did not match "
-                    "the champion) anyway; needs --reason")
-    al.add_argument("--reason", metavar="TEXT", help="why; kept in the alias history")
-    al.add_argument("--expect", metavar="VERSION|none", help="move only if the alias still points at VERSION "
-                    "(none: not set); a concurrent move is never overwritten either way")
-    imp = msub.add_parser("import", help="publish a Hugging Face causal LM folder (local or a URI such as "
-                                         "s3://...) as a version, every file checksummed", parents=[store_after])
-    imp.add_argument("source", help="folder with config.json, *.safetensors and tokenizer.json")
-    imp.add_argument("--name", required=True, help="registry name of the model")
-    gc = msub.add_parser("gc", help="remove uploads no version names (killed or failed publications)",
-                         parents=[store_after])
-    gc.add_argument("--grace-s", type=float, default=3600.0, help="keep uploads younger than this (a "
-                    "publication may still be in progress; default 3600)")
-    gc.add_argument("--lease-s", type=float, default=60.0, help="keep uploads whose publication renewed its lease "
-                    "within this many seconds (one in progress renews it every 10 s; default 60)")
-    m.set_defaults(func=cmd_models)
-
     from maas.cli.evaluate import add_parser as add_eval
+    from maas.cli.models import add_parser as add_models
     from maas.cli.spec import add_parser as add_spec
 
+    add_models(sub, DEFAULT_STORE)
     add_eval(sub, DEFAULT_STORE)
     add_spec(sub)
 

@@ -118,6 +118,13 @@ class Store:
         except FileNotFoundError:
             pass
 
+    def delete_key(self, key: str) -> None:
+        """Remove one object (nothing when there is none)."""
+        try:
+            self.fs.delete_file(self.path(key))
+        except FileNotFoundError:
+            pass
+
 
 class LocalStore(Store):
     """A local or mounted disk: create-only by ``link``, every commit fsynced (file, then folder)."""

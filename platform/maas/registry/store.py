@@ -32,54 +32,15 @@ from pydantic import ValidationError
 from maas.exceptions import IntegrityError, RegistryError
 from maas.models.tasks import TASKS, task_from_signature
 from maas.registry import aliases as alias_log
+from maas.registry import deletion
 from maas.registry.cache import FetchCache, sha256_file, verify_files
+from maas.registry.deletion import DELETED
+from maas.registry.leases import LEASE_VALID_S, Lease, Stopped
 from maas.registry.model_version import ARTIFACT, MANIFEST, ModelVersion, parse_ref
 from maas.registry.objects import open_store, unique_id
 
 UNCHECKED = alias_log.UNCHECKED
 GC_GRACE_S = 3600.0
-LEASE_EVERY_S = 10.0  # a publication in progress refreshes its lease this often
-LEASE_VALID_S = 60.0  # gc leaves the uploads of a publication whose lease is younger than this alone
-
-
-class _Lease:
-    """Keeps ``gc`` off a publication in progress, however long its uploads take and whatever grace ``gc`` is
-    given: ``models/<name>/.leases/<id>/lease``, rewritten every ``LEASE_EVERY_S`` by a thread until the
-    publication committed or failed, then removed (a killed publisher's lease expires after ``LEASE_VALID_S``)."""
-
-    def __init__(self, store, folder: str):
-        import tempfile
-        import threading
-
-        self.store, self.folder = store, folder
-        self._stop = threading.Event()
-        fd, name = tempfile.mkstemp(prefix="maas-lease-")
-        os.close(fd)
-        self._file = Path(name)
-        self._thread = threading.Thread(target=self._refresh, name="maas-publish-lease", daemon=True)
-
-    def _write(self) -> None:
-        self._file.write_text(str(time.time()))
-        self.store.upload(self._file, f"{self.folder}/lease")
-
-    def _refresh(self) -> None:
-        while not self._stop.wait(LEASE_EVERY_S):
-            try:
-                self._write()
-            except Exception:  # the store hiccuped: try again at the next tick
-                pass
-
-    def __enter__(self) -> "_Lease":
-        self._write()
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._file.unlink(missing_ok=True)
-        if kind is not _Stopped:  # the test hook stops as a killed publisher would: its lease stays behind
-            self.store.delete_prefix(self.folder)
 
 
 def _who() -> str:
@@ -124,19 +85,25 @@ class Registry:
         """The names of every model in the store."""
         return [n for n in self.store.list_dirs("models") if _valid(n)]
 
-    def _version_numbers(self, name: str) -> list[int]:
-        """Committed version numbers (a version exists once its manifest does): one listing."""
+    def _listing(self, name: str) -> tuple[list[int], set[int]]:
+        """(every committed version number, the deleted ones among them): one listing."""
         base = f"models/{ModelVersion.check_name(name)}/versions/"
-        out = []
+        committed, deleted = [], set()
         for info in self.store.list(base.rstrip("/")):
             number, _, leaf = info.key[len(base):].partition("/")
-            if leaf == MANIFEST and number.isdigit():
-                out.append(int(number))
-        return sorted(out)
+            if number.isdigit() and leaf in (MANIFEST, DELETED):
+                (committed.append if leaf == MANIFEST else deleted.add)(int(number))
+        return sorted(committed), deleted & set(committed)
+
+    def _version_numbers(self, name: str) -> list[int]:
+        """The versions that exist (committed, not deleted), oldest first."""
+        committed, deleted = self._listing(name)
+        return [v for v in committed if v not in deleted]
 
     def list_versions(self, name: str) -> list[ModelVersion]:
         aliases = self.aliases(name)
-        return [self._with_aliases(self._manifest(name, v), aliases) for v in self._version_numbers(name)]
+        return [self._with_aliases(self._manifest(name, v, deleted_checked=True), aliases)
+                for v in self._version_numbers(name)]
 
     def get_version(self, name: str, version: int) -> ModelVersion:
         return self._with_aliases(self._manifest(name, version), self.aliases(name))
@@ -146,8 +113,9 @@ class Registry:
         mv.aliases = [a for a, v in aliases.items() if v == mv.version]
         return mv
 
-    def _manifest(self, name: str, version: int) -> ModelVersion:
-        """The validated manifest of ``name/version`` (no alias is read)."""
+    def _manifest(self, name: str, version: int, deleted_checked: bool = False) -> ModelVersion:
+        """The validated manifest of ``name/version`` (no alias is read); a deleted version is an error
+        (``deleted_checked``: the caller's listing already left deleted versions out)."""
         ModelVersion.check_name(name)
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise RegistryError(f"invalid version {version!r}: a number >= 1")
@@ -170,6 +138,8 @@ class Registry:
         if mv.name != name or mv.version != version:
             raise RegistryError(f"{where}: the manifest claims to be {mv.name}/{mv.version}, not {name}/{version} "
                                 "(planted or copied by hand); refusing it")
+        if not deleted_checked:
+            deletion.check_not_deleted(self.store, name, version, self._version_numbers)
         return mv
 
     def aliases(self, name: str) -> dict[str, int]:
@@ -241,13 +211,13 @@ class Registry:
         objects = f"objects/{upload_id}"
         prefix = f"models/{name}/{objects}"
         try:
-            with _Lease(self.store, f"models/{name}/.leases/{upload_id}"):
+            with Lease(self.store, f"models/{name}/.leases/{upload_id}"):
                 entries = self._upload(files, prefix, _stop_after_files)
                 if _before_commit is not None:
                     _before_commit()
                 self._check_uploads(name, prefix, entries)
                 for _ in range(1000):
-                    version = (self._version_numbers(name) or [0])[-1] + 1
+                    version = (self._listing(name)[0] or [0])[-1] + 1  # deleted numbers stay taken
                     mv = ModelVersion(name=name, version=version, created_at=time.time(), runtime=runtime,
                                       task=task or task_from_signature(signature), files=entries,
                                       objects=objects, metrics=metrics or {}, lineage=lineage or {},
@@ -256,7 +226,7 @@ class Registry:
                     if self.store.create(f"models/{name}/versions/{version}/{MANIFEST}", body):
                         return mv
             raise RegistryError(f"could not allocate a version number for {name!r} after 1000 attempts")
-        except _Stopped:
+        except Stopped:
             raise RegistryError("publish stopped before committing (test hook)") from None
         except BaseException:
             self.store.delete_prefix(prefix)  # our own uploads: no manifest names them
@@ -266,7 +236,7 @@ class Registry:
         entries = {}
         for i, (art, src) in enumerate(sorted(files.items())):
             if stop_after_files is not None and i >= stop_after_files:
-                raise _Stopped()
+                raise Stopped()
             sha, size = self.store.upload(Path(src), f"{prefix}/{art}")
             entries[art] = {"sha256": sha, "size": size}
         return entries
@@ -301,8 +271,10 @@ class Registry:
                                 f"{alias!r} anyway: maas models alias {name} {alias} {version} --force --reason TEXT")
         if mv.status not in ("ready", "candidate"):
             raise RegistryError(f"{name}/{version} is {mv.status!r} and cannot take alias {alias!r}{why}")
-        return alias_log.move(self.store, name, alias, version, expected, by or _who(),
+        move = alias_log.move(self.store, name, alias, version, expected, by or _who(),
                               reason=reason.strip() if reason else None)
+        deletion.undo_if_deleted(self.store, name, alias, move)  # a deletion that raced this move wins
+        return move
 
     def delete_alias(self, name: str, alias: str, *, expected: Any = UNCHECKED, by: Optional[str] = None) -> dict:
         """Remove ``alias`` (ends a canary trial; served replicas stop answering it), compare-and-swap like
@@ -312,6 +284,19 @@ class Registry:
         if alias not in self.aliases(name):
             raise RegistryError(f"model {name!r} has no alias {alias!r}")
         return alias_log.move(self.store, name, alias, None, expected, by or _who())
+
+    def delete_version(self, name: str, version: int, *, by: Optional[str] = None,
+                       reason: Optional[str] = None) -> ModelVersion:
+        """Delete ``name/version``: it is no longer listed, resolved, fetched or served, its number is never
+        given to another version, and ``gc`` removes its files. Refused while an alias points at it (move or
+        remove the alias first). Returns the deleted version.
+
+        Raises:
+            RegistryError: no such version, already deleted, or an alias points at it.
+        """
+        mv = self.get_version(name, version)
+        deletion.delete(self.store, mv, self.aliases, by or _who(), reason)
+        return mv
 
     def gc(self, grace_s: float = GC_GRACE_S, lease_s: float = LEASE_VALID_S) -> int:
         """Remove uploads that no manifest names (a killed or failed publisher's), once their newest file is
@@ -373,10 +358,6 @@ class Registry:
                     from None
 
         return self.cache.get(mv, download, progress), mv
-
-
-class _Stopped(Exception):
-    pass
 
 
 def _valid(name: str) -> bool:

@@ -15,6 +15,7 @@ from maas.exceptions import SpecError
 from maas.spec.classifier import ClassifierSpec
 from maas.spec.common import DeploySpec
 from maas.spec.encoder import EncoderPipelineSpec
+from maas.spec.fields import section_of, walk
 from maas.spec.llm import LLMPipelineSpec
 from maas.spec.lm import LMPipelineSpec
 
@@ -27,10 +28,8 @@ PipelineSpec = Union[ClassifierSpec, EncoderPipelineSpec, LMPipelineSpec, LLMPip
 def _fields_at(model: type[BaseModel], loc: tuple) -> Optional[list[str]]:
     """Field names of the section found by walking ``loc`` from ``model`` (None if not a section); the walk is
     ``maas spec explain``'s, so list items (``ops[0]``-style integer parts are skipped) resolve the same."""
-    from maas.spec.explain import _section, _walk
-
-    found = _walk(model, [str(p) for p in loc if not isinstance(p, int)]) if loc else (model, None, None)
-    section = None if isinstance(found, str) else _section(found[0])
+    found = walk(model, [str(p) for p in loc if not isinstance(p, int)]) if loc else (model, None, None)
+    section = None if isinstance(found, str) else section_of(found[0])
     return list(section.model_fields) if section is not None else None
 
 
