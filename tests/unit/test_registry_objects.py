@@ -179,6 +179,25 @@ def test_alias_moves_are_compare_and_swap_with_history(store, tmp_path):
     assert reg.resolve("m@production").version == 6 and reg.alias_history("m", "production")[-1]["previous"] is None
 
 
+def test_a_deleted_version_on_either_store_is_a_tombstone_that_gc_honours(store, tmp_path):
+    """The same deletion on S3 (create-only tombstone by If-None-Match, taken back by a single-object delete)
+    and on a disk: the version is gone from reads, its number stays taken, gc removes its upload only."""
+    reg = Registry(store, cache_dir=str(tmp_path / "cache"))
+    for i in range(2):
+        reg.publish("m", {"model.onnx": _artifact(tmp_path / f"v{i}", "model.onnx", b"w" * (100 + i))},
+                    runtime="onnxruntime")
+    tombstone = "models/m/versions/2/deleted.json"
+    reg.delete_version("m", 2, by="test")
+    assert reg.store.read_bytes(tombstone) is not None and [v.version for v in reg.list_versions("m")] == [1]
+    reg.store.delete_key(tombstone)  # what a deletion that lost a race to an alias move does
+    reg.store.delete_key(tombstone)  # and again: nothing there is no error
+    assert [v.version for v in reg.list_versions("m")] == [1, 2] and reg.fetch("m/2")[1].version == 2
+    reg.delete_version("m", 2, by="test")
+    assert reg.gc(grace_s=0, lease_s=0) == 1 and reg.fetch("m/1")[1].version == 1
+    v3 = reg.publish("m", {"model.onnx": _artifact(tmp_path / "v3", "model.onnx", b"x")}, runtime="onnxruntime")
+    assert v3.version == 3
+
+
 @pytest.mark.parametrize("bad", ["../versions/2/manifest", "m\n", "M", "a/b", "", ".hidden", "x" * 64])
 def test_every_public_method_refuses_path_climbing_or_malformed_names(tmp_path, bad):
     reg = Registry(str(tmp_path / "store"))
