@@ -250,3 +250,27 @@ def test_models_list_filters_and_sorts_show_summarises_and_delete_refuses_an_ali
         capsys.readouterr().err
     assert main(["models", "list", "--store", str(tmp_path / "nowhere")]) == 2
     assert "no registry at" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+
+
+def test_the_default_store_is_maas_store_else_the_nearest_maas_folder_up_from_here(tmp_path, monkeypatch, capsys):
+    """`maas models list` in a project's sub-folder reads the project's store, not an empty ./.maas."""
+    from maas.cli import default_store
+    from maas.registry import Registry
+
+    (tmp_path / "a.bin").write_bytes(b"1")
+    Registry(str(tmp_path / "proj" / ".maas")).publish("m", {"a.bin": tmp_path / "a.bin"}, runtime="torch")
+    deep = tmp_path / "proj" / "notebooks" / "drafts"
+    deep.mkdir(parents=True)
+    monkeypatch.delenv("MAAS_STORE", raising=False)
+    monkeypatch.chdir(deep)
+    assert default_store() == str(tmp_path / "proj" / ".maas")
+    capsys.readouterr()
+    assert main(["models", "list", "--json"]) == 0  # the parser's default: found from here
+    assert [v["ref"] for v in __import__("json").loads(capsys.readouterr().out)] == ["m/1"]
+    monkeypatch.chdir(tmp_path / "proj")
+    assert default_store() == ".maas"
+    monkeypatch.chdir(tmp_path)
+    assert default_store() == ".maas"  # none here or above (a fresh project: where `maas run` publishes)
+    monkeypatch.setenv("MAAS_STORE", "s3://bucket/maas")
+    monkeypatch.chdir(deep)
+    assert default_store() == "s3://bucket/maas"

@@ -76,12 +76,21 @@ def test_load_spec_file_errors(tmp_path):
     with pytest.raises(SpecError, match="not found"):
         load_spec(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("data: [unclosed")
-    with pytest.raises(SpecError, match="not valid YAML"):
+    bad.write_text("kind: classifier\ndata: [unclosed\n")
+    with pytest.raises(SpecError, match=r"bad.yaml line 3, column 1: not valid YAML: while parsing a flow sequence "
+                                        r"\(from line 2, column 7\)"):
         load_spec(bad)
     bad.write_text("- a list\n")
     with pytest.raises(SpecError, match="must be a mapping"):
         load_spec(bad)
+    bad.write_text("\n# nothing yet\n")
+    with pytest.raises(SpecError, match=r"bad.yaml is empty; a spec starts with its kind"):
+        load_spec(bad)
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(SpecError, match="is not a text file"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match=r"is a folder; give a spec file in it"):
+        load_spec(tmp_path)
 
 
 def test_a_fine_tune_spec_refuses_a_shape_and_survives_the_sdks_round_trip():

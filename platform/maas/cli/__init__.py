@@ -21,7 +21,24 @@ from maas.exceptions import MaasError
 from maas.pipelines import STAGES
 from maas.version import __version__
 
-DEFAULT_STORE = os.environ.get("MAAS_STORE", ".maas")
+STORE_HELP = "registry/run store (default: MAAS_STORE, else the nearest .maas folder here or above)"
+
+
+def default_store(start: str | None = None) -> str:
+    """The store a command reads when not told: ``MAAS_STORE``, else the nearest ``.maas`` folder in ``start``
+    (the working folder) or above it, as git finds its repository, else ``.maas`` (where ``maas run``
+    publishes). So ``maas models list`` in a project's sub-folder reads the project's store."""
+    if os.environ.get("MAAS_STORE"):
+        return os.environ["MAAS_STORE"]
+    here = os.path.abspath(start or os.getcwd())
+    while True:
+        if os.path.isdir(os.path.join(here, ".maas")):
+            return os.path.relpath(os.path.join(here, ".maas")) if here == os.path.abspath(os.getcwd()) \
+                else os.path.join(here, ".maas")
+        parent = os.path.dirname(here)
+        if parent == here:
+            return ".maas"
+        here = parent
 
 
 def cmd_validate(args) -> int:
@@ -130,6 +147,7 @@ INSECURE_HELP = ("send the Ray auth token over plain http:// to a non-local addr
 
 
 def build_parser() -> argparse.ArgumentParser:
+    store = default_store()
     p = argparse.ArgumentParser(prog="maas", description="Model-as-a-Service on Ray: data -> train -> "
                                                          "compress -> registry -> serve, from one spec.")
     p.add_argument("--version", action="version", version=f"maas {__version__}")
@@ -159,15 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
     dr = dsub.add_parser("report", help="counts, rejects and per-column statistics of a run's data stage")
     dr.add_argument("run_id", nargs="?", help="run id (default: the newest run with a data report)")
-    dr.add_argument("--store", default=DEFAULT_STORE, help="registry/run store (default: .maas or MAAS_STORE)")
+    dr.add_argument("--store", default=store, help=STORE_HELP)
     d.set_defaults(func=cmd_data)
 
     from maas.cli.evaluate import add_parser as add_eval
     from maas.cli.models import add_parser as add_models
     from maas.cli.spec import add_parser as add_spec
 
-    add_models(sub, DEFAULT_STORE)
-    add_eval(sub, DEFAULT_STORE)
+    add_models(sub, store, STORE_HELP)
+    add_eval(sub, store)
     add_spec(sub)
 
     s = sub.add_parser("serve", help="serve registered models (Open Inference Protocol v2; LLMs on vLLM with "
@@ -175,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("refs", nargs="+", metavar="ref", help="name@alias or name/version (several: one app)")
     s.add_argument("--canary", metavar="ALIAS[:PERCENT]",
                    help="send PERCENT%% (default 10) of the first model's requests to NAME@ALIAS")
-    s.add_argument("--store", default=DEFAULT_STORE)
+    s.add_argument("--store", default=store, help=STORE_HELP)
     s.add_argument("--spec", help="take the deploy settings (replicas, batching, limits) from this spec")
     s.add_argument("--host", help="bind address (default: the spec's, else 127.0.0.1)")
     s.add_argument("--port", type=int, help="HTTP port (default: the spec's, else 8000)")

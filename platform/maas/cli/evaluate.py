@@ -25,7 +25,8 @@ def add_parser(sub, default_store: str) -> None:
     e.add_argument("--endpoint", metavar="URL", help="score REF as served at URL (lm-eval's local-completions "
                    "through /v1/completions, the API key from MAAS_API_KEY) instead of in-process")
     e.add_argument("--model", help="with --endpoint: the served model name (default: REF's name)")
-    e.add_argument("--store", help="registry URI (default: the spec's, else .maas or MAAS_STORE)")
+    e.add_argument("--store", help="registry URI (default: the spec's, else MAAS_STORE, else the nearest .maas "
+                                   "folder here or above)")
     e.add_argument("--json", metavar="FILE", help="also write every score, each line's answers, the harness and "
                                                   "task hashes to FILE")
     e.set_defaults(func=cmd_eval, default_store=default_store)

@@ -12,10 +12,10 @@ from maas.cli.jobs import _say
 from maas.exceptions import MaasError
 
 
-def add_parser(sub, default_store: str) -> None:
+def add_parser(sub, default_store: str, store_help: str) -> None:
     m = sub.add_parser("models", help="list and inspect registered models",
                        description="Example: maas models list digits --status ready --sort created --reverse")
-    m.add_argument("--store", default=default_store, help="registry URI (default: .maas or MAAS_STORE)")
+    m.add_argument("--store", default=default_store, help=store_help)
     msub = m.add_subparsers(dest="models_cmd")  # none: the help (in main)
     # --store is taken before or after the sub-command (`maas models list --store s3://...`)
     store_after = argparse.ArgumentParser(add_help=False)

@@ -130,10 +130,30 @@ def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> Pipeli
         SpecError: the file is missing, is not YAML, or its content is invalid (all problems at once).
     """
     p = Path(path)
+    if p.is_dir():
+        raise SpecError([("", f"{p} is a folder; give a spec file in it, e.g. {p / 'spec.yaml'}")], str(p))
     if not p.is_file():
         raise SpecError([("", f"spec file not found: {p} (run from the project root or pass a full path)")], str(p))
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_text()
+        raw = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise SpecError([("", f"{p} is not a text file; a spec is YAML")], str(p)) from None
     except yaml.YAMLError as exc:
-        raise SpecError([("", f"not valid YAML: {exc}")], str(p)) from None
+        raise SpecError([("", _yaml_problem(p, exc))], str(p)) from None
+    if raw is None:
+        raise SpecError([("", f"{p} is empty; a spec starts with its kind and model, e.g. `kind: classifier` and "
+                              "`model: {name: digits}` (examples/ has one of each kind; `maas spec schema`)")], str(p))
     return spec_from_dict(raw, overrides, source=str(p))
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """A YAML error as '<file> line L, column C: what' (PyYAML names the stream '<unicode string>')."""
+    mark, opened = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    context = getattr(exc, "context", None)
+    if context and opened is not None:
+        context += f" (from line {opened.line + 1}, column {opened.column + 1})"
+    what = ": ".join(x for x in (context, getattr(exc, "problem", None)) if x) or str(exc)
+    if mark is None:
+        return f"{path} is not valid YAML: {what}"
+    return f"{path} line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {what}"
