@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--store", default=store, help=STORE_HELP)
     d.set_defaults(func=cmd_data)
 
+    from maas.cli.doctor import add_parser as add_doctor
     from maas.cli.evaluate import add_parser as add_eval
     from maas.cli.models import add_parser as add_models
     from maas.cli.spec import add_parser as add_spec
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models(sub, store, STORE_HELP)
     add_eval(sub, store)
     add_spec(sub)
+    add_doctor(sub, store, STORE_HELP)
 
     s = sub.add_parser("serve", help="serve registered models (Open Inference Protocol v2; LLMs on vLLM with "
                                               "OpenAI routes)")

@@ -231,6 +231,10 @@ class Client:
         atexit.register(self.shutdown)
         return url
 
+    def ray_version(self) -> str:
+        """The cluster's Ray version, as its Jobs API reports it (a round trip with this client's token)."""
+        return self._jobs.get_version()
+
     def shutdown(self) -> None:
         """Stop the embedded Ray head and everything on it (no-op against a cluster)."""
         from maas.runtime import stop_head
