@@ -141,7 +141,7 @@ def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(llm):
 
 def test_an_engine_that_cannot_start_fails_the_deploy_with_its_own_error(llm):
     """vLLM's own message (here: a context longer than the model's), not a timeout; the application the deploy
-    made is gone again."""
+    made is gone again. An engine argument vLLM does not have is named with the closest one it has."""
     from maas.exceptions import ServeError
     from maas.serve import deploy
     from maas.serve.readiness import app_status
@@ -151,6 +151,11 @@ def test_an_engine_that_cannot_start_fails_the_deploy_with_its_own_error(llm):
     with pytest.raises(ServeError, match=r"vLLM engine of tiny/1 did not start: .*max_model_len \(100000\)"):
         deploy(llm["registry"].location, "tiny/1", spec, app_name="llm-broken", route_prefix="/broken")
     assert time.monotonic() - started < 120 and app_status("llm-broken")[0] is None
+    # deploy.llm.engine_kwargs are checked in the replica against the installed vLLM's engine arguments
+    spec = DeploySpec(llm={"num_cpus": 1, "engine_kwargs": {"max_num_batched_tokenz": 64}})
+    with pytest.raises(ServeError, match=r"engine_kwargs.max_num_batched_tokenz: not an engine argument of the "
+                                         r"installed vLLM; did you mean 'max_num_batched_tokens'"):
+        deploy(llm["registry"].location, "tiny/1", spec, app_name="llm-broken", route_prefix="/broken")
 
 
 def test_a_client_that_goes_away_mid_stream_frees_the_engine(llm):

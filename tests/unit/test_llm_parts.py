@@ -171,6 +171,38 @@ def test_engine_placement_follows_the_spec_cpu_or_gpu():
     assert "placement_group_bundles" not in DeploySpec(llm={"num_replicas": 3}).serve_options(False)
 
 
+def test_auto_gpus_follow_the_cluster_and_engine_kwargs_reach_vllm_checked_by_name(monkeypatch):
+    """``num_gpus: auto`` (the default) is one GPU where the cluster has one, else CPUs; ``engine_kwargs`` pass
+    vLLM's other engine arguments, refused where a deploy.llm field sets them and checked against vLLM's names."""
+    pytest.importorskip("ray.serve.llm")
+    from types import SimpleNamespace
+
+    from maas.serve.runtimes import vllm_config
+    from maas.spec import DeploySpec
+
+    auto = LLMEngineSpec()
+    assert auto.num_gpus == "auto" and (auto.gpus(cluster_gpus=0), auto.gpus(cluster_gpus=8)) == (0, 1)
+    assert LLMEngineSpec(num_gpus=2).gpus(cluster_gpus=0) == 2 and LLMEngineSpec(num_gpus=0).gpus(8) == 0
+    assert auto.gpus() == 0  # this machine: no Ray connected, torch sees no GPU
+    for bad, words in (({"num_gpus": "two"}, "num_gpus"), ({"num_gpus": -1}, "num_gpus"),
+                       ({"engine_kwargs": {"max_num_seqs": 8}}, "maas sets it from deploy.llm.max_num_seqs"),
+                       ({"engine_kwargs": {"tensor_parallel_size": 2}}, "deploy.llm.num_gpus"),
+                       ({"engine_kwargs": {"not a name": 1}}, "is not an engine argument name")):
+        with pytest.raises(SpecError, match=words):
+            spec_from_dict({"kind": "llm", "model": {"name": "x", "source": "/m"}, "deploy": {"llm": bad}})
+
+    monkeypatch.setattr(vllm_config, "vllm_engine_arg_names",
+                        lambda: {"quantization", "max_num_batched_tokens", "speculative_config"})
+    mv = SimpleNamespace(name="tiny", ref="tiny/3", version=3, signature={})
+    spec = LLMEngineSpec(engine_kwargs={"max_num_batched_tokens": 2048, "quantization": "fp8"})
+    config = vllm_config.llm_config("/store", mv, spec)
+    assert config.engine_kwargs["max_num_batched_tokens"] == 2048 and config.engine_kwargs["quantization"] == "fp8"
+    with pytest.raises(Exception, match=r"engine_kwargs.max_num_batched_tokenz: not an engine argument of the "
+                                        r"installed vLLM; did you mean 'max_num_batched_tokens'\?"):
+        vllm_config.llm_config("/store", mv, LLMEngineSpec(engine_kwargs={"max_num_batched_tokenz": 1}))
+    assert "placement_group_bundles" in DeploySpec().serve_options(True)  # auto on a CPU machine: CPU placement
+
+
 def test_an_adapter_is_served_by_its_base_engine_with_lora_enabled():
     pytest.importorskip("ray.serve.llm")
     from types import SimpleNamespace

@@ -54,7 +54,7 @@ def compress_lm(spec: LMPipelineSpec, parent_ref: str, inputs: dict, run_dir: st
                               f"{llm.placement()}")
     put_bytes(run_dir, "compress_eval.json", json.dumps(inputs).encode())  # the exact tokens: re-checkable
     task = ray.remote(max_calls=1, max_retries=0)(_build_measure_publish).options(num_cpus=llm.num_cpus,
-                                                                                  num_gpus=llm.num_gpus)
+                                                                                  num_gpus=llm.gpus())
     records = ray.get(task.remote(spec.store, parent_ref, name, c.model_dump(), llm.model_dump(),
                                   inputs, run_id))
     for r in records[1:]:
@@ -92,7 +92,7 @@ def _build_measure_publish(store: str, parent_ref: str, name: str, compress: dic
 
     registry, engine = Registry(store), LLMEngineSpec(**llm)
     parent_folder, parent = registry.fetch(parent_ref)
-    gpu = bool(engine.num_gpus)
+    gpu = bool(engine.gpus())
     with tempfile.TemporaryDirectory(prefix="maas-llm-compress-") as tmp:
         built, models = {}, [{"key": "parent", "folder": str(parent_folder),
                               "dtype": engine_dtype(engine, parent.signature)}]
@@ -150,16 +150,18 @@ def _metrics(m: dict, folder: Path) -> dict:
 def measure_folders(models: list, inputs: dict, concurrency: list, engine, workdir: str) -> dict:
     """Run ``maas.compress.llm_measure`` over ``models`` in a child process of its own session; returns its
     result per key (a model it never reached: {"error"}). vLLM's shared memory left behind is released."""
-    from maas.serve.runtimes.vllm_config import release_shared_memory, shm_entries
+    from maas.serve.runtimes.vllm_config import check_engine_kwargs, release_shared_memory, shm_entries
 
+    gpu = bool(engine.gpus())
+    # measured as served: deploy.llm's engine_kwargs too (checked against vLLM's names first)
     job = {"models": models, **inputs, "speed_tokens": inputs["max_tokens"], "concurrency": concurrency,
-           "engine": {"enforce_eager": engine.enforce_eager, "max_num_seqs": max(engine.max_num_seqs,
-                                                                                 max(concurrency)),
-                      **({"gpu_memory_utilization": engine.gpu_memory_utilization} if engine.num_gpus else {})}}
+           "engine": {**check_engine_kwargs(engine.engine_kwargs), "enforce_eager": engine.enforce_eager,
+                      "max_num_seqs": max(engine.max_num_seqs, max(concurrency)),
+                      **({"gpu_memory_utilization": engine.gpu_memory_utilization} if gpu else {})}}
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": f"{engine.kv_cache_gib:g}", "TOKENIZERS_PARALLELISM": "false"}
     # CPU: every engine in one process (imports paid once); GPU: a process per engine, so each one finds the
     # device's memory whole (an engine shut down inside a process does not always give all of it back)
-    groups = [models[i:i + 1] for i in range(len(models))] if engine.num_gpus else [models]
+    groups = [models[i:i + 1] for i in range(len(models))] if gpu else [models]
     results = {}
     for n, group in enumerate(groups):
         job_path, result_path = Path(workdir) / f"measure-{n}.json", Path(workdir) / f"measured-{n}.json"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 _NAME_PATTERN = NAME_PATTERN
@@ -98,8 +98,10 @@ class LLMEngineSpec(_Strict):
     """How a generative model (runtime vllm) is served: a vLLM engine (Ray Serve LLM's LLMServer) per served
     version in each replica of the application, which takes its requests itself (maas.serve.runtimes.vllm)."""
 
-    num_gpus: int = Field(0, ge=0, description="GPUs per engine: 0 runs vLLM on CPUs; N > 0 places its workers on "
-                                               "N GPUs of a placement group of its own (tensor parallel over N).")
+    num_gpus: Union[Literal["auto"], int] = Field(
+        "auto", description="GPUs per engine: 'auto' one when the Ray cluster has a GPU, else vLLM on CPUs (an "
+        "autoscaling cluster whose GPU nodes are not up yet counts as none: give N there); 0 runs vLLM on CPUs; "
+        "N > 0 places its workers on N GPUs of a placement group of its own (tensor parallel over N).")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved for the engine on CPUs (in its replica's bundle).")
     num_replicas: int = Field(1, ge=1, description="Engines per served version: an application serving generative "
                               "versions runs at least this many replicas, each with its own engine per version.")
@@ -136,8 +138,66 @@ class LLMEngineSpec(_Strict):
     max_lora_rank: int = Field(16, ge=1, le=512, description="Largest adapter rank the base engine admits "
                                                              "(raised to the served adapter's rank when higher).")
 
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="More of vLLM's engine arguments "
+                                          "(quantization, pipeline_parallel_size, speculative_config, ...), by "
+                                          "their vLLM names; checked against the installed vLLM's when an engine "
+                                          "starts. What a field above sets is refused here: set the field.")
+
+    @field_validator("num_gpus", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError("'auto' or a whole number of GPUs >= 0 (0: CPUs)")
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _not_owned_by_maas(cls, kwargs: dict) -> dict:
+        problems = []
+        for key in kwargs:
+            if not isinstance(key, str) or not key.isidentifier():
+                problems.append(f"{key!r} is not an engine argument name")
+            elif key in MAAS_ENGINE_ARGS:
+                problems.append(f"{key}: maas sets it from {MAAS_ENGINE_ARGS[key]}; set that instead")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return kwargs
+
+    def gpus(self, cluster_gpus: Optional[float] = None) -> int:
+        """GPUs per engine, 'auto' resolved: 1 when ``cluster_gpus`` (default: the connected Ray cluster's GPUs,
+        else this machine's) is at least one, else 0 (vLLM on CPUs)."""
+        if self.num_gpus != "auto":
+            return self.num_gpus
+        return 1 if (visible_gpus() if cluster_gpus is None else cluster_gpus) >= 1 else 0
+
     def placement(self) -> str:
-        return f"{self.num_gpus} GPU(s)" if self.num_gpus else f"CPU ({self.num_cpus} CPU, {self.kv_cache_gib} GiB KV)"
+        gpus = self.gpus()
+        return f"{gpus} GPU(s)" if gpus else f"CPU ({self.num_cpus} CPU, {self.kv_cache_gib} GiB KV)"
+
+
+# vLLM engine arguments maas sets itself, and the deploy.llm field (or what) each comes from
+MAAS_ENGINE_ARGS = {"max_num_seqs": "deploy.llm.max_num_seqs", "enforce_eager": "deploy.llm.enforce_eager",
+                    "dtype": "deploy.llm.dtype", "max_model_len": "deploy.llm.max_model_len",
+                    "gpu_memory_utilization": "deploy.llm.gpu_memory_utilization",
+                    "tensor_parallel_size": "deploy.llm.num_gpus", "enable_lora": "deploy.llm.enable_lora",
+                    "max_loras": "deploy.llm.max_loras", "max_lora_rank": "deploy.llm.max_lora_rank",
+                    "allowed_media_domains": "deploy.llm.allowed_media_domains",
+                    "override_generation_config": "deploy.llm.max_tokens",
+                    "model": "the served version's verified files", "tokenizer": "the served version's files",
+                    "served_model_name": "the registry name"}
+
+
+def visible_gpus() -> float:
+    """GPUs of the Ray cluster this process is connected to; without one, the GPUs torch sees here."""
+    import ray
+
+    if ray.is_initialized():
+        return float(ray.cluster_resources().get("GPU", 0))
+    try:
+        import torch
+    except ImportError:
+        return 0.0
+    return float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0
 
 
 EVERY_INTERFACE = ("0.0.0.0", "::", "")
@@ -223,7 +283,7 @@ class DeploySpec(_Strict):
             opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
         else:
             opts["num_replicas"] = max(self.num_replicas or 1, self.llm.num_replicas if generative else 1)
-        if generative and not self.llm.num_gpus:
+        if generative and not self.llm.gpus():
             opts["placement_group_bundles"] = [{"CPU": self.num_cpus + self.llm.num_cpus}]
             env["VLLM_CPU_KVCACHE_SPACE"] = f"{self.llm.kv_cache_gib:g}"
         return opts

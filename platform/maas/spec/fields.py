@@ -51,6 +51,8 @@ def section_of(annotation) -> Optional[type[BaseModel]]:
 
 def type_name(annotation) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # its constraints are the field's bounds
+        return type_name(args[0])
     if origin is Literal:
         return "one of " + ", ".join(json.dumps(a) for a in args)
     if origin in (Union, types.UnionType):

@@ -89,7 +89,7 @@ class Engine:
         delay = float(os.environ.get(START_DELAY_ENV) or 0)
         if delay:
             await asyncio.sleep(delay)
-        if not self.spec.num_gpus:  # vLLM reads it in the engine process it starts from here
+        if not self.spec.gpus():  # vLLM reads it in the engine process it starts from here
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{self.spec.kv_cache_gib:g}"
         config = llm_config(self.store, mv, self.spec, self.lora_rank, source=str(folder))
         self.server = LLMServer.sync_init(config, engine_cls=off_loop_engine_class())

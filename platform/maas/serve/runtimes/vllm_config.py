@@ -7,8 +7,10 @@ dtype, LoRA), which engine serves a version (an adapter: its base's, with LoRA),
 
 from __future__ import annotations
 
+import difflib
 from typing import Optional
 
+from maas.exceptions import ServeError
 from maas.spec import LLMEngineSpec
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's max_lora_rank takes
@@ -41,7 +43,7 @@ def engine_dtype(spec: LLMEngineSpec, signature: dict) -> str:
         return spec.dtype
     if signature.get("serve_dtype"):
         return signature["serve_dtype"]
-    if spec.num_gpus:
+    if spec.gpus():
         return "bfloat16" if signature.get("quantization") else "auto"
     return "float32"
 
@@ -61,9 +63,10 @@ def llm_config(store: str, mv, spec: LLMEngineSpec, lora_rank: int = 0, source: 
     if lora_rank:
         rank = next((r for r in LORA_RANKS if r >= max(lora_rank, spec.max_lora_rank)), LORA_RANKS[-1])
         engine.update(enable_lora=True, max_loras=spec.max_loras, max_lora_rank=rank)
-    env = {}
-    if spec.num_gpus:
-        engine.update(tensor_parallel_size=spec.num_gpus, gpu_memory_utilization=spec.gpu_memory_utilization)
+    engine.update(check_engine_kwargs(spec.engine_kwargs))
+    env, gpus = {}, spec.gpus()
+    if gpus:
+        engine.update(tensor_parallel_size=gpus, gpu_memory_utilization=spec.gpu_memory_utilization)
         accel = {"kind": "gpu"}
     else:
         env["VLLM_CPU_KVCACHE_SPACE"] = f"{spec.kv_cache_gib:g}"
@@ -71,11 +74,41 @@ def llm_config(store: str, mv, spec: LLMEngineSpec, lora_rank: int = 0, source: 
     return LLMConfig(
         model_loading_config={"model_id": mv.name, "model_source": source or f"maas:{mv.ref}"},
         accelerator_config=accel,
-        placement_group_config={"bundles": [{"CPU": spec.num_cpus, **({"GPU": 1} if spec.num_gpus else {})}]
-                                + [{"GPU": 1}] * max(spec.num_gpus - 1, 0)},
+        placement_group_config={"bundles": [{"CPU": spec.num_cpus, **({"GPU": 1} if gpus else {})}]
+                                + [{"GPU": 1}] * max(gpus - 1, 0)},
         engine_kwargs={k: v for k, v in engine.items() if v is not None},
         runtime_env={"env_vars": env} if env else None,
     )
+
+
+def check_engine_kwargs(kwargs: dict, known: Optional[set] = None) -> dict:
+    """``deploy.llm.engine_kwargs`` checked against the installed vLLM's engine arguments (``known``: their
+    names; default: read from vLLM, which takes seconds to import, so only when there are any).
+
+    Raises:
+        ServeError: a name vLLM's engine does not take, with the closest one it does.
+    """
+    if not kwargs:
+        return {}
+    known = known if known is not None else vllm_engine_arg_names()
+    problems = []
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            problems.append(f"deploy.llm.engine_kwargs.{key}: not an engine argument of the installed vLLM"
+                            + (f"; did you mean '{close[0]}'?" if close else ""))
+    if problems:
+        raise ServeError("; ".join(problems))
+    return dict(kwargs)
+
+
+def vllm_engine_arg_names() -> set:
+    """The names vLLM's ``AsyncEngineArgs`` takes (the ``vllm serve`` options, as Python names)."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return {f.name for f in dataclasses.fields(AsyncEngineArgs)}
 
 
 SHM = "/dev/shm"
