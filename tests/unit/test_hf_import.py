@@ -98,3 +98,22 @@ def test_folders_an_engine_could_not_load_are_refused_before_anything_is_publish
         import_hf_model(reg, str(tiny_llama), "../m")
     assert reg.list_models() == []  # nothing was published, not even partly
     assert not (tmp_path / "store" / "models").exists() or not any((tmp_path / "store" / "models").rglob("*.json"))
+
+
+def test_a_hub_id_is_refused_with_the_commands_that_work(tmp_path, monkeypatch, capsys):
+    """`model.source: meta-llama/Llama-3.2-1B-Instruct` validated before and failed at run time: maas serves
+    checksummed files, so a Hub id (ORG/NAME that is no folder here, or hf://) is refused up front, saying how to
+    get the files; a folder of that shape that does exist is a folder."""
+    from maas.exceptions import SpecError
+    from maas.spec import spec_from_dict
+
+    monkeypatch.chdir(tmp_path)
+    for source in ("meta-llama/Llama-3.2-1B-Instruct", "hf://Qwen/Qwen2.5-0.5B"):
+        with pytest.raises(SpecError, match=r"model.source: .* is no folder here and maas does not download from "
+                                            r"the Hugging Face Hub.*huggingface-cli download .* --local-dir"):
+            spec_from_dict({"kind": "llm", "model": {"name": "x", "source": source}})
+    (tmp_path / "meta-llama" / "Llama-3.2-1B-Instruct").mkdir(parents=True)
+    spec = spec_from_dict({"kind": "llm", "model": {"name": "x", "source": "meta-llama/Llama-3.2-1B-Instruct"}})
+    assert spec.model.source == "meta-llama/Llama-3.2-1B-Instruct"
+    assert main(["models", "import", "Qwen/Qwen2.5-0.5B", "--name", "q", "--store", str(tmp_path / "s")]) == 2
+    assert "huggingface-cli download Qwen/Qwen2.5-0.5B --local-dir Qwen2.5-0.5B" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from typing import Optional
 
 from maas.exceptions import RegistryError
 from maas.registry.model_version import ARTIFACT, ModelVersion
+from maas.spec.llm import hub_hint
 
 PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SKIPPED_NAMES = {".gitattributes", "README.md", "LICENSE", "LICENSE.txt"}
@@ -42,7 +43,8 @@ def _fetch_source(source: str, dest: Path) -> Path:
     if "://" not in source or source.startswith("file://"):
         folder = Path(source.removeprefix("file://")).expanduser()
         if not folder.is_dir():
-            raise RegistryError(f"import: {source} is not a folder (give the folder holding config.json)")
+            raise RegistryError(hub_hint(source) or f"import: {source} is not a folder (give the folder holding "
+                                                     "config.json)")
         return folder
     import pyarrow.fs as pafs
 

@@ -3,6 +3,8 @@ and served by vLLM engines through Ray Serve LLM."""
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -10,6 +12,19 @@ from pydantic import Field, field_validator
 from maas.spec.common import _NAME_PATTERN, DeploySpec, _Pipeline, _Strict
 
 RANDOM_SIZES = ("tiny",)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # ORG/NAME, as the Hub names models
+
+
+def hub_hint(source: str) -> str:
+    """What to do when ``source`` names a Hugging Face Hub model (``ORG/NAME`` that is no folder here, or
+    ``hf://ORG/NAME``) rather than files; "" when it does not."""
+    if not (source.startswith("hf://") or (HUB_ID.fullmatch(source) and not os.path.exists(source))):
+        return ""
+    hub_id = source.removeprefix("hf://")
+    return (f"{source!r} is no folder here and maas does not download from the Hugging Face Hub: models are "
+            f"served from checksummed registry files. Where the Hub is reachable: `huggingface-cli download "
+            f"{hub_id} --local-dir {hub_id.rsplit('/', 1)[-1]}`, then give that folder (or copy it to object "
+            "storage and give its s3:// URI), or import it once: `maas models import FOLDER --name NAME`")
 
 
 class LLMModelSpec(_Strict):
@@ -27,6 +42,9 @@ class LLMModelSpec(_Strict):
             raise ValueError(f"random models are {', '.join('random:' + s for s in RANDOM_SIZES)}")
         if not value.strip():
             raise ValueError("give a folder path or URI of a Hugging Face causal LM, or random:tiny")
+        hint = hub_hint(value)
+        if hint:
+            raise ValueError(hint)
         return value
 
 
