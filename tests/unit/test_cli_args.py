@@ -274,3 +274,23 @@ def test_the_default_store_is_maas_store_else_the_nearest_maas_folder_up_from_he
     monkeypatch.setenv("MAAS_STORE", "s3://bucket/maas")
     monkeypatch.chdir(deep)
     assert default_store() == "s3://bucket/maas"
+
+
+def test_every_command_has_an_example_and_every_argument_its_help():
+    """`maas <cmd> --help` tells a newcomer what each argument is and shows one command that works."""
+    import argparse
+
+    from maas.cli import build_parser, subcommands
+
+    def leaves(parser, name):
+        subs = subcommands(parser)
+        return [(name, parser)] if not subs else [x for n, p in subs.items() for x in leaves(p, f"{name} {n}")]
+
+    found = leaves(build_parser(), "maas")
+    assert len(found) >= 20
+    for name, parser in found:
+        assert "Example: maas " in (parser.description or ""), name
+        silent = [a.dest for a in parser._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+        assert not silent, (name, silent)
+        addresses = {a.help for a in parser._actions if "--address" in a.option_strings}
+        assert all(h.startswith(("Ray cluster to run on", "the cluster's Jobs API")) for h in addresses), name

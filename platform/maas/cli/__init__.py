@@ -22,6 +22,12 @@ from maas.pipelines import STAGES
 from maas.version import __version__
 
 STORE_HELP = "registry/run store (default: MAAS_STORE, else the nearest .maas folder here or above)"
+# two kinds of address: where this process joins Ray (run, serve, data schema) and a cluster's Jobs API
+RAY_HELP = ("Ray cluster to run on, as ray.init takes it: ray://<head>:10001 or auto (default: RAY_ADDRESS; "
+            "none: an embedded local Ray for this command)")
+JOBS_HELP = ("the cluster's Jobs API: its dashboard, http://<head>:8265 (default: RAY_ADDRESS; none: an embedded "
+             "local Ray that lives as long as this command)")
+JOBS_ONLY_HELP = "the cluster's Jobs API: its dashboard, http://<head>:8265 (default: RAY_ADDRESS)"
 
 
 def default_store(start: str | None = None) -> str:
@@ -153,16 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"maas {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("run", help="run the whole pipeline of a spec and serve the result")
+    r = sub.add_parser("run", help="run the whole pipeline of a spec and serve the result",
+                       description="Example: maas run examples/digits.yaml train.epochs=5 --no-serve")
     r.add_argument("spec", help="pipeline spec (YAML)")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. train.epochs=5")
     r.add_argument("--no-serve", action="store_true", help="exit after publishing instead of serving")
-    r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    r.add_argument("--address", help=RAY_HELP)
     r.add_argument("--json", metavar="FILE", help="also write the run's result as JSON to FILE")
     r.add_argument("--verbose", action="store_true", help="show Ray's own logs and progress bars")
     r.set_defaults(func=cmd_run)
 
-    v = sub.add_parser("validate", help="check spec files; every problem is reported at once")
+    v = sub.add_parser("validate", help="check spec files; every problem is reported at once",
+                       description="Example: maas validate examples/*.yaml train.epochs=5 (no Ray needed)")
     v.add_argument("specs", nargs="+", metavar="spec|key=value",
                    help="spec files (YAML), then key=value overrides applied to each, e.g. train.epochs=5")
     v.add_argument("--set", action="append", default=[], metavar="key=value", help="an override (the same as a "
@@ -171,11 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="infer a schema to pin, or show a run's data report")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
-    ds = dsub.add_parser("schema", help="print the schema inferred from a spec's data (YAML, to pin)")
-    ds.add_argument("spec")
-    ds.add_argument("overrides", nargs="*", metavar="key=value")
-    ds.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
-    dr = dsub.add_parser("report", help="counts, rejects and per-column statistics of a run's data stage")
+    ds = dsub.add_parser("schema", help="print the schema inferred from a spec's data (YAML, to pin)",
+                         description="Example: maas data schema examples/digits.yaml > schema.yaml")
+    ds.add_argument("spec", help="pipeline spec (YAML) whose data to read")
+    ds.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. data.path=new.csv")
+    ds.add_argument("--address", help=RAY_HELP)
+    dr = dsub.add_parser("report", help="counts, rejects and per-column statistics of a run's data stage",
+                         description="Example: maas data report (the newest run), maas data report RUN_ID")
     dr.add_argument("run_id", nargs="?", help="run id (default: the newest run with a data report)")
     dr.add_argument("--store", default=store, help=STORE_HELP)
     d.set_defaults(func=cmd_data)
@@ -191,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_doctor(sub, store, STORE_HELP)
 
     s = sub.add_parser("serve", help="serve registered models (Open Inference Protocol v2; LLMs on vLLM with "
-                                              "OpenAI routes)")
+                                              "OpenAI routes)",
+                       description="Example: maas serve digits@production --canary candidate:10 --port 8000")
     s.add_argument("refs", nargs="+", metavar="ref", help="name@alias or name/version (several: one app)")
     s.add_argument("--canary", metavar="ALIAS[:PERCENT]",
                    help="send PERCENT%% (default 10) of the first model's requests to NAME@ALIAS")
@@ -202,15 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-port", type=int, help="OIP gRPC port (default: the spec's, else 9000; 0: no gRPC)")
     s.add_argument("--proxy", choices=["throughput", "default"],
                    help="Serve's ingress: HAProxy + direct ingress (throughput, the default) or Serve's proxy")
-    s.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    s.add_argument("--address", help=RAY_HELP)
     s.set_defaults(func=cmd_serve)
 
-    sb = sub.add_parser("submit", help="submit a stage (default: the whole pipeline) as a Ray job")
+    sb = sub.add_parser("submit", help="submit a stage (default: the whole pipeline) as a Ray job",
+                        description="Example: maas submit examples/digits.yaml train.epochs=5 --address "
+                                    "http://head:8265 --async")
     sb.add_argument("spec", help="pipeline spec (YAML)")
-    sb.add_argument("overrides", nargs="*", metavar="key=value")
-    sb.add_argument("--stage", default="pipeline", choices=STAGES)
-    sb.add_argument("--address", help="Jobs API of the cluster, http://<head>:8265 (default: RAY_ADDRESS, else "
-                                      "an embedded local Ray that lives as long as this command)")
+    sb.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. train.epochs=5")
+    sb.add_argument("--stage", default="pipeline", choices=STAGES, help="which stage runs as the job (default: "
+                    "the whole pipeline)")
+    sb.add_argument("--address", help=JOBS_HELP)
     sb.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     mode = sb.add_mutually_exclusive_group()
     mode.add_argument("--follow", action="store_true", default=True, help="stream the logs until the job "
@@ -228,13 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd, helptext, fn in (("jobs", "list the cluster's jobs", cmd_jobs),
                               ("status", "a job's status (and its error's last lines)", cmd_status),
                               ("logs", "a job's logs", cmd_logs), ("stop", "stop a job", cmd_stop)):
-        c = sub.add_parser(cmd, help=helptext)
+        example = f"maas {cmd}" + ("" if cmd == "jobs" else " raysubmit_XYZ") + " --address http://head:8265"
+        c = sub.add_parser(cmd, help=helptext, description=f"Example: {example}")
         if cmd != "jobs":
-            c.add_argument("job_id")
+            c.add_argument("job_id", help="the job's submission id (maas jobs lists them)")
         if cmd == "logs":
             c.add_argument("--follow", action="store_true", help="stream until the job ends; Ctrl-C detaches")
             c.add_argument("--verbose", action="store_true", help="with --follow: the raw log, not the progress")
-        c.add_argument("--address", help="Jobs API of the cluster (default: RAY_ADDRESS)")
+        c.add_argument("--address", help=JOBS_ONLY_HELP)
         c.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
         c.set_defaults(func=fn)
     return p

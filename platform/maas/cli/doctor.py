@@ -12,8 +12,8 @@ def add_parser(sub, default_store: str, store_help: str) -> None:
                                       "store, serving ports and shared memory; say how to fix what fails",
                        description="Example: maas doctor --address http://head:8265 --store s3://bucket/maas. "
                                    "Exits 1 when a check fails.")
-    d.add_argument("--address", help="Ray cluster (dashboard) address to check (default: RAY_ADDRESS; none: an "
-                                     "embedded local Ray, nothing to check)")
+    d.add_argument("--address", help="the cluster's Jobs API to check: its dashboard, http://<head>:8265 (default: "
+                                     "RAY_ADDRESS; none: an embedded local Ray, nothing to check)")
     d.add_argument("--store", default=default_store, help=store_help)
     d.add_argument("--json", action="store_true", help="print the checks as JSON")
     d.set_defaults(func=cmd_doctor)

@@ -28,11 +28,13 @@ def add_parser(sub, default_store: str, store_help: str) -> None:
     rm.add_argument("ref", help="name/version")
     rm.add_argument("--reason", metavar="TEXT", help="why; kept with the deletion")
     imp = msub.add_parser("import", help="publish a Hugging Face causal LM folder (local or a URI such as "
-                                         "s3://...) as a version, every file checksummed", parents=[store_after])
+                                         "s3://...) as a version, every file checksummed", parents=[store_after],
+                          description="Example: maas models import ./Llama-3.2-1B --name llama")
     imp.add_argument("source", help="folder with config.json, *.safetensors and tokenizer.json")
     imp.add_argument("--name", required=True, help="registry name of the model")
     gc = msub.add_parser("gc", help="remove uploads no version names (killed or failed publications, deleted "
-                                    "versions)", parents=[store_after])
+                                    "versions)", parents=[store_after],
+                         description="Example: maas models gc --grace-s 0 (uploads of any age)")
     gc.add_argument("--grace-s", type=float, default=3600.0, help="keep uploads younger than this (a "
                     "publication may still be in progress; default 3600)")
     gc.add_argument("--lease-s", type=float, default=60.0, help="keep uploads whose publication renewed its lease "
