@@ -5,6 +5,7 @@ import pytest
 
 from maas.cli import build_parser, main
 from maas.pipelines import STAGES
+from tests.conftest import ROOT
 
 
 def test_submit_takes_every_stage_and_refuses_others_with_exit_2(capsys):
@@ -294,3 +295,33 @@ def test_every_command_has_an_example_and_every_argument_its_help():
         assert not silent, (name, silent)
         addresses = {a.help for a in parser._actions if "--address" in a.option_strings}
         assert all(h.startswith(("Ray cluster to run on", "the cluster's Jobs API")) for h in addresses), name
+
+
+def test_validate_checks_what_a_spec_reads_without_ray(tmp_path, monkeypatch, capsys, s3_bucket):
+    """Local files, folders and globs; object storage when this machine has credentials for it (else a note);
+    a store that cannot be written; a path data.bootstrap will write is a note, not a problem."""
+    digits, llm, lm = (str(ROOT / "examples" / f"{n}.yaml") for n in ("digits", "llm", "lm"))
+    (tmp_path / "afile").write_text("x")
+
+    def validate(*args) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(["validate", *args])
+        return code, capsys.readouterr().out
+
+    code, out = validate(digits, f"data.path={tmp_path}/new/digits.parquet")
+    assert code == 0 and "note: data.path: " in out and "data.bootstrap writes it on the first run" in out
+    code, out = validate(digits, "data.bootstrap=null", f"data.path={tmp_path}/missing.parquet",
+                         f"store={tmp_path}/afile/store")
+    assert code == 2 and "- data.path: " in out and "missing.parquet does not exist" in out
+    assert "- store: " in out and "is a file, not a folder" in out
+    code, out = validate(lm, "data.source=files", f"data.path={tmp_path}/*.txt")
+    assert code == 2 and "no data files match" in out
+    code, out = validate(llm, f"model.source={tmp_path}")
+    assert code == 2 and "holds no config.json" in out
+    code, out = validate(digits, "data.bootstrap=null", f"data.path={s3_bucket}/none.parquet")
+    assert code == 2 and "none.parquet does not exist" in out  # credentials here: checked in the bucket
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws/credentials either
+    code, out = validate(digits, "data.bootstrap=null", f"data.path={s3_bucket}/none.parquet")
+    assert code == 0 and "not checked here (no s3 credentials on this machine)" in out

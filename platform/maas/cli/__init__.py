@@ -48,6 +48,7 @@ def default_store(start: str | None = None) -> str:
 
 
 def cmd_validate(args) -> int:
+    from maas.data.source import check_inputs
     from maas.spec import load_spec
 
     overrides = list(args.set) + [x for x in args.specs if _is_override(x)]
@@ -55,10 +56,18 @@ def cmd_validate(args) -> int:
     for path in [x for x in args.specs if not _is_override(x)]:
         try:
             spec = load_spec(path, overrides)
-            _say(f"{path}: ok (model {spec.model.name}, spec hash {spec.spec_hash()[:12]})")
         except MaasError as err:
             _say(str(err))
             failed += 1
+            continue
+        problems, notes = check_inputs(spec)
+        if problems:
+            _say(f"{path}: {len(problems)} problem(s)\n" + "\n".join(f"  - {f}: {m}" for f, m in problems))
+            failed += 1
+        else:
+            _say(f"{path}: ok (model {spec.model.name}, spec hash {spec.spec_hash()[:12]})")
+        for note in notes:
+            _say(f"  note: {note}")
     return 2 if failed else 0
 
 

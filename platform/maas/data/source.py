@@ -100,3 +100,70 @@ def bootstrap_sklearn(name: str, uri: str) -> None:
     with fs.open_output_stream(tmp) as out:
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), out)
     fs.move(tmp, path)
+
+
+_CREDENTIALS = {"s3": ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE"),
+                "gs": ("GOOGLE_APPLICATION_CREDENTIALS",)}
+
+
+def _credentials_here(scheme: str) -> bool:
+    import os
+
+    if scheme == "s3" and (Path.home() / ".aws" / "credentials").is_file():
+        return True
+    return any(os.environ.get(name) for name in _CREDENTIALS.get(scheme, ()))
+
+
+def check_inputs(spec) -> tuple[list[tuple[str, str]], list[str]]:
+    """Whether what ``spec`` reads is there, as far as this machine can tell without Ray: local files, folders
+    and globs; object storage when credentials for it are present here (else a note); the store's folder.
+    Returns (problems as (field, message), notes).
+
+    Example:
+        >>> check_inputs(load_spec("examples/digits.yaml"))
+        ([], ['data.path: data/digits.parquet is not there yet: data.bootstrap writes it on the first run'])
+    """
+    problems, notes = [], []
+    for field, uri, fmt, written in spec.inputs():
+        scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+        if scheme != "file" and not _credentials_here(scheme):
+            notes.append(f"{field}: {uri} not checked here (no {scheme} credentials on this machine); the run "
+                         "checks it where it runs")
+            continue
+        try:
+            if fmt == "model":
+                _check_model_folder(uri)
+            else:
+                resolve_files(uri, "auto" if fmt == "json" else fmt)
+        except DataError as exc:
+            message = str(exc).removeprefix("data.path: ").removeprefix("data.format: ")
+            if written and "does not exist" in message:
+                notes.append(f"{field}: {uri} is not there yet: data.bootstrap writes it on the first run")
+            else:
+                problems.append((field, message))
+    store_problem = _store_problem(spec.store)
+    if store_problem:
+        problems.append(("store", store_problem))
+    return problems, notes
+
+
+def _check_model_folder(uri: str) -> None:
+    fs, path = filesystem_for(uri)
+    if fs.get_file_info(f"{path.rstrip('/')}/config.json").type != pafs.FileType.File:
+        kind = fs.get_file_info(path).type
+        raise DataError(f"{uri} does not exist" if kind == pafs.FileType.NotFound else
+                        f"{uri} holds no config.json: give the folder of a Hugging Face causal LM")
+
+
+def _store_problem(store: str) -> str:
+    """Why a local store cannot be used (its nearest existing folder is not writable), or ""."""
+    import os
+
+    if "://" in store and not store.startswith("file://"):
+        return ""
+    here = os.path.abspath(store.removeprefix("file://"))
+    while not os.path.exists(here):
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        return f"{store}: {here} is a file, not a folder"
+    return "" if os.access(here, os.W_OK) else f"{store}: {here} is not writable"

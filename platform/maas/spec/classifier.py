@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from maas.spec.common import _NAME_PATTERN, DeploySpec, TrainSpec, _Pipeline, _Strict
+from maas.spec.common import _NAME_PATTERN, DeploySpec, InputPath, TrainSpec, _Pipeline, _Strict
 from maas.spec.ops import DATA_OPS, FITTED_OPS, OPS, DataOp, TokenizeOp, parse_steps
 
 
@@ -154,6 +154,9 @@ class ClassifierSpec(_Pipeline):
     eval: EvalSpec = Field(default_factory=EvalSpec, description="How a new version is compared with the one "
                                                                  "serving traffic before the alias moves.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
+
+    def inputs(self) -> list[InputPath]:
+        return [InputPath("data.path", self.data.path, self.data.format, written=self.data.bootstrap is not None)]
 
     @model_validator(mode="after")
     def _text_model_needs_tokens(self) -> "ClassifierSpec":

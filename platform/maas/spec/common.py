@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, NamedTuple, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -17,8 +17,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class InputPath(NamedTuple):
+    """A file, folder or glob a spec reads: ``field`` (its path in the spec), ``uri``, ``format`` (a data format,
+    ``json`` for JSON Lines, or ``model`` for a Hugging Face folder), and whether a missing one is ``written``
+    on the first run (``data.bootstrap``)."""
+
+    field: str
+    uri: str
+    format: str
+    written: bool = False
+
+
 class _Pipeline(_Strict):
     """A whole pipeline's spec: the top of one kind's configuration."""
+
+    def inputs(self) -> list[InputPath]:
+        """What this spec reads from files (``maas validate`` checks they are there)."""
+        return []
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON form: the same configuration always hashes the same."""

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from maas.spec.common import _NAME_PATTERN, DeploySpec, _Pipeline, _Strict
+from maas.spec.common import _NAME_PATTERN, DeploySpec, InputPath, _Pipeline, _Strict
 
 RANDOM_SIZES = ("tiny",)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # ORG/NAME, as the Hub names models
@@ -56,3 +56,7 @@ class LLMPipelineSpec(_Pipeline):
     model: LLMModelSpec = Field(..., description="Which model, from where.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it (deploy.llm: the "
                                                                        "engines' placement and limits).")
+
+    def inputs(self) -> list[InputPath]:
+        source = self.model.source
+        return [] if source.startswith("random:") else [InputPath("model.source", source, "model")]

@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from maas.spec.common import _NAME_PATTERN, DeploySpec, TrainSpec, _Pipeline, _Strict
+from maas.spec.common import _NAME_PATTERN, DeploySpec, InputPath, TrainSpec, _Pipeline, _Strict
 from maas.spec.evaluation import EvalTaskSpec
 
 LM_SIZE_NAMES = ("tiny", "small", "base", "125m", "300m", "1b")  # maas.models.llama.LLAMA_SIZES
@@ -227,6 +227,11 @@ class LMPipelineSpec(_Pipeline):
     eval: LMEvalSpec = Field(default_factory=LMEvalSpec, description="How a new version is compared with the one "
                                                                      "serving traffic before the alias moves.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
+
+    def inputs(self) -> list[InputPath]:
+        text = [InputPath("data.path", self.data.path, "text")] if self.data.source == "files" and self.data.path \
+            else []
+        return text + [InputPath(f"eval.tasks[{i}].path", t.path, "json") for i, t in enumerate(self.eval.tasks)]
 
     @model_validator(mode="after")
     def _compress_whole_models(self) -> "LMPipelineSpec":
