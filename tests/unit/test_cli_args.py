@@ -325,3 +325,30 @@ def test_validate_checks_what_a_spec_reads_without_ray(tmp_path, monkeypatch, ca
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws/credentials either
     code, out = validate(digits, "data.bootstrap=null", f"data.path={s3_bucket}/none.parquet")
     assert code == 0 and "not checked here (no s3 credentials on this machine)" in out
+
+
+def test_bash_completion_from_the_parser_completes_commands_options_choices_and_spec_files(tmp_path, capsys):
+    """The script `maas completion bash` prints, sourced in a real bash, as the shell calls it on <TAB>."""
+    import shutil
+    import subprocess
+
+    assert main(["completion", "bash"]) == 0
+    (tmp_path / "maas.bash").write_text(capsys.readouterr().out)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "digits.yaml").write_text("kind: classifier\n")
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        script = (f"source {tmp_path / 'maas.bash'}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
+                  f"COMP_CWORD={len(words) - 1}; COMP_LINE={line!r}; COMP_POINT={len(line)}; _shtab_maas; "
+                  'printf "%s\\n" "${COMPREPLY[@]}"')
+        done = subprocess.run([shutil.which("bash"), "-c", script], capture_output=True, text=True,
+                              cwd=tmp_path / "work", timeout=30)
+        assert done.returncode == 0, done.stderr
+        return [w for w in done.stdout.split("\n") if w]
+
+    assert complete("maas", "mo") == ["models"] and complete("maas", "models", "de") == ["delete"]
+    assert complete("maas", "models", "list", "--so") == ["--sort"]
+    assert complete("maas", "models", "list", "--status", "") == ["ready", "candidate", "rejected"]
+    assert complete("maas", "validate", "dig") == ["digits.yaml"]
+    assert main(["completion", "zsh"]) == 0 and capsys.readouterr().out.startswith("#compdef maas")

@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--store", default=store, help=STORE_HELP)
     d.set_defaults(func=cmd_data)
 
+    from maas.cli.completion import add_parser as add_completion
     from maas.cli.doctor import add_parser as add_doctor
     from maas.cli.evaluate import add_parser as add_eval
     from maas.cli.models import add_parser as add_models
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub, store)
     add_spec(sub)
     add_doctor(sub, store, STORE_HELP)
+    add_completion(sub)
 
     s = sub.add_parser("serve", help="serve registered models (Open Inference Protocol v2; LLMs on vLLM with "
                                               "OpenAI routes)",
