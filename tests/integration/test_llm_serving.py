@@ -228,12 +228,14 @@ def test_lm_eval_tasks_through_the_endpoint_score_as_lm_eval_does_in_process(llm
     tasks = [EvalTaskSpec(name="mc", path=str(tmp_path / "mc.jsonl"), type="multiple_choice"),
              EvalTaskSpec(name="gen", path=str(tmp_path / "gen.jsonl"), type="generate", max_tokens=4),
              EvalTaskSpec(name="gen_word", path=str(tmp_path / "gen.jsonl"), type="generate", max_tokens=4,
-                          match="regex", pattern=r"w\d+")]
+                          match="regex", pattern=r"w\d+"),
+             EvalTaskSpec(name="gen_in", path=str(tmp_path / "gen.jsonl"), type="generate", max_tokens=4,
+                          match="contains")]
     folder, _ = llm["registry"].fetch("tiny/1")
     served = run_tasks(tasks, endpoint=llm["url"], model="tiny", tokenizer=str(folder), api_key=KEY)
     local = run_tasks(tasks, pretrained=str(folder))
     assert served.harness == local.harness and served.harness.startswith("lm-eval 0.4")
-    for name in ("mc", "gen", "gen_word"):
+    for name in ("mc", "gen", "gen_word", "gen_in"):
         s, t = served.tasks[name], local.tasks[name]
         assert s.sha256 == t.sha256 and s.items == t.items == (8 if name == "mc" else 6)
         assert s.score == t.score, (name, s.answers, t.answers)
@@ -243,6 +245,9 @@ def test_lm_eval_tasks_through_the_endpoint_score_as_lm_eval_does_in_process(llm
     # the score ignores surrounding whitespace)
     assert [a.strip() for a in served.tasks["gen"].answers] == [a.strip() for a in local.tasks["gen"].answers]
     assert all(a.startswith("w") for a in served.tasks["gen_word"].answers)
+    expected = [f"w{i + 2}" for i in range(1, 7)]  # contains: the answer anywhere in the continuation
+    assert served.tasks["gen_in"].metric == "contains" and served.tasks["gen_in"].score == pytest.approx(
+        sum(e in a for e, a in zip(expected, served.tasks["gen_in"].answers)) / 6)
     picked = [max(range(3), key=lls.__getitem__) for lls in served.tasks["mc"].answers]
     assert served.tasks["mc"].score == pytest.approx(sum(p == r["answer"] for p, r in zip(picked, rows)) / 8)
 

@@ -3,6 +3,7 @@ configuration a task becomes (plain data: no code, templates that only read the 
 themselves, through a served engine and in-process, are in tests/integration/test_llm_serving.py."""
 
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -96,3 +97,18 @@ def test_the_cloze_task_is_made_from_held_out_lines_the_same_way_every_time(tmp_
     read_task_file(task, tmp_path / "..")  # a valid task file
     with pytest.raises(EvalError, match="too short for a cloze task"):
         cloze_task(["two words"], str(tmp_path))
+
+
+def test_a_contains_match_counts_the_answer_anywhere_in_the_continuation():
+    """Scored from the harness's own samples, so the lm-eval configuration stays data."""
+    from maas.eval.tasks import _score, task_config
+
+    task = EvalTaskSpec(name="g", path="x", type="generate", match="contains")
+    samples = [{"doc_id": 1, "target": "Paris", "filtered_resps": ["It is Paris, of course"]},
+               {"doc_id": 0, "target": " 42 ", "filtered_resps": ["the answer: 41"]},
+               {"doc_id": 2, "target": "blue", "filtered_resps": "Blue"}]  # case matters, as in exact
+    out = {"samples": {"maas_g": samples}, "results": {"maas_g": {"exact_match,none": 0.0}}}
+    score = _score(task, out, "h")
+    assert (score.metric, score.score, score.items) == ("contains", 1 / 3, 3)
+    assert score.answers == ["the answer: 41", "It is Paris, of course", "Blue"]  # in line order
+    json.dumps(task_config(task, Path("g.jsonl")))  # data, nothing callable

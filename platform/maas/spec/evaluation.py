@@ -20,10 +20,12 @@ class EvalTaskSpec(_Strict):
                       description="The task's name in results (lower case letters, digits and '_').")
     path: str = Field(..., description="A JSON Lines file: a local path or a pyarrow.fs URI (s3://...).")
     type: Literal["multiple_choice", "generate"] = Field(
-        ..., description="multiple_choice: accuracy by log-likelihood; generate: exact or pattern match.")
-    match: Literal["exact", "regex"] = Field(
+        ..., description="multiple_choice: accuracy by log-likelihood; generate: exact, pattern or contains "
+                         "match.")
+    match: Literal["exact", "regex", "contains"] = Field(
         "exact", description="generate only. exact: the continuation, stripped, equals the answer; regex: the "
-                             "first match of `pattern` in the continuation equals the answer.")
+                             "first match of `pattern` in the continuation equals the answer; contains: the "
+                             "answer appears in the continuation.")
     pattern: Optional[str] = Field(None, description="generate with match: regex: the pattern whose first match "
                                                      "(its first group, if it has one) is compared with the answer.")
     max_tokens: int = Field(32, ge=1, le=4096, description="generate only: most tokens generated per line.")
