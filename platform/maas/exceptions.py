@@ -51,3 +51,7 @@ class ServeError(MaasError):
 
 class JobError(MaasError):
     """A job could not be submitted, found or followed, or its spec's kind has no such stage."""
+
+
+class EvalError(MaasError):
+    """A task file that cannot be evaluated: the message names the file, the line and the field."""

@@ -180,8 +180,11 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "error: data.path: " in r.stderr and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
+    r = maas("models", "show", "ghost@production", cwd=tmp_path)  # no store here or above: said so
+    assert r.returncode == 2 and "no registry at" in r.stderr and "MAAS_STORE" in r.stderr
+    (tmp_path / ".maas").mkdir()
     r = maas("models", "show", "ghost@production", cwd=tmp_path)
-    assert r.returncode == 2 and "no model named 'ghost'" in r.stderr
+    assert r.returncode == 2 and "no model named 'ghost'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_serve_command_serves_a_registered_version(tmp_path):

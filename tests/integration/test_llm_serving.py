@@ -230,7 +230,12 @@ def test_lm_eval_tasks_through_the_endpoint_score_as_lm_eval_does_in_process(llm
              EvalTaskSpec(name="gen_word", path=str(tmp_path / "gen.jsonl"), type="generate", max_tokens=4,
                           match="regex", pattern=r"w\d+"),
              EvalTaskSpec(name="gen_in", path=str(tmp_path / "gen.jsonl"), type="generate", max_tokens=4,
-                          match="contains")]
+                          match="contains"),
+             EvalTaskSpec(name="mc_yaml", path=str(tmp_path / "mc.yaml"), type="lm_eval")]
+    (tmp_path / "mc.yaml").write_text(  # the mc task as a harness YAML: the same scores
+        "dataset_path: json\ndataset_kwargs: {data_files: {test: mc.jsonl}}\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: '{{answer}}'\nmetric_list: [{metric: acc, aggregation: mean, higher_is_better: true}]\n")
     folder, _ = llm["registry"].fetch("tiny/1")
     served = run_tasks(tasks, endpoint=llm["url"], model="tiny", tokenizer=str(folder), api_key=KEY)
     local = run_tasks(tasks, pretrained=str(folder))
@@ -245,6 +250,13 @@ def test_lm_eval_tasks_through_the_endpoint_score_as_lm_eval_does_in_process(llm
     # the score ignores surrounding whitespace)
     assert [a.strip() for a in served.tasks["gen"].answers] == [a.strip() for a in local.tasks["gen"].answers]
     assert all(a.startswith("w") for a in served.tasks["gen_word"].answers)
+    yaml_local, yaml_served = local.tasks["mc_yaml"], served.tasks["mc_yaml"]
+    assert yaml_local.answers == local.tasks["mc"].answers and yaml_local.score == local.tasks["mc"].score
+    assert yaml_served.metric == "acc" and yaml_served.items == 8  # the engine batches it differently: float noise
+    for mine, theirs in zip(yaml_served.answers, served.tasks["mc"].answers):
+        assert mine == pytest.approx(theirs, abs=2e-3)
+    picked = [max(range(3), key=lls.__getitem__) for lls in yaml_served.answers]
+    assert yaml_served.score == pytest.approx(sum(p == r["answer"] for p, r in zip(picked, rows)) / 8)
     expected = [f"w{i + 2}" for i in range(1, 7)]  # contains: the answer anywhere in the continuation
     assert served.tasks["gen_in"].metric == "contains" and served.tasks["gen_in"].score == pytest.approx(
         sum(e in a for e, a in zip(expected, served.tasks["gen_in"].answers)) / 6)

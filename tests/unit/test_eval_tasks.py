@@ -3,9 +3,11 @@ configuration a task becomes (plain data: no code, templates that only read the 
 themselves, through a served engine and in-process, are in tests/integration/test_llm_serving.py."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from maas.eval.tasks import EvalError, read_task_file, task_config
@@ -112,3 +114,56 @@ def test_a_contains_match_counts_the_answer_anywhere_in_the_continuation():
     assert (score.metric, score.score, score.items) == ("contains", 1 / 3, 3)
     assert score.answers == ["the answer: 41", "It is Paris, of course", "Blue"]  # in line order
     json.dumps(task_config(task, Path("g.jsonl")))  # data, nothing callable
+
+
+HARNESS_TASK = """task: capitals
+dataset_path: json
+dataset_kwargs:
+  data_files: {test: items.jsonl}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{question}}"
+doc_to_choice: "{{choices}}"
+doc_to_target: "{{answer}}"
+metric_list:
+  - {metric: acc, aggregation: mean, higher_is_better: true}
+"""
+
+
+def test_a_harness_task_yaml_runs_only_as_data(tmp_path):
+    """An lm-eval task YAML is loaded with safe_load and kept only if it is data: no code, no downloads."""
+    from maas.eval.harness_yaml import load_harness_task
+
+    (tmp_path / "items.jsonl").write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n')
+    (tmp_path / "task.yaml").write_text(HARNESS_TASK)
+    out = tmp_path / "run"
+    out.mkdir()
+    config, defining = load_harness_task("caps", str(tmp_path / "task.yaml"), out)
+    assert config["task"] == "maas_caps" and config["output_type"] == "multiple_choice"
+    assert config["dataset_kwargs"]["data_files"] == {"test": str(out / "caps-test.jsonl")}
+    assert (out / "caps-test.jsonl").read_bytes() in defining  # the data is part of the task's hash
+    json.dumps(config)
+
+    (tmp_path / "bad.yaml").write_text(HARNESS_TASK.replace('"{{question}}"', "!function utils.doc_to_text"))
+    with pytest.raises(EvalError, match=r"bad.yaml line 7: !function tags run Python"):
+        load_harness_task("bad", str(tmp_path / "bad.yaml"), out)
+    base = yaml.safe_load(HARNESS_TASK)
+    refused = [
+        ({"process_results": "x"}, "'process_results' runs code"),
+        ({"include": "other.yaml"}, "'include' runs code or reads other files"),
+        ({"doc_to_text": "{{ question.__class__.__mro__ }}"}, "a template may only name the line's fields"),
+        ({"doc_to_text": "{{ question | upper }}"}, "a template may only name the line's fields"),
+        ({"doc_to_text": "{% for c in choices %}{{c}}{% endfor %}"}, "a template may only name the line's fields"),
+        ({"dataset_path": "cais/mmlu"}, "dataset_path must be one of csv, json, parquet"),
+        ({"metric_list": [{"metric": "bleu"}]}, "metric_list must name metrics maas runs"),
+        ({"filter_list": [{"name": "x", "filter": [{"function": "custom"}]}]}, "maas runs the harness's"),
+        ({"output_type": "loglikelihood_rolling"}, "output_type must be one of"),
+        ({"dataset_kwargs": {"data_files": {"test": "../../etc/passwd"}}}, "must be a file name beside the YAML"),
+        ({"trust_remote_code": True}, "unknown key 'trust_remote_code'"),
+    ]
+    for override, message in refused:
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**base, **override}))
+        with pytest.raises(EvalError, match=re.escape(message)):
+            load_harness_task("bad", str(tmp_path / "bad.yaml"), out)
+    with pytest.raises(ValidationError, match="limit applies to JSON Lines tasks"):
+        EvalTaskSpec(name="t", path="x.yaml", type="lm_eval", limit=3)

@@ -8,7 +8,7 @@ import re
 
 from maas.exceptions import MaasError
 
-TASK = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)=(?P<path>.+):(?P<type>multiple_choice|generate)$")
+TASK = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)=(?P<path>.+):(?P<type>multiple_choice|generate|lm_eval)$")
 
 
 def add_parser(sub, default_store: str) -> None:
@@ -21,7 +21,8 @@ def add_parser(sub, default_store: str) -> None:
     e.add_argument("--against", metavar="REF", help="a second version, scored on the same tasks")
     e.add_argument("--spec", help="take the tasks from this spec's eval.tasks (and its store)")
     e.add_argument("--task", action="append", default=[], metavar="NAME=PATH:TYPE",
-                   help="a JSON Lines task file; TYPE is multiple_choice or generate (exact match)")
+                   help="a task file; TYPE is multiple_choice or generate (JSON Lines; exact match) or lm_eval (a "
+                        "harness task YAML that is data)")
     e.add_argument("--endpoint", metavar="URL", help="score REF as served at URL (lm-eval's local-completions "
                    "through /v1/completions, the API key from MAAS_API_KEY) instead of in-process")
     e.add_argument("--model", help="with --endpoint: the served model name (default: REF's name)")
@@ -48,7 +49,7 @@ def _tasks(args) -> list:
         m = TASK.match(text)
         if m is None:
             raise MaasError(f"--task {text!r}: write NAME=PATH:TYPE, e.g. capitals=evals/capitals.jsonl:"
-                            "multiple_choice (TYPE: multiple_choice or generate)")
+                            "multiple_choice (TYPE: multiple_choice, generate or lm_eval)")
         try:
             tasks.append(EvalTaskSpec(name=m["name"], path=m["path"], type=m["type"]))
         except ValidationError as exc:

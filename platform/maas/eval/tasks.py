@@ -22,14 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from maas.exceptions import MaasError
+from maas.exceptions import EvalError
 from maas.spec.evaluation import EvalTaskSpec
 
 METRIC = {"multiple_choice": "acc", "generate": "exact_match"}
-
-
-class EvalError(MaasError):
-    """A task file that cannot be evaluated: the message names the file, the line and the field."""
 
 
 @dataclass
@@ -164,23 +160,38 @@ def run_tasks(tasks: list[EvalTaskSpec], *, endpoint: Optional[str] = None, mode
 
     kind, args, what = _model(endpoint, model, tokenizer, pretrained, peft, api_key, concurrency, max_length)
     with tempfile.TemporaryDirectory(prefix="maas-eval-") as tmp:
-        configs, hashes = [], {}
+        configs, hashes = {}, {}
         for task in tasks:
-            path, data = read_task_file(task, Path(tmp))
-            config = task_config(task, path)
-            configs.append(config)
+            config, data = _config(task, Path(tmp))
+            configs[task.name] = config
             stable = {**config, "dataset_kwargs": None}  # the temp path is not the task
             hashes[task.name] = hashlib.sha256(json.dumps(stable, sort_keys=True).encode() + data).hexdigest()
-        out = simple_evaluate(model=kind, model_args=args, tasks=configs, log_samples=True, bootstrap_iters=0,
-                              batch_size=batch_size if kind == "hf" else 1, verbosity="ERROR")
+        out = simple_evaluate(model=kind, model_args=args, tasks=list(configs.values()), log_samples=True,
+                              bootstrap_iters=0, batch_size=batch_size if kind == "hf" else 1, verbosity="ERROR")
     return TaskResults(f"lm-eval {lm_eval.__version__}", what,
-                       {t.name: _score(t, out, hashes[t.name]) for t in tasks})
+                       {t.name: _score(t, out, hashes[t.name], configs[t.name]) for t in tasks})
 
 
-def _score(task: EvalTaskSpec, out: dict, sha256: str) -> TaskScore:
-    key, metric = f"maas_{task.name}", METRIC[task.type]
+def _config(task: EvalTaskSpec, folder: Path) -> tuple[dict, bytes]:
+    """(the harness configuration of ``task``, the bytes that define it besides the configuration)."""
+    if task.type == "lm_eval":
+        from maas.eval.harness_yaml import load_harness_task
+
+        return load_harness_task(task.name, task.path, folder)
+    path, data = read_task_file(task, folder)
+    return task_config(task, path), data
+
+
+def _score(task: EvalTaskSpec, out: dict, sha256: str, config: Optional[dict] = None) -> TaskScore:
+    key = f"maas_{task.name}"
+    if task.type == "lm_eval":
+        from maas.eval.harness_yaml import metric_of
+
+        metric, output = metric_of(config), config["output_type"]
+    else:
+        metric, output = METRIC[task.type], task.type
     samples = sorted(out["samples"][key], key=lambda s: s["doc_id"])
-    if task.type == "multiple_choice":
+    if output in ("multiple_choice", "loglikelihood"):
         answers = [[round(float(r[0]), 6) for r in s["filtered_resps"]] for s in samples]
     else:
         answers = [s["filtered_resps"][0] if isinstance(s["filtered_resps"], list) else s["filtered_resps"]

@@ -18,10 +18,13 @@ class EvalTaskSpec(_Strict):
 
     name: str = Field(..., pattern=r"^[a-z][a-z0-9_]{0,62}$",
                       description="The task's name in results (lower case letters, digits and '_').")
-    path: str = Field(..., description="A JSON Lines file: a local path or a pyarrow.fs URI (s3://...).")
-    type: Literal["multiple_choice", "generate"] = Field(
+    path: str = Field(..., description="A JSON Lines file (lm_eval: a harness task YAML): a local path or a "
+                                        "pyarrow.fs URI (s3://...).")
+    type: Literal["multiple_choice", "generate", "lm_eval"] = Field(
         ..., description="multiple_choice: accuracy by log-likelihood; generate: exact, pattern or contains "
-                         "match.")
+                         "match; lm_eval: an lm-evaluation-harness task YAML that is data (no !function, "
+                         "process_* hooks or include; templates that only name fields; acc, acc_norm or "
+                         "exact_match; its data files beside it or on object storage), scored by its first metric.")
     match: Literal["exact", "regex", "contains"] = Field(
         "exact", description="generate only. exact: the continuation, stripped, equals the answer; regex: the "
                              "first match of `pattern` in the continuation equals the answer; contains: the "
@@ -47,6 +50,8 @@ class EvalTaskSpec(_Strict):
     def _pattern_with_regex(self) -> "EvalTaskSpec":
         if (self.match == "regex") != (self.pattern is not None):
             raise ValueError("match: regex needs a pattern, and a pattern needs match: regex")
-        if self.type == "multiple_choice" and self.match != "exact":
+        if self.type != "generate" and self.match != "exact":
             raise ValueError("match applies to generate tasks only")
+        if self.type == "lm_eval" and self.limit is not None:
+            raise ValueError("limit applies to JSON Lines tasks; trim a harness task's data file instead")
         return self
