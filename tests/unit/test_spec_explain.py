@@ -31,7 +31,7 @@ def test_a_section_lists_its_fields_and_paths_walk_into_list_items():
     assert tasks.type == "list[section]" and tasks.bounds == ["at most 32 long"]
     assert [f[0] for f in tasks.fields][:3] == ["name", "path", "type"]
     (kind_of_task,) = explain("eval.tasks.type", kind="lm")
-    assert kind_of_task.required and kind_of_task.type == 'one of "multiple_choice", "generate"'
+    assert kind_of_task.required and kind_of_task.type == 'one of "multiple_choice", "generate", "lm_eval"'
     (top,) = explain("", kind="llm")
     assert [f[0] for f in top.fields] == list(SPEC_CLASSES["llm"].model_fields)
 

@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         import signal
 
         signal.signal(signal.SIGINT, _interrupt)  # also when started in the background by a shell
+    args.parser = parser
     if args.cmd == "models" and args.models_cmd is None:
         subcommands(parser)["models"].print_help()
         return 0

@@ -31,9 +31,7 @@ def mark_files(parser) -> None:
 def cmd_completion(args) -> int:
     import shtab
 
-    from maas.cli import build_parser
-
-    parser = build_parser()
+    parser = args.parser  # the whole command tree (main puts it there)
     mark_files(parser)
     print(shtab.complete(parser, shell=args.shell))
     return 0
