@@ -30,7 +30,8 @@ from maas.serve.runtimes import on_engine
 from maas.serve.runtimes.vllm_config import engine_of, is_adapter, llm_config, lora_name
 
 logger = logging.getLogger("ray.serve")
-START_DELAY_ENV = "MAAS_ENGINE_START_DELAY_S"  # hold every engine's start this long (drills: a slow model load)
+# drills (a slow model load): no engine is ready sooner than this many seconds after its load began
+START_DELAY_ENV = "MAAS_ENGINE_START_DELAY_S"
 STATES = ("queued", "fetching", "verifying", "loading", "ready", "failed")
 
 
@@ -86,14 +87,15 @@ class Engine:
         if not on_engine(mv):
             raise ServeError(f"{self.ref} has runtime {mv.runtime!r}; a vLLM engine serves runtime 'vllm'")
         self._set("loading")
-        delay = float(os.environ.get(START_DELAY_ENV) or 0)
-        if delay:
-            await asyncio.sleep(delay)
+        loading = time.monotonic()
         if not self.spec.gpus():  # vLLM reads it in the engine process it starts from here
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{self.spec.kv_cache_gib:g}"
         config = llm_config(self.store, mv, self.spec, self.lora_rank, source=str(folder))
         self.server = LLMServer.sync_init(config, engine_cls=off_loop_engine_class())
         await self.server.start()
+        held = float(os.environ.get(START_DELAY_ENV) or 0) - (time.monotonic() - loading)
+        if held > 0:
+            await asyncio.sleep(held)
 
     def _fail(self, message: str) -> None:
         self.error = message
