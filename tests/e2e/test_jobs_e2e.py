@@ -197,3 +197,34 @@ def test_a_resubmitted_named_run_resumes_from_its_last_checkpoint(ray_head, tmp_
     assert [h["epoch"] for h in history] == list(range(14))
     (resumed,) = [h for h in history if "resumed_from_epoch" in h]
     assert resumed["resumed_from_epoch"] >= 6 - 2  # at most one checkpoint interval (2 epochs) redone
+
+
+def test_maas_eval_runs_as_an_eval_job_with_the_scores_it_gets_in_process(ray_head, tmp_path):
+    """`maas eval --address` (maas.Client.evaluate) scores a registered tiny Llama in an eval job on the head:
+    the same harness, hashes and log-likelihoods as lm-eval in this process; a version that does not exist
+    fails the job with the registry's message."""
+    from maas.eval.tasks import evaluate_refs
+    from maas.models import make_tiny_llama
+    from maas.registry.hf_import import import_hf_model
+    from maas.spec.evaluation import EvalTaskSpec
+
+    store = str(tmp_path / "store")
+    import_hf_model(Registry(store), str(make_tiny_llama(tmp_path / "tiny", seed=0)), "tiny", by="test")
+    (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(
+        {"question": f"w{i} w{i + 1}", "choices": [f"w{i + 2}", f"w{i + 50}"], "answer": 0}) for i in range(1, 6)))
+    task = f"mc={tmp_path / 'mc.jsonl'}:multiple_choice"
+    r = maas("eval", "tiny", "--task", task, "--store", store, "--address", ray_head["address"],
+             "--json", str(tmp_path / "job.json"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "submitted maas-eval-tiny-" in r.stdout and "on a Ray job on the cluster" in r.stdout
+    job = json.loads((tmp_path / "job.json").read_text())["tiny/1"]
+    here = evaluate_refs(Registry(store), ["tiny/1"], [EvalTaskSpec(name="mc", path=str(tmp_path / "mc.jsonl"),
+                                                                    type="multiple_choice")])["tiny/1"]
+    mine = here.full_record()
+    assert job["harness"] == mine["harness"] and job["tasks"]["mc"]["sha256"] == mine["tasks"]["mc"]["sha256"]
+    assert job["tasks"]["mc"]["score"] == mine["tasks"]["mc"]["score"] and job["tasks"]["mc"]["items"] == 5
+    for theirs, ours in zip(job["tasks"]["mc"]["answers"], mine["tasks"]["mc"]["answers"]):
+        assert theirs == pytest.approx(ours, abs=1e-4)
+
+    r = maas("eval", "tiny/9", "--task", task, "--store", store, "--address", ray_head["address"])
+    assert r.returncode == 2 and "failed: model 'tiny' has no version 9" in r.stderr, r.stderr[-2000:]

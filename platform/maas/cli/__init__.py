@@ -17,17 +17,10 @@ import traceback
 from maas import progress
 from maas.cli.jobs import _say, cmd_jobs, cmd_logs, cmd_status, cmd_stop, cmd_submit
 from maas.cli.serve import _interrupt, cmd_serve, serve_forever
+from maas.cli.texts import INSECURE_HELP, JOBS_HELP, JOBS_ONLY_HELP, RAY_HELP, STORE_HELP
 from maas.exceptions import MaasError
 from maas.pipelines import STAGES
 from maas.version import __version__
-
-STORE_HELP = "registry/run store (default: MAAS_STORE, else the nearest .maas folder here or above)"
-# two kinds of address: where this process joins Ray (run, serve, data schema) and a cluster's Jobs API
-RAY_HELP = ("Ray cluster to run on, as ray.init takes it: ray://<head>:10001 or auto (default: RAY_ADDRESS; "
-            "none: an embedded local Ray for this command)")
-JOBS_HELP = ("the cluster's Jobs API: its dashboard, http://<head>:8265 (default: RAY_ADDRESS; none: an embedded "
-             "local Ray that lives as long as this command)")
-JOBS_ONLY_HELP = "the cluster's Jobs API: its dashboard, http://<head>:8265 (default: RAY_ADDRESS)"
 
 
 def default_store(start: str | None = None) -> str:
@@ -156,9 +149,6 @@ def cmd_run(args) -> int:
     _say("\nserving until Ctrl-C ...")
     return serve_forever()
 
-
-INSECURE_HELP = ("send the Ray auth token over plain http:// to a non-local address (refused by default: use "
-                 "https://, or forward the dashboard port and use http://127.0.0.1:8265)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+from maas.cli.texts import EVAL_JOB_HELP, INSECURE_HELP
 from maas.exceptions import MaasError
 
 TASK = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)=(?P<path>.+):(?P<type>multiple_choice|generate|lm_eval)$")
@@ -26,6 +27,8 @@ def add_parser(sub, default_store: str) -> None:
     e.add_argument("--endpoint", metavar="URL", help="score REF as served at URL (lm-eval's local-completions "
                    "through /v1/completions, the API key from MAAS_API_KEY) instead of in-process")
     e.add_argument("--model", help="with --endpoint: the served model name (default: REF's name)")
+    e.add_argument("--address", help=EVAL_JOB_HELP)
+    e.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     e.add_argument("--store", help="registry URI (default: the spec's, else MAAS_STORE, else the nearest .maas "
                                    "folder here or above)")
     e.add_argument("--json", metavar="FILE", help="also write every score, each line's answers, the harness and "
@@ -62,12 +65,12 @@ def _tasks(args) -> list:
 
 
 def cmd_eval(args) -> int:
-    from maas.eval.tasks import run_on_files, run_tasks, version_target
+    from maas.eval.tasks import evaluate_refs, run_tasks, version_target
     from maas.registry import Registry
-    from maas.report import table
 
     tasks, store = _tasks(args)
     registry = Registry(store)
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
     results = {}
     if args.endpoint:
         if args.against:
@@ -78,30 +81,45 @@ def cmd_eval(args) -> int:
               flush=True)
         results[f"{model} (served)"] = run_tasks(tasks, endpoint=args.endpoint, model=model,
                                                  tokenizer=str(base or folder), api_key=os.environ.get("MAAS_API_KEY"))
-    for ref in [] if args.endpoint else [args.ref] + ([args.against] if args.against else []):
-        folder, base, resolved = version_target(registry, ref)
-        print(f"{resolved}: {len(tasks)} task(s) with lm-eval ...", flush=True)
-        results[resolved] = run_on_files(tasks, folder, base)
-    refs = list(results)
-    rows = []
-    for t in tasks:
-        scores = [results[r].tasks[t.name].score for r in refs]
-        first = results[refs[0]].tasks[t.name]
-        rows.append([t.name, first.metric, str(first.items), *(f"{s:.4f}" for s in scores),
-                     *([f"{scores[0] - scores[1]:+.4f}"] if len(scores) == 2 else [])])
-    print(table(["task", "metric", "lines", *refs, *(["difference"] if len(refs) == 2 else [])], rows))
-    print(f"\n{results[refs[0]].harness}, " + ("through the endpoint" if args.endpoint else
-                                               "in-process on each version's verified files"))
+    refs = [args.ref] + ([args.against] if args.against else [])
+    if not args.endpoint and address:
+        records = _as_job(address, store, refs, tasks, args.insecure)
+    else:
+        if not args.endpoint:
+            results = evaluate_refs(registry, refs, tasks, progress=lambda line: print(line, flush=True))
+        records = {ref: r.full_record() for ref, r in results.items()}
+    _print(records, tasks, "through the endpoint" if args.endpoint else "on a Ray job on the cluster" if address
+           else "in-process on each version's verified files")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({r: _full_record(results[r]) for r in refs}, f, indent=1)
+            json.dump(records, f, indent=1)
     return 0
 
 
-def _full_record(result) -> dict:
-    """A manifest's record of the scores, with what was evaluated and each line's answers (log-likelihoods of
-    the choices, or the generated text) for whoever reads why two versions differ."""
-    record = result.record()
-    for name, task in result.tasks.items():
-        record["tasks"][name]["answers"] = task.answers
-    return {**record, "model": result.model}
+def _as_job(address: str, store: str, refs: list[str], tasks: list, insecure: bool) -> dict:
+    """The same evaluation as an eval job on the cluster (``maas.Client.evaluate``), its log followed here."""
+    from maas.submit import Client
+
+    job = Client(address, insecure=insecure).evaluate(refs, tasks, store=store)
+    print(f"submitted {job.id} to {address}", flush=True)
+    for event in job.events():
+        if event["stage"] == "result":
+            if event.get("status") != "succeeded":
+                raise MaasError(f"eval job {job.id} {event.get('status')}: {event.get('error') or job.tail()}")
+            return event["scores"]
+        print(f"  {event['stage']}: {event.get('detail', '')}", flush=True)
+    raise MaasError(f"eval job {job.id} ended without a result")
+
+
+def _print(records: dict, tasks: list, how: str) -> None:
+    from maas.report import table
+
+    refs = list(records)
+    rows = []
+    for t in tasks:
+        scores = [records[r]["tasks"][t.name]["score"] for r in refs]
+        first = records[refs[0]]["tasks"][t.name]
+        rows.append([t.name, first["metric"], str(first["items"]), *(f"{s:.4f}" for s in scores),
+                     *([f"{scores[0] - scores[1]:+.4f}"] if len(scores) == 2 else [])])
+    print(table(["task", "metric", "lines", *refs, *(["difference"] if len(refs) == 2 else [])], rows))
+    print(f"\n{records[refs[0]]['harness']}, {how}")

@@ -20,7 +20,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from maas.exceptions import EvalError
 from maas.spec.evaluation import EvalTaskSpec
@@ -52,6 +52,14 @@ class TaskResults:
         """What a manifest keeps: the harness, and per task its metric, score, lines and hash."""
         return {"harness": self.harness, "tasks": {n: {"metric": t.metric, "score": t.score, "items": t.items,
                                                        "sha256": t.sha256} for n, t in self.tasks.items()}}
+
+    def full_record(self) -> dict:
+        """``record`` with what was evaluated and each line's answers (log-likelihoods of the choices, or the
+        generated text), for whoever reads why two versions differ (``maas eval --json``, an eval job)."""
+        record = self.record()
+        for name, task in self.tasks.items():
+            record["tasks"][name]["answers"] = task.answers
+        return {**record, "model": self.model}
 
 
 def _check_line(task: EvalTaskSpec, where: str, line: dict) -> None:
@@ -220,6 +228,23 @@ def run_on_files(tasks: list[EvalTaskSpec], folder, base_folder=None, **kwargs) 
     if base_folder is None:
         return run_tasks(tasks, pretrained=str(folder), **kwargs)
     return run_tasks(tasks, pretrained=str(base_folder), peft=str(folder), **kwargs)
+
+
+def evaluate_refs(registry, refs: list[str], tasks: list[EvalTaskSpec],
+                  progress: Callable[[str], None] = lambda line: None) -> dict:
+    """{version ref: TaskResults} of each of ``refs`` (``name@alias``, ``name/version``, ``name``) on ``tasks``,
+    with lm-eval in-process on its verified files (an adapter as peft on its base). What ``maas eval`` runs
+    here and an eval job runs on a cluster.
+
+    Raises:
+        EvalError: a task file is malformed, a version is not a language model or only runs in vLLM.
+    """
+    results = {}
+    for ref in refs:
+        folder, base, resolved = version_target(registry, ref)
+        progress(f"{resolved}: {len(tasks)} task(s) with lm-eval ...")
+        results[resolved] = run_on_files(tasks, folder, base)
+    return results
 
 
 def version_target(registry, ref: str, served: bool = False) -> tuple[Path, Optional[Path], str]:

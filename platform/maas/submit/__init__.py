@@ -18,15 +18,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
-from maas import progress
 from maas.exceptions import JobError, SpecError
 from maas.spec import PipelineSpec, load_spec, spec_from_dict
 from maas.submit.auth import BAD_TOKEN, CLEAR_TEXT, NO_TOKEN, _auth_enabled, _is_local, _loopback, find_token
-
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-RESULT_KEY = "maas_result"
+from maas.submit.job import RESULT_KEY, TERMINAL, Job, progress_event
 
 
 def jobs_folder() -> str:
@@ -51,119 +48,6 @@ def _jobs_address(address: str) -> str:
         raise JobError(f"address {address!r} is not a Jobs API address: pass the dashboard URL of the head, "
                        "e.g. http://<head>:8265 (the same address `ray job submit --address` takes)")
     return f"http://{address.rstrip('/')}"
-
-
-progress_event = progress.parse  # a job log's progress line as a typed event (maas.progress writes them)
-
-
-class Job:
-    """A handle on one submitted job: status, logs, typed progress events, wait, stop and its result line.
-
-    Example:
-        >>> job = maas.Client().submit("examples/digits.yaml", ["train.epochs=5"])
-        >>> for event in job.events():
-        ...     print(event["stage"], event["detail"] if event["stage"] != "result" else event["status"])
-        >>> job.result()["promoted"]
-        'digits/2'
-    """
-
-    def __init__(self, client: "Client", job_id: str):
-        self.client = client
-        self.id = job_id
-
-    def __repr__(self) -> str:
-        return f"Job({self.id!r}, status={self.status()!r})"
-
-    def info(self):
-        try:
-            return self.client._jobs.get_job_info(self.id)
-        except RuntimeError as exc:
-            raise JobError(f"job {self.id!r} not found at {self.client.address}: {exc}") from None
-
-    def status(self) -> str:
-        """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
-        return str(self.info().status.value if hasattr(self.info().status, "value") else self.info().status)
-
-    def logs(self, follow: bool = False, poll_s: float = 0.5) -> Union[str, Iterator[str]]:
-        """The job's whole log so far, or (``follow=True``) an iterator of new log text until the job ends.
-
-        Following polls instead of streaming over a websocket, so it also works inside Jupyter's event loop.
-        """
-        if not follow:
-            return self.client._jobs.get_job_logs(self.id)
-        return self._follow(poll_s)
-
-    def _follow(self, poll_s: float) -> Iterator[str]:
-        seen = 0
-        while True:
-            done = self.status() in TERMINAL  # read the status first: logs fetched after it are complete
-            text = self.client._jobs.get_job_logs(self.id)
-            if len(text) > seen:
-                yield text[seen:]
-                seen = len(text)
-            if done:
-                return
-            time.sleep(poll_s)
-
-    def events(self, poll_s: float = 0.5) -> Iterator[dict]:
-        """Typed progress while the job runs (see ``progress_event``: stage, detail, and for training epochs
-        epoch/epochs/step/loss/val_accuracy), then one ``{"stage": "result", ...}`` with the result line (or
-        the error when the job left none). A notebook draws a progress bar and charts from these."""
-        pending = ""
-        for chunk in self.logs(follow=True, poll_s=poll_s):
-            pending += chunk
-            *lines, pending = pending.split("\n")
-            for line in lines:
-                event = progress_event(line)
-                if event is not None:
-                    yield event
-        event = progress_event(pending)
-        if event is not None:
-            yield event
-        try:
-            yield {"stage": "result", **self.result()}
-        except JobError as err:
-            yield {"stage": "result", "status": "failed", "error": str(err)}
-
-    def wait(self, timeout: Optional[float] = None, poll_s: float = 0.5) -> str:
-        """Block until the job ends; returns its final status.
-
-        Raises:
-            TimeoutError: still running after ``timeout`` seconds (the job keeps running).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (status := self.status()) not in TERMINAL:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {self.id} still {status} after {timeout} s")
-            time.sleep(poll_s)
-        return status
-
-    def stop(self) -> bool:
-        """Ask the job to stop (SIGTERM, then SIGKILL); its training actors and Serve apps go with it."""
-        return self.client._jobs.stop_job(self.id)
-
-    def result(self, timeout: Optional[float] = None) -> dict:
-        """The job's result line (waits for the job to end): status, versions, metrics, or the error.
-
-        Raises:
-            JobError: the job ended without printing a result line (killed, or crashed before starting).
-        """
-        status = self.wait(timeout)
-        for line in reversed(self.logs().splitlines()):
-            line = line.strip()
-            if line.startswith("{") and RESULT_KEY in line:
-                try:
-                    parsed = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(parsed, dict) and RESULT_KEY in parsed:
-                    parsed["job_status"] = status
-                    return parsed
-        raise JobError(f"job {self.id} ended {status} without a result line; last log lines:\n"
-                       + self.tail(20))
-
-    def tail(self, n: int = 20) -> str:
-        return "\n".join(self.logs().splitlines()[-n:])
 
 
 class Client:
@@ -293,6 +177,46 @@ class Client:
         job_id = name or f"maas-{stage}-{spec.model.name}-{uuid.uuid4().hex[:8]}"
         return self._submit(entrypoint, runtime_env, job_id, {"maas_stage": stage, "maas_model": spec.model.name})
 
+    def evaluate(self, refs: Union[str, list[str]], tasks: list, *, store: str = ".maas",
+                 name: Optional[str] = None) -> Job:
+        """Score registered language models on lm-evaluation-harness tasks in a Ray job (``jobs/evaluate.py``:
+        lm-eval in-process on each version's verified files, as ``maas eval`` does here). Its result line has
+        ``scores``: {version ref: {harness, model, tasks: {name: {metric, score, items, sha256, answers}}}}.
+
+        Args:
+            refs: a version (``name@alias``, ``name/version``, ``name``) or several, scored on the same tasks.
+            tasks: ``maas.spec.EvalTaskSpec`` (or mappings of its fields); local files are made absolute and
+                must be readable where the job runs (a URI otherwise).
+            store: the registry's URI.
+
+        Example:
+            >>> job = maas.Client().evaluate(["lm/3", "lm@production"], [EvalTaskSpec(name="caps",
+            ...     path="s3://bucket/caps.jsonl", type="multiple_choice")], store="s3://bucket/maas")
+            >>> job.result()["scores"]["lm/3"]["tasks"]["caps"]["score"]
+        """
+        from maas.spec.evaluation import EvalTaskSpec
+
+        local = self.embedded or _is_local(self.address)
+        specs = [t if isinstance(t, EvalTaskSpec) else EvalTaskSpec(**t) for t in tasks]
+        fixed = []
+        for field, value in [("store", store)] + [(f"tasks[{i}].path", t.path) for i, t in enumerate(specs)]:
+            if "://" in value or os.path.isabs(value) or local:
+                continue
+            raise SpecError([(field, f"{value!r} is a relative local path, which means nothing on a remote "
+                                     "cluster: use a URI (s3://bucket/...) or a shared absolute path")], "evaluate")
+        for t in specs:
+            absolute = t.path if "://" in t.path else os.path.abspath(t.path)
+            fixed.append(t.model_copy(update={"path": absolute}).model_dump(mode="json"))
+        store = store if "://" in store else os.path.abspath(store)
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        entrypoint = " ".join([self._job_python(), "-m", "jobs.evaluate", "--store", shlex.quote(store),
+                               *(f"--ref {shlex.quote(r)}" for r in refs), "--tasks-json",
+                               shlex.quote(json.dumps(fixed, separators=(",", ":")))])
+        runtime_env = {**self._shipped_code(), "env_vars": {"PYTHONUNBUFFERED": "1"}}
+        model = refs[0].split("@")[0].split("/")[0]
+        return self._submit(entrypoint, runtime_env, name or f"maas-eval-{model}-{uuid.uuid4().hex[:8]}",
+                            {"maas_stage": "eval", "maas_model": model})
+
     def _job_python(self) -> str:
         """The job's interpreter, quoted: embedded, this very one; a cluster, the `python` on its nodes' PATH
         (as `ray job submit`)."""
@@ -379,3 +303,6 @@ class Client:
                         "stage": meta.get("maas_stage", ""), "model": meta.get("maas_model", ""),
                         "start_time": j.start_time, "end_time": j.end_time, "message": j.message or ""})
         return sorted(out, key=lambda d: d["start_time"] or 0, reverse=True)
+
+
+__all__ = ["Client", "Job", "RESULT_KEY", "TERMINAL", "jobs_folder", "progress_event"]
