@@ -1,8 +1,9 @@
 """Serving: Ray Serve applications over Open Inference Protocol v2 and OpenAI-style routes.
 
-router (the route table, pure) -> app (the deployment: routing, accounting, batching) -> oip_handlers /
-openai_handlers (one module per protocol; parsing and shapes in oip) -> hosting (served models and their
-loaded versions, alias watcher, pinned cache) -> registry. deploy builds and starts applications."""
+routes (the route table, pure) -> app (the deployment: routing, accounting, batching) -> protocols/oip and
+protocols/openai (one package per protocol, on errors and tenancy, which every protocol shares) -> hosting
+(served models and their loaded versions, alias watcher, pinned cache) and runtimes (in-process predictors, vLLM
+engines) -> registry. deploy builds and starts applications."""
 
 from maas.serve.deploy import build_app, deploy
 from maas.serve.hosting import VERSION_HEADER
