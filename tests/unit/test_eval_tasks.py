@@ -110,7 +110,7 @@ def test_a_contains_match_counts_the_answer_anywhere_in_the_continuation():
                {"doc_id": 0, "target": " 42 ", "filtered_resps": ["the answer: 41"]},
                {"doc_id": 2, "target": "blue", "filtered_resps": "Blue"}]  # case matters, as in exact
     out = {"samples": {"maas_g": samples}, "results": {"maas_g": {"exact_match,none": 0.0}}}
-    score = _score(task, out, "h")
+    score = _score(task, out, "h", task_config(task, Path("g.jsonl")))
     assert (score.metric, score.score, score.items) == ("contains", 1 / 3, 3)
     assert score.answers == ["the answer: 41", "It is Paris, of course", "Blue"]  # in line order
     json.dumps(task_config(task, Path("g.jsonl")))  # data, nothing callable

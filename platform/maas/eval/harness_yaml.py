@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from maas.eval.files import read_task_bytes
 from maas.exceptions import EvalError
 
 KEYS = {"task", "dataset_path", "dataset_kwargs", "test_split", "validation_split", "output_type", "doc_to_text",
@@ -41,7 +42,7 @@ def load_harness_task(name: str, uri: str, folder: Path) -> tuple[dict, bytes]:
         EvalError: the YAML runs code, names an unknown key, a template that is more than field names, a
         metric or filter maas does not run, or data that is not a local or object-storage file.
     """
-    raw = _read(name, uri)
+    raw = read_task_bytes(name, uri)
     try:
         config = yaml.safe_load(raw.decode("utf-8"))
     except yaml.constructor.ConstructorError as exc:
@@ -56,17 +57,6 @@ def load_harness_task(name: str, uri: str, folder: Path) -> tuple[dict, bytes]:
     _check_keys(name, uri, config)
     data = _copy_data(name, uri, config, folder)
     return {**config, "task": f"maas_{name}"}, raw + data
-
-
-def _read(name: str, uri: str) -> bytes:
-    from maas.storage import open_uri
-
-    try:
-        fs, path = open_uri(uri)
-        with fs.open_input_stream(path) as f:
-            return f.read()
-    except (OSError, ValueError) as exc:
-        raise EvalError(f"eval task {name}: cannot read {uri} ({exc})") from None
 
 
 def _check_keys(name: str, uri: str, config: dict) -> None:
@@ -116,15 +106,10 @@ def _copy_data(name: str, uri: str, config: dict, folder: Path) -> bytes:
         if not isinstance(file, str) or not file or ".." in Path(file).parts:
             raise EvalError(f"{where}: data_files.{split} must be a file name beside the YAML or a URI")
         source = file if "://" in file or file.startswith("/") else f"{base}/{file}"
-        body = _read(name, source)
+        body = read_task_bytes(name, source)
         target = folder / f"{name}-{split}{Path(file).suffix}"
         target.write_bytes(body)
         copied[split], data = str(target), data + body
     config["dataset_kwargs"] = {**config["dataset_kwargs"], "data_files": copied}
     return data
 
-
-def metric_of(config: dict) -> str:
-    """The metric a harness task's score is read from: its first."""
-    first = config["metric_list"][0]
-    return first["metric"] if isinstance(first, dict) else first

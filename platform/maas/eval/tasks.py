@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from maas.eval.files import read_task_bytes
 from maas.exceptions import EvalError
 from maas.spec.evaluation import EvalTaskSpec
-
-METRIC = {"multiple_choice": "acc", "generate": "exact_match"}
 
 
 @dataclass
@@ -88,14 +87,7 @@ def read_task_file(task: EvalTaskSpec, folder: Path) -> tuple[Path, bytes]:
     Raises:
         EvalError: the file cannot be read, a line is not a JSON object, or a field is missing or mistyped.
     """
-    from maas.storage import open_uri
-
-    try:
-        fs, path = open_uri(task.path)
-        with fs.open_input_stream(path) as f:
-            data = f.read()
-    except (OSError, ValueError) as exc:
-        raise EvalError(f"eval task {task.name}: cannot read {task.path} ({exc})") from None
+    data = read_task_bytes(task.name, task.path)
     lines = [(i, text) for i, text in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1)
              if text.strip()]
     if not lines:
@@ -190,14 +182,15 @@ def _config(task: EvalTaskSpec, folder: Path) -> tuple[dict, bytes]:
     return task_config(task, path), data
 
 
-def _score(task: EvalTaskSpec, out: dict, sha256: str, config: Optional[dict] = None) -> TaskScore:
-    key = f"maas_{task.name}"
-    if task.type == "lm_eval":
-        from maas.eval.harness_yaml import metric_of
+def metric_of(config: dict) -> str:
+    """The metric a task's score is read from: the first of its harness configuration's."""
+    first = config["metric_list"][0]
+    return first["metric"] if isinstance(first, dict) else first
 
-        metric, output = metric_of(config), config["output_type"]
-    else:
-        metric, output = METRIC[task.type], task.type
+
+def _score(task: EvalTaskSpec, out: dict, sha256: str, config: dict) -> TaskScore:
+    """``task``'s score and answers from the harness's output, read as its configuration ``config`` says."""
+    key, metric, output = f"maas_{task.name}", metric_of(config), config["output_type"]
     samples = sorted(out["samples"][key], key=lambda s: s["doc_id"])
     if output in ("multiple_choice", "loglikelihood"):
         answers = [[round(float(r[0]), 6) for r in s["filtered_resps"]] for s in samples]

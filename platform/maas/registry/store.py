@@ -34,7 +34,6 @@ from maas.models.tasks import TASKS, task_from_signature
 from maas.registry import aliases as alias_log
 from maas.registry import deletion
 from maas.registry.cache import FetchCache, sha256_file, verify_files
-from maas.registry.deletion import DELETED
 from maas.registry.leases import LEASE_VALID_S, Lease, Stopped
 from maas.registry.model_version import ARTIFACT, MANIFEST, ModelVersion, parse_ref
 from maas.registry.objects import open_store, unique_id
@@ -91,7 +90,7 @@ class Registry:
         committed, deleted = [], set()
         for info in self.store.list(base.rstrip("/")):
             number, _, leaf = info.key[len(base):].partition("/")
-            if number.isdigit() and leaf in (MANIFEST, DELETED):
+            if number.isdigit() and leaf in (MANIFEST, deletion.DELETED):
                 (committed.append if leaf == MANIFEST else deleted.add)(int(number))
         return sorted(committed), deleted & set(committed)
 
@@ -307,7 +306,7 @@ class Registry:
             used = set()
             for v in self._version_numbers(name):
                 try:
-                    used.add(self._manifest(name, v).objects)
+                    used.add(self._manifest(name, v, deleted_checked=True).objects)
                 except RegistryError:
                     return removed  # a damaged manifest might name any upload: keep everything
             leases = {i.key.split("/")[3]: i.mtime for i in self.store.list(f"models/{name}/.leases")}
