@@ -347,6 +347,16 @@ def test_a_streams_access_log_line_has_its_tokens_and_both_ttft_and_tpot(llm):
     assert entry["prompt_tokens"] >= 2 and entry["path"] == "/v1/completions"
     assert 0 < entry["engine_ttft_ms"] <= entry["ttft_ms"] <= entry["latency_ms"]
     assert entry["tpot_ms"] > 0 and entry["engine_tpot_ms"] > 0
+    for kind, path, body in (("text", "/v1/completions", {"prompt": "w1"}),
+                             ("chat", "/v1/chat/completions", {"messages": []})):
+        refused = f"{rid}-refused-{kind}"  # refused once its version is known: logged under that version
+        r = requests.post(f"{llm['url']}{path}", timeout=60, json={"model": "tiny", **body, "max_tokens": 10 ** 6},
+                          headers={"Authorization": f"Bearer {KEY}", "x-request-id": refused})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        assert _wait(lambda: _access_entry(logs, refused) is not None, 20)
+        logged = _access_entry(logs, refused)
+        assert (logged["status"], logged["path"], logged["model"]) == (400, path, "tiny")
+        assert logged["version"] == entry["version"] is not None
 
 
 def _access_entry(pattern: str, rid: str):

@@ -36,17 +36,24 @@ class OpenAIHandlers:
 
     async def chat(self, request: Request):
         """-> (response, rows, loaded version or None)."""
-        bad = self._key(request)
-        if bad is not None:
-            return bad, 0, None
-        loaded = None
-        try:
-            req = await parse_off_loop(json_object, await read_body(request, self.server.max_request_bytes),
-                                       "'messages'")
-            loaded = await self.host.for_task(openai_model(req), "generate")
-            return await self.llm.run("chat", req, loaded, request.scope["maas"])
-        except ProtocolError as err:
-            return openai_error(err.status, err.message, err.headers), 0, loaded
+        return await self._engine_call(request, "'messages'", lambda req, loaded: self.llm.run(
+            "chat", req, loaded, request.scope["maas"]))
+
+    async def completions(self, request: Request):
+        """-> (response, rows, loaded version or None)."""
+        return await self._engine_call(request, "'prompt'", lambda req, loaded: self.llm.run(
+            "completions", req, loaded, request.scope["maas"]))
+
+    async def tokenize(self, request: Request):
+        """``POST /tokenize``: a prompt or chat messages as the served LLM's token ids (what evaluation
+        harnesses ask before scoring) -> (response, rows, loaded version or None)."""
+        return await self._engine_call(request, "'prompt' or 'messages'",
+                                       lambda req, loaded: self.llm.tokens("tokenize", req, loaded))
+
+    async def detokenize(self, request: Request):
+        """``POST /detokenize``: token ids back to text -> (response, rows, loaded version or None)."""
+        return await self._engine_call(request, "'tokens'",
+                                       lambda req, loaded: self.llm.tokens("detokenize", req, loaded))
 
     def _key(self, request: Request):
         """None, or the 401 in OpenAI's shape (``maas.serve.tenancy.check_key``)."""
@@ -56,29 +63,9 @@ class OpenAIHandlers:
             return openai_error(err.status, err.message, err.headers)
         return None
 
-    async def completions(self, request: Request):
-        """-> (response, rows, loaded version or None)."""
-        bad = self._key(request)
-        if bad is not None:
-            return bad, 0, None
-        try:
-            req = await parse_off_loop(json_object, await read_body(request, self.server.max_request_bytes),
-                                       "'prompt'")
-            loaded = await self.host.for_task(openai_model(req), "generate")
-            return await self.llm.run("completions", req, loaded, request.scope["maas"])
-        except ProtocolError as err:
-            return openai_error(err.status, err.message, err.headers), 0, None
-
-    async def tokenize(self, request: Request):
-        """``POST /tokenize``: a prompt or chat messages as the served LLM's token ids (what evaluation
-        harnesses ask before scoring) -> (response, rows, loaded version or None)."""
-        return await self._tokens(request, "tokenize", "'prompt' or 'messages'")
-
-    async def detokenize(self, request: Request):
-        """``POST /detokenize``: token ids back to text -> (response, rows, loaded version or None)."""
-        return await self._tokens(request, "detokenize", "'tokens'")
-
-    async def _tokens(self, request: Request, kind: str, what: str):
+    async def _engine_call(self, request: Request, what: str, call):
+        """The one path of every route a vLLM engine answers: key, body, the served version, then ``call(req,
+        loaded)``. A refusal after the version is known is logged under that version, on every route."""
         bad = self._key(request)
         if bad is not None:
             return bad, 0, None
@@ -86,7 +73,7 @@ class OpenAIHandlers:
         try:
             req = await parse_off_loop(json_object, await read_body(request, self.server.max_request_bytes), what)
             loaded = await self.host.for_task(openai_model(req), "generate")
-            return await self.llm.tokens(kind, req, loaded)
+            return await call(req, loaded)
         except ProtocolError as err:
             return openai_error(err.status, err.message, err.headers), 0, loaded
 
