@@ -243,15 +243,24 @@ def test_only_unmapped_new_segments_are_released(tmp_path, monkeypatch):
     before = llm_engine.shm_entries()
     for name in ("psm_leaked", "sem.loky-1-abc", "psm_in_use", "not_ours"):
         (tmp_path / name).write_bytes(b"x")
-    with open(tmp_path / "psm_in_use", "r+b") as f:
-        import mmap
+    # a semaphore as glibc's sem_open makes it: written and mapped under a temporary name, then linked to its
+    # own and the temporary name removed, so the mapping names a deleted file (seen: a concurrent release
+    # removed a starting engine's semaphore before its worker attached, and the engine failed to start)
+    (tmp_path / "sem.tmpXYZ").write_bytes(b"x")
+    import mmap
 
-        mapped = mmap.mmap(f.fileno(), 1)  # a live process (this one) maps it
-        try:
-            assert llm_engine.release_shared_memory(before) == ["psm_leaked", "sem.loky-1-abc"]
-        finally:
-            mapped.close()
-    assert sorted(os.listdir(tmp_path)) == ["not_ours", "psm_in_use", "psm_old"]
+    with open(tmp_path / "psm_in_use", "r+b") as f, open(tmp_path / "sem.tmpXYZ", "r+b") as g:
+        mapped = [mmap.mmap(f.fileno(), 1), mmap.mmap(g.fileno(), 1)]  # a live process (this one) maps them
+    os.link(tmp_path / "sem.tmpXYZ", tmp_path / "sem.mp-live")
+    os.unlink(tmp_path / "sem.tmpXYZ")
+    try:
+        assert llm_engine.shm_mappers(["sem.mp-live", "psm_leaked"]) == {"sem.mp-live": [os.getpid()],
+                                                                         "psm_leaked": []}
+        assert llm_engine.release_shared_memory(before) == ["psm_leaked", "sem.loky-1-abc"]
+    finally:
+        for m in mapped:
+            m.close()
+    assert sorted(os.listdir(tmp_path)) == ["not_ours", "psm_in_use", "psm_old", "sem.mp-live"]
 
 
 def test_llm_pipeline_imports_promotes_and_keeps_a_moved_alias(tmp_path, monkeypatch):

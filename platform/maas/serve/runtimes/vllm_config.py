@@ -125,27 +125,42 @@ def shm_entries() -> set:
         return set()
 
 
-def release_shared_memory(before: set) -> list[str]:
-    """Remove the segments made since ``before`` that no live process maps any more (what stopped engines
-    left behind); returns their names. Segments still in use are kept."""
+def shm_mappers(names) -> dict:
+    """{name: pids of the processes that map it} for the segments ``names`` in ``SHM``, matched by inode: a
+    named semaphore is mapped under the temporary name glibc made it with (``sem.XXXXXX (deleted)``), never
+    under its own, so a match by name would call a live semaphore unmapped."""
     import glob
     import os
 
-    leaked = shm_entries() - before
-    if not leaked:
-        return []
+    inodes = {}
+    for name in names:
+        try:
+            inodes[os.stat(os.path.join(SHM, name)).st_ino] = name
+        except OSError:
+            continue
+    found = {name: [] for name in inodes.values()}
     for maps in glob.glob("/proc/[0-9]*/maps"):
         try:
             with open(maps, errors="replace") as f:
-                text = f.read()
+                lines = [line.split(None, 5) for line in f if " /dev/shm/" in line or f" {SHM}/" in line]
         except OSError:
             continue
-        leaked = {n for n in leaked if n not in text}
-        if not leaked:
-            return []
+        for fields in lines:
+            if len(fields) > 4 and fields[4].isdigit() and int(fields[4]) in inodes:
+                found[inodes[int(fields[4])]].append(int(maps.split("/")[2]))
+    return found
+
+
+def release_shared_memory(before: set) -> list[str]:
+    """Remove the segments made since ``before`` that no live process maps any more (what stopped engines
+    left behind); returns their names. Segments in use, by any process on the machine, are kept: another
+    engine starting beside this one has its semaphores mapped (by inode) while its workers attach to them."""
+    import os
+
+    leaked = sorted(name for name, pids in shm_mappers(shm_entries() - before).items() if not pids)
     for name in leaked:
         try:
             os.unlink(os.path.join(SHM, name))
         except OSError:
             pass
-    return sorted(leaked)
+    return leaked
