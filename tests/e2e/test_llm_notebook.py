@@ -1,7 +1,8 @@
 """The LLM quickstart notebook (examples/llm_quickstart.ipynb), executed as a reader runs it: its kernel starts
-an embedded local Ray (no RAY_ADDRESS), imports a random tiny Llama, fine-tunes it with LoRA as a job, serves the
-adapter on a real vLLM engine, chats with it through the `openai` client and reads the per-version token
-metrics with ``Client.metrics``. The stored notebook carries no outputs."""
+an embedded local Ray (no RAY_ADDRESS), imports a random tiny Llama, fine-tunes it with LoRA as a job, scores both
+versions on a multiple-choice task with lm-evaluation-harness in an eval job, serves the adapter on a real vLLM
+engine, chats with it through the `openai` client and reads the per-version token metrics with
+``Client.metrics``. The stored notebook carries no outputs."""
 
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ def test_llm_quickstart_notebook_fine_tunes_serves_chats_and_reads_token_metrics
     assert (tmp_path / "lora_loss.png").stat().st_size > 10_000
     assert "counter/1" in outputs and "llama/1" in outputs and "lora" in outputs  # the versions compared
     assert "served: ['counter']" in outputs
+    # lm-eval's log-likelihood scores, per version, from the eval job: the adapter learnt to count, the base
+    # is a random model (a chance of 1 in 4 per question)
+    accuracy = dict(re.findall(r"(\w+/1): next_word accuracy ([\d.]+) over 20 questions", outputs))
+    assert set(accuracy) == {"llama/1", "counter/1"}, outputs[-3000:]
+    assert float(accuracy["counter/1"]) >= 0.6 and float(accuracy["counter/1"]) > float(accuracy["llama/1"])
     assert re.search(r"usage: \d+ prompt \+ \d+ completion tokens", outputs)
     answer = re.search(r"w100 w101 -> (.*) \(answered by counter/1\)", outputs)[1].split()
     numbers = [int(w[1:]) for w in answer if re.fullmatch(r"w\d+", w)]
