@@ -182,3 +182,29 @@ def test_haproxy_runs_with_its_side_listeners_bound_to_the_host_and_its_own_argu
     missing = subprocess.run([env["RAY_SERVE_HAPROXY_BINARY_PATH"], "-f", str(config)], capture_output=True,
                              text=True, env={**env, "MAAS_HAPROXY_BINARY": "/nowhere", "PATH": str(tmp_path / "x")})
     assert missing.returncode == 127 and "HAProxy not found at '/nowhere'" in missing.stderr
+
+
+def test_a_side_port_chosen_for_one_serve_is_not_handed_to_another_starting_at_once(monkeypatch, tmp_path):
+    """Two Serve instances starting together on one machine (two `maas run`, a suite in two processes) each
+    find Ray's default HAProxy ports free before either binds them: the first claims them, the second gets
+    others, and a claim lapses after CLAIM_S seconds."""
+    import json
+    import tempfile
+
+    from maas import ports
+    from maas.serve.deploy import haproxy_instance_env
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    keys = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT")
+    first, second = ({k: int(env[k]) for k in keys} for env in (haproxy_instance_env(), haproxy_instance_env()))
+    assert not set(first.values()) & set(second.values()), (first, second)
+    assert all(ports.port_free(p) for p in second.values())
+    (claims,) = tmp_path.glob("maas-port-claims-*.json")
+    assert set(json.loads(claims.read_text())) == {str(p) for p in (*first.values(), *second.values())}
+    assert not ports.claim(first["RAY_SERVE_HAPROXY_STATS_PORT"])
+    monkeypatch.setattr(ports, "CLAIM_S", 0.0)  # every claim has lapsed
+    assert ports.claim(first["RAY_SERVE_HAPROXY_STATS_PORT"])
+    claims.write_text("not json")  # a damaged file is started over, not a failure
+    assert ports.claim(first["RAY_SERVE_HAPROXY_STATS_PORT"])

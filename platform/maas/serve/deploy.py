@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 from ray import serve
 
-from maas.ports import free_port
+from maas.ports import default_or_free, free_window, port_free
 from maas.registry import Registry
 from maas.serve import ray_private
 from maas.serve.app import ModelServer
@@ -198,7 +198,7 @@ def haproxy_instance_env() -> dict:
     os.makedirs(folder, mode=0o700)
     os.chmod(folder, 0o700)  # whatever the umask
     open(os.path.join(folder, HAPROXY_MARK), "w").close()  # what remove_stale_haproxy_folders looks for
-    http, grpc_ = _free_window(30000, 31000), _free_window(40000, 41000)
+    http, grpc_ = free_window(30000, 31000), free_window(40000, 41000)
     return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + 100),
             "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_),
@@ -207,16 +207,11 @@ def haproxy_instance_env() -> dict:
             "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
-            "RAY_SERVE_HAPROXY_STATS_PORT": _default_or_free(8404),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": _default_or_free(9101),
+            "RAY_SERVE_HAPROXY_STATS_PORT": default_or_free(8404),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": default_or_free(9101),
             # Serve's fallback proxy behind HAProxy (fixed ports too: a second instance could not bind them)
-            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": _default_or_free(8500),
-            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": _default_or_free(9500)}
-
-
-def _default_or_free(port: int) -> str:
-    """Ray's default ``port`` while it is free on every interface here, else another free one."""
-    return str(port if _port_free(port) else free_port(""))
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": default_or_free(8500),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": default_or_free(9500)}
 
 
 def haproxy_bound_env(host: str) -> dict:
@@ -283,15 +278,6 @@ def remove_stale_haproxy_folders(grace_s: float = 300) -> list[str]:
     return removed
 
 
-def _free_window(low: int, high: int, width: int = 100) -> int:
-    """The first port of a ``width``-port window in [low, high) whose first port is free here (Ray's own
-    window, ``low``, when it is)."""
-    import random
-
-    starts = [low] + random.sample(range(low + width, high, width), (high - low) // width - 1)
-    return next((p for p in starts if _port_free(p)), low)
-
-
 def grpc_options(port: int) -> Optional[dict]:
     """Serve's gRPC proxy options for the Open Inference Protocol's gRPC service on ``port`` (None: 0, off).
 
@@ -302,28 +288,12 @@ def grpc_options(port: int) -> Optional[dict]:
 
     if not port:
         return None
-    if not _port_free(port):
+    if not port_free(port):
         logging.getLogger("maas").warning(
             "maas: port %s is taken on this machine, so Serve starts without the OIP gRPC service; set "
             "deploy.grpc_port (maas serve --grpc-port) to a free port, or 0 to keep it off", port)
         return None
     return {"port": port, "grpc_servicer_functions": [SERVICER_FUNCTION]}
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    for family, addr in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):  # Serve binds [::]:port
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is free
-                sock.bind((addr, port))
-            return True
-        except OSError as exc:
-            if family == socket.AF_INET6 and exc.errno in (97, 99):  # no IPv6 here: try IPv4
-                continue
-            return False
-    return False
 
 
 def undeploy(app_name: str) -> None:
