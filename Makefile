@@ -34,15 +34,11 @@ docs: setup  ## the documentation site, built strictly into site/ (reference pag
 docs-serve: setup  ## the site on http://127.0.0.1:8001, rebuilt as you edit
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
-# two test processes (pytest-xdist), a module at a time each: the 2 cores sat a third idle under one
-# (tests wait on engines, servers and Ray's start-ups), and each process has its own local Ray
-PARALLEL ?= -n 2 --dist loadfile
-
-test: setup lint docs  ## lint, then every test tier: unit, integration (a local Ray per test process), e2e
-	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e $(PARALLEL) $(ARGS)
+test: setup lint docs  ## lint, then every test tier: unit, integration (shared local Ray), e2e (pipeline, CLI, HTTP)
+	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e $(ARGS)
 
 test-quick: setup lint docs  ## unit and the integration tests under ~30 s each (no `slow` marker): a few minutes
-	$(BIN)/python -m pytest tests/unit tests/integration -m "not slow" $(PARALLEL) $(ARGS)
+	$(BIN)/python -m pytest tests/unit tests/integration -m "not slow" $(ARGS)
 
 proto: setup  ## recompile the OIP gRPC descriptor set after editing the .proto
 	$(BIN)/python -m grpc_tools.protoc -I platform/maas/serve/protocols/oip/proto \

@@ -91,21 +91,3 @@ def s3_bucket(s3_endpoint, request):
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return f"s3://{name}"
 
-
-# `make test` runs the suite in two processes (pytest-xdist, `--dist loadfile`: a module's tests stay together,
-# with its fixtures), each handed the next module as it finishes one. The long poles go first so the two end
-# together: a 400-s module handed out last would run alone at the end. Seconds per module in a clean-clone CI of
-# 2026-12-06 on the 2-core machine; a module not named keeps its place after them (e2e, integration, then unit).
-LONG_POLES = ("test_lm_pipeline", "test_jobs_e2e", "test_cli_e2e", "test_docs_snippets", "test_llm_notebook",
-              "test_multinode_e2e", "test_llm_serving")
-TIERS = ("e2e", "integration", "unit")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        path = item.path
-        pole = LONG_POLES.index(path.stem) if path.stem in LONG_POLES else len(LONG_POLES)
-        tier = TIERS.index(path.parent.name) if path.parent.name in TIERS else len(TIERS)
-        return pole, tier
-
-    items.sort(key=rank)  # stable: a module's tests keep their order
