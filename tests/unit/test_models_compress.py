@@ -50,6 +50,13 @@ def test_onnx_export_and_int8_quantization_agree_with_torch(model, tmp_path):
     q_logits = load_predictor(q.parent, "onnxruntime", "classify")(x)
     assert (q_logits.argmax(1) == torch_logits.argmax(1)).mean() >= 0.9
     assert np.abs(q_logits - torch_logits).max() < 0.5 * np.abs(torch_logits).max()
+    # ONNX Runtime on this CPU computes what the quantized graph says (ONNX's reference evaluator): 8-bit
+    # weights saturated its int8 kernel on AVX2 CPUs without VNNI (0.37 off; 0.013 with the 7-bit weights made)
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    reference = ReferenceEvaluator(onnx.load(q)).run(None, {"input": x})[0]
+    assert np.abs(q_logits - reference).max() < 0.05 * np.abs(torch_logits).max()
 
 
 def test_evaluate_reports_accuracy_size_and_latency(model):

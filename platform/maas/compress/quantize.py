@@ -10,7 +10,13 @@ from maas.exceptions import CompressionError
 
 
 def quantize_int8_dynamic(onnx_fp32: str | Path, out_path: str | Path, per_channel: bool = True) -> Path:
-    """Weights to int8 (per output channel), activations quantized on the fly at run time.
+    """Weights to int8 (per output channel, 7 bits of range), activations quantized on the fly at run time.
+
+    ``reduce_range``: ONNX Runtime multiplies uint8 activations by int8 weights with AVX2's VPMADDUBSW on x86
+    CPUs without VNNI, which sums pairs of products in 16 bits and saturates when both are large; 7-bit
+    weights keep every pair sum in range. Measured on an AVX2-only AMD EPYC: with 8-bit weights a small MLP's
+    logits were off by 0.37 (argmax agreement with fp32 0.89; ONNX's reference evaluator of the same graph:
+    0.014), with 7 bits by 0.013 (0.98). A version is made once and may be served on any CPU, so always.
 
     Raises:
         CompressionError: ONNX Runtime's quantization tools are missing or reject the graph.
@@ -22,7 +28,8 @@ def quantize_int8_dynamic(onnx_fp32: str | Path, out_path: str | Path, per_chann
     out_path = Path(out_path)
     with _quiet_ort():
         try:
-            quantize_dynamic(str(onnx_fp32), str(out_path), per_channel=per_channel, weight_type=QuantType.QInt8)
+            quantize_dynamic(str(onnx_fp32), str(out_path), per_channel=per_channel, weight_type=QuantType.QInt8,
+                             reduce_range=True)
         except Exception as exc:
             raise CompressionError(f"int8_dynamic quantization of {onnx_fp32} failed: {exc}") from None
     return out_path
