@@ -20,9 +20,10 @@ def engines_gone_and_shared_memory_released(shm_before: set, timeout_s: float = 
 
 
 def shared_memory_released(shm_before: set, timeout_s: float = 60) -> None:
-    """No vLLM buffer made since ``shm_before`` by this Ray is left: each is removed once no process maps it
-    (the last engine process may still be exiting). A buffer that only other processes map (a test process
-    beside this one and its engines, another user's engine) is theirs, not one left here."""
+    """No vLLM buffer made since ``shm_before`` by this test process (its Ray, the CLIs it ran, their engines)
+    is left: each is removed once no process maps it (the last engine process may still be exiting). A buffer
+    that only other processes map (a test process beside this one and its engines, another user's engine) is
+    theirs, not one left here."""
     from maas.serve.runtimes.vllm_config import release_shared_memory, shm_entries
 
     deadline = time.time() + timeout_s

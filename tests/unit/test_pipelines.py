@@ -171,6 +171,18 @@ def test_fastest_needs_a_margin_beyond_the_spread_of_its_measurements_and_a_tie_
         select([rejected], "fastest", "rows_s")
 
 
+def test_a_language_model_without_held_out_text_is_not_compared_on_it_as_if_it_were_perfect():
+    """Chat data holds no whole lines of text: no bits/byte is measured on either side (it used to read as 0.0
+    for both, a comparison that always held and said it had compared)."""
+    from maas.pipelines.champion import versus_lm
+
+    champion = {"ref": "lm/1", "comparable": True, "bits_per_byte": 1.5}
+    assert versus_lm(1.6, champion, 0.05)[0] is False and versus_lm(1.52, champion, 0.05)[0] is True
+    for mine, theirs in ((None, 1.5), (1.6, None), (None, None)):
+        holds, why = versus_lm(mine, {**champion, "bits_per_byte": theirs}, 0.05)
+        assert holds and why == "champion lm/1 not compared on held-out text: this run has none (chat data)"
+
+
 def test_a_version_below_the_champion_on_the_same_rows_is_a_candidate_and_the_alias_stays(tmp_path):
     from maas.pipelines.base import promote, status_of
     from maas.pipelines.champion import versus

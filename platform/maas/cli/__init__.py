@@ -121,12 +121,14 @@ def _fmt(x) -> str:
 
 
 def cmd_run(args) -> int:
+    from maas.data.source import check_local_path
     from maas.pipelines import implementation
     from maas.runtime import ensure_ray
     from maas.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
     kind = implementation(spec)
+    check_local_path(getattr(spec, "data", None))  # before Ray starts: a typo costs no Ray start-up
     serve = spec.deploy.enabled and not args.no_serve
     started = time.perf_counter()
     local = ensure_ray(args.address, quiet=not args.verbose)

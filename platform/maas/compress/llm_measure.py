@@ -5,7 +5,8 @@ maas.compress.llm_measure job.json result.json``): vLLM starts engine processes 
 process exit reliably returns, and its multiprocessing wants a ``__main__`` guard.
 
 job.json: {"models": [{"key", "folder", "dtype"}], "eval": [[token ids], ...], "prompts": [[ids], ...],
-"max_tokens": N, "speed_tokens": N, "concurrency": [1, 32], "engine": {vLLM engine keywords}}.
+"max_tokens": N, "speed_tokens": N, "concurrency": [1, 32], "engine": {vLLM engine keywords}}; with
+"score_only": true, only the log-probabilities of "eval" (no prompts, greedy text or speed).
 result.json: {key: {"perplexity", "nll", "eval_tokens", "greedy": [[ids]], "tokens_per_s_c1", ...,
 "load_s"} or {"error": message}}.
 """
@@ -40,6 +41,8 @@ def measure(folder: str, dtype: str, job: dict) -> dict:
                     nll -= logprobs[ids[pos]].logprob
                     n += 1
         out.update(nll=nll / max(n, 1), perplexity=math.exp(nll / max(n, 1)), eval_tokens=n)
+        if job.get("score_only"):  # a champion read on held-out text: no generation or speed
+            return out
         greedy = llm.generate([TokensPrompt(prompt_token_ids=p) for p in job["prompts"]],
                               SamplingParams(max_tokens=job["max_tokens"], temperature=0, ignore_eos=True),
                               use_tqdm=False)

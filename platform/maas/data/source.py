@@ -26,6 +26,27 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
         raise DataError(f"data.path: cannot open {uri!r}: {exc}") from None
 
 
+def _missing(uri: str) -> DataError:
+    return DataError(f"data.path: {uri} does not exist (check the path, or set data.bootstrap to write a "
+                     "bundled data set there)")
+
+
+def check_local_path(data) -> None:
+    """Fail fast, before any Ray starts (an embedded one takes 6-13 s here), where a spec's ``data`` names a
+    local file or folder (no URI scheme, no glob) that does not exist and that nothing will write (no
+    ``bootstrap``); the data stage would raise the same error once running.
+
+    Raises:
+        DataError: the path does not exist.
+    """
+    path = getattr(data, "path", None)
+    if not path or getattr(data, "bootstrap", None) or any(ch in path for ch in "*?["):
+        return
+    local = path[len("file://"):] if path.startswith("file://") else None if "://" in path else path
+    if local is not None and not Path(local).exists():
+        raise _missing(path)
+
+
 def resolve_files(uri: str, fmt: str) -> tuple[pafs.FileSystem, list[str], str]:
     """Expand a file, directory or glob into a sorted list of data files and settle the format.
 
@@ -40,8 +61,7 @@ def resolve_files(uri: str, fmt: str) -> tuple[pafs.FileSystem, list[str], str]:
     else:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
-            raise DataError(f"data.path: {uri} does not exist (check the path, or set data.bootstrap to "
-                            "write a bundled data set there)")
+            raise _missing(uri)
         if info.type == pafs.FileType.Directory:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             files = sorted(i.path for i in infos if i.type == pafs.FileType.File

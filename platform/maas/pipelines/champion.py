@@ -62,10 +62,7 @@ def text_bits_per_byte(model, tokenizer, lines: list[str]) -> float:
 
     bits, nbytes = 0.0, 0
     with torch.inference_mode():
-        for line in lines:
-            ids = tokenizer(line, add_special_tokens=False)["input_ids"]
-            if len(ids) < 2:
-                continue
+        for ids in line_ids(tokenizer, lines, getattr(model.config, "max_position_embeddings", None)):
             logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum")
             bits += float(nll) / math.log(2)
@@ -73,12 +70,21 @@ def text_bits_per_byte(model, tokenizer, lines: list[str]) -> float:
     return bits / max(nbytes, 1)
 
 
+def line_ids(tokenizer, lines: list[str], context: Optional[int]) -> list[list[int]]:
+    """Each line's token ids, cut to fit the model's ``context`` with the one token an engine must generate
+    after a prompt (it refuses a longer one; past its context a model reads positions it never trained on);
+    lines of fewer than 2 tokens have nothing to score."""
+    ids = (tokenizer(line, add_special_tokens=False)["input_ids"][:context - 1 if context else None] for line in lines)
+    return [i for i in ids if len(i) >= 2]
+
+
 def evaluate_lm_champion(registry: Registry, name: str, version: Optional[int], lines: list[str],
-                         tasks: tuple = ()) -> Optional[dict]:
+                         tasks: tuple = (), engine=None) -> Optional[dict]:
     """{ref, comparable, bits_per_byte, tasks | why} of the language model ``name/version`` on ``lines`` (this
-    run's held-out text) with transformers and on ``tasks`` with lm-eval, or None: no champion. A Hugging Face
-    folder or LoRA adapters on their base are scored; a quantized folder (compressed-tensors, which only its
-    vLLM engine runs here) is not."""
+    run's held-out text) and on ``tasks`` with lm-eval, or None: no champion. A Hugging Face folder or LoRA
+    adapters on their base are read by transformers; a quantized folder (compressed-tensors, which only vLLM
+    runs here) by a vLLM engine with ``engine``'s settings (``deploy.llm``), in a process of its own: its
+    held-out text only (lm-eval's tasks need its served endpoint: ``maas eval --endpoint``)."""
     if version is None:
         return None
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -88,25 +94,60 @@ def evaluate_lm_champion(registry: Registry, name: str, version: Optional[int], 
     mv = registry.get_version(name, version)
     folder, base_folder, quantized = version_files(registry, mv)
     if quantized:
-        return {"ref": mv.ref, "comparable": False, "why": "a quantized champion is scored by its vLLM engine, "
-                                                            "which this comparison does not start yet"}
+        from maas.spec import LLMEngineSpec
+
+        bits = vllm_bits_per_byte(folder, mv.signature, lines, engine or LLMEngineSpec()) if lines else None
+        return {"ref": mv.ref, "comparable": True, "bits_per_byte": bits,
+                "tasks_why": "a quantized champion's tasks are scored through its endpoint (maas eval --endpoint)"}
     model = AutoModelForCausalLM.from_pretrained(base_folder or folder)
     if base_folder is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, folder)
     tokenizer = AutoTokenizer.from_pretrained(base_folder or folder)
-    out = {"ref": mv.ref, "comparable": True, "bits_per_byte": text_bits_per_byte(model.eval(), tokenizer, lines)}
+    out = {"ref": mv.ref, "comparable": True,  # None: no held-out text to read (chat data)
+           "bits_per_byte": text_bits_per_byte(model.eval(), tokenizer, lines) if lines else None}
     if tasks:
         out["tasks"] = run_on_files(list(tasks), folder, base_folder).scores()
     return out
 
 
-def versus_lm(bits_per_byte: float, champion: Optional[dict], max_increase: float) -> tuple[bool, str]:
-    """(holds its own, why) for a language model scoring ``bits_per_byte`` against ``champion``."""
+def vllm_bits_per_byte(folder, signature: dict, lines: list[str], engine) -> float:
+    """``text_bits_per_byte`` of ``lines`` read by a vLLM engine (the only runtime of a quantized folder here):
+    the same tokens, the same sum of next-token losses after each line's first token, over the same bytes.
+
+    Raises:
+        EvalError: the engine could not read them (its error).
+    """
+    import math
+    import tempfile
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    from maas.exceptions import EvalError
+    from maas.pipelines.lm_compress import measure_folders
+    from maas.serve.runtimes.vllm_config import engine_dtype
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = line_ids(tokenizer, lines, AutoConfig.from_pretrained(folder).max_position_embeddings)
+    nbytes = sum(len(tokenizer.decode(i[1:]).encode()) for i in ids)
+    inputs = {"eval": ids, "prompts": [], "max_tokens": 1, "score_only": True}
+    models = [{"key": "champion", "folder": str(folder), "dtype": engine_dtype(engine, signature)}]
+    with tempfile.TemporaryDirectory(prefix="maas-champion-") as tmp:
+        got = measure_folders(models, inputs, [1], engine, tmp)["champion"]
+    if "error" in got:
+        raise EvalError(f"the champion's vLLM engine could not read the held-out text: {got['error']}")
+    return got["nll"] * got["eval_tokens"] / math.log(2) / max(nbytes, 1)
+
+
+def versus_lm(bits_per_byte: Optional[float], champion: Optional[dict], max_increase: float) -> tuple[bool, str]:
+    """(holds its own, why) for a language model scoring ``bits_per_byte`` against ``champion``; None on either
+    side (no held-out text, as with chat data) compares nothing: the version's eval.tasks decide, if any."""
     if (skip := _not_compared(champion)) is not None:
         return skip
     theirs = champion["bits_per_byte"]
+    if bits_per_byte is None or theirs is None:
+        return True, f"champion {champion['ref']} not compared on held-out text: this run has none (chat data)"
     if bits_per_byte - theirs > max_increase + 1e-12:
         return False, (f"{bits_per_byte:.4f} bits/byte on this run's held-out text, {bits_per_byte - theirs:.4f} "
                        f"more than champion {champion['ref']}'s {theirs:.4f} (eval.max_bits_per_byte_increase "

@@ -55,6 +55,19 @@ class LMResult:
         return asdict(self)
 
 
+NO_HELD_OUT = ("no held-out lines of text (chat data): no next-word accuracy or bits/byte, and no comparison "
+               "with the champion on them; eval.tasks score a chat model")
+
+
+def _champion_line(champion: dict, n_lines: int) -> str:
+    """How the champion read this run's held-out text and tasks, or why it was not compared."""
+    if not champion["comparable"]:
+        return champion["why"]
+    bits = champion["bits_per_byte"]
+    return (NO_HELD_OUT if bits is None else f"{bits:.4f} bits/byte on this run's {n_lines} held-out lines") \
+        + _task_line(champion.get("tasks")) + (f"; {champion['tasks_why']}" if "tasks_why" in champion else "")
+
+
 def held_out_lines(val, tokenizer, n: int = 64) -> list[str]:
     """Whole lines of text from the validation blocks (the first and last line of a block may be cut)."""
     lines: list[str] = []
@@ -130,10 +143,8 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     tasks = ([cloze_task(lines, run_dir)] if spec.eval.cloze and lines else []) + list(spec.eval.tasks)
     champion = None
     if spec.eval.against_champion and alias_was is not None:
-        champion = evaluate_lm_champion(registry, spec.model.name, alias_was, lines, tuple(tasks))
-        lap("data", f"champion {champion['ref']}: " + (f"{champion['bits_per_byte']:.4f} bits/byte on this run's "
-                    f"{len(lines)} held-out lines" + _task_line(champion.get("tasks"))
-                    if champion["comparable"] else champion["why"]))
+        champion = evaluate_lm_champion(registry, spec.model.name, alias_was, lines, tuple(tasks), spec.deploy.llm)
+        lap("data", f"champion {champion['ref']}: {_champion_line(champion, len(lines))}")
 
     import torch
 
@@ -163,12 +174,16 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     sample = greedy_text(model, tokenizer, PROMPT, 48)
     check = next_word_accuracy(model, tokenizer, lines)
     metrics = {k: v for k, v in best.items() if k.startswith(("val_", "train_"))}
-    metrics.update(parameters=n_params, trained_parameters=n_trainable, next_word_accuracy=check["accuracy"],
-                   tokens_per_s_train=max((h.get("tokens_per_s", 0) for h in trained.history), default=0.0),
-                   held_out_bits_per_byte=text_bits_per_byte(model, tokenizer, lines))
-    holds, versus_why = versus_lm(metrics["held_out_bits_per_byte"], champion, spec.eval.max_bits_per_byte_increase)
-    lap("evaluate", f"next-word accuracy {check['accuracy']:.3f} on {check['n']} held-out lines, "
-                    f"{metrics['held_out_bits_per_byte']:.4f} bits/byte; greedy sample: {sample[:60]!r}")
+    metrics.update(parameters=n_params, trained_parameters=n_trainable,
+                   tokens_per_s_train=max((h.get("tokens_per_s", 0) for h in trained.history), default=0.0))
+    if check["n"]:  # chat data holds no whole lines of text: no figure rather than a 0 that reads as perfect
+        metrics.update(next_word_accuracy=check["accuracy"],
+                       held_out_bits_per_byte=text_bits_per_byte(model, tokenizer, lines))
+    holds, versus_why = versus_lm(metrics.get("held_out_bits_per_byte"), champion,
+                                  spec.eval.max_bits_per_byte_increase)
+    lap("evaluate", (f"next-word accuracy {check['accuracy']:.3f} on {check['n']} held-out lines, "
+                     f"{metrics['held_out_bits_per_byte']:.4f} bits/byte" if check["n"] else NO_HELD_OUT)
+        + f"; greedy sample: {sample[:60]!r}")
     lora = base is not None and spec.model.finetune == "lora"
     task_record = None
     with tempfile.TemporaryDirectory(prefix="maas-lm-") as tmp:
@@ -255,7 +270,7 @@ def summary(result: LMResult, spec: LMPipelineSpec) -> str:
                   "MB"],
                  [[result.ref, f"{m['parameters'] / 1e6:.2f}M", f"{m.get('val_loss', nan):.3f}",
                    f"{m.get('val_perplexity', nan):.1f}", f"{m.get('val_bits_per_byte', nan):.2f}",
-                   f"{m['next_word_accuracy']:.3f}", f"{m['tokens_per_s_train']:.0f}",
+                   f"{m.get('next_word_accuracy', nan):.3f}", f"{m['tokens_per_s_train']:.0f}",
                    f"{m['size_bytes'] / 1e6:.2f}"]]) + f"\nsample (greedy): {result.sample!r}" + \
         _decision(result, spec) + _variants(result, spec)
 
@@ -267,9 +282,10 @@ def _decision(result: LMResult, spec: LMPipelineSpec) -> str:
         f"\n{alias} stays at {result.promoted_ref} (the champion): {result.ref} is published as a candidate"
     c = result.champion
     if c:
-        line += f"\nchampion {c['ref']}: " + (f"{c['bits_per_byte']:.4f} bits/byte on this run's held-out text, "
-                                             f"this run {result.metrics['held_out_bits_per_byte']:.4f}"
-                                             if c["comparable"] else c["why"])
+        mine = result.metrics.get("held_out_bits_per_byte")
+        line += f"\nchampion {c['ref']}: " + (c["why"] if not c["comparable"] else NO_HELD_OUT if mine is None else
+                                             f"{c['bits_per_byte']:.4f} bits/byte on this run's held-out text, "
+                                             f"this run {mine:.4f}")
     return line
 
 
