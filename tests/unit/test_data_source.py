@@ -71,7 +71,7 @@ def test_reports_land_in_the_run_folder_local_or_in_a_bucket(where, tmp_path, re
     assert not (tmp_path / "s3:").exists()
 
 
-def test_a_missing_local_data_path_is_refused_before_ray_starts(tmp_path):
+def test_a_missing_local_data_path_is_refused_before_ray_starts(tmp_path, monkeypatch):
     """`maas run` checks a local data.path before it starts an embedded Ray (which took 13 s to reach the same
     error); paths something will write (data.bootstrap), globs and object storage are left to the data stage."""
     from types import SimpleNamespace as Data
@@ -79,11 +79,12 @@ def test_a_missing_local_data_path_is_refused_before_ray_starts(tmp_path):
     from maas.data.source import check_local_path
 
     (tmp_path / "here.csv").write_text("a\n1\n")
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~ is expanded as the data stage expands it
     for path in ("missing.parquet", str(tmp_path / "nope"), f"file://{tmp_path}/nope.csv"):
         with pytest.raises(DataError, match=r"^data\.path: .* does not exist \(check the path"):
             check_local_path(Data(path=path, bootstrap=None))
     for data in (Data(path=str(tmp_path / "here.csv"), bootstrap=None), Data(path=str(tmp_path), bootstrap=None),
-                 Data(path=f"file://{tmp_path}/here.csv", bootstrap=None),
+                 Data(path=f"file://{tmp_path}/here.csv", bootstrap=None), Data(path="~/here.csv", bootstrap=None),
                  Data(path="data/digits.parquet", bootstrap="sklearn:digits"), Data(path="s3://b/x.csv"),
                  Data(path=str(tmp_path / "*.csv")), Data(source="sklearn"), None):
         check_local_path(data)

@@ -40,10 +40,11 @@ def check_local_path(data) -> None:
         DataError: the path does not exist.
     """
     path = getattr(data, "path", None)
-    if not path or getattr(data, "bootstrap", None) or any(ch in path for ch in "*?["):
+    remote = path and "://" in path and not path.startswith("file://")
+    if not path or remote or getattr(data, "bootstrap", None) or any(ch in path for ch in "*?["):
         return
-    local = path[len("file://"):] if path.startswith("file://") else None if "://" in path else path
-    if local is not None and not Path(local).exists():
+    fs, local = filesystem_for(path)  # resolved as the data stage resolves it (``~``, relative paths)
+    if fs.get_file_info(local).type == pafs.FileType.NotFound:
         raise _missing(path)
 
 
