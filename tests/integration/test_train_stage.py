@@ -134,3 +134,23 @@ def test_compiled_blocks_train_like_eager_with_fsdp_and_keep_checkpoint_keys(tmp
     assert set(model.state_dict()) == set(eager.model.state_dict())  # no "_orig_mod." prefixes
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, comp.model.state_dict()[name])
+
+
+def test_small_splits_are_cut_on_the_driver_into_equal_parts_that_read_like_ray_datas_batches():
+    import ray
+
+    from maas.train.shards import DriverShard, driver_shards
+
+    rows = [{"x": float(i), "tokens": np.arange(i, i + 4, dtype=np.int64)} for i in range(11)]
+    ds = ray.data.from_items(rows, override_num_blocks=3).materialize()
+    parts = [list(DriverShard(ref).iter_batches(batch_size=2)) for ref in driver_shards(ds, 3)]
+    expected = ds.take_batch(11, batch_format="numpy")
+    for rank, batches in enumerate(parts):  # 11 rows over 3 workers: 3 each, in order, 2 dropped
+        assert [len(b["x"]) for b in batches] == [2, 1]
+        x = np.concatenate([b["x"] for b in batches])
+        tokens = np.concatenate([b["tokens"] for b in batches])
+        assert x.tolist() == expected["x"][rank * 3:rank * 3 + 3].tolist()
+        assert tokens.dtype == expected["tokens"].dtype and tokens.shape == (3, 4)
+        assert (tokens == expected["tokens"][rank * 3:rank * 3 + 3]).all()
+    empty = driver_shards(ds.filter(lambda r: r["x"] > 99).materialize(), 2)
+    assert [list(DriverShard(ref).iter_batches(batch_size=4)) for ref in empty] == [[], []]

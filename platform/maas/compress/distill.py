@@ -27,8 +27,10 @@ import torch
 from torch import nn
 
 from maas.exceptions import CompressionError
+from maas.train.shards import DriverShard, driver_shards
 
 MASKS = "masks.safetensors"
+SMALL_SHARD_BYTES = 256 * 2**20  # a worker's teacher targets under this are cut on the driver (maas.train.shards)
 
 
 def student_from_teacher(teacher: nn.Module, config: dict, layers: list[int]) -> tuple[nn.Module, dict]:
@@ -118,7 +120,7 @@ def distill_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=0.01)
-    shard = ray.train.get_dataset_shard("train")
+    shard = DriverShard(config["shards"][rank]) if config.get("shards") else ray.train.get_dataset_shard("train")
     steps_per_epoch = max(1, math.ceil(config["train_rows"] / world / config["batch_size"]))
     total = steps_per_epoch * config["epochs"]
     warmup = max(1, int(total * config["warmup_fraction"]))
@@ -204,10 +206,13 @@ def distill(teacher_dir: str | Path, student: nn.Module, student_config: dict, t
               "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed, "train_rows": len(train_texts),
               "warmup_fraction": warmup_fraction, "val_texts": list(val_texts),
               "val_targets": np.asarray(val_targets, dtype=np.float32).tolist()}
+    datasets = {"train": targets}
+    if targets.size_bytes() / num_workers < SMALL_SHARD_BYTES:  # cut on the driver: no split actors
+        config["shards"], datasets = driver_shards(targets, num_workers), {}
     trainer = TorchTrainer(
         distill_loop_per_worker, train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        datasets={"train": targets},
+        datasets=datasets,
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(run_dir),  # a local path or a URI (the run folder's, like the store)
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_cosine",

@@ -25,6 +25,7 @@ from maas.data.chat import IGNORE  # a target position that is not learnt (cross
 from maas.models import build_model
 from maas.train.checkpoint import as_dtensors, resume_state, write_checkpoint
 from maas.train.config import LoopConfig
+from maas.train.shards import DriverShard
 
 
 class ShardBatches:
@@ -69,6 +70,15 @@ class ShardBatches:
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             yield self._x[idx], self._y[idx]
+
+
+def _shard(config: LoopConfig, name: str, rank: int):
+    """This worker's part of split ``name``: cut by the driver when small, else Ray Train's streaming split."""
+    import ray.train
+
+    if config.shards:
+        return DriverShard(config.shards[name][rank])
+    return ray.train.get_dataset_shard(name)
 
 
 def _to(device: torch.device, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,8 +237,8 @@ def train_loop_per_worker(config: LoopConfig) -> None:
     features = list(config.features)
     cache, buffer = config.cache_shards, config.shuffle_buffer
     task = config.task
-    train_batches = ShardBatches(ray.train.get_dataset_shard("train"), features, cache, buffer, task)
-    val_batches = ShardBatches(ray.train.get_dataset_shard("val"), features, cache, buffer, task) \
+    train_batches = ShardBatches(_shard(config, "train", rank), features, cache, buffer, task)
+    val_batches = ShardBatches(_shard(config, "val", rank), features, cache, buffer, task) \
         if config.has_val else None
     tokens_per_row = config.architecture["block_size"] if lm else 0
     accum = t.grad_accumulation_steps
