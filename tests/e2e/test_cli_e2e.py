@@ -143,8 +143,8 @@ def test_run_serves_until_ctrl_c_then_models_list_and_show(tmp_path):
 
 
 def test_llm_example_serves_with_its_defaults_though_its_engine_takes_over_a_minute(tmp_path):
-    """`maas run examples/llm.yaml` as a new user runs it (gRPC on, as the example has it), its engine's load
-    held to at least 65 s (MAAS_ENGINE_START_DELAY_S; ~20-40 s here by itself): maas waits on its own clock past
+    """`maas run examples/llm.yaml` as a new user runs it (gRPC on, as the example has it), its engine's start
+    held to at least 65 s (MAAS_ENGINE_START_DELAY_S; ~35-55 s here by itself): maas waits on its own clock past
     Serve's fixed 60 s, says what the engine is doing meanwhile, and serves; the official openai client streams
     an answer through the port the example names; Ctrl-C stops it all."""
     openai = pytest.importorskip("openai")

@@ -152,5 +152,5 @@ def test_small_splits_are_cut_on_the_driver_into_equal_parts_that_read_like_ray_
         assert x.tolist() == expected["x"][rank * 3:rank * 3 + 3].tolist()
         assert tokens.dtype == expected["tokens"].dtype and tokens.shape == (3, 4)
         assert (tokens == expected["tokens"][rank * 3:rank * 3 + 3]).all()
-    empty = driver_shards(ds.filter(lambda r: r["x"] > 99).materialize(), 2)
+    empty = driver_shards(ds.filter(expr="x > 99").materialize(), 2)
     assert [list(DriverShard(ref).iter_batches(batch_size=4)) for ref in empty] == [[], []]

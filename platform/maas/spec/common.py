@@ -66,8 +66,9 @@ class TrainSpec(_Strict):
         5, ge=0, description="Also checkpoint every N epochs (0: never), bounding what a failure can cost; a "
                              "checkpoint is always written when validation accuracy improves and at the end.")
     cache_shard_mb: float = Field(
-        256, ge=0, description="A worker's shard smaller than this is read once and reshuffled in memory each "
-                               "epoch; larger shards stream from Ray Data every epoch (0: always stream).")
+        256, ge=0, description="A worker's shard smaller than this is cut on the driver, held in the worker's "
+                               "memory and reshuffled each epoch; larger shards stream through Ray Data's split "
+                               "every epoch (0: always stream).")
     max_failures: int = Field(1, ge=0, description="Worker-group restarts (from the last checkpoint) on failure.")
     grad_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (gradients are "
                                                              "synchronised once per step).")

@@ -30,7 +30,7 @@ from maas.serve.runtimes import on_engine
 from maas.serve.runtimes.vllm_config import engine_of, is_adapter, llm_config, lora_name
 
 logger = logging.getLogger("ray.serve")
-# drills (a slow model load): no engine is ready sooner than this many seconds after its load began
+# drills (a slow model start): no engine is ready sooner than this many seconds after it was asked for
 START_DELAY_ENV = "MAAS_ENGINE_START_DELAY_S"
 STATES = ("queued", "fetching", "verifying", "loading", "ready", "failed")
 
@@ -89,13 +89,12 @@ class Engine:
             raise ServeError(f"{self.ref} has runtime {mv.runtime!r}; a vLLM engine serves runtime 'vllm'")
         self._set("loading")
         await asyncio.to_thread(check_vllm_kernels, str(folder))  # raises: this machine cannot run these weights
-        loading = time.monotonic()
         if not self.spec.gpus():  # vLLM reads it in the engine process it starts from here
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{self.spec.kv_cache_gib:g}"
         config = llm_config(self.store, mv, self.spec, self.lora_rank, source=str(folder))
         self.server = LLMServer.sync_init(config, engine_cls=off_loop_engine_class())
         await self.server.start()
-        held = float(os.environ.get(START_DELAY_ENV) or 0) - (time.monotonic() - loading)
+        held = float(os.environ.get(START_DELAY_ENV) or 0) - (time.monotonic() - self.created)
         if held > 0:
             await asyncio.sleep(held)
 
