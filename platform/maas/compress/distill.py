@@ -27,10 +27,12 @@ import torch
 from torch import nn
 
 from maas.exceptions import CompressionError
+from maas.spec import TrainSpec
 from maas.train.shards import DriverShard, driver_shards
 
 MASKS = "masks.safetensors"
-SMALL_SHARD_BYTES = 256 * 2**20  # a worker's teacher targets under this are cut on the driver (maas.train.shards)
+# a worker's teacher targets under train.cache_shard_mb's default are cut on the driver (maas.train.shards)
+SMALL_SHARD_BYTES = TrainSpec.model_fields["cache_shard_mb"].default * 2**20
 
 
 def student_from_teacher(teacher: nn.Module, config: dict, layers: list[int]) -> tuple[nn.Module, dict]:

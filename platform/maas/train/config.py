@@ -27,11 +27,15 @@ class LoopConfig(BaseModel):
     features: tuple[str, ...] = Field((), description="Feature columns in model input order ('classify').")
     has_val: bool = Field(..., description="Whether a validation split is given (else checkpoints rank by epoch).")
     steps_per_epoch: int = Field(..., ge=1, description="Optimizer steps per epoch (sizes the LR schedule).")
-    cache_shards: bool = Field(..., description="Read each worker's shard once and reshuffle it in memory.")
     shards: dict[str, list[Any]] = Field(default_factory=dict, description="Small splits cut on the driver: "
                                          "per split name, one object ref per worker rank (maas.train.shards).")
     progress_path: Optional[str] = Field(None, description="Local file for the latest epoch and step (live view).")
     peak_flops_per_worker: float = Field(0.0, ge=0, description="The GPU's peak FLOP/s for MFU (0: not reported).")
+
+    @property
+    def cache_shards(self) -> bool:
+        """Each worker holds its (driver-cut) shard in memory and reshuffles it every epoch."""
+        return bool(self.shards)
 
     @property
     def shuffle_buffer(self) -> int:

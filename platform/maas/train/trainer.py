@@ -166,27 +166,23 @@ def fit(t: TrainSpec, model_config: dict, train, val, *, rows: int, row_bytes: i
     if 0 < rows < t.num_workers:
         raise TrainingError(f"the train split has {rows} row(s), fewer than train.num_workers ({t.num_workers}); "
                             "add data or lower train.num_workers")
-    shard_mb = rows * row_bytes / t.num_workers / 2**20
+    splits = {"train": train, **({"val": val} if has_val else {})}
+    shards, datasets = {}, splits
+    if rows * row_bytes / t.num_workers / 2**20 < t.cache_shard_mb:
+        # small: read the prepared data now, so no Ray Data task needs a CPU while the training workers
+        # hold them all (2 workers on a 2-CPU machine would otherwise wait for their data forever), and cut
+        # it into one object per worker here (maas.train.shards: no split actors, 10 s a run on 2 cores)
+        shards = {name: driver_shards(ds.materialize(), t.num_workers) for name, ds in splits.items()}
+        datasets = {}
+    else:
+        _check_cpus_left_for_streaming(t.num_workers * t.cpus_per_worker)
     config = LoopConfig(
         train=t.model_copy(), architecture=model_config, normalization=dict(init or {}), task=task,
         features=tuple(features or ()), has_val=has_val,
         steps_per_epoch=max(1, math.ceil(rows / t.num_workers / t.batch_size / t.grad_accumulation_steps)),
-        cache_shards=shard_mb < t.cache_shard_mb,
+        shards=shards,
         progress_path=os.path.join(run_dir, f"{run_name}_progress.json") if "://" not in run_dir else None,
         peak_flops_per_worker=peak_flops(t.precision) if use_gpu else 0.0)
-    if config.cache_shards:
-        # small: read the prepared data now, so no Ray Data task needs a CPU while the training workers
-        # hold them all (2 workers on a 2-CPU machine would otherwise wait for their data forever), and cut
-        # it into one object per worker here (maas.train.shards: no split actors, 10 s a run on 2 cores)
-        splits = {"train": train, **({"val": val} if has_val else {})}
-        config = config.model_copy(update={"shards": {name: driver_shards(ds.materialize(), t.num_workers)
-                                                      for name, ds in splits.items()}})
-        datasets = {}
-    else:
-        _check_cpus_left_for_streaming(t.num_workers * t.cpus_per_worker)
-        datasets = {"train": train}
-        if has_val:
-            datasets["val"] = val
     resources = {"CPU": t.cpus_per_worker}
     trainer = TorchTrainer(
         train_loop_per_worker,
