@@ -78,3 +78,24 @@ def test_serve_private_parts_maas_relies_on_are_still_there():
             continue
         text = module.read_text().replace("ray_private", "")
         assert not re.search(r"ray\.[\w.]*\._|from ray[\w.]* import _", text), module.relative_to(package)
+
+
+def test_ray_s_log_monitor_reads_the_settings_maas_gives_it():
+    """maas.runtime.LOG_MONITOR_ENV slows the log monitor's look for new worker log files through two environment
+    variables that only Ray's log monitor reads, when its module loads: read back from a fresh process so that a
+    Ray upgrade renaming either (and silently dropping the saving) fails here."""
+    import json
+    import subprocess
+    import sys
+
+    from maas.runtime import LOCAL_RAY_ENV, LOG_MONITOR_ENV
+
+    probe = ("import json, ray._private.log_monitor as m; "
+             "print(json.dumps([m.LOG_NAME_UPDATE_INTERVAL_S, m.RAY_LOG_MONITOR_MANY_FILES_THRESHOLD]))")
+    env = {k: v for k, v in os.environ.items() if k not in LOG_MONITOR_ENV}
+    defaults = json.loads(subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                                         check=True).stdout)
+    ours = json.loads(subprocess.run([sys.executable, "-c", probe], env={**env, **LOG_MONITOR_ENV},
+                                     capture_output=True, text=True, check=True).stdout)
+    assert defaults == [0.5, 1000] and ours == [2.0, 0]  # every 2 s, whatever the number of files
+    assert LOG_MONITOR_ENV.items() <= LOCAL_RAY_ENV.items()  # the embedded Ray gets them too
