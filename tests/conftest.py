@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # second; set before any Ray starts, so every Ray process of the tests (and of the CLIs they run) inherits it.
 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 # The session's Ray lives for the whole run and keeps two log files per worker it ever started (~360 by the
-# end): its log monitor, globbing them every 0.1 s, took 241 s of CPU in a 75-minute run, and the 13 Rays of a
-# run ~330 s together (4.4% of all the CPU the run used). Every Ray of the tests (the session's, the heads and
+# end): its log monitor, globbing them every 0.1 s, took 241 s of CPU in an hour of a 75-minute run, and the 13
+# Rays of that hour ~330 s together (4.4% of all the CPU used). Every Ray of the tests (the session's, the heads and
 # CLIs they start) looks for new files every 2 s instead, as maas's own embedded Ray does (maas.runtime).
 for _name, _value in LOG_MONITOR_ENV.items():
     os.environ.setdefault(_name, _value)
