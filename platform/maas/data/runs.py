@@ -39,16 +39,28 @@ class DataResult:
     columns: dict = field(default_factory=dict)  # column -> count, nulls, min/max/mean/std or top values
     schema_inferred: bool = False
     raw_features: list = field(default_factory=list)  # feature columns before encoding (what clients send)
+    saved: dict = field(default_factory=dict)  # split -> (pyarrow filesystem, folder) of its saved Parquet
 
     def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Materialise a (small) split on the driver as (X float32 [N, F], y int64 [N])."""
-        df = getattr(self, split).to_pandas()
+        df = self._to_pandas(split, self.features + [Y])
         return df[self.features].to_numpy(np.float32), df[Y].to_numpy(np.int64)
 
     def texts(self, split: str) -> tuple[list, np.ndarray]:
         """A text model's split on the driver: (its one text feature as strings, y int64 [N])."""
-        df = getattr(self, split).select_columns([self.features[0], Y]).to_pandas()
+        df = self._to_pandas(split, [self.features[0], Y])
         return df[self.features[0]].astype(str).tolist(), df[Y].to_numpy(np.int64)
+
+    def _to_pandas(self, split: str, columns: list):
+        """A saved split is read here with pyarrow: a Ray Data read after training starts a worker that
+        imports Ray Data first (3 s a read on 2 cores, where pyarrow takes milliseconds); a split not saved
+        yet is materialised through Ray Data."""
+        if split in self.saved:
+            import pyarrow.parquet as pq
+
+            fs, folder = self.saved[split]
+            return pq.read_table(folder, filesystem=fs, columns=columns).to_pandas()
+        return getattr(self, split).select_columns(columns).to_pandas()
 
 
 def write_data_report(run_dir: str, result: DataResult) -> None:
@@ -109,6 +121,7 @@ def save_prepared(result: DataResult, run_dir: str) -> None:
             setattr(result, name, getattr(result, name).limit(0).materialize())
         else:
             setattr(result, name, read_parquet(split_dir, fs))
+            result.saved[name] = (fs, split_dir)
     checked = f"{root}/checked"
     if result.rejects_path is None or "/checked/" not in result.rejects_path:
         if fs.get_file_info(checked).type.name != "NotFound":
@@ -130,7 +143,7 @@ def load_prepared(run_dir: str) -> DataResult:
     except (FileNotFoundError, OSError):
         raise DataError(f"no prepared data in {run_dir}: run the data stage first "
                         "(python -m jobs.preprocess --spec FILE) and pass its run id") from None
-    splits = {}
+    splits, saved = {}, {}
     for name in ("train", "val", "test"):
         split_dir = f"{path}/splits/{name}"
         if fs.get_file_info(split_dir).type.name == "NotFound":
@@ -139,6 +152,7 @@ def load_prepared(run_dir: str) -> DataResult:
             splits[name] = None
             continue
         splits[name] = read_parquet(split_dir, fs)  # lazy: streamed by its consumers
+        saved[name] = (fs, split_dir)
     if splits["train"] is None:
         raise DataError(f"{run_dir} has an empty train split; re-run the data stage")
     for name in ("val", "test"):
@@ -150,4 +164,4 @@ def load_prepared(run_dir: str) -> DataResult:
                       fingerprint=report["fingerprint"], counts=report["counts"],
                       rejects_path=report.get("rejects_path"), encoders=report.get("encoders", {}),
                       columns=report.get("columns", {}), schema_inferred=report.get("schema_inferred", False),
-                      raw_features=report.get("raw_features", report["features"]))
+                      raw_features=report.get("raw_features", report["features"]), saved=saved)

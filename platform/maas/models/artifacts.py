@@ -123,8 +123,11 @@ def export_onnx(model: nn.Module, input_dim: int, path: str | Path) -> Path:
     path = Path(path)
     model = unwrap(model).eval()
     example = torch.zeros(2, input_dim)
-    batch = torch.export.Dim("batch", min=1)
+    # the TorchScript exporter: the same graph as the dynamo exporter's for these models (Sub, Div, Gemm, Relu),
+    # in 0.05 s against 6-8 s for dynamo's first export in a process (2 s after), which every pipeline run
+    # paid (docs/design/compression.md)
     with quiet_export():
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+                          opset_version=17, dynamo=False, verbose=False,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return path
