@@ -167,9 +167,19 @@ def run_tasks(tasks: list[EvalTaskSpec], *, endpoint: Optional[str] = None, mode
             stable = {**config, "dataset_kwargs": None}  # the temp path is not the task
             hashes[task.name] = hashlib.sha256(json.dumps(stable, sort_keys=True).encode() + data).hexdigest()
         out = simple_evaluate(model=kind, model_args=args, tasks=list(configs.values()), log_samples=True,
-                              bootstrap_iters=0, batch_size=batch_size if kind == "hf" else 1, verbosity="ERROR")
+                              bootstrap_iters=0, batch_size=batch_size if kind == "hf" else 1, verbosity="ERROR",
+                              task_manager=task_manager())
     return TaskResults(f"lm-eval {lm_eval.__version__}", what,
                        {t.name: _score(t, out, hashes[t.name], configs[t.name]) for t in tasks})
+
+
+def task_manager():
+    """lm-eval's task manager without the harness's built-in tasks: maas hands it every task as a whole
+    configuration (``include`` is refused), and indexing the ~27,000 built-in YAML files took 27 s of every
+    evaluation on 2 cores (26,619 YAML loads a call; docs/design/compression.md)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_defaults=False)
 
 
 def _config(task: EvalTaskSpec, folder: Path) -> tuple[dict, bytes]:
