@@ -4,6 +4,7 @@ then the pick served by Ray Serve over HTTP: OpenAI /v1/embeddings and OIP v2 BY
 
 import base64
 import json
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -192,3 +193,41 @@ def test_oip_v2_bytes_infer_and_client_mistakes(pipeline):
         assert (err["message"] if isinstance(err, dict) else err)
     assert requests.get(f"{url}/v1/embeddings", timeout=30).status_code == 405
     assert requests.get(f"{url}/v2/health/ready", timeout=30).status_code == 200  # the server lives on
+
+
+def test_a_run_that_ranks_pairs_worse_than_the_encoder_serving_traffic_is_a_candidate_and_the_alias_stays(
+        pipeline, tmp_path):
+    """Champion/challenger for encoders: the version production points at embeds the new run's pairs with its
+    own files and preprocessing (64 tokens); this run reads only 8 tokens of each text, so its versions rank
+    the pairs worse, are published as candidates, and production stays. A copy of the store keeps the module's
+    endpoint where it was."""
+    from maas.pipelines.encoder import summary
+
+    store = tmp_path / "store"
+    shutil.copytree(pipeline["spec"].store, store)
+    champion_ref = pipeline["result"].promoted_ref
+    measured = {r["ref"]: r for r in pipeline["result"].variants}[champion_ref]["metrics"]["sts_spearman"]
+    spec = spec_from_dict({
+        "kind": "encoder", "store": str(store), "model": {"name": "minilm", "max_length": 8},
+        "data": {"limit": 1200, "held_out": 48, "val": 32},
+        "compress": {"variants": [], "batch_sizes": [16]}, "deploy": {"enabled": False},
+    })
+    result = run_encoder_pipeline(spec, serve=False)
+    champion = result.champion
+    # the same pairs as the first run, the champion's own files: the figure that run measured in its own process
+    assert champion["ref"] == champion_ref and champion["comparable"]
+    assert champion["sts_spearman"] == pytest.approx(measured, abs=1e-4)
+    (parent,) = result.variants
+    drop = champion["sts_spearman"] - parent["metrics"]["sts_spearman"]
+    assert drop > 0.02, drop  # 8 tokens of a sentence lose the words its graded pairs differ by
+    assert parent["passed"] and parent["status"] == "candidate"  # its own gate: it is its own parent
+    assert f"below champion {champion_ref}'s" in parent["gate"] and "eval.max_sts_drop 0.02" in parent["gate"]
+    registry = Registry(str(store))
+    mv = registry.resolve(parent["ref"])
+    assert mv.status == "candidate" and mv.lineage["champion"]["held"] is False
+    assert "eval.max_sts_drop" in mv.description
+    assert result.promoted_ref == champion_ref and registry.aliases("minilm")["production"] == int(
+        champion_ref.split("/")[1])
+    text = summary(result, spec)
+    assert f"champion {champion_ref}: STS-style rank correlation {champion['sts_spearman']:.4f}" in text
+    assert f"minilm@production stays at {champion_ref} (the champion)" in text

@@ -196,6 +196,12 @@ def test_a_version_below_the_champion_on_the_same_rows_is_a_candidate_and_the_al
     other = {"ref": "d/1", "comparable": False, "why": "its features differ from this run's"}
     assert versus({"test_accuracy": 0.1}, other, 0.01) == (True, "champion d/1 not compared: its features differ "
                                                                  "from this run's")
+    encoder = {"ref": "e/2", "comparable": True, "sts_spearman": 0.80}  # encoders: the rank correlation on pairs
+    assert versus({"sts_spearman": 0.79}, encoder, 0.02, "sts_spearman") == (
+        True, "vs champion e/2: STS-style rank correlation 0.7900 against its 0.8000 on the same pairs")
+    holds, why = versus({"sts_spearman": 0.70}, encoder, 0.02, "sts_spearman")
+    assert not holds and why == ("STS-style rank correlation 0.7000 is 0.1000 below champion e/2's 0.8000 on the "
+                                 "same pairs (eval.max_sts_drop 0.02)")
     assert [status_of(True, True), status_of(True, False), status_of(False, True)] == ["ready", "candidate",
                                                                                         "rejected"]
     reg = Registry(str(tmp_path / "store"))

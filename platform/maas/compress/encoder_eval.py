@@ -64,10 +64,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def quality(parent_emb: np.ndarray, emb: np.ndarray, pair_emb: tuple[np.ndarray, np.ndarray],
             labels: np.ndarray) -> dict:
     cos = (parent_emb * emb).sum(1) / (np.linalg.norm(parent_emb, axis=1) * np.linalg.norm(emb, axis=1) + 1e-12)
-    left, right = pair_emb
-    sims = (left * right).sum(1) / (np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1) + 1e-12)
     return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-            "sts_spearman": spearman(sims, labels)}
+            "sts_spearman": sts_spearman(*pair_emb, labels)}
+
+
+def sts_spearman(left: np.ndarray, right: np.ndarray, labels: np.ndarray) -> float:
+    """The rank correlation of the pairs' cosine similarities with their graded labels."""
+    sims = (left * right).sum(1) / (np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1) + 1e-12)
+    return spearman(sims, labels)
 
 
 def _status_mb(field: str) -> float:

@@ -1,7 +1,10 @@
-"""Champion/challenger for classifiers: before ``deploy.alias`` moves, the version it points at now (the
-champion) is evaluated on the new run's own test rows, with its own artifact and runtime, and every new
-version must come within ``eval.max_accuracy_drop`` of it; one that does not is published as ``candidate``
-and the alias stays. The champion's stored metrics are never reused: they came from other rows."""
+"""Champion/challenger: before ``deploy.alias`` moves, the version it points at now (the champion) is
+evaluated on the new run's own data, with its own artifact, preprocessing and runtime, and every new version
+must come within the spec's tolerance of it; one that does not is published as ``candidate`` and the alias
+stays. The champion's stored metrics are never reused: they came from other rows.
+
+Classifiers are compared on the run's test rows (``eval.max_accuracy_drop``), sentence encoders on the run's
+STS-style pairs (``eval.max_sts_drop``), language models on the run's held-out text and tasks."""
 
 from __future__ import annotations
 
@@ -39,15 +42,50 @@ def _not_compared(champion: Optional[dict]) -> Optional[tuple[bool, str]]:
     return None
 
 
-def versus(metrics: dict, champion: Optional[dict], max_drop: float) -> tuple[bool, str]:
-    """(holds its own, why) for a version with ``metrics`` against ``champion`` (``evaluate_champion``)."""
+# metric -> (how a figure is named, what it is measured on, its tolerance in the spec, how a shortfall reads)
+COMPARED = {
+    "test_accuracy": ("", "rows", "eval.max_accuracy_drop", lambda d: f"{d * 100:.2f} points"),
+    "sts_spearman": ("STS-style rank correlation ", "pairs", "eval.max_sts_drop", lambda d: f"{d:.4f}"),
+}
+
+
+def versus(metrics: dict, champion: Optional[dict], max_drop: float,
+           metric: str = "test_accuracy") -> tuple[bool, str]:
+    """(holds its own, why) for a version with ``metrics`` against ``champion`` (``evaluate_champion`` or
+    ``evaluate_encoder_champion``) on ``metric``, higher being better."""
     if (skip := _not_compared(champion)) is not None:
         return skip
-    mine, theirs = metrics["test_accuracy"], champion["test_accuracy"]
+    named, on, knob, shortfall = COMPARED[metric]
+    mine, theirs = metrics[metric], champion[metric]
     if theirs - mine > max_drop + 1e-12:
-        return False, (f"{mine:.4f} is {(theirs - mine) * 100:.2f} points below champion {champion['ref']}'s "
-                       f"{theirs:.4f} on the same rows (eval.max_accuracy_drop {max_drop:g})")
-    return True, f"vs champion {champion['ref']}: {mine:.4f} against its {theirs:.4f} on the same rows"
+        return False, (f"{named}{mine:.4f} is {shortfall(theirs - mine)} below champion {champion['ref']}'s "
+                       f"{theirs:.4f} on the same {on} ({knob} {max_drop:g})")
+    return True, f"vs champion {champion['ref']}: {named}{mine:.4f} against its {theirs:.4f} on the same {on}"
+
+
+# ------------------------------------------------------------------------------------------- encoders
+
+def evaluate_encoder_champion(registry: Registry, name: str, version: Optional[int], left: list[str],
+                              right: list[str], labels) -> Optional[dict]:
+    """{ref, comparable, sts_spearman | why} of the sentence encoder ``name/version`` on this run's STS-style
+    pairs, embedded with its own files, tokenizer and runtime as the variants are (batches of 64), or None:
+    no champion. A champion that is not a sentence encoder cannot read them: ``comparable: False``."""
+    if version is None:
+        return None
+    import numpy as np
+
+    from maas.compress.encoder_eval import sts_spearman
+
+    mv = registry.get_version(name, version)
+    if mv.task != "embed":
+        return {"ref": mv.ref, "comparable": False,
+                "why": f"it is a {mv.task} model, not a sentence encoder, so it cannot embed these pairs"}
+    folder, _ = registry.fetch(mv.ref)
+    predictor = load_predictor(folder, mv.runtime, mv.task)
+    texts = list(left) + list(right)
+    emb = np.concatenate([predictor(texts[i:i + 64]) for i in range(0, len(texts), 64)])
+    return {"ref": mv.ref, "comparable": True,
+            "sts_spearman": sts_spearman(emb[:len(left)], emb[len(left):], labels)}
 
 
 # --------------------------------------------------------------------------------------- language models

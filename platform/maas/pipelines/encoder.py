@@ -3,8 +3,11 @@
 
 Every variant is built from a copy of the parent by its chain of steps (``maas.compress.encoder_variants``),
 measured in a fresh process against the parent on the same held-out sentences, and published: ``ready`` when
-it passes its gate, ``rejected`` (never aliased, never served) when it does not. ``select: fastest`` points
-``deploy.alias`` at the passing version with the highest throughput at the largest timed batch size.
+it passes its gate, ``rejected`` (never aliased, never served) when it does not, ``candidate`` when it passed
+but its STS-style rank correlation falls more than ``eval.max_sts_drop`` below the version ``deploy.alias``
+points at now (the champion, embedding the same pairs with its own files). ``select: fastest`` points
+``deploy.alias`` at the passing version with the highest throughput at the largest timed batch size; when none
+held its own against the champion, the alias stays.
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ from maas.pipelines.base import (
     Laps,
     Progress,
     alias_target,
+    champion_lineage,
     job_deploy,
     new_run_id,
     noop,
     promote,
     publish_variant,
     serve_at_end,
+    status_of,
     variants_summary,
 )
+from maas.pipelines.champion import evaluate_encoder_champion, versus
 from maas.registry import Registry
 from maas.spec import EncoderPipelineSpec
 
@@ -47,6 +53,7 @@ class EncoderResult:
     run_dir: str
     spec_hash: str
     corpus: dict
+    champion: Optional[dict] = None  # {ref, comparable, sts_spearman | why}: the alias holder when the run began
     variants: list = field(default_factory=list)  # {method, runtime, ref, metrics, gate, passed}
     alias: str = "production"
     promoted_ref: str = ""
@@ -94,6 +101,14 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
                     "data_counts": {"sentences": corpus.total, "train": len(corpus.train), "val": len(corpus.val),
                                     "held_out": n_held, "sts_pairs": len(labels)}}
     signature = encoder_signature(spec.model.max_length)
+    champion = None
+    if spec.eval.against_champion and alias_was is not None:  # a model's first version has nothing to beat
+        champion = evaluate_encoder_champion(registry, spec.model.name, alias_was, left, right, labels)
+        lap("champion", f"{champion['ref']}: " + (f"STS-style rank correlation {champion['sts_spearman']:.4f} on "
+                                                  "this run's pairs" if champion["comparable"] else champion["why"]))
+
+    def against_champion(metrics: dict) -> tuple[bool, str]:
+        return versus(metrics, champion, spec.eval.max_sts_drop, "sts_spearman")
 
     def evaluate(folder: Path, runtime: str, parent_emb: Optional[np.ndarray]):
         metrics, emb = measure_in_subprocess(folder, runtime, eval_texts, c.batch_sizes, c.latency_runs, c.threads)
@@ -110,12 +125,15 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
         shutil.copyfile(pretrained_dir(spec.model.pretrained) / TOKENIZER, parent_dir / TOKENIZER)
         parent_metrics, parent_emb = evaluate(parent_dir, "torch", None)
         parent_metrics["size_bytes"] = artifact_bytes(parent_dir)
+        holds, versus_why = against_champion(parent_metrics)
         parent = registry.publish(spec.model.name, artifact_files(parent_dir), runtime="torch", task="embed",
-                                  metrics=parent_metrics, signature=signature,
+                                  metrics=parent_metrics, signature=signature, status=status_of(True, holds),
+                                  description=versus_why,
                                   lineage={**lineage_base, "method": "fp32", "parent": None,
-                                           "pretrained": spec.model.pretrained})
+                                           "pretrained": spec.model.pretrained, **champion_lineage(holds, versus_why)})
         records = [{"method": "fp32", "runtime": "torch", "ref": parent.ref, "metrics": parent_metrics,
-                    "gate": "parent", "passed": True, "details": {}}]
+                    "gate": "parent" if holds else f"CANDIDATE: {versus_why}", "passed": True,
+                    "status": parent.status, "details": {}}]
         lap("parent", f"{parent.ref}: {parent_metrics['size_bytes'] / 1e6:.1f} MB, "
                       f"{_speed(parent_metrics, c.batch_sizes)}")
 
@@ -132,10 +150,12 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
             record = publish_variant(registry, spec.model.name, artifact_files(out), runtime=runtime, task="embed",
                                      metrics=metrics, signature=signature,
                                      lineage={**lineage_base, "details": details}, method=variant.name,
-                                     parent=parent.ref, passed=passed, reason=reason)
+                                     parent=parent.ref, passed=passed, reason=reason,
+                                     champion=against_champion(metrics))
             record["details"] = {k: v for k, v in details.items() if not k.endswith("_history")}
             records.append(record)
-            lap("compress", f"{variant.name} -> {record['ref']} ({'pass' if passed else 'rejected'}): "
+            lap("compress", f"{variant.name} -> {record['ref']} ({'pass' if passed else 'rejected'}"
+                            f"{', candidate' if record['status'] == 'candidate' else ''}): "
                             f"cos {metrics['cosine_mean']:.4f}, {metrics['size_bytes'] / 1e6:.1f} MB, "
                             f"{_speed(metrics, c.batch_sizes)}")
 
@@ -153,15 +173,18 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
     fastest_at = f"throughput_b{max(c.batch_sizes)}"
     promoted = promote(spec.store, spec.deploy.alias, [r for r in records if not r.get("baseline")], c.select,
                        fastest_at, expected=alias_was, by=f"run:{run_id}")
-    lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted['ref']} ({promoted['method']})")
+    promoted_ref = promoted["ref"] if promoted else f"{spec.model.name}/{alias_was}"
+    lap("promote", f"{spec.model.name}@{spec.deploy.alias} -> {promoted_ref} ({promoted['method']})" if promoted
+        else f"{spec.model.name}@{spec.deploy.alias} stays at {promoted_ref}: no version of this run held its own "
+             "against the champion (published as candidates)")
     with tempfile.TemporaryDirectory(prefix="maas-report-") as tmp:  # then into the run folder, local or not
         report = put_folder_files(run_dir, write_compression_report(
             records, Path(tmp), c.batch_sizes, title=f"{spec.model.name}: {spec.model.pretrained} variants vs "
-            "fp32 parent", picked=promoted["ref"]))
+            "fp32 parent", picked=promoted_ref))
     endpoint = serve_at_end(spec, serve, laps)
     return EncoderResult(run_id=run_id, run_dir=run_dir, spec_hash=spec.spec_hash(),
-                         corpus={"sentences": corpus.total, "fingerprint": corpus.fingerprint},
-                         variants=records, alias=spec.deploy.alias, promoted_ref=promoted["ref"], endpoint=endpoint,
+                         corpus={"sentences": corpus.total, "fingerprint": corpus.fingerprint}, champion=champion,
+                         variants=records, alias=spec.deploy.alias, promoted_ref=promoted_ref, endpoint=endpoint,
                          report=report, stage_seconds=laps.seconds)
 
 
@@ -184,8 +207,18 @@ def _speed(metrics: dict, batch_sizes: list) -> str:
 def summary(result: EncoderResult, spec: EncoderPipelineSpec) -> str:
     from maas.compress.report import markdown_table
 
-    return (markdown_table(result.variants, spec.compress.batch_sizes) + f"\n\n{spec.model.name}@{result.alias} -> "
-            f"{result.promoted_ref}; report: " + ", ".join(f"{k} {v}" for k, v in result.report.items()))
+    name, champion = spec.model.name, result.champion
+    lines = [markdown_table(result.variants, spec.compress.batch_sizes), ""]
+    if champion:
+        lines.append(f"champion {champion['ref']}: " + (f"STS-style rank correlation {champion['sts_spearman']:.4f} "
+                                                        "on this run's pairs" if champion["comparable"]
+                                                        else champion["why"]))
+    if any(v["ref"] == result.promoted_ref for v in result.variants):
+        lines.append(f"{name}@{result.alias} -> {result.promoted_ref}")
+    else:
+        lines.append(f"{name}@{result.alias} stays at {result.promoted_ref} (the champion): no version of this run "
+                     "held its own against it; they are published as candidates")
+    return "\n".join(lines) + "; report: " + ", ".join(f"{k} {v}" for k, v in result.report.items())
 
 
 def try_it(result: EncoderResult, spec: EncoderPipelineSpec) -> tuple[str, str]:
@@ -199,7 +232,7 @@ def job_pipeline(spec: EncoderPipelineSpec, opts: dict, progress: Progress) -> d
     result = run(spec, serve=opts.get("serve", False), progress=progress)
     return {"run_id": result.run_id, "run_dir": result.run_dir, "corpus": result.corpus,
             "variants": variants_summary(result.variants), "promoted": result.promoted_ref,
-            "alias": result.alias, "endpoint": result.endpoint, "report": result.report,
+            "alias": result.alias, "champion": result.champion, "endpoint": result.endpoint, "report": result.report,
             "stage_seconds": result.stage_seconds,
             "summary": summary(result, spec)}
 
@@ -208,8 +241,8 @@ def job_compress(spec: EncoderPipelineSpec, opts: dict, progress: Progress) -> d
     """The packaged encoder is its own parent: compress = this pipeline, unserved."""
     result = run(spec, serve=False, progress=progress)
     return {"parent": result.variants[0]["ref"], "variants": variants_summary(result.variants),
-            "promoted": result.promoted_ref, "alias": result.alias, "report": result.report,
-            "summary": summary(result, spec)}
+            "promoted": result.promoted_ref, "alias": result.alias, "champion": result.champion,
+            "report": result.report, "summary": summary(result, spec)}
 
 
 JOB_STAGES = {"pipeline": job_pipeline, "compress": job_compress, "deploy": job_deploy}

@@ -119,6 +119,19 @@ class EncoderCompressSpec(_Strict):
         return list(self.variants)
 
 
+class EncoderEvalSpec(_Strict):
+    """Champion/challenger: a new version must hold its own against the version serving traffic now."""
+
+    against_champion: bool = Field(
+        True, description="Before deploy.alias moves, embed this run's STS-style pairs with the version it points at "
+                          "now (the champion), with its own files, tokenizer and runtime; a version of this run whose "
+                          "rank correlation falls more than max_sts_drop below the champion's is published as "
+                          "'candidate' and the alias stays. The first version of a model has no champion.")
+    max_sts_drop: float = Field(
+        0.02, ge=0, le=2, description="How far a challenger's STS-style rank correlation may fall below the "
+                                      "champion's on the same pairs and still take the alias.")
+
+
 class EncoderPipelineSpec(_Pipeline):
     """A pretrained sentence encoder: corpus -> parent -> compressed variants (gated) -> registry -> serve."""
 
@@ -127,5 +140,8 @@ class EncoderPipelineSpec(_Pipeline):
     model: EncoderModelSpec = Field(..., description="Which encoder.")
     data: CorpusSpec = Field(default_factory=CorpusSpec, description="Unlabelled text for evaluation and distillation.")
     compress: EncoderCompressSpec = Field(default_factory=EncoderCompressSpec, description="Variants and gate.")
+    eval: EncoderEvalSpec = Field(default_factory=EncoderEvalSpec, description="How a new version is compared "
+                                                                               "with the one serving traffic before "
+                                                                               "the alias moves.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="How to serve it.")
 
