@@ -240,6 +240,8 @@ def test_full_fine_tuning_on_chat_lines_with_fsdp2_quarantines_bad_lines_and_pub
     assert result.data_counts["lines_rejected"] == len(found) < 10
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
     mv = registry.resolve(result.ref)
+    # held-out lines: the assistant turns of the validation conversations (sentence starts of 4+ words)
+    assert mv.lineage["evaluation"]["next_word"]["n"] > 10 and result.metrics["held_out_bits_per_byte"] > 0
     assert mv.lineage["parent"] == base_ref and mv.lineage["method"] == "full" and mv.lineage["strategy"] == "fsdp"
     assert mv.signature["format"] == "huggingface" and mv.signature["chat_template"]
     folder, _ = registry.fetch(result.ref)

@@ -180,3 +180,28 @@ def test_chat_lines_become_rows_learnt_on_the_assistant_turns_and_bad_lines_are_
     assert answer == "An array library.<|end|>"  # the assistant's words and its end of turn, nothing else
     counts = [int(r) for r, s in zip(out["reason"], splits) if s == "count"]
     assert counts == [len(learnt)]
+
+
+def test_held_out_lines_of_chat_rows_are_the_assistant_turns_read_without_their_prompts(tokenizer):
+    """Chat validation rows hold whole conversations: their held-out lines (for bits/byte, next-word accuracy,
+    the cloze task and the champion) are the assistant's turns of 4 words or more, each turn on its own."""
+    from maas.data.chat import chat_spec
+    from maas.pipelines.lm import held_out_lines
+
+    talk = {"messages": [{"role": "user", "content": "What does numpy give us?"},
+                         {"role": "assistant", "content": "It gives arrays and fast maths.\nShort one."},
+                         {"role": "user", "content": "And scipy?"},
+                         {"role": "assistant", "content": "Scientific routines built on those arrays."}]}
+    short = {"messages": [{"role": "user", "content": "Hi there, how are you?"},
+                          {"role": "assistant", "content": "Fine."}]}
+    lines = [json.dumps(talk).encode(), json.dumps(short).encode()]
+    out = _pack({"name": np.array(["c.jsonl"]), "data": np.array([b"\n".join(lines)], dtype=object)}, 127, 0.0, 0,
+                tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, chat_spec(tokenizer))
+
+    class Rows:  # what the run's validation dataset answers to take()
+        def take(self, n):
+            return [{"tokens": t, "targets": g} for t, g, s in zip(out["tokens"], out["targets"], out["split"])
+                    if s == "train"][:n]
+
+    assert held_out_lines(Rows(), tokenizer) == ["It gives arrays and fast maths.",
+                                                "Scientific routines built on those arrays."]

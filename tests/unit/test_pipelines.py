@@ -180,7 +180,7 @@ def test_a_language_model_without_held_out_text_is_not_compared_on_it_as_if_it_w
     assert versus_lm(1.6, champion, 0.05)[0] is False and versus_lm(1.52, champion, 0.05)[0] is True
     for mine, theirs in ((None, 1.5), (1.6, None), (None, None)):
         holds, why = versus_lm(mine, {**champion, "bits_per_byte": theirs}, 0.05)
-        assert holds and why == "champion lm/1 not compared on held-out text: this run has none (chat data)"
+        assert holds and why == "champion lm/1 not compared on held-out text: this run has none"
 
 
 def test_a_version_below_the_champion_on_the_same_rows_is_a_candidate_and_the_alias_stays(tmp_path):

@@ -143,7 +143,7 @@ def evaluate_lm_champion(registry: Registry, name: str, version: Optional[int], 
 
         model = PeftModel.from_pretrained(model, folder)
     tokenizer = AutoTokenizer.from_pretrained(base_folder or folder)
-    out = {"ref": mv.ref, "comparable": True,  # None: no held-out text to read (chat data)
+    out = {"ref": mv.ref, "comparable": True,  # None: no held-out text to read
            "bits_per_byte": text_bits_per_byte(model.eval(), tokenizer, lines) if lines else None}
     if tasks:
         out["tasks"] = run_on_files(list(tasks), folder, base_folder).scores()
@@ -180,12 +180,12 @@ def vllm_bits_per_byte(folder, signature: dict, lines: list[str], engine) -> flo
 
 def versus_lm(bits_per_byte: Optional[float], champion: Optional[dict], max_increase: float) -> tuple[bool, str]:
     """(holds its own, why) for a language model scoring ``bits_per_byte`` against ``champion``; None on either
-    side (no held-out text, as with chat data) compares nothing: the version's eval.tasks decide, if any."""
+    side (no held-out lines: chat answers under 4 words) compares nothing: the version's eval.tasks decide."""
     if (skip := _not_compared(champion)) is not None:
         return skip
     theirs = champion["bits_per_byte"]
     if bits_per_byte is None or theirs is None:
-        return True, f"champion {champion['ref']} not compared on held-out text: this run has none (chat data)"
+        return True, f"champion {champion['ref']} not compared on held-out text: this run has none"
     if bits_per_byte - theirs > max_increase + 1e-12:
         return False, (f"{bits_per_byte:.4f} bits/byte on this run's held-out text, {bits_per_byte - theirs:.4f} "
                        f"more than champion {champion['ref']}'s {theirs:.4f} (eval.max_bits_per_byte_increase "

@@ -55,8 +55,8 @@ class LMResult:
         return asdict(self)
 
 
-NO_HELD_OUT = ("no held-out lines of text (chat data): no next-word accuracy or bits/byte, and no comparison "
-               "with the champion on them; eval.tasks score a chat model")
+NO_HELD_OUT = ("no held-out lines of text of 4 words or more: no next-word accuracy or bits/byte, and no "
+               "comparison with the champion on them; eval.tasks decide")
 
 
 def _champion_line(champion: dict, n_lines: int) -> str:
@@ -69,14 +69,34 @@ def _champion_line(champion: dict, n_lines: int) -> str:
 
 
 def held_out_lines(val, tokenizer, n: int = 64) -> list[str]:
-    """Whole lines of text from the validation blocks (the first and last line of a block may be cut)."""
+    """Whole lines of 4 words or more from the validation rows: of the text blocks (the first and last line of
+    a block may be cut), or of the assistant's turns in chat conversations (a row with ``targets``: the
+    tokens learnt, everything else is IGNORE), read without their prompts."""
     lines: list[str] = []
     for row in (val.take(64) if val is not None else []):
-        text = tokenizer.decode(row["tokens"], skip_special_tokens=True)
-        lines += [s.strip() for s in text.split("\n")[1:-1] if len(s.split()) >= 4]
+        if "targets" in row:
+            texts = [tokenizer.decode(span, skip_special_tokens=True) for span in _learnt_spans(row["targets"])]
+            lines += [s.strip() for t in texts for s in t.split("\n") if len(s.split()) >= 4]
+        else:
+            text = tokenizer.decode(row["tokens"], skip_special_tokens=True)
+            lines += [s.strip() for s in text.split("\n")[1:-1] if len(s.split()) >= 4]
         if len(lines) >= n:
             break
     return lines[:n]
+
+
+def _learnt_spans(targets) -> list[list[int]]:
+    """The runs of learnt token ids in a chat row's ``targets`` (one per assistant turn)."""
+    from maas.data.chat import IGNORE
+
+    spans, current = [], []
+    for t in list(targets) + [IGNORE]:
+        if t != IGNORE:
+            current.append(int(t))
+        elif current:
+            spans.append(current)
+            current = []
+    return spans
 
 
 def resolve_base(registry, spec: LMPipelineSpec) -> dict:
@@ -176,7 +196,7 @@ def run(spec: LMPipelineSpec, *, serve: Optional[bool] = None, run_id: Optional[
     metrics = {k: v for k, v in best.items() if k.startswith(("val_", "train_"))}
     metrics.update(parameters=n_params, trained_parameters=n_trainable,
                    tokens_per_s_train=max((h.get("tokens_per_s", 0) for h in trained.history), default=0.0))
-    if check["n"]:  # chat data holds no whole lines of text: no figure rather than a 0 that reads as perfect
+    if check["n"]:  # no held-out lines (short chat answers): no figure rather than a 0 that reads as perfect
         metrics.update(next_word_accuracy=check["accuracy"],
                        held_out_bits_per_byte=text_bits_per_byte(model, tokenizer, lines))
     holds, versus_why = versus_lm(metrics.get("held_out_bits_per_byte"), champion,
