@@ -245,7 +245,8 @@ def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
     config["grpc_options"]["port"] = grpc_port = free_port()
     from maas.serve.deploy import haproxy_instance_env  # HAProxy's own files and ports, beside any other Serve
 
-    config["controller_options"]["runtime_env"]["env_vars"].update(haproxy_instance_env())
+    haproxy_env = haproxy_instance_env()
+    config["controller_options"]["runtime_env"]["env_vars"].update(haproxy_env)
     config["applications"][0]["args"] = {"model": "tiny", "alias": "production", "store": str(tmp_path / "store")}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
     proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(tmp_path / "serve.yaml")],
@@ -279,3 +280,23 @@ def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        _end_haproxies(Path(haproxy_env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent)
+
+
+def _end_haproxies(folder: Path) -> None:
+    """End the HAProxy processes of this test's Serve instance (their config lies in ``folder``): `serve run`
+    stopped by Ctrl-C once left the HAProxy its manager had started on a reload running, orphaned, holding its
+    ports for the tests after it. Then remove the folder."""
+    import shutil
+
+    for pid in [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if "haproxy" in cmdline and str(folder) in cmdline:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    shutil.rmtree(folder, ignore_errors=True)
