@@ -55,3 +55,7 @@ class JobError(MaasError):
 
 class EvalError(MaasError):
     """A task file that cannot be evaluated: the message names the file, the line and the field."""
+
+
+class BatchError(MaasError):
+    """A batch inference run cannot start or finish (names the flag, column or file)."""

@@ -228,3 +228,37 @@ def test_maas_eval_runs_as_an_eval_job_with_the_scores_it_gets_in_process(ray_he
 
     r = maas("eval", "tiny/9", "--task", task, "--store", store, "--address", ray_head["address"])
     assert r.returncode == 2 and "failed: model 'tiny' has no version 9" in r.stderr, r.stderr[-2000:]
+
+
+def test_maas_batch_runs_as_a_batch_job_on_the_cluster(ray_head, tmp_path):
+    """`maas batch --address` (maas.Client.batch) answers a Parquet file in a batch job on the head (where maas
+    is not installed: the job ships it, Ray Data's actors import it): answers and rejects in the output, the
+    counts in the result; a version that does not exist fails the job with the registry's message."""
+    import numpy as np
+    import pandas as pd
+
+    from maas.models import build_model, classifier_signature
+    from maas.models.artifacts import export_onnx
+
+    model = build_model({"arch": "mlp", "input_dim": 3, "num_classes": 2, "hidden_sizes": [4], "dropout": 0.0})
+    store = str(tmp_path / "store")
+    features = ["a", "b", "c"]
+    Registry(store).publish("tiny", {"model.onnx": export_onnx(model, 3, tmp_path / "m.onnx")}, runtime="onnxruntime",
+                            signature=classifier_signature(3, ["no", "yes"], features=features))
+    rows = pd.DataFrame(np.random.default_rng(0).normal(size=(50, 3)), columns=features)
+    rows.insert(0, "id", range(50))
+    rows.loc[3, "b"] = np.nan
+    rows.to_parquet(tmp_path / "rows.parquet")
+    r = maas("batch", "tiny/1", "--input", str(tmp_path / "rows.parquet"), "--output", str(tmp_path / "out"),
+             "--store", store, "--address", ray_head["address"], "--json", str(tmp_path / "result.json"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "submitted maas-batch-tiny-" in r.stdout and "tiny/1: 50 rows -> 49 answered, 1 rejected" in r.stdout
+    result = json.loads((tmp_path / "result.json").read_text())
+    answers = pd.read_parquet(result["files"]["answers"])
+    rejects = pd.read_parquet(result["files"]["rejects"])
+    assert sorted(answers["id"]) == [i for i in range(50) if i != 3] and set(answers["label"]) <= {"no", "yes"}
+    assert rejects.to_dict("records")[0]["reason"] == "column 'b' is empty"
+
+    r = maas("batch", "tiny/9", "--input", str(tmp_path / "rows.parquet"), "--output", str(tmp_path / "other"),
+             "--store", store, "--address", ray_head["address"])
+    assert r.returncode == 2 and "failed: model 'tiny' has no version 9" in r.stderr, r.stderr[-2000:]

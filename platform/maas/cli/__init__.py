@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--store", default=store, help=STORE_HELP)
     d.set_defaults(func=cmd_data)
 
+    from maas.cli.batch import add_parser as add_batch
     from maas.cli.completion import add_parser as add_completion
     from maas.cli.doctor import add_parser as add_doctor
     from maas.cli.evaluate import add_parser as add_eval
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_models(sub, store, STORE_HELP)
     add_eval(sub, store)
+    add_batch(sub, store)
     add_spec(sub)
     add_doctor(sub, store, STORE_HELP)
     add_completion(sub)

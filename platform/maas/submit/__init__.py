@@ -217,6 +217,36 @@ class Client:
         return self._submit(entrypoint, runtime_env, name or f"maas-eval-{model}-{uuid.uuid4().hex[:8]}",
                             {"maas_stage": "eval", "maas_model": model})
 
+    def batch(self, ref: str, input: str, output: str, *, store: str = ".maas", id_column: str = "id",
+              fmt: str = "parquet", batch_size: int = 256, name: Optional[str] = None) -> Job:
+        """Answer every row of ``input`` with the registered version ``ref`` in a Ray job (``jobs/batch.py``, the
+        same ``maas.batch.run_batch`` that ``maas batch`` runs): ``output``/answers and ``output``/rejects.
+        Its result line has the version, ``rows``, ``answered``, ``rejected`` and ``files``. Submitting the
+        same batch again finishes one that was stopped.
+
+        Example:
+            >>> job = maas.Client("http://head:8265").batch("digits@production", "s3://bucket/new/",
+            ...                                             "s3://bucket/scored/", store="s3://bucket/maas")
+            >>> job.result()["answered"]
+        """
+        local = self.embedded or _is_local(self.address)
+        args = []
+        for flag, value in (("--store", store), ("--input", input), ("--output", output)):
+            if "://" not in value and not os.path.isabs(value):
+                if not local:
+                    raise SpecError([(flag.lstrip("-"), f"{value!r} is a relative local path, which means nothing "
+                                                        "on a remote cluster: use a URI (s3://bucket/...) or a "
+                                                        "shared absolute path")], "batch")
+                value = os.path.abspath(value)
+            args += [flag, shlex.quote(value)]
+        entrypoint = " ".join([self._job_python(), "-m", "jobs.batch", "--ref", shlex.quote(ref), *args,
+                               "--id-column", shlex.quote(id_column), "--format", fmt, "--batch-size",
+                               str(int(batch_size))])
+        runtime_env = {**self._shipped_code(), "env_vars": {"PYTHONUNBUFFERED": "1"}}
+        model = ref.split("@")[0].split("/")[0]
+        return self._submit(entrypoint, runtime_env, name or f"maas-batch-{model}-{uuid.uuid4().hex[:8]}",
+                            {"maas_stage": "batch", "maas_model": model})
+
     def _job_python(self) -> str:
         """The job's interpreter, quoted: embedded, this very one; a cluster, the `python` on its nodes' PATH
         (as `ray job submit`)."""
