@@ -195,6 +195,24 @@ def test_oip_v2_bytes_infer_and_client_mistakes(pipeline):
     assert requests.get(f"{url}/v2/health/ready", timeout=30).status_code == 200  # the server lives on
 
 
+def test_a_corpus_is_embedded_by_maas_batch_as_the_endpoint_embeds_it(pipeline, tmp_path):
+    """`maas batch` with the served encoder: the same vectors as /v1/embeddings (the promoted version is
+    batch-invariant), an empty text a reject with its reason."""
+    import pandas as pd
+
+    from maas.batch import run_batch
+
+    texts = [f"Sentence {i} is about {w}." for i, w in enumerate(["arrays", "tensors", "queues", "files"] * 5)]
+    rows = pd.DataFrame({"doc": [f"d{i}" for i in range(len(texts) + 1)], "text": texts + ["  "]})
+    rows.to_json(tmp_path / "docs.jsonl", orient="records", lines=True)
+    result = run_batch(str(pipeline["spec"].store), "minilm@production", str(tmp_path / "docs.jsonl"),
+                       str(tmp_path / "out"), id_column="doc", batch_size=8)
+    assert (result.ref, result.answered, result.rejected) == (pipeline["result"].promoted_ref, len(texts), 1)
+    answers = pd.read_parquet(tmp_path / "out" / "answers").set_index("doc").loc[rows["doc"][:-1]]
+    served = _embed(pipeline["result"].endpoint, {"model": "minilm", "input": texts}).json()["data"]
+    np.testing.assert_allclose(np.stack(answers["embedding"]), [d["embedding"] for d in served], atol=1e-5)
+    assert pd.read_parquet(tmp_path / "out" / "rejects")["reason"].tolist() == ["column 'text' is an empty text"]
+
 def test_a_run_that_ranks_pairs_worse_than_the_encoder_serving_traffic_is_a_candidate_and_the_alias_stays(
         pipeline, tmp_path):
     """Champion/challenger for encoders: the version production points at embeds the new run's pairs with its

@@ -43,8 +43,11 @@ def write_part(fs: pafs.FileSystem, folder: str, frame: pd.DataFrame, id_column:
     buf = io.BytesIO()
     if fmt == "parquet":
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
-    else:
-        frame.to_json(buf, orient="records", lines=True, force_ascii=False)
+    else:  # orjson: numpy arrays and scalars as JSON numbers, and no escaped "/" in "digits/2" (pandas escapes it)
+        import orjson
+
+        for record in frame.to_dict("records"):
+            buf.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
     final = f"{folder}/{part_name(frame[id_column].tolist(), fmt)}"
     local = isinstance(fs, pafs.LocalFileSystem)
     if local:
