@@ -26,7 +26,7 @@ def main() -> int:
     p.add_argument("--output", required=True, help="the folder for answers/ and rejects/")
     p.add_argument("--id-column", default="id")
     p.add_argument("--format", default="parquet", choices=["parquet", "jsonl"])
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--concurrency", type=int)
     args = p.parse_args()
     signal.signal(signal.SIGTERM, _stop)  # `ray job stop`: what was written stays, a resubmit finishes it

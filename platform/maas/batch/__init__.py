@@ -78,8 +78,13 @@ class Answerer:
         return pd.DataFrame({"answered": [len(answers)], "rejected": [len(rejects)], "skipped": [skipped]})
 
 
+# rows per block (one model call, one file each): a block costs ~0.1 s of Ray Data and file overhead on 2 cores,
+# a digits classifier answers 4,096 rows in ~0.1 s, a MiniLM encoder 256 texts in seconds
+BATCH_SIZES = {"classify": 4096, "embed": 256, "classify_text": 256}
+
+
 def run_batch(store: str, ref: str, input_uri: str, output_uri: str, *, id_column: str = "id",
-              batch_size: int = 256, concurrency: Optional[int] = None, fmt: str = "parquet",
+              batch_size: Optional[int] = None, concurrency: Optional[int] = None, fmt: str = "parquet",
               progress: Callable[[str], None] = lambda line: None) -> BatchResult:
     """Answer every row of ``input_uri`` with the registered version ``ref`` into ``output_uri``; run on the
     connected Ray (``maas.runtime.ensure_ray``).
@@ -94,7 +99,7 @@ def run_batch(store: str, ref: str, input_uri: str, output_uri: str, *, id_colum
 
     if fmt not in FORMATS:
         raise BatchError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise BatchError(f"--batch-size must be at least 1, got {batch_size}")
     started = time.perf_counter()
     fs, out = open_output(output_uri)
@@ -113,7 +118,7 @@ def run_batch(store: str, ref: str, input_uri: str, output_uri: str, *, id_colum
     workers = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
     counts = ds.map_batches(Answerer, fn_constructor_kwargs={
         "store": store, "ref": mv.ref, "output": output_uri, "id_column": id_column, "fmt": fmt, "done": done},
-        batch_size=batch_size, batch_format="pandas", concurrency=(1, workers), num_cpus=1)
+        batch_size=batch_size or BATCH_SIZES[mv.task], batch_format="pandas", concurrency=(1, workers), num_cpus=1)
     if len(done) < len(ids):
         _follow(counts, len(ids) - len(done), started, progress)
     return _finish(fs, out, output_uri, input_uri, mv.ref, ids, id_column, len(done), started, manifest_base={

@@ -1,8 +1,9 @@
 """One batch of input rows -> the answers of a registered classifier or encoder, and the rows it could not
 answer with the reason. A valid row goes through the endpoint's own request parsing
-(``maas.serve.protocols.oip``), predictor and output code, so it gets the answer an infer request would; a row
-the endpoint would refuse (a missing value, text where a number belongs, an empty text) is a reject, never
-dropped and never allowed to fail its neighbours. Pure functions: no Ray."""
+(``maas.serve.protocols.oip``; numbers as arrays, as its binary extension hands them over), predictor and
+output code, so it gets the answer an infer request would; a row the endpoint would refuse (a missing value,
+text where a number belongs, an empty text) is a reject, never dropped and never allowed to fail its
+neighbours. Pure functions: no Ray."""
 
 from __future__ import annotations
 
@@ -80,9 +81,10 @@ def _first_reason(reasons: list[pd.Series], n: int) -> list:
     """Each row's first reason to be refused (a text), or None (pandas may hold a missing reason as NaN)."""
     out = [None] * n
     for r in reasons:
-        for i, why in enumerate(r.tolist()):
-            if out[i] is None and isinstance(why, str):
-                out[i] = why
+        values = r.to_numpy()
+        for i in np.flatnonzero(r.notna().to_numpy()):  # the few bad rows, not every row
+            if out[i] is None and isinstance(values[i], str):
+                out[i] = values[i]
     return out
 
 
@@ -102,14 +104,14 @@ def _request(df: pd.DataFrame, signature: dict, task: str) -> tuple[dict, list]:
             else:
                 values, why = _numeric(df[r["name"]], r["name"])
                 reasons.append(why)
-                data = np.nan_to_num(values).tolist()
+                data = np.nan_to_num(values).astype(np.float32)  # an array, as the binary extension hands it over
             tensors.append({"name": r["name"], "datatype": r["datatype"], "shape": [n], "data": data})
     elif signature.get("features"):
         parsed = [_numeric(df[c], c) for c in cols]
         reasons = [why for _, why in parsed]
         matrix = np.nan_to_num(np.stack([v for v, _ in parsed], axis=1)) if parsed else np.zeros((n, 0))
         tensors = [{"name": signature["inputs"][0]["name"], "datatype": "FP32", "shape": [n, len(cols)],
-                    "data": matrix.tolist()}]
+                    "data": matrix.astype(np.float32)}]
     else:
         return _list_column(df, signature)
     return {"inputs": tensors}, _first_reason(reasons, n)
@@ -129,7 +131,7 @@ def _list_column(df: pd.DataFrame, signature: dict) -> tuple[dict, list]:
         reasons.append(None if ok else f"column {spec['name']!r} must hold {width} finite numbers per row")
         rows.append(row.tolist() if ok else [0.0] * width)
     return {"inputs": [{"name": spec["name"], "datatype": "FP32", "shape": [len(rows), width],
-                        "data": rows}]}, reasons
+                        "data": np.asarray(rows, np.float32).reshape(len(rows), width)}]}, reasons
 
 
 def answer(df: pd.DataFrame, predictor, signature: dict, task: str, id_column: str,
@@ -159,7 +161,7 @@ def _plain(v: Any) -> Any:
 def _subset(req: dict, rows: list[int]) -> dict:
     tensors = []
     for t in req["inputs"]:
-        data = [t["data"][i] for i in rows]
+        data = t["data"][rows] if isinstance(t["data"], np.ndarray) else [t["data"][i] for i in rows]
         tensors.append({**t, "shape": [len(rows), *t["shape"][1:]], "data": data})
     return {"inputs": tensors}
 

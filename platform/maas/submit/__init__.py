@@ -218,7 +218,7 @@ class Client:
                             {"maas_stage": "eval", "maas_model": model})
 
     def batch(self, ref: str, input: str, output: str, *, store: str = ".maas", id_column: str = "id",
-              fmt: str = "parquet", batch_size: int = 256, name: Optional[str] = None) -> Job:
+              fmt: str = "parquet", batch_size: Optional[int] = None, name: Optional[str] = None) -> Job:
         """Answer every row of ``input`` with the registered version ``ref`` in a Ray job (``jobs/batch.py``, the
         same ``maas.batch.run_batch`` that ``maas batch`` runs): ``output``/answers and ``output``/rejects.
         Its result line has the version, ``rows``, ``answered``, ``rejected`` and ``files``. Submitting the
@@ -240,8 +240,8 @@ class Client:
                 value = os.path.abspath(value)
             args += [flag, shlex.quote(value)]
         entrypoint = " ".join([self._job_python(), "-m", "jobs.batch", "--ref", shlex.quote(ref), *args,
-                               "--id-column", shlex.quote(id_column), "--format", fmt, "--batch-size",
-                               str(int(batch_size))])
+                               "--id-column", shlex.quote(id_column), "--format", fmt,
+                               *(["--batch-size", str(int(batch_size))] if batch_size else [])])
         runtime_env = {**self._shipped_code(), "env_vars": {"PYTHONUNBUFFERED": "1"}}
         model = ref.split("@")[0].split("/")[0]
         return self._submit(entrypoint, runtime_env, name or f"maas-batch-{model}-{uuid.uuid4().hex[:8]}",
