@@ -63,7 +63,7 @@ LAYERS = [("maas.exceptions", "maas.storage", "maas.version", "maas.progress", "
           ("maas.spec",),
           ("maas.data", "maas.registry"), ("maas.train",),
           ("maas.compress", "maas.eval", "maas.serve", "maas.report", "maas.runtime"),
-          ("maas.pipelines",), ("maas.submit",), ("maas.doctor",), ("maas.cli",), ("maas",)]
+          ("maas.pipelines", "maas.batch"), ("maas.submit",), ("maas.doctor",), ("maas.cli",), ("maas",)]
 
 
 def _imports() -> dict:

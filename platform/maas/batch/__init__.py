@@ -78,9 +78,9 @@ class Answerer:
         return pd.DataFrame({"answered": [len(answers)], "rejected": [len(rejects)], "skipped": [skipped]})
 
 
-# rows per block (one model call, one file each): a block costs ~0.1 s of Ray Data and file overhead on 2 cores,
-# a digits classifier answers 4,096 rows in ~0.1 s, a MiniLM encoder 256 texts in seconds
-BATCH_SIZES = {"classify": 4096, "embed": 256, "classify_text": 256}
+# rows per block (one model call, one file each): on 2 cores a block costs ~67 ms of Ray Data and file overhead
+# and a digits row ~15 us (benchmarks/batch_oip.py); a MiniLM encoder takes seconds for 256 texts
+BATCH_SIZES = {"classify": 16384, "embed": 256, "classify_text": 256}
 
 
 def run_batch(store: str, ref: str, input_uri: str, output_uri: str, *, id_column: str = "id",

@@ -60,6 +60,24 @@ def _numeric(col: pd.Series, name: str) -> tuple[np.ndarray, pd.Series]:
     return values.to_numpy(), reasons
 
 
+def _numeric_block(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, pd.Series]:
+    """``_numeric`` for many columns at once: (float matrix, each row's first reason or None). Numeric
+    columns convert in one call; a column holding text falls back to a conversion per column."""
+    sub = df[cols]
+    try:
+        matrix = sub.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):  # text in some column: convert column by column, bad cells become NaN
+        matrix = np.column_stack([_numeric(sub[c], c)[0] for c in cols]) if cols else np.zeros((len(df), 0))
+    bad = ~np.isfinite(matrix)
+    reasons = pd.Series([None] * len(df), index=df.index, dtype=object)
+    for i in np.flatnonzero(bad.any(axis=1)):  # the few bad rows, named by their first bad column
+        j = int(np.argmax(bad[i]))
+        raw = sub.iloc[i, j]
+        reasons.iloc[i] = (f"column {cols[j]!r} is empty" if _missing(raw)
+                           else f"column {cols[j]!r} is not a finite number: {str(raw)[:40]!r}")
+    return matrix, reasons
+
+
 def _missing(v: Any) -> bool:
     """None, NaN, pandas' NA: an empty cell (never an array: a list cell is not missing)."""
     return not isinstance(v, (list, tuple, np.ndarray)) and bool(pd.isna(v))
@@ -107,9 +125,8 @@ def _request(df: pd.DataFrame, signature: dict, task: str) -> tuple[dict, list]:
                 data = np.nan_to_num(values).astype(np.float32)  # an array, as the binary extension hands it over
             tensors.append({"name": r["name"], "datatype": r["datatype"], "shape": [n], "data": data})
     elif signature.get("features"):
-        parsed = [_numeric(df[c], c) for c in cols]
-        reasons = [why for _, why in parsed]
-        matrix = np.nan_to_num(np.stack([v for v, _ in parsed], axis=1)) if parsed else np.zeros((n, 0))
+        matrix, why = _numeric_block(df, cols)
+        reasons, matrix = [why], np.nan_to_num(matrix)
         tensors = [{"name": signature["inputs"][0]["name"], "datatype": "FP32", "shape": [n, len(cols)],
                     "data": matrix.astype(np.float32)}]
     else:

@@ -25,7 +25,7 @@ def add_parser(sub, default_store: str) -> None:
     b.add_argument("--output", required=True, help="a folder for the answers (and rejects/ in it)")
     b.add_argument("--id-column", default="id", help="the column that identifies each row (default: id)")
     b.add_argument("--format", default="parquet", choices=["parquet", "jsonl"], help="output files' format")
-    b.add_argument("--batch-size", type=int, help="rows per model call and output file (default: 4096 for a "
+    b.add_argument("--batch-size", type=int, help="rows per model call and output file (default: 16384 for a "
                                                   "classifier, 256 for a text model)")
     b.add_argument("--concurrency", type=int, help="most actors answering at once (default: the cluster's CPUs "
                                                    "less one)")
