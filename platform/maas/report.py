@@ -35,15 +35,19 @@ def pipeline_summary(result) -> str:
     lines.append(table(["model", "runtime", "test acc", "size", "p50 (1 row)", "p99 (1 row)", "rows/s @64",
                         "registry", "gate"], rows))
     champion = getattr(result, "champion", None)
-    if champion and not any(v["ref"] == result.promoted_ref for v in result.variants):
-        lines += ["", f"{result.alias} stays at {result.promoted_ref} (the champion): no version of this run held "
-                      "its own against it; they are published as candidates"]
-    else:
-        lines += ["", f"{result.alias} -> {result.promoted_ref}"]
+    lines += ["", promotion_line(result.alias, result.promoted_ref, result.variants)]
     if champion:
         lines.append(f"champion {champion['ref']}: " + (f"{champion['test_accuracy']:.4f} test accuracy on this "
                      "run's rows" if champion["comparable"] else champion["why"]))
     return "\n".join(lines)
+
+
+def promotion_line(alias: str, promoted_ref: str, variants: list) -> str:
+    """Where a run left ``alias``: moved to one of its ``variants``, or at the champion (none held its own)."""
+    if any(v["ref"] == promoted_ref for v in variants):
+        return f"{alias} -> {promoted_ref}"
+    return (f"{alias} stays at {promoted_ref} (the champion): no version of this run held its own against it; "
+            "they are published as candidates")
 
 
 def embeddings_curl_example(url: str, model: str) -> str:

@@ -113,16 +113,15 @@ def run_batch(store: str, ref: str, input_uri: str, output_uri: str, *, id_colum
     done = frozenset(answered) | frozenset(rejected)
     if manifest:
         progress(f"resuming into {output_uri}: {len(done)} of {len(ids)} rows already written by {mv.ref}")
-    write_manifest(fs, out, {"version": mv.ref, "asked": ref, "input": input_uri, "id_column": id_column,
-                             "format": fmt, "rows": len(ids), "status": "running", "started": time.time()})
+    base = {"version": mv.ref, "asked": ref, "input": input_uri, "id_column": id_column, "format": fmt}
+    write_manifest(fs, out, {**base, "rows": len(ids), "status": "running", "started": time.time()})
     workers = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
     counts = ds.map_batches(Answerer, fn_constructor_kwargs={
         "store": store, "ref": mv.ref, "output": output_uri, "id_column": id_column, "fmt": fmt, "done": done},
         batch_size=batch_size or BATCH_SIZES[mv.task], batch_format="pandas", concurrency=(1, workers), num_cpus=1)
     if len(done) < len(ids):
         _follow(counts, len(ids) - len(done), started, progress)
-    return _finish(fs, out, output_uri, input_uri, mv.ref, ids, id_column, len(done), started, manifest_base={
-        "version": mv.ref, "asked": ref, "input": input_uri, "id_column": id_column, "format": fmt})
+    return _finish(fs, out, output_uri, ids, len(done), started, base)
 
 
 def _version(registry, ref: str, manifest: Optional[dict], input_uri: str, id_column: str, fmt: str,
@@ -196,9 +195,10 @@ def _follow(counts, todo: int, started: float, progress: Callable[[str], None]) 
                          "what was written stays: run the same command again to finish it") from err
 
 
-def _finish(fs, out: str, output_uri: str, input_uri: str, ref: str, ids: list, id_column: str, resumed: int,
-            started: float, manifest_base: dict) -> BatchResult:
-    """Read back what the output holds and check every input row is there exactly once."""
+def _finish(fs, out: str, output_uri: str, ids: list, resumed: int, started: float, manifest: dict) -> BatchResult:
+    """Read back what the output holds, check every input row is there exactly once, and mark the batch
+    finished in its ``manifest`` (version, input, id column, format)."""
+    ref, input_uri, id_column = manifest["version"], manifest["input"], manifest["id_column"]
     answered, rejected = written_ids(fs, out, id_column)
     written = answered + rejected
     if len(written) != len(set(written)) or set(written) != set(ids):
@@ -210,6 +210,6 @@ def _finish(fs, out: str, output_uri: str, input_uri: str, ref: str, ids: list, 
                          rows_per_s=round((len(ids) - resumed) / max(seconds, 1e-9), 1),
                          files={"answers": f"{output_uri.rstrip('/')}/{ANSWERS}",
                                 "rejects": f"{output_uri.rstrip('/')}/{REJECTS}"})
-    write_manifest(fs, out, {**manifest_base, "rows": len(ids), "status": "finished", "finished": time.time(),
+    write_manifest(fs, out, {**manifest, "rows": len(ids), "status": "finished", "finished": time.time(),
                              "answered": result.answered, "rejected": result.rejected})
     return result

@@ -54,10 +54,15 @@ def _numeric(col: pd.Series, name: str) -> tuple[np.ndarray, pd.Series]:
     bad = values.isna() | ~np.isfinite(values.fillna(0.0))
     reasons = pd.Series([None] * len(col), index=col.index, dtype=object)
     for i in np.flatnonzero(bad.to_numpy()):
-        raw = col.iloc[i]
-        reasons.iloc[i] = (f"column {name!r} is empty" if _missing(raw)
-                           else f"column {name!r} is not a finite number: {str(raw)[:40]!r}")
+        reasons.iloc[i] = _not_a_number(name, col.iloc[i])
     return values.to_numpy(), reasons
+
+
+def _not_a_number(name: str, raw: Any) -> str:
+    """Why a cell the model reads as a number cannot be read as one."""
+    if _missing(raw):
+        return f"column {name!r} is empty"
+    return f"column {name!r} is not a finite number: {str(raw)[:40]!r}"
 
 
 def _numeric_block(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, pd.Series]:
@@ -72,9 +77,7 @@ def _numeric_block(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, pd.Se
     reasons = pd.Series([None] * len(df), index=df.index, dtype=object)
     for i in np.flatnonzero(bad.any(axis=1)):  # the few bad rows, named by their first bad column
         j = int(np.argmax(bad[i]))
-        raw = sub.iloc[i, j]
-        reasons.iloc[i] = (f"column {cols[j]!r} is empty" if _missing(raw)
-                           else f"column {cols[j]!r} is not a finite number: {str(raw)[:40]!r}")
+        reasons.iloc[i] = _not_a_number(cols[j], sub.iloc[i, j])
     return matrix, reasons
 
 

@@ -104,8 +104,7 @@ def run(spec: EncoderPipelineSpec, *, serve: Optional[bool] = None, run_id: Opti
     champion = None
     if spec.eval.against_champion and alias_was is not None:  # a model's first version has nothing to beat
         champion = evaluate_encoder_champion(registry, spec.model.name, alias_was, left, right, labels)
-        lap("champion", f"{champion['ref']}: " + (f"STS-style rank correlation {champion['sts_spearman']:.4f} on "
-                                                  "this run's pairs" if champion["comparable"] else champion["why"]))
+        lap("champion", _champion_line(champion))
 
     def against_champion(metrics: dict) -> tuple[bool, str]:
         return versus(metrics, champion, spec.eval.max_sts_drop, "sts_spearman")
@@ -206,19 +205,19 @@ def _speed(metrics: dict, batch_sizes: list) -> str:
 
 def summary(result: EncoderResult, spec: EncoderPipelineSpec) -> str:
     from maas.compress.report import markdown_table
+    from maas.report import promotion_line
 
-    name, champion = spec.model.name, result.champion
     lines = [markdown_table(result.variants, spec.compress.batch_sizes), ""]
-    if champion:
-        lines.append(f"champion {champion['ref']}: " + (f"STS-style rank correlation {champion['sts_spearman']:.4f} "
-                                                        "on this run's pairs" if champion["comparable"]
-                                                        else champion["why"]))
-    if any(v["ref"] == result.promoted_ref for v in result.variants):
-        lines.append(f"{name}@{result.alias} -> {result.promoted_ref}")
-    else:
-        lines.append(f"{name}@{result.alias} stays at {result.promoted_ref} (the champion): no version of this run "
-                     "held its own against it; they are published as candidates")
+    if result.champion:
+        lines.append(f"champion {_champion_line(result.champion)}")
+    lines.append(promotion_line(f"{spec.model.name}@{result.alias}", result.promoted_ref, result.variants))
     return "\n".join(lines) + "; report: " + ", ".join(f"{k} {v}" for k, v in result.report.items())
+
+
+def _champion_line(champion: dict) -> str:
+    """How the champion read this run's pairs, or why it was not compared."""
+    return f"{champion['ref']}: " + (f"STS-style rank correlation {champion['sts_spearman']:.4f} on this run's pairs"
+                                     if champion["comparable"] else champion["why"])
 
 
 def try_it(result: EncoderResult, spec: EncoderPipelineSpec) -> tuple[str, str]:
