@@ -1,4 +1,4 @@
-"""Answer every row of a data set with a registered classifier or encoder, as a Ray job (``maas.Client.batch``,
+"""Answer every row of a data set with a registered model, as a Ray job (``maas.Client.batch``,
 ``ray job submit -- python -m jobs.batch ...``): the same ``maas.batch.run_batch`` that ``maas batch`` runs.
 Progress lines while it works; one result line: the version, rows in, answered, rejected, the output folders.
 
@@ -28,6 +28,8 @@ def main() -> int:
     p.add_argument("--format", default="parquet", choices=["parquet", "jsonl"])
     p.add_argument("--batch-size", type=int)
     p.add_argument("--concurrency", type=int)
+    p.add_argument("--max-tokens", type=int, help="a language model: most new tokens per row")
+    p.add_argument("--temperature", type=float, help="a language model: sampling temperature (default 0)")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, _stop)  # `ray job stop`: what was written stays, a resubmit finishes it
     from maas.batch import run_batch
@@ -37,6 +39,7 @@ def main() -> int:
         ensure_ray(quiet=True, runtime_env={"py_modules": [jobs.SHIPPED_SOURCE]} if jobs.SHIPPED_SOURCE else None)
         result = run_batch(args.store, args.ref, args.input, args.output, id_column=args.id_column,
                            batch_size=args.batch_size, concurrency=args.concurrency, fmt=args.format,
+                           max_tokens=args.max_tokens, temperature=args.temperature,
                            progress=lambda line: progress("batch", line))
     except KeyboardInterrupt:
         emit("batch", "stopped")

@@ -134,6 +134,11 @@ def test_bad_flags_and_inputs_are_named_before_any_work(digits, tmp_path):
         run_batch(store, "digits@production", str(tmp_path / "few.parquet"), str(tmp_path / "b"), id_column="row_id")
     with pytest.raises(BatchError, match="--input: .* does not exist"):
         run_batch(store, "digits@production", str(tmp_path / "none.parquet"), str(tmp_path / "c"))
+    with pytest.raises(BatchError, match="--max-tokens and --temperature are for language models; digits/"):
+        run_batch(store, "digits@production", rows, str(tmp_path / "c"), id_column="row_id", max_tokens=8)
+    (tmp_path / "mixed.jsonl").write_text('{"row_id": 1, "pixel_0_0": [1]}\n{"row_id": 2, "pixel_0_0": "x"}\n')
+    with pytest.raises(BatchError, match="--input: .*mixed.jsonl cannot be read as json: .*changed from array"):
+        run_batch(store, "digits@production", str(tmp_path / "mixed.jsonl"), str(tmp_path / "c"), id_column="row_id")
     run_batch(store, "digits@production", rows, str(tmp_path / "d"), id_column="row_id")
     with pytest.raises(BatchError, match="holds a batch of .*rows.parquet .* give another --output"):
         run_batch(store, "digits@production", str(tmp_path / "few.parquet"), str(tmp_path / "d"),

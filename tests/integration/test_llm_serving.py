@@ -100,6 +100,47 @@ def test_openai_client_every_route_with_usage_and_version(llm):
     assert c.completions.create(model="tiny/1", prompt="w1", max_tokens=2).choices[0].text
 
 
+def test_maas_batch_generates_what_the_endpoint_answers_and_rejects_what_it_cannot_ask(llm, tmp_path):
+    """``maas batch`` on a language model: Ray Data LLM's vLLM engine over a JSON Lines file of prompts and chats
+    gives, greedy, the endpoint's own answers; a row that cannot be asked or that the engine refuses is a
+    reject with its reason; rows in = answers + rejects."""
+    import pandas as pd
+
+    from maas.batch import run_batch
+    from maas.exceptions import BatchError
+
+    c, store = llm["client"], llm["registry"].location
+    prompts = {f"p{i}": " ".join(f"w{(7 * i + k) % 240}" for k in range(3 + i % 5)) for i in range(12)}
+    chats = {f"c{i}": [{"role": "system", "content": f"w{i}"}, {"role": "user", "content": f"w{i + 1} w{i + 2}"}]
+             for i in range(6)}
+    bad = {"empty": "", "too-long": "w1 " * 600}  # the second is past the model's 512 positions: the engine's
+    rows = [{"id": k, "prompt": v} for k, v in {**prompts, **bad}.items()] + \
+        [{"id": k, "messages": v} for k, v in {**chats, "not-a-chat": [{"role": "robot", "content": "w1"}]}.items()]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    said = []
+    done = run_batch(store, "tiny@production", str(tmp_path / "in.jsonl"), str(tmp_path / "out"), max_tokens=8,
+                     fmt="jsonl", progress=said.append)
+    assert (done.ref, done.rows, done.answered, done.rejected) == ("tiny/1", 21, 18, 3), done
+    assert any("of start-up" in line for line in said), said
+    got = pd.concat(pd.read_json(f, lines=True, dtype=False) for f in (tmp_path / "out" / "answers").iterdir())
+    got = got.set_index("id")
+    for rid, prompt in prompts.items():
+        online = c.completions.create(model="tiny/1", prompt=prompt, max_tokens=8, temperature=0)
+        assert got.loc[rid, "text"] == online.choices[0].text, rid
+        assert got.loc[rid, "prompt_tokens"] == online.usage.prompt_tokens and got.loc[rid, "completion_tokens"] == 8
+    for rid, messages in chats.items():
+        online = c.chat.completions.create(model="tiny/1", messages=messages, max_tokens=8, temperature=0)
+        assert got.loc[rid, "text"] == online.choices[0].message.content, rid
+        assert got.loc[rid, "prompt_tokens"] == online.usage.prompt_tokens, rid
+    assert set(got["version"]) == {"tiny/1"} and set(got["finish_reason"]) <= {"length", "stop"}
+    rejects = pd.concat(pd.read_json(f, lines=True) for f in (tmp_path / "out" / "rejects").iterdir())
+    rejects = rejects.set_index("id")["reason"]
+    assert "non-empty text" in rejects["empty"] and rejects["too-long"].startswith("the engine refused it"), rejects
+    assert "turn 0 must be" in rejects["not-a-chat"]
+    with pytest.raises(BatchError, match="--max-tokens and --temperature"):  # the same output, other sampling
+        run_batch(store, "tiny/1", str(tmp_path / "in.jsonl"), str(tmp_path / "out"), max_tokens=5, fmt="jsonl")
+
+
 def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(llm):
     c, url = llm["client"], llm["url"]
     with pytest.raises(openai.BadRequestError, match="maximum context length"):

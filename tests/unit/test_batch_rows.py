@@ -63,3 +63,54 @@ def test_rows_holding_their_features_as_lists_and_what_a_batch_cannot_read():
         check_columns(["id", "input"], signature, "classify", "key")
     with pytest.raises(BatchError, match="the model reads column.* input, which the input lacks"):
         check_columns(["id", "x"], signature, "classify", "id")
+
+
+def test_a_language_models_rows_prompts_or_chats_each_asked_or_rejected_with_its_reason():
+    from maas.batch.llm import PROMPT, check_row, prompt_columns
+
+    assert check_row({"prompt": "w1 w2"}) == ("prompt", "w1 w2", None)
+    turns = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi", "name": "x"}]
+    assert check_row({"prompt": None, "messages": turns})[1:] == ([{"role": "system", "content": "be brief"},
+                                                                  {"role": "user", "content": "hi"}], None)
+    assert check_row({"messages": json.dumps(turns)})[2] is None  # a chat may arrive as its JSON text
+    assert check_row({"prompt": "w1", "messages": float("nan")})[0] == PROMPT  # pandas' empty cell: a completion
+    for row, why in [({"prompt": " "}, "non-empty text"), ({"prompt": 3}, "non-empty text"), ({}, "non-empty text"),
+                     ({"messages": []}, "non-empty list"), ({"messages": "{not json"}, "not JSON"),
+                     ({"messages": [{"role": "robot", "content": "x"}]}, "turn 0 must be"),
+                     ({"messages": [{"role": "user", "content": 7}]}, "turn 0 must be")]:
+        column, placeholder, reason = check_row(row)
+        assert why in reason and placeholder, (row, reason)  # a placeholder still flows through the engine
+    assert prompt_columns(["id", "messages", "x"]) == ["messages"]
+    with pytest.raises(BatchError, match="'prompt' column .* the input has id, text"):
+        prompt_columns(["id", "text"])
+
+
+def test_a_language_models_sampling_is_greedy_by_default_and_capped_as_the_endpoint_caps_it():
+    from maas.batch.llm import sampling
+    from maas.spec import DeploySpec
+
+    spec = DeploySpec(llm={"max_tokens": 100}).llm
+    assert sampling(None, None, spec) == {"max_tokens": 100, "temperature": 0.0}
+    assert sampling(8, 0.7, spec) == {"max_tokens": 8, "temperature": 0.7}
+    for tokens, temperature, flag in [(0, None, "--max-tokens"), (101, None, "--max-tokens"), (8, 3.0, "--temp")]:
+        with pytest.raises(BatchError, match=flag):
+            sampling(tokens, temperature, spec)
+
+
+def test_the_llm_writer_puts_every_row_in_answers_or_rejects_with_the_engines_own_error(tmp_path):
+    from maas.batch.llm import Writer
+
+    na = pd.NA
+    block = pd.DataFrame({  # as the engine's stage hands a block over: a failed row skipped the postprocessing
+        "maas_id": ["a", "b", na], "maas_reject": ["", "column 'prompt' must hold a non-empty text", na],
+        "error": ["", "", na], "text": [" w1 w2", " w9", na], "prompt_tokens": [3, 1, na],
+        "completion_tokens": [2, 1, na], "__inference_error__": [na, na, "Traceback ...\nVLLMValidationError: long"],
+        "key": [na, na, "c"]})
+    counts = Writer(str(tmp_path), "key", "parquet", "lm/2", max_tokens=2)(block)
+    assert counts.to_dict("records") == [{"answered": 1, "rejected": 2, "skipped": 0}]
+    answers = pd.read_parquet(tmp_path / "answers")
+    assert answers.to_dict("records") == [{"key": "a", "text": " w1 w2", "finish_reason": "length",
+                                           "prompt_tokens": 3, "completion_tokens": 2, "version": "lm/2"}]
+    rejects = pd.read_parquet(tmp_path / "rejects").set_index("key")["reason"].to_dict()
+    assert rejects == {"b": "column 'prompt' must hold a non-empty text",
+                       "c": "the engine refused it: VLLMValidationError: long"}

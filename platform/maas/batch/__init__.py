@@ -85,9 +85,11 @@ BATCH_SIZES = {"classify": 16384, "embed": 256, "classify_text": 256}
 
 def run_batch(store: str, ref: str, input_uri: str, output_uri: str, *, id_column: str = "id",
               batch_size: Optional[int] = None, concurrency: Optional[int] = None, fmt: str = "parquet",
+              max_tokens: Optional[int] = None, temperature: Optional[float] = None,
               progress: Callable[[str], None] = lambda line: None) -> BatchResult:
     """Answer every row of ``input_uri`` with the registered version ``ref`` into ``output_uri``; run on the
-    connected Ray (``maas.runtime.ensure_ray``).
+    connected Ray (``maas.runtime.ensure_ray``). A language model generates (``maas.batch.llm``: a ``prompt``
+    or ``messages`` column; ``max_tokens`` and ``temperature`` apply to it alone, greedy by default).
 
     Raises:
         BatchError: a flag, column or file that cannot work (the message names it); RegistryError: no such
@@ -108,17 +110,30 @@ def run_batch(store: str, ref: str, input_uri: str, output_uri: str, *, id_colum
         raise BatchError(f"--output: {output_uri} holds part files but no batch manifest ({MANIFEST}): give an "
                          "empty or new folder")
     mv = _version(Registry(store), ref, manifest, input_uri, id_column, fmt, output_uri)
+    llm = _llm_settings(mv, max_tokens, temperature)
     ds, ids = _read(input_uri, mv, id_column)
     answered, rejected = written_ids(fs, out, id_column) if manifest else ([], [])
     done = frozenset(answered) | frozenset(rejected)
     if manifest:
         progress(f"resuming into {output_uri}: {len(done)} of {len(ids)} rows already written by {mv.ref}")
-    base = {"version": mv.ref, "asked": ref, "input": input_uri, "id_column": id_column, "format": fmt}
+    base = {"version": mv.ref, "asked": ref, "input": input_uri, "id_column": id_column, "format": fmt,
+            **({"sampling": llm[1]} if llm else {})}
+    if manifest and manifest.get("sampling") and llm and manifest["sampling"] != llm[1]:
+        raise BatchError(f"--output: {output_uri} holds a batch sampled with {manifest['sampling']}; this command "
+                         f"asks {llm[1]}: give the same --max-tokens and --temperature, or another --output")
     write_manifest(fs, out, {**base, "rows": len(ids), "status": "running", "started": time.time()})
-    workers = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
-    counts = ds.map_batches(Answerer, fn_constructor_kwargs={
-        "store": store, "ref": mv.ref, "output": output_uri, "id_column": id_column, "fmt": fmt, "done": done},
-        batch_size=batch_size or BATCH_SIZES[mv.task], batch_format="pandas", concurrency=(1, workers), num_cpus=1)
+    if llm:
+        from maas.batch.llm import answers
+
+        todo = ds.map_batches(_Skip, fn_constructor_kwargs={"id_column": id_column, "done": done},
+                              batch_format="pandas", concurrency=1, num_cpus=0) if done else ds
+        counts = answers(todo, store, mv, output_uri, id_column, fmt, llm[1], concurrency, batch_size, llm[0])
+    else:
+        workers = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+        counts = ds.map_batches(Answerer, fn_constructor_kwargs={
+            "store": store, "ref": mv.ref, "output": output_uri, "id_column": id_column, "fmt": fmt, "done": done},
+            batch_size=batch_size or BATCH_SIZES[mv.task], batch_format="pandas", concurrency=(1, workers),
+            num_cpus=1)
     if len(done) < len(ids):
         _follow(counts, len(ids) - len(done), started, progress)
     return _finish(fs, out, output_uri, ids, len(done), started, base)
@@ -141,16 +156,45 @@ def _version(registry, ref: str, manifest: Optional[dict], input_uri: str, id_co
     if mv.status != "ready":
         raise RegistryError(f"{mv.ref} was {mv.status} by its quality gate and is not served or batched")
     from maas.batch.rows import input_columns
+    from maas.serve.runtimes import on_engine
 
-    input_columns(mv.signature, mv.task)  # a model kind batch cannot answer fails here, before any read
+    if not on_engine(mv):
+        input_columns(mv.signature, mv.task)  # a model kind batch cannot answer fails here, before any read
     return mv
+
+
+def _llm_settings(mv, max_tokens: Optional[int], temperature: Optional[float]):
+    """(the engine's settings, the sampling parameters) for a language model; None for other models, which
+    refuse the generation flags."""
+    from maas.serve.runtimes import on_engine
+
+    if not on_engine(mv):
+        if max_tokens is not None or temperature is not None:
+            raise BatchError(f"--max-tokens and --temperature are for language models; {mv.ref} is a {mv.task!r} "
+                             "model")
+        return None
+    from maas.batch.llm import sampling
+    from maas.spec import DeploySpec
+
+    spec = DeploySpec().llm
+    return spec, sampling(max_tokens, temperature, spec)
+
+
+class _Skip:
+    """Drop the rows an earlier run wrote (a language model's engine is never asked for them again)."""
+
+    def __init__(self, id_column: str, done: frozenset):
+        self.id_column, self.done = id_column, done
+
+    def __call__(self, df):
+        return df[~df[self.id_column].isin(self.done)]
 
 
 def _read(input_uri: str, mv, id_column: str):
     """(the Ray dataset of the input, every row's id), checked: the columns the model reads, unique ids."""
     import pyarrow.dataset as pads
 
-    from maas.batch.rows import check_columns
+    from maas.batch.rows import check_columns, check_id_column
     from maas.data.readers import read_parquet
     from maas.data.source import resolve_files
 
@@ -164,8 +208,19 @@ def _read(input_uri: str, mv, id_column: str):
 
     reader = {"parquet": read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[fmt]
     ds = reader(files, filesystem=fs)
-    table = pads.dataset(files, filesystem=fs, format=fmt)
-    check_columns(table.schema.names, mv.signature, mv.task, id_column)
+    try:
+        table = pads.dataset(files, filesystem=fs, format=fmt)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError: a column changes type, ...
+        why = str(err).splitlines()[-1]
+        why = why.rpartition("Invalid: ")[2] or why  # pyarrow's cause comes last, after the paths
+        raise BatchError(f"--input: {input_uri} cannot be read as {fmt}: {why[-300:]}") from None
+    if mv.task == "generate":
+        from maas.batch.llm import prompt_columns
+
+        check_id_column(table.schema.names, id_column)
+        prompt_columns(table.schema.names)
+    else:
+        check_columns(table.schema.names, mv.signature, mv.task, id_column)
     ids = table.to_table(columns=[id_column]).column(id_column).to_pylist()
     if len(set(ids)) != len(ids):
         raise BatchError(f"--id-column: {id_column!r} repeats ids ({len(ids) - len(set(ids))} repeats); a batch "
@@ -176,18 +231,23 @@ def _read(input_uri: str, mv, id_column: str):
 
 
 def _follow(counts, todo: int, started: float, progress: Callable[[str], None]) -> None:
-    """Stream the per-block counts, saying rows done, rows/s and the time left every few seconds."""
+    """Stream the per-block counts, saying rows done, rows/s and the time left every few seconds. The rate is
+    measured from the first block on: the start-up before it (actors, a model, an engine) is said once."""
     from ray.exceptions import RayError
 
     done = last = 0
+    first = None  # (time, rows) of the first block
     try:
         for block in counts.iter_batches(batch_size=None, batch_format="pandas"):
             done += int(block["answered"].sum() + block["rejected"].sum())
             now = time.perf_counter()
-            if now - last >= 2 or done == todo:
-                rate = done / max(now - started, 1e-9)
-                eta = (todo - done) / rate if rate > 0 else float("nan")
-                progress(f"{done}/{todo} rows, {rate:,.0f} rows/s, {eta:,.0f} s left")
+            if first is None:
+                first = (now, done)
+                progress(f"{done}/{todo} rows; the first after {now - started:.1f} s of start-up")
+                last = now
+            elif (now - last >= 2 or done == todo) and done > first[1]:
+                rate = (done - first[1]) / max(now - first[0], 1e-9)
+                progress(f"{done}/{todo} rows, {rate:,.0f} rows/s, {(todo - done) / rate:,.0f} s left")
                 last = now
     except RayError as err:  # a worker's error: its own last line, and how to go on
         cause = str(getattr(err, "cause", None) or err).strip().splitlines()

@@ -1,9 +1,9 @@
 """One batch of input rows -> the answers of a registered classifier or encoder, and the rows it could not
-answer with the reason. A valid row goes through the endpoint's own request parsing
-(``maas.serve.protocols.oip``; numbers as arrays, as its binary extension hands them over), predictor and
-output code, so it gets the answer an infer request would; a row the endpoint would refuse (a missing value,
-text where a number belongs, an empty text) is a reject, never dropped and never allowed to fail its
-neighbours. Pure functions: no Ray."""
+answer with the reason (a language model's rows: ``maas.batch.llm``). A valid row goes through the endpoint's
+own request parsing (``maas.serve.protocols.oip``; numbers as arrays, as its binary extension hands them
+over), predictor and output code, so it gets the answer an infer request would; a row the endpoint would
+refuse (a missing value, text where a number belongs, an empty text) is a reject, never dropped and never
+allowed to fail its neighbours. Pure functions: no Ray."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def input_columns(signature: dict, task: str) -> list[str]:
     if task in TEXT_TASKS:
         return [signature["inputs"][0]["name"]]
     if task != "classify":
-        raise BatchError(f"maas batch answers classifiers and encoders; a {task!r} model is not supported yet "
-                         "(serve it: maas serve, then /v1/completions)")
+        raise BatchError(f"maas batch answers classifiers, encoders and language models; a {task!r} model is not "
+                         "supported yet")
     if signature.get("raw_inputs"):
         return [r["name"] for r in signature["raw_inputs"]]
     return list(signature.get("features") or [signature["inputs"][0]["name"]])
@@ -37,15 +37,19 @@ def input_columns(signature: dict, task: str) -> list[str]:
 
 def check_columns(have: list[str], signature: dict, task: str, id_column: str) -> None:
     """BatchError naming what is missing from the input's columns ``have``."""
-    if id_column not in have:
-        raise BatchError(f"--id-column: the input has no column {id_column!r} (its columns: "
-                         f"{', '.join(have[:12])}{' ...' if len(have) > 12 else ''}); name the column that "
-                         "identifies each row")
+    check_id_column(have, id_column)
     missing = [c for c in input_columns(signature, task) if c not in have]
     if missing:
         raise BatchError(f"--input: the model reads column(s) {', '.join(missing[:8])}"
                          f"{' ...' if len(missing) > 8 else ''}, which the input lacks (it has "
                          f"{', '.join(have[:12])}{' ...' if len(have) > 12 else ''})")
+
+
+def check_id_column(have: list[str], id_column: str) -> None:
+    if id_column not in have:
+        raise BatchError(f"--id-column: the input has no column {id_column!r} (its columns: "
+                         f"{', '.join(have[:12])}{' ...' if len(have) > 12 else ''}); name the column that "
+                         "identifies each row")
 
 
 def _numeric(col: pd.Series, name: str) -> tuple[np.ndarray, pd.Series]:

@@ -13,13 +13,15 @@ BATCH_JOB_HELP = ("the cluster's Jobs API: its dashboard, http://<head>:8265, to
 
 
 def add_parser(sub, default_store: str) -> None:
-    b = sub.add_parser("batch", help="answer every row of a data set with a registered classifier or encoder",
+    b = sub.add_parser("batch", help="answer every row of a data set with a registered model",
                        description="Ray Data reads INPUT (Parquet, CSV or JSON Lines; a file, folder or glob, local "
                                    "or s3://), the registry's verified version answers each row as its endpoint "
                                    "would: OUTPUT/answers gets the answers (with the id column and the version), "
                                    "OUTPUT/rejects each row that could not be answered, with the reason. Run the "
-                                   "same command again to finish a batch that was stopped. Example: maas batch "
-                                   "digits@production --input data/new.parquet --output scored/")
+                                   "same command again to finish a batch that was stopped. A language model "
+                                   "generates for a 'prompt' column (text) or a 'messages' column (a chat) on vLLM "
+                                   "through Ray Data LLM. Example: maas batch digits@production --input "
+                                   "data/new.parquet --output scored/")
     b.add_argument("ref", help="name@alias or name/version")
     b.add_argument("--input", required=True, help="the rows: a Parquet, CSV or JSON Lines file, folder or glob")
     b.add_argument("--output", required=True, help="a folder for the answers (and rejects/ in it)")
@@ -29,6 +31,9 @@ def add_parser(sub, default_store: str) -> None:
                                                   "classifier, 256 for a text model)")
     b.add_argument("--concurrency", type=int, help="most actors answering at once (default: the cluster's CPUs "
                                                    "less one)")
+    b.add_argument("--max-tokens", type=int, help="a language model: most new tokens per row (default and cap: "
+                                                  "deploy.llm.max_tokens)")
+    b.add_argument("--temperature", type=float, help="a language model: sampling temperature (default 0: greedy)")
     b.add_argument("--store", default=default_store, help=STORE_HELP)
     b.add_argument("--address", help=BATCH_JOB_HELP)
     b.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
@@ -61,6 +66,7 @@ def _here(args) -> dict:
     ensure_ray()
     return run_batch(args.store, args.ref, args.input, args.output, id_column=args.id_column,
                      batch_size=args.batch_size, concurrency=args.concurrency, fmt=args.format,
+                     max_tokens=args.max_tokens, temperature=args.temperature,
                      progress=lambda line: _say(f"[batch] {line}")).to_dict()
 
 
@@ -71,7 +77,8 @@ def _as_job(args, address: str) -> dict:
 
     job = Client(address, insecure=args.insecure).batch(args.ref, args.input, args.output, store=args.store,
                                                          id_column=args.id_column, fmt=args.format,
-                                                         batch_size=args.batch_size)
+                                                         batch_size=args.batch_size, max_tokens=args.max_tokens,
+                                                         temperature=args.temperature)
     _say(f"submitted {job.id} to {address}")
     for event in job.events():
         if event["stage"] == "result":

@@ -218,11 +218,13 @@ class Client:
                             {"maas_stage": "eval", "maas_model": model})
 
     def batch(self, ref: str, input: str, output: str, *, store: str = ".maas", id_column: str = "id",
-              fmt: str = "parquet", batch_size: Optional[int] = None, name: Optional[str] = None) -> Job:
+              fmt: str = "parquet", batch_size: Optional[int] = None, max_tokens: Optional[int] = None,
+              temperature: Optional[float] = None, name: Optional[str] = None) -> Job:
         """Answer every row of ``input`` with the registered version ``ref`` in a Ray job (``jobs/batch.py``, the
         same ``maas.batch.run_batch`` that ``maas batch`` runs): ``output``/answers and ``output``/rejects.
         Its result line has the version, ``rows``, ``answered``, ``rejected`` and ``files``. Submitting the
-        same batch again finishes one that was stopped.
+        same batch again finishes one that was stopped. ``max_tokens`` and ``temperature``: a language model's
+        sampling (greedy by default).
 
         Example:
             >>> job = maas.Client("http://head:8265").batch("digits@production", "s3://bucket/new/",
@@ -241,7 +243,9 @@ class Client:
             args += [flag, shlex.quote(value)]
         entrypoint = " ".join([self._job_python(), "-m", "jobs.batch", "--ref", shlex.quote(ref), *args,
                                "--id-column", shlex.quote(id_column), "--format", fmt,
-                               *(["--batch-size", str(int(batch_size))] if batch_size else [])])
+                               *(["--batch-size", str(int(batch_size))] if batch_size else []),
+                               *(["--max-tokens", str(int(max_tokens))] if max_tokens is not None else []),
+                               *(["--temperature", repr(float(temperature))] if temperature is not None else [])])
         runtime_env = {**self._shipped_code(), "env_vars": {"PYTHONUNBUFFERED": "1"}}
         model = ref.split("@")[0].split("/")[0]
         return self._submit(entrypoint, runtime_env, name or f"maas-batch-{model}-{uuid.uuid4().hex[:8]}",
