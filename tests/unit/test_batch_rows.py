@@ -102,10 +102,9 @@ def test_the_llm_writer_puts_every_row_in_answers_or_rejects_with_the_engines_ow
 
     na = pd.NA
     block = pd.DataFrame({  # as the engine's stage hands a block over: a failed row skipped the postprocessing
-        "maas_id": ["a", "b", na], "maas_reject": ["", "column 'prompt' must hold a non-empty text", na],
-        "error": ["", "", na], "text": [" w1 w2", " w9", na], "prompt_tokens": [3, 1, na],
-        "completion_tokens": [2, 1, na], "__inference_error__": [na, na, "Traceback ...\nVLLMValidationError: long"],
-        "key": [na, na, "c"]})
+        "maas_id": ["a", "b", "c"], "maas_reject": ["", "column 'prompt' must hold a non-empty text", ""],
+        "text": [" w1 w2", " w9", na], "prompt_tokens": [3, 1, na], "completion_tokens": [2, 1, na],
+        "__inference_error__": [na, na, "Traceback ...\nVLLMValidationError: long"]})
     counts = Writer(str(tmp_path), "key", "parquet", "lm/2", max_tokens=2)(block)
     assert counts.to_dict("records") == [{"answered": 1, "rejected": 2, "skipped": 0}]
     answers = pd.read_parquet(tmp_path / "answers")

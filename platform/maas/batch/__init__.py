@@ -68,10 +68,8 @@ class Answerer:
 
         from maas.batch.rows import answer
 
-        skipped = 0
-        if self.done:
-            keep = ~df[self.id_column].isin(self.done)
-            skipped, df = int((~keep).sum()), df[keep]
+        todo = undone(df, self.id_column, self.done)
+        skipped, df = len(df) - len(todo), todo
         answers, rejects = answer(df, self.predictor, self.mv.signature, self.mv.task, self.id_column, self.mv.ref)
         write_part(self.fs, f"{self.output}/{ANSWERS}", answers, self.id_column, self.fmt)
         write_part(self.fs, f"{self.output}/{REJECTS}", rejects, self.id_column, self.fmt)
@@ -80,7 +78,8 @@ class Answerer:
 
 # rows per block (one model call, one file each): on 2 cores a block costs ~67 ms of Ray Data and file overhead
 # and a digits row ~15 us (benchmarks/batch_oip.py); a MiniLM encoder takes seconds for 256 texts
-BATCH_SIZES = {"classify": 16384, "embed": 256, "classify_text": 256}
+# rows per engine call and output file for a language model: the engine batches across them (max_num_seqs)
+BATCH_SIZES = {"classify": 16384, "embed": 256, "classify_text": 256, "generate": 64}
 
 
 def run_batch(store: str, ref: str, input_uri: str, output_uri: str, *, id_column: str = "id",
@@ -125,9 +124,11 @@ def run_batch(store: str, ref: str, input_uri: str, output_uri: str, *, id_colum
     if llm:
         from maas.batch.llm import answers
 
-        todo = ds.map_batches(_Skip, fn_constructor_kwargs={"id_column": id_column, "done": done},
-                              batch_format="pandas", concurrency=1, num_cpus=0) if done else ds
-        counts = answers(todo, store, mv, output_uri, id_column, fmt, llm[1], concurrency, batch_size, llm[0])
+        # the rows an earlier run wrote are dropped before the engine, which is never asked for them again
+        todo = ds.map_batches(undone, fn_kwargs={"id_column": id_column, "done": done}, batch_format="pandas",
+                              num_cpus=0) if done else ds
+        counts = answers(todo, store, mv, output_uri, id_column, fmt, llm[1], concurrency,
+                         batch_size or BATCH_SIZES[mv.task], llm[0])
     else:
         workers = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
         counts = ds.map_batches(Answerer, fn_constructor_kwargs={
@@ -180,14 +181,9 @@ def _llm_settings(mv, max_tokens: Optional[int], temperature: Optional[float]):
     return spec, sampling(max_tokens, temperature, spec)
 
 
-class _Skip:
-    """Drop the rows an earlier run wrote (a language model's engine is never asked for them again)."""
-
-    def __init__(self, id_column: str, done: frozenset):
-        self.id_column, self.done = id_column, done
-
-    def __call__(self, df):
-        return df[~df[self.id_column].isin(self.done)]
+def undone(df, id_column: str, done: frozenset):
+    """The rows of ``df`` an earlier run into the same output did not write."""
+    return df[~df[id_column].isin(done)] if done else df
 
 
 def _read(input_uri: str, mv, id_column: str):
@@ -214,7 +210,9 @@ def _read(input_uri: str, mv, id_column: str):
         why = str(err).splitlines()[-1]
         why = why.rpartition("Invalid: ")[2] or why  # pyarrow's cause comes last, after the paths
         raise BatchError(f"--input: {input_uri} cannot be read as {fmt}: {why[-300:]}") from None
-    if mv.task == "generate":
+    from maas.serve.runtimes import on_engine
+
+    if on_engine(mv):
         from maas.batch.llm import prompt_columns
 
         check_id_column(table.schema.names, id_column)

@@ -27,7 +27,6 @@ from maas.exceptions import BatchError
 PROMPT, MESSAGES = "prompt", "messages"
 ROLES = ("system", "user", "assistant")
 MAX_PROMPT_CHARS = 1_000_000
-BATCH_SIZE = 64  # rows per engine call and output file; the engine batches across them (max_num_seqs)
 _PLACEHOLDER = {PROMPT: ".", MESSAGES: [{"role": "user", "content": "."}]}
 
 
@@ -121,7 +120,7 @@ class Ask:
 
 def _answered(row: dict) -> dict:
     return {"maas_id": row["maas_id"], "maas_reject": row["maas_reject"],
-            "error": row.get("__inference_error__") or "", "text": row.get("generated_text") or "",
+            "text": row.get("generated_text") or "",
             "prompt_tokens": int(row.get("num_input_tokens") or 0),
             "completion_tokens": int(row.get("num_generated_tokens") or 0)}
 
@@ -134,12 +133,8 @@ class Writer:
         self.id_column, self.fmt, self.ref, self.max_tokens = id_column, fmt, ref, max_tokens
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        ids = df["maas_id"]
-        if self.id_column in df:  # a row the engine failed skips the postprocessing: it comes back as it was read
-            ids = ids.fillna(df[self.id_column])
-        error = df["error"].fillna("")
-        if "__inference_error__" in df:
-            error = error.where(error != "", df["__inference_error__"].fillna(""))
+        ids = df["maas_id"]  # a row the engine failed skips the postprocessing: it keeps its error, and maas_id
+        error = df["__inference_error__"] if "__inference_error__" in df else pd.Series("", index=df.index)
         asked = df["maas_reject"].fillna("")
         reason = asked.where(asked != "", error.map(_engine_error)).to_numpy()
         bad = reason != ""
@@ -162,7 +157,7 @@ def _engine_error(message) -> str:
 
 
 def answers(ds, store: str, mv, output: str, id_column: str, fmt: str, params: dict,
-            concurrency: Optional[int], batch_size: Optional[int], spec):
+            concurrency: Optional[int], batch_size: int, spec):
     """The Ray dataset of per-block counts that answering ``ds`` with language model version ``mv`` makes."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
@@ -171,15 +166,18 @@ def answers(ds, store: str, mv, output: str, id_column: str, fmt: str, params: d
     from maas.serve.runtimes.vllm_config import engine_of, is_adapter, llm_config
 
     registry = Registry(store)
-    adapter = str(registry.fetch_version(mv)[0]) if is_adapter(mv) else None
-    name, version, _ = engine_of(mv)
-    folder, base = registry.fetch(f"{name}/{version}")
+    if is_adapter(mv):
+        adapter = str(registry.fetch_version(mv)[0])
+        name, version, _ = engine_of(mv)
+        folder, base = registry.fetch(f"{name}/{version}")
+    else:
+        adapter, (folder, base) = None, registry.fetch_version(mv)
     check_vllm_kernels(str(folder))
     rank = int(mv.signature.get("lora_rank", 1)) if adapter else 0
     cfg = llm_config(store, base, spec, rank, source=str(folder))
     env = dict((cfg.runtime_env or {}).get("env_vars") or {})
     config = vLLMEngineProcessorConfig(
-        model_source=str(folder), engine_kwargs=dict(cfg.engine_kwargs), batch_size=batch_size or BATCH_SIZE,
+        model_source=str(folder), engine_kwargs=dict(cfg.engine_kwargs), batch_size=batch_size,
         concurrency=concurrency or 1, placement_group_config=cfg.placement_group_config,
         runtime_env={"env_vars": env} if env else None, should_continue_on_error=True,
         chat_template_stage=False, tokenize_stage=False, detokenize_stage=False)
@@ -191,4 +189,4 @@ def answers(ds, store: str, mv, output: str, id_column: str, fmt: str, params: d
     return processor(asked).map_batches(
         Writer, fn_constructor_kwargs={"output": output, "id_column": id_column, "fmt": fmt, "ref": mv.ref,
                                        "max_tokens": params["max_tokens"]},
-        batch_size=batch_size or BATCH_SIZE, batch_format="pandas", concurrency=1, num_cpus=0)
+        batch_size=batch_size, batch_format="pandas", concurrency=1, num_cpus=0)
