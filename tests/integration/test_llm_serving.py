@@ -141,6 +141,66 @@ def test_maas_batch_generates_what_the_endpoint_answers_and_rejects_what_it_cann
         run_batch(store, "tiny/1", str(tmp_path / "in.jsonl"), str(tmp_path / "out"), max_tokens=5, fmt="jsonl")
 
 
+def test_the_openai_batch_api_answers_a_file_of_chats_as_the_endpoint_does_with_bad_lines_as_error_lines(llm, tmp_path):
+    """The unmodified ``openai`` client's Batch API round trip: a JSON Lines file uploaded, a batch over it run as a
+    maas batch (Ray Data LLM's engine), its output file's answers equal to the endpoint's own (greedy), and each
+    malformed line an error line naming its mistake, never a failed batch; a second batch cancelled at once."""
+    c = llm["client"]
+    chats = {f"c{i}": [{"role": "user", "content": f"w{i} w{i + 3} w{i + 5}"}] for i in range(5)}
+    line = lambda cid, body, url="/v1/chat/completions": json.dumps(  # noqa: E731
+        {"custom_id": cid, "method": "POST", "url": url, "body": {"model": "tiny", **body}})
+    good = [line(k, {"messages": m, "max_tokens": 6 + int(k[1:]) % 2}) for k, m in chats.items()]
+    bad = {"text": "this line is not JSON", "url": line("url", {"messages": chats["c0"]}, "/v1/completions"),
+           "field": line("field", {"messages": chats["c0"], "logprobs": True}),
+           "model": line("model", {"messages": chats["c0"], "model": "nope"}),
+           "again": line("c0", {"messages": chats["c0"]}),
+           "robot": line("robot", {"messages": [{"role": "robot", "content": "w1"}]}),
+           "long": line("long", {"messages": [{"role": "user", "content": "w1 " * 600}]})}
+    (tmp_path / "in.jsonl").write_text("\n".join(good[:3] + list(bad.values()) + good[3:]) + "\n")
+    with open(tmp_path / "in.jsonl", "rb") as f:
+        upload = c.files.create(file=f, purpose="batch")
+    assert upload.purpose == "batch" and upload.bytes == (tmp_path / "in.jsonl").stat().st_size
+    assert c.files.content(upload.id).content == (tmp_path / "in.jsonl").read_bytes()
+    batch = c.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
+                             metadata={"team": "test"})
+    other = c.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert c.batches.cancel(other.id).status in ("cancelling", "cancelled")
+    done = wait_until(lambda: (b := c.batches.retrieve(batch.id)).status in ("completed", "failed") and b, 600,
+                      "the batch's end")
+    assert done.status == "completed" and done.metadata == {"team": "test"}, done
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (12, 5, 7)
+    answers = [json.loads(x) for x in c.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(a["custom_id"] for a in answers) == sorted(chats)
+    for a in answers:
+        body = a["response"]["body"]
+        online = c.chat.completions.create(model="tiny", messages=chats[a["custom_id"]], temperature=0,
+                                           max_tokens=6 + int(a["custom_id"][1:]) % 2)
+        assert body["choices"][0]["message"]["content"] == online.choices[0].message.content, a
+        assert body["usage"]["prompt_tokens"] == online.usage.prompt_tokens
+        assert body["usage"]["completion_tokens"] == online.usage.completion_tokens
+        assert a["response"]["status_code"] == 200 and body["system_fingerprint"] == "tiny/1"
+    errors = {e["custom_id"]: e["response"]["body"]["error"]["message"]
+              for e in map(json.loads, c.files.content(done.error_file_id).text.splitlines())}
+    assert set(errors) == {None, "url", "field", "model", "c0", "robot", "long"}, errors
+    for cid, words in [(None, "not JSON"), ("url", "/v1/chat/completions"), ("field", "'logprobs'"),
+                       ("model", "'nope' is not served"), ("c0", "repeats"), ("robot", "turn 0 must be"),
+                       ("long", "the engine refused it")]:
+        assert words in errors[cid], (cid, errors[cid])
+    cancelled = wait_until(lambda: (b := c.batches.retrieve(other.id)).status == "cancelled" and b, 300, "cancel")
+    assert cancelled.request_counts.completed <= 5
+    listed = [b.id for b in c.batches.list(limit=10)]
+    assert listed[:2] == [other.id, batch.id] or set(listed[:2]) == {other.id, batch.id}
+    # the routes' mistakes, in OpenAI's shape; no key, no batch
+    with pytest.raises(openai.NotFoundError):
+        c.batches.retrieve("batch_0123456789abcdef01234567")
+    with pytest.raises(openai.BadRequestError, match="endpoint"):
+        c.batches.create(input_file_id=upload.id, endpoint="/v1/images", completion_window="24h")
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        c.files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")
+    r = requests.get(f"{llm['url']}/v1/batches/{batch.id}", timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
 def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(llm):
     c, url = llm["client"], llm["url"]
     with pytest.raises(openai.BadRequestError, match="maximum context length"):

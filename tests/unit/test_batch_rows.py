@@ -103,9 +103,10 @@ def test_the_llm_writer_puts_every_row_in_answers_or_rejects_with_the_engines_ow
     na = pd.NA
     block = pd.DataFrame({  # as the engine's stage hands a block over: a failed row skipped the postprocessing
         "maas_id": ["a", "b", "c"], "maas_reject": ["", "column 'prompt' must hold a non-empty text", ""],
+        "maas_max_tokens": [2, 2, 2],
         "text": [" w1 w2", " w9", na], "prompt_tokens": [3, 1, na], "completion_tokens": [2, 1, na],
         "__inference_error__": [na, na, "Traceback ...\nVLLMValidationError: long"]})
-    counts = Writer(str(tmp_path), "key", "parquet", "lm/2", max_tokens=2)(block)
+    counts = Writer(str(tmp_path), "key", "parquet", "lm/2")(block)
     assert counts.to_dict("records") == [{"answered": 1, "rejected": 2, "skipped": 0}]
     answers = pd.read_parquet(tmp_path / "answers")
     assert answers.to_dict("records") == [{"key": "a", "text": " w1 w2", "finish_reason": "length",
@@ -113,3 +114,19 @@ def test_the_llm_writer_puts_every_row_in_answers_or_rejects_with_the_engines_ow
     rejects = pd.read_parquet(tmp_path / "rejects").set_index("key")["reason"].to_dict()
     assert rejects == {"b": "column 'prompt' must hold a non-empty text",
                        "c": "the engine refused it: VLLMValidationError: long"}
+
+
+def test_a_rows_own_sampling_overrides_the_batchs_within_the_cap_or_is_its_reject_reason():
+    from maas.batch.llm import row_sampling
+
+    base = {"max_tokens": 16, "temperature": 0.0}
+    assert row_sampling({"prompt": "x"}, base, 100) == (base, None)
+    assert row_sampling({"max_tokens": 5, "temperature": None}, base, 100) == ({"max_tokens": 5, "temperature": 0.0},
+                                                                              None)
+    assert row_sampling({"max_tokens": 5.0, "temperature": 0.7}, base, 100)[0] == {"max_tokens": 5, "temperature": 0.7}
+    assert row_sampling({"max_tokens": float("nan")}, base, 100) == (base, None)  # pandas' empty cell
+    for row, field in [({"max_tokens": 101}, "max_tokens"), ({"max_tokens": 2.5}, "max_tokens"),
+                       ({"max_tokens": "5"}, "max_tokens"), ({"max_tokens": True}, "max_tokens"),
+                       ({"temperature": 3}, "temperature"), ({"temperature": -1}, "temperature")]:
+        params, why = row_sampling(row, base, 100)
+        assert params == base and why.startswith(repr(field)), (row, why)

@@ -18,6 +18,7 @@ from maas.models.artifacts import save_torch_model
 from maas.models.mlp import classifier_signature
 from maas.registry import Registry
 from maas.serve.app import OFFLOAD_MS, ModelServer
+from tests.asgi import asgi_request
 
 CONFIG = {"arch": "mlp", "input_dim": 4, "num_classes": 2, "hidden_sizes": [8], "dropout": 0.0}
 
@@ -40,16 +41,7 @@ def server(tmp_path):
 def request(rows: int) -> Request:
     body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 4],
                                    "data": [0.5] * (4 * rows)}]}).encode()
-    sent = []
-
-    async def receive():
-        if sent:
-            return {"type": "http.disconnect"}
-        sent.append(1)
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return Request({"type": "http", "method": "POST", "path": "/v2/models/m/infer", "root_path": "",
-                    "headers": [(b"content-length", str(len(body)).encode())], "query_string": b""}, receive)
+    return asgi_request("POST", "/v2/models/m/infer", body)
 
 
 def slow(loaded, seconds: float):

@@ -84,11 +84,12 @@ BATCH_SIZES = {"classify": 16384, "embed": 256, "classify_text": 256, "generate"
 
 def run_batch(store: str, ref: str, input_uri: str, output_uri: str, *, id_column: str = "id",
               batch_size: Optional[int] = None, concurrency: Optional[int] = None, fmt: str = "parquet",
-              max_tokens: Optional[int] = None, temperature: Optional[float] = None,
+              max_tokens: Optional[int] = None, temperature: Optional[float] = None, llm: Optional[dict] = None,
               progress: Callable[[str], None] = lambda line: None) -> BatchResult:
     """Answer every row of ``input_uri`` with the registered version ``ref`` into ``output_uri``; run on the
     connected Ray (``maas.runtime.ensure_ray``). A language model generates (``maas.batch.llm``: a ``prompt``
-    or ``messages`` column; ``max_tokens`` and ``temperature`` apply to it alone, greedy by default).
+    or ``messages`` column; ``max_tokens`` and ``temperature`` apply to it alone, greedy by default; ``llm``: its
+    engine settings, ``deploy.llm``, the defaults' when None).
 
     Raises:
         BatchError: a flag, column or file that cannot work (the message names it); RegistryError: no such
@@ -109,7 +110,7 @@ def run_batch(store: str, ref: str, input_uri: str, output_uri: str, *, id_colum
         raise BatchError(f"--output: {output_uri} holds part files but no batch manifest ({MANIFEST}): give an "
                          "empty or new folder")
     mv = _version(Registry(store), ref, manifest, input_uri, id_column, fmt, output_uri)
-    llm = _llm_settings(mv, max_tokens, temperature)
+    llm = _llm_settings(mv, max_tokens, temperature, llm)
     ds, ids = _read(input_uri, mv, id_column)
     answered, rejected = written_ids(fs, out, id_column) if manifest else ([], [])
     done = frozenset(answered) | frozenset(rejected)
@@ -164,7 +165,7 @@ def _version(registry, ref: str, manifest: Optional[dict], input_uri: str, id_co
     return mv
 
 
-def _llm_settings(mv, max_tokens: Optional[int], temperature: Optional[float]):
+def _llm_settings(mv, max_tokens: Optional[int], temperature: Optional[float], engine: Optional[dict]):
     """(the engine's settings, the sampling parameters) for a language model; None for other models, which
     refuse the generation flags."""
     from maas.serve.runtimes import on_engine
@@ -177,7 +178,7 @@ def _llm_settings(mv, max_tokens: Optional[int], temperature: Optional[float]):
     from maas.batch.llm import sampling
     from maas.spec import DeploySpec
 
-    spec = DeploySpec().llm
+    spec = DeploySpec(llm=engine or {}).llm
     return spec, sampling(max_tokens, temperature, spec)
 
 

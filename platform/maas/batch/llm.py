@@ -5,8 +5,9 @@
 The input holds a ``prompt`` column (text, answered as ``/v1/completions`` answers it), a ``messages`` column
 (a chat: a list of ``{"role", "content"}`` or its JSON text, answered as ``/v1/chat/completions`` answers it,
 the model's own chat template applied and no special token added on top), or both (a row with a chat is a
-chat). A LoRA adapter version runs on its base's engine with the adapter loaded by vLLM's multi-LoRA, as the
-endpoint serves it.
+chat). Optional ``max_tokens`` and ``temperature`` columns set a row's own sampling (an OpenAI batch line's). A
+LoRA adapter version runs on its base's engine with the adapter loaded by vLLM's multi-LoRA, as the endpoint
+serves it.
 
 A row that cannot be asked (an empty prompt, a chat that is not a list of role/content turns) goes through the
 engine as a one-token placeholder marked with its reason, so every row flows through one pipeline and ends in
@@ -70,6 +71,21 @@ def check_row(row: dict) -> tuple[str, Any, Optional[str]]:
     return PROMPT, value, None
 
 
+def row_sampling(row: dict, params: dict, cap: int) -> tuple[dict, Optional[str]]:
+    """``params`` with the row's own ``max_tokens`` (at most ``cap``) and ``temperature`` where it has them (an
+    OpenAI batch line's body; optional columns of a batch input), or the reason they cannot be used."""
+    out = dict(params)
+    for key, low, high in (("max_tokens", 1, cap), ("temperature", 0, 2)):
+        value = row.get(key)
+        if value is None or (isinstance(value, float) and value != value):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high or \
+                (key == "max_tokens" and value != int(value)):
+            return params, f"{key!r} must be a {'whole ' if key == 'max_tokens' else ''}number from {low} to {high}"
+        out[key] = int(value) if key == "max_tokens" else float(value)
+    return out, None
+
+
 def _turns(value: Any) -> tuple[Optional[list], Optional[str]]:
     if isinstance(value, str):
         try:
@@ -95,16 +111,21 @@ class Ask:
     and asked without special tokens added, as vLLM's chat route asks it; a text with them, as its completions
     route does), its sampling, and why it cannot be asked when it cannot."""
 
-    def __init__(self, folder: str, id_column: str, params: dict, adapter: Optional[str]):
-        self.folder, self.id_column, self.params, self.adapter = folder, id_column, params, adapter
+    def __init__(self, folder: str, id_column: str, params: dict, adapter: Optional[str], cap: int):
+        self.folder, self.id_column, self.params, self.adapter, self.cap = folder, id_column, params, adapter, cap
         self.tokenizer = None
 
     def __call__(self, row: dict) -> dict:
         column, asked, why = check_row(row)
-        if column == MESSAGES:
+        params, bad = row_sampling(row, self.params, self.cap)
+        why = why or bad
+        if column == MESSAGES and why is None:
             asked = self._template(asked)
+        elif why is not None:
+            asked = _PLACEHOLDER[PROMPT]
         out = {"maas_id": row[self.id_column], "prompt": asked, "maas_reject": why or "",
-               "sampling_params": {**self.params, "max_tokens": 1} if why else dict(self.params),
+               "maas_max_tokens": params["max_tokens"],
+               "sampling_params": {**params, "max_tokens": 1} if why else params,
                "tokenization_kwargs": {"add_special_tokens": column == PROMPT}}
         if self.adapter:
             out["model"] = self.adapter  # a local folder: Ray Data LLM hands it to vLLM as the LoRA's path
@@ -119,7 +140,7 @@ class Ask:
 
 
 def _answered(row: dict) -> dict:
-    return {"maas_id": row["maas_id"], "maas_reject": row["maas_reject"],
+    return {"maas_id": row["maas_id"], "maas_reject": row["maas_reject"], "maas_max_tokens": row["maas_max_tokens"],
             "text": row.get("generated_text") or "",
             "prompt_tokens": int(row.get("num_input_tokens") or 0),
             "completion_tokens": int(row.get("num_generated_tokens") or 0)}
@@ -128,9 +149,9 @@ def _answered(row: dict) -> dict:
 class Writer:
     """After the engine: each block's answers and rejects written whole (``maas.batch.files``); its counts out."""
 
-    def __init__(self, output: str, id_column: str, fmt: str, ref: str, max_tokens: int):
+    def __init__(self, output: str, id_column: str, fmt: str, ref: str):
         self.fs, self.output = open_output(output)
-        self.id_column, self.fmt, self.ref, self.max_tokens = id_column, fmt, ref, max_tokens
+        self.id_column, self.fmt, self.ref = id_column, fmt, ref
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         ids = df["maas_id"]  # a row the engine failed skips the postprocessing: it keeps its error, and maas_id
@@ -140,8 +161,9 @@ class Writer:
         bad = reason != ""
         ok = df[~bad]
         done = ok["completion_tokens"].fillna(0).astype(int).to_numpy()
+        limit = ok["maas_max_tokens"].to_numpy()
         answers = pd.DataFrame({self.id_column: ids[~bad].to_numpy(), "text": ok["text"].fillna("").to_numpy(),
-                                "finish_reason": ["length" if n >= self.max_tokens else "stop" for n in done],
+                                "finish_reason": ["length" if n >= cap else "stop" for n, cap in zip(done, limit)],
                                 "prompt_tokens": ok["prompt_tokens"].fillna(0).astype(int).to_numpy(),
                                 "completion_tokens": done, "version": self.ref})
         rejects = pd.DataFrame({self.id_column: ids[bad].to_numpy(), "reason": reason[bad], "version": self.ref})
@@ -185,8 +207,7 @@ def answers(ds, store: str, mv, output: str, id_column: str, fmt: str, params: d
     # the asking actor holds no CPU of its own: on 2 cores it and the engine would hold both, and Ray Data's
     # read tasks would never run (measured: with Ray Data LLM's own chat-template actor the batch stalled)
     asked = ds.map(Ask, fn_constructor_kwargs={"folder": str(folder), "id_column": id_column, "params": params,
-                                               "adapter": adapter}, concurrency=1, num_cpus=0)
+                                               "adapter": adapter, "cap": spec.max_tokens}, concurrency=1, num_cpus=0)
     return processor(asked).map_batches(
-        Writer, fn_constructor_kwargs={"output": output, "id_column": id_column, "fmt": fmt, "ref": mv.ref,
-                                       "max_tokens": params["max_tokens"]},
+        Writer, fn_constructor_kwargs={"output": output, "id_column": id_column, "fmt": fmt, "ref": mv.ref},
         batch_size=batch_size, batch_format="pandas", concurrency=1, num_cpus=0)

@@ -30,6 +30,7 @@ from maas.serve.http import request_id
 from maas.serve.openapi import openapi_document
 from maas.serve.protocols.oip.grpc_service import OIPGrpc
 from maas.serve.protocols.oip.handlers import OIPHandlers
+from maas.serve.protocols.openai.batches import BatchHandlers
 from maas.serve.protocols.openai.handlers import OpenAIHandlers
 from maas.serve.routes import NOT_FOUND_HINT, Router
 
@@ -50,7 +51,8 @@ class ModelServer:
     def __init__(self, store: str, models, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0,
                  max_request_bytes: int = 4 * 1024 * 1024, api_key_hashes: Optional[list] = None,
                  alias_poll_s: float = 2.0, max_pinned_versions: int = 2, llm: Optional[dict] = None,
-                 pinned_loads_per_minute: int = 10, max_rows_per_request: int = 65536):
+                 pinned_loads_per_minute: int = 10, max_rows_per_request: int = 65536,
+                 max_batch_file_bytes: int = 100 * 1024 * 1024):
         try:  # Serve runs the constructor on the loop that serves requests: where vLLM engines must start
             loop = asyncio.get_running_loop()
         except RuntimeError:  # made outside a replica (tests): in-process predictors only
@@ -66,6 +68,7 @@ class ModelServer:
         self.accounting = Accounting()  # metrics and access log, off the request path
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maas-forward")
         oip, openai = OIPHandlers(self.host, self), OpenAIHandlers(self.host, self)
+        batches = BatchHandlers(self.host, self, max_batch_file_bytes)  # OpenAI's Batch API
         self.grpc = OIPGrpc(self.host, oip, self)  # the same models and answers over gRPC (Serve's gRPC proxy)
         # handler name (maas.serve.routes) -> (callable, a model request: counted, timed and logged)
         self.handlers = {
@@ -76,7 +79,11 @@ class ModelServer:
             "metadata": (oip.metadata, False), "model_ready": (oip.model_ready, False),
             "server_metadata": (oip.server_metadata, False), "live": (oip.live, False), "ready": (oip.ready, False),
             "models": (oip.models, False), "openai_models": (openai.models, False),
-            "openai_model": (openai.model, False), "openapi": (self._openapi, False)}
+            "openai_model": (openai.model, False), "openapi": (self._openapi, False),
+            "create_file": (batches.create_file, False), "file": (batches.file, False),
+            "file_content": (batches.file_content, False), "create_batch": (batches.create_batch, False),
+            "batches": (batches.batches, False), "batch": (batches.batch, False),
+            "cancel_batch": (batches.cancel, False)}
         self.openapi = json.dumps(openapi_document()).encode()  # from the route table: every route described
         self.host.start(alias_poll_s)
         logger.info("maas serving %s from %s; api keys: %s", self.host.describe(), store,

@@ -45,7 +45,8 @@ def build_app(store: str, models, deploy: Optional[DeploySpec] = None, api_key_h
     return ModelServer.options(**d.serve_options(generative)).bind(
         store, routes, d.max_batch_size, d.batch_wait_timeout_s, d.max_request_bytes, hashes, d.alias_poll_s,
         max_pinned_versions=d.max_pinned_versions, llm=d.llm.model_dump(),
-        pinned_loads_per_minute=d.pinned_loads_per_minute, max_rows_per_request=d.max_rows_per_request)
+        pinned_loads_per_minute=d.pinned_loads_per_minute, max_rows_per_request=d.max_rows_per_request,
+        max_batch_file_bytes=d.max_batch_file_bytes)
 
 
 def serves_generative(registry: Registry, routes: list[dict]) -> bool:

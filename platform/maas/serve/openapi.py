@@ -51,6 +51,19 @@ BODIES = {
             "model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array"},
             "add_special_tokens": {"type": "boolean"}},
         "example": {"model": "lm", "prompt": "The function returns"}}),
+    "create_batch": ("BatchRequest", {
+        "type": "object", "required": ["input_file_id", "endpoint"], "properties": {
+            "input_file_id": {"type": "string"}, "endpoint": {"enum": ["/v1/completions", "/v1/chat/completions"]},
+            "completion_window": {"enum": ["24h"]}, "metadata": {"type": "object", "maxProperties": 16}},
+        "example": {"input_file_id": "file-0123456789abcdef01234567", "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h"}}),
+    "create_file": ("FileUpload", {
+        "type": "object", "required": ["file", "purpose"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": "JSON Lines: one request per line"},
+            "purpose": {"enum": ["batch"]}},
+        "example": {"purpose": "batch", "file": "batch.jsonl"}}),
+    "cancel_batch": ("CancelRequest", {"type": "object", "description": "No fields: the body may be empty",
+                                       "example": {}}),
     "detokenize": ("DetokenizeRequest", {
         "type": "object", "required": ["tokens"], "properties": {
             "model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}},
@@ -67,6 +80,11 @@ SUMMARIES = {
     "models": "The served models, their versions and canaries", "metadata": "Model metadata (OIP)",
     "model_ready": "Model readiness and, when not ready, why (OIP)",
     "infer": "Inference (OIP v2; JSON or the binary tensor extension)", "openapi": "This document",
+    "create_file": "Upload a batch input file (OpenAI; multipart: file, purpose=batch)",
+    "file": "One file's object (OpenAI)", "file_content": "One file's content (OpenAI)",
+    "create_batch": "Start a batch over an uploaded file (OpenAI Batch API; runs as a maas batch)",
+    "batches": "This key's batches, newest first (OpenAI)", "batch": "One batch: status, counts, files (OpenAI)",
+    "cancel_batch": "Cancel a batch; what it answered so far is kept (OpenAI)",
 }
 OPEN = {"live", "ready", "server_metadata", "openapi"}  # no API key needed
 
@@ -91,13 +109,13 @@ def openapi_document(title: str = "maas") -> dict:
                 "type": "string", **({"pattern": "^[0-9]{1,9}$"} if p == "version" else {})}} for p in params]
         if handler in BODIES:
             name, schema = BODIES[handler]
-            content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"},
-                                            "example": schema["example"]}}
+            media = "multipart/form-data" if handler == "create_file" else "application/json"
+            content = {media: {"schema": {"$ref": f"#/components/schemas/{name}"}, "example": schema["example"]}}
             if handler == "infer":
                 content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"},
                                                        "description": "JSON header (Inference-Header-Content-"
                                                                       "Length bytes), then the tensors' raw data"}
-            op["requestBody"] = {"required": True, "content": content}
+            op["requestBody"] = {"required": handler != "cancel_batch", "content": content}
         if handler in OPEN:
             op["security"] = []
         paths.setdefault(pattern, {})[method.lower()] = op

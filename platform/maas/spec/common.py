@@ -241,6 +241,8 @@ class DeploySpec(_Strict):
                                         "0 (greedy): no added wait; requests that queue during a forward are "
                                         "fused into the next. Raise it when the model's forward dominates.")
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Bodies over this size get HTTP 413.")
+    max_batch_file_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="OpenAI batch input files "
+                                      "(POST /v1/files) over this size get HTTP 413.")
     max_rows_per_request: int = Field(65536, ge=1, description="Rows (or texts) one inference request may hold; "
                                       "more get HTTP 413 (RESOURCE_EXHAUSTED over gRPC): a small binary body can "
                                       "hold a million tiny rows and ask for an answer a hundred times its size.")
