@@ -85,8 +85,9 @@ def test_files_and_batches_are_kept_per_key_and_no_id_reaches_outside_the_store(
         bs.put_batch({"id": f"batch_{i:06d}", "created_at": i, "status": "validating", OWNER: owner})
     assert [b["id"] for b in bs.batches("key-a")] == ["batch_000002", "batch_000000"]
     assert bs.batch("key-b", "batch_000000") is None and bs.batch("key-b", "batch_000001")["id"] == "batch_000001"
-    bs.update("batch_000000", status="cancelling")
+    assert bs.cancel("batch_000000")["status"] == "cancelling" and bs.cancelled("batch_000000")
     assert bs.update("batch_000000", status="in_progress", in_progress_at=5)["status"] == "cancelling"
+    assert bs.update("batch_000000", status="cancelled")["status"] == "cancelled" and not bs.cancelled("batch_000001")
 
 
 def _call(srv, method: str, path: str, key=None, body: bytes = b"", content_type: str = "application/json"):

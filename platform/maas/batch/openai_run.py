@@ -177,7 +177,7 @@ def _written(bs: BatchStore, work: str, endpoint: str, asked: dict) -> tuple[lis
 
 
 def _check_cancel(bs: BatchStore, batch_id: str) -> None:
-    if bs.batch(None, batch_id)["status"] == "cancelling":
+    if bs.cancelled(batch_id):
         raise Cancelled()
 
 

@@ -134,8 +134,7 @@ class BatchHandlers:
             raise ProtocolError(409, f"batch {batch_id} is {obj['status']}: only a batch that has not ended can be "
                                      "cancelled")
         if obj["status"] not in ("cancelling", "cancelled"):
-            obj = await asyncio.to_thread(self.files.update, batch_id, status="cancelling",
-                                          cancelling_at=int(time.time()))
+            obj = await asyncio.to_thread(self.files.cancel, batch_id)
         return JSONResponse(public(obj))
 
 

@@ -80,12 +80,21 @@ class BatchStore:
         return obj if obj is not None and (owner is None or obj.get(OWNER) == owner) else None
 
     def update(self, batch_id: str, **fields) -> dict:
-        """Set ``fields`` on a batch, keeping a cancellation asked meanwhile (one writer at a time: the job)."""
+        """Set ``fields`` on a batch (its run is the one writer), keeping a cancellation asked meanwhile."""
         obj = self.batch(None, batch_id)
-        if obj["status"] in ("cancelling", "cancelled") and fields.get("status") in ("in_progress", "finalizing"):
-            fields.pop("status")
         obj.update(fields)
+        if obj["status"] not in TERMINAL and self.cancelled(batch_id):
+            obj["status"], obj["cancelling_at"] = "cancelling", obj.get("cancelling_at") or int(time.time())
         return self.put_batch(obj)
+
+    def cancel(self, batch_id: str) -> dict:
+        """Ask a batch to stop: a marker of its own (the run, which rewrites the batch's object, never writes
+        it, so no cancellation is lost between a read and a write of the object), then the status."""
+        self.write(f"batches/{batch_id}.cancel", b"")
+        return self.update(batch_id)
+
+    def cancelled(self, batch_id: str) -> bool:
+        return self.fs.get_file_info(f"{self.root}/batches/{batch_id}.cancel").type == pafs.FileType.File
 
     def batches(self, owner: str) -> list[dict]:
         """The owner's batches, newest first."""
