@@ -320,10 +320,12 @@ def test_5000_requests_generated_from_the_openapi_document_never_get_a_5xx(serve
     url = served["url"]
     doc = requests.get(f"{url}/openapi.json", timeout=30).json()
     ops = [(method.upper(), path, op) for path, methods in doc["paths"].items() for method, op in methods.items()]
-    assert len(ops) == 18
+    assert len(ops) == 25  # OIP v2, OpenAI's inference routes and its Batch API's files and batches
     posts = [o for o in ops if o[0] == "POST"]
     names = ["digits", "digits", "digits", "digits", "nope", "%00", "a" * 300, "\u00b2", "..", "digits%2F1"]
     versions = ["1", "1", "2", "0", "\u00b2", "\u0661", "9" * 5000, "-1", "x", "1.0", "%20"]
+    objects = ["file-0123456789abcdef01234567", "batch_0123456789abcdef01234567", "..", "%2E%2E%2Fetc", "a" * 300,
+               "\u00b2", "file-", "%00"]
     junk = [None, True, -1, 0, 10 ** 400, -(2 ** 70), 1e308, 3.5, "x", "", "\u00b2", [], {}, [[]], [None],
             {"a": 1}, [1, "2"], list(range(70)), "y" * 5000, ["s"] * 20]
     digits = json.loads(infer_body(np.ones((2, 64))))
@@ -357,6 +359,7 @@ def test_5000_requests_generated_from_the_openapi_document_never_get_a_5xx(serve
         if rng.random() < 0.08:
             method = rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH"])
         path = path.replace("{name}", rng.choice(names)).replace("{version}", rng.choice(versions))
+        path = path.replace("{file_id}", rng.choice(objects)).replace("{batch_id}", rng.choice(objects))
         headers, data = {}, None
         if "requestBody" in op or method == "POST":
             example = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example", {})

@@ -147,6 +147,9 @@ def test_the_file_routes_keep_each_keys_files_its_own_and_refuse_bad_uploads_in_
             status, body = _call(srv, "POST", "/v1/files", *args)
             assert status == status_code and words in body["error"]["message"], (words, body)
         for req, words in [({"input_file_id": made["id"], "endpoint": "/v1/embeddings"}, "'endpoint'"),
+                           ({"input_file_id": made["id"], "endpoint": {}}, "'endpoint'"),  # the fuzzer's 500
+                           ({"input_file_id": made["id"], "endpoint": "/v1/completions",
+                             "completion_window": ["24h"]}, "'completion_window'"),
                            ({"input_file_id": made["id"], "endpoint": "/v1/completions",
                              "completion_window": "1h"}, "'completion_window'"),
                            ({"input_file_id": made["id"], "endpoint": "/v1/completions",

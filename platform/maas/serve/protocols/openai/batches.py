@@ -79,9 +79,9 @@ class BatchHandlers:
         owner = self._owner(request)
         req = _json_object(await read_body(request, self.server.max_request_bytes))
         endpoint, window = req.get("endpoint"), req.get("completion_window", "24h")
-        if endpoint not in ENDPOINTS:
+        if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
             raise ProtocolError(400, f"'endpoint' must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
-        if window not in WINDOWS:
+        if not isinstance(window, str) or window not in WINDOWS:
             raise ProtocolError(400, f"'completion_window' must be one of {', '.join(WINDOWS)}, got {window!r}")
         metadata = req.get("metadata")
         if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or
