@@ -118,11 +118,10 @@ class Ask:
     def __call__(self, row: dict) -> dict:
         column, asked, why = check_row(row)
         params, bad = row_sampling(row, self.params, self.cap)
-        why = why or bad
-        if column == MESSAGES and why is None:
+        if bad and not why:  # a row that can be asked but not with its own sampling: its column's placeholder
+            asked, why = _PLACEHOLDER[column], bad
+        if column == MESSAGES:
             asked = self._template(asked)
-        elif why is not None:
-            asked = _PLACEHOLDER[PROMPT]
         out = {"maas_id": row[self.id_column], "prompt": asked, "maas_reject": why or "",
                "maas_max_tokens": params["max_tokens"],
                "sampling_params": {**params, "max_tokens": 1} if why else params,

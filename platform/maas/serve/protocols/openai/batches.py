@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from maas.serve.errors import ProtocolError
 from maas.serve.http import JSONResponse, read_body
+from maas.serve.protocols.oip.codec import json_object
 from maas.serve.protocols.openai.files import ENDPOINTS, OWNER, TERMINAL, BatchStore, new_id, public
 from maas.serve.tenancy import check_key, key_digest
 
@@ -77,7 +77,7 @@ class BatchHandlers:
 
     async def create_batch(self, request: Request) -> JSONResponse:
         owner = self._owner(request)
-        req = _json_object(await read_body(request, self.server.max_request_bytes))
+        req = json_object(await read_body(request, self.server.max_request_bytes), "'input_file_id' and 'endpoint'")
         endpoint, window = req.get("endpoint"), req.get("completion_window", "24h")
         if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
             raise ProtocolError(400, f"'endpoint' must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
@@ -179,12 +179,3 @@ async def _form(request: Request, body: bytes):
     except Exception as err:  # python-multipart's and Starlette's parse errors
         raise ProtocolError(400, f"the multipart body cannot be read: {err}") from None
 
-
-def _json_object(body: bytes) -> dict:
-    try:
-        req = orjson.loads(body)
-    except orjson.JSONDecodeError as err:
-        raise ProtocolError(400, f"the body is not JSON: {err}") from None
-    if not isinstance(req, dict):
-        raise ProtocolError(400, "the body must be a JSON object")
-    return req
