@@ -12,7 +12,10 @@ replica CPU per request (user + system, from the replica processes), a figure th
 
     python benchmarks/serve_latency.py [--seconds 5] [--concurrency 1,8,32] [--model digits|large]
                                        [--proxy default,throughput] [--load auto|wrk|aiohttp] [--rounds 3]
-                                       [--replicas 1]
+                                       [--replicas 1] [--keys]
+
+``--keys`` adds maas with batching in a store holding a named API key (``maas keys``, limited to the model), every
+request carrying it: what the key check costs against the same application without keys.
 
 Each ingress mode (`deploy.proxy`: Serve's Python proxy, or the high-throughput mode: HAProxy in front of
 replicas that take HTTP directly) runs on a fresh Serve instance, the three applications side by side.
@@ -48,7 +51,7 @@ def build_model(folder: Path, size: str = "digits") -> tuple[dict, str]:
     return variant.files, "onnxruntime"
 
 
-def _load_process(url: str, body: bytes, concurrency: int, seconds: float, nice: int, out) -> None:
+def _load_process(url: str, body: bytes, concurrency: int, seconds: float, nice: int, out, auth: str = "") -> None:
     """Closed-loop load from one process: `concurrency` asyncio clients on keep-alive connections."""
     import asyncio
     import os
@@ -67,7 +70,7 @@ def _load_process(url: str, body: bytes, concurrency: int, seconds: float, nice:
                 nonlocal errors
                 while time.perf_counter() < stop:
                     t0 = time.perf_counter()
-                    async with session.post(url, data=body) as r:
+                    async with session.post(url, data=body, headers={"Authorization": auth} if auth else None) as r:
                         await r.read()
                         if r.status != 200:
                             errors += 1
@@ -80,13 +83,13 @@ def _load_process(url: str, body: bytes, concurrency: int, seconds: float, nice:
     out.put(asyncio.run(run()))
 
 
-def load_aiohttp(url: str, body: bytes, concurrency: int, seconds: float, nice: int) -> dict:
+def load_aiohttp(url: str, body: bytes, concurrency: int, seconds: float, nice: int, auth: str = "") -> dict:
     """The load from a separate Python process (so the client's Python does not share this one's GIL)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_load_process, args=(url, body, concurrency, seconds, nice, queue))
+    proc = ctx.Process(target=_load_process, args=(url, body, concurrency, seconds, nice, queue, auth))
     proc.start()
     latencies, errors, elapsed = queue.get(timeout=seconds + 120)
     proc.join()
@@ -100,10 +103,12 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+local auth = os.getenv("MAAS_BENCH_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
 """
 
 
-def load_wrk(url: str, body: bytes, concurrency: int, seconds: float, nice: int) -> dict:
+def load_wrk(url: str, body: bytes, concurrency: int, seconds: float, nice: int, auth: str = "") -> dict:
     """The same closed loop from wrk (C, one thread, epoll): a tenth of aiohttp's CPU per request, so on a
     2-core machine the server, not the load generator, sets the pace."""
     import os
@@ -115,7 +120,7 @@ def load_wrk(url: str, body: bytes, concurrency: int, seconds: float, nice: int)
     (folder / "post.lua").write_text(WRK_SCRIPT)
     out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
                           "-s", str(folder / "post.lua"), url], capture_output=True, text=True, check=True,
-                         env={**os.environ, "MAAS_BENCH_BODY": str(folder / "body.json")},
+                         env={**os.environ, "MAAS_BENCH_BODY": str(folder / "body.json"), "MAAS_BENCH_AUTH": auth},
                          preexec_fn=lambda: os.nice(nice - os.nice(0))).stdout
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -177,6 +182,7 @@ def main() -> None:
                     help="load generator: wrk (when on PATH: auto) or asyncio aiohttp clients")
     ap.add_argument("--rounds", type=int, default=3, help="visit every cell this many times; medians reported")
     ap.add_argument("--replicas", type=int, default=1, help="replicas of each application (bare and maas alike)")
+    ap.add_argument("--keys", action="store_true", help="also maas with batching behind a named API key")
     args = ap.parse_args()
     tool = ("wrk" if shutil.which("wrk") else "aiohttp") if args.load == "auto" else args.load
     load = load_wrk if tool == "wrk" else load_aiohttp
@@ -226,9 +232,15 @@ def main() -> None:
             times.append((time.perf_counter() - t0) * 1e3)
         forward[rows] = statistics.median(times)
     base = f"http://127.0.0.1:{port}"
-    targets = [("bare Ray Serve", "bare", f"{base}/bare"),
-               ("maas, no batching", "unbatched", f"{base}/unbatched/v2/models/digits/infer"),
-               ("maas, batching", "batched", f"{base}/batched/v2/models/digits/infer")]
+    targets = [("bare Ray Serve", "bare", f"{base}/bare", ""),
+               ("maas, no batching", "unbatched", f"{base}/unbatched/v2/models/digits/infer", ""),
+               ("maas, batching", "batched", f"{base}/batched/v2/models/digits/infer", "")]
+    keyed = None
+    if args.keys:  # a store of its own: its named key makes its endpoints need one
+        keyed = Registry(str(tmp / "keyed-store"))
+        keyed.publish("digits", files, runtime=runtime, signature=classifier_signature(64, list(range(10))))
+        _, secret = keyed.keys.create("bench", models=["digits"])
+        targets.append(("maas, batching, key", "keyed", f"{base}/keyed/v2/models/digits/infer", f"Bearer {secret}"))
     levels = [int(c) for c in args.concurrency.split(",")]
     cells: dict = {}  # (mode, c, endpoint) -> one figure dict per round
     nice = 0
@@ -238,15 +250,20 @@ def main() -> None:
             serve.run(build_app(reg.location, "digits/1", DeploySpec(max_batch_size=batch, batch_wait_timeout_s=0.0,
                                                                      num_replicas=args.replicas),
                                 api_key_hashes=[]), name=app, route_prefix=f"/{app}")
+        if keyed is not None:
+            serve.run(build_app(keyed.location, "digits/1", DeploySpec(max_batch_size=32, batch_wait_timeout_s=0.0,
+                                                                       num_replicas=args.replicas),
+                                api_key_hashes=[]), name="keyed", route_prefix="/keyed")
         serve.run(Bare.options(num_replicas=args.replicas).bind(folder, runtime), name="bare", route_prefix="/bare")
         nice = server_niceness()
-        for _, _, url in targets:  # warm up
-            load(url, body, 4, 1.0, nice)
+        for _, _, url, auth in targets:  # warm up
+            load(url, body, 4, 1.0, nice, auth)
         for _ in range(args.rounds):  # every cell once a round: a slow minute of the machine hits all alike
             for c in levels:
-                for name, app, url in targets:
+                for name, app, url, auth in targets:
                     cpu0 = replica_cpu_s(app)
-                    r = load(url, body, c, args.seconds, nice)
+                    r = load(url, body, c, args.seconds, nice, auth)
+                    assert r["errors"] == 0 or name != "maas, batching, key", r  # a refused key is no figure
                     r["cpu_us"] = (replica_cpu_s(app) - cpu0) / max(r["n"], 1) * 1e6
                     cells.setdefault((mode, c, name), []).append(r)
         stop_serve()

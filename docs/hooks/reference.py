@@ -169,7 +169,8 @@ def cli_page() -> str:
 def http_page(document: dict) -> str:
     parts = ["# HTTP API", "", f"Generated from the application's own OpenAPI document ({document['openapi']}; "
              "a running endpoint serves it at `GET /openapi.json`, and [here it is](openapi.json)). With "
-             "`MAAS_API_KEYS` set every route without *open* needs `Authorization: Bearer <key>`. Errors: "
+             "`MAAS_API_KEYS` set, or named keys in the store (`maas keys`), every route without *open* needs "
+             "`Authorization: Bearer <key>` (401 without; 403 for a model outside a named key's models). Errors: "
              "OIP routes answer `{\"error\": \"...\"}`, OpenAI routes `{\"error\": {\"message\", \"type\", "
              "\"code\"}}`.", "", "| method | path | protocol | what | auth |", "|---|---|---|---|---|"]
     for path, ops in document["paths"].items():

@@ -53,7 +53,7 @@ def served(ray_session, tmp_path_factory):
     listeners = haproxy_listeners(haproxy_folder)  # HTTP, gRPC, stats, metrics: all on deploy.host
     assert ("127.0.0.1", port) in listeners and len(listeners) >= 4 and {h for h, _ in listeners} == {"127.0.0.1"}
     yield {"url": url, "registry": reg, "predictor": OnnxPredictor(variant.files["model.onnx"]), "tmp": tmp,
-           "port": port, "grpc": f"127.0.0.1:{grpc_port}"}
+           "port": port, "grpc": f"127.0.0.1:{grpc_port}", "files": variant.files}
     stop_serve()
     assert not os.path.exists(haproxy_folder), "stop_serve left the HAProxy folder of its Serve"
 
@@ -304,6 +304,62 @@ def test_api_keys_guard_model_routes_but_not_health(served, monkeypatch, tmp_pat
         client.close()
     finally:
         serve.delete("keyed")
+
+
+def test_named_keys_hold_on_both_replicas_over_http_and_grpc_and_a_revoke_reaches_both_within_the_poll(
+        served, tmp_path):
+    """Named keys (``maas keys``) in the store of an app of 2 replicas: a key limited to one model is refused the
+    other (403 over HTTP, PERMISSION_DENIED over gRPC) and lists only its own; a revoked key is refused by both
+    replicas within their poll, under concurrent requests."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from maas.serve import build_app
+    from tests.waiting import wait_until
+
+    reg = Registry(str(tmp_path / "store"))  # a store of its own: keys in it make its endpoints need one
+    for name in ("digits", "iris"):
+        reg.publish(name, served["files"], runtime="onnxruntime", signature=classifier_signature(64, list(range(10))))
+    _, team_a = reg.keys.create("team-a", models=["digits"])
+    serve.run(build_app(reg.location, ["digits/1", "iris/1"], DeploySpec(num_replicas=2, alias_poll_s=0.5),
+                        api_key_hashes=[]), name="named", route_prefix="/named", blocking=False)
+    base, body = f"{served['url']}/named", infer_body(np.zeros((1, 64)))
+
+    def infer(model: str, key: str) -> int:
+        return requests.post(f"{base}/v2/models/{model}/infer", data=body, timeout=30,
+                             headers={"Authorization": f"Bearer {key}"}).status_code
+
+    try:
+        with ThreadPoolExecutor(8) as pool:  # concurrent, so both replicas answer
+            assert set(pool.map(lambda _: infer("digits", team_a), range(40))) == {200}
+            r = requests.post(f"{base}/v2/models/iris/infer", data=body, headers={"Authorization": f"Bearer {team_a}"})
+            assert r.status_code == 403 and "API key 'team-a' may not call model 'iris'" in r.json()["error"]
+            listed = requests.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {team_a}"}).json()
+            assert [m["id"] for m in listed["data"]] == ["digits"]
+            assert infer("digits", "maas-not-a-key-0123456789") == 401
+            grpcclient = pytest.importorskip("tritonclient.grpc")
+            from tritonclient.utils import InferenceServerException
+
+            client = grpcclient.InferenceServerClient(served["grpc"])
+            inp = grpcclient.InferInput("input", [1, 64], "FP32")
+            inp.set_data_from_numpy(np.zeros((1, 64), np.float32))
+            headers = {"application": "named", "authorization": f"Bearer {team_a}"}
+            assert client.infer("digits", [inp], headers=headers).as_numpy("label").shape == (1,)
+            with pytest.raises(InferenceServerException, match="may not call model 'iris'") as err:
+                client.infer("iris", [inp], headers=headers)
+            assert err.value.status() == "StatusCode.PERMISSION_DENIED"
+            client.close()
+            revoked = time.monotonic()
+            reg.keys.revoke("team-a")
+            # each replica re-reads the keys every 0.5 s, on its own clock: refused by both within about that
+            wait_until(lambda: set(pool.map(lambda _: infer("digits", team_a), range(40))) == {401}, 10, "revoke")
+            took = time.monotonic() - revoked
+            assert set(pool.map(lambda _: infer("digits", team_a), range(40))) == {401}  # and it stays refused
+        assert took < 3, took
+    finally:
+        serve.delete("named")
 
 
 def test_5000_requests_generated_from_the_openapi_document_never_get_a_5xx(served):

@@ -249,3 +249,46 @@ def test_a_run_that_ranks_pairs_worse_than_the_encoder_serving_traffic_is_a_cand
     text = summary(result, spec)
     assert f"champion {champion_ref}: STS-style rank correlation {champion['sts_spearman']:.4f}" in text
     assert f"minilm@production stays at {champion_ref} (the champion)" in text
+
+
+def test_the_openai_batch_api_embeds_a_file_as_the_endpoint_does_and_a_lost_run_is_launched_again(pipeline):
+    """The unmodified ``openai`` client's Batch API over /v1/embeddings: a text or a list of texts per line, float
+    or base64, the endpoint's vectors and token counts; bad lines as error lines. The batch's actor, killed at
+    once, is launched again when the batch is next looked at, and the batch finishes."""
+    import openai
+    import ray
+
+    from maas.serve.protocols.openai.batches import NAMESPACE
+    from maas.serve.protocols.openai.files import BatchStore
+    from tests.waiting import wait_until
+
+    c = openai.OpenAI(base_url=f"{pipeline['result'].endpoint}/v1", api_key="unused", max_retries=0)
+    texts = {f"t{i}": f"Sentence {i} is about {w}." for i, w in enumerate(["arrays", "tensors", "queues", "files"])}
+    line = lambda cid, body: json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/embeddings",  # noqa: E731
+                                         "body": {"model": "minilm", **body}})
+    lines = [line(k, {"input": t}) for k, t in texts.items()] + [
+        line("pair", {"input": list(texts.values())[:2], "encoding_format": "base64"}),
+        line("empty", {"input": ["fine words", " "]}), line("ids", {"input": [101, 102]}),
+        line("ghost", {"input": "x", "model": "ghost"}), "{oops"]
+    upload = c.files.create(file=("emb.jsonl", "\n".join(lines).encode()), purpose="batch")
+    batch = c.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h")
+    ray.kill(ray.get_actor(f"maas-{batch.id}", namespace=NAMESPACE), no_restart=True)  # its run is lost at once
+    done = wait_until(lambda: (b := c.batches.retrieve(batch.id)).status in ("completed", "failed") and b, 300,
+                      "the batch's end", every_s=0.5)
+    assert done.status == "completed", done
+    assert BatchStore(str(pipeline["spec"].store)).run_args(batch.id)["launches"] >= 2  # launched again
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (9, 5, 4)
+    out = {a["custom_id"]: a["response"]["body"] for a in map(json.loads, c.files.content(done.output_file_id).text
+                                                                .splitlines())}
+    online = c.embeddings.create(model="minilm", input=list(texts.values()))
+    for i, k in enumerate(texts):
+        np.testing.assert_allclose(out[k]["data"][0]["embedding"], online.data[i].embedding, atol=1e-5)
+        assert out[k]["model"] == online.model == pipeline["result"].promoted_ref
+    assert sum(out[k]["usage"]["prompt_tokens"] for k in texts) == online.usage.prompt_tokens
+    pair = [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in out["pair"]["data"]]
+    np.testing.assert_allclose(pair, [d.embedding for d in online.data[:2]], atol=1e-5)
+    errors = {e["custom_id"]: e["response"]["body"]["error"]["message"]
+              for e in map(json.loads, c.files.content(done.error_file_id).text.splitlines())}
+    assert set(errors) == {None, "empty", "ids", "ghost"}, errors
+    for cid, words in [(None, "not JSON"), ("empty", "empty string"), ("ids", "token ids"), ("ghost", "not served")]:
+        assert words in errors[cid], (cid, errors[cid])

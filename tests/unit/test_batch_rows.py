@@ -43,9 +43,19 @@ def test_raw_columns_are_encoded_as_the_endpoint_encodes_them_and_a_missing_cate
 def test_texts_that_the_endpoint_would_refuse_are_rejects_and_the_rest_are_embedded():
     signature = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}]}
     df = pd.DataFrame({"doc": ["a", "b", "c", "d"], "text": ["fine words", "   ", None, "x" * 100_001]})
-    answers, rejects = answer(df, lambda texts: np.ones((len(texts), 3), np.float32) * len(texts), signature,
-                              "embed", "doc", "enc/1")
+    class Words:  # an encoder's tokenizer as the predictor holds it: words plus [CLS] and [SEP]
+        def count_tokens(self, texts):
+            return sum(len(t.split()) + 2 for t in texts)
+
+    class Encoder:
+        tokenizer = Words()
+
+        def __call__(self, texts):
+            return np.ones((len(texts), 3), np.float32) * len(texts)
+
+    answers, rejects = answer(df, Encoder(), signature, "embed", "doc", "enc/1")
     assert answers["doc"].tolist() == ["a"] and np.stack(answers["embedding"]).shape == (1, 3)
+    assert answers["tokens"].tolist() == [4]  # the usage /v1/embeddings reports for the text
     assert rejects["reason"].tolist() == ["column 'text' is an empty text", "column 'text' is empty",
                                           "column 'text' holds 100001 characters; at most 100000 per text"]
 

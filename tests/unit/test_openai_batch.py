@@ -29,7 +29,8 @@ def test_lines_become_rows_per_served_version_and_every_mistake_an_error_line_na
              _line("h", {"model": "lm", "messages": "hi"}),
              json.dumps({"method": "POST", "url": "/v1/chat/completions", "body": {}}).encode(), b"  ", b"[]"]
     groups, errors, asked, total = parse_lines(b"\n".join(lines), "/v1/chat/completions", SERVED, 100)
-    assert total == 12 and asked == {"a": "lm", "b": "lm/2"}
+    assert total == 12 and asked == {"a": {"ref": "lm/3", "model": "lm", "rows": ["a"]},
+                                     "b": {"ref": "lm/2", "model": "lm/2", "rows": ["b"]}}
     assert groups == {"lm/3": [{"id": "a", "messages": chat, "max_tokens": 5, "temperature": 0.5}],
                       "lm/2": [{"id": "b", "messages": chat, "max_tokens": 100, "temperature": 0.0}]}
     said = {(e["custom_id"], e["response"]["status_code"]): e["response"]["body"]["error"]["message"] for e in errors}
@@ -60,15 +61,70 @@ def test_an_answer_line_has_the_routes_shape_and_the_version_that_ran_it():
     from maas.batch.openai_run import output_line
 
     answer = {"text": "w3", "finish_reason": "length", "prompt_tokens": 4, "completion_tokens": 1, "version": "lm/3"}
-    chat = output_line("a", "/v1/chat/completions", "lm", answer)
+    chat = output_line("a", "/v1/chat/completions", {"model": "lm"}, [answer])
     body = chat["response"]["body"]
     assert chat["custom_id"] == "a" and chat["response"]["status_code"] == 200 and chat["error"] is None
     assert body["object"] == "chat.completion" and body["model"] == "lm" and body["system_fingerprint"] == "lm/3"
     assert body["choices"] == [{"index": 0, "finish_reason": "length", "logprobs": None,
                                 "message": {"role": "assistant", "content": "w3"}}]
     assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}
-    text = output_line("b", "/v1/completions", "lm", answer)["response"]["body"]
+    text = output_line("b", "/v1/completions", {"model": "lm"}, [answer])["response"]["body"]
     assert text["object"] == "text_completion" and text["choices"][0]["text"] == "w3"
+
+
+def test_an_embeddings_line_is_a_row_per_text_and_answers_as_the_route_with_the_vectors_in_order():
+    import base64
+
+    import numpy as np
+
+    from maas.batch.openai_run import output_line, parse_lines
+
+    url, served = "/v1/embeddings", {"enc": "enc/2"}
+    data = b"\n".join([_line("one", {"model": "enc", "input": "a text"}, url),
+                       _line("two", {"model": "enc/1", "input": ["x", "y"], "encoding_format": "base64"}, url),
+                       _line("ids", {"model": "enc", "input": [1, 2, 3]}, url),
+                       _line("empty", {"model": "enc", "input": ["x", " "]}, url),
+                       _line("dims", {"model": "enc", "input": "x", "dimensions": 8}, url),
+                       _line("many", {"model": "enc", "input": ["x"] * 2049}, url),
+                       _line("tokens", {"model": "enc", "input": "x", "max_tokens": 3}, url)])
+    groups, errors, asked, total = parse_lines(data, url, served, 100)
+    assert total == 7 and groups == {"enc/2": [{"id": "1.0", "input": "a text"}],
+                                     "enc/1": [{"id": "2.0", "input": "x"}, {"id": "2.1", "input": "y"}]}
+    assert asked["two"] == {"ref": "enc/1", "model": "enc/1", "format": "base64", "rows": ["2.0", "2.1"]}
+    said = {e["custom_id"]: (e["response"]["status_code"], e["response"]["body"]["error"]["message"]) for e in errors}
+    assert said["ids"][1] == "line 3: 'input' as token ids is not taken in a batch line: send texts"
+    assert said["empty"] == (400, "line 4: 'input' holds an empty string; every text needs content")
+    assert "'dimensions' is not supported" in said["dims"][1] and said["many"][0] == 413
+    assert "body field 'max_tokens' is not supported" in said["tokens"][1]
+    vectors = [[0.5, -1.25], [0.1, 3.0]]
+    answers = [{"id": r, "embedding": v, "tokens": 3 + i, "version": "enc/1"}
+               for i, (r, v) in enumerate(zip(asked["two"]["rows"], vectors))]
+    body = output_line("two", url, asked["two"], answers)["response"]["body"]
+    assert body["model"] == "enc/1" and body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    got = [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in body["data"]]
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert np.array_equal(np.stack(got), np.asarray(vectors, np.float32))
+
+
+def test_a_batch_past_its_window_ends_expired_with_each_request_it_did_not_reach_as_openai_writes_it(tmp_path):
+    from maas.batch.openai_run import run_openai_batch
+    from maas.serve.protocols.openai.files import OWNER, BatchStore
+
+    bs = BatchStore(str(tmp_path / "store"))
+    chat = [{"role": "user", "content": "hi"}]
+    lines = [_line("a", {"model": "lm", "messages": chat}), _line("b", {"model": "nope", "messages": chat})]
+    source = bs.put_file("key-a", "in.jsonl", "batch", b"\n".join(lines))
+    bs.put_batch({"id": "batch_000001", "endpoint": "/v1/chat/completions", "input_file_id": source["id"],
+                  "status": "validating", "created_at": 1, "expires_at": 2, "request_counts": None, OWNER: "key-a"})
+    bs.put_run("batch_000001", {"served": SERVED, "llm": None, "launches": 1})
+    obj = run_openai_batch(bs.store, "batch_000001")  # the window ended before its run began: nothing runs
+    assert obj["status"] == "expired" and obj["expired_at"] and obj.get("output_file_id") is None
+    assert obj["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
+    errors = {ln["custom_id"]: ln for ln in map(json.loads, bs.content(obj["error_file_id"]).splitlines())}
+    assert errors["a"]["response"] is None and errors["a"]["error"]["code"] == "batch_expired"
+    assert errors["b"]["response"]["status_code"] == 404
+    assert bs.file("key-a", obj["error_file_id"])["purpose"] == "batch_output"
+    assert run_openai_batch(bs.store, "batch_000001") == bs.batch(None, "batch_000001")  # ended: left as it is
 
 
 @pytest.mark.parametrize("where", ["folder", "s3"])
@@ -146,7 +202,11 @@ def test_the_file_routes_keep_each_keys_files_its_own_and_refuse_bad_uploads_in_
                 ((a, b"--zz\r\ngarbage", "multipart/form-data; boundary=zz"), 400, "'purpose'")]:
             status, body = _call(srv, "POST", "/v1/files", *args)
             assert status == status_code and words in body["error"]["message"], (words, body)
-        for req, words in [({"input_file_id": made["id"], "endpoint": "/v1/embeddings"}, "'endpoint'"),
+        for req, words in [({"input_file_id": made["id"], "endpoint": "/v1/moderations"}, "'endpoint'"),
+                           ({"input_file_id": made["id"], "endpoint": "/v1/embeddings"},
+                            "no model served here answers /v1/embeddings; served: m (classify)"),
+                           ({"input_file_id": made["id"], "endpoint": "/v1/completions"},
+                            "no model served here answers /v1/completions"),
                            ({"input_file_id": made["id"], "endpoint": {}}, "'endpoint'"),  # the fuzzer's 500
                            ({"input_file_id": made["id"], "endpoint": "/v1/completions",
                              "completion_window": ["24h"]}, "'completion_window'"),

@@ -2,7 +2,7 @@ import pytest
 
 from maas.exceptions import ServeError, SpecError
 from maas.serve.errors import ProtocolError, answer
-from maas.serve.tenancy import authorized, check_key, key_digest, load_api_key_hashes
+from maas.serve.tenancy import KeyRing, key_digest, load_api_key_hashes
 from maas.spec import DeploySpec, spec_from_dict
 
 BASE = {"data": {"path": "d.parquet", "label": "y"}, "model": {"name": "m"}}
@@ -27,13 +27,15 @@ def test_replicas_and_autoscaling_are_exclusive_and_map_to_serve_options():
 def test_api_keys_come_from_env_and_file_and_only_digests_are_kept(monkeypatch, tmp_path):
     monkeypatch.delenv("MAAS_API_KEYS", raising=False)
     monkeypatch.delenv("MAAS_API_KEYS_FILE", raising=False)
-    assert load_api_key_hashes() == [] and authorized(None, [])  # no keys: open
+    assert load_api_key_hashes() == [] and not KeyRing(None, []).required  # no keys: open
     monkeypatch.setenv("MAAS_API_KEYS", "a" * 20 + ", " + "b" * 20)
     hashes = load_api_key_hashes()
     assert len(hashes) == 2 and all(len(h) == 64 for h in hashes)
-    assert authorized("Bearer " + "a" * 20, hashes) and authorized("bearer " + "b" * 20, hashes)
-    assert not authorized("Bearer " + "c" * 20, hashes) and not authorized(None, hashes)
-    assert not authorized("a" * 20, hashes)  # the scheme is required
+    ring = KeyRing(None, hashes)
+    assert ring.check("Bearer " + "a" * 20).name is None and ring.check("bearer " + "b" * 20).allows("any")
+    for header in ("Bearer " + "c" * 20, None, "a" * 20):  # an unknown key, none, no scheme
+        with pytest.raises(ProtocolError, match="API key"):
+            ring.check(header)
     monkeypatch.setenv("MAAS_API_KEYS", "short")
     with pytest.raises(ServeError, match="shorter than 16"):
         load_api_key_hashes()
@@ -44,17 +46,18 @@ def test_api_keys_come_from_env_and_file_and_only_digests_are_kept(monkeypatch, 
 
 
 def test_one_key_rule_answers_each_protocol_in_its_own_error_shape():
-    """``check_key`` is what OIP (REST and gRPC) and OpenAI routes all call: open without keys, else a 401 with
-    ``www-authenticate`` in the route's protocol's shape; a 503 says when to come back; errors cross actors."""
+    """``KeyRing.check`` is what OIP (REST and gRPC), OpenAI and the Batch API routes all call: open without
+    keys, else a 401 with ``www-authenticate`` in the route's protocol's shape; a 503 says when to come back;
+    errors cross actors."""
     import json
     import pickle
 
-    check_key(None, [])  # no keys configured: open
-    digests = [key_digest("k" * 20)]
-    check_key("Bearer " + "k" * 20, digests)
+    assert KeyRing(None, []).check(None).digest == "open"  # no keys configured: open
+    ring = KeyRing(None, [key_digest("k" * 20)])
+    assert ring.check("Bearer " + "k" * 20).digest == key_digest("k" * 20)
     for header in (None, "Bearer wrong-key-of-some-length", "Basic " + "k" * 20):
         with pytest.raises(ProtocolError) as err:
-            check_key(header, digests)
+            ring.check(header)
         assert err.value.status == 401 and err.value.headers == {"www-authenticate": "Bearer"}
     oip, openai = answer(err.value, "oip"), answer(err.value, "openai")
     assert oip.status_code == openai.status_code == 401 and oip.headers["www-authenticate"] == "Bearer"

@@ -161,8 +161,8 @@ def _list_column(df: pd.DataFrame, signature: dict) -> tuple[dict, list]:
 def answer(df: pd.DataFrame, predictor, signature: dict, task: str, id_column: str,
            ref: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(answers, rejects) for the rows of ``df``: answers carry ``id_column``, the outputs (``label`` and
-    ``probabilities``, or ``embedding``) and ``version``; rejects carry ``id_column``, ``reason``, the row's
-    input values as JSON (``row``) and ``version``. Every row is in exactly one of them."""
+    ``probabilities``, or ``embedding`` and its text's ``tokens``) and ``version``; rejects carry ``id_column``,
+    ``reason``, the row's input values as JSON (``row``) and ``version``. Every row is in exactly one of them."""
     req, reasons = _request(df, signature, task)
     good = [i for i, why in enumerate(reasons) if why is None]
     answers = _answers(df.iloc[good], _subset(req, good), predictor, signature, task, id_column, ref) if good \
@@ -200,6 +200,7 @@ def _answers(df: pd.DataFrame, req: dict, predictor, signature: dict, task: str,
     if task == "embed":
         (emb,) = embedding_outputs(predictor(x))
         out["embedding"] = list(np.asarray(emb["data"], np.float32).reshape(emb["shape"]))
+        out["tokens"] = [predictor.tokenizer.count_tokens([t]) for t in x]  # the usage /v1/embeddings reports
     else:
         label, probs = classifier_outputs(predictor(x), signature, None)
         out["label"] = label["data"]

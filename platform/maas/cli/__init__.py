@@ -195,10 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     from maas.cli.completion import add_parser as add_completion
     from maas.cli.doctor import add_parser as add_doctor
     from maas.cli.evaluate import add_parser as add_eval
+    from maas.cli.keys import add_parser as add_keys
     from maas.cli.models import add_parser as add_models
     from maas.cli.spec import add_parser as add_spec
 
     add_models(sub, store, STORE_HELP)
+    add_keys(sub, store, STORE_HELP)
     add_eval(sub, store)
     add_batch(sub, store)
     add_spec(sub)
@@ -278,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGINT, _interrupt)  # also when started in the background by a shell
     args.parser = parser
-    if args.cmd == "models" and args.models_cmd is None:
-        subcommands(parser)["models"].print_help()
+    if (args.cmd, getattr(args, "models_cmd", 1), getattr(args, "keys_cmd", 1)) in (("models", None, 1),
+                                                                                   ("keys", 1, None)):
+        subcommands(parser)[args.cmd].print_help()
         return 0
     try:
         return args.func(args)

@@ -79,6 +79,13 @@ class Registry:
             os.path.join(os.path.expanduser("~"), ".cache", "maas", "artifacts")
         self.cache = FetchCache(self.cache_dir, self.location)
 
+    @property
+    def keys(self):
+        """The store's named API keys (``maas.registry.keys.Keys``: create, list, get, revoke, rotate)."""
+        from maas.registry.keys import Keys
+
+        return Keys(self.store, _who())
+
     # ------------------------------------------------------------------------------------------ reads
     def list_models(self) -> list[str]:
         """The names of every model in the store."""

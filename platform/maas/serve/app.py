@@ -33,6 +33,7 @@ from maas.serve.protocols.oip.handlers import OIPHandlers
 from maas.serve.protocols.openai.batches import BatchHandlers
 from maas.serve.protocols.openai.handlers import OpenAIHandlers
 from maas.serve.routes import NOT_FOUND_HINT, Router
+from maas.serve.tenancy import KeyRing
 
 logger = logging.getLogger("ray.serve")
 OFFLOAD_MS = 1.0  # a version whose forwards average more than this runs them in the replica's model thread
@@ -61,7 +62,7 @@ class ModelServer:
         self.router = Router()
         self.max_request_bytes = max_request_bytes
         self.max_rows = max_rows_per_request
-        self.key_hashes = list(api_key_hashes or [])
+        self.keys = KeyRing(store, api_key_hashes or [])  # unnamed keys and the store's named ones
         self.batching = max_batch_size > 1
         self.active = 0  # model requests in this replica now
         self.batcher = Batcher(self._predict_batch, max_batch_size, batch_wait_timeout_s)
@@ -86,13 +87,17 @@ class ModelServer:
             "cancel_batch": (batches.cancel, False)}
         self.openapi = json.dumps(openapi_document()).encode()  # from the route table: every route described
         self.host.start(alias_poll_s)
+        self.keys.start(alias_poll_s)
         logger.info("maas serving %s from %s; api keys: %s", self.host.describe(), store,
-                    "required" if self.key_hashes else "off")
+                    "required" if self.keys.required else "off")
 
     def __del__(self):
         host = getattr(self, "host", None)
         if host is not None:
             host.stop()
+        keys = getattr(self, "keys", None)
+        if keys is not None:
+            keys.stop()
         accounting = getattr(self, "accounting", None)
         if accounting is not None:
             accounting.close()
@@ -159,7 +164,9 @@ class ModelServer:
         finally:
             self.active -= 1
         if not getattr(response, "maas_deferred", False):  # a token stream is accounted when it ends
-            self.record(name, loaded, response.status_code, rid, path, rows, (time.perf_counter() - started) * 1e3)
+            key = request.scope["maas"].get("key")  # the named key's, when one asked
+            self.record(name, loaded, response.status_code, rid, path, rows, (time.perf_counter() - started) * 1e3,
+                        {"key": key} if key else None)
         return response
 
     def record(self, name: Optional[str], loaded, status: int, rid: Optional[str], path: str, rows: int,

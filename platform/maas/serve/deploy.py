@@ -88,7 +88,8 @@ def warn_if_open(host: str, keys: bool) -> bool:
         return False
     logging.getLogger("maas").warning(
         "maas: serving on %s without API keys: anyone who reaches this address can call every model. Set "
-        "MAAS_API_KEYS=<key>[,<key>...] or MAAS_API_KEYS_FILE=<file, one key per line>, or bind "
+        "MAAS_API_KEYS=<key>[,<key>...] or MAAS_API_KEYS_FILE=<file, one key per line>, make named keys with "
+        "`maas keys create`, or bind "
         "deploy.host=127.0.0.1", host)
     return True
 
@@ -110,8 +111,9 @@ def deploy(store: str, models, deploy: Optional[DeploySpec] = None, *, app_name:
     from maas.serve.readiness import app_status, wait_until_serving
 
     d = deploy or DeploySpec()
-    warn_if_open(d.host, bool(load_api_key_hashes()))
-    start_serve(d)
+    keyed = bool(load_api_key_hashes()) or has_named_keys(store)
+    warn_if_open(d.host, keyed)
+    start_serve(d, keyed)
     app, routes, generative = _checked(store, models, d)
     name = app_name or routes[0]["model"]
     new = app_status(name)[0] is None
@@ -137,7 +139,18 @@ THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMI
                   "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}
 
 
-def start_serve(d: DeploySpec) -> None:
+def has_named_keys(store: str) -> bool:
+    """Whether the store holds named API keys (``maas keys``), which make its endpoints require a key."""
+    from maas.registry import keys
+    from maas.registry.objects import open_store
+
+    try:
+        return bool(keys.newest(open_store(store)))
+    except Exception:  # an unreadable store is reported where the models are read
+        return False
+
+
+def start_serve(d: DeploySpec, keyed: bool = False) -> None:
     """Start Serve for ``d`` (its HTTP and gRPC ports, its ingress mode ``d.proxy``) unless it already runs on
     this cluster, and log which ingress is on."""
     log = logging.getLogger("maas")
@@ -157,7 +170,7 @@ def start_serve(d: DeploySpec) -> None:
              "directly; deploy.proxy=default for Serve's Python proxy)" if d.proxy == "throughput" else
              "Serve's Python proxy (deploy.proxy=throughput for HAProxy and direct ingress)")
     log.info("maas: listening on %s", listening(d, env, grpc is not None))
-    if grpc is not None and d.host not in EVERY_INTERFACE and not load_api_key_hashes():
+    if grpc is not None and d.host not in EVERY_INTERFACE and not keyed:
         log.warning("maas: Serve's own gRPC servers (the replicas' and its fallback proxy's) listen on every "
                     "interface whatever deploy.host is: without API keys anyone who reaches this machine can call "
                     "the models over gRPC. Set MAAS_API_KEYS, or deploy.grpc_port=0")

@@ -32,8 +32,8 @@ OIP_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"err
 OPENAI_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "properties": {"message": {"type": "string"}, "type": {"type": "string"},
                                      "code": {"type": ["string", "integer", "null"]}}}}}
-_OPENAI_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
-                 503: "service_unavailable"}
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                 413: "invalid_request_error", 503: "service_unavailable"}
 
 
 def _json(body: dict, status: int, headers: Optional[dict]) -> Response:

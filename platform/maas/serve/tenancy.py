@@ -1,15 +1,23 @@
-"""Who may call: API keys for model routes, read from the environment or a file, never from the spec; one
-check (``check_key``) for every protocol (OIP over REST and gRPC, OpenAI).
+"""Who may call: API keys for model routes, never from the spec; one check (``KeyRing.check``) for every
+protocol (OIP over REST and gRPC, OpenAI, the Batch API).
 
-Only sha256 digests of the keys reach the Serve deployment (its config is visible in Ray's dashboard);
-a request's key is hashed and compared in constant time.
+Two kinds of keys: unnamed ones from MAAS_API_KEYS / MAAS_API_KEYS_FILE (every model, no expiry), and named
+ones kept in the registry's store (``maas.registry.keys``: ``maas keys create``), each limited to the models
+its patterns match, until it expires or is revoked. Each replica re-reads the named keys every few seconds,
+so a new, rotated or revoked key takes effect on every replica within that time. Only sha256 digests of the
+keys reach the Serve deployment (its config is visible in Ray's dashboard) or the store; a request's key is
+hashed and looked up by its digest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -46,21 +54,103 @@ def load_api_key_hashes() -> list[str]:
     return sorted({key_digest(k) for k in keys})
 
 
-def authorized(header: Optional[str], digests: list[str]) -> bool:
-    """True when no keys are configured, or ``header`` is ``Bearer <key>`` with a configured key."""
-    if not digests:
-        return True
-    if not header or not header.lower().startswith("bearer "):
-        return False
-    presented = key_digest(header[7:].strip())
-    return any(hmac.compare_digest(presented, d) for d in digests)
+logger = logging.getLogger("ray.serve")
 
 
-def check_key(authorization: Optional[str], digests: list[str], where: str = "") -> None:
-    """The one API-key rule of every route and RPC that needs a key (open when no keys are configured).
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: a named key (``name``, the models it may call), an unnamed key, or anyone on an open endpoint."""
+    name: Optional[str] = None
+    models: tuple = ()  # patterns; empty: every model
+    digest: str = "open"
 
-    Raises:
-        ProtocolError: 401 with ``www-authenticate: Bearer`` when ``authorization`` carries no configured key.
-    """
-    if not authorized(authorization, digests):
-        raise ProtocolError(401, BAD_KEY + where, {"www-authenticate": "Bearer"})
+    def allows(self, model: str) -> bool:
+        import fnmatch
+
+        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+
+    def check_model(self, model: str) -> None:
+        """Raises ProtocolError 403 when this key may not call ``model``."""
+        if not self.allows(model):
+            raise ProtocolError(403, f"API key {self.name!r} may not call model {model!r} (its models: "
+                                     f"{', '.join(self.models)}); ask for a key that may, or `maas keys create "
+                                     f"--models {model}`")
+
+
+class KeyRing:
+    """The keys a replica takes: the unnamed ones' digests and the store's named keys, re-read every ``poll_s``
+    (the alias watcher's period) in a thread of its own, off the request path."""
+
+    def __init__(self, store: Optional[str], digests: list):
+        self.digests = list(digests)
+        self.store = None
+        self.named: dict = {}       # name -> ApiKey (its newest record)
+        self.by_digest: dict = {}   # digest -> ApiKey
+        self._stop = threading.Event()
+        if store is not None:
+            from maas.registry.objects import open_store
+
+            self.store = open_store(store)
+            self.refresh()
+
+    @property
+    def required(self) -> bool:
+        """Whether a request needs a key: some unnamed key is configured, or the store holds a named one."""
+        return bool(self.digests or self.named)
+
+    def refresh(self) -> None:
+        """Re-read what changed since the last read: one listing, and a read per new record."""
+        from maas.registry import keys
+
+        newest = keys.newest(self.store)
+        named = {n: k for n, k in self.named.items() if n in newest and k.seq == newest[n][0]}
+        for name, (_, key) in newest.items():
+            if name not in named:
+                named[name] = keys.load(self.store, key)
+        self.named, self.by_digest = named, {k.digest: k for k in named.values()}
+
+    def start(self, poll_s: float) -> None:
+        if self.store is not None and poll_s > 0:
+            threading.Thread(target=self._watch, args=(poll_s,), name="maas-key-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self, poll_s: float) -> None:
+        while not self._stop.wait(poll_s):
+            try:
+                self.refresh()
+            except Exception as err:  # the store is unreachable for a while: keep the keys read last
+                logger.warning("maas could not re-read the API keys: %s", err)
+
+    def check_request(self, request) -> Caller:
+        """``check`` of a request's ``authorization`` header; a named key's name goes to its access-log line."""
+        caller = self.check(request.headers.get("authorization"))
+        if caller.name and "maas" in request.scope:
+            request.scope["maas"]["key"] = caller.name
+        return caller
+
+    def check(self, authorization: Optional[str], where: str = "") -> Caller:
+        """The caller of a request whose ``authorization`` header (or gRPC metadata) is given.
+
+        Raises:
+            ProtocolError: 401 with ``www-authenticate: Bearer`` for no key, an unknown one, or a named key
+                that expired or was revoked (named, with when).
+        """
+        if not self.required:
+            return Caller()
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise ProtocolError(401, BAD_KEY + where, {"www-authenticate": "Bearer"})
+        presented = key_digest(authorization[7:].strip())
+        if any(hmac.compare_digest(presented, d) for d in self.digests):
+            return Caller(digest=presented)
+        key = self.by_digest.get(presented)
+        if key is None:
+            raise ProtocolError(401, BAD_KEY + where, {"www-authenticate": "Bearer"})
+        state = key.state()
+        if state != "active":
+            when = key.revoked_at if state == "revoked" else key.expires_at
+            raise ProtocolError(401, f"API key {key.name!r} {'was revoked' if state == 'revoked' else 'expired'} "
+                                     f"at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(when))}; ask its "
+                                     "owner for a new one", {"www-authenticate": "Bearer"})
+        return Caller(key.name, tuple(key.models), presented)

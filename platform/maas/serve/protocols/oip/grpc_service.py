@@ -12,7 +12,8 @@ gRPC applies it to a compressed message's inflated size), so an oversized or inf
 before it is in memory, whether or not it carries a key; maas refuses one over ``deploy.max_request_bytes``.
 
 Client mistakes are gRPC status codes with the REST message as details: 400 -> INVALID_ARGUMENT, 401 ->
-UNAUTHENTICATED (API keys travel as ``authorization: Bearer <key>`` metadata), 404 -> NOT_FOUND, 413 / 429 ->
+UNAUTHENTICATED (API keys travel as ``authorization: Bearer <key>`` metadata), 403 (a model the key may not
+call) -> PERMISSION_DENIED, 404 -> NOT_FOUND, 413 / 429 ->
 RESOURCE_EXHAUSTED, 503 -> UNAVAILABLE; a server fault is INTERNAL and the replica keeps serving.
 """
 
@@ -32,11 +33,11 @@ from maas.serve.protocols.oip import proto
 from maas.serve.protocols.oip.binary import decode_raw, encode_raw
 from maas.serve.protocols.oip.codec import NUMERIC, SERVER_METADATA, check_rows
 from maas.serve.protocols.oip.handlers import check_task, parse_object
-from maas.serve.tenancy import check_key
 
 logger = logging.getLogger("ray.serve")
 PATH = f"/{proto.SERVICE}/"
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+         403: grpc.StatusCode.PERMISSION_DENIED,
          404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED,
          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
          503: grpc.StatusCode.UNAVAILABLE}
@@ -117,10 +118,14 @@ class OIPGrpc:
         """Answer one RPC; a client mistake or a fault sets the status code on ``context`` (Serve's
         RayServegRPCContext) and returns an empty response."""
         response_type = proto.message(proto.METHODS[rpc][1])
-        started, rows, loaded, status = time.perf_counter(), 0, None, 200
+        started, rows, loaded, status, key = time.perf_counter(), 0, None, 200, None
         try:
             if rpc not in OPEN:
-                check_key(_metadata(context, "authorization"), self.server.key_hashes, " as gRPC metadata")
+                caller = self.server.keys.check(_metadata(context, "authorization"), " as gRPC metadata")
+                model = getattr(request, "model_name", None) or getattr(request, "name", None)
+                key = caller.name
+                if isinstance(model, str) and model:
+                    caller.check_model(model)
             if isinstance(request, proto.Malformed):
                 raise ProtocolError(400, f"the {rpc} request does not parse as inference.{proto.METHODS[rpc][0]} "
                                          f"({request.error})")
@@ -137,7 +142,7 @@ class OIPGrpc:
             _fail(context, grpc.StatusCode.INTERNAL, f"internal error in {rpc}")
         if rpc == "ModelInfer":
             self.server.record(getattr(request, "model_name", None), loaded, status, _request_id(context),
-                               PATH + rpc, rows, (time.perf_counter() - started) * 1e3)
+                               PATH + rpc, rows, (time.perf_counter() - started) * 1e3, {"key": key} if key else None)
         return response
 
     # ------------------------------------------------------------------------------------------ RPCs

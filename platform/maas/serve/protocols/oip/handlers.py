@@ -29,19 +29,20 @@ from maas.serve.protocols.oip.codec import (
     parse_infer_request,
     parse_text_infer_request,
 )
-from maas.serve.tenancy import check_key
 
 
 class OIPHandlers:
     def __init__(self, host, server):
         self.host = host
-        self.server = server  # .key_hashes, .max_request_bytes, async .run(loaded, x)
+        self.server = server  # .keys, .max_request_bytes, async .run(loaded, x)
 
     def guard(self, request: Request, name: Optional[str]):
-        """(served model or None, error response or None): 401 without a valid key (when keys are set),
-        404 for a model not served here."""
+        """(served model or None, error response or None): 401 without a valid key (when keys are set), 403
+        for a model the key may not call, 404 for a model not served here."""
         try:
-            check_key(request.headers.get("authorization"), self.server.key_hashes)
+            caller = self.server.keys.check_request(request)
+            if name is not None:
+                caller.check_model(name)
             return (None if name is None else self.served(name)), None
         except ProtocolError as err:
             return None, oip_error(err.status, err.message, err.headers)
@@ -69,13 +70,17 @@ class OIPHandlers:
         return JSONResponse(SERVER_METADATA)
 
     def models(self, request: Request) -> JSONResponse:
-        _, bad = self.guard(request, None)
-        return bad or JSONResponse({"models": [
+        """The served models the key may call."""
+        try:
+            caller = self.server.keys.check(request.headers.get("authorization"))
+        except ProtocolError as err:
+            return oip_error(err.status, err.message, err.headers)
+        return JSONResponse({"models": [
             {"name": m.name, "versions": m.loaded_versions(), "ready": m.primary is not None,
              "platform": m.primary.mv.runtime if m.primary else None, "target": m.target,
              **({"canary": {"alias": m.canary_alias, "percent": m.canary_percent,
                             "version": str(m.canary.mv.version) if m.canary else None}} if m.canary_alias else {})}
-            for m in self.host.models.values()]})
+            for m in self.host.models.values() if caller.allows(m.name)]})
 
     async def metadata(self, request: Request, name: str, version: Optional[str] = None) -> JSONResponse:
         served, bad = self.guard(request, name)

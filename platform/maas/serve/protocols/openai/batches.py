@@ -4,16 +4,18 @@
 
 Files and batches live in the registry's store (``maas.serve.protocols.openai.files``), so every replica and node
 sees them; a batch runs as a maas batch (``maas.batch.openai_run``: Ray Data LLM's vLLM engine with this
-endpoint's engine settings) in a detached Ray actor of its own, which outlives the request and the replica that
-started it. The actor runs the batch layer's entry point by its name (``RUNNER``), as Ray runs a job by its
-command: the serving layer, below the batch layer, never imports it. Every
-route needs an API key when keys are configured, and a key sees only its own files and batches.
+endpoint's engine settings, or an encoder's actor pool for ``/v1/embeddings``) in a detached Ray actor of its
+own, which outlives the request and the replica that started it; a batch found not ended with no live actor is
+launched again (``revive``) and goes on from what it wrote. The actor runs the batch layer's entry point by its
+name (``RUNNER``), as Ray runs a job by its command: the serving layer, below the batch layer, never imports it.
+Every route needs an API key when keys are configured, and a key sees only its own files and batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Optional
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,9 +24,10 @@ from maas.serve.errors import ProtocolError
 from maas.serve.http import JSONResponse, read_body
 from maas.serve.protocols.oip.codec import json_object
 from maas.serve.protocols.openai.files import ENDPOINTS, OWNER, TERMINAL, BatchStore, new_id, public
-from maas.serve.tenancy import check_key, key_digest
 
-RUNNER = "maas.batch.openai_run:run_openai_batch"  # (store, batch id, {served name: ref}, deploy.llm)
+RUNNER = "maas.batch.openai_run:run_openai_batch"  # (store, batch id): its arguments are in its run file
+NAMESPACE = "maas-batches"  # the batches' actors, named maas-{batch id}
+MAX_LAUNCHES = 3  # a batch whose run is lost more often than this fails
 MAX_LINES = 50_000  # OpenAI's cap on requests per batch
 WINDOWS = ("24h",)
 
@@ -36,9 +39,10 @@ class BatchHandlers:
 
     def _owner(self, request: Request) -> str:
         """Who asks: the digest of their API key, or ``open`` on an endpoint without keys (401 otherwise)."""
-        header = request.headers.get("authorization")
-        check_key(header, self.server.key_hashes)
-        return key_digest(header[7:].strip()) if self.server.key_hashes else "open"
+        return self._caller(request).digest
+
+    def _caller(self, request: Request):
+        return self.server.keys.check(request.headers.get("authorization"))
 
     async def create_file(self, request: Request) -> JSONResponse:
         owner = self._owner(request)
@@ -76,7 +80,8 @@ class BatchHandlers:
         return obj
 
     async def create_batch(self, request: Request) -> JSONResponse:
-        owner = self._owner(request)
+        caller = self._caller(request)
+        owner = caller.digest
         req = json_object(await read_body(request, self.server.max_request_bytes), "'input_file_id' and 'endpoint'")
         endpoint, window = req.get("endpoint"), req.get("completion_window", "24h")
         if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
@@ -91,26 +96,32 @@ class BatchHandlers:
         if source is None or source["purpose"] != "batch":
             raise ProtocolError(404, f"no batch input file {req.get('input_file_id')!r} (of this API key); upload "
                                      "one with POST /v1/files, purpose 'batch'")
-        now = int(time.time())
-        obj = {"id": new_id("batch_"), "object": "batch", "endpoint": endpoint, "errors": None,
-               "input_file_id": source["id"], "completion_window": window, "status": "validating",
-               "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
-               "expires_at": now + 86_400, "finalizing_at": None, "completed_at": None, "failed_at": None,
-               "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-               "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": metadata, OWNER: owner}
+        served = self._served(endpoint)
+        denied = sorted(n for n in served if not caller.allows(n))  # its lines are 403 error lines
+        served = {n: ref for n, ref in served.items() if n not in denied}
+        if not served and not denied:
+            here = ", ".join(f"{n} ({m.primary.mv.task})" for n, m in self.host.models.items() if m.primary)
+            raise ProtocolError(400, f"no model served here answers {endpoint}; served: {here or 'none'}")
+        obj = new_batch(endpoint, source["id"], window, metadata, owner)
+        run = {"served": served, "denied": denied, "llm": self.host.llm.model_dump(), "launches": 0}
         await asyncio.to_thread(self.files.put_batch, obj)
-        await asyncio.to_thread(launch, self.files.store, obj["id"], self._served(), self.host.llm.model_dump())
+        obj = await asyncio.to_thread(launch, self.files, obj, run)
         return JSONResponse(public(obj))
 
-    def _served(self) -> dict:
-        """{model name: the version it is served with now} of the models a vLLM engine answers here."""
+    def _served(self, endpoint: str) -> dict:
+        """{model name: the version it is served with now} of the models here that answer ``endpoint``: the
+        encoders for embeddings, the models a vLLM engine answers for the rest."""
         from maas.serve.runtimes import on_engine
 
+        def answers(mv) -> bool:
+            return mv.task == "embed" if endpoint == "/v1/embeddings" else on_engine(mv)
+
         return {name: m.primary.mv.ref for name, m in self.host.models.items()
-                if m.primary is not None and on_engine(m.primary.mv)}
+                if m.primary is not None and answers(m.primary.mv)}
 
     async def batch(self, request: Request, batch_id: str) -> JSONResponse:
-        return JSONResponse(public(await self._owned(request, "batch", batch_id)))
+        obj = await self._owned(request, "batch", batch_id)
+        return JSONResponse(public(await asyncio.to_thread(revive, self.files, obj)))
 
     async def batches(self, request: Request) -> JSONResponse:
         """``GET /v1/batches[?limit=&after=]``: this key's batches, newest first."""
@@ -118,7 +129,7 @@ class BatchHandlers:
         limit = request.query_params.get("limit", "20")
         if not limit.isdigit() or not 1 <= int(limit) <= 100:
             raise ProtocolError(400, f"'limit' must be a whole number from 1 to 100, got {limit!r}")
-        found = await asyncio.to_thread(self.files.batches, owner)
+        found = await asyncio.to_thread(lambda: [revive(self.files, b) for b in self.files.batches(owner)])
         after = request.query_params.get("after")
         if after:
             ids = [b["id"] for b in found]
@@ -138,25 +149,65 @@ class BatchHandlers:
         return JSONResponse(public(obj))
 
 
-def launch(store: str, batch_id: str, served: dict, llm: dict) -> None:
-    """Start the batch's run in a detached actor (no CPU of its own: its Ray Data stages take theirs)."""
+def new_batch(endpoint: str, input_file_id: str, window: str, metadata: Optional[dict], owner: str) -> dict:
+    """A batch's object as OpenAI answers it when made (``validating``), with its owner."""
+    now = int(time.time())
+    return {"id": new_id("batch_"), "object": "batch", "endpoint": endpoint, "errors": None,
+            "input_file_id": input_file_id, "completion_window": window, "status": "validating",
+            "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
+            "expires_at": now + 86_400, "finalizing_at": None, "completed_at": None, "failed_at": None,
+            "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": metadata, OWNER: owner}
+
+
+def launch(files: BatchStore, obj: dict, run: dict) -> dict:
+    """Start the batch's run in a detached actor of its own (no CPU: its Ray Data stages take theirs) unless one
+    runs it already; a batch launched ``MAX_LAUNCHES`` times fails, named. Ray restarts the actor and retries
+    its run once when its process or node dies; past that, ``revive`` launches it again."""
     import ray
 
-    job = ray.remote(num_cpus=0, max_restarts=0)(BatchJob)
-    job.options(name=f"maas-{batch_id}", lifetime="detached").remote().run.remote(store, batch_id, served, llm)
+    if run["launches"] >= MAX_LAUNCHES:
+        return files.fail(obj["id"], f"its run was lost {run['launches']} times (its process or node died); "
+                                       "create the batch again")
+    files.put_run(obj["id"], {**run, "launches": run["launches"] + 1})
+    job = ray.remote(num_cpus=0, max_restarts=1, max_task_retries=1)(BatchJob)
+    try:
+        job.options(name=f"maas-{obj['id']}", namespace=NAMESPACE, lifetime="detached").remote().run.remote(
+            files.store, obj["id"])
+    except ValueError:  # another replica launched it meanwhile: the name is taken
+        pass
+    return obj
+
+
+def revive(files: BatchStore, obj: dict) -> dict:
+    """A batch that has not ended and whose run is gone (its actor died past its restart, or the Ray cluster
+    that ran it did) is launched again: its run goes on from what it wrote. The batch's object, fresh."""
+    import ray
+
+    if obj["status"] in TERMINAL or not ray.is_initialized():
+        return obj
+    try:
+        ray.get_actor(f"maas-{obj['id']}", namespace=NAMESPACE)
+        return obj
+    except ValueError:  # no live actor of that name
+        pass
+    fresh = files.batch(None, obj["id"])  # it may have ended between the read and the look-up
+    if fresh["status"] in TERMINAL:
+        return fresh
+    return launch(files, fresh, files.run_args(obj["id"]) or {"served": {}, "launches": 0})
 
 
 class BatchJob:
     """One OpenAI batch's run (``maas.batch.openai_run``); the actor ends with it."""
 
-    def run(self, store: str, batch_id: str, served: dict, llm: dict) -> None:
+    def run(self, store: str, batch_id: str) -> None:
         import importlib
 
         import ray
 
         module, _, name = RUNNER.partition(":")
         try:
-            getattr(importlib.import_module(module), name)(store, batch_id, served, llm)
+            getattr(importlib.import_module(module), name)(store, batch_id)
         finally:
             ray.actor.exit_actor()
 

@@ -2,9 +2,10 @@
 folder or object storage), so every replica and node of an endpoint sees the same ones.
 
 A file is its bytes (``files/{id}``) and its object (``files/{id}.json``); a batch is its object
-(``batches/{id}.json``) and a working folder (``batches/{id}/``: the rows handed to ``maas batch`` and its
-output). Each object records its owner (the digest of the API key that made it, or ``open`` when the endpoint
-has no keys) and is answered without it; a key sees only its own files and batches.
+(``batches/{id}.json``, written by its run), its run's arguments and launches (``batches/{id}.run.json``) and
+a working folder (``batches/{id}/``: the rows handed to ``maas batch`` and its output). Each object records
+its owner (the digest of the API key that made it, or ``open`` when the endpoint has no keys) and is answered
+without it; a key sees only its own files and batches.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from maas.storage import open_uri
 
 OWNER = "maas_owner"
 TERMINAL = ("completed", "failed", "cancelled", "expired")
-ENDPOINTS = {"/v1/completions": "prompt", "/v1/chat/completions": "messages"}  # a batch's endpoints: the column
+# a batch's endpoints: the column of maas batch's input each line's body becomes
+ENDPOINTS = {"/v1/completions": "prompt", "/v1/chat/completions": "messages", "/v1/embeddings": "input"}
 
 
 def new_id(prefix: str) -> str:
@@ -87,6 +89,11 @@ class BatchStore:
             obj["status"], obj["cancelling_at"] = "cancelling", obj.get("cancelling_at") or int(time.time())
         return self.put_batch(obj)
 
+    def fail(self, batch_id: str, message: str) -> dict:
+        """End a batch as failed, with ``message`` as its one error (OpenAI's ``errors`` list)."""
+        return self.update(batch_id, status="failed", failed_at=int(time.time()), errors={"object": "list", "data": [
+            {"code": "batch_failed", "message": message[:2000], "param": None, "line": None}]})
+
     def cancel(self, batch_id: str) -> dict:
         """Ask a batch to stop: a marker of its own (the run, which rewrites the batch's object, never writes
         it, so no cancellation is lost between a read and a write of the object), then the status."""
@@ -96,11 +103,20 @@ class BatchStore:
     def cancelled(self, batch_id: str) -> bool:
         return self.fs.get_file_info(f"{self.root}/batches/{batch_id}.cancel").type == pafs.FileType.File
 
+    def put_run(self, batch_id: str, run: dict) -> None:
+        """What the batch's run needs ({model name: version}, engine settings) and how often it was launched:
+        a file of its own, which the serving side writes and the run only reads."""
+        self.write(f"batches/{batch_id}.run.json", json.dumps(run).encode())
+
+    def run_args(self, batch_id: str) -> dict:
+        return self._read_json(f"batches/{batch_id}.run.json") or {}
+
     def batches(self, owner: str) -> list[dict]:
         """The owner's batches, newest first."""
         infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/batches", allow_not_found=True))
         found = [self._read_json(f"batches/{i.base_name}") for i in infos
-                 if i.type == pafs.FileType.File and i.base_name.endswith(".json")]
+                 if i.type == pafs.FileType.File and i.base_name.endswith(".json") and
+                 not i.base_name.endswith(".run.json")]
         mine = [b for b in found if b is not None and b.get(OWNER) == owner]
         return sorted(mine, key=lambda b: (b["created_at"], b["id"]), reverse=True)
 

@@ -299,6 +299,8 @@ class LLMHandlers:
             self.m[k].observe(v * 1e3, tags=loaded.tags)
         if usage:
             extra.update(prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=tokens)
+        if ctx.get("key"):
+            extra["key"] = ctx["key"]
         self.record(loaded.mv.name, loaded, status, ctx["rid"], ctx["path"], 1,
                     (last_out - t["arrived"]) * 1e3, extra)
 

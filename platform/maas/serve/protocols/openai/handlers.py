@@ -17,13 +17,12 @@ from maas.serve.protocols.oip.codec import (
     openai_model,
     parse_embeddings_request,
 )
-from maas.serve.tenancy import check_key
 
 
 class OpenAIHandlers:
     def __init__(self, host, server):
         self.host = host
-        self.server = server  # .key_hashes, .max_request_bytes, async .run(loaded, x)
+        self.server = server  # .keys, .max_request_bytes, async .run(loaded, x)
         self._llm = None
 
     @property
@@ -55,38 +54,46 @@ class OpenAIHandlers:
         return await self._engine_call(request, "'tokens'",
                                        lambda req, loaded: self.llm.tokens("detokenize", req, loaded))
 
+    async def _for_task(self, caller, model, task: str):
+        """The version that answers ``model`` (None: the one model of ``task``), if the caller's key may call
+        it: a 403 before anything about a model it may not call is said."""
+        if model:
+            caller.check_model(model.split("/")[0])
+        loaded = await self.host.for_task(model, task)
+        caller.check_model(loaded.mv.name)
+        return loaded
+
     def _key(self, request: Request):
-        """None, or the 401 in OpenAI's shape (``maas.serve.tenancy.check_key``)."""
+        """(the caller, None), or (None, the 401 in OpenAI's shape) (``maas.serve.tenancy.KeyRing.check``)."""
         try:
-            check_key(request.headers.get("authorization"), self.server.key_hashes)
+            return self.server.keys.check_request(request), None
         except ProtocolError as err:
-            return openai_error(err.status, err.message, err.headers)
-        return None
+            return None, openai_error(err.status, err.message, err.headers)
 
     async def _engine_call(self, request: Request, what: str, call):
         """The one path of every route a vLLM engine answers: key, body, the served version, then ``call(req,
         loaded)``. A refusal after the version is known is logged under that version, on every route."""
-        bad = self._key(request)
+        caller, bad = self._key(request)
         if bad is not None:
             return bad, 0, None
         loaded = None
         try:
             req = await parse_off_loop(json_object, await read_body(request, self.server.max_request_bytes), what)
-            loaded = await self.host.for_task(openai_model(req), "generate")
+            loaded = await self._for_task(caller, openai_model(req), "generate")
             return await call(req, loaded)
         except ProtocolError as err:
             return openai_error(err.status, err.message, err.headers), 0, loaded
 
     async def embeddings(self, request: Request):
         """-> (response, rows, loaded version or None)."""
-        bad = self._key(request)
+        caller, bad = self._key(request)
         if bad is not None:
             return bad, 0, None
         try:
             body = await read_body(request, self.server.max_request_bytes)
             texts, model, fmt = await parse_off_loop(parse_embeddings_request, body)
             check_rows(len(texts), self.server.max_rows)
-            loaded = await self.host.for_task(model, "embed")
+            loaded = await self._for_task(caller, model, "embed")
         except ProtocolError as err:
             return openai_error(err.status, err.message, err.headers), 0, None
         try:
@@ -106,18 +113,25 @@ class OpenAIHandlers:
                 "version": mv.ref, "task": mv.task}
 
     def models(self, request: Request) -> JSONResponse:
-        """``GET /v1/models``: the served models that have a version loaded (what ``model`` may name)."""
-        bad = self._key(request)
+        """``GET /v1/models``: the served models that have a version loaded and the key may call (what
+        ``model`` may name)."""
+        caller, bad = self._key(request)
         if bad is not None:
             return bad
-        data = [self._model_card(m) for m in self.host.models.values() if m.primary is not None]
+        data = [self._model_card(m) for m in self.host.models.values() if m.primary is not None and
+                caller.allows(m.name)]
         return JSONResponse({"object": "list", "data": data})
 
     def model(self, request: Request, name: str) -> JSONResponse:
-        """``GET /v1/models/{name}``: one served model, or a 404 in OpenAI's shape."""
-        bad = self._key(request)
+        """``GET /v1/models/{name}``: one served model, or a 404 in OpenAI's shape (a 403 for a key that may not
+        call it)."""
+        caller, bad = self._key(request)
         if bad is not None:
             return bad
+        try:
+            caller.check_model(name)
+        except ProtocolError as err:
+            return openai_error(err.status, err.message)
         served = self.host.models.get(name)
         if served is None or served.primary is None:
             why = "is not served here" if served is None else f"is not ready: {served.problem}"

@@ -1,0 +1,164 @@
+"""Named API keys: records in the store (create, rotate, revoke, history; compare-and-swap; on a folder and on
+moto's S3), the ``maas keys`` command, and their enforcement in-process on every protocol of a replica: a key
+outside its models gets 403 in the protocol's shape, a revoked, expired or rotated-away secret 401 naming why,
+and a change reaches a running replica within its poll."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from maas.exceptions import RegistryError
+
+
+@pytest.fixture()
+def served(tmp_path):
+    """A replica serving two classifiers, ``digits`` and ``iris``, with one unnamed key; its registry."""
+    from maas.models import build_model
+    from maas.models.artifacts import save_torch_model
+    from maas.models.mlp import classifier_signature
+    from maas.registry import Registry
+    from maas.serve.app import ModelServer
+    from maas.serve.tenancy import key_digest
+
+    config = {"arch": "mlp", "input_dim": 4, "num_classes": 2, "hidden_sizes": [8], "dropout": 0.0}
+    reg = Registry(str(tmp_path / "store"))
+    for name in ("digits", "iris"):
+        reg.publish(name, save_torch_model(build_model(config), config, tmp_path / name), runtime="torch",
+                    task="classify", signature=classifier_signature(4, [0, 1]))
+    srv = ModelServer.func_or_class(reg.location, ["digits/1", "iris/1"], alias_poll_s=0.1,
+                                    api_key_hashes=[key_digest("unnamed-0123456789abcdef")])
+    yield srv, reg
+    srv.__del__()
+
+
+def _call(srv, method: str, path: str, key=None, body: bytes = b""):
+    import asyncio
+
+    from tests.asgi import asgi_request
+
+    headers = (("content-type", "application/json"),) + ((("authorization", f"Bearer {key}"),) if key else ())
+    response = asyncio.run(srv(asgi_request(method, path, body, headers)))
+    return response.status_code, json.loads(response.body)
+
+
+INFER = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0, 1, 2, 3]}]})
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_keys_are_records_with_history_written_create_only_and_only_a_digest_is_kept(where, tmp_path, request):
+    from maas.registry import keys
+    from maas.registry.objects import open_store
+
+    store = open_store(str(tmp_path / "store") if where == "folder" else request.getfixturevalue("s3_bucket"))
+    key, secret = keys.create(store, "team-a", ["digits*", "iris"], time.time() + 60, "me")
+    assert secret.startswith("maas-") and len(secret) > 40 and key.prefix == secret[:12]
+    assert key.digest == keys.digest(secret) and secret not in json.dumps([o.key for o in store.list("keys")])
+    assert secret not in store.read_bytes("keys/team-a/0000000001.json").decode()
+    assert key.allows("digits-v2") and key.allows("iris") and not key.allows("irises") and key.state() == "active"
+    with pytest.raises(RegistryError, match="'team-a' exists"):
+        keys.create(store, "team-a", [], None, "me")
+    rotated, new_secret = keys.rotate(store, "team-a", "me")
+    assert new_secret != secret and rotated.digest == keys.digest(new_secret) and rotated.seq == 2
+    with pytest.raises(RegistryError, match="changed while this command ran"):
+        keys._append(store, key, "me", "revoked", revoked_at=1.0)  # a writer that read seq 1: it lost the race
+    assert keys.revoke(store, "team-a", "me").state() == "revoked"
+    assert [k.change for k in keys.history(store, "team-a")] == ["created", "rotated", "revoked"]
+    with pytest.raises(RegistryError, match="was revoked"):
+        keys.rotate(store, "team-a", "me")
+    keys.create(store, "all", [], None, "me")
+    assert [(k.name, k.state(), k.allows("anything")) for k in keys.listing(store)] == [
+        ("all", "active", True), ("team-a", "revoked", False)]
+    for bad, words in [(lambda: keys.create(store, "Team", [], None, "me"), "key name 'Team'"),
+                       (lambda: keys.create(store, "b", ["../x"], None, "me"), "--models '../x'"),
+                       (lambda: keys.create(store, "b", [], time.time() - 1, "me"), "in the past"),
+                       (lambda: keys.get(store, "ghost"), "no API key named 'ghost'")]:
+        with pytest.raises(RegistryError, match=words):
+            bad()
+
+
+def test_a_key_calls_only_its_models_on_every_route_and_a_change_reaches_the_replica_within_its_poll(served):
+    from tests.waiting import wait_until
+
+    srv, reg = served
+    logged = []  # the access log's lines, as the replica's log file would get them
+
+    class Sink:
+        def write(self, entries):
+            logged.extend(entries)
+
+        def close(self):
+            pass
+
+    srv.accounting.sink = Sink()
+    _, digits_only = reg.keys.create("team-a", models=["digits"])
+    assert wait_until(lambda: _call(srv, "GET", "/v2/models", digits_only)[0] == 200, 10, "the new key")
+    assert [m["name"] for m in _call(srv, "GET", "/v2/models", digits_only)[1]["models"]] == ["digits"]
+    assert [m["id"] for m in _call(srv, "GET", "/v1/models", digits_only)[1]["data"]] == ["digits"]
+    assert _call(srv, "POST", "/v2/models/digits/infer", digits_only, INFER.encode())[0] == 200
+    for method, path, body, shape in [("POST", "/v2/models/iris/infer", INFER, "oip"),
+                                      ("GET", "/v2/models/iris", "", "oip"), ("GET", "/v1/models/iris", "", "openai"),
+                                      ("POST", "/v1/embeddings", json.dumps({"model": "iris", "input": "x"}),
+                                       "openai"),
+                                      ("POST", "/v1/completions", json.dumps({"model": "iris/1", "prompt": "x"}),
+                                       "openai")]:
+        status, answer = _call(srv, method, path, digits_only, body.encode())
+        message = answer["error"] if shape == "oip" else answer["error"]["message"]
+        assert status == 403 and "API key 'team-a' may not call model 'iris'" in message, (path, answer)
+        if shape == "openai":
+            assert answer["error"]["type"] == "permission_error"
+    srv.accounting.flush()  # the access log names the key that asked
+    assert {(e["path"], e["status"], e.get("key")) for _, e in logged} >= {
+        ("/v2/models/digits/infer", 200, "team-a"), ("/v2/models/iris/infer", 403, "team-a")}
+    unnamed = "unnamed-0123456789abcdef"  # MAAS_API_KEYS's: every model, as before
+    assert _call(srv, "POST", "/v2/models/iris/infer", unnamed, INFER.encode())[0] == 200
+    _, fresh = reg.keys.rotate("team-a")
+    wait_until(lambda: _call(srv, "GET", "/v2/models", fresh)[0] == 200, 10, "the rotated secret")
+    assert _call(srv, "GET", "/v2/models", digits_only)[0] == 401  # the old secret is gone with the rotation
+    reg.keys.revoke("team-a")
+    status, answer = wait_until(lambda: (r := _call(srv, "GET", "/v2/models", fresh))[0] == 401 and r, 10, "revoke")
+    assert "API key 'team-a' was revoked at" in answer["error"]
+
+
+def test_an_expired_key_is_refused_naming_when_and_a_batch_line_outside_the_keys_models_is_a_403_line(served):
+    from maas.batch.openai_run import parse_lines
+    from maas.registry import keys
+
+    srv, reg = served
+    _, secret = reg.keys.create("brief", expires_in_s=0.5)
+    srv.keys.refresh()
+    assert _call(srv, "GET", "/v2/models", secret)[0] == 200
+    time.sleep(0.6)
+    status, answer = _call(srv, "GET", "/v2/models", secret)
+    assert status == 401 and "API key 'brief' expired at" in answer["error"]
+    assert keys.get(reg.store, "brief").state() == "expired"
+    line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/completions",
+                       "body": {"model": "lm", "prompt": "w1"}}).encode()
+    _, errors, _, _ = parse_lines(line, "/v1/completions", {}, 16, denied=("lm",))
+    assert errors[0]["response"]["status_code"] == 403 and "may not call model 'lm'" in \
+        errors[0]["response"]["body"]["error"]["message"]
+
+
+def test_the_keys_command_makes_lists_shows_rotates_and_revokes(tmp_path, capsys):
+    from maas.cli import main
+    from maas.cli.keys import expires_at
+
+    store = str(tmp_path / "store")
+    assert main(["keys", "create", "team-a", "--models", "digits*", "--expires", "30d", "--store", store]) == 0
+    made = capsys.readouterr().out
+    secret = next(w for w in made.split() if w.startswith("maas-"))
+    assert "'team-a'" in made and "digits*" in made
+    assert main(["keys", "list", "--store", store]) == 0
+    listed = capsys.readouterr().out
+    assert "team-a" in listed and "active" in listed and secret not in listed and secret[:12] in listed
+    assert main(["keys", "rotate", "team-a", "--json", "--store", store]) == 0
+    assert json.loads(capsys.readouterr().out)["secret"] != secret
+    assert main(["keys", "revoke", "team-a", "--store", store]) == 0 and "revoked" in capsys.readouterr().out
+    assert main(["keys", "show", "team-a", "--store", store]) == 0
+    assert [ln.split()[4] for ln in capsys.readouterr().out.splitlines()[1:]] == ["created", "rotated", "revoked"]
+    assert main(["keys", "create", "team-a", "--store", store]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["keys", "create", "b", "--expires", "0d", "--store", store]) == 2
+    assert expires_at("2027-01-31", 0) == 1801353600.0 and expires_at("12h", 100.0) == 100.0 + 12 * 3600
