@@ -14,8 +14,9 @@ replica CPU per request (user + system, from the replica processes), a figure th
                                        [--proxy default,throughput] [--load auto|wrk|aiohttp] [--rounds 3]
                                        [--replicas 1] [--keys]
 
-``--keys`` adds maas with batching in a store holding a named API key (``maas keys``, limited to the model), every
-request carrying it: what the key check costs against the same application without keys.
+``--keys`` adds maas with batching in a store holding a named API key (``maas keys``: limited to the model, and
+with request limits per minute and per day, too high to refuse anything but counted), every request carrying
+it: what the key check and the limits cost against the same application without keys.
 
 Each ingress mode (`deploy.proxy`: Serve's Python proxy, or the high-throughput mode: HAProxy in front of
 replicas that take HTTP directly) runs on a fresh Serve instance, the three applications side by side.
@@ -239,7 +240,7 @@ def main() -> None:
     if args.keys:  # a store of its own: its named key makes its endpoints need one
         keyed = Registry(str(tmp / "keyed-store"))
         keyed.publish("digits", files, runtime=runtime, signature=classifier_signature(64, list(range(10))))
-        _, secret = keyed.keys.create("bench", models=["digits"])
+        _, secret = keyed.keys.create("bench", models=["digits"], rpm=10**9, requests_per_day=10**9)  # checked
         targets.append(("maas, batching, key", "keyed", f"{base}/keyed/v2/models/digits/infer", f"Bearer {secret}"))
     levels = [int(c) for c in args.concurrency.split(",")]
     cells: dict = {}  # (mode, c, endpoint) -> one figure dict per round

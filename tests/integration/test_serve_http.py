@@ -323,6 +323,7 @@ def test_named_keys_hold_on_both_replicas_over_http_and_grpc_and_a_revoke_reache
     for name in ("digits", "iris"):
         reg.publish(name, served["files"], runtime="onnxruntime", signature=classifier_signature(64, list(range(10))))
     _, team_a = reg.keys.create("team-a", models=["digits"])
+    _, team_b = reg.keys.create("team-b", requests_per_day=30)  # a UTC day: no window ends during the test
     serve.run(build_app(reg.location, ["digits/1", "iris/1"], DeploySpec(num_replicas=2, alias_poll_s=0.5),
                         api_key_hashes=[]), name="named", route_prefix="/named", blocking=False)
     base, body = f"{served['url']}/named", infer_body(np.zeros((1, 64)))
@@ -358,6 +359,22 @@ def test_named_keys_hold_on_both_replicas_over_http_and_grpc_and_a_revoke_reache
             took = time.monotonic() - revoked
             assert set(pool.map(lambda _: infer("digits", team_a), range(40))) == {401}  # and it stays refused
         assert took < 3, took
+        # a limit holds across both replicas: of 80 concurrent requests 30 at most are admitted, at least 27 (a
+        # replica may hold a lease of 2 unspent), the rest get 429 with Retry-After and the limit named
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: requests.post(f"{base}/v2/models/iris/infer", data=body, timeout=30,
+                                                            headers={"Authorization": f"Bearer {team_b}"}),
+                                    range(80)))
+        admitted = [r for r in answers if r.status_code == 200]
+        refused = [r for r in answers if r.status_code == 429]
+        assert 27 <= len(admitted) <= 30 and len(admitted) + len(refused) == 80, [r.status_code for r in answers]
+        assert "API key 'team-b' is over its limit of 30 requests per day" in refused[0].json()["error"]
+        assert 0 < int(refused[0].headers["retry-after"]) <= 86_400
+        client = grpcclient.InferenceServerClient(served["grpc"])
+        with pytest.raises(InferenceServerException, match="over its limit") as err:
+            client.infer("iris", [inp], headers={"application": "named", "authorization": f"Bearer {team_b}"})
+        assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        client.close()
     finally:
         serve.delete("named")
 

@@ -162,3 +162,82 @@ def test_the_keys_command_makes_lists_shows_rotates_and_revokes(tmp_path, capsys
     assert "exists" in capsys.readouterr().err
     assert main(["keys", "create", "b", "--expires", "0d", "--store", store]) == 2
     assert expires_at("2027-01-31", 0) == 1801353600.0 and expires_at("12h", 100.0) == 100.0 + 12 * 3600
+
+
+def test_request_limits_hold_across_replicas_sharing_one_limiter_and_a_refusal_says_when_to_come_back():
+    """Two replicas' ``Limits`` leasing from one ``Limiter`` (the actor's class, called in-process): a window
+    admits at most its limit in all, at least 90% of it, and the next window admits again; a refusal is a 429
+    with ``retry-after``; a key without limits never asks the limiter."""
+    import asyncio
+
+    from maas.serve.errors import ProtocolError
+    from maas.serve.limits import Limiter, Limits
+    from maas.serve.tenancy import Caller
+
+    now = [1_000_040.0]  # 40 s left in this minute
+    counts, asked = Limiter(), []
+
+    async def lease(bucket, window, limit, want):
+        asked.append(want)
+        return counts.lease(bucket, window, limit, want)
+
+    replicas = [Limits(lease, clock=lambda: now[0]) for _ in range(2)]
+    team = Caller("team", (), "digest-of-team", (("rpm", 40, "digest-of-team:rpm"),))
+
+    async def ask(n: int) -> tuple[int, list]:
+        admitted, refused = 0, []
+        for i in range(n):
+            try:
+                await replicas[i % 2].admit(team)
+                admitted += 1
+            except ProtocolError as err:
+                refused.append(err)
+        return admitted, refused
+
+    admitted, refused = asyncio.run(ask(100))
+    assert admitted == 40 and len(refused) == 60 and set(asked) == {2}  # leases of a twentieth of the limit
+    assert refused[0].status == 429 and refused[0].headers == {"retry-after": "40"}
+    assert "API key 'team' is over its limit of 40 requests per minute; retry after 40 s" == refused[0].message
+    now[0] += 40  # the next minute
+    assert asyncio.run(ask(100))[0] == 40
+    now[0] += 60  # a replica holding a lease it does not spend: the cluster admits at least 90% of the limit
+    asyncio.run(replicas[0].admit(team))
+    assert sum([1] + [asyncio.run(_try(replicas[1], team)) for _ in range(100)]) >= 36
+
+    async def never(*_):
+        raise AssertionError("a key without limits asked the limiter")
+
+    for _ in range(3):
+        asyncio.run(Limits(never).admit(Caller("free", (), "d")))
+
+
+async def _try(limits, caller) -> int:
+    from maas.serve.errors import ProtocolError
+
+    try:
+        await limits.admit(caller)
+        return 1
+    except ProtocolError:
+        return 0
+
+
+def test_a_checked_header_is_remembered_but_never_past_a_change_of_its_key(tmp_path):
+    """The replica remembers headers it found valid (no hash per request), and forgets them when a key changes;
+    even a remembered entry that raced a refresh is not taken for a record the store no longer holds."""
+    from maas.registry import keys
+    from maas.registry.objects import open_store
+    from maas.serve.errors import ProtocolError
+    from maas.serve.tenancy import KeyRing
+
+    store = open_store(str(tmp_path / "store"))
+    _, secret = keys.create(store, "team", [], None, "me")
+    ring = KeyRing(store.uri, [])
+    header = f"Bearer {secret}"
+    assert ring.check(header).name == "team" and header in ring._known
+    keys.revoke(store, "team", "me")
+    remembered = ring._known
+    ring.refresh()
+    assert ring._known == {}
+    ring._known = remembered  # as if a check had cached the old record while the refresh ran
+    with pytest.raises(ProtocolError, match="API key 'team' was revoked"):
+        ring.check(header)

@@ -30,6 +30,8 @@ def add_parser(sub, default_store: str, store_help: str) -> None:
                    help="model names it may call; shell-style patterns (default: every model)")
     c.add_argument("--expires", metavar="WHEN", help="a date (2027-01-31, UTC) or a duration from now (90m, 12h, "
                                                      "30d, 4w); default: never")
+    c.add_argument("--rpm", type=int, metavar="N", help="at most N requests a minute, across every replica")
+    c.add_argument("--requests-per-day", type=int, metavar="N", help="at most N requests a UTC day")
     c.add_argument("--json", action="store_true", help="print the record and the secret as JSON")
     ksub.add_parser("list", help="every key: state, models, expiry (never a secret)", parents=[store_after],
                     description="Example: maas keys list --store s3://bucket/maas") \
@@ -68,7 +70,8 @@ def cmd_keys(args) -> int:
 
     store, by = open_store(args.store), f"cli:{_user()}"
     if args.keys_cmd == "create":
-        key, secret = keys.create(store, args.name, args.models, expires_at(args.expires), by)
+        key, secret = keys.create(store, args.name, args.models, expires_at(args.expires), by,
+                                  {"rpm": args.rpm, "requests_per_day": args.requests_per_day})
         return _secret(key, secret, args.json, "made")
     if args.keys_cmd == "rotate":
         key, secret = keys.rotate(store, args.name, by)
@@ -90,8 +93,8 @@ def cmd_keys(args) -> int:
     else:
         from maas.report import table
 
-        _say(table(["name", "state", "models", "expires", "prefix", "created", "changed"],
-                   [[k.name, k.state(), ", ".join(k.models) or "*", _when(k.expires_at), k.prefix + "...",
+        _say(table(["name", "state", "models", "limits", "expires", "prefix", "created", "changed"],
+                   [[k.name, k.state(), ", ".join(k.models) or "*", _limits(k), _when(k.expires_at), k.prefix + "...",
                      _when(k.created_at), f"{k.change} {_when(k.at)}"] for k in found]))
     return 0
 
@@ -100,16 +103,20 @@ def _secret(key, secret: str, as_json: bool, what: str) -> int:
     if as_json:
         _say(json.dumps({**key.to_dict(), "secret": secret}, indent=2))
         return 0
-    _say(f"{what} API key {key.name!r} (models: {', '.join(key.models) or 'every model'}; expires: "
-         f"{_when(key.expires_at)}). Its secret, shown only now:\n\n  {secret}\n\nSend it as "
+    _say(f"{what} API key {key.name!r} (models: {', '.join(key.models) or 'every model'}; limits: {_limits(key)}; "
+         f"expires: {_when(key.expires_at)}). Its secret, shown only now:\n\n  {secret}\n\nSend it as "
          "'Authorization: Bearer <secret>' (the openai client's api_key).")
     return 0
 
 
+def _limits(key) -> str:
+    return ", ".join(f"{v:,} {'/min' if k == 'rpm' else '/day'}" for k, v in key.limits()) or "none"
+
+
 def _history(found) -> str:
     last = found[-1]
-    lines = [f"{last.name}: {last.state()}; models {', '.join(last.models) or '*'}; expires {_when(last.expires_at)};"
-             f" secret {last.prefix}..."]
+    lines = [f"{last.name}: {last.state()}; models {', '.join(last.models) or '*'}; limits {_limits(last)}; "
+             f"expires {_when(last.expires_at)}; secret {last.prefix}..."]
     lines += [f"  {k.seq:>3}  {_when(k.at)}  {k.change:<8} by {k.by}" for k in found]
     return "\n".join(lines)
 

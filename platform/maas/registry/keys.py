@@ -29,6 +29,8 @@ SECRET_PREFIX = "maas-"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _PATTERN = re.compile(r"[A-Za-z0-9._*?\[\]-]{1,128}")
 _SEQ = re.compile(r"[0-9]{10}\.json")
+LIMITS = ("rpm", "requests_per_day")  # request limits a key may carry (maas.serve.limits enforces them)
+MAX_LIMIT = 10**9
 
 
 def digest(secret: str) -> str:
@@ -48,6 +50,12 @@ class ApiKey:
     by: str = ""
     at: float = 0.0             # when the newest record was written
     seq: int = 1
+    rpm: Optional[int] = None               # requests per minute, across every replica
+    requests_per_day: Optional[int] = None  # requests per UTC day
+
+    def limits(self) -> tuple:
+        """((kind, limit), ...) of the limits it carries."""
+        return tuple((k, getattr(self, k)) for k in LIMITS if getattr(self, k) is not None)
 
     def allows(self, model: str) -> bool:
         return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
@@ -76,18 +84,38 @@ def check_models(patterns: list) -> list:
     return sorted(set(patterns))
 
 
-def create(store: Store, name: str, models: list, expires_at: Optional[float], by: str) -> tuple[ApiKey, str]:
+def check_limit(kind: str, value) -> Optional[int]:
+    """A key's limit as given (None: none).
+
+    Raises:
+        RegistryError: not a whole number from 1 to MAX_LIMIT (0 and negatives included), named.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        raise RegistryError(f"--{kind.replace('_', '-')} must be a whole number from 1 to {MAX_LIMIT:,} (no limit: "
+                            f"leave it out; to stop a key: `maas keys revoke`), got {value!r}")
+    return value
+
+
+def create(store: Store, name: str, models: list, expires_at: Optional[float], by: str,
+           limits: Optional[dict] = None) -> tuple[ApiKey, str]:
     """Make key ``name``: (its record, its secret, said only now).
 
     Raises:
         RegistryError: a bad name, pattern or expiry, or a key of that name exists (rotate it instead).
     """
     check_name(name)
+    unknown = sorted(set(limits or {}) - set(LIMITS))
+    if unknown:
+        raise RegistryError(f"limit {unknown[0]!r} is not one of {', '.join(LIMITS)}")
+    limits = {k: check_limit(k, v) for k, v in (limits or {}).items()}
     now = time.time()
     if expires_at is not None and expires_at <= now:
         raise RegistryError("--expires is in the past: give a later date, or a duration such as 30d")
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name, digest(secret), secret[:12], check_models(list(models)), now, expires_at, by=by, at=now)
+    key = ApiKey(name, digest(secret), secret[:12], check_models(list(models)), now, expires_at, by=by, at=now,
+                 **limits)
     if not store.create(_record(name, 1), json.dumps(key.to_dict()).encode()):
         raise RegistryError(f"an API key named {name!r} exists: `maas keys rotate {name}` gives it a new secret, "
                             "or pick another name")
@@ -182,10 +210,12 @@ class Keys:
         self.store, self.by = store, by
 
     def create(self, name: str, models: tuple = (), expires_at: Optional[float] = None,
-               expires_in_s: Optional[float] = None) -> tuple[ApiKey, str]:
+               expires_in_s: Optional[float] = None, rpm: Optional[int] = None,
+               requests_per_day: Optional[int] = None) -> tuple[ApiKey, str]:
         """(the record, the secret: said only now)."""
         when = expires_at if expires_in_s is None else time.time() + expires_in_s
-        return create(self.store, name, list(models), when, self.by)
+        return create(self.store, name, list(models), when, self.by,
+                      {"rpm": rpm, "requests_per_day": requests_per_day})
 
     def list(self) -> list[ApiKey]:
         return listing(self.store)

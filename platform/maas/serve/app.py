@@ -27,6 +27,7 @@ from maas.serve.batcher import Batcher
 from maas.serve.errors import ProtocolError, answer, error_for
 from maas.serve.hosting import VERSION_HEADER, ModelHost
 from maas.serve.http import request_id
+from maas.serve.limits import Limits
 from maas.serve.openapi import openapi_document
 from maas.serve.protocols.oip.grpc_service import OIPGrpc
 from maas.serve.protocols.oip.handlers import OIPHandlers
@@ -63,6 +64,7 @@ class ModelServer:
         self.max_request_bytes = max_request_bytes
         self.max_rows = max_rows_per_request
         self.keys = KeyRing(store, api_key_hashes or [])  # unnamed keys and the store's named ones
+        self.limits = Limits()  # named keys' request limits, across replicas
         self.batching = max_batch_size > 1
         self.active = 0  # model requests in this replica now
         self.batcher = Batcher(self._predict_batch, max_batch_size, batch_wait_timeout_s)
@@ -156,7 +158,10 @@ class ModelServer:
         request.scope["maas"] = {"rid": rid, "path": path, "started": started}
         self.active += 1
         try:
+            await self.limits.admit(self.keys.check_request(request))  # 401 / 429 before any work
             response, rows, loaded = await handler(request, **match.params)
+        except ProtocolError as err:
+            response = answer(err, match.protocol)
         except Exception:  # a server fault, not a client mistake: answer JSON, keep serving, log it
             logger.exception("maas inference failed (request %s)", rid)
             response = error_for(match.protocol)(

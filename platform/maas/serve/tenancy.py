@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -63,11 +63,18 @@ class Caller:
     name: Optional[str] = None
     models: tuple = ()  # patterns; empty: every model
     digest: str = "open"
+    limits: tuple = ()  # ((kind, limit, its bucket's name), ...): maas.serve.limits
+    _allowed: dict = field(default_factory=dict, compare=False, hash=False, repr=False)  # model -> allows it
 
     def allows(self, model: str) -> bool:
         import fnmatch
 
-        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+        known = self._allowed.get(model)
+        if known is None:
+            known = not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+            if len(self._allowed) < 1024:  # names a client sends: bounded
+                self._allowed[model] = known
+        return known
 
     def check_model(self, model: str) -> None:
         """Raises ProtocolError 403 when this key may not call ``model``."""
@@ -75,6 +82,9 @@ class Caller:
             raise ProtocolError(403, f"API key {self.name!r} may not call model {model!r} (its models: "
                                      f"{', '.join(self.models)}); ask for a key that may, or `maas keys create "
                                      f"--models {model}`")
+
+
+OPEN = Caller()  # anyone, on an endpoint without keys
 
 
 class KeyRing:
@@ -85,8 +95,9 @@ class KeyRing:
         self.digests = list(digests)
         self.store = None
         self.named: dict = {}       # name -> ApiKey (its newest record)
-        self.by_digest: dict = {}   # digest -> ApiKey
+        self.by_digest: dict = {}   # digest -> (ApiKey, its Caller: made once, not per request)
         self._stop = threading.Event()
+        self._known: dict = {}  # authorization header -> (ApiKey or None, Caller) of keys that were valid
         if store is not None:
             from maas.registry.objects import open_store
 
@@ -107,7 +118,9 @@ class KeyRing:
         for name, (_, key) in newest.items():
             if name not in named:
                 named[name] = keys.load(self.store, key)
-        self.named, self.by_digest = named, {k.digest: k for k in named.values()}
+        if named != self.named or len(named) != len(self.named):
+            self.named, self.by_digest = named, {k.digest: (k, caller_of(k)) for k in named.values()}
+            self._known = {}  # a key changed: every header is checked again
 
     def start(self, poll_s: float) -> None:
         if self.store is not None and poll_s > 0:
@@ -124,10 +137,16 @@ class KeyRing:
                 logger.warning("maas could not re-read the API keys: %s", err)
 
     def check_request(self, request) -> Caller:
-        """``check`` of a request's ``authorization`` header; a named key's name goes to its access-log line."""
+        """``check`` of a request's ``authorization`` header, once per request (a model request's caller is
+        kept in its scope); a named key's name goes to its access-log line."""
+        scope = request.scope.get("maas")
+        if scope is not None and "caller" in scope:
+            return scope["caller"]
         caller = self.check(request.headers.get("authorization"))
-        if caller.name and "maas" in request.scope:
-            request.scope["maas"]["key"] = caller.name
+        if scope is not None:
+            scope["caller"] = caller
+            if caller.name:
+                scope["key"] = caller.name
         return caller
 
     def check(self, authorization: Optional[str], where: str = "") -> Caller:
@@ -138,13 +157,24 @@ class KeyRing:
                 that expired or was revoked (named, with when).
         """
         if not self.required:
-            return Caller()
+            return OPEN
+        hit = self._known.get(authorization)
+        # still the key the store holds now (a check racing a refresh may have cached an older record)
+        if hit is not None and self.by_digest.get(hit[1].digest, (None,))[0] is hit[0] and \
+                (hit[0] is None or hit[0].state() == "active"):
+            return hit[1]
+        caller = self._check(authorization, where)
+        if len(self._known) < 10_000:
+            self._known[authorization] = (self.by_digest.get(caller.digest, (None,))[0], caller)
+        return caller
+
+    def _check(self, authorization: Optional[str], where: str) -> Caller:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise ProtocolError(401, BAD_KEY + where, {"www-authenticate": "Bearer"})
         presented = key_digest(authorization[7:].strip())
         if any(hmac.compare_digest(presented, d) for d in self.digests):
-            return Caller(digest=presented)
-        key = self.by_digest.get(presented)
+            return Caller(digest=presented)  # an unnamed key: every model, no limits
+        key, caller = self.by_digest.get(presented, (None, None))
         if key is None:
             raise ProtocolError(401, BAD_KEY + where, {"www-authenticate": "Bearer"})
         state = key.state()
@@ -153,4 +183,10 @@ class KeyRing:
             raise ProtocolError(401, f"API key {key.name!r} {'was revoked' if state == 'revoked' else 'expired'} "
                                      f"at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(when))}; ask its "
                                      "owner for a new one", {"www-authenticate": "Bearer"})
-        return Caller(key.name, tuple(key.models), presented)
+        return caller
+
+
+def caller_of(key) -> Caller:
+    """The Caller a named key's requests carry."""
+    return Caller(key.name, tuple(key.models), key.digest,
+                  tuple((kind, limit, f"{key.digest}:{kind}") for kind, limit in key.limits()))

@@ -126,6 +126,8 @@ class OIPGrpc:
                 key = caller.name
                 if isinstance(model, str) and model:
                     caller.check_model(model)
+                if rpc == "ModelInfer":
+                    await self.server.limits.admit(caller)
             if isinstance(request, proto.Malformed):
                 raise ProtocolError(400, f"the {rpc} request does not parse as inference.{proto.METHODS[rpc][0]} "
                                          f"({request.error})")

@@ -81,6 +81,7 @@ class BatchHandlers:
 
     async def create_batch(self, request: Request) -> JSONResponse:
         caller = self._caller(request)
+        await self.server.limits.admit(caller)  # a batch is one request of its key's limits
         owner = caller.digest
         req = json_object(await read_body(request, self.server.max_request_bytes), "'input_file_id' and 'endpoint'")
         endpoint, window = req.get("endpoint"), req.get("completion_window", "24h")

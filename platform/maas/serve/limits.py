@@ -1,0 +1,91 @@
+"""Request limits of named API keys (``maas keys create --rpm N --requests-per-day N``) that hold across every
+replica and node of a cluster.
+
+The mechanism: one small Ray actor per cluster (``Limiter``: a count per key, limit and window) hands out
+leases, and each replica spends its leases locally. A request costs a dict lookup and a decrement; the actor
+is asked only when a replica's lease of that window is spent, for a twentieth of the limit at a time. So no
+request waits on another process in the common case, the admitted total of a window never exceeds its
+limit (each unit is granted once), and what a replica holds unspent when the window ends (at most a twentieth
+of the limit per replica) is the most the cluster can fall short of it. Windows are fixed: the UTC minute,
+the UTC day. A refused request is a 429 with ``Retry-After`` (the seconds to the next window) naming the
+limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Awaitable, Callable, Optional
+
+from maas.serve.errors import ProtocolError
+
+WINDOW_S = {"rpm": 60, "requests_per_day": 86_400}
+WORDS = {"rpm": "requests per minute", "requests_per_day": "requests per day"}
+SHARE = 20  # a lease is 1/SHARE of the limit: the most a replica can hold unspent is that
+NAMESPACE, NAME = "maas-limits", "maas-limiter"
+
+
+class Limiter:
+    """The cluster's counts: ``lease`` grants up to ``want`` of what is left of ``limit`` in ``window``."""
+
+    def __init__(self):
+        self.used: dict = {}
+
+    def lease(self, bucket: str, window: int, limit: int, want: int) -> int:
+        key = (bucket, window)
+        granted = max(0, min(want, limit - self.used.get(key, 0)))
+        self.used[key] = self.used.get(key, 0) + granted
+        if len(self.used) > 10_000:  # drop windows that have ended
+            self.used = {k: v for k, v in self.used.items() if k[1] >= window - 1}
+        return granted
+
+
+def limiter_lease() -> Callable[..., Awaitable[int]]:
+    """``lease`` of the cluster's one Limiter actor, made on first use (detached, no CPU, restarted if lost:
+    a restarted one starts from zero, so a window in progress may admit up to its limit again)."""
+    import ray
+
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Limiter).options(
+        name=NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+
+    async def lease(bucket: str, window: int, limit: int, want: int) -> int:
+        return await actor.lease.remote(bucket, window, limit, want)
+
+    return lease
+
+
+class Limits:
+    """A replica's side: its leases per (key, limit, window), spent locally; ``lease`` asks for more."""
+
+    def __init__(self, lease: Optional[Callable[..., Awaitable[int]]] = None, clock=time.time):
+        self._lease, self._clock = lease, clock
+        self.left: dict = {}
+        self._locks: dict = {}
+
+    async def admit(self, caller) -> None:
+        """Spend one request of each of the caller's limits.
+
+        Raises:
+            ProtocolError: 429 with ``retry-after`` when a limit is spent for this window.
+        """
+        for kind, limit, bucket in caller.limits:
+            await self._take(caller, kind, limit, bucket)
+
+    async def _take(self, caller, kind: str, limit: int, bucket: str) -> None:
+        now = self._clock()
+        window = int(now // WINDOW_S[kind])
+        key = (bucket, window)
+        if self.left.get(key, 0) <= 0:
+            async with self._locks.setdefault(key[0], asyncio.Lock()):  # one lease call at a time per bucket
+                if self.left.get(key, 0) <= 0:
+                    if self._lease is None:
+                        self._lease = limiter_lease()
+                    granted = await self._lease(key[0], window, limit, max(1, math.ceil(limit / SHARE)))
+                    self.left = {k: v for k, v in self.left.items() if k[1] >= window or k[0] != key[0]}
+                    self.left[key] = self.left.get(key, 0) + granted
+        if self.left.get(key, 0) <= 0:
+            wait = max(1, math.ceil((window + 1) * WINDOW_S[kind] - now))
+            raise ProtocolError(429, f"API key {caller.name!r} is over its limit of {limit:,} {WORDS[kind]}; "
+                                     f"retry after {wait} s", {"retry-after": str(wait)})
+        self.left[key] -= 1
