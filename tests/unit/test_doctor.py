@@ -9,11 +9,11 @@ from maas.cli import main
 
 def test_doctor_reports_every_check_and_fails_on_an_unreachable_cluster(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_TOKEN", "t" * 32)  # a token is found: what fails is reaching the cluster
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]  # nothing listens on it once closed
-    code = main(["doctor", "--address", f"http://127.0.0.1:{port}", "--store", str(tmp_path / "nope"), "--json",
-                 "--quick"])
+    with socket.socket() as held:  # bound, never listening: a connection to it is refused, and no other
+        held.bind(("127.0.0.1", 0))  # process can take the port meanwhile (one did once, and answered 401)
+        port = held.getsockname()[1]
+        code = main(["doctor", "--address", f"http://127.0.0.1:{port}", "--store", str(tmp_path / "nope"),
+                     "--json", "--quick"])
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
     assert code == 1 and list(checks) == ["python", "packages", "vllm", "gpus", "ray cluster", "store", "ports",
                                           "shared memory"]
