@@ -470,11 +470,57 @@ def _access_entry(pattern: str, rid: str):
     return None
 
 
+def test_a_keys_token_limit_spends_the_engines_tokens_and_its_metered_usage_is_what_the_client_counted(llm):
+    """A named key limited to 300 tokens a day, asked by the `openai` client in turns streamed (chat) and not
+    (completions) until it is refused: the tokens its answers reported add up to at least the limit and to less
+    than the limit and one more answer; the 429 names the limit and says when to come back; the usage metered
+    for the key is what the client counted, token for token, its refusal an error."""
+    from maas.registry.usage import totals
+
+    _, secret = llm["registry"].keys.create("tokens", models=["tiny"], tokens_per_day=300)
+    client = openai.OpenAI(base_url=f"{llm['url']}/v1", api_key=secret, max_retries=0, timeout=60)
+    assert _wait(lambda: _works(client), 10)  # the replica's next poll of the keys
+    prompt = completion = answered = 0
+    refused, biggest = None, 0
+    for i in range(100):
+        try:
+            if i % 2:
+                usage = client.completions.create(model="tiny", prompt="w1 w2", max_tokens=8, extra_body={
+                    "ignore_eos": True}).usage
+            else:
+                chunks = list(client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "w3"}], max_tokens=8, stream=True,
+                    stream_options={"include_usage": True}))
+                usage = chunks[-1].usage
+        except openai.RateLimitError as err:
+            refused = err
+            break
+        prompt, completion, answered = prompt + usage.prompt_tokens, completion + usage.completion_tokens, answered + 1
+        biggest = max(biggest, usage.total_tokens)
+    assert refused is not None and answered > 5, answered
+    assert 300 <= prompt + completion < 300 + biggest, (prompt, completion, biggest)
+    assert "API key 'tokens' is over its limit of 300 tokens per day" in refused.message
+    assert 0 < int(refused.response.headers["retry-after"]) <= 86_400
+
+    def metered():
+        return [(u.requests, u.errors, u.prompt_tokens, u.completion_tokens)
+                for u in totals(llm["registry"].usage(key="tokens"), by=("key",))]
+
+    assert _wait(lambda: metered() == [(answered + 1, 1, prompt, completion)], 10), metered()
+
+
+def _works(client) -> bool:
+    try:
+        return bool(client.models.list().data)
+    except openai.AuthenticationError:
+        return False
+
+
 def test_llm_metrics_per_model_and_version(llm):
     from ray._private.worker import _global_node
 
     port = _global_node.metrics_export_port
-    names = ("maas_llm_tokens_total", "maas_llm_time_to_first_token_ms_bucket",
+    names = ("maas_llm_tokens_total", "maas_key_tokens_total", "maas_llm_time_to_first_token_ms_bucket",
              "maas_llm_time_per_output_token_ms_bucket", "maas_llm_engine_time_to_first_token_ms_bucket",
              "maas_llm_engine_time_per_output_token_ms_bucket")
     deadline, lines = time.time() + 90, []
@@ -487,6 +533,7 @@ def test_llm_metrics_per_model_and_version(llm):
     assert all(any(n in line for line in lines) for n in names), lines[:10]
     completion = [line for line in lines if "tokens_total" in line and 'kind="completion"' in line]
     assert completion and float(completion[0].rsplit(" ", 1)[1]) > 0
+    assert any('key="tokens"' in line for line in lines if "maas_key_tokens_total" in line)  # its name, per key
 
 
 def _wait(cond, timeout_s: float):

@@ -352,10 +352,16 @@ def test_named_keys_hold_on_both_replicas_over_http_and_grpc_and_a_revoke_reache
                 client.infer("iris", [inp], headers=headers)
             assert err.value.status() == "StatusCode.PERMISSION_DENIED"
             client.close()
-            revoked = time.monotonic()
+            revoked, after = time.monotonic(), []
+
+            def all_refused() -> bool:
+                statuses = list(pool.map(lambda _: infer("digits", team_a), range(40)))
+                after.extend(statuses)
+                return set(statuses) == {401}
+
             reg.keys.revoke("team-a")
             # each replica re-reads the keys every 0.5 s, on its own clock: refused by both within about that
-            wait_until(lambda: set(pool.map(lambda _: infer("digits", team_a), range(40))) == {401}, 10, "revoke")
+            wait_until(all_refused, 10, "revoke")
             took = time.monotonic() - revoked
             assert set(pool.map(lambda _: infer("digits", team_a), range(40))) == {401}  # and it stays refused
         assert took < 3, took
@@ -375,6 +381,18 @@ def test_named_keys_hold_on_both_replicas_over_http_and_grpc_and_a_revoke_reache
             client.infer("iris", [inp], headers={"application": "named", "authorization": f"Bearer {team_b}"})
         assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
         client.close()
+        # usage, metered by both replicas into the store, per key and model: what the clients counted
+        from maas.registry.usage import totals
+
+        ok = 41 + after.count(200)  # answered before the revoke reached their replica
+        expected = [("team-a", "digits", ok, 0, ok), ("team-a", "iris", 2, 2, 0),
+                    ("team-b", "iris", 81, len(refused) + 1, len(admitted))]
+
+        def metered():
+            return [(u.key, u.model, u.requests, u.errors, u.rows) for u in totals(reg.usage(), by=("key", "model"))
+                    if u.key != "-"]
+
+        assert wait_until(lambda: metered() == expected, 10, every_s=0.2), metered()
     finally:
         serve.delete("named")
 

@@ -114,6 +114,11 @@ def test_a_key_calls_only_its_models_on_every_route_and_a_change_reaches_the_rep
         ("/v2/models/digits/infer", 200, "team-a"), ("/v2/models/iris/infer", 403, "team-a")}
     unnamed = "unnamed-0123456789abcdef"  # MAAS_API_KEYS's: every model, as before
     assert _call(srv, "POST", "/v2/models/iris/infer", unnamed, INFER.encode())[0] == 200
+    # metered per key, model and version, written by the replica's meter: the 403s are errors of the key
+    usage = lambda: sorted((u.key, u.model, u.version, u.requests, u.errors, u.rows) for u in reg.usage())  # noqa: E731
+    expected = [("-", "iris", "1", 1, 0, 1), ("team-a", "-", "-", 2, 2, 0), ("team-a", "digits", "1", 1, 0, 1),
+                ("team-a", "iris", "-", 1, 1, 0)]
+    assert wait_until(lambda: usage() == expected, 10, every_s=0.05), usage()
     _, fresh = reg.keys.rotate("team-a")
     wait_until(lambda: _call(srv, "GET", "/v2/models", fresh)[0] == 200, 10, "the rotated secret")
     assert _call(srv, "GET", "/v2/models", digits_only)[0] == 401  # the old secret is gone with the rotation
@@ -146,10 +151,13 @@ def test_the_keys_command_makes_lists_shows_rotates_and_revokes(tmp_path, capsys
     from maas.cli.keys import expires_at
 
     store = str(tmp_path / "store")
-    assert main(["keys", "create", "team-a", "--models", "digits*", "--expires", "30d", "--store", store]) == 0
+    assert main(["keys", "create", "team-a", "--models", "digits*", "--expires", "30d", "--tpm", "1000",
+                 "--tokens-per-day", "20000", "--store", store]) == 0
     made = capsys.readouterr().out
     secret = next(w for w in made.split() if w.startswith("maas-"))
-    assert "'team-a'" in made and "digits*" in made
+    assert "'team-a'" in made and "digits*" in made and "1,000 tokens/min, 20,000 tokens/day" in made
+    assert main(["keys", "create", "team-b", "--tpm", "0", "--store", store]) == 2
+    assert "--tpm must be a whole number from 1" in capsys.readouterr().err
     assert main(["keys", "list", "--store", store]) == 0
     listed = capsys.readouterr().out
     assert "team-a" in listed and "active" in listed and secret not in listed and secret[:12] in listed
@@ -241,3 +249,66 @@ def test_a_checked_header_is_remembered_but_never_past_a_change_of_its_key(tmp_p
     ring._known = remembered  # as if a check had cached the old record while the refresh ran
     with pytest.raises(ProtocolError, match="API key 'team' was revoked"):
         ring.check(header)
+
+
+def test_an_admin_key_manages_keys_moves_aliases_and_reads_everyones_usage_over_http(served):
+    """``/maas/v1/...`` in-process: an admin key makes, lists, shows, rotates and revokes keys and moves an alias
+    (compare-and-swap); bad bodies are 400s naming the field, a taken name or a lost race 409; another named
+    key reads only its own usage and nothing else; the unnamed key none of it."""
+    from maas.serve.limits import Limiter
+    from tests.waiting import wait_until
+
+    srv, reg = served
+    counts = Limiter()  # the cluster's limiter actor's class, in-process: no Ray here
+
+    async def lease(*args):
+        return counts.lease(*args)
+
+    srv.limits._lease = lease
+    _, ops = reg.keys.create("ops", admin=True)
+    assert wait_until(lambda: _call(srv, "GET", "/maas/v1/keys", ops)[0] == 200, 10, "the admin key")
+    status, made = _call(srv, "POST", "/maas/v1/keys", ops, json.dumps(
+        {"name": "team-b", "models": ["digits"], "tpm": 100, "expires_in_s": 3600}).encode())
+    assert status == 201 and made["secret"].startswith("maas-") and "digest" not in made and made["tpm"] == 100
+    assert made["by"] == "key:ops" and made["state"] == "active" and made["models"] == ["digits"]
+    team_b = made["secret"]
+    for body, status, fragment in (({"name": "team-b"}, 409, "exists"), ({"name": "c", "rpm": 0}, 400, "rpm"),
+                                   ({"name": 5}, 400, "'name' must be str"), ({"name": "c", "admin": "yes"}, 400,
+                                                                               "'admin' must be bool"),
+                                   ({"name": "c", "colour": 1}, 400, "unknown field 'colour'"), ({}, 400, "'name'"),
+                                   ({"name": "c", "expires_in_s": -1}, 400, "expires_in_s"),
+                                   ({"name": "c", "models": ["a/b"]}, 400, "--models")):
+        answer = _call(srv, "POST", "/maas/v1/keys", ops, json.dumps(body).encode())
+        assert answer[0] == status and fragment in answer[1]["error"], (body, answer)
+    assert _call(srv, "POST", "/maas/v1/keys", ops, b"{not json")[0] == 400
+    listed = _call(srv, "GET", "/maas/v1/keys", ops)[1]["data"]
+    assert [(k["name"], k["admin"]) for k in listed] == [("ops", True), ("team-b", False)]
+    assert wait_until(lambda: _call(srv, "POST", "/v2/models/digits/infer", team_b, INFER.encode())[0] == 200, 10)
+    # a named key that is not an admin: its own usage, nothing else; the unnamed key: nothing here at all
+    mine = wait_until(lambda: (r := _call(srv, "GET", "/maas/v1/usage?since=1h", team_b))[1]["data"] and r, 10,
+                      "its usage written")
+    assert mine[0] == 200 and [(u["key"], u["requests"], u["rows"]) for u in mine[1]["data"]] == [("team-b", 1, 1)]
+    for method, path in (("GET", "/maas/v1/usage?key=ops"), ("GET", "/maas/v1/keys"),
+                         ("POST", "/maas/v1/keys/ops/revoke"), ("PUT", "/maas/v1/models/digits/aliases/live")):
+        status, answer = _call(srv, method, path, team_b, b'{"version": 1}')
+        assert status == 403 and ("is not an admin key" in answer["error"] or "only its own" in answer["error"])
+    assert _call(srv, "GET", "/maas/v1/usage", "unnamed-0123456789abcdef")[0] == 403
+    assert _call(srv, "GET", "/maas/v1/keys", None)[0] == 401
+    everyone = _call(srv, "GET", "/maas/v1/usage?hourly=true", ops)[1]["data"]
+    assert {"team-b"} <= {u["key"] for u in everyone} and all("hour" in u for u in everyone)
+    # aliases: a move, a compare-and-swap that lost, unknown models and versions
+    status, move = _call(srv, "PUT", "/maas/v1/models/digits/aliases/live", ops, b'{"version": 1, "expected": null}')
+    assert status == 200 and move["version"] == 1 and move["by"] == "key:ops" and reg.aliases("digits") == {"live": 1}
+    assert _call(srv, "PUT", "/maas/v1/models/digits/aliases/live", ops, b'{"version": 1, "expected": 7}')[0] == 409
+    assert _call(srv, "PUT", "/maas/v1/models/digits/aliases/live", ops, b'{"version": 9}')[0] == 404
+    assert _call(srv, "PUT", "/maas/v1/models/digits/aliases/live", ops, b'{"version": true}')[0] == 400
+    assert _call(srv, "GET", "/maas/v1/models/nothing/aliases", ops)[0] == 404
+    assert _call(srv, "GET", "/maas/v1/models/digits/aliases", ops)[1] == {"model": "digits", "aliases": {"live": 1}}
+    # rotate and revoke: the history shows who did what
+    status, rotated = _call(srv, "POST", "/maas/v1/keys/team-b/rotate", ops)
+    assert status == 200 and rotated["secret"] != team_b
+    assert _call(srv, "POST", "/maas/v1/keys/team-b/revoke", ops)[1]["state"] == "revoked"
+    shown = _call(srv, "GET", "/maas/v1/keys/team-b", ops)[1]
+    assert [(h["change"], h["by"]) for h in shown["history"]] == [("created", "key:ops"), ("rotated", "key:ops"),
+                                                                  ("revoked", "key:ops")]
+    assert _call(srv, "GET", "/maas/v1/keys/nobody", ops)[0] == 404

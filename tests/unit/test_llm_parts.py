@@ -103,8 +103,14 @@ def _events(items, wants_usage, interval_ms=0.0):
 
     from maas.serve.protocols.openai.generation import LLMHandlers
 
-    records = []
-    handlers = LLMHandlers(lambda *args: records.append(args))
+    records, charged = [], []
+
+    def charge(ctx, n):  # ModelServer.charge's bookkeeping: what the stream spent of its key's token limits
+        if n > 0:
+            charged.append(n)
+            ctx["charged"] = ctx.get("charged", 0) + n
+
+    handlers = LLMHandlers(lambda *args: records.append(args), charge)
     engine = SimpleNamespace(inflight=1)
     version = SimpleNamespace(engine=engine, spec=LLMEngineSpec(stream_interval_ms=interval_ms))
     loaded = SimpleNamespace(predictor=version,
@@ -122,7 +128,7 @@ def _events(items, wants_usage, interval_ms=0.0):
                                                  {"rid": "r1", "path": "/v1/completions"})]
 
     sent = asyncio.run(scenario())
-    return sent, records, engine
+    return sent, records, engine, charged
 
 
 def test_streams_pass_vllms_events_through_and_are_accounted_when_they_end():
@@ -130,18 +136,19 @@ def test_streams_pass_vllms_events_through_and_are_accounted_when_they_end():
     usage = 'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
     tokens = ['data: {"id":"c","choices":[{"text":" a"}]}\n\n', 'data: {"id":"c","choices":[{"text":" b"}]}\n\n']
     done = "data: [DONE]\n\n"
-    sent, records, engine = _events([*tokens, usage, done], wants_usage=False)
+    sent, records, engine, charged = _events([*tokens, usage, done], wants_usage=False)
     assert sent == [*tokens, done] and engine.inflight == 0  # the usage the client did not ask for is dropped
-    (name, _, status, rid, path, rows, elapsed_ms, extra), = records
+    (name, _, status, rid, path, rows, elapsed_ms, extra, ctx), = records
+    assert charged == [1, 1, 3] and ctx["charged"] == 5  # an event a token as it passes, the rest from usage
     assert (name, status, rid, path, rows) == ("tiny", 200, "r1", "/v1/completions", 1) and elapsed_ms >= 0
     assert extra["prompt_tokens"] == 3 and extra["completion_tokens"] == 2
     assert {"ttft_ms", "engine_ttft_ms", "tpot_ms", "engine_tpot_ms"} <= set(extra)
-    sent, _, _ = _events([*tokens, usage, done], wants_usage=True, interval_ms=1)
+    sent, _, _, _ = _events([*tokens, usage, done], wants_usage=True, interval_ms=1)
     assert sent == [*tokens, usage, done]
     # the engine failing mid-stream: an error event, then the stream's end, the request counted as failed
-    sent, records, engine = _events([tokens[0], RuntimeError("engine died")], wants_usage=False)
+    sent, records, engine, _ = _events([tokens[0], RuntimeError("engine died")], wants_usage=False)
     assert sent[0] == tokens[0] and '"error"' in sent[1] and sent[2] == done and engine.inflight == 0
-    assert records[0][2] == 500
+    assert records[0][2] == 500 and records[0][7]["completion_tokens"] == 1  # no engine count: its events
 
 
 def test_engine_placement_follows_the_spec_cpu_or_gpu():

@@ -58,7 +58,7 @@ def test_unknown_paths_match_nothing_under_any_method(path):
 def test_the_table_has_one_handler_per_method_and_pattern():
     keys = [(method, pattern) for method, pattern, _, _ in ROUTES]
     assert len(keys) == len(set(keys))
-    assert {protocol for _, _, _, protocol in ROUTES} == {"oip", "openai"}
+    assert {protocol for _, _, _, protocol in ROUTES} == {"oip", "openai", "maas"}
 
 
 def test_the_openapi_document_describes_every_route_of_the_table():
@@ -76,7 +76,7 @@ def test_the_openapi_document_describes_every_route_of_the_table():
         op = doc["paths"][pattern][method.lower()]
         params = [p[1:-1] for p in pattern.split("/") if p.startswith("{")]
         assert [p["name"] for p in op.get("parameters", [])] == params
-        assert ("requestBody" in op) == (method == "POST")
+        assert ("requestBody" in op) == (method in ("POST", "PUT"))
         ref = op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.endswith("OpenAIError" if protocol == "openai" else "OIPError")
         for ref in [c["schema"].get("$ref") for c in op.get("requestBody", {}).get("content", {}).values()]:

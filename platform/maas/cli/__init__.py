@@ -198,9 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     from maas.cli.keys import add_parser as add_keys
     from maas.cli.models import add_parser as add_models
     from maas.cli.spec import add_parser as add_spec
+    from maas.cli.usage import add_parser as add_usage
 
     add_models(sub, store, STORE_HELP)
     add_keys(sub, store, STORE_HELP)
+    add_usage(sub, store, STORE_HELP)
     add_eval(sub, store)
     add_batch(sub, store)
     add_spec(sub)

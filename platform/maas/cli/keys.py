@@ -32,6 +32,10 @@ def add_parser(sub, default_store: str, store_help: str) -> None:
                                                      "30d, 4w); default: never")
     c.add_argument("--rpm", type=int, metavar="N", help="at most N requests a minute, across every replica")
     c.add_argument("--requests-per-day", type=int, metavar="N", help="at most N requests a UTC day")
+    c.add_argument("--tpm", type=int, metavar="N", help="at most N tokens (prompt + completion) a minute")
+    c.add_argument("--tokens-per-day", type=int, metavar="N", help="at most N tokens a UTC day")
+    c.add_argument("--admin", action="store_true", help="it may also manage keys, move aliases and read everyone's "
+                                                          "usage over HTTP (/maas/v1/...)")
     c.add_argument("--json", action="store_true", help="print the record and the secret as JSON")
     ksub.add_parser("list", help="every key: state, models, expiry (never a secret)", parents=[store_after],
                     description="Example: maas keys list --store s3://bucket/maas") \
@@ -71,7 +75,7 @@ def cmd_keys(args) -> int:
     store, by = open_store(args.store), f"cli:{_user()}"
     if args.keys_cmd == "create":
         key, secret = keys.create(store, args.name, args.models, expires_at(args.expires), by,
-                                  {"rpm": args.rpm, "requests_per_day": args.requests_per_day})
+                                  {k: getattr(args, k) for k in keys.LIMITS}, args.admin)
         return _secret(key, secret, args.json, "made")
     if args.keys_cmd == "rotate":
         key, secret = keys.rotate(store, args.name, by)
@@ -94,7 +98,8 @@ def cmd_keys(args) -> int:
         from maas.report import table
 
         _say(table(["name", "state", "models", "limits", "expires", "prefix", "created", "changed"],
-                   [[k.name, k.state(), ", ".join(k.models) or "*", _limits(k), _when(k.expires_at), k.prefix + "...",
+                   [[k.name, k.state() + (" (admin)" if k.admin else ""), ", ".join(k.models) or "*", _limits(k),
+                     _when(k.expires_at), k.prefix + "...",
                      _when(k.created_at), f"{k.change} {_when(k.at)}"] for k in found]))
     return 0
 
@@ -103,14 +108,17 @@ def _secret(key, secret: str, as_json: bool, what: str) -> int:
     if as_json:
         _say(json.dumps({**key.to_dict(), "secret": secret}, indent=2))
         return 0
-    _say(f"{what} API key {key.name!r} (models: {', '.join(key.models) or 'every model'}; limits: {_limits(key)}; "
+    kind = "admin API key" if key.admin else "API key"
+    _say(f"{what} {kind} {key.name!r} (models: {', '.join(key.models) or 'every model'}; limits: {_limits(key)}; "
          f"expires: {_when(key.expires_at)}). Its secret, shown only now:\n\n  {secret}\n\nSend it as "
          "'Authorization: Bearer <secret>' (the openai client's api_key).")
     return 0
 
 
 def _limits(key) -> str:
-    return ", ".join(f"{v:,} {'/min' if k == 'rpm' else '/day'}" for k, v in key.limits()) or "none"
+    unit = {"rpm": "requests/min", "requests_per_day": "requests/day", "tpm": "tokens/min",
+            "tokens_per_day": "tokens/day"}
+    return ", ".join(f"{v:,} {unit[k]}" for k, v in key.limits()) or "none"
 
 
 def _history(found) -> str:

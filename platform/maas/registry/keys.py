@@ -29,7 +29,7 @@ SECRET_PREFIX = "maas-"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _PATTERN = re.compile(r"[A-Za-z0-9._*?\[\]-]{1,128}")
 _SEQ = re.compile(r"[0-9]{10}\.json")
-LIMITS = ("rpm", "requests_per_day")  # request limits a key may carry (maas.serve.limits enforces them)
+LIMITS = ("rpm", "requests_per_day", "tpm", "tokens_per_day")  # limits a key may carry (maas.serve.limits)
 MAX_LIMIT = 10**9
 
 
@@ -52,6 +52,9 @@ class ApiKey:
     seq: int = 1
     rpm: Optional[int] = None               # requests per minute, across every replica
     requests_per_day: Optional[int] = None  # requests per UTC day
+    tpm: Optional[int] = None               # prompt + completion tokens per minute
+    tokens_per_day: Optional[int] = None    # prompt + completion tokens per UTC day
+    admin: bool = False                     # may manage keys, move aliases and see everyone's usage over HTTP
 
     def limits(self) -> tuple:
         """((kind, limit), ...) of the limits it carries."""
@@ -99,7 +102,7 @@ def check_limit(kind: str, value) -> Optional[int]:
 
 
 def create(store: Store, name: str, models: list, expires_at: Optional[float], by: str,
-           limits: Optional[dict] = None) -> tuple[ApiKey, str]:
+           limits: Optional[dict] = None, admin: bool = False) -> tuple[ApiKey, str]:
     """Make key ``name``: (its record, its secret, said only now).
 
     Raises:
@@ -115,7 +118,7 @@ def create(store: Store, name: str, models: list, expires_at: Optional[float], b
         raise RegistryError("--expires is in the past: give a later date, or a duration such as 30d")
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(name, digest(secret), secret[:12], check_models(list(models)), now, expires_at, by=by, at=now,
-                 **limits)
+                 admin=admin is True, **limits)
     if not store.create(_record(name, 1), json.dumps(key.to_dict()).encode()):
         raise RegistryError(f"an API key named {name!r} exists: `maas keys rotate {name}` gives it a new secret, "
                             "or pick another name")
@@ -211,11 +214,15 @@ class Keys:
 
     def create(self, name: str, models: tuple = (), expires_at: Optional[float] = None,
                expires_in_s: Optional[float] = None, rpm: Optional[int] = None,
-               requests_per_day: Optional[int] = None) -> tuple[ApiKey, str]:
-        """(the record, the secret: said only now)."""
+               requests_per_day: Optional[int] = None, tpm: Optional[int] = None,
+               tokens_per_day: Optional[int] = None, admin: bool = False) -> tuple[ApiKey, str]:
+        """(the record, the secret: said only now). Limits hold across every replica (``maas.serve.limits``);
+        tokens are prompt + completion tokens as the engine counts them. An ``admin`` key may also manage keys,
+        move aliases and read everyone's usage over HTTP (``/maas/v1/...``)."""
         when = expires_at if expires_in_s is None else time.time() + expires_in_s
         return create(self.store, name, list(models), when, self.by,
-                      {"rpm": rpm, "requests_per_day": requests_per_day})
+                      {"rpm": rpm, "requests_per_day": requests_per_day, "tpm": tpm,
+                       "tokens_per_day": tokens_per_day}, admin)
 
     def list(self) -> list[ApiKey]:
         return listing(self.store)

@@ -108,6 +108,11 @@ class Store:
         return hashed_while(src, lambda: pafs.copy_files(str(src), self.path(key), source_filesystem=_LOCAL,
                                                          destination_filesystem=self.fs))
 
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``key`` whole, replacing what is there (an object store's put is whole)."""
+        with self.fs.open_output_stream(self.path(key)) as f:
+            f.write(data)
+
     def create(self, key: str, data: bytes) -> bool:
         raise RegistryError(f"{self.uri}: this store has no create-only writes, so versions and alias moves "
                             "cannot be committed atomically; use a local or mounted path, or s3://")
@@ -156,6 +161,20 @@ class LocalStore(Store):
         if os.path.getsize(dest) != size:
             raise RegistryError(f"{src} changed while it was being published; publish it again")
         return sha, size
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``key`` whole or not at all: a temporary file in its folder, then a rename over the old one."""
+        dest = self.path(key)
+        folder = os.path.dirname(dest)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".put-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, dest)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
     def create(self, key: str, data: bytes) -> bool:
         dest = self.path(key)

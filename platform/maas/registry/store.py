@@ -86,6 +86,16 @@ class Registry:
 
         return Keys(self.store, _who())
 
+    def usage(self, since="24h", key: Optional[str] = None, model: Optional[str] = None,
+              hourly: bool = False) -> list:
+        """Metered use of this store's endpoints since ``since`` (90m, 24h, 7d, a UTC date or hour, unix
+        seconds, None: all): ``maas.registry.usage.Usage`` rows per key, model and version (and UTC hour with
+        ``hourly``), as ``maas usage`` prints them."""
+        from maas.registry import usage
+
+        rows = usage.read(self.store, since, key, model)
+        return rows if hourly else usage.totals(rows)
+
     # ------------------------------------------------------------------------------------------ reads
     def list_models(self) -> list[str]:
         """The names of every model in the store."""

@@ -93,6 +93,12 @@ class Accounting:
                                            boundaries=LATENCY_MS, tag_keys=("model", "version"))
         self.m_batch = metrics.Histogram("maas_batch_size", description="Rows per fused model call.",
                                          boundaries=BATCH_SIZES, tag_keys=("model", "version"))
+        self.m_key_requests = metrics.Counter(
+            "maas_key_requests_total", description="Inference requests of named API keys by HTTP status.",
+            tag_keys=("key", "model", "version", "code"))
+        self.m_key_tokens = metrics.Counter(
+            "maas_key_tokens_total", description="Prompt and completion tokens of named API keys.",
+            tag_keys=("key", "model", "version", "kind"))
         self.flush_s = flush_s
         self.max_pending = max_pending
         self.requests: list = []  # (time, tags, status, request id, path, rows, latency ms, extra fields)
@@ -125,9 +131,14 @@ class Accounting:
         requests, self.requests = self.requests, []
         batches, self.batches = self.batches, []
         counts: Counter = Counter()
+        keyed: Counter = Counter()  # named keys' requests and tokens (the key's name, never its secret)
         entries = []
         for t, tags, status, rid, path, rows, ms, extra in requests:
             counts[(tags["model"], tags["version"], str(status))] += 1
+            if extra and "key" in extra:
+                keyed[("r", extra["key"], tags["model"], tags["version"], str(status))] += 1
+                for kind in ("prompt", "completion"):
+                    keyed[("t", extra["key"], tags["model"], tags["version"], kind)] += extra.get(f"{kind}_tokens", 0)
             self.m_latency.observe(ms, tags=tags)
             version = tags["version"]
             entry = {"maas_access": True, "request_id": rid, "model": tags["model"],
@@ -136,6 +147,11 @@ class Accounting:
             entries.append((t, {**entry, **extra} if extra else entry))
         for (model, version, code), n in counts.items():
             self.m_requests.inc(n, tags={"model": model, "version": version, "code": code})
+        for (what, key, model, version, last), n in keyed.items():
+            if what == "r":
+                self.m_key_requests.inc(n, tags={"key": key, "model": model, "version": version, "code": last})
+            elif n > 0:
+                self.m_key_tokens.inc(n, tags={"key": key, "model": model, "version": version, "kind": last})
         for tags, rows in batches:
             self.m_batch.observe(rows, tags=tags)
         try:

@@ -28,7 +28,9 @@ from maas.serve.errors import ProtocolError, answer, error_for
 from maas.serve.hosting import VERSION_HEADER, ModelHost
 from maas.serve.http import request_id
 from maas.serve.limits import Limits
+from maas.serve.metering import UsageMeter
 from maas.serve.openapi import openapi_document
+from maas.serve.protocols.admin import AdminHandlers
 from maas.serve.protocols.oip.grpc_service import OIPGrpc
 from maas.serve.protocols.oip.handlers import OIPHandlers
 from maas.serve.protocols.openai.batches import BatchHandlers
@@ -64,7 +66,8 @@ class ModelServer:
         self.max_request_bytes = max_request_bytes
         self.max_rows = max_rows_per_request
         self.keys = KeyRing(store, api_key_hashes or [])  # unnamed keys and the store's named ones
-        self.limits = Limits()  # named keys' request limits, across replicas
+        self.limits = Limits()  # named keys' request and token limits, across replicas
+        self.meter = UsageMeter(store)  # usage per key, model, version and hour, written to the store
         self.batching = max_batch_size > 1
         self.active = 0  # model requests in this replica now
         self.batcher = Batcher(self._predict_batch, max_batch_size, batch_wait_timeout_s)
@@ -72,6 +75,7 @@ class ModelServer:
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maas-forward")
         oip, openai = OIPHandlers(self.host, self), OpenAIHandlers(self.host, self)
         batches = BatchHandlers(self.host, self, max_batch_file_bytes)  # OpenAI's Batch API
+        admin = AdminHandlers(self.host, self)  # keys, aliases and usage over HTTP, for admin keys
         self.grpc = OIPGrpc(self.host, oip, self)  # the same models and answers over gRPC (Serve's gRPC proxy)
         # handler name (maas.serve.routes) -> (callable, a model request: counted, timed and logged)
         self.handlers = {
@@ -86,7 +90,11 @@ class ModelServer:
             "create_file": (batches.create_file, False), "file": (batches.file, False),
             "file_content": (batches.file_content, False), "create_batch": (batches.create_batch, False),
             "batches": (batches.batches, False), "batch": (batches.batch, False),
-            "cancel_batch": (batches.cancel, False)}
+            "cancel_batch": (batches.cancel, False), "usage": (admin.usage, False),
+            "list_keys": (admin.list_keys, False), "create_key": (admin.create_key, False),
+            "get_key": (admin.get_key, False), "revoke_key": (admin.revoke_key, False),
+            "rotate_key": (admin.rotate_key, False), "aliases": (admin.aliases, False),
+            "set_alias": (admin.set_alias, False)}
         self.openapi = json.dumps(openapi_document()).encode()  # from the route table: every route described
         self.host.start(alias_poll_s)
         self.keys.start(alias_poll_s)
@@ -103,6 +111,9 @@ class ModelServer:
         accounting = getattr(self, "accounting", None)
         if accounting is not None:
             accounting.close()
+        meter = getattr(self, "meter", None)
+        if meter is not None:
+            meter.close()
         pool = getattr(self, "model_thread", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -169,18 +180,36 @@ class ModelServer:
         finally:
             self.active -= 1
         if not getattr(response, "maas_deferred", False):  # a token stream is accounted when it ends
-            key = request.scope["maas"].get("key")  # the named key's, when one asked
+            ctx = request.scope["maas"]
+            extra = {"key": ctx["key"]} if "key" in ctx else None  # the named key's, when one asked
+            if "tokens" in ctx:  # what the engine or tokenizer counted
+                extra = {**(extra or {}), "prompt_tokens": ctx["tokens"][0], "completion_tokens": ctx["tokens"][1]}
             self.record(name, loaded, response.status_code, rid, path, rows, (time.perf_counter() - started) * 1e3,
-                        {"key": key} if key else None)
+                        extra, ctx)
         return response
 
     def record(self, name: Optional[str], loaded, status: int, rid: Optional[str], path: str, rows: int,
-               elapsed_ms: float, extra: Optional[dict] = None) -> None:
-        """Count, time and log one model request (HTTP status; a gRPC call's status in HTTP terms); ``extra``:
-        more fields for its access-log line (a token stream's TTFT, TPOT and tokens)."""
+               elapsed_ms: float, extra: Optional[dict] = None, ctx: Optional[dict] = None) -> None:
+        """Count, time, log and meter one model request (HTTP status; a gRPC call's status in HTTP terms);
+        ``extra``: more fields for its access-log line (its key's name, a token stream's TTFT, TPOT and tokens);
+        ``ctx``: the request's scope (its caller's token limits are spent what ``charge`` has not yet)."""
         tags = loaded.tags if loaded is not None else {"model": name if name in self.host.models else "-",
                                                        "version": "-"}
         self.accounting.request(tags, status, rid, path, rows, elapsed_ms, extra)
+        extra = extra or {}
+        prompt, completion = extra.get("prompt_tokens", 0), extra.get("completion_tokens", 0)
+        self.meter.add(extra.get("key"), tags["model"], tags["version"], status, rows, prompt, completion)
+        if ctx is not None:
+            self.charge(ctx, prompt + completion - ctx.get("charged", 0))
+
+    def charge(self, ctx: dict, tokens: int) -> None:
+        """Spend ``tokens`` of the request's caller's token limits (a stream's as its events pass)."""
+        if tokens <= 0:
+            return
+        ctx["charged"] = ctx.get("charged", 0) + tokens
+        caller = ctx.get("caller")
+        if caller is not None and caller.limits:
+            self.limits.spend(caller, tokens)
 
     # ---- Open Inference Protocol over gRPC: Serve's gRPC proxy calls the method named like the RPC
     async def ServerLive(self, request, grpc_context=None):  # noqa: N802 (RPC names)

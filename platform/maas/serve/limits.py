@@ -1,5 +1,5 @@
-"""Request limits of named API keys (``maas keys create --rpm N --requests-per-day N``) that hold across every
-replica and node of a cluster.
+"""Request and token limits of named API keys (``maas keys create --rpm N --requests-per-day N --tpm N
+--tokens-per-day N``) that hold across every replica and node of a cluster.
 
 The mechanism: one small Ray actor per cluster (``Limiter``: a count per key, limit and window) hands out
 leases, and each replica spends its leases locally. A request costs a dict lookup and a decrement; the actor
@@ -9,6 +9,12 @@ limit (each unit is granted once), and what a replica holds unspent when the win
 of the limit per replica) is the most the cluster can fall short of it. Windows are fixed: the UTC minute,
 the UTC day. A refused request is a 429 with ``Retry-After`` (the seconds to the next window) naming the
 limit.
+
+Tokens are known only as the engine makes them, so a token limit admits a request while some of the window's
+tokens are left, and the request's tokens are spent as they come (``spend``: a streamed answer's events as
+they pass, then the rest of the engine's count when it ends). A replica that spends more than it holds goes
+into debt, which its next lease pays first; what the cluster can exceed a token limit by is what the requests
+in flight when it ran out go on to use.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from typing import Awaitable, Callable, Optional
 
 from maas.serve.errors import ProtocolError
 
-WINDOW_S = {"rpm": 60, "requests_per_day": 86_400}
-WORDS = {"rpm": "requests per minute", "requests_per_day": "requests per day"}
+WINDOW_S = {"rpm": 60, "requests_per_day": 86_400, "tpm": 60, "tokens_per_day": 86_400}
+WORDS = {"rpm": "requests per minute", "requests_per_day": "requests per day", "tpm": "tokens per minute",
+         "tokens_per_day": "tokens per day"}
+TOKEN_KINDS = frozenset({"tpm", "tokens_per_day"})
 SHARE = 20  # a lease is 1/SHARE of the limit: the most a replica can hold unspent is that
 NAMESPACE, NAME = "maas-limits", "maas-limiter"
 
@@ -70,22 +78,37 @@ class Limits:
             ProtocolError: 429 with ``retry-after`` when a limit is spent for this window.
         """
         for kind, limit, bucket in caller.limits:
-            await self._take(caller, kind, limit, bucket)
+            await self._take(caller, kind, limit, bucket, 0 if kind in TOKEN_KINDS else 1)
 
-    async def _take(self, caller, kind: str, limit: int, bucket: str) -> None:
+    def spend(self, caller, tokens: int) -> None:
+        """Spend ``tokens`` of each of the caller's token limits in the current window (into debt if the
+        replica holds fewer: its next lease pays it). No wait: the request is already answered or answering."""
+        if tokens <= 0:
+            return
+        now = self._clock()
+        for kind, _, bucket in caller.limits:
+            if kind in TOKEN_KINDS:
+                key = (bucket, int(now // WINDOW_S[kind]))
+                self.left[key] = self.left.get(key, 0) - tokens
+
+    async def _take(self, caller, kind: str, limit: int, bucket: str, cost: int) -> None:
+        """Spend ``cost`` (1: a request; 0: a token limit only needs one of its tokens left) or refuse."""
         now = self._clock()
         window = int(now // WINDOW_S[kind])
         key = (bucket, window)
-        if self.left.get(key, 0) <= 0:
+        need = max(cost, 1)
+        if self.left.get(key, 0) < need:
             async with self._locks.setdefault(key[0], asyncio.Lock()):  # one lease call at a time per bucket
-                if self.left.get(key, 0) <= 0:
+                left = self.left.get(key, 0)
+                if left < need:
                     if self._lease is None:
                         self._lease = limiter_lease()
-                    granted = await self._lease(key[0], window, limit, max(1, math.ceil(limit / SHARE)))
+                    want = max(math.ceil(limit / SHARE), need - left)  # a debt is paid first
+                    granted = await self._lease(key[0], window, limit, want)
                     self.left = {k: v for k, v in self.left.items() if k[1] >= window or k[0] != key[0]}
                     self.left[key] = self.left.get(key, 0) + granted
-        if self.left.get(key, 0) <= 0:
+        if self.left.get(key, 0) < need:
             wait = max(1, math.ceil((window + 1) * WINDOW_S[kind] - now))
             raise ProtocolError(429, f"API key {caller.name!r} is over its limit of {limit:,} {WORDS[kind]}; "
                                      f"retry after {wait} s", {"retry-after": str(wait)})
-        self.left[key] -= 1
+        self.left[key] -= cost

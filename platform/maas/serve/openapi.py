@@ -64,6 +64,20 @@ BODIES = {
         "example": {"purpose": "batch", "file": "batch.jsonl"}}),
     "cancel_batch": ("CancelRequest", {"type": "object", "description": "No fields: the body may be empty",
                                        "example": {}}),
+    "create_key": ("KeyRequest", {
+        "type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"},
+            "models": {"type": "array", "items": {"type": "string"}}, "expires_in_s": {"type": "number"},
+            **{k: {"type": "integer", "minimum": 1} for k in ("rpm", "requests_per_day", "tpm", "tokens_per_day")},
+            "admin": {"type": "boolean"}},
+        "example": {"name": "team-a", "models": ["digits*"], "expires_in_s": 2592000, "tpm": 100000}}),
+    "set_alias": ("AliasMove", {
+        "type": "object", "required": ["version"], "properties": {
+            "version": {"type": "integer", "minimum": 1}, "expected": {"type": ["integer", "null"]},
+            "force": {"type": "boolean"}, "reason": {"type": "string"}},
+        "example": {"version": 2, "expected": 1}}),
+    "revoke_key": ("Empty", {"type": "object", "description": "No fields: the body may be empty", "example": {}}),
+    "rotate_key": ("Empty", {"type": "object", "description": "No fields: the body may be empty", "example": {}}),
     "detokenize": ("DetokenizeRequest", {
         "type": "object", "required": ["tokens"], "properties": {
             "model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}},
@@ -85,8 +99,18 @@ SUMMARIES = {
     "create_batch": "Start a batch over an uploaded file (OpenAI Batch API; runs as a maas batch)",
     "batches": "This key's batches, newest first (OpenAI)", "batch": "One batch: status, counts, files (OpenAI)",
     "cancel_batch": "Cancel a batch; what it answered so far is kept (OpenAI)",
+    "usage": "Metered usage per key, model and version (an admin key: everyone's; a named key: its own)",
+    "list_keys": "The store's API keys (admin)", "create_key": "Make an API key; its secret is answered once (admin)",
+    "get_key": "One key and its history (admin)", "revoke_key": "Revoke a key on every replica (admin)",
+    "rotate_key": "A new secret for a key, answered once (admin)",
+    "aliases": "A model's aliases (admin)", "set_alias": "Move an alias, optionally compare-and-swap (admin)",
 }
 OPEN = {"live", "ready", "server_metadata", "openapi"}  # no API key needed
+ERRORS = (("400", "A client mistake, named"), ("401", "Missing, unknown, expired or revoked API key"),
+          ("403", "The key may not call this model, or the route needs an admin key"),
+          ("404", "Unknown model, version or route"), ("413", "Body over deploy.max_request_bytes"),
+          ("429", "Over a key's request or token limit, or too many pinned-version loads (retry-after)"),
+          ("503", "Not ready yet (retry-after)"))
 
 
 def openapi_document(title: str = "maas") -> dict:
@@ -98,11 +122,7 @@ def openapi_document(title: str = "maas") -> dict:
               "summary": SUMMARIES.get(handler, handler), "tags": [protocol],
               "responses": {"200": {"description": "OK"},
                             **{code: {"description": why, "content": {"application/json": {"schema": error}}}
-                               for code, why in (("400", "A client mistake, named"), ("401", "Missing or wrong "
-                                                 "API key"), ("404", "Unknown model, version or route"),
-                                                 ("413", "Body over deploy.max_request_bytes"),
-                                                 ("429", "Too many pinned-version loads this minute"),
-                                                 ("503", "Not ready yet (retry-after)"))}}}
+                               for code, why in ERRORS}}}
         params = [p[1:-1] for p in pattern.split("/") if p.startswith("{")]
         if params:
             op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {
@@ -115,7 +135,7 @@ def openapi_document(title: str = "maas") -> dict:
                 content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"},
                                                        "description": "JSON header (Inference-Header-Content-"
                                                                       "Length bytes), then the tensors' raw data"}
-            op["requestBody"] = {"required": handler != "cancel_batch", "content": content}
+            op["requestBody"] = {"required": name != "Empty" and handler != "cancel_batch", "content": content}
         if handler in OPEN:
             op["security"] = []
         paths.setdefault(pattern, {})[method.lower()] = op

@@ -3,7 +3,7 @@
 Pure: no Ray, no Starlette. ``Router.match`` answers the handler and the path's parameters, or, for a path
 the table knows under other methods, the methods it takes (the 405 ``allow`` list), or nothing (404). The
 protocol of a route picks the error shape its mistakes are answered in (OpenAI's for ``/v1``, the Open
-Inference Protocol's ``{"error": ...}`` otherwise).
+Inference Protocol's ``{"error": ...}`` otherwise, maas's own ``/maas/v1`` routes included).
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ ROUTES = (
     ("POST", "/v2/models/{name}/infer", "infer", "oip"),
     ("POST", "/v2/models/{name}/versions/{version}/infer", "infer", "oip"),
     ("GET", "/openapi.json", "openapi", "oip"),
+    ("GET", "/maas/v1/usage", "usage", "maas"),  # maas's own, for operators: maas.serve.protocols.admin
+    ("GET", "/maas/v1/keys", "list_keys", "maas"),
+    ("POST", "/maas/v1/keys", "create_key", "maas"),
+    ("GET", "/maas/v1/keys/{key}", "get_key", "maas"),
+    ("POST", "/maas/v1/keys/{key}/revoke", "revoke_key", "maas"),
+    ("POST", "/maas/v1/keys/{key}/rotate", "rotate_key", "maas"),
+    ("GET", "/maas/v1/models/{name}/aliases", "aliases", "maas"),
+    ("PUT", "/maas/v1/models/{name}/aliases/{alias}", "set_alias", "maas"),
 )
 
 NOT_FOUND_HINT = ("see the Open Inference Protocol v2 paths: /v2, /v2/health/{live,ready}, "

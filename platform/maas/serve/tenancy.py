@@ -64,6 +64,7 @@ class Caller:
     models: tuple = ()  # patterns; empty: every model
     digest: str = "open"
     limits: tuple = ()  # ((kind, limit, its bucket's name), ...): maas.serve.limits
+    admin: bool = False  # may use the admin routes (maas.serve.protocols.admin)
     _allowed: dict = field(default_factory=dict, compare=False, hash=False, repr=False)  # model -> allows it
 
     def allows(self, model: str) -> bool:
@@ -189,4 +190,4 @@ class KeyRing:
 def caller_of(key) -> Caller:
     """The Caller a named key's requests carry."""
     return Caller(key.name, tuple(key.models), key.digest,
-                  tuple((kind, limit, f"{key.digest}:{kind}") for kind, limit in key.limits()))
+                  tuple((kind, limit, f"{key.digest}:{kind}") for kind, limit in key.limits()), key.admin is True)

@@ -130,10 +130,11 @@ def _usage(chunk: str) -> Optional[dict]:
 class LLMHandlers:
     """Hands OpenAI requests to the engine of the loaded version (in this replica) and accounts for them."""
 
-    def __init__(self, record):
+    def __init__(self, record, charge):
         from ray.serve import metrics
 
-        self.record = record  # ModelServer.record: the access-log line and request metrics of a finished stream
+        self.record = record  # ModelServer.record: the access-log line, metrics and usage of a finished stream
+        self.charge = charge  # ModelServer.charge: a stream's tokens, spent of its key's limits as they pass
         tags = ("model", "version")
         self.m_tokens = metrics.Counter("maas_llm_tokens_total", description="Prompt and completion tokens.",
                                         tag_keys=(*tags, "kind"))
@@ -193,6 +194,8 @@ class LLMHandlers:
                 return error, 0, loaded
             data = first.model_dump(mode="json", exclude_none=True)
             self._count(loaded, data.get("usage"))
+            usage = data.get("usage") or {}
+            ctx["tokens"] = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
             return JSONResponse(data, headers=loaded.headers), 1, loaded
         timing = {"arrived": ctx["started"], "handed": handed, "first": time.perf_counter()}
         response = StreamingResponse(self._events(first, out, loaded, bool(options.get("include_usage")), timing,
@@ -249,10 +252,15 @@ class LLMHandlers:
             while True:
                 if '"usage"' in item and '"choices":[]' in item:
                     usage = _usage(item) or usage
+                    if usage:  # the engine's count, before the client can see the stream end and ask again
+                        self.charge(ctx, int(usage.get("prompt_tokens") or 0) +
+                                    int(usage.get("completion_tokens") or 0) - ctx.get("charged", 0))
                     if wants_usage:
                         yield item
                 else:
                     done = done or item.startswith("data: [DONE]")
+                    if not done:
+                        self.charge(ctx, 1)  # an event carries a token at least; the rest when it ends
                     yield item
                 last_out = time.perf_counter()
                 if sent_first is None:
@@ -299,10 +307,12 @@ class LLMHandlers:
             self.m[k].observe(v * 1e3, tags=loaded.tags)
         if usage:
             extra.update(prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=tokens)
+        elif ctx.get("charged"):  # cut short before the engine's count (the client went away): its events
+            extra.update(completion_tokens=ctx["charged"])
         if ctx.get("key"):
             extra["key"] = ctx["key"]
         self.record(loaded.mv.name, loaded, status, ctx["rid"], ctx["path"], 1,
-                    (last_out - t["arrived"]) * 1e3, extra)
+                    (last_out - t["arrived"]) * 1e3, extra, ctx)
 
     def _count(self, loaded, usage: Optional[dict]) -> int:
         """Count the request's tokens; returns the completion tokens."""

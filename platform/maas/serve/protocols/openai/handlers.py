@@ -30,7 +30,7 @@ class OpenAIHandlers:
         if self._llm is None:  # its metrics exist only where an engine-served model is
             from maas.serve.protocols.openai.generation import LLMHandlers
 
-            self._llm = LLMHandlers(self.server.record)
+            self._llm = LLMHandlers(self.server.record, self.server.charge)
         return self._llm
 
     async def chat(self, request: Request):
@@ -104,6 +104,7 @@ class OpenAIHandlers:
             return openai_error(400, str(err), loaded.headers), 0, loaded
         emb = await self.server.run(loaded, texts)
         tokens = loaded.predictor.tokenizer.count_tokens(texts)
+        request.scope["maas"]["tokens"] = (tokens, 0)  # metered, and spent of the key's token limits
         return JSONResponse(embeddings_response(emb, loaded.mv.ref, fmt, tokens), headers=loaded.headers), \
             len(texts), loaded
 
