@@ -170,8 +170,10 @@ def http_page(document: dict) -> str:
     parts = ["# HTTP API", "", f"Generated from the application's own OpenAPI document ({document['openapi']}; "
              "a running endpoint serves it at `GET /openapi.json`, and [here it is](openapi.json)). With "
              "`MAAS_API_KEYS` set, or named keys in the store (`maas keys`), every route without *open* needs "
-             "`Authorization: Bearer <key>` (401 without; 403 for a model outside a named key's models). Errors: "
-             "OIP routes answer `{\"error\": \"...\"}`, OpenAI routes `{\"error\": {\"message\", \"type\", "
+             "`Authorization: Bearer <key>` (401 without; 403 for a model outside a named key's models; 429 past a "
+             "key's request or token limit). The `/maas/v1` routes need an admin key (`maas keys create NAME "
+             "--admin`; `/maas/v1/usage` also answers a named key its own usage). Errors: OIP and `/maas/v1` "
+             "routes answer `{\"error\": \"...\"}`, OpenAI routes `{\"error\": {\"message\", \"type\", "
              "\"code\"}}`.", "", "| method | path | protocol | what | auth |", "|---|---|---|---|---|"]
     for path, ops in document["paths"].items():
         for method, op in ops.items():

@@ -411,7 +411,9 @@ def test_5000_requests_generated_from_the_openapi_document_never_get_a_5xx(serve
     url = served["url"]
     doc = requests.get(f"{url}/openapi.json", timeout=30).json()
     ops = [(method.upper(), path, op) for path, methods in doc["paths"].items() for method, op in methods.items()]
-    assert len(ops) == 25  # OIP v2, OpenAI's inference routes and its Batch API's files and batches
+    admin = [o for o in ops if o[1].startswith("/maas/")]  # need an admin key: fuzzed in-process (test_keys)
+    ops = [o for o in ops if o not in admin]
+    assert len(ops) == 25 and len(admin) == 8  # OIP v2, OpenAI's inference routes, its Batch API's files and batches
     posts = [o for o in ops if o[0] == "POST"]
     names = ["digits", "digits", "digits", "digits", "nope", "%00", "a" * 300, "\u00b2", "..", "digits%2F1"]
     versions = ["1", "1", "2", "0", "\u00b2", "\u0661", "9" * 5000, "-1", "x", "1.0", "%20"]

@@ -312,3 +312,32 @@ def test_an_admin_key_manages_keys_moves_aliases_and_reads_everyones_usage_over_
     assert [(h["change"], h["by"]) for h in shown["history"]] == [("created", "key:ops"), ("rotated", "key:ops"),
                                                                   ("revoked", "key:ops")]
     assert _call(srv, "GET", "/maas/v1/keys/nobody", ops)[0] == 404
+
+
+def test_hostile_admin_requests_are_4xx_in_the_oip_shape_and_change_nothing(served):
+    """300 generated bodies and paths for the admin routes, with an admin key: every answer a 4xx (or a 2xx
+    for a body that happens to be valid), never a server fault; the store's keys stay readable."""
+    import random
+
+    from tests.waiting import wait_until
+
+    srv, reg = served
+    _, ops = reg.keys.create("ops", admin=True)
+    assert wait_until(lambda: _call(srv, "GET", "/maas/v1/keys", ops)[0] == 200, 10, "the admin key")
+    rng, seen = random.Random(7), {}
+    junk = [None, True, -1, 0, 10 ** 400, 1e308, 3.5, "", "\u00b2", [], {}, [None], {"a": 1}, "y" * 5000,
+            ["s"] * 20, ["../x"], "team-\u00e9", "a" * 300]
+    names = ["team-x", "..", "%00", "a" * 300, "\u00b2", "digits", "nothing"]  # never "ops": it would rotate itself
+    for i in range(300):
+        route = rng.choice(["POST /maas/v1/keys", "PUT /maas/v1/models/{n}/aliases/{n}",
+                            "POST /maas/v1/keys/{n}/rotate", "GET /maas/v1/usage?since={n}&hourly={n}"])
+        method, path = route.split(" ")
+        path = path.replace("{n}", rng.choice(names), 1).replace("{n}", rng.choice(names))
+        body = {k: rng.choice(junk) for k in rng.sample(["name", "models", "rpm", "tpm", "admin", "expires_in_s",
+                                                         "version", "expected", "force", "reason", "x"], 3)}
+        data = json.dumps(body).encode() if i % 5 else bytes(rng.randrange(256) for _ in range(40))
+        status, answer = _call(srv, method, path, ops, data)
+        assert status < 500 and (status < 300 or isinstance(answer["error"], str)), (method, path, body, answer)
+        seen[status] = seen.get(status, 0) + 1
+    assert seen.get(400, 0) > 100 and seen.get(401, 0) == 0, seen  # most reach the parsers, as the admin
+    assert [k.name for k in reg.keys.list()][0] == "ops"
