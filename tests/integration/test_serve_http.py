@@ -84,8 +84,11 @@ def haproxy_listeners(folder: str) -> set:
     found = set()
     for proc in psutil.process_iter(["cmdline"]):
         if any(folder in arg for arg in proc.info["cmdline"] or []):
-            found |= {(c.laddr.ip, c.laddr.port) for c in proc.net_connections("tcp")
-                      if c.status == psutil.CONN_LISTEN}
+            try:
+                found |= {(c.laddr.ip, c.laddr.port) for c in proc.net_connections("tcp")
+                          if c.status == psutil.CONN_LISTEN}
+            except psutil.NoSuchProcess:  # an HAProxy that a reload replaced, gone since it was listed
+                continue
     return found
 
 

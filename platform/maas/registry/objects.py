@@ -162,35 +162,40 @@ class LocalStore(Store):
             raise RegistryError(f"{src} changed while it was being published; publish it again")
         return sha, size
 
-    def put(self, key: str, data: bytes) -> None:
-        """Write ``key`` whole or not at all: a temporary file in its folder, then a rename over the old one."""
+    def _staged(self, key: str, data: bytes, sync: bool) -> tuple[str, str]:
+        """(the path of ``key``, a temporary file beside it that holds ``data``, fsynced if ``sync``)."""
         dest = self.path(key)
         folder = os.path.dirname(dest)
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".put-", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=".stage-", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return dest, tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``key`` whole or not at all: a temporary file in its folder, then a rename over the old one."""
+        dest, tmp = self._staged(key, data, sync=False)
+        try:
             os.replace(tmp, dest)
         except BaseException:
             os.unlink(tmp)
             raise
 
     def create(self, key: str, data: bytes) -> bool:
-        dest = self.path(key)
-        folder = os.path.dirname(dest)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".create-", dir=folder)
+        dest, tmp = self._staged(key, data, sync=True)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             try:
                 os.link(tmp, dest)  # atomic, and refuses an existing name
             except FileExistsError:
                 return False
-            fsync_dir(folder)
+            fsync_dir(os.path.dirname(dest))
             return True
         finally:
             os.unlink(tmp)
