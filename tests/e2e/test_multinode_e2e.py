@@ -64,6 +64,11 @@ def test_a_pipeline_on_s3_survives_a_lost_node_and_serves_from_the_bucket(s3_buc
     name, version = out["other"].split("/")
     assert any(any(f.endswith(f"{name}/{version}/model.onnx") or f.endswith(f"{name}/{version}/model.safetensors")
                    for f in files) for files in node_caches.values()), out["caches"]
+    # usage, metered by the replicas on their nodes into the bucket: every request the script made, per version
+    usage = out["usage"]
+    assert sum(u["requests"] for u in usage) >= len(out["made"]) and all(u["errors"] == 0 for u in usage), usage
+    served = {out["promoted"].split("/")[1], version}  # before and after the roll-over
+    assert {(u["key"], u["model"]) for u in usage} == {("-", "digits")} and {u["version"] for u in usage} <= served
     moves = [(h["previous"], h["version"], h["by"]) for h in out["history_of_alias"]]
     assert moves[-1] == (int(out["promoted"].split("/")[1]), int(version), "test:roll-over")
     assert moves[0][0] is None and moves[0][2] == "run:multinode-s3"

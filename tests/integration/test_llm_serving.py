@@ -179,6 +179,14 @@ def test_the_openai_batch_api_answers_a_file_of_chats_as_the_endpoint_does_with_
         assert body["usage"]["prompt_tokens"] == online.usage.prompt_tokens
         assert body["usage"]["completion_tokens"] == online.usage.completion_tokens
         assert a["response"]["status_code"] == 200 and body["system_fingerprint"] == "tiny/1"
+    # metered as the endpoint meters requests, by the batch's own writer: a line a request, with its tokens,
+    # under the batch's key (an unnamed one: "-"), in the hour the batch was made
+    from maas.registry.usage import hour_of
+
+    metered = json.loads(llm["registry"].store.read_bytes(f"usage/{hour_of(done.created_at)}/batch-{batch.id}.json"))
+    rows = {tuple(r[:3]): r[3:] for r in metered["rows"]}
+    tokens = [sum(a["response"]["body"]["usage"][k] for a in answers) for k in ("prompt_tokens", "completion_tokens")]
+    assert rows == {("-", "tiny", "1"): [5, 0, *tokens, 5], ("-", "-", "-"): [7, 7, 0, 0, 0]}, rows
     errors = {e["custom_id"]: e["response"]["body"]["error"]["message"]
               for e in map(json.loads, c.files.content(done.error_file_id).text.splitlines())}
     assert set(errors) == {None, "url", "field", "model", "c0", "robot", "long"}, errors
@@ -260,7 +268,8 @@ def test_an_engine_that_cannot_start_fails_the_deploy_with_its_own_error(llm):
 
 
 def test_a_client_that_goes_away_mid_stream_frees_the_engine(llm):
-    """The stream ends in the replica too: the engine's request count drops back and the access log says 499."""
+    """The stream ends in the replica too: the engine's request count drops back and the access log says 499,
+    with the tokens that reached the client (metered, and spent of a key's token limits)."""
     from ray import serve
     from ray._private.worker import _global_node
 
@@ -277,7 +286,8 @@ def test_a_client_that_goes_away_mid_stream_frees_the_engine(llm):
     logs = f"{_global_node.get_session_dir_path()}/logs/serve/replica_*.log"
     assert _wait(lambda: idle() and _access_entry(logs, rid) is not None, 20)
     entry = _access_entry(logs, rid)
-    assert entry["status"] == 499 and "completion_tokens" not in entry, entry
+    # no count from the engine (it was cut short): the events that passed, a token each, and no prompt count
+    assert entry["status"] == 499 and 1 <= entry["completion_tokens"] < 200 and "prompt_tokens" not in entry, entry
     # the engine still answers (ignore_eos: a random model may sample its end-of-sequence token first, and an
     # empty text then failed this check in a CI run)
     assert llm["client"].completions.create(model="tiny", prompt="w1", max_tokens=2,

@@ -292,3 +292,12 @@ def test_the_openai_batch_api_embeds_a_file_as_the_endpoint_does_and_a_lost_run_
     assert set(errors) == {None, "empty", "ids", "ghost"}, errors
     for cid, words in [(None, "not JSON"), ("empty", "empty string"), ("ids", "token ids"), ("ghost", "not served")]:
         assert words in errors[cid], (cid, errors[cid])
+    # its usage, metered once although its run was launched twice: a line a request, its texts and tokens
+    from maas.registry.usage import hour_of
+
+    store = Registry(str(pipeline["spec"].store)).store
+    metered = json.loads(store.read_bytes(f"usage/{hour_of(done.created_at)}/batch-{batch.id}.json"))
+    version = pipeline["result"].promoted_ref.split("/")[1]
+    assert {tuple(r[:3]): r[3:] for r in metered["rows"]} == {
+        ("-", "minilm", version): [5, 0, sum(b["usage"]["prompt_tokens"] for b in out.values()), 0, 6],
+        ("-", "-", "-"): [4, 4, 0, 0, 0]}, metered

@@ -196,3 +196,26 @@ time.sleep(60)
         rows = usage.read(meter.store)
         assert [(u.key, u.requests, u.errors, u.prompt_tokens, u.completion_tokens) for u in rows] == \
             [("team", 100, 33, 500, 700)]
+
+
+def test_a_batch_is_metered_a_line_a_request_under_its_key_and_once_however_often_it_ends(tmp_path):
+    from maas.batch.openai_run import error_line, expired_line, meter
+    from maas.registry import usage
+    from maas.registry.objects import open_store
+    from maas.serve.protocols.openai.files import BatchStore
+
+    bs = BatchStore(str(tmp_path / "store"))
+    bs.put_run("batch_1", {"key": "team", "launches": 1})
+    obj = {"id": "batch_1", "created_at": int(time.time()) - 7200}  # metered in the hour it was made
+    chat = {"response": {"status_code": 200, "body": {"model": "tiny", "system_fingerprint": "tiny/3",
+                                                      "usage": {"prompt_tokens": 4, "completion_tokens": 6}}}}
+    emb = {"response": {"status_code": 200, "body": {"model": "minilm/2", "data": [{}, {}],
+                                                     "usage": {"prompt_tokens": 9, "total_tokens": 9}}}}
+    errors = [error_line("x", 400, "bad"), expired_line("y")]
+    for _ in range(2):  # a run launched again ends again: the same writer, the same object
+        meter(bs, obj, [chat, chat, emb], errors)
+    got = [(u.hour, u.key, u.model, u.version, u.requests, u.errors, u.prompt_tokens, u.completion_tokens, u.rows)
+           for u in usage.read(open_store(bs.store), None)]
+    hour = usage.hour_of(obj["created_at"])
+    assert got == [(hour, "team", "-", "-", 2, 2, 0, 0, 0), (hour, "team", "minilm", "2", 1, 0, 9, 0, 2),
+                   (hour, "team", "tiny", "3", 2, 0, 8, 12, 2)]

@@ -184,9 +184,7 @@ def run_openai_batch(store: str, batch_id: str) -> dict:
     if obj["status"] in TERMINAL:
         return obj
     try:
-        return _run(bs, obj, bs.run_args(batch_id))
-    except Stopped as stop:
-        return _finish(bs, batch_id, stop.status, [], [])
+        return _run(bs, obj, bs.run_args(batch_id))  # a cancel or expiry stops it there (Stopped, caught)
     except Exception as err:  # a fault of the run, not of a line: the batch fails with it, named
         return bs.fail(batch_id, f"{type(err).__name__}: {err}")
 
@@ -279,5 +277,27 @@ def _finish(bs: BatchStore, batch_id: str, status: str, outputs: list, errors: l
             files[key] = bs.put_file(owner, f"{batch_id}_{key[:-8]}.jsonl", "batch_output", data)["id"]
     counts = {"total": (obj.get("request_counts") or {}).get("total", 0), "completed": len(outputs),
               "failed": len(errors)}
+    meter(bs, obj, outputs, errors)
     return bs.update(batch_id, status=status, request_counts=counts, **files,
                      **{f"{status}_at": int(time.time())})
+
+
+def meter(bs: BatchStore, obj: dict, outputs: list, errors: list) -> None:
+    """The batch's usage, as the endpoint meters a request (``maas.registry.usage``): a line a request, under
+    the key that made the batch, in the hour it was made. One writer per batch, written whole: a run that
+    ends twice (launched again after a lost run) writes the same object, never counts twice."""
+    from maas.registry.objects import open_store
+    from maas.registry.usage import UsageWriter
+
+    writer = UsageWriter(open_store(bs.store), f"batch-{obj['id']}")
+    key, t = (bs.run_args(obj["id"]) or {}).get("key"), float(obj["created_at"])
+    for line in outputs:
+        body = line["response"]["body"]
+        name, _, version = str(body.get("system_fingerprint") or body.get("model") or "-").partition("/")
+        usage = body.get("usage") or {}
+        rows = len(body["data"]) if isinstance(body.get("data"), list) else 1  # texts embedded; or an answer
+        writer.add(t, key, name, version or "-", 200, rows, int(usage.get("prompt_tokens") or 0),
+                   int(usage.get("completion_tokens") or 0))
+    for line in errors:
+        writer.add(t, key, "-", "-", (line.get("response") or {}).get("status_code") or 408, 0)
+    writer.write()

@@ -61,7 +61,7 @@ class ApiKey:
         return tuple((k, getattr(self, k)) for k in LIMITS if getattr(self, k) is not None)
 
     def allows(self, model: str) -> bool:
-        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+        return allows(self.models, model)
 
     def state(self, now: Optional[float] = None) -> str:
         now = time.time() if now is None else now
@@ -71,6 +71,11 @@ class ApiKey:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def allows(patterns, model: str) -> bool:
+    """Whether a key of model ``patterns`` (none: every model) may call ``model``."""
+    return not patterns or any(fnmatch.fnmatchcase(model, p) for p in patterns)
 
 
 def check_name(name: str) -> str:

@@ -68,11 +68,11 @@ class Caller:
     _allowed: dict = field(default_factory=dict, compare=False, hash=False, repr=False)  # model -> allows it
 
     def allows(self, model: str) -> bool:
-        import fnmatch
+        from maas.registry.keys import allows
 
         known = self._allowed.get(model)
         if known is None:
-            known = not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+            known = allows(self.models, model)
             if len(self._allowed) < 1024:  # names a client sends: bounded
                 self._allowed[model] = known
         return known

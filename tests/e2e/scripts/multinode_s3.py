@@ -122,11 +122,14 @@ def main() -> int:
         rows = [[0.0] * 64]
         body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": rows[0]}]}
 
+        made = []  # every request's status
+
         def served_versions(n: int) -> list:
             out = []
             for _ in range(n):
                 r = requests.post(f"{result.endpoint}/v2/models/digits/infer", json=body, timeout=30)
                 out.append((r.status_code, r.headers.get("x-maas-model-version")))
+                made.append(r.status_code)
             return out
 
         before = served_versions(6)
@@ -137,6 +140,9 @@ def main() -> int:
             if all(v == other.ref for _, v in after):
                 break
             time.sleep(0.3)
+        deadline = time.time() + 30  # the replicas meter usage into the bucket, each every second
+        while time.time() < deadline and sum(u.requests for u in reg.usage(since=None)) < len(made):
+            time.sleep(0.5)
         listing = [i.path for i in fs.get_file_info(pafs.FileSelector(run_root, recursive=True))]
         caches = {d.name: sorted(str(p.relative_to(d)) for p in d.rglob("*")
                                  if p.is_file() and not p.name.startswith("."))
@@ -146,7 +152,8 @@ def main() -> int:
             "val_accuracy": result.best_val_accuracy, "promoted": promoted.ref, "other": other.ref,
             "before": before, "after": after, "run_files": [x[len(run_root) + 1:] for x in listing],
             "caches": caches,
-            "history_of_alias": reg.alias_history("digits")}, default=str), flush=True)
+            "history_of_alias": reg.alias_history("digits"), "made": made,
+            "usage": [u.to_dict() for u in reg.usage(since=None)]}, default=str), flush=True)
         return 0
     finally:
         try:

@@ -104,7 +104,8 @@ class BatchHandlers:
             here = ", ".join(f"{n} ({m.primary.mv.task})" for n, m in self.host.models.items() if m.primary)
             raise ProtocolError(400, f"no model served here answers {endpoint}; served: {here or 'none'}")
         obj = new_batch(endpoint, source["id"], window, metadata, owner)
-        run = {"served": served, "denied": denied, "llm": self.host.llm.model_dump(), "launches": 0}
+        run = {"served": served, "denied": denied, "llm": self.host.llm.model_dump(), "launches": 0,
+               "key": caller.name}  # its usage is metered under the key's name when it ends
         await asyncio.to_thread(self.files.put_batch, obj)
         obj = await asyncio.to_thread(launch, self.files, obj, run)
         return JSONResponse(public(obj))
