@@ -65,6 +65,7 @@ class UsageWriter:
         self.totals: dict = {}  # hour -> {(key, model, version): [requests, errors, prompt, completion, rows]}
         self.dirty: set = set()
         self.pos: list = [0, 0]  # [journal generation, offset] the totals include up to
+        self.position = lambda: list(self.pos)  # read under ``lock`` when the totals are taken (a meter's own)
         self.written: list = [0, 0]  # the position the store holds everything up to
         self.lock = threading.Lock()
 
@@ -76,7 +77,13 @@ class UsageWriter:
     def add_locked(self, hour: str, key: Optional[str], model: str, version: str, status: int, rows: int,
                    prompt_tokens: int, completion_tokens: int) -> None:
         """``add`` with ``lock`` held by the caller (who may move ``pos`` under the same lock)."""
-        row = self.totals.setdefault(hour, {}).setdefault((key or ANONYMOUS, model, version), [0] * 5)
+        per_key = self.totals.get(hour)
+        if per_key is None:
+            per_key = self.totals[hour] = {}
+        k = (key or ANONYMOUS, model, version)
+        row = per_key.get(k)
+        if row is None:  # (setdefault would make the default list on every call)
+            row = per_key[k] = [0] * 5
         row[0] += 1
         row[1] += status >= 400
         row[2] += prompt_tokens
@@ -99,7 +106,7 @@ class UsageWriter:
         with self.lock:
             hours, self.dirty = self.dirty, set()
             snapshot = {h: {k: list(v) for k, v in self.totals[h].items()} for h in hours}
-            pos = list(self.pos)
+            pos = self.position()
             current = hour_of(time.time())
             for h in hours:
                 if h < current:
