@@ -29,7 +29,7 @@ def run(ray_session, tmp_path_factory):
                  "split": {"train": 0.7, "val": 0.1, "test": 0.2},
                  "ops": [{"tokenize": {"column": "text", "max_length": 20}}]},
         "model": {"name": "topics", "arch": "minilm_classifier"},
-        "train": {"num_workers": 2, "epochs": 2, "batch_size": 32, "learning_rate": 2e-4, "lr_schedule": "cosine",
+        "train": {"num_workers": 2, "epochs": 4, "batch_size": 32, "learning_rate": 2e-4, "lr_schedule": "cosine",
                   "warmup_fraction": 0.1, "max_grad_norm": 1.0, "checkpoint_every_epochs": 1},
         "compress": {"methods": ["int8_dynamic"], "max_accuracy_drop": 0.05, "latency_runs": 20},
         "deploy": {"port": free_port()},

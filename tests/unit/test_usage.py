@@ -219,3 +219,29 @@ def test_a_batch_is_metered_a_line_a_request_under_its_key_and_once_however_ofte
     hour = usage.hour_of(obj["created_at"])
     assert got == [(hour, "team", "-", "-", 2, 2, 0, 0, 0), (hour, "team", "minilm", "2", 1, 0, 9, 0, 2),
                    (hour, "team", "tiny", "3", 2, 0, 8, 12, 2)]
+
+
+def test_a_limiter_that_does_not_answer_is_a_503_at_once_for_every_request_queued_behind_it():
+    import asyncio
+
+    from maas.serve.errors import ProtocolError
+    from maas.serve.limits import UNCHECKED, Limits
+    from maas.serve.tenancy import Caller
+
+    now, asked = [1_000.0], []
+
+    async def lease(*args):
+        asked.append(args)
+        raise ProtocolError(503, UNCHECKED, {"retry-after": "5"})  # what limiter_lease raises on its timeout
+
+    limits = Limits(lease, clock=lambda: now[0])
+    team = Caller("team", (), "d", (("rpm", 10, "d:rpm"),))
+
+    async def many():
+        return await asyncio.gather(*(limits.admit(team) for _ in range(5)), return_exceptions=True)
+
+    answers = asyncio.run(many())
+    assert all(isinstance(a, ProtocolError) and a.status == 503 for a in answers) and len(asked) == 1
+    now[0] += 6  # asked again once the pause is over
+    asyncio.run(many())
+    assert len(asked) == 2

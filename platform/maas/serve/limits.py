@@ -32,6 +32,9 @@ WORDS = {"rpm": "requests per minute", "requests_per_day": "requests per day", "
 TOKEN_KINDS = frozenset({"tpm", "tokens_per_day"})
 SHARE = 20  # a lease is 1/SHARE of the limit: the most a replica can hold unspent is that
 NAMESPACE, NAME = "maas-limits", "maas-limiter"
+LEASE_TIMEOUT_S = 10.0
+UNCHECKED = (f"the API key's limits cannot be checked now (the cluster's limiter did not answer within "
+             f"{LEASE_TIMEOUT_S:g} s); try again")
 
 
 class Limiter:
@@ -51,14 +54,22 @@ class Limiter:
 
 def limiter_lease() -> Callable[..., Awaitable[int]]:
     """``lease`` of the cluster's one Limiter actor, made on first use (detached, no CPU, restarted if lost:
-    a restarted one starts from zero, so a window in progress may admit up to its limit again)."""
+    a restarted one starts from zero, so a window in progress may admit up to its limit again). It is placed
+    outside the placement group of the replica that makes it (Serve has an engine replica's children join
+    its group): it must outlive that replica, and a group removed with its application would leave it
+    unschedulable, every lease waiting on it. A lease that takes over ``LEASE_TIMEOUT_S`` is a 503."""
     import ray
 
     actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Limiter).options(
-        name=NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+        name=NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        scheduling_strategy="DEFAULT").remote()
 
     async def lease(bucket: str, window: int, limit: int, want: int) -> int:
-        return await actor.lease.remote(bucket, window, limit, want)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(actor.lease.remote(bucket, window, limit, want)
+                                                              .future()), LEASE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ProtocolError(503, UNCHECKED, {"retry-after": "5"}) from None
 
     return lease
 
@@ -68,6 +79,7 @@ class Limits:
 
     def __init__(self, lease: Optional[Callable[..., Awaitable[int]]] = None, clock=time.time):
         self._lease, self._clock = lease, clock
+        self._down_until = 0.0  # after a lease timed out, refuse at once for a few seconds
         self.left: dict = {}
         self._locks: dict = {}
 
@@ -101,10 +113,16 @@ class Limits:
             async with self._locks.setdefault(key[0], asyncio.Lock()):  # one lease call at a time per bucket
                 left = self.left.get(key, 0)
                 if left < need:
+                    if self._clock() < self._down_until:  # the limiter did not answer just now: no queue behind it
+                        raise ProtocolError(503, UNCHECKED, {"retry-after": "5"})
                     if self._lease is None:
                         self._lease = limiter_lease()
                     want = max(math.ceil(limit / SHARE), need - left)  # a debt is paid first
-                    granted = await self._lease(key[0], window, limit, want)
+                    try:
+                        granted = await self._lease(key[0], window, limit, want)
+                    except ProtocolError:
+                        self._down_until = self._clock() + 5
+                        raise
                     self.left = {k: v for k, v in self.left.items() if k[1] >= window or k[0] != key[0]}
                     self.left[key] = self.left.get(key, 0) + granted
         if self.left.get(key, 0) < need:
