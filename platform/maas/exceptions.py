@@ -33,6 +33,15 @@ class RegistryError(MaasError):
     """A registry operation failed: unknown model, version or alias, or a bad reference."""
 
 
+class NotFoundError(RegistryError):
+    """What a registry operation names is not there: a model, a version, an API key (HTTP's 404)."""
+
+
+class ConflictError(RegistryError):
+    """A registry write lost to the store's state: a name taken, an alias moved meanwhile, a version an alias
+    points at (HTTP's 409)."""
+
+
 class IntegrityError(RegistryError):
     """An artifact's bytes do not match the checksum recorded when it was published."""
 

@@ -205,7 +205,6 @@ def test_a_batch_is_metered_a_line_a_request_under_its_key_and_once_however_ofte
     from maas.serve.protocols.openai.files import BatchStore
 
     bs = BatchStore(str(tmp_path / "store"))
-    bs.put_run("batch_1", {"key": "team", "launches": 1})
     obj = {"id": "batch_1", "created_at": int(time.time()) - 7200}  # metered in the hour it was made
     chat = {"response": {"status_code": 200, "body": {"model": "tiny", "system_fingerprint": "tiny/3",
                                                       "usage": {"prompt_tokens": 4, "completion_tokens": 6}}}}
@@ -213,7 +212,7 @@ def test_a_batch_is_metered_a_line_a_request_under_its_key_and_once_however_ofte
                                                      "usage": {"prompt_tokens": 9, "total_tokens": 9}}}}
     errors = [error_line("x", 400, "bad"), expired_line("y")]
     for _ in range(2):  # a run launched again ends again: the same writer, the same object
-        meter(bs, obj, [chat, chat, emb], errors)
+        meter(bs, obj, [chat, chat, emb], errors, "team")  # the key's name from the run's file
     got = [(u.hour, u.key, u.model, u.version, u.requests, u.errors, u.prompt_tokens, u.completion_tokens, u.rows)
            for u in usage.read(open_store(bs.store), None)]
     hour = usage.hour_of(obj["created_at"])

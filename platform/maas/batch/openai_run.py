@@ -218,7 +218,7 @@ def _run(bs: BatchStore, obj: dict, run: dict) -> dict:
     if status == "expired":
         ended = {ln["custom_id"] for ln in outputs + errors}
         errors += [expired_line(cid) for cid in asked if cid not in ended]
-    return _finish(bs, batch_id, status, outputs, errors)
+    return _finish(bs, batch_id, status, outputs, errors, run.get("key"))
 
 
 def _run_model(bs: BatchStore, obj: dict, work: str, ref: str, rows: list, llm: Optional[dict]):
@@ -264,8 +264,10 @@ def _check_stop(bs: BatchStore, obj: dict) -> None:
         raise Stopped("expired")
 
 
-def _finish(bs: BatchStore, batch_id: str, status: str, outputs: list, errors: list) -> dict:
-    """Write the output and error files (OpenAI's: JSON Lines, one line per request) and end the batch."""
+def _finish(bs: BatchStore, batch_id: str, status: str, outputs: list, errors: list,
+            key: Optional[str]) -> dict:
+    """Write the output and error files (OpenAI's: JSON Lines, one line per request), meter them under
+    ``key`` (the API key's name that made the batch) and end the batch."""
     now = int(time.time())
     obj = bs.update(batch_id, status="finalizing", finalizing_at=now) if status == "completed" else \
         bs.batch(None, batch_id)
@@ -277,12 +279,12 @@ def _finish(bs: BatchStore, batch_id: str, status: str, outputs: list, errors: l
             files[key] = bs.put_file(owner, f"{batch_id}_{key[:-8]}.jsonl", "batch_output", data)["id"]
     counts = {"total": (obj.get("request_counts") or {}).get("total", 0), "completed": len(outputs),
               "failed": len(errors)}
-    meter(bs, obj, outputs, errors)
+    meter(bs, obj, outputs, errors, key)
     return bs.update(batch_id, status=status, request_counts=counts, **files,
                      **{f"{status}_at": int(time.time())})
 
 
-def meter(bs: BatchStore, obj: dict, outputs: list, errors: list) -> None:
+def meter(bs: BatchStore, obj: dict, outputs: list, errors: list, key: Optional[str]) -> None:
     """The batch's usage, as the endpoint meters a request (``maas.registry.usage``): a line a request, under
     the key that made the batch, in the hour it was made. One writer per batch, written whole: a run that
     ends twice (launched again after a lost run) writes the same object, never counts twice."""
@@ -290,7 +292,7 @@ def meter(bs: BatchStore, obj: dict, outputs: list, errors: list) -> None:
     from maas.registry.usage import UsageWriter
 
     writer = UsageWriter(open_store(bs.store), f"batch-{obj['id']}")
-    key, t = (bs.run_args(obj["id"]) or {}).get("key"), float(obj["created_at"])
+    t = float(obj["created_at"])
     for line in outputs:
         body = line["response"]["body"]
         name, _, version = str(body.get("system_fingerprint") or body.get("model") or "-").partition("/")

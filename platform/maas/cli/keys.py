@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 
 from maas.cli.jobs import _say
 from maas.exceptions import MaasError
-
-_DURATION = re.compile(r"([0-9]+)([mhdw])")
-_UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def add_parser(sub, default_store: str, store_help: str) -> None:
@@ -53,11 +49,13 @@ def expires_at(text, now: float | None = None) -> float | None:
     if text is None:
         return None
     now = time.time() if now is None else now
-    m = _DURATION.fullmatch(text.strip())
-    if m:
-        if int(m.group(1)) == 0:
-            raise MaasError(f"--expires {text}: a duration must be at least 1{m.group(2)}")
-        return now + int(m.group(1)) * _UNIT_S[m.group(2)]
+    from maas.registry.usage import duration_s
+
+    seconds = duration_s(text)
+    if seconds is not None:
+        if seconds == 0:
+            raise MaasError(f"--expires {text}: a duration must be at least 1 minute")
+        return now + seconds
     import calendar
 
     for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"):

@@ -31,8 +31,7 @@ def cmd_usage(args) -> int:
     if not args.hourly:
         rows = usage.totals(rows)
     if args.json:
-        _say(json.dumps([u.to_dict() if args.hourly else {k: v for k, v in u.to_dict().items() if k != "hour"}
-                         for u in rows], indent=2))
+        _say(json.dumps([u.to_dict(args.hourly) for u in rows], indent=2))
         return 0
     if not rows:
         _say(f"no usage in {args.store} since {args.since}" + (f" for key {args.key!r}" if args.key else "") +

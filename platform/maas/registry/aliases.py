@@ -17,7 +17,7 @@ import re
 import time
 from typing import Any, Optional
 
-from maas.exceptions import RegistryError
+from maas.exceptions import ConflictError, RegistryError
 from maas.registry.objects import Store
 
 UNCHECKED: Any = object()  # a move that only requires the alias not to change while it is being written
@@ -78,7 +78,7 @@ def move(store: Store, name: str, alias: str, version: Optional[int], expected: 
     if expected is not UNCHECKED and now != expected:
         last = moves[-1] if moves else {}
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.get("at", 0)))
-        raise RegistryError(
+        raise ConflictError(
             f"{name}@{alias} points at {_or(now, 'nothing')}, not {_or(expected, 'nothing')} as this move expected "
             f"(moved by {last.get('by', '?')} at {when}); not overwriting it. To move it anyway: "
             f"maas models alias {name} {alias} {_or(version, '--delete')} --expect {_or(now, 'none')}")
@@ -87,7 +87,7 @@ def move(store: Store, name: str, alias: str, version: Optional[int], expected: 
     if reason:
         record["reason"] = reason
     if not store.create(f"models/{name}/aliases/{alias}/{seq:010d}.json", json.dumps(record).encode()):
-        raise RegistryError(f"{name}@{alias} was moved by someone else while this move was being written; "
+        raise ConflictError(f"{name}@{alias} was moved by someone else while this move was being written; "
                             f"nothing was changed. See `maas models alias {name}` and try again")
     return {**record, "seq": seq}
 

@@ -17,7 +17,7 @@ import json
 import time
 from typing import Callable, Optional
 
-from maas.exceptions import RegistryError
+from maas.exceptions import ConflictError, RegistryError
 from maas.registry import aliases as alias_log
 
 DELETED = "deleted.json"
@@ -50,7 +50,7 @@ def delete(store, mv, aliases_of: Callable[[str], dict], by: str, reason: Option
     name, version = mv.name, mv.version
     pointing = _pointing(aliases_of, name, version)
     if pointing:
-        raise RegistryError(f"{mv.ref} is what {', '.join(f'{name}@{a}' for a in pointing)} points at; move the "
+        raise ConflictError(f"{mv.ref} is what {', '.join(f'{name}@{a}' for a in pointing)} points at; move the "
                             f"alias to another version first (maas models alias {name} {pointing[0]} VERSION), "
                             f"or remove it (maas models alias {name} {pointing[0]} --delete)")
     body = json.dumps({"at": time.time(), "by": by, "reason": reason.strip() if reason else None}).encode()

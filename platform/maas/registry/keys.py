@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from maas.exceptions import RegistryError
+from maas.exceptions import ConflictError, NotFoundError, RegistryError
 from maas.registry.objects import Store
 
 PREFIX = "keys"
@@ -125,7 +125,7 @@ def create(store: Store, name: str, models: list, expires_at: Optional[float], b
     key = ApiKey(name, digest(secret), secret[:12], check_models(list(models)), now, expires_at, by=by, at=now,
                  admin=admin is True, **limits)
     if not store.create(_record(name, 1), json.dumps(key.to_dict()).encode()):
-        raise RegistryError(f"an API key named {name!r} exists: `maas keys rotate {name}` gives it a new secret, "
+        raise ConflictError(f"an API key named {name!r} exists: `maas keys rotate {name}` gives it a new secret, "
                             "or pick another name")
     return key, secret
 
@@ -150,7 +150,7 @@ def _append(store: Store, key: ApiKey, by: str, change: str, **fields) -> ApiKey
     now = time.time()
     new = ApiKey(**{**key.to_dict(), **fields, "change": change, "by": by, "at": now, "seq": key.seq + 1})
     if not store.create(_record(key.name, new.seq), json.dumps(new.to_dict()).encode()):
-        raise RegistryError(f"API key {key.name!r} changed while this command ran; run it again")
+        raise ConflictError(f"API key {key.name!r} changed while this command ran; run it again")
     return new
 
 
@@ -162,14 +162,14 @@ def get(store: Store, name: str) -> ApiKey:
     """
     found = _listing(store, check_name(name)).get(name)
     if not found:
-        raise RegistryError(f"no API key named {name!r} in {store.uri}; `maas keys list` shows them")
+        raise NotFoundError(f"no API key named {name!r} in {store.uri}; `maas keys list` shows them")
     return load(store, found[-1][1])
 
 
 def history(store: Store, name: str) -> list[ApiKey]:
     found = _listing(store, check_name(name)).get(name)
     if not found:
-        raise RegistryError(f"no API key named {name!r} in {store.uri}; `maas keys list` shows them")
+        raise NotFoundError(f"no API key named {name!r} in {store.uri}; `maas keys list` shows them")
     return [load(store, k) for _, k in found]
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 
 from pydantic import ValidationError
 
-from maas.exceptions import IntegrityError, RegistryError
+from maas.exceptions import IntegrityError, NotFoundError, RegistryError
 from maas.models.tasks import TASKS, task_from_signature
 from maas.registry import aliases as alias_log
 from maas.registry import deletion
@@ -140,8 +140,8 @@ class Registry:
         if raw is None:
             known = self._version_numbers(name)
             if not known:
-                raise RegistryError(f"no model named {name!r} in {self.uri} (see `maas models list`)")
-            raise RegistryError(f"model {name!r} has no version {version}; versions: {known}")
+                raise NotFoundError(f"no model named {name!r} in {self.uri} (see `maas models list`)")
+            raise NotFoundError(f"model {name!r} has no version {version}; versions: {known}")
         where = f"{self.location}/{key}"
         try:
             mv = ModelVersion.model_validate(json.loads(raw.decode()))
@@ -187,13 +187,13 @@ class Registry:
         if alias is not None:
             if alias not in aliases:
                 if not self._version_numbers(name):
-                    raise RegistryError(f"no model named {name!r} in {self.uri} (see `maas models list`)")
-                raise RegistryError(f"model {name!r} has no alias {alias!r}; aliases: {sorted(aliases) or 'none'}")
+                    raise NotFoundError(f"no model named {name!r} in {self.uri} (see `maas models list`)")
+                raise NotFoundError(f"model {name!r} has no alias {alias!r}; aliases: {sorted(aliases) or 'none'}")
             version = aliases[alias]
         if version is None:
             known = self._version_numbers(name)
             if not known:
-                raise RegistryError(f"no model named {name!r} in {self.uri} (see `maas models list`)")
+                raise NotFoundError(f"no model named {name!r} in {self.uri} (see `maas models list`)")
             version = known[-1]
         return self._with_aliases(self._manifest(name, version), aliases)
 
@@ -298,7 +298,7 @@ class Registry:
         ModelVersion.check_name(name)
         ModelVersion.check_name(alias, what="alias")
         if alias not in self.aliases(name):
-            raise RegistryError(f"model {name!r} has no alias {alias!r}")
+            raise NotFoundError(f"model {name!r} has no alias {alias!r}")
         return alias_log.move(self.store, name, alias, None, expected, by or _who())
 
     def delete_version(self, name: str, version: int, *, by: Optional[str] = None,

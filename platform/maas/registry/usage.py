@@ -49,8 +49,12 @@ class Usage:
     completion_tokens: int = 0
     rows: int = 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, hourly: bool = True) -> dict:
+        """The row as JSON answers it; without its ``hour`` when it is a total of several (``totals``)."""
+        row = asdict(self)
+        if not hourly:
+            del row["hour"]
+        return row
 
 
 class UsageWriter:
@@ -134,6 +138,17 @@ class UsageWriter:
                 now[k] = v
 
 
+_DURATION = re.compile(r"([0-9]+)([mhdw])")
+_UNIT_S = {"m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def duration_s(text: str) -> Optional[int]:
+    """A duration as ``--since`` and ``--expires`` take it ("90m", "24h", "7d", "4w") in seconds, or None
+    when ``text`` is not one."""
+    match = _DURATION.fullmatch(text.strip())
+    return int(match.group(1)) * _UNIT_S[match.group(2)] if match else None
+
+
 def _parse_since(since) -> Optional[str]:
     """``since``: None, unix seconds, a duration ("24h", "7d", "90m") or a UTC date or hour
     ("2026-12-07", "2026-12-07T15") -> the first hour to read."""
@@ -142,15 +157,14 @@ def _parse_since(since) -> Optional[str]:
     if isinstance(since, (int, float)) and not isinstance(since, bool):
         return hour_of(float(since))
     text = str(since).strip()
-    match = re.fullmatch(r"([0-9]+)([mhd])", text)
-    if match:
-        seconds = int(match.group(1)) * {"m": 60, "h": 3600, "d": 86_400}[match.group(2)]
+    seconds = duration_s(text)
+    if seconds is not None:
         return hour_of(time.time() - seconds)
     if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
         text += "T00"
     if _HOUR.fullmatch(text):
         return text
-    raise RegistryError(f"--since {since!r}: give a duration (90m, 24h, 7d) or a UTC date or hour (2026-12-07, "
+    raise RegistryError(f"--since {since!r}: give a duration (90m, 24h, 7d, 4w) or a UTC date or hour (2026-12-07, "
                         "2026-12-07T15)")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from maas.exceptions import RegistryError
+from maas.exceptions import NotFoundError, RegistryError
 from maas.registry.model_version import ModelVersion
 
 # the figure a version is known by, in this order of preference (classifiers, LMs, encoders)
@@ -47,7 +47,7 @@ def select(registry, name: Optional[str] = None, *, status: Optional[str] = None
         raise RegistryError(f"--limit must be at least 1, got {limit}")
     names = registry.list_models() if name is None else [name]
     if name is not None and name not in registry.list_models():
-        raise RegistryError(f"no model named {name!r} in {registry.location} (see `maas models list`)")
+        raise NotFoundError(f"no model named {name!r} in {registry.location} (see `maas models list`)")
     versions = [mv for n in names for mv in registry.list_versions(n)
                 if (status is None or mv.status == status) and (alias is None or alias in mv.aliases)]
     return _sorted(versions, sort, reverse)[:limit]

@@ -19,7 +19,7 @@ import json
 
 from starlette.requests import Request
 
-from maas.exceptions import RegistryError
+from maas.exceptions import ConflictError, NotFoundError, RegistryError
 from maas.serve.errors import ProtocolError
 from maas.serve.http import JSONResponse, read_body
 from maas.serve.protocols.oip.codec import json_object
@@ -37,12 +37,7 @@ def _record(key) -> dict:
 
 
 def _status(err: RegistryError) -> int:
-    text = str(err)
-    if text.startswith("no API key named") or text.startswith("no model named") or "has no version" in text:
-        return 404
-    if " exists" in text or "points at" in text or "moved by someone else" in text:
-        return 409
-    return 400
+    return 404 if isinstance(err, NotFoundError) else 409 if isinstance(err, ConflictError) else 400
 
 
 def _fields(body: dict, allowed: dict, required: tuple = ()) -> dict:
@@ -99,7 +94,7 @@ class AdminHandlers:
         hourly = q.get("hourly", "false").lower() in ("1", "true", "yes")
         rows = await self._store(usage.read, self.host.registry.store, q.get("since", "24h"), key, q.get("model"))
         rows = rows if hourly else usage.totals(rows)
-        data = [u.to_dict() if hourly else {k: v for k, v in u.to_dict().items() if k != "hour"} for u in rows]
+        data = [u.to_dict(hourly) for u in rows]
         return JSONResponse({"object": "list", "data": data})
 
     async def list_keys(self, request: Request) -> JSONResponse:

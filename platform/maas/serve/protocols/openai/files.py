@@ -17,6 +17,7 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 
+from maas.registry.objects import open_store
 from maas.storage import open_uri
 
 OWNER = "maas_owner"
@@ -41,6 +42,7 @@ class BatchStore:
         self.store = store
         self.fs, root = open_uri(store)
         self.root = f"{root.rstrip('/')}/openai"
+        self.objects = open_store(store)
 
     def uri(self, rel: str) -> str:
         """The URI of ``rel`` under ``{store}/openai`` (a batch's working folder: ``maas batch`` reads it)."""
@@ -122,16 +124,8 @@ class BatchStore:
 
     # ---- bytes
     def write(self, rel: str, data: bytes) -> None:
-        path = f"{self.root}/{rel}"
-        if isinstance(self.fs, pafs.LocalFileSystem):  # whole or not at all: a temporary name, then a move
-            self.fs.create_dir(path.rpartition("/")[0], recursive=True)
-            tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
-            self.fs.move(tmp, path)
-        else:  # an object store's put is whole
-            with self.fs.open_output_stream(path) as f:
-                f.write(data)
+        """Write ``rel`` whole or not at all: the store's put (a local one stages it beside and renames)."""
+        self.objects.put(f"openai/{rel}", data)
 
     def _read(self, rel: str) -> bytes:
         with self.fs.open_input_stream(f"{self.root}/{rel}") as f:
