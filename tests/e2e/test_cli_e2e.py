@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def _wait_for_line(proc, needle, timeout):
             break
         lines.append(line)
         if needle in line:
+            # drained from here on: a pipe nobody reads fills (64 KiB) and blocks the process that writes it
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return "".join(lines)
     raise AssertionError(f"never saw {needle!r}; output:\n{''.join(lines)}")
 
@@ -249,8 +252,11 @@ def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
     config["controller_options"]["runtime_env"]["env_vars"].update(haproxy_env)
     config["applications"][0]["args"] = {"model": "tiny", "alias": "production", "store": str(tmp_path / "store")}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    # its output to a file: `serve run` streams every Ray worker's log lines, and a pipe nobody reads while
+    # the test waits fills (64 KiB) and blocks it mid-start (CI's "not ready in time", once)
+    log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(tmp_path / "serve.yaml")],
-                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, ok = time.time() + 180, False
         while time.time() < deadline and proc.poll() is None:
@@ -261,7 +267,8 @@ def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
             if ok:
                 break
             time.sleep(1)
-        assert ok, proc.stdout.read() if proc.poll() is not None else "not ready in time"
+        assert ok, f"{'exited' if proc.poll() is not None else 'not ready in 180 s'}:\n" \
+                   f"{(tmp_path / 'serve.log').read_text()[-6000:]}"
         body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
         r = requests.post(f"http://127.0.0.1:{port}/v2/models/tiny/infer", json=body, timeout=30)
         assert r.status_code == 200 and r.headers["x-maas-model-version"] == "tiny/1"
@@ -280,6 +287,7 @@ def test_plain_serve_cli_runs_the_serve_app_config(tmp_path):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
         _end_haproxies(Path(haproxy_env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent)
 
 
