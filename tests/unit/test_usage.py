@@ -6,6 +6,7 @@ admit while tokens are left and spend a request's tokens as they come."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -69,7 +70,7 @@ def test_hostile_usage_objects_are_skipped_whole_and_bad_arguments_are_named(tmp
 
 def test_a_meter_writes_off_the_request_path_and_keeps_what_the_store_refused(tmp_path):
     from maas.registry import usage
-    from maas.serve.metering import UsageMeter
+    from maas.serve.metering import UsageMeter, journal_dir
     from tests.waiting import wait_until
 
     meter = UsageMeter(str(tmp_path / "store"), interval_s=0.05, writer="r1")
@@ -94,6 +95,7 @@ def test_a_meter_writes_off_the_request_path_and_keeps_what_the_store_refused(tm
     finally:
         meter.close()
     assert [(u.requests, u.errors, u.rows) for u in usage.read(meter.writer.store)] == [(102, 1, 301)]
+    assert not os.path.exists(journal_dir(str(tmp_path / "store")))  # its journal and folder went with it
 
 
 def test_token_limits_admit_while_tokens_are_left_and_a_replica_in_debt_pays_it_before_admitting_again():

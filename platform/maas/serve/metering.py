@@ -70,7 +70,14 @@ class Journal:
         return os.path.join(self.folder, f"{self.writer}.{gen:06d}.jnl")
 
     def _open(self) -> None:
-        self.fd = os.open(self._path(self.gen), os.O_RDWR | os.O_CREAT, 0o600)
+        for attempt in range(3):
+            try:
+                self.fd = os.open(self._path(self.gen), os.O_RDWR | os.O_CREAT, 0o600)
+                break
+            except FileNotFoundError:  # the folder, removed by another writer's close as it became empty
+                if attempt == 2:
+                    raise
+                os.makedirs(self.folder, exist_ok=True)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.ftruncate(self.fd, JOURNAL_MAX)
         self.map = mmap.mmap(self.fd, JOURNAL_MAX)  # shared: what is copied in is the file's
@@ -106,6 +113,11 @@ class Journal:
             mapped.close()
             os.close(fd)
         self.old, self.fd, self.map = [], -1, None
+        if delete:
+            try:
+                os.rmdir(self.folder)  # the store's folder goes with its last journal (a test's store: many)
+            except OSError:  # another writer's journals are in it
+                pass
 
 
 class UsageMeter:
