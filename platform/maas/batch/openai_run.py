@@ -273,10 +273,10 @@ def _finish(bs: BatchStore, batch_id: str, status: str, outputs: list, errors: l
         bs.batch(None, batch_id)
     owner = obj["maas_owner"]
     files = {}
-    for key, lines in (("output_file_id", outputs), ("error_file_id", errors)):
+    for field, lines in (("output_file_id", outputs), ("error_file_id", errors)):
         if lines:
             data = "".join(json.dumps(ln) + "\n" for ln in lines).encode()
-            files[key] = bs.put_file(owner, f"{batch_id}_{key[:-8]}.jsonl", "batch_output", data)["id"]
+            files[field] = bs.put_file(owner, f"{batch_id}_{field[:-8]}.jsonl", "batch_output", data)["id"]
     counts = {"total": (obj.get("request_counts") or {}).get("total", 0), "completed": len(outputs),
               "failed": len(errors)}
     meter(bs, obj, outputs, errors, key)
