@@ -275,3 +275,18 @@ def test_every_variant_is_batch_invariant_but_per_tensor_int8(minilm, tmp_path):
         found[final] = batch_variance(predictor, texts, predictor(texts[::-1])[::-1], probes=4)
     assert all(found[f] <= 1e-5 for f in ("fp32", "fp16", "torchao_w8a8", "onnx_int8")), found
     assert found["onnx_int8_per_tensor"] > 1e-4, found
+    # onnx_int8's graph: every weight's MatMul an int8 GEMM on rows quantized once per input (Q, K and V share
+    # theirs), no fp32 GEMM with a weight left, no MatMulNBits; its vectors are fp32's within int8's error
+    import numpy as np
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "onnx_int8" / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    weights = {i.name for i in graph.initializer}
+    assert ops.count("MatMulIntegerToFloat") == 6 * 6 and "MatMulNBits" not in ops  # 6 layers: q k v o in out
+    assert ops.count("QuantizeLinear") == 6 * 4 and ops.count("DynamicQuantizeLinear") == 0
+    assert not [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    a = EncoderPredictor(tmp_path / "onnx_int8", "onnxruntime")(texts)
+    b = EncoderPredictor(parent, "torch")(texts)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.98 and cos.mean() > 0.99, cos

@@ -14,8 +14,8 @@ final step                runtime         artifact
 ``torchao_w8a8``          torchao         same, int8 dynamic activations x int8 weights
 ``torchao_int4_weight``   torchao         same, int4 weight-only, groups of 32
 ``onnx_fp32``             onnxruntime     model.onnx (fp32)
-``onnx_int8``             onnxruntime     model.onnx, MatMulNBits int8: weights per channel and block of 32,
-                                          activations per row and block (batch-invariant)
+``onnx_int8``             onnxruntime     model.onnx, int8 GEMMs: weights per channel (7 bits), activations
+                                          per row (batch-invariant; ~2x fp32 at batch 64)
 ``onnx_int8_per_tensor``  onnxruntime     model.onnx, dynamic int8: weights per channel, one activation
                                           scale per input tensor (fastest on CPU; a text's vector depends
                                           on its batch, so the default gate rejects it)
