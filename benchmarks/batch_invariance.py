@@ -61,7 +61,7 @@ def attention_table(texts: list[str], seconds: float = 3.0) -> str:
 def main(argv: list[str]) -> int:
     from maas.compress.report import markdown_table
     from maas.data.corpus import load_corpus
-    from maas.pipelines.encoder import run_encoder_pipeline
+    from maas.pipelines.encoder import run as run_encoder_pipeline
     from maas.runtime import ensure_ray
     from maas.spec import load_spec
 

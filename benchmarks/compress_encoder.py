@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main(argv: list[str]) -> int:
     from maas.compress.report import markdown_table
-    from maas.pipelines.encoder import run_encoder_pipeline
+    from maas.pipelines.encoder import run as run_encoder_pipeline
     from maas.runtime import ensure_ray
     from maas.spec import load_spec
 

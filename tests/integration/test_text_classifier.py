@@ -31,7 +31,7 @@ def run(ray_session, tmp_path_factory):
         "model": {"name": "topics", "arch": "minilm_classifier"},
         "train": {"num_workers": 2, "epochs": 4, "batch_size": 32, "learning_rate": 2e-4, "lr_schedule": "cosine",
                   "warmup_fraction": 0.1, "max_grad_norm": 1.0, "checkpoint_every_epochs": 1},
-        "compress": {"methods": ["int8_dynamic"], "max_accuracy_drop": 0.05, "latency_runs": 20},
+        "compress": {"methods": ["int8_rowwise"], "max_accuracy_drop": 0.05, "latency_runs": 20},
         "deploy": {"port": free_port()},
     })
     result = run_pipeline(spec, serve=True)
@@ -44,17 +44,17 @@ def run(ray_session, tmp_path_factory):
 def test_fine_tuned_head_classifies_real_text_and_int8_is_gated(run):
     result, registry = run["result"], run["registry"]
     by = {v["method"]: v for v in result.variants}
-    fp32, int8 = by["fp32"]["metrics"], by["int8_dynamic"]["metrics"]
+    fp32, int8 = by["fp32"]["metrics"], by["int8_rowwise"]["metrics"]
     assert fp32["test_accuracy"] > 0.7  # two packages' docstrings: chance is 0.5
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert int8["size_bytes"] < fp32["size_bytes"] / 3
     gate_ok = fp32["test_accuracy"] - int8["test_accuracy"] <= 0.05
-    assert by["int8_dynamic"]["passed"] == gate_ok
+    assert by["int8_rowwise"]["passed"] == gate_ok
     mv = registry.resolve(by["fp32"]["ref"])
     assert mv.signature["task"] == "text-classification" and mv.signature["classes"] == ["numpy", "pandas"]
-    assert mv.task == registry.resolve(by["int8_dynamic"]["ref"]).task == "classify_text"
+    assert mv.task == registry.resolve(by["int8_rowwise"]["ref"]).task == "classify_text"
     assert {"model.safetensors", "model.json", "tokenizer.json", "model.onnx"} <= set(mv.files)
-    assert set(registry.resolve(by["int8_dynamic"]["ref"]).files) >= {"model.onnx", "tokenizer.json", "model.json"}
+    assert set(registry.resolve(by["int8_rowwise"]["ref"]).files) >= {"model.onnx", "tokenizer.json", "model.json"}
 
 
 def test_served_text_classifier_answers_text(run):

@@ -61,6 +61,32 @@ def test_onnx_export_and_int8_quantization_agree_with_torch(tmp_path):
     assert np.abs(q_logits - reference).max() < 0.05 * np.abs(torch_logits).max()
 
 
+def test_rowwise_int8_answers_a_row_the_same_in_any_batch_and_close_to_fp32(tmp_path):
+    """int8_rowwise: every Linear (an ONNX Gemm here) an int8 GEMM on rows quantized one by one, so a row's
+    logits are bit for bit the same alone and in any batch (int8_dynamic's one scale per call moves them)."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = build_model({**CONFIG, "hidden_sizes": [256, 64], "mean": [1.0] * 8, "std": [2.0] * 8}).eval()
+    onnx_path = export_onnx(model, 8, tmp_path / "model.onnx")
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32) * 3 + 1
+    x[5] *= 40  # one loud row: a per-call scale coarsens every other row's steps
+    torch_logits = TorchPredictor(model)(x)
+    row, dyn = compress_model(["int8_rowwise", "int8_dynamic"], onnx_path, tmp_path)
+    graph = onnx.load(row.files["model.onnx"]).graph
+    weights = {i.name for i in graph.initializer}
+    assert [n.op_type for n in graph.node].count("MatMulIntegerToFloat") == 3  # 8 -> 256 -> 64 -> 3
+    assert not [n for n in graph.node if n.op_type in ("Gemm", "MatMul") and n.input[1] in weights]
+    for variant, invariant in ((row, True), (dyn, False)):
+        predict = load_predictor(variant.files["model.onnx"].parent, "onnxruntime", "classify")
+        batched, alone = predict(x), np.concatenate([predict(x[i:i + 1]) for i in range(len(x))])
+        assert np.array_equal(batched, alone) == invariant, variant.method
+    logits = load_predictor(row.files["model.onnx"].parent, "onnxruntime", "classify")(x)
+    assert (logits.argmax(1) == torch_logits.argmax(1)).mean() >= 0.95
+    assert np.abs(logits - torch_logits).max() < 0.05 * np.abs(torch_logits).max()
+    assert row.files["model.onnx"].stat().st_size < onnx_path.stat().st_size / 2.5
+
+
 def test_evaluate_reports_accuracy_size_and_latency(model):
     x = np.random.default_rng(1).normal(size=(50, 8)).astype(np.float32)
     predict = TorchPredictor(model)

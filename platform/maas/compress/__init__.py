@@ -8,7 +8,7 @@ from pathlib import Path
 
 from maas.compress.evaluate import evaluate_classifier
 from maas.compress.gate import check_accuracy_gate, check_embedding_gate
-from maas.compress.quantize import quantize_int8_dynamic
+from maas.compress.quantize import quantize_int8_dynamic, quantize_int8_rowwise
 from maas.exceptions import CompressionError
 
 
@@ -28,10 +28,13 @@ def compress_model(methods: list[str], onnx_fp32: Path, workdir: Path) -> list[V
         if method == "int8_dynamic":
             out = quantize_int8_dynamic(onnx_fp32, folder / "model.onnx")
             variants.append(Variant(method, "onnxruntime", {"model.onnx": out}))
+        elif method == "int8_rowwise":
+            out = quantize_int8_rowwise(onnx_fp32, folder / "model.onnx")
+            variants.append(Variant(method, "onnxruntime", {"model.onnx": out}))
         else:
             raise CompressionError(f"unknown compression method {method!r}")
     return variants
 
 
 __all__ = ["Variant", "check_accuracy_gate", "check_embedding_gate", "compress_model", "evaluate_classifier",
-           "quantize_int8_dynamic"]
+           "quantize_int8_dynamic", "quantize_int8_rowwise"]

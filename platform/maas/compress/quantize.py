@@ -36,7 +36,7 @@ def quantize_int8_dynamic(onnx_fp32: str | Path, out_path: str | Path, per_chann
 
 
 def quantize_int8_rowwise(onnx_fp32: str | Path, out_path: str | Path) -> Path:
-    """Batch-invariant int8 at per-tensor speed: every MatMul with a constant 2-D weight becomes an int8 GEMM
+    """Batch-invariant int8 at per-tensor speed: every MatMul or Gemm with a constant 2-D weight becomes an int8 GEMM
     whose activations are quantized **per row** at run time (``_RowwiseInt8``), and the embedding table int8.
 
     Unlike ``quantize_int8_dynamic`` (one activation scale for the whole input tensor, so a row's result
@@ -70,7 +70,8 @@ def quantize_int8_rowwise(onnx_fp32: str | Path, out_path: str | Path) -> Path:
 
 
 class _RowwiseInt8:
-    """The graph rewrite of ``quantize_int8_rowwise``. For ``y = x @ W`` (``x``: [..., K], ``W``: [K, N]):
+    """The graph rewrite of ``quantize_int8_rowwise``. For ``y = x @ W`` (``x``: [..., K], ``W``: [K, N]; a
+    Gemm's bias added after):
 
     - ``W`` -> int8 with a scale per output column, 7 bits of range (``quantize_int8_dynamic``'s
       ``reduce_range`` reason: AVX2's u8 x s8 pair sums saturate 16 bits with 8-bit weights);
@@ -112,21 +113,41 @@ class _RowwiseInt8:
             self.consts[name] = numpy_helper.from_array(np.asarray(value), name)
         return name
 
-    def _rewrite(self, node) -> bool:
+    def _weight(self, node):
+        """(input, W as [K, N], bias name or None) of a MatMul or a plain Gemm (a Linear layer) with a constant
+        2-D weight; None for any other node."""
         import numpy as np
         from onnx import helper, numpy_helper
 
-        if node.op_type != "MatMul" or node.input[1] not in self.weights or node.input[0] in self.weights:
-            return False
+        if node.op_type not in ("MatMul", "Gemm") or node.input[1] not in self.weights or \
+                node.input[0] in self.weights:
+            return None
         w = numpy_helper.to_array(self.weights[node.input[1]]).astype(np.float32)
         if w.ndim != 2:
+            return None
+        if node.op_type == "MatMul":
+            return node.input[0], w, None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or (bias and attrs.get("beta", 1.0) != 1.0):
+            return None
+        return node.input[0], (w.T if attrs.get("transB", 0) else w), bias
+
+    def _rewrite(self, node) -> bool:
+        import numpy as np
+        from onnx import helper
+
+        found = self._weight(node)
+        if found is None:
             return False
-        (k, n), name = w.shape, node.input[1]
+        x, w, bias = found
+        (k, n), name = w.shape, f"{node.input[1]}_rowq8"
         scale = (np.maximum(np.abs(w).max(axis=0), 1e-12) / 63).astype(np.float32)
-        w_q = self._const(f"{name}_rowq8", np.clip(np.round(w / scale), -63, 63).astype(np.int8))
-        w_s = self._const(f"{name}_rowq8_scale", scale)
-        q = self._quantize_rows(node.input[0], k)
+        w_q = self._const(name, np.clip(np.round(w / scale), -63, 63).astype(np.int8))
+        w_s = self._const(f"{name}_scale", scale)
+        q = self._quantize_rows(x, k)
         out = f"{node.output[0]}_rowq8"
+        y = f"{out}_biasless" if bias else node.output[0]
         self.nodes += [
             helper.make_node("MatMulIntegerToFloat", [f"{q}_xq", w_q, self._const("rowq8_one", np.float32(1)), w_s,
                                                       self._const("rowq8_zp_u8", np.uint8(128)),
@@ -135,7 +156,9 @@ class _RowwiseInt8:
             helper.make_node("Mul", [f"{out}_y", f"{q}_scale_col"], [f"{out}_ys"]),
             helper.make_node("Concat", [f"{q}_lead", self._const(f"rowq8_n{n}", np.array([n], np.int64))],
                              [f"{out}_shape"], axis=0),
-            helper.make_node("Reshape", [f"{out}_ys", f"{out}_shape"], [node.output[0]])]
+            helper.make_node("Reshape", [f"{out}_ys", f"{out}_shape"], [y])]
+        if bias:
+            self.nodes.append(helper.make_node("Add", [y, bias], [node.output[0]]))
         return True
 
     def _quantize_rows(self, x: str, k: int) -> str:
