@@ -19,20 +19,20 @@ class Variant:
     files: dict[str, Path]
 
 
+# a classifier's compression methods: each an int8 graph of the parent's fp32 ONNX export
+QUANTIZERS = {"int8_dynamic": quantize_int8_dynamic, "int8_rowwise": quantize_int8_rowwise}
+
+
 def compress_model(methods: list[str], onnx_fp32: Path, workdir: Path) -> list[Variant]:
     """Produce one variant per method from the parent's fp32 ONNX export."""
     variants = []
     for method in methods:
         folder = Path(workdir) / method
         folder.mkdir(parents=True, exist_ok=True)
-        if method == "int8_dynamic":
-            out = quantize_int8_dynamic(onnx_fp32, folder / "model.onnx")
-            variants.append(Variant(method, "onnxruntime", {"model.onnx": out}))
-        elif method == "int8_rowwise":
-            out = quantize_int8_rowwise(onnx_fp32, folder / "model.onnx")
-            variants.append(Variant(method, "onnxruntime", {"model.onnx": out}))
-        else:
+        quantize = QUANTIZERS.get(method)
+        if quantize is None:
             raise CompressionError(f"unknown compression method {method!r}")
+        variants.append(Variant(method, "onnxruntime", {"model.onnx": quantize(onnx_fp32, folder / "model.onnx")}))
     return variants
 
 

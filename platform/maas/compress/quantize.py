@@ -44,7 +44,7 @@ def quantize_int8_rowwise(onnx_fp32: str | Path, out_path: str | Path) -> Path:
     product is integer arithmetic: the same text gives the same vector alone or in any batch. It runs on the
     same u8 x s8 kernels as the per-tensor graph (``MatMulIntegerToFloat``); ONNX Runtime's ``MatMulNBits``
     (int8 in blocks of 32, what this was before) is tuned for one-row decoding and ran at 1.3x fp32 here,
-    this graph at 2.1x (docs/design/compression.md has the measurements).
+    this graph at 2.1x (docs/design/encoders.md has the measurements).
 
     Raises:
         CompressionError: ONNX Runtime's quantization tools are missing or reject the graph.
@@ -179,14 +179,13 @@ class _RowwiseInt8:
             helper.make_node("Mul", [f"{q}_absmax", self._const("rowq8_inv127", np.float32(1 / 127))], [f"{q}_s0"]),
             helper.make_node("Max", [f"{q}_s0", self._const("rowq8_eps", np.float32(1e-12))], [f"{q}_scale"]),
             helper.make_node("Shape", [f"{q}_scale"], [f"{q}_m"]),
-            helper.make_node("Expand", ["rowq8_zp_u8", f"{q}_m"], [f"{q}_zp"]),
+            helper.make_node("Expand", [self._const("rowq8_zp_u8", np.uint8(128)), f"{q}_m"], [f"{q}_zp"]),
             helper.make_node("QuantizeLinear", [f"{q}_x2", f"{q}_scale", f"{q}_zp"], [f"{q}_xq"], axis=0),
             helper.make_node("Reshape", [f"{q}_scale", self._const("rowq8_col", np.array([-1, 1], np.int64))],
                              [f"{q}_scale_col"]),
             helper.make_node("Shape", [x], [f"{q}_shape"]),
             helper.make_node("Slice", [f"{q}_shape", self._const("rowq8_0", np.array([0], np.int64)),
                                        self._const("rowq8_m1", np.array([-1], np.int64))], [f"{q}_lead"])]
-        self._const("rowq8_zp_u8", np.uint8(128))
         return q
 
 

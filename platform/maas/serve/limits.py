@@ -33,6 +33,7 @@ TOKEN_KINDS = frozenset({"tpm", "tokens_per_day"})
 SHARE = 20  # a lease is 1/SHARE of the limit: the most a replica can hold unspent is that
 NAMESPACE, NAME = "maas-limits", "maas-limiter"
 LEASE_TIMEOUT_S = 10.0
+DOWN_S = 5  # after a lease timed out, requests that need one are refused at once for this long
 UNCHECKED = (f"the API key's limits cannot be checked now (the cluster's limiter did not answer within "
              f"{LEASE_TIMEOUT_S:g} s); try again")
 
@@ -69,7 +70,7 @@ def limiter_lease() -> Callable[..., Awaitable[int]]:
             return await asyncio.wait_for(asyncio.wrap_future(actor.lease.remote(bucket, window, limit, want)
                                                               .future()), LEASE_TIMEOUT_S)
         except asyncio.TimeoutError:
-            raise ProtocolError(503, UNCHECKED, {"retry-after": "5"}) from None
+            raise ProtocolError(503, UNCHECKED, {"retry-after": str(DOWN_S)}) from None
 
     return lease
 
@@ -79,7 +80,7 @@ class Limits:
 
     def __init__(self, lease: Optional[Callable[..., Awaitable[int]]] = None, clock=time.time):
         self._lease, self._clock = lease, clock
-        self._down_until = 0.0  # after a lease timed out, refuse at once for a few seconds
+        self._down_until = 0.0  # after a lease timed out, refuse at once until then (DOWN_S)
         self.left: dict = {}
         self._locks: dict = {}
 
@@ -114,14 +115,14 @@ class Limits:
                 left = self.left.get(key, 0)
                 if left < need:
                     if self._clock() < self._down_until:  # the limiter did not answer just now: no queue behind it
-                        raise ProtocolError(503, UNCHECKED, {"retry-after": "5"})
+                        raise ProtocolError(503, UNCHECKED, {"retry-after": str(DOWN_S)})
                     if self._lease is None:
                         self._lease = limiter_lease()
                     want = max(math.ceil(limit / SHARE), need - left)  # a debt is paid first
                     try:
                         granted = await self._lease(key[0], window, limit, want)
                     except ProtocolError:
-                        self._down_until = self._clock() + 5
+                        self._down_until = self._clock() + DOWN_S
                         raise
                     self.left = {k: v for k, v in self.left.items() if k[1] >= window or k[0] != key[0]}
                     self.left[key] = self.left.get(key, 0) + granted
